@@ -1,0 +1,105 @@
+//! systemd units: the ones shipped in `units/`, and the mount and swap
+//! units generated for each host's volumes.
+
+use crate::site::{Host, Site};
+
+/// The units in `units/`, built in. `enabled` ones start at boot; the rest
+/// are started by firstboot when their phase comes.
+pub struct ShippedUnit {
+    pub name: &'static str,
+    pub contents: &'static str,
+    pub enabled: bool,
+}
+
+pub const SHIPPED: &[ShippedUnit] = &[ShippedUnit {
+    name: "firstboot.service",
+    contents: include_str!("../../../units/firstboot.service"),
+    enabled: true,
+}];
+
+/// Where a host's data volume is mounted.
+pub const DATA_MOUNT_POINT: &str = "/var/lib/data";
+
+/// The stable device path DigitalOcean gives an attached volume.
+pub fn volume_device(volume_name: &str) -> String {
+    format!("/dev/disk/by-id/scsi-0DO_Volume_{volume_name}")
+}
+
+/// A generated unit: name and contents.
+pub struct GeneratedUnit {
+    pub name: String,
+    pub contents: String,
+}
+
+/// Mount unit for the data volume and swap unit for the swap volume.
+pub fn volume_units(site: &Site, host: &Host) -> Vec<GeneratedUnit> {
+    let mut units = Vec::new();
+    if host.volumes.data_gib > 0 {
+        let device = volume_device(&site.resource_name(host, "data"));
+        units.push(GeneratedUnit {
+            name: format!("{}.mount", escape_path(DATA_MOUNT_POINT)),
+            contents: format!(
+                "[Unit]\nDescription=Data volume ({} GiB)\nBefore=local-fs.target\n\n\
+                 [Mount]\nWhat={device}\nWhere={DATA_MOUNT_POINT}\nType=xfs\nOptions=defaults,discard\n\n\
+                 [Install]\nRequiredBy=local-fs.target\n",
+                host.volumes.data_gib
+            ),
+        });
+    }
+    if host.volumes.swap_gib > 0 {
+        let device = volume_device(&site.resource_name(host, "swap"));
+        units.push(GeneratedUnit {
+            name: format!("{}.swap", escape_path(&device)),
+            contents: format!(
+                "[Unit]\nDescription=Swap volume ({} GiB)\n\n[Swap]\nWhat={device}\n\n\
+                 [Install]\nWantedBy=swap.target\n",
+                host.volumes.swap_gib
+            ),
+        });
+    }
+    units
+}
+
+/// `systemd-escape --path`: the unit name systemd expects for a path.
+pub fn escape_path(path: &str) -> String {
+    let trimmed = path.trim_matches('/');
+    if trimmed.is_empty() {
+        return "-".into();
+    }
+    let mut out = String::new();
+    for (i, byte) in trimmed.bytes().enumerate() {
+        match byte {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b':' => {
+                out.push(b as char)
+            }
+            b => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_matches_systemd_escape() {
+        // Expected values from `systemd-escape --path`.
+        assert_eq!(escape_path("/var/lib/data"), "var-lib-data");
+        assert_eq!(
+            escape_path("/dev/disk/by-id/scsi-0DO_Volume_ns1-example-com-swap"),
+            "dev-disk-by\\x2did-scsi\\x2d0DO_Volume_ns1\\x2dexample\\x2dcom\\x2dswap"
+        );
+        assert_eq!(escape_path("/"), "-");
+        assert_eq!(escape_path("/.hidden/a b"), "\\x2ehidden-a\\x20b");
+    }
+
+    #[test]
+    fn shipped_units_have_install_sections_when_enabled() {
+        for unit in SHIPPED.iter().filter(|u| u.enabled) {
+            assert!(unit.contents.contains("[Install]"), "{}", unit.name);
+        }
+    }
+}
