@@ -11,3 +11,16 @@ pub mod images;
 pub mod render;
 pub mod site;
 pub mod vault;
+
+/// An error already formatted for the operator (several lines, each with
+/// its own `error:` prefix): printed as it is.
+#[derive(Debug)]
+pub struct Reported(pub String);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.trim_end())
+    }
+}
+
+impl std::error::Error for Reported {}

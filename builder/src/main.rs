@@ -6,6 +6,10 @@ fn main() -> ExitCode {
     let cli = builder::cli::Cli::parse();
     match builder::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<builder::Reported>() => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

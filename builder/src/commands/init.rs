@@ -114,7 +114,7 @@ pub fn run(args: InitArgs) -> Result<()> {
     let site_text = site_template(&domain, &region, &publish_url, &ssh_keys, &hosts);
     // The template must parse: a site file builder cannot read is a bug here.
     Site::parse(&site_path.display().to_string(), &site_text)
-        .map_err(|e| anyhow::anyhow!(e.render(&site_text)))?;
+        .map_err(|e| crate::Reported(e.render(&site_text)))?;
     let sealed = vault::seal(&secrets, &passphrase, None, false)?;
 
     fsutil::private_dir(&args.dir)?;

@@ -74,7 +74,7 @@ impl Site {
         let source = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the site file {}", path.display()))?;
         let site = Site::parse(&path.display().to_string(), &source)
-            .map_err(|e| anyhow::anyhow!(e.render(&source).trim_end().to_owned()))?;
+            .map_err(|e| crate::Reported(e.render(&source)))?;
         Ok((site, source))
     }
 

@@ -118,6 +118,13 @@ impl DomainName {
                     .help("FreeIPA needs a domain of at least two labels, such as `example.com`"),
             );
         }
+        // Checked on the whole name, so the help gives the whole name.
+        if trimmed.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(
+                Refusal::new(format!("domain name `{s}` must be in lower case"))
+                    .help(format!("write `{}`", trimmed.to_ascii_lowercase())),
+            );
+        }
         for label in &labels {
             check_label(label, "domain name")?;
         }
@@ -150,15 +157,36 @@ impl Realm {
                 .help(format!("write `{}`", s.to_ascii_uppercase())));
         }
         let lower = s.to_ascii_lowercase();
+        // The domain checks name the lower-cased text in backticks; show it
+        // as written, and give realm advice rather than domain advice.
         DomainName::parse(&lower).map_err(|r| Refusal {
-            message: r
-                .message
-                .replace("domain name", "realm")
-                .replace("lower case", "upper case"),
-            help: r.help.map(|h| h.to_ascii_uppercase()),
+            message: upper_in_backticks(
+                &r.message
+                    .replace("domain name", "realm")
+                    .replace("a-z", "A-Z"),
+            ),
+            help: Some(
+                "a realm is normally `domain_name` in upper case, such as `EXAMPLE.COM`; \
+                 leave `kerberos_realm` out to get that"
+                    .into(),
+            ),
         })?;
         Ok(Realm(s.to_owned()))
     }
+}
+
+fn upper_in_backticks(text: &str) -> String {
+    text.split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                part.to_ascii_uppercase()
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
 }
 
 /// A DigitalOcean slug (size or region): lower-case letters, digits, `-`.
@@ -235,6 +263,27 @@ impl SshKey {
                     "the key may be truncated or its type changed; paste the whole `.pub` line",
                 ),
             );
+        }
+        // The blob is a sequence of length-prefixed fields (type, then the
+        // key material); a paste cut short ends inside one.
+        let mut rest = decoded.as_slice();
+        let mut count = 0;
+        while !rest.is_empty() {
+            let field_end = rest
+                .get(..4)
+                .map(|len| u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize)
+                .and_then(|len| len.checked_add(4))
+                .filter(|&end| end <= rest.len());
+            let Some(end) = field_end else {
+                count = 0;
+                break;
+            };
+            rest = &rest[end..];
+            count += 1;
+        }
+        if count < 2 {
+            return Err(Refusal::new(format!("the {kind} key's data ends early"))
+                .help("the key is probably truncated; paste the whole line of the `.pub` file"));
         }
         Ok(SshKey(s.to_owned()))
     }
@@ -345,6 +394,10 @@ mod tests {
         assert!(Realm::parse("EXAMPLE.COM").is_ok());
         assert!(Realm::parse("example.com").is_err());
         assert!(Realm::parse("EXAMPLE").is_err());
+        let e = DomainName::parse("Example.com").unwrap_err();
+        assert_eq!(e.help.as_deref(), Some("write `example.com`"));
+        let e = Realm::parse("EXAMPLE").unwrap_err();
+        assert_eq!(e.message, "realm `EXAMPLE` has a single label");
     }
 
     #[test]
@@ -375,6 +428,12 @@ mod tests {
         )
         .is_err());
         assert!(SshKey::parse("ssh-ed25519 AAAAC3NzaC1lZDI1").is_err());
+        // Cut short after the type: the key material is missing.
+        let e = SshKey::parse(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBdn1ZXuEs9c6tnGpQUc3YXUDBkl op@laptop",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("ends early"), "{}", e.message);
         assert!(SshKey::parse("-----BEGIN OPENSSH PRIVATE KEY-----").is_err());
         assert!(SshKey::parse("hello").is_err());
     }

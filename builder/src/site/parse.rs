@@ -177,7 +177,29 @@ impl Cx<'_> {
     fn integer(&mut self, node: &Node, what: &str, max: u64) -> Option<u32> {
         let (Value::Scalar { text, .. }, Some(ScalarKind::Int)) = (&node.value, node.scalar_kind())
         else {
-            self.wrong_type(node, what, "a whole number");
+            let help = match &node.value {
+                Value::Scalar { text, quoted: true } if text.trim().parse::<u64>().is_ok() => {
+                    Some(format!("remove the quotes: write `{}`", text.trim()))
+                }
+                // A unit written after the number, as in `10GB`.
+                Value::Scalar { text, .. } => {
+                    let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+                    let unit = text[digits.len()..].trim();
+                    (!digits.is_empty()
+                        && !unit.is_empty()
+                        && unit.chars().all(char::is_alphabetic))
+                    .then(|| format!("write the number alone: `{digits}`"))
+                }
+                _ => None,
+            };
+            self.error(
+                node.pos,
+                format!(
+                    "{what} must be a whole number, but it is {}",
+                    node.kind_name()
+                ),
+                help.as_deref(),
+            );
             return None;
         };
         match text.parse::<u64>() {
@@ -269,9 +291,12 @@ impl Cx<'_> {
             "the site file",
             "add `hosts:` with at least three hosts",
         );
+        // Hosts are checked even when `defaults` is broken, so that one run
+        // reports the mistakes in both; the site is refused either way.
         let hosts = match (hosts_node, &defaults) {
             (Some(node), Some(defaults)) => self.hosts(node, defaults),
-            _ => None,
+            (Some(node), None) => self.hosts(node, &Defaults::placeholder()),
+            (None, _) => None,
         };
 
         if let (Some(hosts), Some(range), Some(node)) = (&hosts, &vpc_range, top.get("vpc_range")) {
@@ -423,14 +448,16 @@ impl Cx<'_> {
         let fields = self.mapping(node, what, VOLUME_KEYS)?;
         let mut volumes = base;
         let mut ok = true;
+        // `what` is a dotted path in backticks: name the key inside them.
+        let path = |key: &str| format!("{}.{key}`", what.trim_end_matches('`'));
         if let Some(n) = fields.get("data_gib") {
-            match self.integer(n, &format!("{what} `data_gib`"), MAX_DATA_GIB) {
+            match self.integer(n, &path("data_gib"), MAX_DATA_GIB) {
                 Some(v) => volumes.data_gib = v,
                 None => ok = false,
             }
         }
         if let Some(n) = fields.get("swap_gib") {
-            match self.integer(n, &format!("{what} `swap_gib`"), MAX_SWAP_GIB) {
+            match self.integer(n, &path("swap_gib"), MAX_SWAP_GIB) {
                 Some(v) => volumes.swap_gib = v,
                 None => ok = false,
             }
@@ -557,6 +584,22 @@ struct Defaults {
     region: Slug,
     image: String,
     volumes: Volumes,
+}
+
+impl Defaults {
+    /// Stands in for a `defaults` that has errors, only to check the hosts.
+    fn placeholder() -> Defaults {
+        let slug = |s| Slug::parse(s, "size", DEFAULT_SIZE).expect("valid placeholder");
+        Defaults {
+            size: slug(DEFAULT_SIZE),
+            region: slug("ams3"),
+            image: DEFAULT_IMAGE.to_owned(),
+            volumes: Volumes {
+                data_gib: 0,
+                swap_gib: 0,
+            },
+        }
+    }
 }
 
 /// Keys that are reasonable guesses but wrong where they stand: say why.

@@ -131,7 +131,30 @@ pub fn parse(source: &str) -> Result<Option<Node>, SyntaxError> {
         anchors: HashMap::new(),
         nodes: 0,
     };
-    builder.document()
+    builder.document().map_err(|e| SyntaxError {
+        pos: within(source, e.pos),
+        ..e
+    })
+}
+
+/// Errors found at the end of input (an unclosed `[`, say) are reported
+/// past the last line; point at the end of the last written line instead,
+/// where the operator can see it.
+fn within(source: &str, pos: Pos) -> Pos {
+    if pos.line >= 1 && pos.line <= source.lines().count() {
+        return pos;
+    }
+    let lines: Vec<&str> = source.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| Pos {
+            line: i + 1,
+            col: line.trim_end().chars().count() + 1,
+        })
+        .unwrap_or(Pos { line: 1, col: 1 })
 }
 
 struct TreeBuilder<'a> {
@@ -352,6 +375,12 @@ mod tests {
             .collect();
         use ScalarKind::*;
         assert_eq!(kinds, [Null, Bool, Int, Int, Float, Str, Str]);
+    }
+
+    #[test]
+    fn errors_at_the_end_point_at_the_last_line() {
+        let err = parse("a: 1\nb: [x, y\n\n").unwrap_err();
+        assert_eq!(err.pos, Pos { line: 2, col: 9 });
     }
 
     #[test]

@@ -240,3 +240,113 @@ impl NodeConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "test-join-secret";
+
+    fn config(node: &str) -> NodeConfig {
+        let hosts = ["ns1", "ns2", "ns3", "www"];
+        let role = |n: &str| if n == "www" { Role::Worker } else { Role::Core };
+        NodeConfig {
+            schema: SCHEMA_VERSION,
+            site: SiteInfo {
+                domain: "example.com".into(),
+                realm: "EXAMPLE.COM".into(),
+                vpc_range: "172.30.0.0/24".into(),
+                hosts: hosts
+                    .iter()
+                    .map(|h| HostEntry {
+                        name: (*h).into(),
+                        role: role(h),
+                    })
+                    .collect(),
+            },
+            node: node.into(),
+            join: JoinConfig {
+                port: JOIN_PORT,
+                credential: join_credential(SECRET, node),
+                site_secret: (node == "ns1").then(|| SECRET.into()),
+                address: None,
+            },
+            catalog: Catalog::new(),
+            freeipa: (role(node) == Role::Core).then(|| FreeIpaSecrets {
+                admin_password: "a".repeat(12),
+                directory_manager_password: "d".repeat(12),
+            }),
+        }
+    }
+
+    #[test]
+    fn credentials_match_an_independent_hmac() {
+        // Python: hmac.new(b"test-join-secret",
+        //   b"firstboot join credential v1\x00ns2", hashlib.sha256).hexdigest()
+        assert_eq!(
+            join_credential(SECRET, "ns2"),
+            "8e5512b0ae42bb06caae42d28b5fe83c7fc06281927cb47960b1a6645dc9a7e0"
+        );
+        assert_ne!(
+            join_credential(SECRET, "ns2"),
+            join_credential(SECRET, "ns3")
+        );
+    }
+
+    #[test]
+    fn round_trips_for_every_kind_of_node() {
+        for node in ["ns1", "ns2", "www"] {
+            let c = config(node);
+            assert_eq!(NodeConfig::from_json(&c.to_json()).unwrap(), c);
+        }
+        assert!(config("ns1").is_bootstrap());
+        assert!(!config("ns2").is_bootstrap());
+    }
+
+    #[test]
+    fn unknown_schemas_are_refused_by_version_first() {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&config("ns2").to_json()).unwrap();
+        value["schema"] = 2.into();
+        value["a_field_from_the_future"] = true.into();
+        let err = NodeConfig::from_json(value.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, ContractError::UnknownSchema(2)), "{err}");
+        assert!(err.to_string().contains("reads only version 1"));
+    }
+
+    #[test]
+    fn inconsistent_configs_are_refused() {
+        let mut c = config("ns2");
+        c.join.site_secret = Some(SECRET.into());
+        assert!(
+            NodeConfig::from_json(&c.to_json()).is_err(),
+            "non-bootstrap with the secret"
+        );
+
+        let mut c = config("ns1");
+        c.join.credential = join_credential(SECRET, "ns2");
+        assert!(
+            NodeConfig::from_json(&c.to_json()).is_err(),
+            "credential of another node"
+        );
+
+        let mut c = config("www");
+        c.node = "stranger".into();
+        assert!(
+            NodeConfig::from_json(&c.to_json()).is_err(),
+            "node not in the site"
+        );
+
+        let mut c = config("www");
+        c.freeipa = config("ns2").freeipa;
+        assert!(
+            NodeConfig::from_json(&c.to_json()).is_err(),
+            "worker with passwords"
+        );
+
+        assert!(matches!(
+            NodeConfig::from_json(b"{]"),
+            Err(ContractError::Malformed(_))
+        ));
+    }
+}

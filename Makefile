@@ -1,0 +1,70 @@
+# Targets a newcomer can guess. `make test` installs what the tests need
+# (Debian packages; needs root or sudo) and runs every test.
+
+CARGO      ?= cargo
+TARGET     := x86_64-unknown-linux-gnu
+DIST       := target/dist
+FIRSTBOOT  := target/$(TARGET)/release/firstboot
+APT_DEPS   := ignition
+
+.PHONY: all build firstboot builder test test-deps lint fmt bench golden render clean
+
+all: build
+
+## build: builder and the static firstboot, side by side in target/dist/
+build: builder firstboot
+	@mkdir -p $(DIST)
+	cp target/release/builder $(FIRSTBOOT) $(DIST)/
+	@echo "built $(DIST)/builder and $(DIST)/firstboot"
+
+builder:
+	$(CARGO) build --release --locked -p builder
+
+## firstboot: static (glibc, +crt-static) so it runs on any node image.
+# The explicit --target keeps RUSTFLAGS away from build scripts and
+# proc macros, which cannot be linked statically.
+firstboot:
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --locked \
+	    -p firstboot --target $(TARGET)
+	@case "$$(ldd $(FIRSTBOOT) 2>&1)" in \
+	    *"statically linked"*|*"not a dynamic executable"*) ;; \
+	    *) echo "error: $(FIRSTBOOT) is dynamically linked" >&2; exit 1;; esac
+	@echo "$(FIRSTBOOT): static, $$(stat -c %s $(FIRSTBOOT)) bytes"
+
+## render: the main job on the bundled example
+render: build
+	$(DIST)/builder render examples/hosts.yaml --out rendered
+
+## test-deps: Debian packages the tests use (real Ignition)
+test-deps:
+	@missing=""; for p in $(APT_DEPS); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
+
+## test: install test needs, build the static firstboot, run every test
+test: test-deps firstboot
+	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) $(CARGO) test --locked --workspace
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## golden: regenerate tests/golden/ from examples/hosts.yaml
+golden:
+	BUILDER_REGENERATE_GOLDEN=1 $(CARGO) test --locked -p builder --test render golden
+
+## bench: render timings and sizes (figures go into BENCHMARKS.md)
+bench: firstboot
+	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) $(CARGO) test --release --locked \
+	    -p builder --test bench -- --ignored --nocapture
+
+clean:
+	$(CARGO) clean
+	rm -rf rendered

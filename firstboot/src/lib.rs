@@ -1,0 +1,3 @@
+//! firstboot's library: everything but argument parsing, so tests reach it.
+
+pub mod check;

@@ -1,0 +1,237 @@
+//! A corpus of broken site files, each with the exact errors it must give.
+//!
+//! `tests/broken/<case>.yaml` is a site file with an operator's mistake in
+//! it; `tests/broken/<case>.expect` lists every error the parser must report
+//! for it, in order, one per line as `LINE:COL: MESSAGE`, each followed by
+//! `  help: HELP` when the error has help. Every case is also run through
+//! the real `builder render`, which must refuse it cleanly.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use builder::site::{Site, SiteErrors};
+
+const MIN_CASES: usize = 24;
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/broken"))
+}
+
+fn firstboot_fixture() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/tiny-static.elf"
+    ))
+}
+
+struct Case {
+    name: String,
+    yaml: PathBuf,
+    source: String,
+    expected: Vec<String>,
+}
+
+/// Every case of the corpus, sorted by name. A `.yaml` without its
+/// `.expect` (or the reverse) fails here rather than being skipped.
+fn cases() -> Vec<Case> {
+    let dir = corpus_dir();
+    let mut yamls = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml") => yamls.push(path),
+            Some("expect") => assert!(
+                path.with_extension("yaml").is_file(),
+                "{} has no .yaml beside it",
+                path.display()
+            ),
+            _ => panic!(
+                "{} is neither a .yaml case nor an .expect file",
+                path.display()
+            ),
+        }
+    }
+    yamls.sort();
+    yamls
+        .into_iter()
+        .map(|yaml| {
+            let name = yaml.file_stem().unwrap().to_string_lossy().into_owned();
+            let source = std::fs::read_to_string(&yaml)
+                .unwrap_or_else(|e| panic!("{}: {e}", yaml.display()));
+            let expect = yaml.with_extension("expect");
+            let expected = std::fs::read_to_string(&expect)
+                .unwrap_or_else(|e| panic!("case `{name}`: cannot read {}: {e}", expect.display()));
+            let expected: Vec<String> = expected.lines().map(str::to_owned).collect();
+            assert!(
+                !expected.is_empty(),
+                "case `{name}`: {} lists no errors",
+                expect.display()
+            );
+            Case {
+                name,
+                yaml,
+                source,
+                expected,
+            }
+        })
+        .collect()
+}
+
+/// Errors as the `.expect` files write them: no file name.
+fn expect_lines(errors: &SiteErrors) -> Vec<String> {
+    let mut lines = Vec::new();
+    for e in &errors.0 {
+        lines.push(format!("{}: {}", e.pos, e.message));
+        if let Some(help) = &e.help {
+            lines.push(format!("  help: {help}"));
+        }
+    }
+    lines
+}
+
+/// A line diff of `expected` against `actual`: ` ` both, `-` only
+/// expected, `+` only actual.
+fn diff(expected: &[String], actual: &[String]) -> String {
+    let (n, m) = (expected.len(), actual.len());
+    // lcs[i][j]: longest common subsequence of expected[i..] and actual[j..].
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if expected[i] == actual[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut out = String::new();
+    let (mut i, mut j) = (0, 0);
+    while i < n || j < m {
+        if i < n && j < m && expected[i] == actual[j] {
+            out.push_str(&format!("  {}\n", expected[i]));
+            i += 1;
+            j += 1;
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push_str(&format!("- {}\n", expected[i]));
+            i += 1;
+        } else {
+            out.push_str(&format!("+ {}\n", actual[j]));
+            j += 1;
+        }
+    }
+    out
+}
+
+/// What is wrong with one case's parse, if anything.
+fn check_parse(case: &Case) -> Option<String> {
+    let file = case.yaml.display().to_string();
+    let parsed = panic::catch_unwind(AssertUnwindSafe(|| Site::parse(&file, &case.source)));
+    let errors = match parsed {
+        Err(_) => return Some(format!("case `{}`: the parser panicked", case.name)),
+        Ok(Ok(_)) => {
+            return Some(format!(
+                "case `{}`: the parser accepted this broken site; expected:\n{}",
+                case.name,
+                case.expected.join("\n")
+            ))
+        }
+        Ok(Err(errors)) => errors,
+    };
+    if let Some(e) = errors.0.iter().find(|e| e.file != file) {
+        return Some(format!(
+            "case `{}`: an error names the file `{}`, not `{file}`",
+            case.name, e.file
+        ));
+    }
+    let actual = expect_lines(&errors);
+    (actual != case.expected).then(|| {
+        format!(
+            "case `{}`: errors differ from {} (- expected, + actual):\n{}",
+            case.name,
+            case.yaml.with_extension("expect").display(),
+            diff(&case.expected, &actual)
+        )
+    })
+}
+
+/// What is wrong with one case's run of `builder render`, if anything.
+fn check_cli(case: &Case) -> Option<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_builder"))
+        .arg("render")
+        .arg(&case.yaml)
+        .arg("--out")
+        .arg(&out)
+        .arg("--firstboot")
+        .arg(firstboot_fixture())
+        .env_remove("BUILDER_VAULT_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run builder: {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let first = &case.expected[0];
+    let mut problems = Vec::new();
+    if output.status.code() != Some(1) {
+        problems.push(format!("exit status is {}, not 1", output.status));
+    }
+    if !stderr.contains(first.as_str()) {
+        problems.push(format!("stderr lacks the first expected error `{first}`"));
+    }
+    if stderr.contains("panicked") {
+        problems.push("builder panicked".to_owned());
+    }
+    if exists(&out) {
+        problems.push(format!("{} was created", out.display()));
+    }
+    (!problems.is_empty()).then(|| {
+        format!(
+            "case `{}`: `builder render` {}\n--- stderr ---\n{stderr}",
+            case.name,
+            problems.join("; ")
+        )
+    })
+}
+
+fn exists(path: &Path) -> bool {
+    path.symlink_metadata().is_ok()
+}
+
+/// Fail with every failing case at once, not just the first.
+fn report(failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_broken_site_gives_exactly_its_expected_errors() {
+    report(cases().iter().filter_map(check_parse).collect());
+}
+
+#[test]
+fn builder_render_refuses_every_broken_site() {
+    report(cases().iter().filter_map(check_cli).collect());
+}
+
+#[test]
+fn the_corpus_is_large_enough() {
+    let n = cases().len();
+    assert!(
+        n >= MIN_CASES,
+        "tests/broken holds {n} cases; it should hold at least {MIN_CASES}"
+    );
+}
+
+#[test]
+fn the_diff_marks_missing_and_extra_lines() {
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        diff(&s(&["a", "b", "c"]), &s(&["a", "x", "c", "d"])),
+        "  a\n- b\n+ x\n  c\n+ d\n"
+    );
+}
