@@ -5,9 +5,10 @@ CARGO      ?= cargo
 TARGET     := x86_64-unknown-linux-gnu
 DIST       := target/dist
 FIRSTBOOT  := target/$(TARGET)/release/firstboot
-APT_DEPS   := ignition
+# ignition: real Ignition and ignition-validate; the rest run the lab.
+APT_DEPS   := ignition systemd-container debootstrap iproute2
 
-.PHONY: all build firstboot builder test test-deps lint fmt bench golden render clean
+.PHONY: all build firstboot builder test test-deps lint fmt bench golden render lab lab-image clean
 
 all: build
 
@@ -35,6 +36,15 @@ firstboot:
 render: build
 	$(DIST)/builder render examples/hosts.yaml --out rendered
 
+## lab-image: build (or find cached) the lab node image (root)
+lab-image:
+	$(CARGO) run --locked -q -p site-lab -- image
+
+## lab: boot examples/lab.yaml as three lab nodes, by hand (root)
+lab: build
+	$(DIST)/builder render examples/lab.yaml --out target/lab/rendered
+	$(CARGO) run --locked -q -p site-lab -- up target/lab/rendered --firstboot $(FIRSTBOOT)
+
 ## test-deps: Debian packages the tests use (real Ignition)
 test-deps:
 	@missing=""; for p in $(APT_DEPS); do \
@@ -60,10 +70,10 @@ fmt:
 golden:
 	BUILDER_REGENERATE_GOLDEN=1 $(CARGO) test --locked -p builder --test render golden
 
-## bench: render timings and sizes (figures go into BENCHMARKS.md)
+## bench: render and lab timings and sizes (figures go into BENCHMARKS.md)
 bench: firstboot
 	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) $(CARGO) test --release --locked \
-	    -p builder --test bench -- --ignored --nocapture
+	    -p builder --test bench -- --ignored --nocapture --test-threads=1
 
 clean:
 	$(CARGO) clean

@@ -58,3 +58,47 @@ fn bench_render() {
         start.elapsed()
     );
 }
+
+#[test]
+#[ignore = "a benchmark: run by `make bench`"]
+fn bench_lab() {
+    use support::lab;
+    let Some((image, firstboot, bytes)) = lab::ready() else {
+        return;
+    };
+    for n in [3, 5, 9] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, configs) = lab::render_into(dir.path(), &lab::lab_site(n), &firstboot);
+        let start = Instant::now();
+        let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
+        let provisioned = start.elapsed();
+        let start = Instant::now();
+        let mut booted = Vec::new();
+        for (name, _) in &configs {
+            lab.boot(name).unwrap();
+        }
+        for (name, _) in &configs {
+            let state = lab.wait_booted(name, Duration::from_secs(180)).unwrap();
+            assert_eq!(
+                state,
+                "running",
+                "{name}:\n{}",
+                lab.journal(name, None).unwrap_or_default()
+            );
+            booted.push(start.elapsed());
+        }
+        let rss: u64 = configs
+            .iter()
+            .map(|(name, _)| lab.rss_kib(name).unwrap())
+            .sum();
+        println!(
+            "lab of {n}: Ignition {:?} per node; all booted to `running` in {:?} (booted together); \
+             node processes' RSS {} MiB ({} MiB per node)",
+            provisioned / n as u32,
+            booted.iter().max().unwrap(),
+            rss / 1024,
+            rss / 1024 / n as u64
+        );
+        lab.teardown();
+    }
+}

@@ -1,4 +1,5 @@
-//! Writes examples/hosts.vault, the public demo vault: passphrase "demo",
+//! Writes examples/hosts.vault and examples/lab.vault, the public demo
+//! vaults: passphrase "demo",
 //! fixed and public secrets, so the example renders the same bytes on
 //! every machine. Run: cargo run -p builder --example demo-vault
 
@@ -13,9 +14,13 @@ fn main() -> anyhow::Result<()> {
         join_secret: "demo-join-secret-public-never-use-for-a-real-site".into(),
     };
     // The passphrase is public, so a slow key derivation protects nothing.
-    let sealed = vault::seal(&secrets, DEMO_PASSPHRASE, Some(10), true)?;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hosts.vault");
-    builder::fsutil::write_atomic(std::path::Path::new(path), &sealed, 0o644)?;
-    println!("{path}");
+    for name in ["hosts.vault", "lab.vault"] {
+        let sealed = vault::seal(&secrets, DEMO_PASSPHRASE, Some(10), true)?;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name);
+        builder::fsutil::write_atomic(&path, &sealed, 0o644)?;
+        println!("{}", path.display());
+    }
     Ok(())
 }

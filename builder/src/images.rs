@@ -16,20 +16,35 @@ pub struct Image {
 
 /// The operating system an image starts from.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Base {
-    pub os: String,
-    pub stream: String,
-    pub release: String,
-    pub artifact: String,
-    pub sha256: String,
-    pub source: String,
+#[serde(tag = "os", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Base {
+    /// A Fedora CoreOS release, imported into DigitalOcean as a custom image.
+    FedoraCoreos {
+        stream: String,
+        release: String,
+        artifact: String,
+        sha256: String,
+        source: String,
+    },
+    /// A debootstrapped Debian root: the lab's nodes.
+    Debian {
+        suite: String,
+        variant: String,
+        packages: Vec<String>,
+        disable: Vec<String>,
+    },
 }
 
-const DEFINITIONS: &[(&str, &str)] = &[(
-    "fedora-coreos",
-    include_str!("../../images/fedora-coreos/image.json"),
-)];
+const DEFINITIONS: &[(&str, &str)] = &[
+    (
+        "fedora-coreos",
+        include_str!("../../images/fedora-coreos/image.json"),
+    ),
+    ("lab", include_str!("../../images/lab/image.json")),
+];
+
+/// The image of lab nodes, which boot on one machine instead of DigitalOcean.
+pub const LAB: &str = "lab";
 
 /// Names of the images this builder knows.
 pub fn names() -> Vec<&'static str> {
@@ -51,8 +66,13 @@ mod tests {
         for name in super::names() {
             let image = super::load(name).unwrap();
             assert_eq!(image.name, name);
-            assert_eq!(image.base.sha256.len(), 64);
-            assert!(image.base.artifact.starts_with("https://"));
+            if let super::Base::FedoraCoreos {
+                sha256, artifact, ..
+            } = &image.base
+            {
+                assert_eq!(sha256.len(), 64);
+                assert!(artifact.starts_with("https://"));
+            }
         }
     }
 }

@@ -2,10 +2,9 @@
 //!
 //! Every test binary includes this module with `mod support;` but uses only
 //! part of it, so unused helpers would otherwise warn in each binary.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-pub mod http;
-pub mod ignition;
+pub use site_lab::{http, ignition};
 pub mod site;
 
 /// Report a test that cannot run here. Outside CI it prints one line and
@@ -17,3 +16,4 @@ pub fn skip(reason: &str) {
     }
     eprintln!("{reason}");
 }
+pub mod lab;

@@ -328,7 +328,8 @@ impl VpcRange {
         let private = o[0] == 10
             || (o[0] == 172 && (16..32).contains(&o[1]) && prefix >= 12)
             || (o[0] == 192 && o[1] == 168 && prefix >= 16);
-        if !private || prefix < 8 {
+        let range = VpcRange { network, prefix };
+        if (!private && !range.is_lab_range()) || prefix < 8 {
             return Err(
                 Refusal::new(format!("`{s}` is not a private (RFC 1918) range"))
                     .help("use a range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"),
@@ -340,6 +341,13 @@ impl VpcRange {
             )));
         }
         Ok(VpcRange { network, prefix })
+    }
+
+    /// Inside 198.18.0.0/15 (RFC 2544, for testing): the lab's network,
+    /// which only sites on the lab image may use.
+    pub fn is_lab_range(&self) -> bool {
+        let o = self.network.octets();
+        o[0] == 198 && o[1] & 0xfe == 18 && self.prefix >= 15
     }
 
     /// Addresses usable by droplets: all but the network and broadcast.

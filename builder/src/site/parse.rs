@@ -312,6 +312,23 @@ impl Cx<'_> {
                 );
             }
         }
+        if let (Some(range), Some(defaults)) = (&vpc_range, &defaults) {
+            let pos = top.get("vpc_range").map(|n| n.pos).unwrap_or(top.pos);
+            let lab = defaults.image == crate::images::LAB;
+            if range.is_lab_range() && !lab {
+                self.error(
+                    pos,
+                    format!("{range} is the lab's test range; a DigitalOcean VPC needs a private (RFC 1918) range"),
+                    Some("use a range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"),
+                );
+            } else if lab && !range.is_lab_range() {
+                self.error(
+                    pos,
+                    "a site on the `lab` image boots in the lab, whose network is 198.18.0.0/15",
+                    Some("set `vpc_range: 198.18.0.0/24`"),
+                );
+            }
+        }
         let hosts_key_pos = top.key("hosts").map(|k| k.pos).unwrap_or(top.pos);
         if let Some(hosts) = &hosts {
             self.check_roles(hosts, hosts_key_pos);

@@ -128,6 +128,13 @@ pub struct ScratchRoot {
     dir: TempDir,
     root: PathBuf,
     work: PathBuf,
+    stages: Stages,
+}
+
+/// Ignition's private state for one root: config cache, state file, Go's
+/// temp dir and the `setfiles` stand-in, all under `work`.
+pub struct Stages {
+    work: PathBuf,
 }
 
 impl ScratchRoot {
@@ -138,10 +145,14 @@ impl ScratchRoot {
             .tempdir()?;
         let root = dir.path().join("root");
         let work = dir.path().join("ignition");
-        for d in [&root, &work, &work.join("bin"), &work.join("tmp")] {
-            fs::create_dir(d)?;
-        }
-        let scratch = ScratchRoot { dir, root, work };
+        fs::create_dir(&root)?;
+        let stages = Stages::new(work.clone())?;
+        let scratch = ScratchRoot {
+            dir,
+            root,
+            work,
+            stages,
+        };
 
         // User creation: Ignition runs `useradd --root <root>`, which chroots
         // and takes `/etc/.pwd.lock`, so strictly only `/etc` must exist
@@ -159,15 +170,7 @@ impl ScratchRoot {
         // Relabelling: Ignition reads SELINUXTYPE from the root's config to
         // pick the policy's file_contexts for setfiles, and fails the stage
         // if the file is missing. Its SELINUX= value is ignored.
-        scratch.seed(
-            "/etc/selinux/config",
-            "SELINUX=disabled\nSELINUXTYPE=targeted\n",
-            0o644,
-        )?;
-        let stub = scratch.work.join("bin/setfiles");
-        fs::write(&stub, SETFILES_STUB)?;
-        fs::set_permissions(&stub, fs::Permissions::from_mode(0o755))?;
-
+        prepare_root(&scratch.root)?;
         Ok(scratch)
     }
 
@@ -220,6 +223,57 @@ impl ScratchRoot {
         fs::write(&p, contents)?;
         fs::set_permissions(&p, fs::Permissions::from_mode(mode))
     }
+}
+
+impl Stages {
+    /// Make the private state directory.
+    pub fn new(work: PathBuf) -> io::Result<Stages> {
+        for d in [&work, &work.join("bin"), &work.join("tmp")] {
+            fs::create_dir_all(d)?;
+        }
+        let stub = work.join("bin/setfiles");
+        fs::write(&stub, SETFILES_STUB)?;
+        fs::set_permissions(&stub, fs::Permissions::from_mode(0o755))?;
+        Ok(Stages { work })
+    }
+
+    /// Run the fetch stage then the files stage of `config` against `root`,
+    /// inside network namespace `netns` when given, stopping at the first
+    /// failing stage. Each stage is killed after [`TIMEOUT`].
+    pub fn apply(&self, root: &Path, config: &Path, netns: Option<&str>) -> ApplyOutcome {
+        let mut log = String::new();
+        let Some(ignition) = ignition_binary() else {
+            log.push_str("Ignition binary not found (install Debian package `ignition`)\n");
+            return ApplyOutcome {
+                success: false,
+                log,
+            };
+        };
+        let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+        // The fetch stage reuses an existing cache instead of reading the
+        // config again, so a second apply would re-apply the first config.
+        for stale in [self.cache_file(), self.state_file()] {
+            if let Err(e) = fs::remove_file(&stale) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log.push_str(&format!("cannot remove {}: {e}\n", stale.display()));
+                    return ApplyOutcome {
+                        success: false,
+                        log,
+                    };
+                }
+            }
+        }
+        for stage in ["fetch", "files"] {
+            let cmd = self.stage_command(root, &ignition, &config, stage, netns);
+            if !run_bounded(cmd, &format!("ignition -stage {stage}"), &mut log) {
+                return ApplyOutcome {
+                    success: false,
+                    log,
+                };
+            }
+        }
+        ApplyOutcome { success: true, log }
+    }
 
     /// One Ignition stage against this root. Every path Ignition would
     /// otherwise write outside `-root` is pointed into the private dir, which
@@ -231,14 +285,29 @@ impl ScratchRoot {
     ///   writes it, set for completeness);
     /// - `TMPDIR`: Go creates the cache's temp file in os.TempDir() and
     ///   renames it into place, which would fail across filesystems.
-    fn stage_command(&self, ignition: &Path, config: &Path, stage: &str) -> Command {
-        let mut cmd = Command::new(ignition);
+    fn stage_command(
+        &self,
+        root: &Path,
+        ignition: &Path,
+        config: &Path,
+        stage: &str,
+        netns: Option<&str>,
+    ) -> Command {
+        // In a network namespace, fetches go out as a node's would.
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(ignition);
+                c
+            }
+            None => Command::new(ignition),
+        };
         cmd.arg("-platform")
             .arg("file")
             .arg("-stage")
             .arg(stage)
             .arg("-root")
-            .arg(&self.root)
+            .arg(root)
             .arg("-config-cache")
             .arg(self.cache_file())
             .arg("-state-file")
@@ -279,6 +348,19 @@ impl ScratchRoot {
     }
 }
 
+/// What a root needs before Ignition's files stage: Debian's Ignition 2.14
+/// ends it by relabelling for SELinux, reading SELINUXTYPE from the root's
+/// config (its SELINUX= value is ignored) and failing if the file is
+/// missing. Lab and scratch roots carry no policy; `setfiles` is stubbed.
+pub fn prepare_root(root: &Path) -> io::Result<()> {
+    let config = root.join("etc/selinux/config");
+    if !config.exists() {
+        fs::create_dir_all(root.join("etc/selinux"))?;
+        fs::write(&config, "SELINUX=disabled\nSELINUXTYPE=targeted\n")?;
+    }
+    Ok(())
+}
+
 /// Result of running Ignition (or ignition-validate).
 #[derive(Debug)]
 pub struct ApplyOutcome {
@@ -294,40 +376,7 @@ pub struct ApplyOutcome {
 /// Each stage is killed after [`TIMEOUT`]. Applying twice to the same root is
 /// allowed (the second run sees the first run's files, like a re-provision).
 pub fn apply(config: &Path, root: &ScratchRoot) -> ApplyOutcome {
-    let mut log = String::new();
-    let Some(ignition) = ignition_binary() else {
-        log.push_str("Ignition binary not found (install Debian package `ignition`)\n");
-        return ApplyOutcome {
-            success: false,
-            log,
-        };
-    };
-    let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
-
-    // The fetch stage reuses an existing cache instead of reading the config
-    // again, so a second apply would silently re-apply the first config.
-    for stale in [root.cache_file(), root.state_file()] {
-        if let Err(e) = fs::remove_file(&stale) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log.push_str(&format!("cannot remove {}: {e}\n", stale.display()));
-                return ApplyOutcome {
-                    success: false,
-                    log,
-                };
-            }
-        }
-    }
-
-    for stage in ["fetch", "files"] {
-        let cmd = root.stage_command(&ignition, &config, stage);
-        if !run_bounded(cmd, &format!("ignition -stage {stage}"), &mut log) {
-            return ApplyOutcome {
-                success: false,
-                log,
-            };
-        }
-    }
-    ApplyOutcome { success: true, log }
+    root.stages.apply(&root.root, config, None)
 }
 
 /// Checks `config` with `ignition-validate` (same bounds as [`apply`]).

@@ -1,13 +1,16 @@
-//! A tiny loopback HTTP/1.1 file server for tests (std only).
+//! A tiny HTTP/1.1 file server for tests and the lab.
 //!
-//! Serves fixed bodies by exact path on 127.0.0.1 with an ephemeral port,
-//! answers 404 for anything else, counts requests per path, and stops when
+//! Serves fixed bodies by exact path, on loopback with an ephemeral port or
+//! on a given address inside a network namespace (how the lab serves
+//! firstboot to its nodes, as a web server does on DigitalOcean); answers
+//! 404 for anything else, counts requests per path, and stops when
 //! dropped. Connections are handled one at a time, one request each
 //! (`Connection: close`), which is all Ignition's sequential fetches need.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -30,9 +33,37 @@ pub struct FileServer {
 }
 
 impl FileServer {
-    /// Starts serving `files` (path such as `/payload`, body) on a fresh port.
+    /// Starts serving `files` (path such as `/payload`, body) on a fresh
+    /// loopback port.
     pub fn start(files: Vec<(String, Vec<u8>)>) -> io::Result<FileServer> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Self::serve_listener(TcpListener::bind("127.0.0.1:0")?, files)
+    }
+
+    /// Starts serving on `addr` inside the network namespace at `netns`
+    /// (such as `/run/netns/NAME`). The socket is made by a short-lived
+    /// thread that enters the namespace (a namespace belongs to a thread,
+    /// and a socket keeps the one it was made in), so this process's own
+    /// threads stay where they are.
+    pub fn start_in(
+        netns: &Path,
+        addr: SocketAddr,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> io::Result<FileServer> {
+        let netns = netns.to_owned();
+        let listener = thread::spawn(move || -> io::Result<TcpListener> {
+            let ns = std::fs::File::open(&netns)?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            TcpListener::bind(addr)
+        })
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))??;
+        Self::serve_listener(listener, files)
+    }
+
+    fn serve_listener(
+        listener: TcpListener,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> io::Result<FileServer> {
         // Nonblocking accept so the loop can notice the stop flag; a blocked
         // accept() would keep the thread (and drop) waiting forever.
         listener.set_nonblocking(true)?;
@@ -69,7 +100,7 @@ impl FileServer {
         })
     }
 
-    /// `http://127.0.0.1:<port><path>`; `path` must start with `/`.
+    /// `http://<address>:<port><path>`; `path` must start with `/`.
     pub fn url(&self, path: &str) -> String {
         assert!(
             path.starts_with('/'),

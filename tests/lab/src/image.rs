@@ -1,0 +1,195 @@
+//! The lab image: Debian from debootstrap, built once into a cache outside
+//! the source tree, keyed by the hash of its definition and of the recipe
+//! below, so it is rebuilt only when either changes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Bump when the build steps below change: it is part of the cache key.
+const RECIPE: &str = "lab-image recipe 2";
+/// debootstrap here takes about two minutes; a stalled mirror must not hang.
+const BUILD_LIMIT: Duration = Duration::from_secs(900);
+
+#[derive(Debug, Deserialize)]
+struct Definition {
+    base: Base,
+}
+
+#[derive(Debug, Deserialize)]
+struct Base {
+    os: String,
+    suite: String,
+    variant: String,
+    packages: Vec<String>,
+    disable: Vec<String>,
+}
+
+/// Where built images are kept.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SITE_LAB_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/site-lab"))
+}
+
+/// The repository's `images/lab/image.json`.
+pub fn definition_path() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../images/lab/image.json"
+    ))
+}
+
+/// The image's root directory for a definition, built if not cached.
+/// Concurrent callers wait on a lock; one builds, the others reuse.
+pub fn ensure(definition: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let text =
+        fs::read(definition).with_context(|| format!("cannot read {}", definition.display()))?;
+    let def: Definition = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is malformed", definition.display()))?;
+    if def.base.os != "debian" {
+        bail!(
+            "{}: the lab image must be `\"os\": \"debian\"`",
+            definition.display()
+        );
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(RECIPE);
+    hasher.update(&text);
+    let key = hex::encode(&hasher.finalize()[..8]);
+
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let lock = fs::File::create(cache.join("lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .context("cannot lock the lab image cache")?;
+
+    let done = cache.join(format!("image-{key}"));
+    let rootfs = done.join("rootfs");
+    if done.join("complete").is_file() {
+        return Ok(rootfs);
+    }
+    progress(&format!(
+        "building the lab image {key} (debootstrap, a few minutes)"
+    ));
+    let building = cache.join(format!("building-{key}"));
+    let _ = remove_tree(&building);
+    let _ = remove_tree(&done);
+    fs::create_dir_all(&building)?;
+    build(&def.base, &building.join("rootfs"))?;
+    fs::write(building.join("complete"), format!("{key}\n"))?;
+    fs::rename(&building, &done)?;
+    // Only the current image is kept (each is 300 MB), but never one that
+    // a running lab's overlay still has as its lower layer.
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for entry in fs::read_dir(&cache)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let in_use = mounts.contains(&format!("lowerdir={}/", entry.path().display()));
+        if (name.starts_with("image-") || name.starts_with("building-"))
+            && entry.path() != done
+            && !in_use
+        {
+            let _ = remove_tree(&entry.path());
+        }
+    }
+    progress(&format!("lab image ready: {}", rootfs.display()));
+    Ok(rootfs)
+}
+
+fn build(base: &Base, rootfs: &Path) -> Result<()> {
+    let mirror = mirror()?;
+    crate::proc::check(
+        Command::new("debootstrap")
+            .arg(format!("--variant={}", base.variant))
+            .arg(format!("--include={}", base.packages.join(",")))
+            .arg(&base.suite)
+            .arg(rootfs)
+            .arg(&mirror),
+        BUILD_LIMIT,
+    )
+    .context("debootstrap failed")?;
+    // Each node's first boot must be a first boot, so that systemd applies
+    // the presets Ignition wrote, as on Fedora CoreOS.
+    fs::write(rootfs.join("etc/machine-id"), "uninitialized\n")?;
+    // Ignition writes each node's own.
+    let _ = fs::remove_file(rootfs.join("etc/hostname"));
+    if !base.disable.is_empty() {
+        crate::proc::check(
+            Command::new("systemctl")
+                .arg(format!("--root={}", rootfs.display()))
+                .arg("disable")
+                .args(&base.disable),
+            Duration::from_secs(60),
+        )?;
+        // On first boot systemd applies every preset, and Debian's default
+        // ("enable *") would enable them again. Ignition's presets
+        // (20-ignition.preset) still come first.
+        let presets: String = base
+            .disable
+            .iter()
+            .map(|u| format!("disable {u}\n"))
+            .collect();
+        fs::create_dir_all(rootfs.join("etc/systemd/system-preset"))?;
+        fs::write(
+            rootfs.join("etc/systemd/system-preset/30-lab-image.preset"),
+            presets,
+        )?;
+    }
+    crate::ignition::prepare_root(rootfs)?;
+    // The package cache is 100 MB nobody needs.
+    for entry in fs::read_dir(rootfs.join("var/cache/apt/archives"))?.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "deb") {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The Debian mirror: `$LAB_DEBIAN_MIRROR`, else the one this machine's
+/// apt uses (deb822 `URIs:` or a one-line `deb` entry).
+fn mirror() -> Result<String> {
+    if let Some(m) = std::env::var_os("LAB_DEBIAN_MIRROR") {
+        return Ok(m.to_string_lossy().into_owned());
+    }
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut extra: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        extra.sort();
+        files.extend(extra);
+    }
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        let name = file.to_string_lossy();
+        for line in text.lines().map(str::trim) {
+            let uri = if name.ends_with(".sources") {
+                line.strip_prefix("URIs:")
+                    .and_then(|rest| rest.split_whitespace().next())
+            } else if name.ends_with(".list") {
+                line.strip_prefix("deb ")
+                    .and_then(|rest| rest.split_whitespace().find(|w| w.contains("://")))
+            } else {
+                None
+            };
+            if let Some(uri) = uri.filter(|u| u.trim_end_matches('/').ends_with("/debian")) {
+                return Ok(uri.to_owned());
+            }
+        }
+    }
+    bail!("no Debian mirror found in /etc/apt/sources.list(.d); set LAB_DEBIAN_MIRROR")
+}
+
+/// Remove a directory tree that may hold files owned by anyone.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,624 @@
+//! A running lab: namespaces, a bridge, overlay roots, booted nodes.
+//!
+//! Everything a lab creates is recorded under its directory in
+//! [`labs_dir`] (namespace names, mounts, PIDs with start times), so a lab
+//! whose owner died, even by SIGKILL, is cleared by the next one that
+//! starts. Only processes this code started are ever signalled, by PID
+//! checked against its start time.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::http::FileServer;
+use crate::ignition::{self, Stages};
+use crate::image::remove_tree;
+use crate::proc::{self, ProcessId};
+
+/// The lab's HTTP server, in the lab namespace: where nodes fetch firstboot.
+pub const LAB_SERVER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 8080);
+/// Node N (from 0) gets 198.18.0.(10 + N)/24.
+const FIRST_NODE_OCTET: u8 = 10;
+const MAX_NODES: usize = 200;
+/// Prefix of every namespace a lab creates.
+const NS_PREFIX: &str = "sitelab-";
+const STEP: Duration = Duration::from_secs(30);
+
+/// Where labs keep their state (overlay layers, PIDs).
+pub fn labs_dir() -> PathBuf {
+    std::env::var_os("SITE_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/site-lab"))
+}
+
+pub struct Lab {
+    id: String,
+    dir: PathBuf,
+    image: PathBuf,
+    nodes: Vec<Node>,
+    server: Option<FileServer>,
+}
+
+pub struct Node {
+    pub name: String,
+    pub address: Ipv4Addr,
+    index: usize,
+    netns: String,
+    dir: PathBuf,
+    nspawn: Option<Child>,
+}
+
+impl Node {
+    fn merged(&self) -> PathBuf {
+        self.dir.join("merged")
+    }
+
+    /// The host side of this node's cable, in the lab namespace.
+    fn cable(&self, lab_id: &str) -> String {
+        format!("sl{lab_id}{}", self.index)
+    }
+}
+
+impl Lab {
+    /// Start a lab on the image rooted at `image`: clear labs whose owner
+    /// died, then create the lab namespace with its bridge.
+    pub fn create(image: &Path) -> Result<Lab> {
+        let root = labs_dir();
+        fs::create_dir_all(&root)?;
+        clear_stale(&root);
+        // nspawn needs it and a bare machine may lack it.
+        fs::create_dir_all("/run/systemd")?;
+        let id = loop {
+            let candidate = format!("{:06x}", rand_u32() & 0xff_ffff);
+            if !root.join(&candidate).exists() {
+                break candidate;
+            }
+        };
+        let dir = root.join(&id);
+        fs::create_dir(&dir)?;
+        fs::write(dir.join("owner"), ProcessId::current().encode())?;
+        let lab = Lab {
+            id,
+            dir,
+            image: image.to_owned(),
+            nodes: Vec::new(),
+            server: None,
+        };
+        let ns = lab.netns();
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", LAB_SERVER.ip()),
+            "dev",
+            "br0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "br0", "up"])?;
+        Ok(lab)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The lab namespace, holding the bridge and the HTTP server.
+    pub fn netns(&self) -> String {
+        format!("{NS_PREFIX}{}", self.id)
+    }
+
+    /// Serve `files` (path, bytes) at [`LAB_SERVER`] inside the lab namespace.
+    pub fn serve(&mut self, files: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let ns = Path::new("/run/netns").join(self.netns());
+        self.server = Some(
+            FileServer::start_in(&ns, LAB_SERVER, files)
+                .context("cannot start the lab HTTP server")?,
+        );
+        Ok(())
+    }
+
+    pub fn server(&self) -> Option<&FileServer> {
+        self.server.as_ref()
+    }
+
+    /// Add a node: its namespace and cable, its copy-on-write root, and its
+    /// rendered Ignition config applied there by the real Ignition, which
+    /// fetches from the lab server across the bridge.
+    pub fn add_node(&mut self, name: &str, config: &Path) -> Result<&Node> {
+        let index = self.nodes.len();
+        if index >= MAX_NODES {
+            bail!("a lab holds at most {MAX_NODES} nodes");
+        }
+        let node_dir = self.dir.join("nodes").join(name);
+        let node = Node {
+            name: name.to_owned(),
+            address: Ipv4Addr::new(198, 18, 0, FIRST_NODE_OCTET + index as u8),
+            index,
+            netns: format!("{NS_PREFIX}{}-{index}", self.id),
+            dir: node_dir.clone(),
+            nspawn: None,
+        };
+        // Recorded before creating, so a crash in between is still cleaned.
+        self.nodes.push(node);
+        let node = self.nodes.last().expect("just pushed");
+        let (lab_ns, ns, cable) = (self.netns(), node.netns.clone(), node.cable(&self.id));
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link", "add", &cable, "netns", &lab_ns, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ])?;
+        ip(&["-n", &lab_ns, "link", "set", &cable, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", node.address),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+
+        for d in ["upper", "work", "merged"] {
+            fs::create_dir_all(node_dir.join(d))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.image.display(),
+            node_dir.join("upper").display(),
+            node_dir.join("work").display()
+        );
+        proc::check(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &options])
+                .arg(node.merged()),
+            STEP,
+        )?;
+        ignition::prepare_root(&node.merged())?;
+        let stages = Stages::new(node_dir.join("ignition"))?;
+        let outcome = stages.apply(&node.merged(), config, Some(&ns));
+        fs::write(node_dir.join("ignition.log"), &outcome.log)?;
+        if !outcome.success {
+            bail!("Ignition failed on {name}:\n{}", outcome.log);
+        }
+        Ok(node)
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node `{name}` in the lab"))
+    }
+
+    fn node_mut(&mut self, name: &str) -> Result<&mut Node> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node `{name}` in the lab"))
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter()
+    }
+
+    /// Boot a node with `systemd-nspawn --boot` in its namespace. Console
+    /// output goes to `console.log` in the node's directory.
+    pub fn boot(&mut self, name: &str) -> Result<()> {
+        let lab_dir = self.dir.clone();
+        let lab_id = self.id.clone();
+        let node = self.node_mut(name)?;
+        if node.nspawn.is_some() {
+            bail!("{name} is already running");
+        }
+        let console = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("console.log"))?;
+        let mut command = Command::new("systemd-nspawn");
+        command
+            .args([
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--console=passive",
+            ])
+            .args([
+                "--link-journal=no",
+                "--resolv-conf=off",
+                "--timezone=off",
+                "--quiet",
+            ])
+            .arg(format!(
+                "--network-namespace-path=/run/netns/{}",
+                node.netns
+            ))
+            .arg(format!("--machine={}", node.name))
+            .arg("--directory")
+            .arg(node.merged())
+            .stdin(Stdio::null())
+            .stdout(console.try_clone()?)
+            .stderr(console);
+        // The child joins cgroups of its own before nspawn runs, so each
+        // node's systemd manages a tree of its own: nodes sharing one
+        // (--keep-unit keeps the caller's) trample each other's slices.
+        // After the fork only the prepared paths are used, no allocation.
+        let procs = node_cgroups(&lab_id, node.index)?;
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(move || {
+                for path in &procs {
+                    join_cgroup(path)?;
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().context("cannot start systemd-nspawn")?;
+        let id = ProcessId::of(child.id() as i32).context("nspawn exited at once")?;
+        append_line(&lab_dir.join("pids"), &id.encode())?;
+        node.nspawn = Some(child);
+        Ok(())
+    }
+
+    /// The PID of a running node's init (systemd), for nsenter.
+    pub fn leader(&self, name: &str) -> Result<i32> {
+        let node = self.node(name)?;
+        let nspawn = node
+            .nspawn
+            .as_ref()
+            .with_context(|| format!("{name} is not running"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // nspawn forks helpers before the container's init exists;
+            // the leader is the child that runs systemd.
+            let init = proc::children(nspawn.id() as i32).into_iter().find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "systemd")
+            });
+            if let Some(pid) = init {
+                return Ok(pid);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{name}: nspawn started no container within 10 s; see {}",
+                    node.dir.join("console.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Run a command inside a node, bounded by `limit`.
+    pub fn exec(&self, name: &str, args: &[&str], limit: Duration) -> Result<Output> {
+        let leader = self.leader(name)?;
+        proc::run(
+            Command::new("nsenter")
+                .args(["-t", &leader.to_string(), "-a", "--"])
+                .args(args),
+            limit,
+        )
+    }
+
+    /// Like [`exec`](Self::exec), requiring success; stdout as text.
+    pub fn sh(&self, name: &str, script: &str) -> Result<String> {
+        let out = self.exec(name, &["/bin/sh", "-c", script], STEP)?;
+        if !out.status.success() {
+            bail!(
+                "{name}: `{script}` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Wait until systemd in the node has finished starting up; its state
+    /// (`running`, or `degraded` with the failed units listed).
+    pub fn wait_booted(&self, name: &str, limit: Duration) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        let state = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let out = self.exec(name, &["systemctl", "is-system-running", "--wait"], left)?;
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            // Empty or "offline": systemd does not answer on its bus yet.
+            if !(state.is_empty() || state == "offline") || Instant::now() >= deadline {
+                break state;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if state == "degraded" {
+            let failed = self.exec(
+                name,
+                &["systemctl", "--failed", "--no-legend", "--plain"],
+                STEP,
+            )?;
+            return Ok(format!(
+                "degraded: {}",
+                String::from_utf8_lossy(&failed.stdout).trim()
+            ));
+        }
+        Ok(state)
+    }
+
+    /// The node's journal, of one unit or all.
+    pub fn journal(&self, name: &str, unit: Option<&str>) -> Result<String> {
+        let mut args = vec!["journalctl", "--no-pager", "-o", "cat"];
+        if let Some(unit) = unit {
+            args.extend(["-u", unit]);
+        }
+        let out = self.exec(name, &args, STEP)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Crash a node: SIGKILL its init, which ends its whole PID namespace.
+    /// Its root and disk state stay, as after a power cut.
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        let leader = self.leader(name).ok();
+        let node = self.node_mut(name)?;
+        let Some(mut nspawn) = node.nspawn.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = leader.and_then(ProcessId::of) {
+            pid.kill();
+        }
+        wait_or_kill(&mut nspawn, Duration::from_secs(20));
+        Ok(())
+    }
+
+    /// Unplug a node's cable (`up == false`) or plug it back in.
+    pub fn set_link(&self, name: &str, up: bool) -> Result<()> {
+        let node = self.node(name)?;
+        ip(&[
+            "-n",
+            &self.netns(),
+            "link",
+            "set",
+            &node.cable(&self.id),
+            if up { "up" } else { "down" },
+        ])
+    }
+
+    /// The node's root as seen from the host (its overlay).
+    pub fn root(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.node(name)?.merged())
+    }
+
+    /// Memory in use by a running node's processes (cgroup-free: the sum of
+    /// RSS over its PID namespace), in KiB.
+    pub fn rss_kib(&self, name: &str) -> Result<u64> {
+        let out = self.sh(
+            name,
+            "cat /proc/[0-9]*/status 2>/dev/null | grep '^VmRSS:' || true",
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum())
+    }
+
+    /// Stop everything and remove every trace. Also done on drop.
+    pub fn teardown(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut nspawn) = node.nspawn.take() {
+                if let Some(&leader) = proc::children(nspawn.id() as i32).first() {
+                    if let Some(pid) = ProcessId::of(leader) {
+                        pid.kill();
+                    }
+                }
+                wait_or_kill(&mut nspawn, Duration::from_secs(20));
+            }
+        }
+        self.server = None;
+        clear(&self.dir, &self.id);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn wait_or_kill(child: &mut Child, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Clear every lab whose owner process is gone.
+pub fn clear_stale(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let owner = fs::read_to_string(entry.path().join("owner"))
+            .ok()
+            .and_then(|t| ProcessId::decode(&t));
+        if owner.is_some_and(|o| o.alive()) {
+            continue;
+        }
+        clear(&entry.path(), &id);
+    }
+}
+
+/// Remove one lab's processes, mounts, namespaces and files.
+fn clear(dir: &Path, id: &str) {
+    // Recorded nspawn PIDs: kill the container (its init) and nspawn.
+    for line in fs::read_to_string(dir.join("pids"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Some(nspawn) = ProcessId::decode(line).filter(|p| p.alive()) {
+            for child in proc::children(nspawn.pid) {
+                if let Some(c) = ProcessId::of(child) {
+                    c.kill();
+                }
+            }
+            nspawn.kill();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while nspawn.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    // Mounts under the lab directory, deepest first.
+    let dir_text = dir.to_string_lossy().into_owned();
+    let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(unescape_mount))
+        .filter(|m| m.starts_with(&format!("{dir_text}/")))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in mounts {
+        let _ = proc::run(Command::new("umount").arg(&mount), STEP)
+            .ok()
+            .filter(|o| o.status.success())
+            .map_or_else(
+                || proc::run(Command::new("umount").arg("-l").arg(&mount), STEP).map(|_| ()),
+                |_| Ok(()),
+            );
+    }
+    // Namespaces: the lab's own, and its nodes'.
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        let own = format!("{NS_PREFIX}{id}");
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == own || name.starts_with(&format!("{own}-")) {
+                let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+    remove_cgroups(id);
+    let _ = remove_tree(dir);
+}
+
+/// The cgroup hierarchies nodes get their own group in: every mounted
+/// one that systemd tracks processes with (`name=systemd` and the unified
+/// one on a hybrid host; the root on a pure cgroup2 host).
+fn cgroup_roots() -> Vec<PathBuf> {
+    [
+        "/sys/fs/cgroup/systemd",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .filter(|p| p.join("cgroup.procs").is_file())
+    .collect()
+}
+
+/// Create node `index`'s cgroups; their `cgroup.procs` files.
+fn node_cgroups(lab_id: &str, index: usize) -> Result<Vec<std::ffi::CString>> {
+    cgroup_roots()
+        .into_iter()
+        .map(|root| {
+            let dir = root.join("site-lab").join(format!("{lab_id}-{index}"));
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create cgroup {}", dir.display()))?;
+            let procs = dir.join("cgroup.procs");
+            Ok(std::ffi::CString::new(
+                procs.into_os_string().into_encoded_bytes(),
+            )?)
+        })
+        .collect()
+}
+
+/// Move the calling process into the cgroup whose `cgroup.procs` is
+/// `procs`. Async-signal-safe: open, write, close.
+fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
+    use nix::fcntl::{open, OFlag};
+    let fd = open(
+        procs,
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: fd was just opened and is closed below, after its last use.
+    let written = nix::unistd::write(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, b"0");
+    let _ = nix::unistd::close(fd);
+    written?;
+    Ok(())
+}
+
+/// Remove a lab's cgroups, deepest first (cgroups go by rmdir only).
+fn remove_cgroups(lab_id: &str) {
+    fn rmdir_tree(dir: &Path) {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    rmdir_tree(&entry.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    for root in cgroup_roots() {
+        let Ok(entries) = fs::read_dir(root.join("site-lab")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{lab_id}-"))
+            {
+                rmdir_tree(&entry.path());
+            }
+        }
+    }
+}
+
+/// /proc/mounts escapes spaces and other bytes as octal.
+fn unescape_mount(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    proc::check(Command::new("ip").args(args), STEP).map(|_| ())
+}
+
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{line}")?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        return nanos ^ std::process::id();
+    }
+    u32::from_le_bytes(bytes)
+}
