@@ -57,7 +57,7 @@ fn a_rendered_site_boots_in_the_lab() {
     let dir = tempfile::tempdir().unwrap();
     let (site, configs) = render_lab_site(dir.path(), &firstboot);
     let started = Instant::now();
-    let lab = start_lab(&image, &firstboot, &bytes, &configs);
+    let mut lab = start_lab(&image, &firstboot, &bytes, &configs);
 
     for host in &site.hosts {
         let name = host.name.as_str();
@@ -116,7 +116,9 @@ fn a_rendered_site_boots_in_the_lab() {
         .hits(&format!("/{}", firstboot.object_name()));
     assert_eq!(fetched, 3);
 
-    let addr = |n: &str| lab.node(n).unwrap().address;
+    let addresses: std::collections::HashMap<String, std::net::Ipv4Addr> =
+        lab.nodes().map(|n| (n.name.clone(), n.address)).collect();
+    let addr = |n: &str| addresses[n];
     assert!(pings(&lab, "node1", addr("node2")) && pings(&lab, "node1", addr("node3")));
     assert!(pings(&lab, "node3", addr("node2")));
     lab.set_link("node3", false).unwrap();
@@ -134,6 +136,25 @@ fn a_rendered_site_boots_in_the_lab() {
     );
     lab.set_link("node3", true).unwrap();
     assert!(pings(&lab, "node1", addr("node3")) && pings(&lab, "node3", addr("node2")));
+
+    // A crash (SIGKILL of the node's init) and a restart on the same disk.
+    let leader = lab.leader("node2").unwrap();
+    lab.kill("node2").unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{leader}")).exists(),
+        "node2 survived the kill"
+    );
+    assert!(
+        !pings(&lab, "node1", addr("node2")),
+        "a killed node answers"
+    );
+    lab.boot("node2").unwrap();
+    assert_eq!(lab.wait_booted("node2", BOOT_LIMIT).unwrap(), "running");
+    assert_eq!(
+        lab.sh("node2", "hostname").unwrap().trim(),
+        "node2.lab.example.org"
+    );
+    assert!(pings(&lab, "node1", addr("node2")));
 
     let rss: u64 = site
         .hosts

@@ -263,6 +263,15 @@ impl Lab {
             });
         }
         let child = command.spawn().context("cannot start systemd-nspawn")?;
+        let cable = node.cable(&lab_id);
+        ip(&[
+            "-n",
+            &format!("{NS_PREFIX}{lab_id}"),
+            "link",
+            "set",
+            &cable,
+            "up",
+        ])?;
         let id = ProcessId::of(child.id() as i32).context("nspawn exited at once")?;
         append_line(&lab_dir.join("pids"), &id.encode())?;
         node.nspawn = Some(child);
@@ -359,8 +368,9 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Crash a node: SIGKILL its init, which ends its whole PID namespace.
-    /// Its root and disk state stay, as after a power cut.
+    /// Crash a node: SIGKILL its init, which ends its whole PID namespace,
+    /// and unplug its cable. Its root and disk state stay, as after a
+    /// power cut; [`boot`](Self::boot) starts it again.
     pub fn kill(&mut self, name: &str) -> Result<()> {
         let leader = self.leader(name).ok();
         let node = self.node_mut(name)?;
@@ -371,7 +381,9 @@ impl Lab {
             pid.kill();
         }
         wait_or_kill(&mut nspawn, Duration::from_secs(20));
-        Ok(())
+        // The namespace outlives the node and its kernel would still answer
+        // on eth0; a powered-off machine does not. `boot` plugs it back.
+        self.set_link(name, false)
     }
 
     /// Unplug a node's cable (`up == false`) or plug it back in.
