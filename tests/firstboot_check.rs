@@ -34,6 +34,7 @@ fn contract() -> NodeConfig {
         },
         catalog: Default::default(),
         freeipa: None,
+        storage: Default::default(),
     }
 }
 

@@ -1,3 +1,16 @@
 //! firstboot's library: everything but argument parsing, so tests reach it.
 
+pub mod bootstrap;
+pub mod ca;
 pub mod check;
+pub mod dns;
+pub mod dnsquery;
+pub mod exec;
+pub mod fsutil;
+pub mod join;
+pub mod logging;
+pub mod net;
+pub mod paths;
+pub mod phases;
+pub mod state;
+pub mod status;

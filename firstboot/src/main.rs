@@ -3,36 +3,75 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use firstboot::paths::Paths;
 
 /// Assemble this node into its site, peer to peer.
 ///
-/// At this stage firstboot checks the node contract that Ignition wrote:
-/// `firstboot --check` reads node.json, validates it and prints a summary.
+/// `firstboot run` (what firstboot.service starts) runs the phases:
+/// identify, storage, join, etcd. The lowest (bootstrap) host serves the
+/// join service, a temporary DNS and CA; the others join it. Progress goes
+/// to the journal and /run/firstboot/status.json; a crash or reboot
+/// resumes at the first phase not done.
 #[derive(Debug, Parser)]
-#[command(name = "firstboot", version, term_width = 80)]
+#[command(
+    name = "firstboot",
+    version,
+    term_width = 80,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// Validate node.json and print a summary of this node
-    #[arg(long, required = true)]
+    #[arg(long)]
     check: bool,
 
-    /// The node contract to read
+    /// The node contract to read (with --check)
     #[arg(long, value_name = "PATH", default_value = node_contract::NODE_JSON_PATH)]
     config: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the phases not yet done (what firstboot.service starts)
+    Run,
+    /// Start a service as this node's image runs it (what its unit starts)
+    Exec {
+        /// A service of the image catalog, such as `etcd`
+        service: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match firstboot::check::run(&cli.config) {
-        Ok(summary) => {
-            print!("{summary}");
-            ExitCode::SUCCESS
+    let result = match cli.command {
+        None if cli.check => firstboot::check::run(&cli.config).map(|summary| print!("{summary}")),
+        None => Err(anyhow::anyhow!(
+            "nothing to do: give --check, `run` or `exec` (see --help)"
+        )),
+        Some(Command::Run) => {
+            firstboot::logging::init();
+            run()
         }
+        Some(Command::Exec { service }) => firstboot::exec::exec(&Paths::from_env(), &service),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            log::error!("{e:#}");
             eprintln!("firstboot: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn run() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(firstboot::phases::main(Paths::from_env()))
 }
 
 #[cfg(test)]

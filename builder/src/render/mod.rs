@@ -8,7 +8,7 @@ use std::fmt;
 
 use anyhow::Result;
 use node_contract::{
-    FreeIpaSecrets, HostEntry, JoinConfig, NodeConfig, Role, SiteInfo, SCHEMA_VERSION,
+    FreeIpaSecrets, HostEntry, JoinConfig, NodeConfig, Role, SiteInfo, Storage, SCHEMA_VERSION,
 };
 
 use crate::artifact::Firstboot;
@@ -174,6 +174,11 @@ pub fn node_config(site: &Site, secrets: &Secrets, host: &Host) -> Result<NodeCo
             admin_password: secrets.freeipa_admin_password.clone(),
             directory_manager_password: secrets.directory_manager_password.clone(),
         }),
+        storage: Storage {
+            data_mount: (host.volumes.data_gib > 0).then(|| units::DATA_MOUNT_POINT.to_owned()),
+            swap_device: (host.volumes.swap_gib > 0)
+                .then(|| units::volume_device(&site.resource_name(host, "swap"))),
+        },
     })
 }
 

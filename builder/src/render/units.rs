@@ -11,11 +11,18 @@ pub struct ShippedUnit {
     pub enabled: bool,
 }
 
-pub const SHIPPED: &[ShippedUnit] = &[ShippedUnit {
-    name: "firstboot.service",
-    contents: include_str!("../../../units/firstboot.service"),
-    enabled: true,
-}];
+pub const SHIPPED: &[ShippedUnit] = &[
+    ShippedUnit {
+        name: "firstboot.service",
+        contents: include_str!("../../../units/firstboot.service"),
+        enabled: true,
+    },
+    ShippedUnit {
+        name: "etcd.service",
+        contents: include_str!("../../../units/etcd.service"),
+        enabled: false,
+    },
+];
 
 /// Where a host's data volume is mounted.
 pub const DATA_MOUNT_POINT: &str = "/var/lib/data";

@@ -36,6 +36,27 @@ pub struct NodeConfig {
     /// Passwords FreeIPA servers and replicas need; absent on other nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeipa: Option<FreeIpaSecrets>,
+    /// The volumes Ignition prepared, which the storage phase checks.
+    #[serde(default, skip_serializing_if = "Storage::is_empty")]
+    pub storage: Storage,
+}
+
+/// Block storage a node should find in place at boot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Where the data volume is mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_mount: Option<String>,
+    /// The swap volume's device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_device: Option<String>,
+}
+
+impl Storage {
+    pub fn is_empty(&self) -> bool {
+        self.data_mount.is_none() && self.swap_device.is_none()
+    }
 }
 
 /// The site as every node sees it.
@@ -276,6 +297,7 @@ mod tests {
                 admin_password: "a".repeat(12),
                 directory_manager_password: "d".repeat(12),
             }),
+            storage: Storage::default(),
         }
     }
 

@@ -54,6 +54,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The node's network namespace (under /run/netns).
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
     fn merged(&self) -> PathBuf {
         self.dir.join("merged")
     }
@@ -356,6 +361,23 @@ impl Lab {
             ));
         }
         Ok(state)
+    }
+
+    /// Wait until systemd in the node answers (starting or later), without
+    /// waiting for start-up to finish.
+    pub fn wait_started(&self, name: &str, limit: Duration) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.exec(name, &["systemctl", "is-system-running"], STEP)?;
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !(state.is_empty() || state == "offline" || state == "initializing") {
+                return Ok(state);
+            }
+            if Instant::now() >= deadline {
+                bail!("{name}: systemd did not start within {}s", limit.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The node's journal, of one unit or all.

@@ -1,0 +1,181 @@
+//! Phase 4: etcd on the core hosts, formed by SRV discovery over TLS with
+//! name-only certificates (ARCHITECTURE §8: hostname peer URLs, peer and
+//! client certificate auth; a member's SRV target resolves to its own
+//! address).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use node_contract::Role;
+
+use super::Context;
+use crate::paths::Paths;
+
+pub const PEER_PORT: u16 = 2380;
+pub const CLIENT_PORT: u16 = 2379;
+/// etcd logs this when a peer's source address matches no name in its
+/// certificate, and refuses that peer, while `endpoint health` can still
+/// say healthy: it is treated as unhealthy.
+const NAME_MISMATCH: &str = "does not match any of DNSNames";
+const HEALTH_WAIT: Duration = Duration::from_secs(180);
+
+/// etcd's arguments for this node (the command itself comes from the
+/// image catalog: a host binary in the lab, a container on Fedora CoreOS).
+pub fn etcd_args(paths: &Paths, domain: &str, node: &str, address: Ipv4Addr) -> Vec<String> {
+    let fqdn = format!("{node}.{domain}");
+    let tls = paths.tls_dir();
+    let file = |name: &str| tls.join(name).display().to_string();
+    let args: Vec<(&str, String)> = vec![
+        ("--name", node.to_owned()),
+        ("--data-dir", paths.etcd_data().display().to_string()),
+        ("--discovery-srv", domain.to_owned()),
+        (
+            "--initial-advertise-peer-urls",
+            format!("https://{fqdn}:{PEER_PORT}"),
+        ),
+        (
+            "--listen-peer-urls",
+            format!("https://{address}:{PEER_PORT}"),
+        ),
+        (
+            "--listen-client-urls",
+            format!("https://{address}:{CLIENT_PORT},https://127.0.0.1:{CLIENT_PORT}"),
+        ),
+        (
+            "--advertise-client-urls",
+            format!("https://{fqdn}:{CLIENT_PORT}"),
+        ),
+        ("--initial-cluster-token", format!("{domain}-etcd")),
+        ("--initial-cluster-state", "new".into()),
+        ("--client-cert-auth", "true".into()),
+        ("--trusted-ca-file", file("ca.crt")),
+        ("--cert-file", file("node.crt")),
+        ("--key-file", file("node.key")),
+        ("--peer-client-cert-auth", "true".into()),
+        ("--peer-trusted-ca-file", file("ca.crt")),
+        ("--peer-cert-file", file("node.crt")),
+        ("--peer-key-file", file("node.key")),
+    ];
+    args.into_iter()
+        .map(|(flag, value)| format!("{flag}={value}"))
+        .collect()
+}
+
+pub async fn run(cx: &mut Context) -> Result<()> {
+    let me = cx.config.me().context("this node is not in the site")?;
+    if me.role != Role::Core {
+        return Ok(());
+    }
+    let address = cx
+        .state
+        .address
+        .context("identify did not record this node's address")?;
+    let dns = SocketAddr::new(
+        cx.state
+            .bootstrap_address
+            .context("join did not record the DNS server")?
+            .into(),
+        crate::bootstrap::DNS_PORT,
+    );
+    if etcdctl_health(&cx.paths, &cx.fqdn(&cx.config.node))
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+
+    // SRV discovery resolves every member at start: wait until all core
+    // hosts have joined and resolve, then pin them in /etc/hosts too.
+    let mut peers = std::collections::BTreeMap::new();
+    for host in cx.config.site.hosts.iter().filter(|h| h.role == Role::Core) {
+        let found = crate::dnsquery::lookup_a(dns, &cx.fqdn(&host.name)).await?;
+        let Some(&a) = found.first() else {
+            bail!(
+                "waiting for core host {} to join (no address in DNS yet)",
+                host.name
+            );
+        };
+        peers.insert(host.name.clone(), a);
+    }
+    cx.state.peers.extend(peers.clone());
+    super::join::write_hosts(cx, &cx.state.peers)?;
+
+    let args = etcd_args(&cx.paths, &cx.config.site.domain, &cx.config.node, address);
+    crate::fsutil::write_atomic(
+        &cx.paths.service_args("etcd"),
+        (args.join("\n") + "\n").as_bytes(),
+        0o644,
+    )?;
+    systemctl(&["enable", "--now", "etcd.service"]).await?;
+
+    let deadline = tokio::time::Instant::now() + HEALTH_WAIT;
+    loop {
+        let health = etcdctl_health(&cx.paths, &cx.fqdn(&cx.config.node)).await;
+        let mismatch = journal_mentions("etcd.service", NAME_MISMATCH).await;
+        match (health, mismatch) {
+            (Ok(()), false) => return Ok(()),
+            (_, true) => bail!("etcd refuses a peer whose address matches no name in its certificate (`{NAME_MISMATCH}`); check /etc/hosts and the DNS A records"),
+            (Err(e), false) if tokio::time::Instant::now() >= deadline => bail!("etcd is not healthy after {}s: {e:#}", HEALTH_WAIT.as_secs()),
+            _ => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
+
+/// `etcdctl endpoint health` on this node's own endpoint, over TLS with
+/// this node's certificate as the client certificate.
+pub async fn etcdctl_health(paths: &Paths, fqdn: &str) -> Result<()> {
+    let tls = paths.tls_dir();
+    let out = bounded(
+        tokio::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://{fqdn}:{CLIENT_PORT}"))
+            .arg(format!("--cacert={}", tls.join("ca.crt").display()))
+            .arg(format!("--cert={}", tls.join("node.crt").display()))
+            .arg(format!("--key={}", tls.join("node.key").display()))
+            .args(["--command-timeout=5s", "endpoint", "health"]),
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "etcdctl endpoint health: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+async fn journal_mentions(unit: &str, text: &str) -> bool {
+    let Ok(out) = bounded(tokio::process::Command::new("journalctl").args([
+        "--no-pager",
+        "-o",
+        "cat",
+        "-u",
+        unit,
+    ]))
+    .await
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&out.stdout).contains(text)
+}
+
+async fn systemctl(args: &[&str]) -> Result<()> {
+    let out = bounded(tokio::process::Command::new("systemctl").args(args)).await?;
+    if !out.status.success() {
+        bail!(
+            "systemctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+async fn bounded(cmd: &mut tokio::process::Command) -> Result<std::process::Output> {
+    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .context("command timed out")?
+        .context("cannot run command")
+}

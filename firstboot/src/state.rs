@@ -1,0 +1,136 @@
+//! The phase state on disk: versioned, written atomically, an API like any
+//! other. A reader of a newer version refuses it; older versions load.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// Phases done, in order.
+    pub completed: Vec<String>,
+    /// This node's VPC address, found by `identify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// The bootstrap host's address, found by `join`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_address: Option<Ipv4Addr>,
+    /// Peers known at join time: name to address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peers: BTreeMap<String, Ipv4Addr>,
+    /// Whether this node created the etcd cluster or joined one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cluster_state: Option<String>,
+}
+
+impl State {
+    pub fn new() -> State {
+        State {
+            version: STATE_VERSION,
+            ..State::default()
+        }
+    }
+
+    pub fn is_done(&self, phase: &str) -> bool {
+        self.completed.iter().any(|p| p == phase)
+    }
+
+    pub fn mark_done(&mut self, phase: &str) {
+        if !self.is_done(phase) {
+            self.completed.push(phase.to_owned());
+        }
+    }
+
+    /// Load, or a fresh state when there is none yet.
+    pub fn load(path: &Path) -> Result<State> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is damaged; remove it to start this node's phases over",
+                path.display()
+            )
+        })?;
+        if v.version > STATE_VERSION {
+            bail!(
+                "{} has state version {}, newer than this firstboot ({STATE_VERSION}); \
+                 was the node downgraded?",
+                path.display(),
+                v.version
+            );
+        }
+        let mut state: State = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is damaged", path.display()))?;
+        state.version = STATE_VERSION;
+        Ok(state)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        crate::fsutil::write_atomic(path, &bytes, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_state_is_fresh_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut state = State::load(&path).unwrap();
+        assert_eq!(state, State::new());
+        state.mark_done("identify");
+        state.mark_done("identify");
+        state.address = Some(Ipv4Addr::new(198, 18, 0, 10));
+        state.save(&path).unwrap();
+        let loaded = State::load(&path).unwrap();
+        assert_eq!(loaded, state);
+        assert_eq!(loaded.completed, ["identify"]);
+    }
+
+    #[test]
+    fn version_1_files_as_written_load() {
+        // A state file exactly as firstboot wrote it at version 1: kept
+        // here so a later version must keep loading it.
+        let v1 =
+            r#"{"version": 1, "completed": ["identify", "storage"], "address": "198.18.0.11"}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, v1).unwrap();
+        let state = State::load(&path).unwrap();
+        assert!(state.is_done("storage") && !state.is_done("join"));
+        assert_eq!(state.address, Some(Ipv4Addr::new(198, 18, 0, 11)));
+    }
+
+    #[test]
+    fn newer_or_damaged_state_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, r#"{"version": 9, "completed": []}"#).unwrap();
+        assert!(State::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("newer than this firstboot"));
+        std::fs::write(&path, "{garbage").unwrap();
+        assert!(State::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("damaged"));
+    }
+}
