@@ -369,3 +369,52 @@ fn the_join_service_refuses_forgeries_and_keeps_serving() {
     let auth = protocol::request_mac(&credential("node3"), &fresh);
     assert_eq!(post_from(&lab, "node3", bootstrap, fresh, auth).0, 200);
 }
+
+#[test]
+fn a_rebuilt_lowest_host_rejoins_the_existing_cluster() {
+    let Some((image, firstboot, bytes)) = ready() else {
+        return;
+    };
+    let (_dir, site, configs) = render(3, &firstboot);
+    let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
+    for (name, _) in &configs {
+        lab.boot(name).unwrap();
+    }
+    assert_cluster(&lab, &site);
+    let cluster_id = |lab: &Lab, node: &str| -> Vec<u64> {
+        let status = etcdctl(
+            lab,
+            node,
+            "node2.lab.example.org",
+            "endpoint status --cluster -w json",
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(status.trim()).unwrap_or_else(|e| panic!("{e}: {status}"));
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["Status"]["header"]["cluster_id"].as_u64().unwrap())
+            .collect()
+    };
+    let before = cluster_id(&lab, "node2");
+    assert_eq!(before.len(), 3);
+
+    // The lowest host's disk is lost; the droplet is rebuilt from the
+    // same user data and boots again.
+    lab.rebuild("node1", &configs[0].1).unwrap();
+    lab.boot("node1").unwrap();
+    assert_cluster(&lab, &site);
+    let after = cluster_id(&lab, "node2");
+    assert_eq!(after.len(), 3, "members after the rebuild: {after:?}");
+    assert!(
+        after.iter().all(|id| *id == before[0]),
+        "a second cluster: {before:?} then {after:?}"
+    );
+    let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
+    assert!(journal.contains("a cluster already exists"), "{journal}");
+    assert!(
+        !journal.contains("created the temporary CA"),
+        "node1 made a new CA:\n{journal}"
+    );
+}

@@ -39,7 +39,8 @@ pub async fn start(cx: &mut Context) -> Result<Services> {
         .state
         .address
         .context("identify did not record this node's address")?;
-    let config = &cx.config;
+    let config = cx.config.clone();
+    let config = &config;
     let site_secret = config
         .join
         .site_secret
@@ -49,12 +50,15 @@ pub async fn start(cx: &mut Context) -> Result<Services> {
 
     let ca = match TempCa::load(&cx.paths.ca_dir())? {
         Some(ca) => ca,
-        None => {
-            let ca = TempCa::create(&domain)?;
-            ca.save(&cx.paths.ca_dir())?;
-            log::info!("created the temporary CA for {domain}");
-            ca
-        }
+        None => match recover(cx, &site_secret, address).await? {
+            Some(ca) => ca,
+            None => {
+                let ca = TempCa::create(&domain)?;
+                ca.save(&cx.paths.ca_dir())?;
+                log::info!("created the temporary CA for {domain}");
+                ca
+            }
+        },
     };
     let fqdn = cx.fqdn(&config.node);
     let tls = cx.paths.tls_dir();
@@ -121,4 +125,61 @@ pub async fn start(cx: &mut Context) -> Result<Services> {
         registrar,
         join_task,
     })
+}
+
+/// The split-brain guard: a bootstrap host with no CA on disk (a first
+/// boot, or a rebuilt host) first asks the peers it can reach whether a
+/// cluster exists. If one does, it restores the CA and registry from
+/// their sealed backup and marks etcd to rejoin, never to start a second
+/// cluster. Backups that do not open under the site secret are ignored.
+async fn recover(cx: &mut Context, site_secret: &str, own: Ipv4Addr) -> Result<Option<TempCa>> {
+    use crate::join::peer;
+    let candidates = crate::join::client::probe(&cx.vpc, peer::PEER_PORT, &[own]).await;
+    let mut restored: Option<crate::backup::CaBackup> = None;
+    let mut registry = BTreeMap::new();
+    let mut cluster_exists = false;
+    for candidate in candidates {
+        let info = match peer::ask(candidate).await {
+            Ok(info) => info,
+            Err(e) => {
+                log::warn!("peer {candidate}: {e:#}");
+                continue;
+            }
+        };
+        let Some(sealed) = info.ca_backup else {
+            continue;
+        };
+        match crate::backup::open(site_secret, &sealed) {
+            Ok(backup) => {
+                cluster_exists |= info.etcd_data;
+                registry.extend(backup.registry.clone());
+                registry.insert(info.node.clone(), candidate);
+                restored.get_or_insert(backup);
+            }
+            Err(e) => log::warn!(
+                "peer {candidate} ({}) offered a CA backup that was refused: {e:#}",
+                info.node
+            ),
+        }
+    }
+    let Some(backup) = restored else {
+        return Ok(None);
+    };
+    let ca = TempCa::from_pems(&backup.ca_cert_pem, &backup.ca_key_pem)?;
+    ca.save(&cx.paths.ca_dir())?;
+    registry.remove(&cx.config.node);
+    crate::fsutil::write_atomic(
+        &cx.paths.registry_file(),
+        &serde_json::to_vec_pretty(&registry)?,
+        0o644,
+    )?;
+    if cluster_exists {
+        cx.state.etcd_cluster_state = Some("existing".into());
+        cx.state.save(&cx.paths.state_file())?;
+    }
+    log::warn!(
+        "a cluster already exists (peers {:?}): rejoining it with the recovered temporary CA, not starting a second one",
+        registry.keys().collect::<Vec<_>>()
+    );
+    Ok(Some(ca))
 }

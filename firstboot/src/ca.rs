@@ -321,6 +321,19 @@ impl TempCa {
         })
     }
 
+    /// The CA's certificate and key as PEM: what the sealed backup that
+    /// core peers keep carries (see `backup`).
+    pub fn to_pems(&self) -> (String, String) {
+        (self.cert_pem.clone(), self.issuer.key().serialize_pem())
+    }
+
+    /// A CA from PEM, checked as `load` checks it.
+    pub fn from_pems(cert_pem: &str, key_pem: &str) -> anyhow::Result<TempCa> {
+        let key =
+            KeyPair::from_pem(key_pem).map_err(|e| anyhow!("the CA key is not a PEM key: {e}"))?;
+        Self::from_parts(cert_pem.to_owned(), key)
+    }
+
     /// Checks that `cert_pem` and `key` form a usable CA (so a damaged or
     /// mismatched pair fails at load, not at the first signature).
     fn from_parts(cert_pem: String, key: KeyPair) -> anyhow::Result<TempCa> {

@@ -1,5 +1,6 @@
 //! firstboot's library: everything but argument parsing, so tests reach it.
 
+pub mod backup;
 pub mod bootstrap;
 pub mod ca;
 pub mod check;
@@ -14,3 +15,4 @@ pub mod paths;
 pub mod phases;
 pub mod state;
 pub mod status;
+pub mod system;

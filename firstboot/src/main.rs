@@ -37,6 +37,8 @@ struct Cli {
 enum Command {
     /// Run the phases not yet done (what firstboot.service starts)
     Run,
+    /// Answer a rebuilt bootstrap host (what firstboot-peer.service starts)
+    Peer,
     /// Start a service as this node's image runs it (what its unit starts)
     Exec {
         /// A service of the image catalog, such as `etcd`
@@ -54,6 +56,14 @@ fn main() -> ExitCode {
         Some(Command::Run) => {
             firstboot::logging::init();
             run()
+        }
+        Some(Command::Peer) => {
+            firstboot::logging::init();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(firstboot::join::peer::main(Paths::from_env())))
         }
         Some(Command::Exec { service }) => firstboot::exec::exec(&Paths::from_env(), &service),
     };

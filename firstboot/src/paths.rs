@@ -46,6 +46,10 @@ impl Paths {
     pub fn ca_dir(&self) -> PathBuf {
         self.state_dir().join("ca")
     }
+    /// The temporary CA sealed under the site secret (core peers).
+    pub fn ca_backup(&self) -> PathBuf {
+        self.state_dir().join("ca-backup")
+    }
     /// Who has joined (bootstrap host only).
     pub fn registry_file(&self) -> PathBuf {
         self.state_dir().join("registry.json")

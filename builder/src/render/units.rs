@@ -18,6 +18,11 @@ pub const SHIPPED: &[ShippedUnit] = &[
         enabled: true,
     },
     ShippedUnit {
+        name: "firstboot-peer.service",
+        contents: include_str!("../../../units/firstboot-peer.service"),
+        enabled: false,
+    },
+    ShippedUnit {
         name: "etcd.service",
         contents: include_str!("../../../units/etcd.service"),
         enabled: false,

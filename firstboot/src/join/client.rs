@@ -97,6 +97,26 @@ pub async fn exchange(
     body: Vec<u8>,
     auth: String,
 ) -> Result<(u16, Option<String>, Vec<u8>)> {
+    let request = Request::post(JOIN_PATH)
+        .header("host", address.to_string())
+        .header("content-type", "application/json")
+        .header(AUTH_HEADER, auth)
+        .body(full(body))?;
+    let (status, headers, answer) = send(address, port, request).await?;
+    let proof = headers
+        .get(PROOF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((status, proof, answer))
+}
+
+/// One HTTPS request to a firstboot service (join or peer), whose answer
+/// the caller authenticates: status, headers, body (at most 256 KiB).
+pub async fn send(
+    address: Ipv4Addr,
+    port: u16,
+    request: Request<super::server::bytes_body::Body>,
+) -> Result<(u16, hyper::HeaderMap, Vec<u8>)> {
     let stream = TcpStream::connect(SocketAddr::new(address.into(), port)).await?;
     let connector = tokio_rustls::TlsConnector::from(super::tls::client_config()?);
     let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::V4(address).into());
@@ -106,18 +126,9 @@ pub async fn exchange(
         .context("TLS handshake failed")?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     let driver = tokio::spawn(connection);
-    let request = Request::post(JOIN_PATH)
-        .header("host", address.to_string())
-        .header("content-type", "application/json")
-        .header(AUTH_HEADER, auth)
-        .body(full(body))?;
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
-    let proof = response
-        .headers()
-        .get(PROOF_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let headers = response.headers().clone();
     let answer = http_body_util::Limited::new(response.into_body(), MAX_BODY * 4)
         .collect()
         .await
@@ -125,5 +136,5 @@ pub async fn exchange(
         .to_bytes()
         .to_vec();
     driver.abort();
-    Ok((status, proof, answer))
+    Ok((status, headers, answer))
 }

@@ -2,6 +2,7 @@
 //! (ARCHITECTURE §4). The bootstrap host serves; the others ask.
 
 pub mod client;
+pub mod peer;
 pub mod protocol;
 pub mod server;
 mod tls;

@@ -51,6 +51,9 @@ pub struct JoinResponse {
     pub peers: BTreeMap<String, Ipv4Addr>,
     /// The temporary DNS server.
     pub dns: Ipv4Addr,
+    /// The temporary CA and registry, sealed under the site secret: core
+    /// hosts keep it for a rebuilt bootstrap host (see `backup`).
+    pub ca_backup: String,
 }
 
 /// Why a request was refused: logged on the bootstrap host, sent back as

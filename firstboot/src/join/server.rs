@@ -42,6 +42,17 @@ pub struct Registrar {
 }
 
 impl Registrar {
+    /// The CA and registry sealed under the site secret, for core peers.
+    pub fn sealed_backup(&self) -> String {
+        let (ca_cert_pem, ca_key_pem) = self.ca.to_pems();
+        let backup = crate::backup::CaBackup {
+            ca_cert_pem,
+            ca_key_pem,
+            registry: self.registry.clone(),
+        };
+        crate::backup::seal(&self.site_secret, &backup)
+    }
+
     /// Record a node's address: on disk first, then in DNS.
     pub async fn register(&mut self, node: &str, address: Ipv4Addr) -> Result<()> {
         self.registry.insert(node.to_owned(), address);
@@ -158,6 +169,7 @@ async fn handle(
         ca_pem: registrar.ca.cert_pem().to_owned(),
         peers: registrar.registry.clone(),
         dns: registrar.dns_address,
+        ca_backup: registrar.sealed_backup(),
     };
     let bytes = serde_json::to_vec(&answer).expect("serialises");
     let credential = node_contract::join_credential(&registrar.site_secret, &admitted.node);

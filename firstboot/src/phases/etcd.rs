@@ -22,7 +22,13 @@ const HEALTH_WAIT: Duration = Duration::from_secs(180);
 
 /// etcd's arguments for this node (the command itself comes from the
 /// image catalog: a host binary in the lab, a container on Fedora CoreOS).
-pub fn etcd_args(paths: &Paths, domain: &str, node: &str, address: Ipv4Addr) -> Vec<String> {
+pub fn etcd_args(
+    paths: &Paths,
+    domain: &str,
+    node: &str,
+    address: Ipv4Addr,
+    cluster_state: &str,
+) -> Vec<String> {
     let fqdn = format!("{node}.{domain}");
     let tls = paths.tls_dir();
     let file = |name: &str| tls.join(name).display().to_string();
@@ -47,7 +53,7 @@ pub fn etcd_args(paths: &Paths, domain: &str, node: &str, address: Ipv4Addr) -> 
             format!("https://{fqdn}:{CLIENT_PORT}"),
         ),
         ("--initial-cluster-token", format!("{domain}-etcd")),
-        ("--initial-cluster-state", "new".into()),
+        ("--initial-cluster-state", cluster_state.to_owned()),
         ("--client-cert-auth", "true".into()),
         ("--trusted-ca-file", file("ca.crt")),
         ("--cert-file", file("node.crt")),
@@ -101,18 +107,32 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     cx.state.peers.extend(peers.clone());
     super::join::write_hosts(cx, &cx.state.peers)?;
 
-    let args = etcd_args(&cx.paths, &cx.config.site.domain, &cx.config.node, address);
+    let cluster_state = cx
+        .state
+        .etcd_cluster_state
+        .clone()
+        .unwrap_or_else(|| "new".into());
+    if cluster_state == "existing" {
+        rejoin(cx, &peers).await?;
+    }
+    let args = etcd_args(
+        &cx.paths,
+        &cx.config.site.domain,
+        &cx.config.node,
+        address,
+        &cluster_state,
+    );
     crate::fsutil::write_atomic(
         &cx.paths.service_args("etcd"),
         (args.join("\n") + "\n").as_bytes(),
         0o644,
     )?;
-    systemctl(&["enable", "--now", "etcd.service"]).await?;
+    crate::system::systemctl(&["enable", "--now", "etcd.service"]).await?;
 
     let deadline = tokio::time::Instant::now() + HEALTH_WAIT;
     loop {
         let health = etcdctl_health(&cx.paths, &cx.fqdn(&cx.config.node)).await;
-        let mismatch = journal_mentions("etcd.service", NAME_MISMATCH).await;
+        let mismatch = crate::system::journal_mentions("etcd.service", NAME_MISMATCH).await;
         match (health, mismatch) {
             (Ok(()), false) => return Ok(()),
             (_, true) => bail!("etcd refuses a peer whose address matches no name in its certificate (`{NAME_MISMATCH}`); check /etc/hosts and the DNS A records"),
@@ -125,57 +145,83 @@ pub async fn run(cx: &mut Context) -> Result<()> {
 /// `etcdctl endpoint health` on this node's own endpoint, over TLS with
 /// this node's certificate as the client certificate.
 pub async fn etcdctl_health(paths: &Paths, fqdn: &str) -> Result<()> {
+    etcdctl(
+        paths,
+        &format!("https://{fqdn}:{CLIENT_PORT}"),
+        &["endpoint", "health"],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A rebuilt member rejoins the cluster its peers still run: its old
+/// membership is replaced through a healthy peer (with this node's new
+/// certificate as client certificate), and its data comes from the peers.
+async fn rejoin(cx: &Context, peers: &std::collections::BTreeMap<String, Ipv4Addr>) -> Result<()> {
+    let me = &cx.config.node;
+    let others: Vec<String> = peers
+        .keys()
+        .filter(|n| *n != me)
+        .map(|n| cx.fqdn(n))
+        .collect();
+    let endpoints = others
+        .iter()
+        .map(|f| format!("https://{f}:{CLIENT_PORT}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = etcdctl(&cx.paths, &endpoints, &["member", "list", "-w", "json"]).await?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&list).context("etcdctl member list: not JSON")?;
+    let peer_url = format!("https://{}:{PEER_PORT}", cx.fqdn(me));
+    for member in value["members"].as_array().cloned().unwrap_or_default() {
+        let stale = member["name"].as_str() == Some(me.as_str())
+            || member["peerURLs"]
+                .as_array()
+                .is_some_and(|u| u.iter().any(|u| u.as_str() == Some(&peer_url)));
+        if let (true, Some(id)) = (stale, member["ID"].as_u64()) {
+            etcdctl(
+                &cx.paths,
+                &endpoints,
+                &["member", "remove", &format!("{id:x}")],
+            )
+            .await?;
+            log::info!(phase = "etcd"; "removed this node's old etcd membership {id:x}");
+        }
+    }
+    etcdctl(
+        &cx.paths,
+        &endpoints,
+        &["member", "add", me, &format!("--peer-urls={peer_url}")],
+    )
+    .await?;
+    let data = cx.paths.etcd_data();
+    if data.exists() {
+        std::fs::remove_dir_all(&data)
+            .with_context(|| format!("cannot clear {}", data.display()))?;
+    }
+    log::info!(phase = "etcd"; "rejoining the existing etcd cluster as a new member");
+    Ok(())
+}
+
+async fn etcdctl(paths: &Paths, endpoints: &str, args: &[&str]) -> Result<Vec<u8>> {
     let tls = paths.tls_dir();
-    let out = bounded(
+    let out = crate::system::bounded(
         tokio::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=https://{fqdn}:{CLIENT_PORT}"))
+            .arg(format!("--endpoints={endpoints}"))
             .arg(format!("--cacert={}", tls.join("ca.crt").display()))
             .arg(format!("--cert={}", tls.join("node.crt").display()))
             .arg(format!("--key={}", tls.join("node.key").display()))
-            .args(["--command-timeout=5s", "endpoint", "health"]),
+            .arg("--command-timeout=10s")
+            .args(args),
     )
     .await?;
     if !out.status.success() {
         bail!(
-            "etcdctl endpoint health: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-async fn journal_mentions(unit: &str, text: &str) -> bool {
-    let Ok(out) = bounded(tokio::process::Command::new("journalctl").args([
-        "--no-pager",
-        "-o",
-        "cat",
-        "-u",
-        unit,
-    ]))
-    .await
-    else {
-        return false;
-    };
-    String::from_utf8_lossy(&out.stdout).contains(text)
-}
-
-async fn systemctl(args: &[&str]) -> Result<()> {
-    let out = bounded(tokio::process::Command::new("systemctl").args(args)).await?;
-    if !out.status.success() {
-        bail!(
-            "systemctl {}: {}",
+            "etcdctl {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
-}
-
-async fn bounded(cmd: &mut tokio::process::Command) -> Result<std::process::Output> {
-    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
-    tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .context("command timed out")?
-        .context("cannot run command")
+    Ok(out.stdout)
 }

@@ -91,6 +91,19 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                     0o644,
                 )?;
                 install_resolution(cx, answer.dns, &answer.peers)?;
+                if cx
+                    .config
+                    .me()
+                    .is_some_and(|m| m.role == node_contract::Role::Core)
+                {
+                    crate::fsutil::write_atomic(
+                        &cx.paths.ca_backup(),
+                        answer.ca_backup.as_bytes(),
+                        0o644,
+                    )?;
+                    crate::system::systemctl(&["enable", "--now", "firstboot-peer.service"])
+                        .await?;
+                }
                 log::info!(phase = "join", peer = candidate.to_string().as_str(); "joined through {candidate}; {} peers known", answer.peers.len());
                 cx.state.bootstrap_address = Some(candidate);
                 cx.state.peers = answer.peers;

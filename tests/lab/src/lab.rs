@@ -408,6 +408,40 @@ impl Lab {
         self.set_link(name, false)
     }
 
+    /// A rebuilt droplet: the node is killed, its disk wiped back to the
+    /// image, and the same config applied by Ignition again. Boot it next.
+    pub fn rebuild(&mut self, name: &str, config: &Path) -> Result<()> {
+        self.kill(name)?;
+        let node = self.node(name)?;
+        let (dir, merged, netns) = (node.dir.clone(), node.merged(), node.netns.clone());
+        proc::check(Command::new("umount").arg(&merged), STEP)?;
+        for layer in ["upper", "work", "ignition"] {
+            remove_tree(&dir.join(layer))?;
+            fs::create_dir_all(dir.join(layer))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.image.display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        proc::check(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &options])
+                .arg(&merged),
+            STEP,
+        )?;
+        ignition::prepare_root(&merged)?;
+        // Ignition fetches over the node's cable, which the kill unplugged.
+        self.set_link(name, true)?;
+        let outcome = Stages::new(dir.join("ignition"))?.apply(&merged, config, Some(&netns));
+        self.set_link(name, false)?;
+        if !outcome.success {
+            bail!("Ignition failed on rebuilt {name}:\n{}", outcome.log);
+        }
+        Ok(())
+    }
+
     /// Unplug a node's cable (`up == false`) or plug it back in.
     pub fn set_link(&self, name: &str, up: bool) -> Result<()> {
         let node = self.node(name)?;
