@@ -66,6 +66,22 @@ fn hint(phase: &str) -> &'static str {
     }
 }
 
+/// Runs one phase's work; the engine around it handles order, retries and
+/// records. A trait so the engine is tested with scripted phases.
+#[allow(async_fn_in_trait)]
+pub trait Phases {
+    async fn run(&mut self, cx: &mut Context, phase: &str) -> Result<()>;
+}
+
+/// The real phases.
+pub struct NodePhases;
+
+impl Phases for NodePhases {
+    async fn run(&mut self, cx: &mut Context, phase: &str) -> Result<()> {
+        run_phase(cx, phase).await
+    }
+}
+
 async fn run_phase(cx: &mut Context, phase: &str) -> Result<()> {
     match phase {
         "identify" => identify::run(cx).await,
@@ -77,7 +93,11 @@ async fn run_phase(cx: &mut Context, phase: &str) -> Result<()> {
 }
 
 /// Run every phase not yet done, in order.
-pub async fn run_all(cx: &mut Context, patience: &Patience) -> Result<()> {
+pub async fn run_all(
+    cx: &mut Context,
+    patience: &Patience,
+    phases: &mut impl Phases,
+) -> Result<()> {
     for &phase in PHASES {
         // The bootstrap host serves joiners on every run, not only the first:
         // after a reboot its peers may still be joining.
@@ -97,7 +117,7 @@ pub async fn run_all(cx: &mut Context, patience: &Patience) -> Result<()> {
         loop {
             cx.reporter.set(phase, "running", attempt, None);
             log::info!(phase = phase, attempt = attempt; "phase {phase}: attempt {attempt}");
-            match run_phase(cx, phase).await {
+            match phases.run(cx, phase).await {
                 Ok(()) => {
                     cx.state.mark_done(phase);
                     cx.state.save(&cx.paths.state_file())?;
@@ -143,7 +163,7 @@ pub async fn main(paths: Paths) -> Result<()> {
         reporter,
         services: None,
     };
-    run_all(&mut cx, &PATIENCE).await?;
+    run_all(&mut cx, &PATIENCE, &mut NodePhases).await?;
     if let Some(services) = cx.services.take() {
         // The temporary DNS and CA serve until FreeIPA takes over (handoff,
         // a later phase): no done marker yet, so a reboot serves again.
@@ -162,4 +182,127 @@ pub async fn main(paths: Paths) -> Result<()> {
     notify("READY=1\nSTATUS=done");
     log::info!("all phases done");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use node_contract::{HostEntry, JoinConfig, Role, SiteInfo};
+
+    /// A worker's context under a scratch root (no bootstrap services).
+    fn context(root: &std::path::Path) -> Context {
+        let config = NodeConfig {
+            schema: node_contract::SCHEMA_VERSION,
+            site: SiteInfo {
+                domain: "lab.example.org".into(),
+                realm: "LAB.EXAMPLE.ORG".into(),
+                vpc_range: "198.18.0.0/24".into(),
+                hosts: ["node1", "node2", "node3", "node4"]
+                    .iter()
+                    .map(|n| HostEntry {
+                        name: (*n).into(),
+                        role: if *n == "node4" {
+                            Role::Worker
+                        } else {
+                            Role::Core
+                        },
+                    })
+                    .collect(),
+            },
+            node: "node4".into(),
+            join: JoinConfig {
+                port: 7443,
+                credential: node_contract::join_credential("s", "node4"),
+                site_secret: None,
+                address: None,
+            },
+            catalog: Default::default(),
+            freeipa: None,
+            storage: Default::default(),
+        };
+        let paths = Paths::under(root);
+        Context {
+            reporter: Reporter::new(paths.status_file()),
+            state: State::load(&paths.state_file()).unwrap(),
+            vpc: Cidr::parse("198.18.0.0/24").unwrap(),
+            paths,
+            config,
+            services: None,
+        }
+    }
+
+    /// Phases that succeed, except those in `failures`, which fail that
+    /// many times first; every call is recorded.
+    struct Script {
+        calls: Vec<String>,
+        failures: std::collections::HashMap<&'static str, u32>,
+    }
+
+    impl Phases for Script {
+        async fn run(&mut self, _cx: &mut Context, phase: &str) -> Result<()> {
+            self.calls.push(phase.to_owned());
+            if let Some(left) = self.failures.get_mut(phase) {
+                if *left > 0 {
+                    *left -= 1;
+                    bail!("{phase} not ready");
+                }
+            }
+            Ok(())
+        }
+    }
+
+    const QUICK: Patience = Patience {
+        attempts: 3,
+        first_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(2),
+    };
+
+    #[tokio::test]
+    async fn phases_run_in_order_and_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cx = context(dir.path());
+        let mut script = Script {
+            calls: vec![],
+            failures: [("join", 2)].into(),
+        };
+        run_all(&mut cx, &QUICK, &mut script).await.unwrap();
+        assert_eq!(
+            script.calls,
+            ["identify", "storage", "join", "join", "join", "etcd"]
+        );
+        let saved = State::load(&cx.paths.state_file()).unwrap();
+        assert_eq!(saved.completed, PHASES);
+        let status = std::fs::read_to_string(cx.paths.status_file()).unwrap();
+        assert!(status.contains("\"phase\": \"etcd\""), "{status}");
+    }
+
+    #[tokio::test]
+    async fn a_restart_resumes_at_the_first_phase_not_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cx = context(dir.path());
+        // join never succeeds within its patience: the run stops there.
+        let mut script = Script {
+            calls: vec![],
+            failures: [("join", 99)].into(),
+        };
+        let err = run_all(&mut cx, &QUICK, &mut script)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("phase join failed after 3 attempts") && err.contains("bootstrap host"),
+            "{err}"
+        );
+        let status = std::fs::read_to_string(cx.paths.status_file()).unwrap();
+        assert!(status.contains("\"state\": \"failed\""), "{status}");
+
+        // The next run (systemd restarts the unit) starts at join.
+        let mut cx = context(dir.path());
+        let mut script = Script {
+            calls: vec![],
+            failures: Default::default(),
+        };
+        run_all(&mut cx, &QUICK, &mut script).await.unwrap();
+        assert_eq!(script.calls, ["join", "etcd"]);
+    }
 }
