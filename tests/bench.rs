@@ -102,3 +102,97 @@ fn bench_lab() {
         lab.teardown();
     }
 }
+
+/// Healthy members seen by `etcdctl endpoint health --cluster` from `node`.
+fn healthy(lab: &site_lab::Lab, node: &str, endpoint: &str) -> usize {
+    let script = format!(
+        "ETCDCTL_API=3 etcdctl --endpoints={endpoint} --cacert=/etc/firstboot/tls/ca.crt \
+         --cert=/etc/firstboot/tls/node.crt --key=/etc/firstboot/tls/node.key \
+         --command-timeout=2s endpoint health --cluster 2>&1"
+    );
+    let out = lab.exec(node, &["/bin/sh", "-c", &script], Duration::from_secs(10));
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .matches("is healthy")
+            .count()
+    })
+    .unwrap_or(0)
+}
+
+fn wait_healthy(lab: &site_lab::Lab, node: &str, endpoint: &str, members: usize) -> Duration {
+    let start = Instant::now();
+    while healthy(lab, node, endpoint) < members {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no healthy cluster in 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+#[ignore = "a benchmark: run by `make bench`"]
+fn bench_etcd_formation() {
+    use support::lab;
+    let Some((image, firstboot, bytes)) = lab::ready() else {
+        return;
+    };
+    for n in [3, 5, 9] {
+        let dir = tempfile::tempdir().unwrap();
+        let (site, configs) = lab::render_into(dir.path(), &lab::lab_site(n), &firstboot);
+        let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
+        for (name, _) in &configs {
+            lab.boot(name).unwrap();
+        }
+        let last_boot = Instant::now();
+        let formed = wait_healthy(&lab, "node1", "https://node1.lab.example.org:2379", 3);
+        for (name, _) in &configs {
+            lab.wait_booted(name, Duration::from_secs(300)).unwrap();
+        }
+        let all_done = last_boot.elapsed();
+        let peak = lab
+            .sh("node1", "grep VmHWM /proc/$(pidof firstboot)/status")
+            .unwrap_or_default();
+
+        // The floor, in the same lab: a bare etcd on the same three core
+        // hosts, same certificates, static peers, started at once.
+        let core: Vec<String> = site
+            .hosts
+            .iter()
+            .take(3)
+            .map(|h| h.name.to_string())
+            .collect();
+        let cluster: Vec<String> = core
+            .iter()
+            .map(|c| format!("{c}=https://{c}.lab.example.org:12380"))
+            .collect();
+        for (i, name) in core.iter().enumerate() {
+            let address = format!("198.18.0.{}", 10 + i);
+            let tls = "/etc/firstboot/tls";
+            let command = format!(
+                "systemd-run --unit=bare-etcd /usr/bin/etcd --name={name} --data-dir=/var/tmp/bare-etcd \
+                 --initial-advertise-peer-urls=https://{name}.lab.example.org:12380 \
+                 --listen-peer-urls=https://{address}:12380 --listen-client-urls=https://{address}:12379 \
+                 --advertise-client-urls=https://{name}.lab.example.org:12379 \
+                 --initial-cluster={} --initial-cluster-state=new --initial-cluster-token=bare \
+                 --client-cert-auth --trusted-ca-file={tls}/ca.crt --cert-file={tls}/node.crt --key-file={tls}/node.key \
+                 --peer-client-cert-auth --peer-trusted-ca-file={tls}/ca.crt --peer-cert-file={tls}/node.crt \
+                 --peer-key-file={tls}/node.key",
+                cluster.join(",")
+            );
+            lab.sh(name, &command).unwrap();
+        }
+        let floor = wait_healthy(&lab, "node1", "https://node1.lab.example.org:12379", 3);
+        println!(
+            "{n} nodes: etcd healthy {:.2?} after the last boot (every node `running`: {:.2?}); \
+             bare etcd with static peers {:.2?}; ratio {:.1}; firstboot on the bootstrap host: {}",
+            formed,
+            all_done,
+            floor,
+            formed.as_secs_f64() / floor.as_secs_f64(),
+            peak.trim()
+        );
+        lab.teardown();
+    }
+}

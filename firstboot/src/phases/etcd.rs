@@ -84,9 +84,18 @@ pub async fn run(cx: &mut Context) -> Result<()> {
             .into(),
         crate::bootstrap::DNS_PORT,
     );
-    if etcdctl_health(&cx.paths, &cx.fqdn(&cx.config.node))
-        .await
-        .is_ok()
+    // Already healthy (a resumed run)? Only ask etcdctl when something
+    // listens: against a closed port it waits out its whole timeout.
+    let client = SocketAddr::new(address.into(), CLIENT_PORT);
+    let connect = tokio::net::TcpStream::connect(client);
+    let listening = matches!(
+        tokio::time::timeout(Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    );
+    if listening
+        && etcdctl_health(&cx.paths, &cx.fqdn(&cx.config.node))
+            .await
+            .is_ok()
     {
         return Ok(());
     }
@@ -95,7 +104,16 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     // hosts have joined and resolve, then pin them in /etc/hosts too.
     let mut peers = std::collections::BTreeMap::new();
     for host in cx.config.site.hosts.iter().filter(|h| h.role == Role::Core) {
-        let found = crate::dnsquery::lookup_a(dns, &cx.fqdn(&host.name)).await?;
+        // Peers join in any order: poll (every half second, a minute at
+        // most) before this attempt counts as failed.
+        let mut found = Vec::new();
+        for _ in 0..120 {
+            found = crate::dnsquery::lookup_a(dns, &cx.fqdn(&host.name)).await?;
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         let Some(&a) = found.first() else {
             bail!(
                 "waiting for core host {} to join (no address in DNS yet)",

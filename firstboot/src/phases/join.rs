@@ -8,6 +8,9 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, Context as _, Result};
 
 use super::Context;
+
+/// Probing rounds per attempt: about half a minute.
+const PROBE_ROUNDS: usize = 60;
 use crate::join::client;
 
 pub async fn run(cx: &mut Context) -> Result<()> {
@@ -51,7 +54,16 @@ pub async fn run(cx: &mut Context) -> Result<()> {
             .parse::<Ipv4Addr>()
             .with_context(|| format!("join.address `{given}` is not an IPv4 address"))?],
         None => {
-            let mut found = client::probe(&cx.vpc, port, &[address]).await;
+            // Peers boot in any order: keep probing a while (cheap, every
+            // half second) before this attempt counts as failed.
+            let mut found = Vec::new();
+            for _ in 0..PROBE_ROUNDS {
+                found = client::probe(&cx.vpc, port, &[address]).await;
+                if !found.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
             // Where it was last time first: a restart finds it at once.
             if let Some(previous) = cx.state.bootstrap_address {
                 found.sort_by_key(|a| *a != previous);
