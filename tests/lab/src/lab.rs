@@ -84,9 +84,14 @@ impl Lab {
                 break candidate;
             }
         };
+        // The owner is recorded before the directory appears under its
+        // name: a lab starting in parallel must never see it ownerless
+        // and clear it as stale.
         let dir = root.join(&id);
-        fs::create_dir(&dir)?;
-        fs::write(dir.join("owner"), ProcessId::current().encode())?;
+        let staging = root.join(format!(".{id}-new"));
+        fs::create_dir(&staging)?;
+        fs::write(staging.join("owner"), ProcessId::current().encode())?;
+        fs::rename(&staging, &dir)?;
         let lab = Lab {
             id,
             dir,
@@ -188,8 +193,10 @@ impl Lab {
                 .arg(node.merged()),
             STEP,
         )?;
-        ignition::prepare_root(&node.merged())?;
-        let stages = Stages::new(node_dir.join("ignition"))?;
+        ignition::prepare_root(&node.merged())
+            .with_context(|| format!("cannot prepare {name}'s root for Ignition"))?;
+        let stages = Stages::new(node_dir.join("ignition"))
+            .with_context(|| format!("cannot set up Ignition's state for {name}"))?;
         let outcome = stages.apply(&node.merged(), config, Some(&ns));
         fs::write(node_dir.join("ignition.log"), &outcome.log)?;
         if !outcome.success {
@@ -514,13 +521,26 @@ pub fn clear_stale(root: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        let id = entry.file_name().to_string_lossy().into_owned();
+        let name = entry.file_name().to_string_lossy().into_owned();
         let owner = fs::read_to_string(entry.path().join("owner"))
             .ok()
             .and_then(|t| ProcessId::decode(&t));
         if owner.is_some_and(|o| o.alive()) {
             continue;
         }
+        // No owner yet: a lab being created right now, unless it is old.
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60));
+        if owner.is_none() && young {
+            continue;
+        }
+        // A staging directory (".ID-new") left by a crash names lab ID.
+        let id = name
+            .trim_start_matches('.')
+            .trim_end_matches("-new")
+            .to_owned();
         clear(&entry.path(), &id);
     }
 }
