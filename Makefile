@@ -4,7 +4,7 @@
 CARGO      ?= cargo
 TARGET     := x86_64-unknown-linux-gnu
 DIST       := target/dist
-FIRSTBOOT  := target/$(TARGET)/release/firstboot
+FIRSTBOOT  := target/$(TARGET)/node/firstboot
 # ignition: real Ignition and ignition-validate; the rest run the lab.
 APT_DEPS   := ignition systemd-container debootstrap iproute2
 
@@ -21,11 +21,12 @@ build: builder firstboot
 builder:
 	$(CARGO) build --release --locked -p builder
 
-## firstboot: static (glibc, +crt-static) so it runs on any node image.
-# The explicit --target keeps RUSTFLAGS away from build scripts and
-# proc macros, which cannot be linked statically.
+## firstboot: static (glibc, +crt-static) so it runs on any node image,
+# built with the size-tuned `node` profile (Cargo.toml). The explicit
+# --target keeps RUSTFLAGS away from build scripts and proc macros, which
+# cannot be linked statically.
 firstboot:
-	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --locked \
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --profile node --locked \
 	    -p firstboot --target $(TARGET)
 	@case "$$(ldd $(FIRSTBOOT) 2>&1)" in \
 	    *"statically linked"*|*"not a dynamic executable"*) ;; \
