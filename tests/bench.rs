@@ -63,6 +63,7 @@ fn bench_render() {
 #[ignore = "a benchmark: run by `make bench`"]
 fn bench_lab() {
     use support::lab;
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, bytes)) = lab::ready() else {
         return;
     };
@@ -135,6 +136,7 @@ fn wait_healthy(lab: &site_lab::Lab, node: &str, endpoint: &str, members: usize)
 #[ignore = "a benchmark: run by `make bench`"]
 fn bench_etcd_formation() {
     use support::lab;
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, bytes)) = lab::ready() else {
         return;
     };

@@ -51,6 +51,7 @@ fn pings(lab: &Lab, from: &str, to: std::net::Ipv4Addr) -> bool {
 
 #[test]
 fn a_rendered_site_boots_in_the_lab() {
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, bytes)) = ready() else {
         return;
     };
@@ -256,6 +257,7 @@ fn child_holds_a_lab_until_killed() {
 
 #[test]
 fn a_sigkilled_lab_leaves_nothing_the_next_trips_on() {
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, _)) = ready() else {
         return;
     };

@@ -89,6 +89,7 @@ fn render(n: usize, firstboot: &Firstboot) -> (tempfile::TempDir, Site, Vec<(Str
 
 #[test]
 fn etcd_forms_over_name_only_tls_on_3_and_5_nodes() {
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, bytes)) = ready() else {
         return;
     };
@@ -109,6 +110,7 @@ fn etcd_forms_over_name_only_tls_on_3_and_5_nodes() {
 
 #[test]
 fn every_boot_order_of_3_nodes_forms_the_cluster() {
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, bytes)) = ready() else {
         return;
     };
@@ -134,6 +136,7 @@ fn every_boot_order_of_3_nodes_forms_the_cluster() {
 
 #[test]
 fn the_lowest_host_booting_a_minute_late_still_forms_the_cluster() {
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, bytes)) = ready() else {
         return;
     };
@@ -165,6 +168,7 @@ fn completed(lab: &Lab, node: &str) -> Vec<String> {
 
 #[test]
 fn a_node_killed_at_each_phase_boundary_resumes() {
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, bytes)) = ready() else {
         return;
     };
@@ -255,6 +259,7 @@ fn request_body(node: &str, csr_for: &str, domain: &str, address: Ipv4Addr) -> V
 
 #[test]
 fn the_join_service_refuses_forgeries_and_keeps_serving() {
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, bytes)) = ready() else {
         return;
     };
@@ -372,6 +377,7 @@ fn the_join_service_refuses_forgeries_and_keeps_serving() {
 
 #[test]
 fn a_rebuilt_lowest_host_rejoins_the_existing_cluster() {
+    let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot, bytes)) = ready() else {
         return;
     };

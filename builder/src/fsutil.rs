@@ -1,44 +1,16 @@
 //! Files written whole or not at all.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Write `bytes` to `path` atomically: a temporary file in the same
-/// directory, fsync, rename over the target, fsync the directory. A reader
-/// sees the old file or the new one, never a part. `mode` applies from the
-/// first byte, so secrets are never briefly world-readable.
+/// Write `bytes` to `path` atomically with `mode` (see
+/// [`node_contract::files::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .context("the target has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    node_contract::files::write_atomic(path, bytes, mode)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Create a directory (and parents) readable only by its owner, or check
@@ -57,6 +29,7 @@ pub fn private_dir(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn writes_whole_files_with_the_mode() {

@@ -18,8 +18,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
@@ -545,37 +545,8 @@ fn read_if_present(path: &Path) -> anyhow::Result<Option<(Vec<u8>, u32)>> {
     Ok(Some((data, meta.permissions().mode())))
 }
 
-/// Replace `dir/name` so that readers see the old or the new contents, never
-/// a mix, even across a crash. The mode is set when the file is created so
-/// the key is never readable by others, not even briefly.
 fn write_atomic(dir: &Path, name: &str, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{:016x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let target = dir.join(name);
-    let written = (|| -> io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have taken bits away from `mode`; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, &target)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", target.display()));
-    }
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))?;
-    Ok(())
+    crate::fsutil::write_atomic(&dir.join(name), contents, mode)
 }
 
 // --- A minimal DER reader: just enough X.509 to find names and signatures. ---

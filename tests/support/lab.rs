@@ -76,3 +76,11 @@ pub fn provision(
     }
     lab
 }
+
+/// Labs in one test binary run one at a time: several at once on a
+/// 2-core machine starve each other's timeouts, and that would test the
+/// machine, not the code.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

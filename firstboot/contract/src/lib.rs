@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub mod files;
+
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
