@@ -39,14 +39,14 @@ pub fn exec(paths: &Paths, service: &str) -> Result<()> {
             c
         }
         Service::Podman { image, command } => {
+            // Only the service's own state directory is shared (and
+            // relabelled for SELinux): never all of /var/lib.
+            let state = format!("/var/lib/{service}");
+            std::fs::create_dir_all(&state).with_context(|| format!("cannot create {state}"))?;
             let mut c = std::process::Command::new("podman");
-            c.args(["run", "--rm", "--name", service, "--net=host", "--pid=host"])
-                .args([
-                    "-v",
-                    "/etc/firstboot:/etc/firstboot:ro,z",
-                    "-v",
-                    "/var/lib:/var/lib:z",
-                ])
+            c.args(["run", "--rm", "--replace", "--name", service, "--net=host"])
+                .args(["-v", "/etc/firstboot:/etc/firstboot:ro,z"])
+                .args(["-v", &format!("{state}:{state}:Z")])
                 .arg(image)
                 .args(command);
             c
