@@ -6,6 +6,7 @@
 pub mod artifact;
 pub mod cli;
 pub mod commands;
+pub mod digitalocean;
 pub mod fsutil;
 pub mod images;
 pub mod render;

@@ -1,0 +1,294 @@
+//! The DigitalOcean client against a scripted server on loopback: every
+//! fault the issue names (429 with reset, 500, 503, connection reset,
+//! timeout), pagination and its loop guard, action polling, and errors
+//! that are not retried.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use builder::digitalocean::{ApiError, Client, RetryPolicy};
+use serde_json::json;
+
+/// One scripted answer.
+#[derive(Clone)]
+enum Answer {
+    Json {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Close the connection without answering (a reset).
+    Hang,
+    /// Answer only after this long (a timeout, for the client).
+    Slow(Duration, Box<Answer>),
+}
+
+fn ok(body: serde_json::Value) -> Answer {
+    Answer::Json {
+        status: 200,
+        headers: vec![],
+        body: body.to_string(),
+    }
+}
+
+fn status(code: u16, body: serde_json::Value) -> Answer {
+    Answer::Json {
+        status: code,
+        headers: vec![],
+        body: body.to_string(),
+    }
+}
+
+/// Serves the answers in order, one per request; records request lines.
+struct Scripted {
+    base: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    fn start(answers: Vec<Answer>) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        thread::spawn(move || {
+            // Answers go out in accept order, each on its own thread, so a
+            // slow one does not hold up the client's retry.
+            for answer in answers {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let log = log.clone();
+                thread::spawn(move || serve(stream, answer, &log));
+            }
+        });
+        Scripted { base, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve(mut stream: TcpStream, answer: Answer, log: &Mutex<Vec<String>>) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    log.lock()
+        .unwrap()
+        .push(text.lines().next().unwrap_or("").to_owned());
+    let mut answer = answer;
+    if let Answer::Slow(delay, inner) = answer {
+        thread::sleep(delay);
+        answer = *inner;
+    }
+    match answer {
+        Answer::Hang => drop(stream),
+        Answer::Json {
+            status,
+            headers,
+            body,
+        } => {
+            let mut out = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+            for (k, v) in headers {
+                out.push_str(&format!("{k}: {v}\r\n"));
+            }
+            out.push_str("\r\n");
+            out.push_str(&body);
+            let _ = stream.write_all(out.as_bytes());
+        }
+        Answer::Slow(..) => unreachable!(),
+    }
+}
+
+fn client(base: &str) -> Client {
+    let policy = RetryPolicy {
+        attempts: 4,
+        first_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        request_timeout: Duration::from_millis(500),
+        max_rate_wait: Duration::from_secs(5),
+    };
+    Client::new(base, "test-token", policy).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn transient_faults_are_retried_until_an_answer() {
+    let reset = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let limited = Answer::Json {
+        status: 429,
+        headers: vec![("ratelimit-reset".into(), reset.to_string())],
+        body: json!({"id": "too_many_requests", "message": "API Rate limit exceeded."}).to_string(),
+    };
+    let server = Scripted::start(vec![
+        limited,
+        status(500, json!({"id": "server_error", "message": "oops"})),
+        Answer::Hang,
+        ok(json!({"account": {"status": "active"}})),
+    ]);
+    let answer = runtime()
+        .block_on(client(&server.base).get("/v2/account"))
+        .unwrap();
+    assert_eq!(answer["account"]["status"], "active");
+    assert_eq!(server.requests().len(), 4);
+    assert!(server
+        .requests()
+        .iter()
+        .all(|r| r == "GET /v2/account HTTP/1.1"));
+}
+
+#[test]
+fn a_timeout_and_a_503_are_retried() {
+    let server = Scripted::start(vec![
+        Answer::Slow(Duration::from_secs(2), Box::new(ok(json!({})))),
+        status(503, json!({"id": "service_unavailable", "message": "busy"})),
+        ok(json!({"account": {"status": "active"}})),
+    ]);
+    let answer = runtime()
+        .block_on(client(&server.base).get("/v2/account"))
+        .unwrap();
+    assert_eq!(answer["account"]["status"], "active");
+}
+
+#[test]
+fn persistent_failure_gives_up_with_a_clear_message() {
+    let server = Scripted::start(vec![status(500, json!({"id": "e", "message": "m"})); 4]);
+    let err = runtime()
+        .block_on(client(&server.base).get("/v2/account"))
+        .unwrap_err();
+    assert!(matches!(err, ApiError::GaveUp { attempts: 4, .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("GET /v2/account failed 4 times") && text.contains("run the command again"),
+        "{text}"
+    );
+}
+
+#[test]
+fn refusals_are_not_retried_and_say_what_to_do() {
+    let server = Scripted::start(vec![status(
+        401,
+        json!({"id": "unauthorized", "message": "Unable to authenticate you."}),
+    )]);
+    let err = runtime()
+        .block_on(client(&server.base).get("/v2/account"))
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(401));
+    assert!(err.to_string().contains("check the token"), "{err}");
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[test]
+fn a_failed_create_is_not_sent_twice() {
+    // A 500 on POST may have created the thing: never repeat it here.
+    let server = Scripted::start(vec![
+        status(500, json!({"id": "server_error", "message": "oops"})),
+        ok(json!({})),
+    ]);
+    let err = runtime()
+        .block_on(client(&server.base).post("/v2/tags", &json!({"name": "x"})))
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(500));
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[test]
+fn malformed_answers_are_errors() {
+    let server = Scripted::start(vec![Answer::Json {
+        status: 200,
+        headers: vec![],
+        body: "{not json".into(),
+    }]);
+    let err = runtime()
+        .block_on(client(&server.base).get("/v2/account"))
+        .unwrap_err();
+    assert!(matches!(err, ApiError::Malformed { .. }), "{err}");
+}
+
+#[test]
+fn listings_follow_pages_and_refuse_loops() {
+    let page = |items: Vec<u32>, next: Option<&str>| {
+        let links = match next {
+            Some(n) => json!({"pages": {"next": format!("https://api.digitalocean.com{n}")}}),
+            None => json!({}),
+        };
+        ok(
+            json!({"tags": items.iter().map(|i| json!({"name": format!("t{i}")})).collect::<Vec<_>>(), "links": links, "meta": {"total": 3}}),
+        )
+    };
+    let server = Scripted::start(vec![
+        page(vec![1, 2], Some("/v2/tags?page=2&per_page=2")),
+        page(vec![3], None),
+    ]);
+    let tags = runtime()
+        .block_on(client(&server.base).list("/v2/tags", "tags"))
+        .unwrap();
+    assert_eq!(tags.len(), 3);
+    assert_eq!(
+        server.requests()[1],
+        "GET /v2/tags?page=2&per_page=2 HTTP/1.1"
+    );
+
+    let looping = Scripted::start(vec![
+        page(vec![1], Some("/v2/tags?page=2")),
+        page(vec![2], Some("/v2/tags?page=2")),
+    ]);
+    let err = runtime()
+        .block_on(client(&looping.base).list("/v2/tags", "tags"))
+        .unwrap_err();
+    assert!(err.to_string().contains("pagination loops"), "{err}");
+}
+
+#[test]
+fn actions_are_polled_to_completion_or_error() {
+    let action =
+        |status: &str| ok(json!({"action": {"id": 7, "status": status, "type": "attach_volume"}}));
+    let server = Scripted::start(vec![
+        action("in-progress"),
+        action("in-progress"),
+        action("completed"),
+    ]);
+    let done = runtime()
+        .block_on(client(&server.base).wait_action(
+            7,
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+        ))
+        .unwrap();
+    assert_eq!(done["status"], "completed");
+    let failing = Scripted::start(vec![action("errored")]);
+    let err = runtime()
+        .block_on(client(&failing.base).wait_action(
+            7,
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("action 7 (attach_volume) errored"),
+        "{err}"
+    );
+}
