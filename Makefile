@@ -7,8 +7,11 @@ DIST       := target/dist
 FIRSTBOOT  := target/$(TARGET)/node/firstboot
 # ignition: real Ignition and ignition-validate; the rest run the lab.
 APT_DEPS   := ignition systemd-container debootstrap iproute2
+# Prism checks the DigitalOcean client and fake against the official spec.
+PRISM_VERSION := 5.16.0
+PRISM      := target/tools/prism/node_modules/.bin/prism
 
-.PHONY: all build firstboot builder test test-deps lint fmt bench golden render lab lab-image clean
+.PHONY: all build firstboot builder test test-deps test-deps-apt lint fmt bench golden render lab lab-image clean
 
 all: build
 
@@ -46,8 +49,11 @@ lab: build
 	$(DIST)/builder render examples/lab.yaml --out target/lab/rendered
 	$(CARGO) run --locked -q -p site-lab -- up target/lab/rendered --firstboot $(FIRSTBOOT)
 
-## test-deps: Debian packages the tests use (real Ignition)
-test-deps:
+## test-deps: what the tests use: Debian packages (real Ignition, the
+## lab) and Prism (checks the DigitalOcean client against the spec)
+test-deps: test-deps-apt $(PRISM)
+
+test-deps-apt:
 	@missing=""; for p in $(APT_DEPS); do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -55,9 +61,14 @@ test-deps:
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
 
+$(PRISM):
+	npm install --no-audit --no-fund --silent --prefix target/tools/prism \
+	    @stoplight/prism-cli@$(PRISM_VERSION)
+
 ## test: install test needs, build the static firstboot, run every test
 test: test-deps firstboot
-	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) $(CARGO) test --locked --workspace
+	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) PRISM_BIN=$(CURDIR)/$(PRISM) \
+	    $(CARGO) test --locked --workspace
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -16,4 +16,6 @@ pub fn skip(reason: &str) {
     }
     eprintln!("{reason}");
 }
+pub mod do_fake;
 pub mod lab;
+pub mod prism;

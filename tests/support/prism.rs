@@ -1,0 +1,97 @@
+//! Prism (the OpenAPI tool) in proxy mode with `--errors`, in front of a
+//! server of ours: every request and answer is checked against the
+//! official DigitalOcean specification in `../shared/specs`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The specs: `$SITE_SPECS`, else `../shared/specs` beside the checkout.
+pub fn specs_dir() -> PathBuf {
+    std::env::var_os("SITE_SPECS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| super::site::repo().join("../shared/specs"))
+}
+
+/// Prism's command: `$PRISM_BIN`, else where `make test-deps` installs it.
+pub fn prism_bin() -> PathBuf {
+    std::env::var_os("PRISM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| super::site::repo().join("target/tools/prism/node_modules/.bin/prism"))
+}
+
+/// Why these tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    let spec = specs_dir().join("digitalocean/DigitalOcean-public.v2.yaml");
+    if !spec.is_file() {
+        return Some(format!(
+            "skipping: the DigitalOcean spec is not at {} (set SITE_SPECS)",
+            spec.display()
+        ));
+    }
+    if !prism_bin().is_file() {
+        return Some(format!(
+            "skipping: Prism is not at {} (run `make test-deps`)",
+            prism_bin().display()
+        ));
+    }
+    None
+}
+
+pub struct Prism {
+    pub base: String,
+    child: Child,
+}
+
+impl Prism {
+    /// Start Prism proxying to `upstream` and wait (at most 90 s) until it
+    /// answers; it needs about 15 s to load the spec.
+    pub fn start(upstream: &str) -> Prism {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let spec = specs_dir().join("digitalocean/DigitalOcean-public.v2.yaml");
+        let mut command = Command::new(prism_bin());
+        command
+            .args(["proxy"])
+            .arg(&spec)
+            .arg(upstream)
+            .args(["--errors", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Its own process group, so teardown ends node and any children.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command.spawn().expect("start prism");
+        let prism = Prism {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Prism did not listen within 90 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        prism
+    }
+}
+
+impl Drop for Prism {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
