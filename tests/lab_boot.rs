@@ -25,19 +25,6 @@ fn render_lab_site(dir: &Path, firstboot: &Firstboot) -> (Site, Vec<(String, Pat
     lab::render_into(dir, &text, firstboot)
 }
 
-fn start_lab(
-    image: &Path,
-    firstboot: &Firstboot,
-    bytes: &[u8],
-    configs: &[(String, PathBuf)],
-) -> Lab {
-    let mut lab = lab::provision(image, firstboot, bytes, configs);
-    for (name, _) in configs {
-        lab.boot(name).unwrap();
-    }
-    lab
-}
-
 fn pings(lab: &Lab, from: &str, to: std::net::Ipv4Addr) -> bool {
     let out = lab
         .exec(
@@ -58,7 +45,7 @@ fn a_rendered_site_boots_in_the_lab() {
     let dir = tempfile::tempdir().unwrap();
     let (site, configs) = render_lab_site(dir.path(), &firstboot);
     let started = Instant::now();
-    let mut lab = start_lab(&image, &firstboot, &bytes, &configs);
+    let mut lab = lab::start(&image, &firstboot, &bytes, &configs);
 
     for host in &site.hosts {
         let name = host.name.as_str();
@@ -247,7 +234,7 @@ fn child_holds_a_lab_until_killed() {
             )
         })
         .collect();
-    let lab = start_lab(&image, &firstboot, &bytes, &configs[..1]);
+    let lab = lab::start(&image, &firstboot, &bytes, &configs[..1]);
     let name = &configs[0].0;
     // Alone, it waits for its peers forever: up is enough here.
     lab.wait_started(name, BOOT_LIMIT).unwrap();

@@ -175,10 +175,7 @@ fn a_node_killed_at_each_phase_boundary_resumes() {
     for boundary in ["identify", "storage", "join", "etcd"] {
         for victim in ["node1", "node2"] {
             let (_dir, site, configs) = render(3, &firstboot);
-            let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
-            for (name, _) in &configs {
-                lab.boot(name).unwrap();
-            }
+            let mut lab = lab::start(&image, &firstboot, &bytes, &configs);
             let deadline = Instant::now() + BOOT_LIMIT;
             while !completed(&lab, victim).iter().any(|p| p == boundary) {
                 assert!(
@@ -264,10 +261,7 @@ fn the_join_service_refuses_forgeries_and_keeps_serving() {
         return;
     };
     let (_dir, site, configs) = render(3, &firstboot);
-    let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
-    for (name, _) in &configs {
-        lab.boot(name).unwrap();
-    }
+    let lab = lab::start(&image, &firstboot, &bytes, &configs);
     assert_cluster(&lab, &site);
     let addresses: BTreeMap<String, Ipv4Addr> =
         lab.nodes().map(|n| (n.name.clone(), n.address)).collect();
@@ -375,10 +369,7 @@ fn a_rebuilt_lowest_host_rejoins_the_existing_cluster() {
         return;
     };
     let (_dir, site, configs) = render(3, &firstboot);
-    let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
-    for (name, _) in &configs {
-        lab.boot(name).unwrap();
-    }
+    let mut lab = lab::start(&image, &firstboot, &bytes, &configs);
     assert_cluster(&lab, &site);
     let cluster_id = |lab: &Lab, node: &str| -> Vec<u64> {
         let status = etcdctl(

@@ -77,6 +77,20 @@ pub fn provision(
     lab
 }
 
+/// [`provision`], then boot every node (without waiting).
+pub fn start(
+    image: &Path,
+    firstboot: &Firstboot,
+    bytes: &[u8],
+    configs: &[(String, PathBuf)],
+) -> Lab {
+    let mut lab = provision(image, firstboot, bytes, configs);
+    for (name, _) in configs {
+        lab.boot(name).unwrap();
+    }
+    lab
+}
+
 /// Labs in one test binary run one at a time: several at once on a
 /// 2-core machine starve each other's timeouts, and that would test the
 /// machine, not the code.
