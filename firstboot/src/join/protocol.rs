@@ -287,13 +287,7 @@ mod tests {
         ca: &TempCa,
     ) -> Result<Admitted, Refusal> {
         let hosts = hosts();
-        let authority = Authority {
-            domain: DOMAIN,
-            site_secret: SECRET,
-            hosts: &hosts,
-            vpc: Cidr::parse("198.18.0.0/24").unwrap(),
-            ca,
-        };
+        let authority = authority(&hosts, ca);
         let credential = node_contract::join_credential(SECRET, auth_as);
         let auth = request_mac(&credential, body);
         authority.admit(
@@ -303,6 +297,16 @@ mod tests {
             replay,
             1_000_000,
         )
+    }
+
+    fn authority<'a>(hosts: &'a [(String, Role)], ca: &'a TempCa) -> Authority<'a> {
+        Authority {
+            domain: DOMAIN,
+            site_secret: SECRET,
+            hosts,
+            vpc: Cidr::parse("198.18.0.0/24").unwrap(),
+            ca,
+        }
     }
 
     const N1: &str = "0123456789abcdef0123456789abcdef";
@@ -367,13 +371,7 @@ mod tests {
     fn a_missing_or_garbled_header_is_a_bad_credential() {
         let ca = TempCa::create(DOMAIN).unwrap();
         let hosts = hosts();
-        let authority = Authority {
-            domain: DOMAIN,
-            site_secret: SECRET,
-            hosts: &hosts,
-            vpc: Cidr::parse("198.18.0.0/24").unwrap(),
-            ca: &ca,
-        };
+        let authority = authority(&hosts, &ca);
         let body = request("node2", "node2", N1, 1_000_000);
         let mut replay = ReplayGuard::default();
         let source = Ipv4Addr::new(198, 18, 0, 11);
@@ -387,13 +385,7 @@ mod tests {
     fn a_source_address_it_does_not_claim_is_refused() {
         let ca = TempCa::create(DOMAIN).unwrap();
         let hosts = hosts();
-        let authority = Authority {
-            domain: DOMAIN,
-            site_secret: SECRET,
-            hosts: &hosts,
-            vpc: Cidr::parse("198.18.0.0/24").unwrap(),
-            ca: &ca,
-        };
+        let authority = authority(&hosts, &ca);
         let body = request("node2", "node2", N1, 1_000_000);
         let auth = request_mac(&node_contract::join_credential(SECRET, "node2"), &body);
         let got = authority.admit(

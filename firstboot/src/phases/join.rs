@@ -35,19 +35,15 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     // A key made on an earlier attempt is kept: it never left this node.
     let key_path = tls.join("node.key");
     let csr_path = tls.join("node.csr");
-    let (key, csr) = match (
-        std::fs::read_to_string(&key_path),
-        std::fs::read_to_string(&csr_path),
-    ) {
-        (Ok(k), Ok(c)) => (k, c),
+    let csr = match (key_path.is_file(), std::fs::read_to_string(&csr_path)) {
+        (true, Ok(csr)) => csr,
         _ => {
-            let (k, c) = crate::ca::new_key_and_csr(&fqdn)?;
-            crate::fsutil::write_atomic(&key_path, k.as_bytes(), 0o600)?;
-            crate::fsutil::write_atomic(&csr_path, c.as_bytes(), 0o644)?;
-            (k, c)
+            let (key, csr) = crate::ca::new_key_and_csr(&fqdn)?;
+            crate::fsutil::write_atomic(&key_path, key.as_bytes(), 0o600)?;
+            crate::fsutil::write_atomic(&csr_path, csr.as_bytes(), 0o644)?;
+            csr
         }
     };
-    let _ = key;
     let port = cx.config.join.port;
     let candidates = match cx.config.join.address.as_deref() {
         Some(given) => vec![given
