@@ -5,11 +5,16 @@ CARGO      ?= cargo
 TARGET     := x86_64-unknown-linux-gnu
 DIST       := target/dist
 FIRSTBOOT  := target/$(TARGET)/node/firstboot
-# ignition: real Ignition and ignition-validate; the rest run the lab.
-APT_DEPS   := ignition systemd-container debootstrap iproute2
+# ignition: real Ignition and ignition-validate; python3-venv holds moto;
+# the rest run the lab.
+APT_DEPS   := ignition systemd-container debootstrap iproute2 python3-venv
 # Prism checks the DigitalOcean client and fake against the official spec.
 PRISM_VERSION := 5.16.0
 PRISM      := target/tools/prism/node_modules/.bin/prism
+# moto (PyPI) is a local S3 server with signature checks: the Spaces
+# publisher's tests run against it.
+MOTO_VERSION := 5.2.5
+MOTO       := target/tools/moto/bin/moto_server
 
 .PHONY: all build firstboot builder test test-deps test-deps-apt lint fmt bench golden render lab lab-image clean
 
@@ -50,8 +55,9 @@ lab: build
 	$(CARGO) run --locked -q -p site-lab -- up target/lab/rendered --firstboot $(FIRSTBOOT)
 
 ## test-deps: what the tests use: Debian packages (real Ignition, the
-## lab) and Prism (checks the DigitalOcean client against the spec)
-test-deps: test-deps-apt $(PRISM)
+## lab), Prism (checks the DigitalOcean client against the spec) and moto
+## (an S3 server for publishing to Spaces)
+test-deps: test-deps-apt $(PRISM) $(MOTO)
 
 test-deps-apt:
 	@missing=""; for p in $(APT_DEPS); do \
@@ -65,10 +71,15 @@ $(PRISM):
 	npm install --no-audit --no-fund --silent --prefix target/tools/prism \
 	    @stoplight/prism-cli@$(PRISM_VERSION)
 
+$(MOTO): | test-deps-apt
+	python3 -m venv target/tools/moto
+	target/tools/moto/bin/pip install --quiet --disable-pip-version-check \
+	    'moto[server]==$(MOTO_VERSION)'
+
 ## test: install test needs, build the static firstboot, run every test
 test: test-deps firstboot
 	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) PRISM_BIN=$(CURDIR)/$(PRISM) \
-	    $(CARGO) test --locked --workspace
+	    MOTO_SERVER_BIN=$(CURDIR)/$(MOTO) $(CARGO) test --locked --workspace
 
 ## lint: formatting and clippy, warnings are errors
 lint:

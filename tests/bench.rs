@@ -198,3 +198,66 @@ fn bench_etcd_formation() {
         lab.teardown();
     }
 }
+
+/// API calls and wall time of `builder launch` against the fake (no
+/// Prism: its own overhead would swamp the figures) with 100 ms of
+/// latency injected per call, for 3, 10 and 25 hosts; then a second run.
+#[test]
+#[ignore = "a benchmark: run by `make bench`"]
+fn bench_launch() {
+    use support::do_fake::FakeDo;
+    let fake = FakeDo::start();
+    let firstboot = tiny_firstboot();
+    let bytes = std::fs::read(support::site::tiny_firstboot_path()).unwrap();
+    let files = site_lab::http::FileServer::start(vec![(
+        format!("/fb/{}", firstboot.object_name()),
+        bytes,
+    )])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault = builder::vault::seal(&test_secrets(), "bench passphrase", Some(2), false).unwrap();
+    println!(
+        "| hosts | calls | mutating | droplet creates | wall time | rerun calls | rerun mutating |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for hosts in [3, 10, 25] {
+        fake.reset();
+        fake.latency(Duration::from_millis(100));
+        let site = dir.path().join(format!("site{hosts}.yaml"));
+        std::fs::write(&site, generated_site(hosts, &files.url("/fb"))).unwrap();
+        std::fs::write(dir.path().join(format!("site{hosts}.vault")), &vault).unwrap();
+        let run = || {
+            let start = Instant::now();
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_builder"))
+                .args(["launch", site.to_str().unwrap()])
+                .env("DIGITALOCEAN_API_URL", &fake.base)
+                .env("DIGITALOCEAN_ACCESS_TOKEN", "bench")
+                .env("BUILDER_VAULT_PASSPHRASE", "bench passphrase")
+                .env("BUILDER_FIRSTBOOT", support::site::tiny_firstboot_path())
+                .env("BUILDER_POLL_MS", "100")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            start.elapsed()
+        };
+        let wall = run();
+        let calls = fake.calls();
+        let creates = calls
+            .iter()
+            .filter(|c| c.starts_with("POST /v2/droplets"))
+            .count();
+        let mutating = fake.mutations();
+        run();
+        let rerun = fake.calls().len() - calls.len();
+        let rerun_mutating = fake.mutations() - mutating;
+        println!(
+            "| {hosts} | {} | {mutating} | {creates} | {:.1} s | {rerun} | {rerun_mutating} |",
+            calls.len(),
+            wall.as_secs_f64()
+        );
+    }
+}

@@ -52,6 +52,10 @@ fn the_client_and_the_fake_agree_with_the_spec() {
     });
     assert_eq!(
         fake.calls(),
-        ["GET /v2/account", "POST /v2/tags", "GET /v2/tags"]
+        [
+            "GET /v2/account",
+            "POST /v2/tags",
+            "GET /v2/tags?per_page=200"
+        ]
     );
 }

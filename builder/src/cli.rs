@@ -27,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     Init(InitArgs),
     Render(RenderArgs),
+    Launch(LaunchArgs),
+    Status(StatusArgs),
+    Destroy(DestroyArgs),
 }
 
 /// Where the vault and its passphrase come from.
@@ -138,6 +141,108 @@ pub struct InitArgs {
     /// Read the new vault's passphrase from the first line of this file
     #[arg(long, value_name = "PATH")]
     pub passphrase_file: Option<PathBuf>,
+}
+
+/// The site, its vault and the API, shared by launch, status and destroy.
+#[derive(Debug, Args)]
+pub struct CloudArgs {
+    /// The site file (hosts.yaml)
+    #[arg(value_name = "SITE")]
+    pub site: PathBuf,
+
+    /// DigitalOcean's API base URL (tests point it at a fake)
+    #[arg(
+        long,
+        env = "DIGITALOCEAN_API_URL",
+        value_name = "URL",
+        default_value = "https://api.digitalocean.com"
+    )]
+    pub api_url: String,
+
+    /// The static firstboot binary the configs pin
+    /// [default: $BUILDER_FIRSTBOOT, else `firstboot` beside builder]
+    #[arg(long, value_name = "PATH")]
+    pub firstboot: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// Create the site's DigitalOcean resources and start its droplets
+///
+/// Steps, each finding its resources by name and the site's tag before
+/// creating anything: check the token, the tag, the SSH keys, the Fedora
+/// CoreOS custom image (imported and polled until available), the VPC,
+/// the firstboot binary (uploaded to Spaces, or checked at the site's
+/// base_url), the volumes, the droplets (each with its rendered config as
+/// user data and its volumes attached), and a cloud firewall. Running it
+/// again changes nothing; an interrupted launch run again completes it.
+///
+/// The API token comes from $DIGITALOCEAN_ACCESS_TOKEN or
+/// $DIGITALOCEAN_TOKEN, else from the vault. Spaces keys come from
+/// $SPACES_ACCESS_KEY_ID and $SPACES_SECRET_ACCESS_KEY.
+#[derive(Debug, Args)]
+#[command(after_help = "Example: builder launch mysite/hosts.yaml --dry-run")]
+pub struct LaunchArgs {
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+
+    /// Print the calls launch would make, and make none
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Show each host's droplet, addresses and firstboot phase
+///
+/// The phase is read over SSH as `core` (your ssh and its agent; $BUILDER_SSH
+/// names another program) from the status file firstboot keeps.
+#[derive(Debug, Args)]
+#[command(after_help = "Example: builder status mysite/hosts.yaml --output json")]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+
+    /// Output format
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+
+    /// Do not log in to the nodes; droplet state and addresses only
+    #[arg(long)]
+    pub no_ssh: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Delete hosts, or the whole site, from DigitalOcean
+///
+/// Lists exactly what will be deleted, then asks you to type the site's
+/// domain. Only resources carrying the site's tag are touched (VPC and
+/// firewall, which cannot carry tags, must also bear the site's marks);
+/// anything else with a site name is listed and left alone. --host
+/// deletes the hosts' droplets and volumes; --all also deletes the VPC,
+/// firewall, image, published firstboot and the tag.
+#[derive(Debug, Args)]
+#[command(after_help = "Example: builder destroy mysite/hosts.yaml --host mail")]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["hosts", "all"]))]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+
+    /// A host to delete (repeatable)
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+
+    /// Delete the whole site
+    #[arg(long)]
+    pub all: bool,
+
+    /// Do not ask; for automation
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[cfg(test)]

@@ -5,10 +5,12 @@
 
 pub mod artifact;
 pub mod cli;
+pub mod cloud;
 pub mod commands;
 pub mod digitalocean;
 pub mod fsutil;
 pub mod images;
+pub mod publish;
 pub mod render;
 pub mod site;
 pub mod vault;

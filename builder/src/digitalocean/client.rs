@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
@@ -132,6 +133,16 @@ pub struct Client {
     base: String,
     token: String,
     policy: RetryPolicy,
+    /// Requests sent, and of them POST/PUT/DELETE (retries included).
+    sent: AtomicUsize,
+    mutating: AtomicUsize,
+}
+
+/// How many requests a client has sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub requests: usize,
+    pub mutating: usize,
 }
 
 /// What one attempt came to.
@@ -154,7 +165,21 @@ impl Client {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             policy,
+            sent: AtomicUsize::new(0),
+            mutating: AtomicUsize::new(0),
         })
+    }
+
+    /// The API's base URL, as given.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn sent(&self) -> Sent {
+        Sent {
+            requests: self.sent.load(Ordering::Relaxed),
+            mutating: self.mutating.load(Ordering::Relaxed),
+        }
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
@@ -302,6 +327,10 @@ impl Client {
     }
 
     async fn attempt(&self, method: &Method, path: &str, body: Option<&Value>) -> Attempt {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        if *method != Method::GET {
+            self.mutating.fetch_add(1, Ordering::Relaxed);
+        }
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))

@@ -2,7 +2,7 @@
 
 pub mod client;
 
-pub use client::{ApiError, Client, RetryPolicy};
+pub use client::{ApiError, Client, RetryPolicy, Sent};
 
 /// Where the API lives unless `--api-url` or `DIGITALOCEAN_API_URL` say
 /// otherwise (tests point it at Prism in front of a fake).

@@ -1,0 +1,320 @@
+//! `builder destroy`: find exactly what belongs to the site, say it, and
+//! delete it. A resource is the site's only when it carries the site's tag
+//! (droplets, volumes, images); VPCs and firewalls cannot carry tags, so
+//! they are the site's when both the name and a site-specific mark match
+//! (the VPC's description, the firewall applying to exactly the site's
+//! tag). Anything else with a site name is listed as left alone.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::launch::{elapsed, has_tag, Pace};
+use super::plan::Plan;
+use crate::artifact::Firstboot;
+use crate::digitalocean::Client;
+use crate::publish::Publisher;
+
+/// What to destroy.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// These hosts' droplets and volumes.
+    Hosts(Vec<String>),
+    /// Everything of the site.
+    All,
+}
+
+/// One resource to delete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doomed {
+    pub kind: &'static str,
+    pub name: String,
+    pub id: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Survey {
+    pub droplets: Vec<Doomed>,
+    pub volumes: Vec<Doomed>,
+    pub firewall: Option<Doomed>,
+    pub vpc: Option<Doomed>,
+    pub image: Option<Doomed>,
+    /// Delete the published firstboot object and the tag (with `--all`).
+    pub everything: bool,
+    /// Resources with a site name that are not provably the site's.
+    pub left_alone: Vec<String>,
+}
+
+impl Survey {
+    pub fn is_empty(&self) -> bool {
+        self.droplets.is_empty()
+            && self.volumes.is_empty()
+            && self.firewall.is_none()
+            && self.vpc.is_none()
+            && self.image.is_none()
+            && !self.everything
+    }
+
+    /// The lines shown before the operator confirms.
+    pub fn describe(&self, publisher: &Publisher, firstboot: &Firstboot) -> Vec<String> {
+        let mut lines = Vec::new();
+        let all = self
+            .droplets
+            .iter()
+            .chain(&self.volumes)
+            .chain(&self.firewall)
+            .chain(&self.vpc)
+            .chain(&self.image);
+        for d in all {
+            lines.push(format!("delete {:<8} {} (id {})", d.kind, d.name, d.id));
+        }
+        if self.everything {
+            lines.push(format!(
+                "delete object   {}",
+                publisher.describe_object(firstboot)
+            ));
+            lines.push("delete tag      (the site's tag itself)".into());
+        }
+        for l in &self.left_alone {
+            lines.push(format!("leave  {l}"));
+        }
+        lines
+    }
+}
+
+pub async fn survey(client: &Client, plan: &Plan, scope: &Scope) -> Result<Survey> {
+    let tag = &plan.tag;
+    let hosts: Vec<&str> = match scope {
+        Scope::All => plan.droplets.iter().map(|d| d.host.as_str()).collect(),
+        Scope::Hosts(names) => {
+            for name in names {
+                if !plan.droplets.iter().any(|d| &d.host == name) {
+                    bail!(
+                        "no host `{name}` in the site file; hosts are: {}",
+                        plan.droplets
+                            .iter()
+                            .map(|d| d.host.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+            names.iter().map(String::as_str).collect()
+        }
+    };
+    let all = matches!(scope, Scope::All);
+    let mut survey = Survey {
+        everything: all,
+        ..Survey::default()
+    };
+
+    let droplet_names: Vec<&str> = plan
+        .droplets
+        .iter()
+        .filter(|d| hosts.contains(&d.host.as_str()))
+        .map(|d| d.name.as_str())
+        .collect();
+    let tagged = client
+        .list(&format!("/v2/droplets?tag_name={tag}"), "droplets")
+        .await?;
+    for d in &tagged {
+        let name = d["name"].as_str().unwrap_or("");
+        // With --all, every droplet carrying the tag goes, also hosts
+        // since removed from the site file.
+        if all || droplet_names.contains(&name) {
+            survey.droplets.push(doomed("droplet", d));
+        }
+    }
+    for name in &droplet_names {
+        let same = client
+            .list(&format!("/v2/droplets?name={name}"), "droplets")
+            .await?;
+        for d in same.iter().filter(|d| !has_tag(d, tag)) {
+            survey.left_alone.push(format!(
+                "droplet  {name} (id {}): it lacks the tag {tag}",
+                d["id"]
+            ));
+        }
+    }
+
+    let volume_names: Vec<&str> = plan
+        .volumes
+        .iter()
+        .filter(|v| hosts.contains(&v.host.as_str()))
+        .map(|v| v.name.as_str())
+        .collect();
+    let volumes = client
+        .list(&format!("/v2/volumes?region={}", plan.region), "volumes")
+        .await?;
+    for v in &volumes {
+        let name = v["name"].as_str().unwrap_or("");
+        let ours = has_tag(v, tag);
+        if ours && (all || volume_names.contains(&name)) {
+            survey.volumes.push(doomed("volume", v));
+        } else if !ours && volume_names.contains(&name) {
+            survey.left_alone.push(format!(
+                "volume   {name} (id {}): it lacks the tag {tag}",
+                v["id"]
+            ));
+        }
+    }
+
+    if all {
+        let firewalls = client.list("/v2/firewalls", "firewalls").await?;
+        for f in firewalls
+            .iter()
+            .filter(|f| f["name"] == json!(plan.firewall.name))
+        {
+            if f["tags"] == json!([tag]) {
+                survey.firewall = Some(doomed("firewall", f));
+            } else {
+                survey.left_alone.push(format!(
+                    "firewall {} (id {}): it does not apply to exactly the tag {tag}",
+                    plan.firewall.name, f["id"]
+                ));
+            }
+        }
+        let vpcs = client.list("/v2/vpcs", "vpcs").await?;
+        for v in vpcs.iter().filter(|v| v["name"] == json!(plan.vpc.name)) {
+            if v["description"] == json!(plan.vpc.description) {
+                survey.vpc = Some(doomed("vpc", v));
+            } else {
+                survey.left_alone.push(format!(
+                    "vpc      {} (id {}): its description is not the site's",
+                    plan.vpc.name, v["id"]
+                ));
+            }
+        }
+        let images = client.list("/v2/images?private=true", "images").await?;
+        for i in images
+            .iter()
+            .filter(|i| i["name"] == json!(plan.image.name))
+        {
+            if has_tag(i, tag) {
+                survey.image = Some(doomed("image", i));
+            } else {
+                survey.left_alone.push(format!(
+                    "image    {} (id {}): it lacks the tag {tag}",
+                    plan.image.name, i["id"]
+                ));
+            }
+        }
+    }
+    Ok(survey)
+}
+
+fn doomed(kind: &'static str, resource: &Value) -> Doomed {
+    Doomed {
+        kind,
+        name: resource["name"].as_str().unwrap_or("?").to_owned(),
+        id: match &resource["id"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        },
+    }
+}
+
+/// Delete what the survey found: droplets, then (once detached) their
+/// volumes, then the firewall, the VPC (once empty), the image, the
+/// published object and the tag.
+pub async fn execute(
+    client: &Client,
+    plan: &Plan,
+    survey: &Survey,
+    publisher: &Publisher,
+    firstboot: &Firstboot,
+    pace: &Pace,
+) -> Result<()> {
+    for d in &survey.droplets {
+        gone(client.delete(&format!("/v2/droplets/{}", d.id)).await)?;
+        eprintln!("deleted droplet {}", d.name);
+    }
+    for v in &survey.volumes {
+        wait_detached(client, v, pace).await?;
+        gone(client.delete(&format!("/v2/volumes/{}", v.id)).await)?;
+        eprintln!("deleted volume {}", v.name);
+    }
+    if let Some(f) = &survey.firewall {
+        gone(client.delete(&format!("/v2/firewalls/{}", f.id)).await)?;
+        eprintln!("deleted firewall {}", f.name);
+    }
+    if let Some(v) = &survey.vpc {
+        delete_vpc(client, v, pace).await?;
+        eprintln!("deleted vpc {}", v.name);
+    }
+    if let Some(i) = &survey.image {
+        gone(client.delete(&format!("/v2/images/{}", i.id)).await)?;
+        eprintln!("deleted image {}", i.name);
+    }
+    if survey.everything {
+        let said = publisher
+            .unpublish(firstboot)
+            .await
+            .map_err(anyhow::Error::new)?;
+        eprintln!("{said}");
+        gone(client.delete(&format!("/v2/tags/{}", plan.tag)).await)?;
+        eprintln!("deleted tag {}", plan.tag);
+    }
+    Ok(())
+}
+
+/// A 404 on delete means someone was faster: the goal is reached.
+fn gone(result: Result<(), crate::digitalocean::ApiError>) -> Result<()> {
+    match result {
+        Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+async fn wait_detached(client: &Client, volume: &Doomed, pace: &Pace) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let answer = match client.get(&format!("/v2/volumes/{}", volume.id)).await {
+            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => return Ok(()),
+            other => other?,
+        };
+        let attached = answer["volume"]["droplet_ids"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        if !attached {
+            return Ok(());
+        }
+        if started.elapsed() > pace.volume {
+            bail!(
+                "volume {} is still attached after {}; is its droplet deleted? run destroy again",
+                volume.name,
+                elapsed(pace.volume)
+            );
+        }
+        tokio::time::sleep(pace.poll).await;
+    }
+}
+
+/// A VPC can be deleted only once its droplets are gone, which takes
+/// DigitalOcean a little while after the deletes are accepted.
+async fn delete_vpc(client: &Client, vpc: &Doomed, pace: &Pace) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let members = client
+            .list(&format!("/v2/vpcs/{}/members", vpc.id), "members")
+            .await;
+        let empty = match members {
+            Ok(m) => m.is_empty(),
+            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if empty {
+            return gone(client.delete(&format!("/v2/vpcs/{}", vpc.id)).await)
+                .with_context(|| format!("deleting vpc {}", vpc.name));
+        }
+        if started.elapsed() > pace.droplet {
+            bail!(
+                "vpc {} still has members after {}; delete them or run destroy again",
+                vpc.name,
+                elapsed(pace.droplet)
+            );
+        }
+        tokio::time::sleep(pace.poll).await;
+    }
+}

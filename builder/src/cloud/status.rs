@@ -1,0 +1,259 @@
+//! `builder status`: one row per host: its droplet, addresses, and where
+//! firstboot is.
+//!
+//! The phase is read over SSH as `core` from /run/firstboot/status.json,
+//! the file firstboot keeps current. SSH is the channel the site already
+//! has: DigitalOcean requires a key, the firewall opens port 22 for the
+//! operator, and nothing new listens on the Internet for it.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::plan::Plan;
+use crate::digitalocean::Client;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Row {
+    pub host: String,
+    pub droplet: Option<u64>,
+    /// `new`, `active`, `off`, `archive`, or `absent` when not created.
+    pub status: String,
+    pub public_ipv4: Option<String>,
+    pub private_ipv4: Option<String>,
+    /// firstboot's phase and state, when read.
+    pub phase: Option<String>,
+    pub state: Option<String>,
+    /// Why the phase is unknown, or firstboot's last error.
+    pub note: Option<String>,
+}
+
+/// The droplets of the site, in site-file order.
+pub async fn rows(client: &Client, plan: &Plan) -> Result<Vec<Row>> {
+    let droplets = client
+        .list(&format!("/v2/droplets?tag_name={}", plan.tag), "droplets")
+        .await?;
+    Ok(plan
+        .droplets
+        .iter()
+        .map(|wanted| {
+            let found = droplets.iter().find(|d| d["name"] == json!(wanted.name));
+            match found {
+                Some(d) => Row {
+                    host: wanted.host.clone(),
+                    droplet: d["id"].as_u64(),
+                    status: d["status"].as_str().unwrap_or("unknown").to_owned(),
+                    public_ipv4: address(d, "public"),
+                    private_ipv4: address(d, "private"),
+                    phase: None,
+                    state: None,
+                    note: None,
+                },
+                None => Row {
+                    host: wanted.host.clone(),
+                    droplet: None,
+                    status: "absent".into(),
+                    public_ipv4: None,
+                    private_ipv4: None,
+                    phase: None,
+                    state: None,
+                    note: Some("not launched".into()),
+                },
+            }
+        })
+        .collect())
+}
+
+fn address(droplet: &Value, kind: &str) -> Option<String> {
+    droplet["networks"]["v4"]
+        .as_array()?
+        .iter()
+        .find(|n| n["type"] == json!(kind))?["ip_address"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The command run on each node: the status file, else the done marker.
+const REMOTE: &str = "cat /run/firstboot/status.json 2>/dev/null || \
+     { test -e /var/lib/firstboot/done && echo '{\"phase\":\"all\",\"state\":\"done\"}'; } || \
+     echo '{\"phase\":\"none\",\"state\":\"not started\"}'";
+
+/// How long one node may take to answer over SSH.
+const SSH_LIMIT: Duration = Duration::from_secs(20);
+
+/// Fill in every active droplet's phase, all nodes at once. `ssh` is the
+/// program (`$BUILDER_SSH` or `ssh`).
+pub fn read_phases(rows: &mut [Row], ssh: &str) {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = rows
+            .iter()
+            .map(|row| {
+                let address = match (&row.public_ipv4, row.status.as_str()) {
+                    (Some(a), "active") => Some(a.clone()),
+                    _ => None,
+                };
+                scope.spawn(move || address.map(|a| phase_of(ssh, &a)))
+            })
+            .collect();
+        for (row, handle) in rows.iter_mut().zip(handles) {
+            match handle.join().ok().flatten() {
+                Some(Ok(status)) => {
+                    row.phase = status["phase"].as_str().map(str::to_owned);
+                    row.state = status["state"].as_str().map(str::to_owned);
+                    row.note = status["last_error"].as_str().map(str::to_owned);
+                }
+                Some(Err(why)) => row.note = Some(why),
+                None => {}
+            }
+        }
+    });
+}
+
+fn phase_of(ssh: &str, address: &str) -> Result<Value, String> {
+    let mut child = Command::new(ssh)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=8",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ServerAliveCountMax=2",
+            &format!("core@{address}"),
+            REMOTE,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {ssh}: {e}"))?;
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < SSH_LIMIT => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "ssh core@{address}: no answer within {SSH_LIMIT:?}"
+                ));
+            }
+        }
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if !status.success() {
+        let last = err.lines().last().unwrap_or("").trim();
+        return Err(format!("ssh core@{address} failed: {last}"));
+    }
+    serde_json::from_str(out.trim())
+        .map_err(|e| format!("core@{address}: unreadable status file ({e})"))
+}
+
+/// The table for a terminal.
+pub fn table(rows: &[Row]) -> String {
+    let mut lines = vec![[
+        "HOST".to_owned(),
+        "DROPLET".into(),
+        "STATUS".into(),
+        "PUBLIC".into(),
+        "PRIVATE".into(),
+        "FIRSTBOOT".into(),
+    ]];
+    let dash = || "-".to_owned();
+    for row in rows {
+        let phase = match (&row.phase, &row.state, &row.note) {
+            (Some(p), Some(s), None) => format!("{p}: {s}"),
+            (Some(p), Some(s), Some(n)) => format!("{p}: {s} ({n})"),
+            (_, _, Some(n)) => n.clone(),
+            _ => dash(),
+        };
+        lines.push([
+            row.host.clone(),
+            row.droplet.map_or_else(dash, |d| d.to_string()),
+            row.status.clone(),
+            row.public_ipv4.clone().unwrap_or_else(dash),
+            row.private_ipv4.clone().unwrap_or_else(dash),
+            phase,
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    lines
+        .iter()
+        .map(|l| {
+            let mut line = String::new();
+            for (i, cell) in l.iter().enumerate() {
+                if i == 5 {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+                }
+            }
+            line.trim_end().to_owned() + "\n"
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_aligns_and_says_what_is_unknown() {
+        let rows = vec![
+            Row {
+                host: "ns1".into(),
+                droplet: Some(42),
+                status: "active".into(),
+                public_ipv4: Some("203.0.113.10".into()),
+                private_ipv4: Some("172.30.0.2".into()),
+                phase: Some("etcd".into()),
+                state: Some("running".into()),
+                note: None,
+            },
+            Row {
+                host: "mail".into(),
+                droplet: None,
+                status: "absent".into(),
+                public_ipv4: None,
+                private_ipv4: None,
+                phase: None,
+                state: None,
+                note: Some("not launched".into()),
+            },
+        ];
+        let text = table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[1].starts_with("ns1   42       active  203.0.113.10  172.30.0.2  etcd: running")
+        );
+        assert!(lines[2].ends_with("not launched"));
+        let col = lines[0].find("STATUS").unwrap();
+        assert_eq!(&lines[2][col..col + 6], "absent");
+    }
+}

@@ -1,0 +1,345 @@
+//! `builder launch`, `status` and `destroy`, run as the operator runs
+//! them (the real binary, as a child process), with every request going
+//! through Prism (proxy mode, `--errors`, the official DigitalOcean spec)
+//! to the stateful fake. A 422 from Prism (a request off the spec) or a
+//! 500 (an answer off the spec) fails the command and so the test.
+//!
+//! Prism takes ~15 s to load the spec, so one test function owns one
+//! Prism and walks through the scenarios in order, resetting the fake
+//! between them.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::do_fake::{FakeDo, Fault};
+use support::prism::{self, Prism};
+use support::site;
+
+const DOMAIN: &str = "lab.example.org";
+
+struct World {
+    fake: FakeDo,
+    prism: Prism,
+    dir: tempfile::TempDir,
+    site: PathBuf,
+    _files: site_lab::http::FileServer,
+}
+
+impl World {
+    /// The builder binary with the site's environment; `args` after the
+    /// sub-command name.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_builder"));
+        command
+            .args(args)
+            .env("DIGITALOCEAN_API_URL", &self.prism.base)
+            .env("DIGITALOCEAN_ACCESS_TOKEN", "test-token")
+            .env("BUILDER_VAULT_PASSPHRASE", "test passphrase")
+            .env("BUILDER_FIRSTBOOT", site::tiny_firstboot_path())
+            .env("BUILDER_POLL_MS", "20")
+            .env("BUILDER_API_TIMEOUT_MS", "2000")
+            .env("BUILDER_API_BACKOFF_MS", "50")
+            .env("BUILDER_SSH", self.dir.path().join("ssh"))
+            .env_remove("DIGITALOCEAN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec![args[0], self.site.to_str().unwrap()];
+        full.extend_from_slice(&args[1..]);
+        self.command(&full).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let text = transcript(&out);
+        assert!(out.status.success(), "builder {args:?} failed:\n{text}");
+        text
+    }
+}
+
+fn transcript(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A three-host site whose firstboot is served (for the base_url check)
+/// by a loopback server, and its vault.
+fn world() -> Option<World> {
+    if let Some(reason) = prism::skip_reason() {
+        if reason.contains("Prism") {
+            support::skip(&reason);
+        } else {
+            eprintln!("{reason}");
+        }
+        return None;
+    }
+    let fake = FakeDo::start();
+    let prism = Prism::start(&fake.base);
+    let firstboot = site::tiny_firstboot();
+    let bytes = std::fs::read(site::tiny_firstboot_path()).unwrap();
+    let files = site_lab::http::FileServer::start(vec![(
+        format!("/fb/{}", firstboot.object_name()),
+        bytes,
+    )])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let site_text = site::generated_site(3, &files.url("/fb"));
+    let site = dir.path().join("hosts.yaml");
+    std::fs::write(&site, site_text).unwrap();
+    let vault =
+        builder::vault::seal(&site::test_secrets(), "test passphrase", Some(2), false).unwrap();
+    std::fs::write(dir.path().join("hosts.vault"), vault).unwrap();
+    // `ssh` for status: answers as a node's status file would.
+    let ssh = dir.path().join("ssh");
+    std::fs::write(
+        &ssh,
+        "#!/bin/sh\n\
+         # the arguments end with core@ADDRESS and the remote command\n\
+         for a; do target=$prev; prev=$a; done\n\
+         echo \"{\\\"phase\\\":\\\"etcd\\\",\\\"state\\\":\\\"waiting\\\",\\\"last_error\\\":\\\"asked $target\\\"}\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    Some(World {
+        fake,
+        prism,
+        dir,
+        site,
+        _files: files,
+    })
+}
+
+#[test]
+fn launch_status_and_destroy_through_prism() {
+    let Some(w) = world() else { return };
+
+    let t = std::time::Instant::now();
+    dry_run_sends_nothing(&w);
+    let clean = clean_launch_then_nothing(&w);
+    status_reports_every_host(&w);
+    destroy_host_and_all_leave_foreign_resources(&w);
+    eprintln!("launch, status, destroy: {:?}", t.elapsed());
+    killed_after_each_mutation_then_resumed(&w, &clean);
+    eprintln!("kills: {:?}", t.elapsed());
+    faults_on_every_endpoint_converge(&w, &clean);
+    eprintln!("faults: {:?}", t.elapsed());
+}
+
+fn dry_run_sends_nothing(w: &World) {
+    w.fake.reset();
+    let text = w.ok(&["launch", "--dry-run"]);
+    assert!(w.fake.calls().is_empty(), "{:?}", w.fake.calls());
+    assert!(
+        text.contains("POST /v2/droplets") && text.contains("no call was made"),
+        "{text}"
+    );
+    for host in ["node001", "node002", "node003"] {
+        assert!(text.contains(&format!("{host}.{DOMAIN}")), "{text}");
+    }
+}
+
+/// A clean launch, checked in detail; then a second run changes nothing.
+fn clean_launch_then_nothing(w: &World) -> Value {
+    w.fake.reset();
+    let text = w.ok(&["launch"]);
+    let snapshot = w.fake.snapshot();
+    let calls = w.fake.calls();
+    let creates = calls
+        .iter()
+        .filter(|c| c.starts_with("POST /v2/droplets"))
+        .count();
+    assert_eq!(
+        creates, 3,
+        "one create per host (per-host user data):\n{calls:#?}"
+    );
+    // Each droplet carries exactly its rendered config.
+    let rendered = w.dir.path().join("rendered");
+    w.ok_render(&rendered);
+    for host in ["node001", "node002", "node003"] {
+        let expected = std::fs::read_to_string(rendered.join(format!("{host}.ign"))).unwrap();
+        let got = w
+            .fake
+            .user_data(&format!("{host}.{DOMAIN}"))
+            .expect("droplet exists");
+        assert_eq!(got, expected, "{host}'s user data");
+    }
+    assert!(text.contains("[10/10] firewall"), "{text}");
+
+    let before = w.fake.mutations();
+    let again = w.ok(&["launch"]);
+    assert_eq!(
+        w.fake.mutations(),
+        before,
+        "a second launch mutated:\n{again}"
+    );
+    assert!(again.contains("nothing changed"), "{again}");
+    assert_eq!(w.fake.snapshot(), snapshot);
+    snapshot
+}
+
+impl World {
+    fn ok_render(&self, out: &Path) {
+        let out = self
+            .command(&[
+                "render",
+                self.site.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", transcript(&out));
+    }
+}
+
+fn status_reports_every_host(w: &World) {
+    let before = w.fake.mutations();
+    let json = w.ok(&["status", "--output", "json"]);
+    let start = json.find('[').unwrap();
+    let end = json.rfind(']').unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&json[start..=end]).unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(row["status"], "active", "{row}");
+        assert!(
+            row["public_ipv4"].is_string() && row["private_ipv4"].is_string(),
+            "{row}"
+        );
+        assert_eq!(row["phase"], "etcd");
+        let asked = format!("asked core@{}", row["public_ipv4"].as_str().unwrap());
+        assert_eq!(row["note"], asked.as_str());
+    }
+    let private = rows[0]["private_ipv4"].as_str().unwrap();
+    assert!(
+        private.starts_with("10.20.0."),
+        "private address {private} outside the VPC"
+    );
+    let table = w.ok(&["status", "--no-ssh"]);
+    assert!(table.lines().next().unwrap().starts_with("HOST"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("active")).count(),
+        3,
+        "{table}"
+    );
+    assert_eq!(w.fake.mutations(), before, "status changed something");
+}
+
+fn destroy_host_and_all_leave_foreign_resources(w: &World) {
+    // Someone else's droplet and volume with this site's names.
+    w.fake
+        .seed_droplet(&format!("node003.{DOMAIN}"), &["other"]);
+    w.fake.seed_volume("node003-lab-example-org-data", &[]);
+
+    // Without --yes and with no terminal, nothing is deleted.
+    let before = w.fake.mutations();
+    let out = w.run(&["destroy", "--host", "node003"]);
+    assert!(!out.status.success());
+    assert!(transcript(&out).contains("--yes"), "{}", transcript(&out));
+    assert_eq!(w.fake.mutations(), before);
+
+    let text = w.ok(&["destroy", "--host", "node003", "--yes"]);
+    assert!(text.contains("leave  droplet"), "{text}");
+    let snapshot = w.fake.snapshot().to_string();
+    assert!(
+        !snapshot.contains("node003-lab-example-org-swap"),
+        "{snapshot}"
+    );
+    assert!(
+        snapshot.contains(&format!("node001.{DOMAIN}")),
+        "{snapshot}"
+    );
+    let deletes: Vec<String> = w
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("DELETE"))
+        .collect();
+    assert_eq!(
+        deletes.len(),
+        3,
+        "the droplet and its two volumes: {deletes:?}"
+    );
+
+    let text = w.ok(&["destroy", "--all", "--yes"]);
+    assert!(text.contains("deleted vpc"), "{text}");
+    let left = w.fake.snapshot();
+    // Only the foreign droplet and volume remain.
+    let left_text = left.to_string();
+    assert!(left_text.contains("other"), "{left_text}");
+    assert!(!left_text.contains("site:lab-example-org"), "{left_text}");
+    assert!(
+        !left_text.contains(&format!("node001.{DOMAIN}")),
+        "{left_text}"
+    );
+}
+
+/// Kill launch right after its k-th mutation reached the fake, for every
+/// k of a clean launch; the rerun converges on the clean state.
+fn killed_after_each_mutation_then_resumed(w: &World, clean: &Value) {
+    w.fake.reset();
+    w.ok(&["launch"]);
+    let total = w.fake.mutations();
+    assert!(total >= 10, "a clean launch made only {total} mutations");
+    for k in 1..=total {
+        w.fake.reset();
+        let child = w
+            .command(&["launch", w.site.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        w.fake.kill_after_mutation(k, child.id());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            !out.status.success(),
+            "launch survived its kill at mutation {k}"
+        );
+        let resumed = w.ok(&["launch"]);
+        assert_eq!(
+            &w.fake.snapshot(),
+            clean,
+            "killed after mutation {k}; resumed:\n{resumed}"
+        );
+        let before = w.fake.mutations();
+        w.ok(&["launch"]);
+        assert_eq!(w.fake.mutations(), before, "killed after mutation {k}");
+    }
+}
+
+/// Each fault on the first call of every kind of endpoint: launch
+/// converges within its retries, or stops clearly and a rerun converges.
+fn faults_on_every_endpoint_converge(w: &World, clean: &Value) {
+    let faults = [
+        ("429", Fault::TooMany { reset_in: 1 }),
+        ("500", Fault::Status500),
+        ("503", Fault::Status503),
+        ("reset", Fault::Reset),
+        ("timeout", Fault::Stall(Duration::from_secs(3))),
+    ];
+    for (name, fault) in faults {
+        w.fake.reset();
+        w.fake.fault_every_kind_once(fault);
+        let started = std::time::Instant::now();
+        let first = w.run(&["launch"]);
+        eprintln!("fault {name}: {:?}", started.elapsed());
+        let text = transcript(&first);
+        assert!(!text.contains("panicked"), "{name}: {text}");
+        if !first.status.success() {
+            assert!(
+                text.contains("run it again"),
+                "{name}: unclear failure:\n{text}"
+            );
+            w.ok(&["launch"]);
+        }
+        assert_eq!(&w.fake.snapshot(), clean, "{name}:\n{text}");
+    }
+}
