@@ -87,7 +87,6 @@ impl Progress {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub created: Vec<String>,
-    pub found: usize,
 }
 
 /// The ids launch learns, handed from step to step.
@@ -96,8 +95,8 @@ struct Known {
     keys: Vec<u64>,
     image: u64,
     vpc: String,
-    /// Volume name → (id, droplet ids it is attached to).
-    volumes: BTreeMap<String, (String, Vec<u64>)>,
+    /// Volume name → id.
+    volumes: BTreeMap<String, String>,
     /// Droplet name → id.
     droplets: BTreeMap<String, u64>,
 }
@@ -173,16 +172,12 @@ impl Launch<'_> {
                     if let Some(found) = find().await? {
                         return Ok(found);
                     }
-                    tokio::time::sleep(self.client_backoff(attempt)).await;
+                    tokio::time::sleep(self.pace.poll * attempt).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-
-    fn client_backoff(&self, attempt: u32) -> Duration {
-        self.pace.poll * attempt
     }
 
     async fn find_key(&self, material: &str) -> Result<Option<Value>> {
@@ -287,7 +282,6 @@ impl Launch<'_> {
     async fn tag(&self, progress: &Progress, outcome: &mut Outcome) -> Result<()> {
         let tag = &self.plan.tag;
         if self.find_tag().await?.is_some() {
-            outcome.found += 1;
             progress.say(format!("{tag}: exists"));
         } else {
             self.create("tag", "/v2/tags", &json!({"name": tag}), "tag", || {
@@ -306,7 +300,6 @@ impl Launch<'_> {
             let material = key.material();
             let id = match self.find_key(&material).await? {
                 Some(k) => {
-                    outcome.found += 1;
                     progress.say(format!(
                         "{}: on the account as `{}`",
                         short_key(&material),
@@ -347,7 +340,6 @@ impl Launch<'_> {
                         self.plan.tag
                     );
                 }
-                outcome.found += 1;
                 progress.say(format!("{}: exists (id {})", wanted.name, image["id"]));
                 image["id"].as_u64()
             }
@@ -430,7 +422,6 @@ impl Launch<'_> {
                         self.plan.region
                     );
                 }
-                outcome.found += 1;
                 progress.say(format!("{} {}: exists", wanted.name, wanted.ip_range));
                 vpc["id"].as_str().map(str::to_owned)
             }
@@ -457,10 +448,10 @@ impl Launch<'_> {
         &self,
         progress: &Progress,
         outcome: &mut Outcome,
-    ) -> Result<BTreeMap<String, (String, Vec<u64>)>> {
+    ) -> Result<BTreeMap<String, String>> {
         let mut known = BTreeMap::new();
         for volume in &self.plan.volumes {
-            let (id, attached) = match self.find_volume(&volume.name).await? {
+            let id = match self.find_volume(&volume.name).await? {
                 Some(existing) => {
                     if !has_tag(&existing, &self.plan.tag) {
                         bail!(
@@ -471,12 +462,8 @@ impl Launch<'_> {
                             self.plan.tag
                         );
                     }
-                    outcome.found += 1;
                     progress.say(format!("{}: exists", volume.name));
-                    (
-                        existing["id"].as_str().map(str::to_owned),
-                        ids(&existing["droplet_ids"]),
-                    )
+                    existing["id"].as_str().map(str::to_owned)
                 }
                 None => {
                     let created = self
@@ -492,14 +479,11 @@ impl Launch<'_> {
                         .await?;
                     outcome.created.push(format!("volume {}", volume.name));
                     progress.say(format!("{}: created, {} GiB", volume.name, volume.size_gib));
-                    (
-                        created["id"].as_str().map(str::to_owned),
-                        ids(&created["droplet_ids"]),
-                    )
+                    created["id"].as_str().map(str::to_owned)
                 }
             };
             let id = id.context("a volume without an id in DigitalOcean's answer")?;
-            known.insert(volume.name.clone(), (id, attached));
+            known.insert(volume.name.clone(), id);
         }
         Ok(known)
     }
@@ -523,14 +507,13 @@ impl Launch<'_> {
         let mut bodies = Vec::new();
         for droplet in &self.plan.droplets {
             if droplets.contains_key(&droplet.name) {
-                outcome.found += 1;
                 progress.say(format!("{}: exists", droplet.name));
                 continue;
             }
             let volumes: Vec<&str> = droplet
                 .volumes
                 .iter()
-                .filter_map(|v| known.volumes.get(v).map(|(id, _)| id.as_str()))
+                .filter_map(|v| known.volumes.get(v).map(String::as_str))
                 .collect();
             bodies.push((
                 droplet.name.clone(),
@@ -582,7 +565,7 @@ impl Launch<'_> {
                 }
             }
             bodies.retain(|(name, _)| !droplets.contains_key(name));
-            tokio::time::sleep(self.client_backoff(attempt)).await;
+            tokio::time::sleep(self.pace.poll * attempt).await;
             attempt += 1;
         }
         self.wait_droplets(progress, &pending).await?;
@@ -642,6 +625,7 @@ impl Launch<'_> {
         outcome: &mut Outcome,
         known: &Known,
     ) -> Result<()> {
+        let mut repaired = 0;
         for volume in &self.plan.volumes {
             let droplet = &self
                 .plan
@@ -651,11 +635,10 @@ impl Launch<'_> {
                 .context("a volume of no host")?
                 .name;
             let droplet_id = *known.droplets.get(droplet).context("droplet not created")?;
-            let (volume_id, _) = &known.volumes[&volume.name];
+            let volume_id = &known.volumes[&volume.name];
             let answer = self.client.get(&format!("/v2/volumes/{volume_id}")).await?;
             let attached = ids(&answer["volume"]["droplet_ids"]);
             if attached.contains(&droplet_id) {
-                outcome.found += 1;
                 continue;
             }
             if let Some(other) = attached.first() {
@@ -687,8 +670,9 @@ impl Launch<'_> {
                 .created
                 .push(format!("attachment {} to {droplet}", volume.name));
             progress.say(format!("{} attached to {droplet}", volume.name));
+            repaired += 1;
         }
-        if outcome.created.iter().all(|c| !c.starts_with("attachment")) {
+        if repaired == 0 {
             progress.say(format!(
                 "all {} volume(s) attached",
                 self.plan.volumes.len()
@@ -702,7 +686,6 @@ impl Launch<'_> {
         let tag = &self.plan.tag;
         match self.find_firewall().await? {
             Some(existing) if wanted.matches(&existing, tag) => {
-                outcome.found += 1;
                 progress.say(format!("{}: exists with the site's rules", wanted.name));
             }
             Some(existing) => {

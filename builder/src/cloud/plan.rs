@@ -303,13 +303,9 @@ impl Plan {
                 .iter()
                 .find(|r| r.host == name)
                 .ok_or_else(|| anyhow::anyhow!("no rendered config for host {name}"))?;
+            // Render refused anything near the limit; `create_requests`
+            // checks again where the request is built.
             let user_data = String::from_utf8(config.bytes.clone())?;
-            if user_data.len() > USER_DATA_LIMIT {
-                bail!(
-                    "host {name}: its config is {} bytes, above DigitalOcean's user-data limit of {USER_DATA_LIMIT}",
-                    user_data.len()
-                );
-            }
             let mut attached = Vec::new();
             for (what, size) in [
                 ("data", host.volumes.data_gib),
