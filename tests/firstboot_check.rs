@@ -1,42 +1,12 @@
-//! `firstboot --check` as a node runs it: on a real node.json file.
+//! `firstboot --check` as a node runs it: on a real node.json file (the
+//! frozen schema-2 fixtures `builder render` wrote).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use node_contract::{join_credential, HostEntry, JoinConfig, NodeConfig, Role, SiteInfo};
-
-fn contract() -> NodeConfig {
-    NodeConfig {
-        schema: node_contract::SCHEMA_VERSION,
-        site: SiteInfo {
-            domain: "example.com".into(),
-            realm: "EXAMPLE.COM".into(),
-            vpc_range: "172.30.0.0/24".into(),
-            hosts: ["ns1", "ns2", "ns3", "www"]
-                .iter()
-                .map(|n| HostEntry {
-                    name: (*n).into(),
-                    role: if *n == "www" {
-                        Role::Worker
-                    } else {
-                        Role::Core
-                    },
-                })
-                .collect(),
-        },
-        node: "www".into(),
-        join: JoinConfig {
-            port: node_contract::JOIN_PORT,
-            credential: join_credential("s", "www"),
-            site_secret: None,
-            address: None,
-        },
-        catalog: Default::default(),
-        freeipa: None,
-        storage: Default::default(),
-    }
-}
+const CORE: &str = include_str!("../firstboot/contract/tests/node-v2.json");
+const WORKER: &str = include_str!("../firstboot/contract/tests/node-v2-worker.json");
 
 fn check(bytes: &[u8], mode: u32) -> Output {
     let dir = tempfile::tempdir().unwrap();
@@ -53,34 +23,64 @@ fn firstboot(args: &[&str]) -> Output {
         .unwrap()
 }
 
-#[test]
-fn a_valid_contract_is_summarised() {
-    let out = check(&contract().to_json(), 0o600);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+fn summary(config: &str) -> String {
+    let out = check(config.as_bytes(), 0o600);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("(schema 1): valid"), "{stdout}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_valid_contract_is_summarised() {
+    let stdout = summary(CORE);
+    assert!(stdout.contains("(schema 2): valid"), "{stdout}");
     assert!(
-        stdout.contains("hosts      4 (3 core, 1 worker): ns1, ns2, ns3, www"),
+        stdout.contains("hosts      4 (3 core: node1, node2, node3; 1 worker)"),
         "{stdout}"
     );
-    assert!(stdout.contains("this node  www.example.com (worker, joins the bootstrap host)"));
-    assert!(stdout.contains("join       port 7443 on ns1"), "{stdout}");
+    assert!(
+        stdout.contains("this node  node2.lab.example.org (core, joins the bootstrap host)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("join       port 7443 on node1"), "{stdout}");
+    assert!(
+        stdout.contains("guard      only root reaches the metadata service at 198.19.169.254"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("service    etcd: host /usr/bin/etcd"),
+        "{stdout}"
+    );
+    // etcd runs on core hosts only: a worker's summary does not list it.
+    let stdout = summary(WORKER);
+    assert!(
+        stdout.contains("(worker, joins the bootstrap host)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("etcd"), "{stdout}");
 }
 
 #[test]
 fn refusals_are_clear_and_exit_nonzero() {
-    let mut future: serde_json::Value = serde_json::from_slice(&contract().to_json()).unwrap();
+    let mut future: serde_json::Value = serde_json::from_str(CORE).unwrap();
     future["schema"] = 9.into();
-    let (valid, future) = (contract().to_json(), future.to_string());
-    let cases: [(&[u8], u32, &str); 4] = [
-        (&valid, 0o644, "must be 0600"),
+    let future = future.to_string();
+    // node2's key presented as node3's: the site key never vouched for it.
+    let stolen = CORE.replace("\"node\": \"node2\"", "\"node\": \"node3\"");
+    let cases: [(&[u8], u32, &str); 6] = [
+        (CORE.as_bytes(), 0o644, "must be 0600"),
         (future.as_bytes(), 0o600, "schema version 9"),
         (b"not json", 0o600, "node.json is malformed"),
-        (b"{\"schema\": 1}", 0o600, "node.json is malformed"),
+        (b"{\"schema\": 2}", 0o600, "node.json is malformed"),
+        (b"{\"schema\": 1}", 0o600, "schema version 1"),
+        (
+            stolen.as_bytes(),
+            0o600,
+            "the site key did not sign `node3`'s key",
+        ),
     ];
     for (bytes, mode, expected) in cases {
         let out = check(bytes, mode);
@@ -91,6 +91,15 @@ fn refusals_are_clear_and_exit_nonzero() {
             "expected `{expected}` in: {stderr}"
         );
         assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn with_no_arguments_every_command_is_named() {
+    let out = firstboot(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for command in ["--check", "`run`", "`peer`", "`renew`", "`exec`"] {
+        assert!(stderr.contains(command), "{command} missing: {stderr}");
     }
 }
 

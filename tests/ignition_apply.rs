@@ -73,7 +73,14 @@ fn ignition_applies_a_rendered_config() {
     let contract = NodeConfig::from_json(root.read("/etc/firstboot/node.json").as_bytes()).unwrap();
     assert_eq!(contract.node, "ns1");
     assert!(contract.is_bootstrap());
-    assert_eq!(contract.site.hosts.len(), 5);
+    assert_eq!(contract.site.host_count, 5);
+    assert_eq!(contract.site.core.len(), 3);
+    // The guard's rules, written for the platform's metadata address.
+    let guard = root.read("/etc/firstboot/guard.nft");
+    assert!(
+        guard.contains("ip daddr 169.254.169.254 meta skuid != 0"),
+        "{guard}"
+    );
 
     assert_eq!(
         std::fs::read(root.path(render::FIRSTBOOT_PATH)).unwrap(),
@@ -92,7 +99,14 @@ fn ignition_applies_a_rendered_config() {
         .read(&format!("/etc/systemd/system/{swap}"))
         .contains("[Swap]"));
     let presets = root.read("/etc/systemd/system-preset/20-ignition.preset");
-    for enabled in ["firstboot.service", "var-lib-data.mount", swap] {
+    for enabled in [
+        "firstboot-guard.service",
+        "firstboot.service",
+        "firstboot-peer.service",
+        "firstboot-renew.timer",
+        "var-lib-data.mount",
+        swap,
+    ] {
         assert!(
             presets.lines().any(|l| l == format!("enable {enabled}")),
             "{enabled}: {presets}"
@@ -135,7 +149,7 @@ fn a_worker_gets_no_freeipa_passwords_and_no_site_secret() {
     assert!(outcome.success, "{}", outcome.log);
     let text = root.read("/etc/firstboot/node.json");
     let contract = NodeConfig::from_json(text.as_bytes()).unwrap();
-    assert!(contract.freeipa.is_none() && contract.join.site_secret.is_none());
+    assert!(contract.freeipa.is_none());
     assert!(!text.contains(&test_secrets().join_secret));
     assert!(!text.contains(&test_secrets().freeipa_admin_password));
     // www sets swap_gib: 0, so it has a data volume and no swap unit.

@@ -11,7 +11,17 @@ pub struct Image {
     pub name: String,
     pub description: String,
     pub base: Base,
+    pub platform: Platform,
     pub services: Catalog,
+}
+
+/// What the platform the image runs on provides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    /// The metadata service's address: 169.254.169.254 on DigitalOcean, a
+    /// lab address (never the real one) in the lab.
+    pub metadata: std::net::Ipv4Addr,
 }
 
 /// The operating system an image starts from.

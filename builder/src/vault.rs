@@ -31,7 +31,9 @@ pub struct Secrets {
     pub digitalocean_token: String,
     pub freeipa_admin_password: String,
     pub directory_manager_password: String,
-    /// Keys every node's join credential; only the bootstrap host gets it.
+    /// The site's root secret. builder derives from it the site signing
+    /// key and every node's own key (`render::keys`); it never leaves the
+    /// operator's machine, and no node gets it or the site signing key.
     pub join_secret: String,
 }
 

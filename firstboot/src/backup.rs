@@ -1,43 +1,54 @@
-//! The temporary CA's sealed backup. Until FreeIPA takes over, the CA key
-//! lives on the bootstrap host only; if that host's disk is lost, a
-//! rebuilt host must rejoin the cluster its peers still run, which needs
-//! that CA. So every core peer keeps a copy sealed (ChaCha20-Poly1305)
-//! under a key derived from the site secret: peers can hand it out freely,
-//! only a holder of the site secret (a rebuilt bootstrap host) can open
-//! it, and a forged or altered copy does not open.
+//! The temporary CAs' sealed copy. Until FreeIPA takes over, the CA keys
+//! live on the bootstrap host only; if that host's disk is lost, a rebuilt
+//! host must rejoin the cluster its peers still run, which needs those
+//! CAs. So every core peer keeps a copy sealed (ChaCha20-Poly1305) under a
+//! key derived from the **bootstrap host's own node key**: the peers cannot
+//! open it, only the bootstrap host (whose config a rebuild gives back)
+//! can, and a forged or altered copy does not open. Peers hand it only to
+//! the bootstrap host, proven by its signature (see `join::peer`).
+//!
+//! Each copy carries a generation, raised whenever the registry changes,
+//! so a rebuilt host restores the newest one its peers hold.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Result};
 use hmac::{Hmac, Mac};
+use node_contract::{HostName, Seed};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-/// What the backup holds.
+/// What the sealed copy holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaBackup {
-    pub ca_cert_pem: String,
-    pub ca_key_pem: String,
-    pub registry: BTreeMap<String, Ipv4Addr>,
+    pub generation: u64,
+    pub root_cert_pem: String,
+    pub root_key_pem: String,
+    pub etcd_cert_pem: String,
+    pub etcd_key_pem: String,
+    pub registry: BTreeMap<HostName, Ipv4Addr>,
+    /// When admission of hosts that never joined ends (Unix seconds).
+    pub admission_deadline: u64,
 }
 
-const CONTEXT: &[u8] = b"firstboot ca backup v1";
+const CONTEXT: &[u8] = b"firstboot ca backup v2";
 
-fn key(site_secret: &str) -> LessSafeKey {
-    let mut mac = Hmac::<Sha256>::new_from_slice(site_secret.as_bytes()).expect("any key length");
+fn key(seed: &Seed) -> LessSafeKey {
+    let mut mac = Hmac::<Sha256>::new_from_slice(seed.as_bytes()).expect("any key length");
     mac.update(CONTEXT);
     let bytes = mac.finalize().into_bytes();
     LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &bytes).expect("a 32-byte key"))
 }
 
-/// Seal: a random nonce, then the ciphertext with its tag; hex.
-pub fn seal(site_secret: &str, backup: &CaBackup) -> String {
+/// Seal under the bootstrap host's key seed: a random nonce, then the
+/// ciphertext with its tag; hex.
+pub fn seal(seed: &Seed, backup: &CaBackup) -> String {
     let nonce_bytes: [u8; NONCE_LEN] = rand::random();
     let mut data = serde_json::to_vec(backup).expect("serialises");
-    key(site_secret)
+    key(seed)
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce_bytes),
             Aad::from(CONTEXT),
@@ -49,19 +60,23 @@ pub fn seal(site_secret: &str, backup: &CaBackup) -> String {
     hex::encode(out)
 }
 
-/// Open a sealed backup; an error unless it was sealed under this secret
-/// and is unaltered.
-pub fn open(site_secret: &str, sealed: &str) -> Result<CaBackup> {
-    let bytes = hex::decode(sealed.trim()).map_err(|_| anyhow!("the CA backup is not hex"))?;
+/// Open a sealed copy; an error unless it was sealed under this seed and
+/// is unaltered.
+pub fn open(seed: &Seed, sealed: &str) -> Result<CaBackup> {
+    let bytes = hex::decode(sealed.trim()).map_err(|_| anyhow!("the CA copy is not hex"))?;
     if bytes.len() < NONCE_LEN + 16 {
-        bail!("the CA backup is truncated");
+        bail!("the CA copy is truncated");
     }
     let (nonce, data) = bytes.split_at(NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| anyhow!("bad nonce"))?;
     let mut data = data.to_vec();
-    let plain = key(site_secret)
+    let plain = key(seed)
         .open_in_place(nonce, Aad::from(CONTEXT), &mut data)
-        .map_err(|_| anyhow!("the CA backup does not open under this site's secret (forged, altered, or another site's)"))?;
+        .map_err(|_| {
+            anyhow!(
+                "the CA copy does not open under this host's key (forged, altered, or another site's)"
+            )
+        })?;
     Ok(serde_json::from_slice(plain)?)
 }
 
@@ -69,26 +84,36 @@ pub fn open(site_secret: &str, sealed: &str) -> Result<CaBackup> {
 mod tests {
     use super::*;
 
-    fn backup() -> CaBackup {
+    fn backup(generation: u64) -> CaBackup {
         CaBackup {
-            ca_cert_pem: "cert".into(),
-            ca_key_pem: "key".into(),
-            registry: [("node2".to_string(), Ipv4Addr::new(198, 18, 0, 11))].into(),
+            generation,
+            root_cert_pem: "cert".into(),
+            root_key_pem: "key".into(),
+            etcd_cert_pem: "etcd cert".into(),
+            etcd_key_pem: "etcd key".into(),
+            registry: [(
+                HostName::parse("node2").unwrap(),
+                Ipv4Addr::new(198, 18, 0, 11),
+            )]
+            .into(),
+            admission_deadline: 9,
         }
     }
 
     #[test]
-    fn seals_and_opens_under_the_site_secret_only() {
-        let sealed = seal("secret", &backup());
+    fn seals_and_opens_under_the_bootstrap_hosts_key_only() {
+        let mine = Seed::from_bytes([1; 32]);
+        let other = Seed::from_bytes([2; 32]);
+        let sealed = seal(&mine, &backup(3));
         assert!(!sealed.contains(&hex::encode("key")), "the key is in clear");
-        assert_eq!(open("secret", &sealed).unwrap(), backup());
-        assert!(open("another", &sealed).is_err());
+        assert_eq!(open(&mine, &sealed).unwrap(), backup(3));
+        assert!(open(&other, &sealed).is_err());
         let mut altered = hex::decode(&sealed).unwrap();
         let last = altered.len() - 1;
         altered[last] ^= 1;
-        assert!(open("secret", &hex::encode(altered)).is_err());
-        assert!(open("secret", "zz").is_err());
-        assert!(open("secret", "00").is_err());
-        assert_ne!(seal("secret", &backup()), sealed, "nonces repeat");
+        assert!(open(&mine, &hex::encode(altered)).is_err());
+        assert!(open(&mine, "zz").is_err());
+        assert!(open(&mine, "00").is_err());
+        assert_ne!(seal(&mine, &backup(3)), sealed, "nonces repeat");
     }
 }

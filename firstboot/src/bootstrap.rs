@@ -1,29 +1,275 @@
-//! The bootstrap host's temporary services: the CA (its key made here,
-//! never in user data), the DNS for the site zone, the join service.
+//! The bootstrap host's temporary services: the CAs (their keys made here,
+//! never in user data), the DNS for the site zone, the join service; and
+//! the split-brain guard that decides, before any CA exists, whether this
+//! is the site's first boot or a rebuild of a host whose cluster lives on.
+//!
+//! Nothing here knows the phase engine: it takes the pieces it needs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use node_contract::Role;
+use node_contract::{HostName, NodeConfig, Role, PEER_PORT};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
-use crate::ca::TempCa;
+use crate::backup::CaBackup;
+use crate::certs::Slot;
 use crate::dns::{DnsServer, ZoneData};
-use crate::join::server::{self, Registrar};
-use crate::phases::Context;
+use crate::join::peer::ask;
+use crate::join::protocol::{AdmissionRule, PeerAnswer, ReplayGuard, Site, ADMISSION_WINDOW};
+use crate::join::server::{Registrar, Registry};
+use crate::join::Credentials;
+use crate::paths::Paths;
+use crate::pki::TempCa;
+use crate::state::ClusterState;
+use crate::status::Reporter;
 
 pub const DNS_PORT: u16 = 53;
 
+/// How long a majority of core hosts must have said "no cluster here"
+/// before the bootstrap host starts one without hearing from the rest: a
+/// dead core host does not block a new site forever, and a late one has
+/// two minutes to speak up.
+pub const GRACE: Duration = Duration::from_secs(120);
+
+/// What the peers' answers amount to.
+#[derive(Debug)]
+pub enum Verdict {
+    /// No cluster exists: make the CAs.
+    Fresh,
+    /// A cluster exists: restore the newest sealed copy.
+    Restore {
+        backup: CaBackup,
+        cluster_exists: bool,
+        /// Where the peers that answered are (authenticated).
+        peers: BTreeMap<HostName, Ipv4Addr>,
+    },
+}
+
+/// The answers gathered so far, and since when a fresh majority holds.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    answers: BTreeMap<HostName, (Ipv4Addr, PeerAnswer)>,
+    backups: Vec<CaBackup>,
+    fresh_majority_since: Option<Instant>,
+    rounds_with_backup: u32,
+}
+
+impl Discovery {
+    /// One probing round: ask every peer service in the VPC, keep what is
+    /// authenticated. Sealed copies that do not open under this host's key
+    /// are reported and ignored.
+    pub async fn round(&mut self, config: &NodeConfig, me: &Credentials, own: Ipv4Addr) {
+        let site = Site::of(config);
+        let found = crate::net::probe(&config.site.vpc_range, PEER_PORT, &[own]).await;
+        let mut asks = tokio::task::JoinSet::new();
+        for address in found {
+            let site = site.clone();
+            let me = Credentials {
+                key: node_contract::SigningKey::from_seed(&me.seed),
+                ticket: me.ticket.clone(),
+                seed: me.seed.clone(),
+            };
+            asks.spawn(async move { (address, ask(&site, &me, address).await) });
+        }
+        while let Some(Ok((address, result))) = asks.join_next().await {
+            match result {
+                Ok(answer) => {
+                    if let Some(sealed) = &answer.ca_backup {
+                        match crate::backup::open(&me.seed, sealed) {
+                            Ok(backup) => self.backups.push(backup),
+                            Err(e) => {
+                                tracing::warn!(peer = %answer.node.node, "a CA copy from {address} was refused: {e:#}")
+                            }
+                        }
+                    }
+                    self.answers
+                        .insert(answer.node.node.clone(), (address, answer));
+                }
+                Err(e) => tracing::debug!("peer {address}: {e:#}"),
+            }
+        }
+    }
+
+    /// Decide, if the answers allow it. `core` are the site's core hosts.
+    pub fn verdict(&mut self, core: &[HostName], me: &HostName, now: Instant) -> Option<Verdict> {
+        let others: BTreeSet<&HostName> = core.iter().filter(|c| *c != me).collect();
+        let answered_core: Vec<&PeerAnswer> = self
+            .answers
+            .iter()
+            .filter(|(node, (_, a))| others.contains(node) && a.node.role == Role::Core)
+            .map(|(_, (_, a))| a)
+            .collect();
+        if !self.backups.is_empty() {
+            // Give the others a round or two to answer too: the newest
+            // copy wins, and every copy holds the same CAs.
+            self.rounds_with_backup += 1;
+            if answered_core.len() < others.len() && self.rounds_with_backup < 3 {
+                return None;
+            }
+            let newest = self
+                .backups
+                .iter()
+                .max_by_key(|b| b.generation)
+                .cloned()
+                .expect("not empty");
+            return Some(Verdict::Restore {
+                cluster_exists: answered_core.iter().any(|a| a.etcd_data),
+                peers: self
+                    .answers
+                    .iter()
+                    .map(|(node, (address, _))| (node.clone(), *address))
+                    .collect(),
+                backup: newest,
+            });
+        }
+        let fresh = answered_core
+            .iter()
+            .filter(|a| !a.etcd_data && a.ca_backup.is_none())
+            .count();
+        if fresh == others.len() {
+            return Some(Verdict::Fresh);
+        }
+        // This host counts as fresh too.
+        if (fresh + 1) * 2 > core.len() {
+            let since = *self.fresh_majority_since.get_or_insert(now);
+            if now.duration_since(since) >= GRACE {
+                return Some(Verdict::Fresh);
+            }
+        } else {
+            self.fresh_majority_since = None;
+        }
+        None
+    }
+
+    /// For progress lines: who answered.
+    pub fn summary(&self, core: &[HostName]) -> String {
+        let answered: Vec<&str> = core
+            .iter()
+            .filter(|c| self.answers.contains_key(*c))
+            .map(|c| c.as_str())
+            .collect();
+        format!(
+            "{} of {} other core hosts answered ({})",
+            answered.len(),
+            core.len() - 1,
+            answered.join(", ")
+        )
+    }
+}
+
+/// What `ensure_ca` settled.
+pub struct Settled {
+    pub ca: TempCa,
+    pub registry: Registry,
+    /// Set when a rebuilt bootstrap host found a cluster to rejoin.
+    pub cluster_state: Option<ClusterState>,
+}
+
+/// The CAs: from disk, else from the peers' sealed copies, else new, but
+/// only once the peers have said no cluster exists. Probes for at most
+/// `patience`; then an error, and the phase engine tries again.
+pub async fn ensure_ca(
+    paths: &Paths,
+    config: &NodeConfig,
+    own: Ipv4Addr,
+    discovery: &mut Discovery,
+    patience: Duration,
+) -> Result<Settled> {
+    if let Some(ca) = TempCa::load(&paths.ca_dir())? {
+        let registry = Registry::load(&paths.registry_file())?.unwrap_or_else(|| Registry {
+            admission_deadline: crate::status::now() + ADMISSION_WINDOW,
+            ..Registry::default()
+        });
+        return Ok(Settled {
+            ca,
+            registry,
+            cluster_state: None,
+        });
+    }
+    let me = Credentials::of(config);
+    let deadline = Instant::now() + patience;
+    let verdict = loop {
+        discovery.round(config, &me, own).await;
+        if let Some(verdict) = discovery.verdict(&config.site.core, &config.node, Instant::now()) {
+            break verdict;
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "waiting for the core hosts to say whether a cluster exists: {}",
+                discovery.summary(&config.site.core)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let settled = match verdict {
+        Verdict::Fresh => {
+            let ca = TempCa::create(config.site.domain.as_str())?;
+            tracing::info!(
+                "no cluster exists: created the temporary CAs for {}",
+                config.site.domain
+            );
+            Settled {
+                ca,
+                registry: Registry {
+                    generation: 0,
+                    hosts: BTreeMap::new(),
+                    admission_deadline: crate::status::now() + ADMISSION_WINDOW,
+                },
+                cluster_state: None,
+            }
+        }
+        Verdict::Restore {
+            backup,
+            cluster_exists,
+            peers,
+        } => {
+            let ca = TempCa::from_pems(
+                &backup.root_cert_pem,
+                &backup.root_key_pem,
+                &backup.etcd_cert_pem,
+                &backup.etcd_key_pem,
+            )
+            .context("the peers' CA copy")?;
+            let mut hosts = backup.registry.clone();
+            hosts.extend(peers);
+            hosts.remove(&config.node);
+            tracing::warn!(
+                "a cluster already exists (CA copy generation {}, peers {:?}): rejoining it with the \
+                 restored CAs, not starting a second one",
+                backup.generation,
+                hosts.keys().map(|h| h.as_str()).collect::<Vec<_>>()
+            );
+            Settled {
+                ca,
+                registry: Registry {
+                    generation: backup.generation + 1,
+                    hosts,
+                    admission_deadline: backup.admission_deadline,
+                },
+                cluster_state: cluster_exists.then_some(ClusterState::Existing),
+            }
+        }
+    };
+    // The registry first: a crash before the CA is saved starts over
+    // cleanly (no CA on disk), never with a CA and no registry.
+    settled.registry.save(&paths.registry_file())?;
+    settled.ca.save(&paths.ca_dir())?;
+    Ok(settled)
+}
+
+/// The temporary services, running.
 pub struct Services {
     registrar: Arc<Mutex<Registrar>>,
     join_task: tokio::task::JoinHandle<()>,
 }
 
 impl Services {
-    pub async fn peers(&self) -> BTreeMap<String, Ipv4Addr> {
-        self.registrar.lock().await.registry.clone()
+    pub async fn peers(&self) -> BTreeMap<HostName, Ipv4Addr> {
+        self.registrar.lock().await.registry.hosts.clone()
     }
 
     /// Until the join service stops (it does not, short of a crash).
@@ -32,92 +278,70 @@ impl Services {
     }
 }
 
-/// Start (or, after a restart, resume) the temporary CA, DNS and join
-/// service. Everything they need to survive a restart is on disk.
-pub async fn start(cx: &mut Context) -> Result<Services> {
-    let address = cx
-        .state
-        .address
-        .context("identify did not record this node's address")?;
-    let config = cx.config.clone();
-    let config = &config;
-    let site_secret = config
-        .join
-        .site_secret
-        .clone()
-        .context("the bootstrap host lacks the site secret")?;
-    let domain = config.site.domain.clone();
+/// This host's own certificates from its CAs, when due.
+pub fn ensure_own_certs(paths: &Paths, config: &NodeConfig, ca: &TempCa) -> Result<()> {
+    let fqdn = config.fqdn(&config.node);
+    Slot::identity(paths).ensure_from(&ca.root, &fqdn)?;
+    Slot::etcd(paths).ensure_from(&ca.etcd, &fqdn)?;
+    Ok(())
+}
 
-    let ca = match TempCa::load(&cx.paths.ca_dir())? {
-        Some(ca) => ca,
-        None => match recover(cx, &site_secret, address).await? {
-            Some(ca) => ca,
-            None => {
-                let ca = TempCa::create(&domain)?;
-                ca.save(&cx.paths.ca_dir())?;
-                log::info!("created the temporary CA for {domain}");
-                ca
-            }
-        },
-    };
-    let fqdn = cx.fqdn(&config.node);
-    let tls = cx.paths.tls_dir();
-    let (cert_path, key_path) = (tls.join("node.crt"), tls.join("node.key"));
-    if !(cert_path.is_file()
-        && key_path.is_file()
-        && crate::ca::issued_by(&std::fs::read_to_string(&cert_path)?, ca.cert_pem())?)
-    {
-        let own = ca.issue(&fqdn)?;
-        crate::fsutil::write_atomic(&key_path, own.key_pem.as_bytes(), 0o600)?;
-        crate::fsutil::write_atomic(&cert_path, own.cert_pem.as_bytes(), 0o644)?;
-    }
-    crate::fsutil::write_atomic(&tls.join("ca.crt"), ca.cert_pem().as_bytes(), 0o644)?;
-
-    let mut registry = server::load_registry(&cx.paths.registry_file())?;
-    registry.insert(config.node.clone(), address);
-    let hosts: Vec<(String, Role)> = config
-        .site
-        .hosts
-        .iter()
-        .map(|h| (h.name.clone(), h.role))
-        .collect();
+/// Start the DNS and the join service on `own`, with the CAs settled.
+pub async fn start(
+    paths: &Paths,
+    config: &NodeConfig,
+    own: Ipv4Addr,
+    settled: Settled,
+    reporter: Reporter,
+) -> Result<Services> {
+    ensure_own_certs(paths, config, &settled.ca)?;
     let zone = ZoneData {
-        domain: domain.clone(),
+        domain: config.site.domain.clone(),
         ns_host: config.node.clone(),
-        hosts: registry.clone(),
-        etcd_members: hosts
-            .iter()
-            .filter(|(_, r)| *r == Role::Core)
-            .map(|(n, _)| n.clone())
-            .collect(),
+        hosts: settled.registry.hosts.clone(),
+        etcd_members: config.site.core.clone(),
     };
-    let dns = Arc::new(DnsServer::start(SocketAddr::new(address.into(), DNS_PORT), zone).await?);
+    let dns = Arc::new(DnsServer::start(SocketAddr::new(own.into(), DNS_PORT), zone).await?);
+    let replay: ReplayGuard = std::fs::read(paths.nonces_file())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let rule = AdmissionRule {
+        hosts: config.site.host_count,
+        deadline: settled.registry.admission_deadline,
+    };
     let mut registrar = Registrar {
-        domain,
-        site_secret,
-        hosts,
-        vpc: cx.vpc,
-        ca,
+        site: Site::of(config),
+        me: Credentials::of(config),
+        ca: settled.ca,
         dns,
-        dns_address: address,
-        registry: BTreeMap::new(),
-        registry_file: cx.paths.registry_file(),
-        replay: Default::default(),
+        dns_address: own,
+        registry: settled.registry,
+        registry_file: paths.registry_file(),
+        replay,
+        replay_file: paths.nonces_file(),
+        rule,
+        reporter,
     };
-    for (node, addr) in registry {
-        registrar.register(&node, addr).await?;
-    }
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(address.into(), config.join.port))
+    registrar.register(&config.node, own).await?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(own.into(), config.join.port))
         .await
-        .with_context(|| format!("cannot listen on {address}:{}", config.join.port))?;
-    let tls_config = crate::join::tls_server_config(
-        &std::fs::read_to_string(&cert_path)?,
-        &std::fs::read_to_string(&key_path)?,
-    )?;
+        .with_context(|| format!("cannot listen on {own}:{}", config.join.port))?;
+    let slot = Slot::identity(paths);
+    let identity = crate::https::Identity::Files {
+        cert: slot.cert,
+        key: slot.key,
+    };
     let registrar = Arc::new(Mutex::new(registrar));
-    let join_task = tokio::spawn(server::serve(listener, tls_config, registrar.clone()));
-    log::info!(
-        "serving the join service on {address}:{} and DNS for {} on {address}:{DNS_PORT}",
+    let shared = registrar.clone();
+    let join_task = tokio::spawn(crate::https::serve(
+        listener,
+        identity,
+        crate::https::LIMITS,
+        move |request| crate::join::server::handle(request, shared.clone()),
+    ));
+    tracing::info!(
+        "serving the join service on {own}:{} and DNS for {} on {own}:{DNS_PORT}",
         config.join.port,
         config.site.domain
     );
@@ -127,59 +351,5 @@ pub async fn start(cx: &mut Context) -> Result<Services> {
     })
 }
 
-/// The split-brain guard: a bootstrap host with no CA on disk (a first
-/// boot, or a rebuilt host) first asks the peers it can reach whether a
-/// cluster exists. If one does, it restores the CA and registry from
-/// their sealed backup and marks etcd to rejoin, never to start a second
-/// cluster. Backups that do not open under the site secret are ignored.
-async fn recover(cx: &mut Context, site_secret: &str, own: Ipv4Addr) -> Result<Option<TempCa>> {
-    use crate::join::peer;
-    let candidates = crate::join::client::probe(&cx.vpc, peer::PEER_PORT, &[own]).await;
-    let mut restored: Option<crate::backup::CaBackup> = None;
-    let mut registry = BTreeMap::new();
-    let mut cluster_exists = false;
-    for candidate in candidates {
-        let info = match peer::ask(candidate).await {
-            Ok(info) => info,
-            Err(e) => {
-                log::warn!("peer {candidate}: {e:#}");
-                continue;
-            }
-        };
-        let Some(sealed) = info.ca_backup else {
-            continue;
-        };
-        match crate::backup::open(site_secret, &sealed) {
-            Ok(backup) => {
-                cluster_exists |= info.etcd_data;
-                registry.extend(backup.registry.clone());
-                registry.insert(info.node.clone(), candidate);
-                restored.get_or_insert(backup);
-            }
-            Err(e) => log::warn!(
-                "peer {candidate} ({}) offered a CA backup that was refused: {e:#}",
-                info.node
-            ),
-        }
-    }
-    let Some(backup) = restored else {
-        return Ok(None);
-    };
-    let ca = TempCa::from_pems(&backup.ca_cert_pem, &backup.ca_key_pem)?;
-    ca.save(&cx.paths.ca_dir())?;
-    registry.remove(&cx.config.node);
-    crate::fsutil::write_atomic(
-        &cx.paths.registry_file(),
-        &serde_json::to_vec_pretty(&registry)?,
-        0o644,
-    )?;
-    if cluster_exists {
-        cx.state.etcd_cluster_state = Some("existing".into());
-        cx.state.save(&cx.paths.state_file())?;
-    }
-    log::warn!(
-        "a cluster already exists (peers {:?}): rejoining it with the recovered temporary CA, not starting a second one",
-        registry.keys().collect::<Vec<_>>()
-    );
-    Ok(Some(ca))
-}
+#[cfg(test)]
+mod tests;

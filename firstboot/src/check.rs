@@ -37,8 +37,7 @@ pub fn load(path: &Path) -> Result<NodeConfig> {
 pub fn summary(path: &Path, config: &NodeConfig) -> String {
     let mut out = String::new();
     let site = &config.site;
-    let me = config.me().expect("a validated config contains this node");
-    let core = site.hosts.iter().filter(|h| h.role == Role::Core).count();
+    let role = config.role();
     let _ = writeln!(
         out,
         "node.json  {} (schema {}): valid",
@@ -50,49 +49,58 @@ pub fn summary(path: &Path, config: &NodeConfig) -> String {
         "site       {} (realm {}), VPC {}",
         site.domain, site.realm, site.vpc_range
     );
+    let core: Vec<&str> = site.core.iter().map(|h| h.as_str()).collect();
     let _ = writeln!(
         out,
-        "hosts      {} ({core} core, {} worker): {}",
-        site.hosts.len(),
-        site.hosts.len() - core,
-        site.hosts
-            .iter()
-            .map(|h| h.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        "hosts      {} ({} core: {}; {} worker)",
+        site.host_count,
+        core.len(),
+        core.join(", "),
+        site.host_count as usize - core.len()
     );
     let duty = if config.is_bootstrap() {
         "bootstrap host: serves the join service, temporary DNS and CA"
     } else {
         "joins the bootstrap host"
     };
-    let bootstrap = config
-        .bootstrap_host()
-        .map(|h| h.name.as_str())
-        .unwrap_or("?");
     let _ = writeln!(
         out,
-        "this node  {}.{} ({}, {duty})",
-        config.node, site.domain, me.role
+        "this node  {} ({role}, {duty})",
+        config.fqdn(&config.node)
     );
     let _ = writeln!(
         out,
-        "join       port {} on {bootstrap}{}",
+        "identity   key {}, vouched for by the site key {}",
+        short(&config.signing_key().public_key().to_hex()),
+        short(&site.site_key.to_hex())
+    );
+    let _ = writeln!(
+        out,
+        "join       port {} on {}{}",
         config.join.port,
+        config.bootstrap_host(),
         config
             .join
             .address
-            .as_deref()
             .map(|a| format!(" at {a}"))
             .unwrap_or_default()
     );
+    let _ = writeln!(
+        out,
+        "guard      only root reaches the metadata service at {}",
+        config.platform.metadata
+    );
     let freeipa = if config.freeipa.is_some() {
-        "passwords present"
+        "passwords present (first server)"
     } else {
-        "client only"
+        "enrolls with a one-time password"
     };
     let _ = writeln!(out, "freeipa    {freeipa}");
     for (name, service) in &config.catalog {
+        // etcd runs on core hosts only.
+        if name == "etcd" && role != Role::Core {
+            continue;
+        }
         let how = match service {
             Service::Podman { image, .. } => format!("podman {image}"),
             Service::Host { command } => format!("host {}", command.join(" ")),
@@ -100,4 +108,8 @@ pub fn summary(path: &Path, config: &NodeConfig) -> String {
         let _ = writeln!(out, "service    {name}: {how}");
     }
     out
+}
+
+fn short(hex: &str) -> String {
+    format!("{}…", &hex[..16])
 }

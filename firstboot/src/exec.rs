@@ -38,21 +38,35 @@ pub fn exec(paths: &Paths, service: &str) -> Result<()> {
             c.args(rest);
             c
         }
-        Service::Podman { image, command } => {
-            // Only the service's own state directory is shared (and
-            // relabelled for SELinux): never all of /var/lib.
-            let state = format!("/var/lib/{service}");
-            std::fs::create_dir_all(&state).with_context(|| format!("cannot create {state}"))?;
-            let mut c = std::process::Command::new("podman");
-            c.args(["run", "--rm", "--replace", "--name", service, "--net=host"])
-                .args(["-v", "/etc/firstboot:/etc/firstboot:ro,z"])
-                .args(["-v", &format!("{state}:{state}:Z")])
-                .arg(image)
-                .args(command);
-            c
-        }
+        Service::Podman { image, command } => podman_command(paths, service, image, command)?,
     };
     command.args(&args);
     let error = command.exec();
     bail!("cannot start {service}: {error}")
+}
+
+/// `podman run` for a catalog service. The container sees only what the
+/// service needs: its own files under /etc/firstboot (etcd: its
+/// certificate, key and CA; never node.json, which holds this node's
+/// key) read-only, and its own state directory (never all of /var/lib),
+/// both relabelled for SELinux. Its arguments come on the command line.
+pub fn podman_command(
+    paths: &Paths,
+    service: &str,
+    image: &str,
+    command: &[String],
+) -> Result<std::process::Command> {
+    let state = format!("/var/lib/{service}");
+    std::fs::create_dir_all(&state).with_context(|| format!("cannot create {state}"))?;
+    let mut c = std::process::Command::new("podman");
+    c.args(["run", "--rm", "--replace", "--name", service, "--net=host"]);
+    let files = paths.service_files(service);
+    if files.is_dir() {
+        let dir = format!("/etc/firstboot/{service}");
+        c.args(["-v", &format!("{}:{dir}:ro,z", files.display())]);
+    }
+    c.args(["-v", &format!("{state}:{state}:Z")])
+        .arg(image)
+        .args(command);
+    Ok(c)
 }

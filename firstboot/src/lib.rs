@@ -1,18 +1,23 @@
 //! firstboot's library: everything but argument parsing, so tests reach it.
+#![forbid(unsafe_code)]
 
 pub mod backup;
 pub mod bootstrap;
-pub mod ca;
+pub mod certs;
 pub mod check;
 pub mod dns;
 pub mod dnsquery;
 pub mod exec;
 pub mod fsutil;
+pub mod https;
 pub mod join;
 pub mod logging;
 pub mod net;
 pub mod paths;
 pub mod phases;
+pub mod pki;
+pub mod renew;
+pub mod resolver;
 pub mod state;
 pub mod status;
 pub mod system;

@@ -1,4 +1,5 @@
 //! firstboot: started by systemd on every node of a site.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,9 +11,10 @@ use firstboot::paths::Paths;
 ///
 /// `firstboot run` (what firstboot.service starts) runs the phases:
 /// identify, storage, join, etcd. The lowest (bootstrap) host serves the
-/// join service, a temporary DNS and CA; the others join it. Progress goes
-/// to the journal and /run/firstboot/status.json; a crash or reboot
-/// resumes at the first phase not done.
+/// join service, a temporary DNS and CA; the others join it, proving who
+/// they are with their own key. Progress goes to the journal and
+/// /run/firstboot/status.json; a crash or reboot resumes at the first
+/// phase not done.
 #[derive(Debug, Parser)]
 #[command(
     name = "firstboot",
@@ -37,8 +39,10 @@ struct Cli {
 enum Command {
     /// Run the phases not yet done (what firstboot.service starts)
     Run,
-    /// Answer a rebuilt bootstrap host (what firstboot-peer.service starts)
+    /// Answer the bootstrap host (what firstboot-peer.service starts)
     Peer,
+    /// Renew this node's certificates when due (firstboot-renew.timer)
+    Renew,
     /// Start a service as this node's image runs it (what its unit starts)
     Exec {
         /// A service of the image catalog, such as `etcd`
@@ -51,7 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None if cli.check => firstboot::check::run(&cli.config).map(|summary| print!("{summary}")),
         None => Err(anyhow::anyhow!(
-            "nothing to do: give --check, `run` or `exec` (see --help)"
+            "nothing to do: give --check, `run`, `peer`, `renew` or `exec` (see --help)"
         )),
         Some(Command::Run) => {
             firstboot::logging::init();
@@ -59,18 +63,20 @@ fn main() -> ExitCode {
         }
         Some(Command::Peer) => {
             firstboot::logging::init();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(firstboot::join::peer::main(Paths::from_env())))
+            block_on(firstboot::join::peer::main(Paths::from_env()))
+        }
+        Some(Command::Renew) => {
+            firstboot::logging::init();
+            block_on(firstboot::renew::run(&Paths::from_env())).map(|renewed| {
+                tracing::info!("certificates: {renewed:?}");
+            })
         }
         Some(Command::Exec { service }) => firstboot::exec::exec(&Paths::from_env(), &service),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e:#}");
+            tracing::error!("{e:#}");
             eprintln!("firstboot: error: {e:#}");
             ExitCode::FAILURE
         }
@@ -78,10 +84,14 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    block_on(firstboot::phases::main(Paths::from_env()))
+}
+
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(firstboot::phases::main(Paths::from_env()))
+        .build()?
+        .block_on(work)
 }
 
 #[cfg(test)]

@@ -1,51 +1,14 @@
-//! Addresses: the site's VPC range and this node's address in it.
+//! This node's addresses in the site VPC, and finding who listens there.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-
-/// An IPv4 range in CIDR notation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub network: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Result<Cidr> {
-        let (addr, prefix) = text
-            .split_once('/')
-            .with_context(|| format!("`{text}` is not CIDR"))?;
-        let network: Ipv4Addr = addr
-            .parse()
-            .with_context(|| format!("`{text}` is not CIDR"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .with_context(|| format!("`{text}` is not CIDR"))?;
-        if !(8..=30).contains(&prefix) {
-            bail!("`{text}`: prefix /{prefix} is not a usable VPC range");
-        }
-        Ok(Cidr { network, prefix })
-    }
-
-    fn mask(&self) -> u32 {
-        u32::MAX << (32 - self.prefix)
-    }
-
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        u32::from(addr) & self.mask() == u32::from(self.network) & self.mask()
-    }
-
-    /// Every host address (not network or broadcast), in order.
-    pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let base = u32::from(self.network) & self.mask();
-        let size = 1u32 << (32 - self.prefix);
-        (1..size - 1).map(move |i| Ipv4Addr::from(base + i))
-    }
-}
+use node_contract::VpcRange;
+use tokio::net::TcpStream;
 
 /// This machine's IPv4 addresses inside `range`.
-pub fn own_addresses(range: &Cidr) -> Result<Vec<Ipv4Addr>> {
+pub fn own_addresses(range: &VpcRange) -> Result<Vec<Ipv4Addr>> {
     let mut found = Vec::new();
     for ifaddr in nix::ifaddrs::getifaddrs().context("cannot list network interfaces")? {
         let Some(addr) = ifaddr
@@ -62,25 +25,59 @@ pub fn own_addresses(range: &Cidr) -> Result<Vec<Ipv4Addr>> {
     Ok(found)
 }
 
+/// This node's first address in `range`, waiting up to `limit` for an
+/// interface to come up with one.
+pub async fn wait_for_address(range: &VpcRange, limit: Duration) -> Result<Ipv4Addr> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(&address) = own_addresses(range)?.first() {
+            return Ok(address);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no address in the site VPC {range} on any interface");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Connects in flight at once while probing: a /24 is probed in one wave.
+const PROBE_WIDTH: usize = 256;
+
+/// Addresses in `range` with something listening on `port`, probed
+/// concurrently, in address order; `own` is skipped.
+pub async fn probe(range: &VpcRange, port: u16, own: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+    let candidates: Vec<Ipv4Addr> = range.hosts().filter(|a| !own.contains(a)).collect();
+    let mut open = Vec::new();
+    for wave in candidates.chunks(PROBE_WIDTH) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for &address in wave {
+            tasks.spawn(async move {
+                let target = SocketAddr::new(address.into(), port);
+                let ok = matches!(
+                    tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await,
+                    Ok(Ok(_))
+                );
+                ok.then_some(address)
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Some(address)) = result {
+                open.push(address);
+            }
+        }
+    }
+    open.sort();
+    open
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn cidr_membership_and_hosts() {
-        let c = Cidr::parse("198.18.0.0/24").unwrap();
-        assert!(c.contains(Ipv4Addr::new(198, 18, 0, 200)));
-        assert!(!c.contains(Ipv4Addr::new(198, 18, 1, 1)));
-        let hosts: Vec<_> = c.hosts().collect();
-        assert_eq!(hosts.len(), 254);
-        assert_eq!(hosts[0], Ipv4Addr::new(198, 18, 0, 1));
-        assert!(Cidr::parse("10.0.0.0").is_err());
-        assert!(Cidr::parse("10.0.0.0/31").is_err());
-    }
-
-    #[test]
-    fn loopback_is_found_in_its_range() {
-        let lo = Cidr::parse("127.0.0.0/8").unwrap();
-        assert!(own_addresses(&lo).unwrap().contains(&Ipv4Addr::LOCALHOST));
+    fn loopback_is_not_a_vpc_address() {
+        let lab = VpcRange::parse("198.18.0.0/24").unwrap();
+        assert!(!own_addresses(&lab).unwrap().contains(&Ipv4Addr::LOCALHOST));
     }
 }

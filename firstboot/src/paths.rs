@@ -46,7 +46,7 @@ impl Paths {
     pub fn ca_dir(&self) -> PathBuf {
         self.state_dir().join("ca")
     }
-    /// The temporary CA sealed under the site secret (core peers).
+    /// The temporary CAs sealed under the bootstrap host's key (core peers).
     pub fn ca_backup(&self) -> PathBuf {
         self.state_dir().join("ca-backup")
     }
@@ -54,13 +54,36 @@ impl Paths {
     pub fn registry_file(&self) -> PathBuf {
         self.state_dir().join("registry.json")
     }
+    /// Join requests' nonces still inside the clock window (bootstrap host
+    /// only): a restart of the join service must not forget them.
+    pub fn nonces_file(&self) -> PathBuf {
+        self.state_dir().join("join-nonces.json")
+    }
     /// Progress for operators and `builder status`: gone at reboot.
     pub fn status_file(&self) -> PathBuf {
-        self.at("/run/firstboot/status.json")
+        self.at(node_contract::status::STATUS_PATH)
     }
-    /// This node's TLS identity, CA and key.
+    /// This node's identity: certificate (temporary root), key, the root.
     pub fn tls_dir(&self) -> PathBuf {
         self.at("/etc/firstboot/tls")
+    }
+    /// This core host's etcd certificate, key and the etcd CA: all the
+    /// etcd container sees of /etc/firstboot.
+    pub fn etcd_dir(&self) -> PathBuf {
+        self.service_files("etcd")
+    }
+    /// A service's own files, all its container sees of /etc/firstboot.
+    pub fn service_files(&self, service: &str) -> PathBuf {
+        self.at(&format!("/etc/firstboot/{service}"))
+    }
+    /// The systemd-resolved DNS delegate (systemd 258 and later) routing
+    /// the site domain to the temporary DNS.
+    pub fn dns_delegate(&self) -> PathBuf {
+        self.at("/etc/systemd/dns-delegate.d/firstboot-site.dns-delegate")
+    }
+    /// The same for older systemd-resolved: a drop-in of its global scope.
+    pub fn resolved_dropin(&self) -> PathBuf {
+        self.at("/etc/systemd/resolved.conf.d/firstboot-site.conf")
     }
     /// Arguments for services started through `firstboot exec`.
     pub fn service_args(&self, service: &str) -> PathBuf {
@@ -68,9 +91,6 @@ impl Paths {
     }
     pub fn etc_hosts(&self) -> PathBuf {
         self.at("/etc/hosts")
-    }
-    pub fn resolv_conf(&self) -> PathBuf {
-        self.at("/etc/resolv.conf")
     }
     pub fn etcd_data(&self) -> PathBuf {
         self.at("/var/lib/etcd/site")

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use node_contract::{HostName, Phase};
 use serde::{Deserialize, Serialize};
 
 pub const STATE_VERSION: u32 = 1;
@@ -14,7 +15,7 @@ pub const STATE_VERSION: u32 = 1;
 pub struct State {
     pub version: u32,
     /// Phases done, in order.
-    pub completed: Vec<String>,
+    pub completed: Vec<Phase>,
     /// This node's VPC address, found by `identify`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
@@ -23,10 +24,27 @@ pub struct State {
     pub bootstrap_address: Option<Ipv4Addr>,
     /// Peers known at join time: name to address.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub peers: BTreeMap<String, Ipv4Addr>,
-    /// Whether this node created the etcd cluster or joined one.
+    pub peers: BTreeMap<HostName, Ipv4Addr>,
+    /// Whether this node creates the etcd cluster or joins one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etcd_cluster_state: Option<String>,
+    pub etcd_cluster_state: Option<ClusterState>,
+}
+
+/// etcd's `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+impl ClusterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        }
+    }
 }
 
 impl State {
@@ -37,13 +55,13 @@ impl State {
         }
     }
 
-    pub fn is_done(&self, phase: &str) -> bool {
-        self.completed.iter().any(|p| p == phase)
+    pub fn is_done(&self, phase: Phase) -> bool {
+        self.completed.contains(&phase)
     }
 
-    pub fn mark_done(&mut self, phase: &str) {
+    pub fn mark_done(&mut self, phase: Phase) {
         if !self.is_done(phase) {
-            self.completed.push(phase.to_owned());
+            self.completed.push(phase);
         }
     }
 
@@ -95,26 +113,27 @@ mod tests {
         let path = dir.path().join("state.json");
         let mut state = State::load(&path).unwrap();
         assert_eq!(state, State::new());
-        state.mark_done("identify");
-        state.mark_done("identify");
+        state.mark_done(Phase::Identify);
+        state.mark_done(Phase::Identify);
         state.address = Some(Ipv4Addr::new(198, 18, 0, 10));
         state.save(&path).unwrap();
         let loaded = State::load(&path).unwrap();
         assert_eq!(loaded, state);
-        assert_eq!(loaded.completed, ["identify"]);
+        assert_eq!(loaded.completed, [Phase::Identify]);
     }
 
     #[test]
     fn version_1_files_as_written_load() {
         // A state file exactly as firstboot wrote it at version 1: kept
         // here so a later version must keep loading it.
-        let v1 =
-            r#"{"version": 1, "completed": ["identify", "storage"], "address": "198.18.0.11"}"#;
+        let v1 = r#"{"version": 1, "completed": ["identify", "storage"], "address": "198.18.0.11",
+            "peers": {"node1": "198.18.0.10"}, "etcd_cluster_state": "existing"}"#;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, v1).unwrap();
         let state = State::load(&path).unwrap();
-        assert!(state.is_done("storage") && !state.is_done("join"));
+        assert!(state.is_done(Phase::Storage) && !state.is_done(Phase::Join));
+        assert_eq!(state.etcd_cluster_state, Some(ClusterState::Existing));
         assert_eq!(state.address, Some(Ipv4Addr::new(198, 18, 0, 11)));
     }
 

@@ -1,27 +1,12 @@
 //! Progress, where operators look: the journal (structured fields), the
-//! status file, and systemd through sd_notify.
+//! status file (`node_contract::status`, which `builder status` reads), and
+//! systemd through sd_notify.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub phase: String,
-    /// `running`, `waiting`, `failed`, `done` or `serving`.
-    pub state: String,
-    /// Unix seconds when this phase/state began.
-    pub since: u64,
-    pub attempt: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
-pub struct Reporter {
-    file: PathBuf,
-    current: Option<Status>,
-}
+use node_contract::status::{Admission, Phase, State, Status, STATUS_VERSION};
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -30,36 +15,74 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Writes the status file; cheap to clone (the join service reports the
+/// admission state through a clone).
+#[derive(Clone)]
+pub struct Reporter {
+    file: PathBuf,
+    current: Arc<Mutex<Option<Status>>>,
+}
+
 impl Reporter {
     pub fn new(file: PathBuf) -> Reporter {
         Reporter {
             file,
-            current: None,
+            current: Arc::new(Mutex::new(None)),
         }
     }
 
-    pub fn set(&mut self, phase: &str, state: &str, attempt: u32, error: Option<String>) {
-        let since = match &self.current {
+    /// A phase's state; the time it began is kept while phase and state
+    /// stay the same.
+    pub fn set(&self, phase: Option<Phase>, state: State, attempt: u32, error: Option<String>) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let since = match current.as_ref() {
             Some(s) if s.phase == phase && s.state == state => s.since,
             _ => now(),
         };
         let status = Status {
-            phase: phase.to_owned(),
-            state: state.to_owned(),
+            version: STATUS_VERSION,
+            phase,
+            state,
             since,
             attempt,
             last_error: error.clone(),
+            admission: current.as_ref().and_then(|s| s.admission.clone()),
         };
-        if let Ok(bytes) = serde_json::to_vec_pretty(&status) {
+        self.write(&status);
+        let what = phase.map(|p| p.as_str()).unwrap_or("firstboot");
+        notify(&match &error {
+            Some(e) => format!("STATUS={what}: {state} (attempt {attempt}): {e}"),
+            None => format!("STATUS={what}: {state}"),
+        });
+        *current = Some(status);
+    }
+
+    /// The join service's admission state (bootstrap host).
+    pub fn set_admission(&self, admission: Admission) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let status = current.get_or_insert_with(|| Status {
+            version: STATUS_VERSION,
+            phase: None,
+            state: State::Running,
+            since: now(),
+            attempt: 1,
+            last_error: None,
+            admission: None,
+        });
+        if status.admission.as_ref() == Some(&admission) {
+            return;
+        }
+        status.admission = Some(admission);
+        let copy = status.clone();
+        self.write(&copy);
+    }
+
+    fn write(&self, status: &Status) {
+        if let Ok(mut bytes) = serde_json::to_vec_pretty(status) {
+            bytes.push(b'\n');
             // Best effort: progress reporting must never stop the work.
             let _ = crate::fsutil::write_atomic(&self.file, &bytes, 0o644);
         }
-        let text = match &error {
-            Some(e) => format!("STATUS={phase}: {state} (attempt {attempt}): {e}"),
-            None => format!("STATUS={phase}: {state}"),
-        };
-        notify(&text);
-        self.current = Some(status);
     }
 }
 
@@ -80,4 +103,38 @@ pub fn notify(message: &str) {
     } else {
         sock.send_to(message.as_bytes(), &path)
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_is_what_builder_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("status.json");
+        let reporter = Reporter::new(file.clone());
+        reporter.set(
+            Some(Phase::Join),
+            State::Waiting,
+            2,
+            Some("no answer".into()),
+        );
+        reporter.set_admission(Admission {
+            open: true,
+            closed_because: None,
+            joined: 1,
+            hosts: 3,
+            deadline: 99,
+        });
+        let status = Status::from_json(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(status.phase, Some(Phase::Join));
+        assert_eq!(status.state, State::Waiting);
+        assert_eq!(status.last_error.as_deref(), Some("no answer"));
+        assert_eq!(status.admission.as_ref().unwrap().joined, 1);
+        // Later phases keep the admission state.
+        reporter.set(Some(Phase::Etcd), State::Running, 1, None);
+        let status = Status::from_json(&std::fs::read(&file).unwrap()).unwrap();
+        assert!(status.admission.is_some() && status.last_error.is_none());
+    }
 }

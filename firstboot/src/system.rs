@@ -1,6 +1,7 @@
 //! Commands firstboot runs on the node (systemctl, journalctl, etcdctl),
 //! each bounded in time.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -27,17 +28,38 @@ pub async fn systemctl(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-pub async fn journal_mentions(unit: &str, text: &str) -> bool {
-    let Ok(out) = bounded(tokio::process::Command::new("journalctl").args([
-        "--no-pager",
-        "-o",
-        "cat",
-        "-u",
-        unit,
-    ]))
-    .await
-    else {
-        return false;
-    };
-    String::from_utf8_lossy(&out.stdout).contains(text)
+/// A unit's journal, read a piece at a time: each read returns only the
+/// lines logged since the previous one (journalctl's cursor file), so a
+/// line from an earlier boot or attempt is never read again.
+pub struct JournalWatch {
+    unit: String,
+    cursor: PathBuf,
+    since: u64,
+}
+
+impl JournalWatch {
+    /// Watch `unit` from Unix second `since`, keeping the cursor in `cursor`.
+    pub fn new(unit: &str, cursor: PathBuf, since: u64) -> JournalWatch {
+        let _ = std::fs::remove_file(&cursor);
+        JournalWatch {
+            unit: unit.to_owned(),
+            cursor,
+            since,
+        }
+    }
+
+    /// The lines logged since the last read (or since `since`).
+    pub async fn new_lines(&self) -> Result<String> {
+        if let Some(dir) = self.cursor.parent() {
+            crate::fsutil::ensure_dir(dir, 0o755)?;
+        }
+        let out = bounded(
+            tokio::process::Command::new("journalctl")
+                .args(["--no-pager", "-o", "cat", "-u", &self.unit])
+                .arg(format!("--since=@{}", self.since))
+                .arg(format!("--cursor-file={}", self.cursor.display())),
+        )
+        .await?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }

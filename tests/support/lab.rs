@@ -98,3 +98,152 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+pub const BOOT_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `etcdctl` in `node` against `endpoint`, with the node's etcd
+/// certificate (core hosts) as client certificate.
+pub fn etcdctl(lab: &Lab, node: &str, endpoint: &str, args: &str) -> String {
+    lab.sh(
+        node,
+        &format!(
+            "ETCDCTL_API=3 etcdctl --endpoints=https://{endpoint}:2379 \
+             --cacert=/etc/firstboot/etcd/ca.crt --cert=/etc/firstboot/etcd/member.crt \
+             --key=/etc/firstboot/etcd/member.key --command-timeout=10s {args} 2>&1"
+        ),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{node}: etcdctl {args}: {e:#}\n{}",
+            lab.journal(node, Some("etcd.service")).unwrap_or_default()
+        )
+    })
+}
+
+/// Every node booted and `running`, the cluster healthy from every core
+/// host, every core host a member, no certificate with an IP SAN, every
+/// node's identity certificate for its own name.
+pub fn assert_cluster(lab: &Lab, site: &Site) {
+    use builder::site::Role;
+    for host in &site.hosts {
+        let name = host.name.as_str();
+        let state = lab.wait_booted(name, BOOT_LIMIT).unwrap();
+        assert_eq!(
+            state,
+            "running",
+            "{name}: {state}\n{}",
+            lab.journal(name, Some("firstboot.service"))
+                .unwrap_or_default()
+        );
+    }
+    let core: Vec<&str> = site
+        .hosts
+        .iter()
+        .filter(|h| h.role == Role::Core)
+        .map(|h| h.name.as_str())
+        .collect();
+    let first = site.fqdn(site.bootstrap());
+    for host in &site.hosts {
+        let name = host.name.as_str();
+        let root = lab.root(name).unwrap();
+        let cert = std::fs::read_to_string(root.join("etc/firstboot/tls/node.crt")).unwrap();
+        let info = firstboot::pki::inspect(&cert).unwrap();
+        assert_eq!(
+            info.dns_names,
+            [site.fqdn(host)],
+            "{name}: certificate names"
+        );
+        assert!(!info.has_ip, "{name}: the certificate carries an IP SAN");
+        if host.role != Role::Core {
+            assert!(
+                !root.join("etc/firstboot/etcd/member.crt").exists(),
+                "{name}: a worker holds an etcd certificate"
+            );
+            continue;
+        }
+        let health = etcdctl(lab, name, &first, "endpoint health --cluster");
+        assert_eq!(
+            health.matches("is healthy").count(),
+            core.len(),
+            "{name}: {health}"
+        );
+        let members = etcdctl(lab, name, &first, "member list");
+        for member in &core {
+            assert!(
+                members.contains(&format!("https://{member}.{}:2380", site.domain)),
+                "{name}: {members}"
+            );
+        }
+    }
+    for member in &core {
+        let journal = lab.journal(member, Some("etcd.service")).unwrap();
+        assert!(
+            !journal.contains("does not match any of DNSNames"),
+            "{member}: {journal}"
+        );
+    }
+}
+
+/// Run `work` on a thread inside the network namespace `netns` (a name
+/// under /run/netns), with a tokio runtime: how a test acts as a node, a
+/// stranger or a relay on the lab's network.
+pub fn in_netns<T: Send + 'static>(netns: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A current-thread tokio runtime for a test thread.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Keep running `serve` (a server future) on a thread inside `netns`
+/// until the returned guard is dropped.
+pub struct Background(
+    Option<tokio::sync::oneshot::Sender<()>>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.1.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn serve_in<F, Fut>(netns: &str, serve: F) -> Background
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let path = format!("/run/netns/{netns}");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = runtime();
+        let local = tokio::task::LocalSet::new();
+        rt.block_on(local.run_until(async move {
+            let server = tokio::task::spawn_local(serve());
+            let _ = ready_tx.send(());
+            let _ = stopped.await;
+            server.abort();
+        }));
+    });
+    ready_rx.recv().unwrap();
+    Background(Some(stop), Some(thread))
+}

@@ -1,14 +1,17 @@
 //! `builder render`: a site and its secrets to one Ignition config per
 //! host. Pure: the same inputs give byte-identical output.
 
+pub mod guard;
 pub mod ignition;
+pub mod keys;
 pub mod units;
 
 use std::fmt;
 
 use anyhow::Result;
 use node_contract::{
-    FreeIpaSecrets, HostEntry, JoinConfig, NodeConfig, Role, SiteInfo, Storage, SCHEMA_VERSION,
+    FreeIpaSecrets, Identity, JoinConfig, NodeConfig, Platform, Role, SiteInfo, Storage,
+    SCHEMA_VERSION,
 };
 
 use crate::artifact::Firstboot;
@@ -54,7 +57,7 @@ impl fmt::Display for TooLarge {
             f,
             "the config of `{}` is {} bytes; DigitalOcean takes at most {USER_DATA_LIMIT} bytes of \
              user data and builder keeps {SAFETY_MARGIN} of them spare. Every config carries the \
-             whole host list and all SSH keys: split the site, or use fewer or shorter (ed25519) keys",
+             core hosts and all SSH keys: use fewer or shorter (ed25519) keys",
             self.host, self.size
         )
     }
@@ -102,7 +105,8 @@ pub fn render_host(
     firstboot: &Firstboot,
     host: &Host,
 ) -> Result<Rendered> {
-    let contract = node_config(site, secrets, host)?;
+    let image = images::load(&host.image)?;
+    let contract = contract(site, secrets, host, &image);
     let node = NodeIgnition {
         hostname: site.fqdn(host),
         user: LOGIN_USER.into(),
@@ -116,6 +120,11 @@ pub fn render_host(
                 path: node_contract::NODE_JSON_PATH.into(),
                 mode: 0o600,
                 contents: Contents::Compressed(contract.to_json()),
+            },
+            FileEntry {
+                path: guard::RULES_PATH.into(),
+                mode: 0o644,
+                contents: Contents::Compressed(guard::rules(image.platform.metadata).into_bytes()),
             },
             FileEntry {
                 path: FIRSTBOOT_PATH.into(),
@@ -143,34 +152,47 @@ pub fn render_host(
     })
 }
 
-/// The node contract of one host.
+/// The node contract of one host. Its size does not grow with the
+/// number of workers: only the core hosts are named.
 pub fn node_config(site: &Site, secrets: &Secrets, host: &Host) -> Result<NodeConfig> {
-    let image = images::load(&host.image)?;
+    Ok(contract(site, secrets, host, &images::load(&host.image)?))
+}
+
+fn contract(site: &Site, secrets: &Secrets, host: &Host, image: &images::Image) -> NodeConfig {
+    let keys = keys::SiteKeys::derive(&secrets.join_secret);
+    let (seed, ticket) = keys.node(&site.domain, &host.name, host.role);
     let bootstrap = site.bootstrap().name == host.name;
-    Ok(NodeConfig {
+    NodeConfig {
         schema: SCHEMA_VERSION,
         site: SiteInfo {
-            domain: site.domain.to_string(),
-            realm: site.realm.to_string(),
-            vpc_range: site.vpc_range.to_string(),
-            hosts: site
+            domain: site.domain.clone(),
+            realm: site.realm.clone(),
+            vpc_range: site.vpc_range,
+            core: site
                 .hosts
                 .iter()
-                .map(|h| HostEntry {
-                    name: h.name.to_string(),
-                    role: h.role,
-                })
+                .filter(|h| h.role == Role::Core)
+                .map(|h| h.name.clone())
                 .collect(),
+            host_count: site.hosts.len() as u32,
+            site_key: keys.site_public_key(),
         },
-        node: host.name.to_string(),
+        node: host.name.clone(),
+        identity: Identity {
+            key: seed,
+            ticket_signature: ticket.signature,
+        },
         join: JoinConfig {
             port: node_contract::JOIN_PORT,
-            credential: node_contract::join_credential(&secrets.join_secret, host.name.as_str()),
-            site_secret: bootstrap.then(|| secrets.join_secret.clone()),
             address: None,
         },
-        catalog: image.services,
-        freeipa: (host.role == Role::Core).then(|| FreeIpaSecrets {
+        platform: Platform {
+            metadata: image.platform.metadata,
+        },
+        catalog: image.services.clone(),
+        // Only the first FreeIPA server installs with the passwords;
+        // replicas and clients enroll with one-time passwords.
+        freeipa: bootstrap.then(|| FreeIpaSecrets {
             admin_password: secrets.freeipa_admin_password.clone(),
             directory_manager_password: secrets.directory_manager_password.clone(),
         }),
@@ -179,7 +201,7 @@ pub fn node_config(site: &Site, secrets: &Secrets, host: &Host) -> Result<NodeCo
             swap_device: (host.volumes.swap_gib > 0)
                 .then(|| units::volume_device(&site.resource_name(host, "swap"))),
         },
-    })
+    }
 }
 
 fn node_units(site: &Site, host: &Host) -> Vec<UnitEntry> {

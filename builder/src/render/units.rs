@@ -13,6 +13,11 @@ pub struct ShippedUnit {
 
 pub const SHIPPED: &[ShippedUnit] = &[
     ShippedUnit {
+        name: "firstboot-guard.service",
+        contents: include_str!("../../../units/firstboot-guard.service"),
+        enabled: true,
+    },
+    ShippedUnit {
         name: "firstboot.service",
         contents: include_str!("../../../units/firstboot.service"),
         enabled: true,
@@ -20,7 +25,17 @@ pub const SHIPPED: &[ShippedUnit] = &[
     ShippedUnit {
         name: "firstboot-peer.service",
         contents: include_str!("../../../units/firstboot-peer.service"),
+        enabled: true,
+    },
+    ShippedUnit {
+        name: "firstboot-renew.service",
+        contents: include_str!("../../../units/firstboot-renew.service"),
         enabled: false,
+    },
+    ShippedUnit {
+        name: "firstboot-renew.timer",
+        contents: include_str!("../../../units/firstboot-renew.timer"),
+        enabled: true,
     },
     ShippedUnit {
         name: "etcd.service",

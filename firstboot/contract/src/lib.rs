@@ -1,27 +1,39 @@
 //! The node contract: what `builder` writes to `/etc/firstboot/node.json`
-//! and `firstboot` reads back. Defined once, here, for both sides.
+//! and `firstboot` reads back, and `/run/firstboot/status.json`, which
+//! firstboot writes and `builder status` reads. Defined once, here, for
+//! both sides, in validated types.
 //!
-//! The file is versioned. A reader refuses a schema it does not know
+//! The files are versioned. A reader refuses a schema it does not know
 //! rather than guessing, because a node that half-understands its own
 //! configuration could join the wrong cluster or leak a secret.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 pub mod files;
+pub mod identity;
+pub mod names;
+pub mod status;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+
+pub use identity::{PublicKey, Seed, Signature, SigningKey, Ticket};
+pub use names::{DomainName, HostName, Realm, Refusal, VpcRange};
+pub use status::Phase;
 
 /// Where Ignition writes the contract on every node.
 pub const NODE_JSON_PATH: &str = "/etc/firstboot/node.json";
 
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes and reads. Version 2 replaced the
+/// site join secret (version 1) with per-node keys and tickets.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// TCP port of the join service on the bootstrap host.
 pub const JOIN_PORT: u16 = 7443;
+/// TCP port of the peer service on every node.
+pub const PEER_PORT: u16 = 7444;
 
 /// Everything a node needs to know at first boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,11 +43,15 @@ pub struct NodeConfig {
     pub schema: u32,
     pub site: SiteInfo,
     /// This node's host name (a single DNS label, not the FQDN).
-    pub node: String,
+    pub node: HostName,
+    /// This node's own key and the site's ticket for it.
+    pub identity: Identity,
     pub join: JoinConfig,
+    pub platform: Platform,
     /// How each service runs on this node's image.
     pub catalog: Catalog,
-    /// Passwords FreeIPA servers and replicas need; absent on other nodes.
+    /// The FreeIPA passwords: on the bootstrap host (the first FreeIPA
+    /// server) only; replicas and clients enroll with one-time passwords.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeipa: Option<FreeIpaSecrets>,
     /// The volumes Ignition prepared, which the storage phase checks.
@@ -61,23 +77,23 @@ impl Storage {
     }
 }
 
-/// The site as every node sees it.
+/// The site as every node sees it. It names the core hosts but not the
+/// workers: no node needs the whole host list (the join service learns
+/// each joiner's name and role from its ticket), so every config stays
+/// the same size however many workers the site has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteInfo {
-    pub domain: String,
-    pub realm: String,
-    /// The site VPC range in CIDR notation, e.g. `10.118.0.0/24`.
-    pub vpc_range: String,
-    /// Every host, in site-file order. The first is the bootstrap host.
-    pub hosts: Vec<HostEntry>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostEntry {
-    pub name: String,
-    pub role: Role,
+    pub domain: DomainName,
+    pub realm: Realm,
+    pub vpc_range: VpcRange,
+    /// The core hosts, in site-file order. The first is the bootstrap
+    /// host; all are etcd members.
+    pub core: Vec<HostName>,
+    /// How many hosts the site has, core and workers.
+    pub host_count: u32,
+    /// The site's public key: it signed every node's ticket.
+    pub site_key: PublicKey,
 }
 
 /// What a host does in the site.
@@ -105,29 +121,45 @@ impl fmt::Display for Role {
     }
 }
 
-/// How this node proves itself to the join service, or, on the bootstrap
-/// host, how it checks the others.
+/// This node's identity: its private key (made by builder for this node
+/// alone) and the site key's signature over its ticket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JoinConfig {
-    pub port: u16,
-    /// Hex HMAC-SHA256 of this node's name under the site join secret.
-    pub credential: String,
-    /// The site join secret itself: only on the bootstrap host, which must
-    /// derive every other node's credential to check it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub site_secret: Option<String>,
-    /// The join service's address when it is known at launch time;
-    /// otherwise nodes probe the VPC range.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
+pub struct Identity {
+    pub key: Seed,
+    pub ticket_signature: Signature,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    pub port: u16,
+    /// The join service's address when it is known at launch time;
+    /// otherwise nodes probe the VPC range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+}
+
+/// What the node's platform provides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    /// The metadata service's address (169.254.169.254 on DigitalOcean;
+    /// a lab address in the lab). The guard closes it to all but root.
+    pub metadata: Ipv4Addr,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FreeIpaSecrets {
     pub admin_password: String,
     pub directory_manager_password: String,
+}
+
+impl fmt::Debug for FreeIpaSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FreeIpaSecrets { .. }")
+    }
 }
 
 /// The services of an image, by name (`etcd`, `freeipa-server`, ...).
@@ -144,21 +176,10 @@ pub enum Service {
     Host { command: Vec<String> },
 }
 
-/// Derive a node's join credential from the site secret and its name.
-///
-/// Domain-separated so the same secret can key other derivations later.
-pub fn join_credential(site_secret: &str, node: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(site_secret.as_bytes())
-        .expect("HMAC accepts keys of any length");
-    mac.update(b"firstboot join credential v1\0");
-    mac.update(node.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
 /// Why a node.json could not be read.
 #[derive(Debug)]
 pub enum ContractError {
-    /// Not JSON, or JSON of the wrong shape.
+    /// Not JSON, or JSON of the wrong shape or with an invalid value.
     Malformed(serde_json::Error),
     /// A schema this build does not know.
     UnknownSchema(u64),
@@ -206,61 +227,85 @@ impl NodeConfig {
         out
     }
 
-    /// This node's entry in the site.
-    pub fn me(&self) -> Option<&HostEntry> {
-        self.site.hosts.iter().find(|h| h.name == self.node)
+    /// This node's role: core if the site names it so.
+    pub fn role(&self) -> Role {
+        if self.site.core.contains(&self.node) {
+            Role::Core
+        } else {
+            Role::Worker
+        }
     }
 
-    /// The bootstrap host: the first core host of the site.
-    pub fn bootstrap_host(&self) -> Option<&HostEntry> {
-        self.site.hosts.iter().find(|h| h.role == Role::Core)
+    /// The bootstrap host: the first core host.
+    pub fn bootstrap_host(&self) -> &HostName {
+        &self.site.core[0]
     }
 
     pub fn is_bootstrap(&self) -> bool {
-        self.bootstrap_host().is_some_and(|h| h.name == self.node)
+        *self.bootstrap_host() == self.node
+    }
+
+    /// `name.domain`.
+    pub fn fqdn(&self, name: &HostName) -> String {
+        self.site.domain.fqdn(name)
+    }
+
+    /// This node's signing key.
+    pub fn signing_key(&self) -> SigningKey {
+        SigningKey::from_seed(&self.identity.key)
+    }
+
+    /// This node's ticket, as it shows it to others.
+    pub fn ticket(&self) -> Ticket {
+        Ticket {
+            node: self.node.clone(),
+            role: self.role(),
+            public_key: self.signing_key().public_key(),
+            signature: self.identity.ticket_signature,
+        }
     }
 
     fn check(&self) -> Result<(), ContractError> {
         let invalid = |why: String| Err(ContractError::Invalid(why));
-        let Some(me) = self.me() else {
-            return invalid(format!(
-                "this node `{}` is not among the site's hosts",
-                self.node
-            ));
-        };
-        if self.bootstrap_host().is_none() {
+        if self.site.core.is_empty() {
             return invalid("the site has no core host".into());
         }
-        let bootstrap = self.is_bootstrap();
-        match (&self.join.site_secret, bootstrap) {
-            (None, true) => return invalid("the bootstrap host lacks the site join secret".into()),
-            (Some(_), false) => {
-                return invalid(format!(
-                    "`{}` is not the bootstrap host but holds the site join secret",
-                    self.node
-                ))
-            }
-            (Some(secret), true) if join_credential(secret, &self.node) != self.join.credential => {
-                return invalid("the join credential does not match the site secret".into())
-            }
-            _ => {}
+        let mut names = self.site.core.clone();
+        names.sort();
+        names.dedup();
+        if names.len() != self.site.core.len() {
+            return invalid("a core host is listed twice".into());
         }
-        if self.join.credential.len() != 64 || hex::decode(&self.join.credential).is_err() {
-            return invalid("the join credential is not 64 hex digits".into());
-        }
-        if me.role == Role::Core && self.freeipa.is_none() {
+        if (self.site.host_count as usize) < self.site.core.len() {
             return invalid(format!(
-                "core host `{}` lacks the FreeIPA passwords",
-                self.node
+                "the site counts {} hosts but names {} core hosts",
+                self.site.host_count,
+                self.site.core.len()
             ));
         }
-        if me.role == Role::Worker && self.freeipa.is_some() {
+        if self
+            .ticket()
+            .verify(&self.site.site_key, &self.site.domain)
+            .is_err()
+        {
             return invalid(format!(
-                "worker `{}` must not hold FreeIPA passwords",
-                self.node
+                "the site key did not sign `{}`'s key as a {} host (the identity belongs to \
+                 another node, role or site)",
+                self.node,
+                self.role()
             ));
         }
-        Ok(())
+        match (self.is_bootstrap(), &self.freeipa) {
+            (true, None) => invalid(format!(
+                "the bootstrap host `{}` lacks the FreeIPA passwords",
+                self.node
+            )),
+            (false, Some(_)) => invalid(format!(
+                "`{}` is not the bootstrap host but holds FreeIPA passwords",
+                self.node
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -268,53 +313,55 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "test-join-secret";
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_seed(&Seed::from_bytes([n; 32]))
+    }
 
+    fn name(s: &str) -> HostName {
+        HostName::parse(s).unwrap()
+    }
+
+    /// A config for `node` of a 4-host site (ns1-ns3 core, www worker);
+    /// node keys are [n; 32] for the n-th host, the site key [100; 32].
     fn config(node: &str) -> NodeConfig {
         let hosts = ["ns1", "ns2", "ns3", "www"];
-        let role = |n: &str| if n == "www" { Role::Worker } else { Role::Core };
+        let index = hosts.iter().position(|h| *h == node).unwrap_or(9) as u8;
+        let domain = DomainName::parse("example.com").unwrap();
+        let role = if node == "www" {
+            Role::Worker
+        } else {
+            Role::Core
+        };
+        let ticket = key(100).ticket(&domain, &name(node), role, key(index).public_key());
         NodeConfig {
             schema: SCHEMA_VERSION,
             site: SiteInfo {
-                domain: "example.com".into(),
-                realm: "EXAMPLE.COM".into(),
-                vpc_range: "172.30.0.0/24".into(),
-                hosts: hosts
-                    .iter()
-                    .map(|h| HostEntry {
-                        name: (*h).into(),
-                        role: role(h),
-                    })
-                    .collect(),
+                domain,
+                realm: Realm::parse("EXAMPLE.COM").unwrap(),
+                vpc_range: VpcRange::parse("172.30.0.0/24").unwrap(),
+                core: vec![name("ns1"), name("ns2"), name("ns3")],
+                host_count: 4,
+                site_key: key(100).public_key(),
             },
-            node: node.into(),
+            node: name(node),
+            identity: Identity {
+                key: Seed::from_bytes([index; 32]),
+                ticket_signature: ticket.signature,
+            },
             join: JoinConfig {
                 port: JOIN_PORT,
-                credential: join_credential(SECRET, node),
-                site_secret: (node == "ns1").then(|| SECRET.into()),
                 address: None,
             },
+            platform: Platform {
+                metadata: Ipv4Addr::new(169, 254, 169, 254),
+            },
             catalog: Catalog::new(),
-            freeipa: (role(node) == Role::Core).then(|| FreeIpaSecrets {
+            freeipa: (node == "ns1").then(|| FreeIpaSecrets {
                 admin_password: "a".repeat(12),
                 directory_manager_password: "d".repeat(12),
             }),
             storage: Storage::default(),
         }
-    }
-
-    #[test]
-    fn credentials_match_an_independent_hmac() {
-        // Python: hmac.new(b"test-join-secret",
-        //   b"firstboot join credential v1\x00ns2", hashlib.sha256).hexdigest()
-        assert_eq!(
-            join_credential(SECRET, "ns2"),
-            "8e5512b0ae42bb06caae42d28b5fe83c7fc06281927cb47960b1a6645dc9a7e0"
-        );
-        assert_ne!(
-            join_credential(SECRET, "ns2"),
-            join_credential(SECRET, "ns3")
-        );
     }
 
     #[test]
@@ -325,52 +372,85 @@ mod tests {
         }
         assert!(config("ns1").is_bootstrap());
         assert!(!config("ns2").is_bootstrap());
+        assert_eq!(config("www").role(), Role::Worker);
+        assert_eq!(config("ns3").role(), Role::Core);
+    }
+
+    /// A node.json exactly as builder wrote it at schema 2, frozen: a
+    /// later firstboot must keep reading it (or bump the schema).
+    const FROZEN_V2: &str = include_str!("../tests/node-v2.json");
+
+    #[test]
+    fn the_frozen_version_2_file_loads() {
+        let c = NodeConfig::from_json(FROZEN_V2.as_bytes()).unwrap();
+        assert_eq!(c.node, "node2");
+        assert_eq!(c.role(), Role::Core);
+        assert_eq!(c.bootstrap_host().as_str(), "node1");
+        assert_eq!(c.site.host_count, 4);
+        assert!(c.freeipa.is_none());
+        assert_eq!(c.ticket().verify(&c.site.site_key, &c.site.domain), Ok(()));
     }
 
     #[test]
     fn unknown_schemas_are_refused_by_version_first() {
         let mut value: serde_json::Value =
             serde_json::from_slice(&config("ns2").to_json()).unwrap();
-        value["schema"] = 2.into();
+        value["schema"] = 3.into();
         value["a_field_from_the_future"] = true.into();
         let err = NodeConfig::from_json(value.to_string().as_bytes()).unwrap_err();
-        assert!(matches!(err, ContractError::UnknownSchema(2)), "{err}");
-        assert!(err.to_string().contains("reads only version 1"));
+        assert!(matches!(err, ContractError::UnknownSchema(3)), "{err}");
+        assert!(err.to_string().contains("reads only version 2"));
+        // Version 1 (the site join secret) is refused the same way.
+        let v1 = br#"{"schema": 1, "join": {"credential": "00", "site_secret": "s"}}"#;
+        assert!(matches!(
+            NodeConfig::from_json(v1),
+            Err(ContractError::UnknownSchema(1))
+        ));
     }
 
     #[test]
     fn inconsistent_configs_are_refused() {
+        let refused = |c: &NodeConfig, why: &str| {
+            let err = NodeConfig::from_json(&c.to_json()).unwrap_err();
+            assert!(matches!(err, ContractError::Invalid(_)), "{why}: {err}");
+        };
+
         let mut c = config("ns2");
-        c.join.site_secret = Some(SECRET.into());
-        assert!(
-            NodeConfig::from_json(&c.to_json()).is_err(),
-            "non-bootstrap with the secret"
-        );
+        c.identity.key = Seed::from_bytes([3; 32]);
+        refused(&c, "another node's key");
+
+        let mut c = config("www");
+        c.site.core.push(name("www"));
+        refused(&c, "a worker's ticket presented as core");
+
+        let mut c = config("ns2");
+        c.site.site_key = key(101).public_key();
+        refused(&c, "another site's key");
+
+        let mut c = config("www");
+        c.node = name("stranger");
+        refused(&c, "a node the site key never vouched for");
+
+        let mut c = config("ns2");
+        c.freeipa = config("ns1").freeipa;
+        refused(&c, "a replica with FreeIPA passwords");
 
         let mut c = config("ns1");
-        c.join.credential = join_credential(SECRET, "ns2");
-        assert!(
-            NodeConfig::from_json(&c.to_json()).is_err(),
-            "credential of another node"
-        );
+        c.freeipa = None;
+        refused(&c, "the bootstrap host without FreeIPA passwords");
 
-        let mut c = config("www");
-        c.node = "stranger".into();
-        assert!(
-            NodeConfig::from_json(&c.to_json()).is_err(),
-            "node not in the site"
-        );
+        let mut c = config("ns1");
+        c.site.host_count = 2;
+        refused(&c, "fewer hosts than core hosts");
 
-        let mut c = config("www");
-        c.freeipa = config("ns2").freeipa;
-        assert!(
-            NodeConfig::from_json(&c.to_json()).is_err(),
-            "worker with passwords"
-        );
-
-        assert!(matches!(
-            NodeConfig::from_json(b"{]"),
-            Err(ContractError::Malformed(_))
-        ));
+        for bad in [
+            br#"{]"#.as_slice(),
+            br#"{"schema": 2, "node": "NS1"}"#.as_slice(),
+        ] {
+            assert!(matches!(
+                NodeConfig::from_json(bad),
+                Err(ContractError::Malformed(_))
+            ));
+        }
     }
 }

@@ -1,140 +1,143 @@
-//! Joining: find the bootstrap host's join service and ask it in.
+//! Asking the join service: to be admitted, or to renew certificates.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use http_body_util::BodyExt;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use anyhow::{anyhow, bail, Result};
+use node_contract::identity::Purpose;
+use node_contract::{NodeConfig, Role};
 
-use super::protocol::{
-    self, JoinRequest, JoinResponse, AUTH_HEADER, JOIN_PATH, MAX_BODY, PROOF_HEADER,
-};
-use super::server::bytes_body::full;
-use crate::net::Cidr;
+use super::protocol::{self, JoinAnswer, JoinRequest, Site, JOIN_PATH, SIGNATURE_HEADER};
+use crate::https::{self, Answer};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Connects in flight at once while probing: a /24 is probed in one wave.
-const PROBE_WIDTH: usize = 256;
 
-/// Addresses in `range` with something listening on `port`, probed
-/// concurrently; `own` is skipped.
-pub async fn probe(range: &Cidr, port: u16, own: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
-    let candidates: Vec<Ipv4Addr> = range.hosts().filter(|a| !own.contains(a)).collect();
-    let mut open = Vec::new();
-    for wave in candidates.chunks(PROBE_WIDTH) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for &address in wave {
-            tasks.spawn(async move {
-                let target = SocketAddr::new(address.into(), port);
-                let ok = matches!(
-                    tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await,
-                    Ok(Ok(_))
-                );
-                ok.then_some(address)
-            });
-        }
-        while let Some(result) = tasks.join_next().await {
-            if let Ok(Some(address)) = result {
-                open.push(address);
-            }
-        }
-    }
-    open.sort();
-    open
+/// The CSRs a node sends: identity always, etcd for core hosts.
+pub struct Csrs {
+    pub identity: String,
+    pub etcd: Option<String>,
 }
 
-/// Ask the join service at `address` to admit this node. The answer is
-/// accepted only with a valid proof under this node's credential.
+/// One signed request to the join service at `address`; the answer counts
+/// only if the site's bootstrap host signed it over this request's nonce,
+/// and the TLS certificate this exchange ran over chains to the CA that
+/// answer names and names the bootstrap host (so a listener that merely
+/// relayed our request to the real one is found out).
 pub async fn join(
+    config: &NodeConfig,
     address: Ipv4Addr,
-    port: u16,
-    node: &str,
-    credential: &str,
-    addresses: &[Ipv4Addr],
-    csr_pem: &str,
-) -> Result<JoinResponse> {
+    own_addresses: &[Ipv4Addr],
+    csrs: &Csrs,
+) -> Result<JoinAnswer> {
     let request = JoinRequest {
-        node: node.to_owned(),
-        addresses: addresses.to_vec(),
-        csr_pem: csr_pem.to_owned(),
+        ticket: config.ticket(),
+        addresses: own_addresses.to_vec(),
+        csr_pem: csrs.identity.clone(),
+        etcd_csr_pem: csrs.etcd.clone(),
         timestamp: crate::status::now(),
-        nonce: hex::encode(rand::random::<[u8; 16]>()),
+        nonce: protocol::nonce(),
     };
     let body = serde_json::to_vec(&request)?;
-    let auth = protocol::request_mac(credential, &body);
-    let (status, proof, answer) =
-        tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(address, port, body, auth))
-            .await
-            .with_context(|| {
-                format!(
-                    "the join service at {address} did not answer within {}s",
-                    EXCHANGE_TIMEOUT.as_secs()
-                )
-            })??;
-    if status != 200 {
+    let signature = protocol::sign_request(&config.signing_key(), Purpose::JoinRequest, &body);
+    let reply = send(address, config.join.port, body, signature).await?;
+    if reply.status != 200 {
         bail!(
             "the join service at {address} refused: {} {}",
-            status,
-            String::from_utf8_lossy(&answer).trim()
+            reply.status,
+            String::from_utf8_lossy(&reply.body).trim()
         );
     }
-    if !proof.is_some_and(|p| protocol::verify_response(credential, &request.nonce, &answer, &p)) {
-        bail!("the answer from {address} does not prove knowledge of the site secret; it is not our bootstrap host");
+    let site = Site::of(config);
+    let proof = reply
+        .headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let answer: JoinAnswer = site
+        .check_answer(
+            &reply.body,
+            proof,
+            &request.nonce,
+            Purpose::JoinAnswer,
+            |a: &JoinAnswer| &a.bootstrap,
+        )
+        .map_err(|r| anyhow!("the answer from {address} is not our bootstrap host's: {r}"))?;
+    if answer.bootstrap.node != site.bootstrap || answer.bootstrap.role != Role::Core {
+        bail!(
+            "the answer from {address} is signed by {}, not by the bootstrap host {}",
+            answer.bootstrap.node,
+            site.bootstrap
+        );
     }
-    serde_json::from_slice(&answer)
-        .with_context(|| format!("the answer from {address} is malformed"))
+    let presented = reply
+        .server_certificate
+        .as_ref()
+        .map(https::to_pem)
+        .ok_or_else(|| anyhow!("the join service at {address} presented no certificate"))?;
+    let bootstrap_fqdn = config.fqdn(&site.bootstrap);
+    crate::pki::verify(
+        &presented,
+        &answer.ca_pem,
+        Some(&bootstrap_fqdn),
+        crate::status::now(),
+    )
+    .map_err(|e| {
+        anyhow!(
+            "the TLS certificate at {address} is not {bootstrap_fqdn}'s under the CA the answer \
+             names ({e}): something relayed this exchange"
+        )
+    })?;
+    Ok(answer)
 }
 
-/// One POST to the join service: status, proof header, body. Public for the
-/// tests that send it forged and malformed requests.
-pub async fn exchange(
-    address: Ipv4Addr,
-    port: u16,
-    body: Vec<u8>,
-    auth: String,
-) -> Result<(u16, Option<String>, Vec<u8>)> {
-    let request = Request::post(JOIN_PATH)
-        .header("host", address.to_string())
-        .header("content-type", "application/json")
-        .header(AUTH_HEADER, auth)
-        .body(full(body))?;
-    let (status, headers, answer) = send(address, port, request).await?;
-    let proof = headers
-        .get(PROOF_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    Ok((status, proof, answer))
-}
-
-/// One HTTPS request to a firstboot service (join or peer), whose answer
-/// the caller authenticates: status, headers, body (at most 256 KiB).
+/// One POST to the join service. Public for the tests that send it forged
+/// and malformed requests.
 pub async fn send(
     address: Ipv4Addr,
     port: u16,
-    request: Request<super::server::bytes_body::Body>,
-) -> Result<(u16, hyper::HeaderMap, Vec<u8>)> {
-    let stream = TcpStream::connect(SocketAddr::new(address.into(), port)).await?;
-    let connector = tokio_rustls::TlsConnector::from(super::tls::client_config()?);
-    let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::V4(address).into());
-    let tls = connector
-        .connect(name, stream)
-        .await
-        .context("TLS handshake failed")?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-    let driver = tokio::spawn(connection);
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let answer = http_body_util::Limited::new(response.into_body(), MAX_BODY * 4)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the answer: {e}"))?
-        .to_bytes()
-        .to_vec();
-    driver.abort();
-    Ok((status, headers, answer))
+    body: Vec<u8>,
+    signature: String,
+) -> Result<Answer> {
+    https::post(
+        SocketAddr::new(address.into(), port),
+        JOIN_PATH,
+        &[(SIGNATURE_HEADER, signature)],
+        body,
+        EXCHANGE_TIMEOUT,
+    )
+    .await
+}
+
+/// Ask the join service at `address` for this node's certificates (its
+/// first join, or a renewal: the keys stay, the certificates are new) and
+/// install them; a core host also keeps the sealed CA copy (0600).
+pub async fn enroll(
+    paths: &crate::paths::Paths,
+    config: &NodeConfig,
+    address: Ipv4Addr,
+    own: Ipv4Addr,
+) -> Result<JoinAnswer> {
+    use crate::certs::Slot;
+    let fqdn = config.fqdn(&config.node);
+    let core = config.role() == Role::Core;
+    let identity = Slot::identity(paths);
+    let etcd = Slot::etcd(paths);
+    let csrs = Csrs {
+        identity: identity.csr(&fqdn)?,
+        etcd: if core { Some(etcd.csr(&fqdn)?) } else { None },
+    };
+    let answer = join(config, address, &[own], &csrs).await?;
+    identity.install(&answer.certificate_pem, &answer.ca_pem, &fqdn)?;
+    if core {
+        let certs = answer
+            .etcd
+            .as_ref()
+            .ok_or_else(|| anyhow!("the answer holds no etcd certificate for this core host"))?;
+        etcd.install(&certs.certificate_pem, &certs.ca_pem, &fqdn)?;
+        let sealed = answer
+            .ca_backup
+            .as_ref()
+            .ok_or_else(|| anyhow!("the answer holds no CA copy for this core host"))?;
+        crate::fsutil::write_atomic(&paths.ca_backup(), sealed.as_bytes(), 0o600)?;
+    }
+    Ok(answer)
 }

@@ -1,10 +1,28 @@
 //! Join: how nodes find and trust each other with no central driver
-//! (ARCHITECTURE §4). The bootstrap host serves; the others ask.
+//! (ARCHITECTURE §4). The bootstrap host serves the join service; every
+//! node serves the peer service, which answers the bootstrap host alone.
 
 pub mod client;
 pub mod peer;
 pub mod protocol;
 pub mod server;
-mod tls;
 
-pub use tls::server_config as tls_server_config;
+use node_contract::{NodeConfig, Seed, SigningKey, Ticket};
+
+/// This node's credentials: its signing key and the site's ticket for it.
+pub struct Credentials {
+    pub key: SigningKey,
+    pub ticket: Ticket,
+    /// The key's seed: the bootstrap host seals the CA copy under it.
+    pub seed: Seed,
+}
+
+impl Credentials {
+    pub fn of(config: &NodeConfig) -> Credentials {
+        Credentials {
+            key: config.signing_key(),
+            ticket: config.ticket(),
+            seed: config.identity.key.clone(),
+        }
+    }
+}

@@ -1,119 +1,147 @@
-//! The peer service on core hosts: it answers a rebuilt bootstrap host
-//! that asks whether a cluster already exists (the split-brain guard,
-//! ARCHITECTURE §4), and hands it the sealed CA backup to rejoin with.
-//! The answer needs no authentication of its own: the backup opens only
-//! under the site secret, and an altered one does not open.
+//! The peer service, on every node from boot (`firstboot peer`). It
+//! answers the bootstrap host, and only it (its requests carry its ticket
+//! and its signature):
+//! - "who are you, and at which addresses": so the join service never
+//!   moves a registered node whose old address still answers as it;
+//! - "does a cluster exist": a core host says whether it has etcd data and
+//!   hands back the sealed CA copy it keeps, so a rebuilt bootstrap host
+//!   rejoins the cluster instead of starting a second one.
+//!
+//! Every answer is signed with this node's key over the request's nonce.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
+use anyhow::{bail, Context, Result};
+use node_contract::identity::Purpose;
+use node_contract::{NodeConfig, Role, PEER_PORT};
 
-use super::server::bytes_body::{full, Body};
+use super::protocol::{self, PeerAnswer, PeerRequest, Refusal, Site, PEER_PATH, SIGNATURE_HEADER};
+use super::Credentials;
+use crate::https::{self, Identity, Response};
 use crate::paths::Paths;
 
-/// Beside the join service's port; probing joiners ignore it.
-pub const PEER_PORT: u16 = 7444;
-pub const CLUSTER_PATH: &str = "/v1/cluster";
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterInfo {
-    pub node: String,
-    /// This host has etcd data: a cluster exists.
-    pub etcd_data: bool,
-    pub ca_backup: Option<String>,
-}
-
-fn info(paths: &Paths, node: &str) -> ClusterInfo {
-    ClusterInfo {
-        node: node.to_owned(),
+/// What this node says of itself.
+fn answer(paths: &Paths, config: &NodeConfig, vpc_addresses: Vec<Ipv4Addr>) -> PeerAnswer {
+    let core = config.role() == Role::Core;
+    PeerAnswer {
+        node: config.ticket(),
+        addresses: vpc_addresses,
         etcd_data: paths.etcd_data().join("member").is_dir(),
-        ca_backup: std::fs::read_to_string(paths.ca_backup()).ok(),
+        ca_backup: core
+            .then(|| std::fs::read_to_string(paths.ca_backup()).ok())
+            .flatten(),
     }
 }
 
 /// `firstboot peer`: serve until killed.
 pub async fn main(paths: Paths) -> Result<()> {
     let config = crate::check::load(&paths.node_json())?;
-    let vpc = crate::net::Cidr::parse(&config.site.vpc_range)?;
-    let address = *crate::net::own_addresses(&vpc)?
-        .first()
-        .context("no address in the site VPC")?;
+    let vpc = config.site.vpc_range;
+    let address = crate::net::wait_for_address(&vpc, Duration::from_secs(60)).await?;
     let tls = paths.tls_dir();
-    let server_config = super::tls_server_config(
-        &std::fs::read_to_string(tls.join("node.crt"))
-            .context("this node has no certificate yet")?,
-        &std::fs::read_to_string(tls.join("node.key"))?,
-    )?;
-    let listener =
-        tokio::net::TcpListener::bind(SocketAddr::new(address.into(), PEER_PORT)).await?;
-    log::info!("peer service on {address}:{PEER_PORT}");
+    let identity = if tls.join("node.crt").is_file() && tls.join("node.key").is_file() {
+        Identity::Files {
+            cert: tls.join("node.crt"),
+            key: tls.join("node.key"),
+        }
+    } else {
+        // Before the node has joined: answers are signed, so a throwaway
+        // certificate serves to keep the talk private.
+        let own = crate::pki::self_signed(&config.fqdn(&config.node))?;
+        Identity::Fixed(https::server_config(&own.cert_pem, &own.key_pem)?)
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(address.into(), PEER_PORT))
+        .await
+        .with_context(|| format!("cannot listen on {address}:{PEER_PORT}"))?;
+    tracing::info!("peer service on {address}:{PEER_PORT}");
     crate::status::notify("READY=1");
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-    let shared = Arc::new((paths, config.node));
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let (acceptor, shared) = (acceptor.clone(), shared.clone());
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await
-            else {
-                return;
+    let shared = std::sync::Arc::new((paths, config));
+    https::serve(listener, identity, https::LIMITS, move |request| {
+        let shared = shared.clone();
+        async move {
+            let (paths, config) = &*shared;
+            if request.method != hyper::Method::POST || request.path != PEER_PATH {
+                return Response::text(404, &format!("only POST {PEER_PATH} is served here"));
+            }
+            let signature = request
+                .headers
+                .get(SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok());
+            let site = Site::of(config);
+            let asked = match site.verify_peer_request(
+                signature,
+                &request.body,
+                crate::status::now(),
+            ) {
+                Ok(asked) => asked,
+                Err(refusal) => {
+                    tracing::warn!(source = %request.source, "peer service: refused: {refusal}");
+                    return Response::text(refusal.http_status(), &refusal.to_string());
+                }
             };
-            let service = hyper::service::service_fn(
-                move |request: Request<hyper::body::Incoming>| {
-                    let shared = shared.clone();
-                    async move {
-                        let response = if request.method() == hyper::Method::GET
-                            && request.uri().path() == CLUSTER_PATH
-                        {
-                            log::info!(peer = peer.to_string().as_str(); "peer service: {peer} asked whether a cluster exists");
-                            let body = serde_json::to_vec(&info(&shared.0, &shared.1))
-                                .expect("serialises");
-                            Response::builder()
-                                .header("content-type", "application/json")
-                                .body(full(body))
-                        } else {
-                            Response::builder()
-                                .status(StatusCode::NOT_FOUND)
-                                .body(full(b"not found\n".to_vec()))
-                        };
-                        Ok::<Response<Body>, std::convert::Infallible>(
-                            response.expect("a valid response"),
-                        )
-                    }
-                },
+            let addresses = crate::net::own_addresses(&config.site.vpc_range).unwrap_or_default();
+            tracing::info!(peer = %asked.from.node, "peer service: answered {}", asked.from.node);
+            let body = serde_json::to_vec(&answer(paths, config, addresses)).expect("serialises");
+            let proof = protocol::sign_answer(
+                &config.signing_key(),
+                Purpose::PeerAnswer,
+                &asked.nonce,
+                &body,
             );
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(CLIENT_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service);
-            let _ = tokio::time::timeout(CLIENT_TIMEOUT, connection).await;
-        });
-    }
+            Response::json(body).with_header(SIGNATURE_HEADER, proof)
+        }
+    })
+    .await;
+    bail!("the peer service stopped")
 }
 
-/// Ask the peer service at `address`.
-pub async fn ask(address: Ipv4Addr) -> Result<ClusterInfo> {
-    let request = Request::get(CLUSTER_PATH)
-        .header("host", address.to_string())
-        .body(full(Vec::new()))?;
-    let (status, _, body) = tokio::time::timeout(
-        CLIENT_TIMEOUT,
-        super::client::send(address, PEER_PORT, request),
+/// Ask the peer service at `address` (as the bootstrap host). The answer
+/// counts only if the node its ticket names signed it and claims `address`.
+pub async fn ask(site: &Site, me: &Credentials, address: Ipv4Addr) -> Result<PeerAnswer> {
+    let nonce = protocol::nonce();
+    let body = serde_json::to_vec(&PeerRequest {
+        from: me.ticket.clone(),
+        timestamp: crate::status::now(),
+        nonce: nonce.clone(),
+    })?;
+    let signature = protocol::sign_request(&me.key, Purpose::PeerRequest, &body);
+    let reply = https::post(
+        SocketAddr::new(address.into(), PEER_PORT),
+        PEER_PATH,
+        &[(SIGNATURE_HEADER, signature)],
+        body,
+        ASK_TIMEOUT,
     )
-    .await
-    .context("no answer in time")??;
-    if status != 200 {
-        anyhow::bail!("answered {status}");
+    .await?;
+    if reply.status != 200 {
+        bail!(
+            "answered {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body).trim()
+        );
     }
-    serde_json::from_slice(&body).context("malformed answer")
+    let proof = reply
+        .headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let answer: PeerAnswer = site
+        .check_answer(
+            &reply.body,
+            proof,
+            &nonce,
+            Purpose::PeerAnswer,
+            |a: &PeerAnswer| &a.node,
+        )
+        .map_err(|r: Refusal| anyhow::anyhow!("{r}"))?;
+    if !answer.addresses.contains(&address) {
+        bail!(
+            "{} answered from {address}, which it does not claim ({:?})",
+            answer.node.node,
+            answer.addresses
+        );
+    }
+    Ok(answer)
 }

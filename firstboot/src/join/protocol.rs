@@ -1,72 +1,130 @@
-//! The join protocol, pure: messages, their authentication, the checks
-//! the bootstrap host makes. No I/O here, so every refusal is unit-tested.
+//! The join and peer protocols, pure: messages, their signatures, the
+//! checks the bootstrap host makes and the admission rules. No I/O here,
+//! so every refusal is unit-tested.
 //!
-//! Trust comes from the credentials, not from TLS or addresses: a request
-//! carries an HMAC under the joiner's credential (HMAC of its name under
-//! the site secret, which only the bootstrap host holds), and the answer
-//! an HMAC under the same credential over the request's nonce and the
-//! answer's bytes. So the bootstrap host knows who asks, the joiner knows
-//! who answers, and neither trusts on first use. TLS only hides the talk.
+//! Trust comes from node keys, not from TLS or addresses (ARCHITECTURE §4):
+//! every request carries the sender's ticket (the site key's signature
+//! over its name, role and public key) and is signed with the sender's own
+//! key; every answer carries the answerer's ticket and is signed over the
+//! request's nonce and the answer's bytes. So the bootstrap host knows who
+//! asks, the asker knows who answers, and neither trusts on first use.
+//! No node holds anything from which another node's key can be made.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use hmac::{Hmac, Mac};
-use node_contract::Role;
+use node_contract::identity::{Forgery, Purpose};
+use node_contract::{
+    DomainName, HostName, PublicKey, Role, Signature, SigningKey, Ticket, VpcRange,
+};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
-use crate::ca::{CsrRefusal, TempCa};
-use crate::net::Cidr;
+use crate::pki::{CsrRefusal, TempCa};
 
-pub const JOIN_PATH: &str = "/v1/join";
-/// Header carrying the request's HMAC (hex).
-pub const AUTH_HEADER: &str = "x-firstboot-auth";
-/// Header carrying the answer's HMAC (hex).
-pub const PROOF_HEADER: &str = "x-firstboot-proof";
+pub const JOIN_PATH: &str = "/v2/join";
+pub const PEER_PATH: &str = "/v2/peer";
+/// Header carrying a message's signature (hex).
+pub const SIGNATURE_HEADER: &str = "x-firstboot-signature";
 /// Requests are small JSON; anything bigger is refused unread.
 pub const MAX_BODY: usize = 64 * 1024;
 /// How far a request's clock may be from ours, in seconds.
 pub const MAX_SKEW: u64 = 300;
+/// How long after the temporary CA is made a host that never joined may
+/// still join: the site assembles in minutes; a rebuilt host comes back
+/// through [`Decision::Move`] whatever the hour.
+pub const ADMISSION_WINDOW: u64 = 6 * 3600;
 
+/// A node asking to be admitted, or to have its certificates renewed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
-    pub node: String,
+    pub ticket: Ticket,
     pub addresses: Vec<Ipv4Addr>,
+    /// For the node's identity certificate.
     pub csr_pem: String,
+    /// For its etcd certificate: core hosts only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_csr_pem: Option<String>,
     /// Unix seconds.
     pub timestamp: u64,
     /// 32 hex digits, fresh for every request.
     pub nonce: String,
 }
 
+/// An etcd certificate and the CA etcd trusts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JoinResponse {
+pub struct EtcdCerts {
     pub certificate_pem: String,
     pub ca_pem: String,
-    /// Every node joined so far, this one included.
-    pub peers: BTreeMap<String, Ipv4Addr>,
-    /// The temporary DNS server.
-    pub dns: Ipv4Addr,
-    /// The temporary CA and registry, sealed under the site secret: core
-    /// hosts keep it for a rebuilt bootstrap host (see `backup`).
-    pub ca_backup: String,
 }
 
-/// Why a request was refused: logged on the bootstrap host, sent back as
-/// the error body.
+/// The bootstrap host's answer, signed over the request's nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinAnswer {
+    /// Who answers: must be the site's bootstrap host.
+    pub bootstrap: Ticket,
+    pub certificate_pem: String,
+    /// The temporary root.
+    pub ca_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdCerts>,
+    /// Every node registered so far, this one included.
+    pub peers: BTreeMap<HostName, Ipv4Addr>,
+    /// The temporary DNS server.
+    pub dns: Ipv4Addr,
+    /// The temporary CAs sealed under the bootstrap host's own key: core
+    /// hosts keep it for a rebuilt bootstrap host (see `backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_backup: Option<String>,
+}
+
+/// The bootstrap host asking a peer about itself and its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRequest {
+    pub from: Ticket,
+    pub timestamp: u64,
+    pub nonce: String,
+}
+
+/// A peer's answer, signed over the request's nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAnswer {
+    pub node: Ticket,
+    /// The peer's addresses in the site VPC.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The peer has etcd data: a cluster exists.
+    pub etcd_data: bool,
+    /// The sealed copy of the temporary CAs this core peer keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_backup: Option<String>,
+}
+
+/// Why a request was refused: logged by the refuser, sent back as the
+/// error body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     TooLarge,
     Malformed(String),
-    UnknownNode(String),
-    BadCredential(String),
-    Stale { skew: u64 },
+    Forged(Forgery),
+    /// A valid ticket, but not one this service answers.
+    NotAllowed(String),
+    Stale {
+        skew: u64,
+    },
     Replayed,
     Address(String),
+    /// No more hosts that never joined are admitted.
+    Closed(String),
+    /// The node is registered at another address, which still answers as it.
+    Taken {
+        node: HostName,
+        at: Ipv4Addr,
+    },
     Csr(CsrRefusal),
 }
 
@@ -75,10 +133,12 @@ impl Refusal {
         match self {
             Refusal::TooLarge => 413,
             Refusal::Malformed(_) => 400,
-            Refusal::UnknownNode(_)
-            | Refusal::BadCredential(_)
+            Refusal::Forged(_)
+            | Refusal::NotAllowed(_)
             | Refusal::Stale { .. }
-            | Refusal::Replayed => 403,
+            | Refusal::Replayed
+            | Refusal::Closed(_) => 403,
+            Refusal::Taken { .. } => 409,
             Refusal::Address(_) | Refusal::Csr(_) => 422,
         }
     }
@@ -89,92 +149,151 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::TooLarge => write!(f, "the request is larger than {MAX_BODY} bytes"),
             Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
-            Refusal::UnknownNode(n) => write!(f, "`{n}` is not a host of this site"),
-            Refusal::BadCredential(n) => write!(f, "the credential for `{n}` does not verify"),
+            Refusal::Forged(why) => write!(f, "forged request: {why}"),
+            Refusal::NotAllowed(why) => write!(f, "not allowed: {why}"),
             Refusal::Stale { skew } => write!(
                 f,
                 "the request's clock is {skew} s off (at most {MAX_SKEW})"
             ),
             Refusal::Replayed => write!(f, "this request was seen before (replay)"),
             Refusal::Address(why) => write!(f, "address refused: {why}"),
+            Refusal::Closed(why) => write!(
+                f,
+                "the join service admits no new hosts ({why}); later hosts join through FreeIPA"
+            ),
+            Refusal::Taken { node, at } => write!(
+                f,
+                "{node} is registered at {at}, which still answers as {node}; \
+                 destroy the old droplet before its replacement joins"
+            ),
             Refusal::Csr(why) => write!(f, "CSR refused: {why}"),
         }
     }
 }
 
-fn mac(credential_hex: &str, label: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
-    // The credential is the key; its hex spelling is what both sides hold.
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(credential_hex.as_bytes()).expect("any key length");
-    mac.update(label);
-    for part in parts {
-        mac.update(&(part.len() as u64).to_be_bytes());
-        mac.update(part);
+/// A fresh nonce: 32 hex digits.
+pub fn nonce() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn check_nonce(nonce: &str) -> Result<(), Refusal> {
+    if nonce.len() != 32 || hex::decode(nonce).is_err() {
+        return Err(Refusal::Malformed("the nonce is not 32 hex digits".into()));
     }
-    mac
+    Ok(())
 }
 
-/// The request's HMAC, hex.
-pub fn request_mac(credential: &str, body: &[u8]) -> String {
-    hex::encode(
-        mac(credential, b"firstboot join request v1\0", &[body])
-            .finalize()
-            .into_bytes(),
-    )
+fn check_clock(timestamp: u64, now: u64) -> Result<(), Refusal> {
+    let skew = now.abs_diff(timestamp);
+    if skew > MAX_SKEW {
+        return Err(Refusal::Stale { skew });
+    }
+    Ok(())
 }
 
-/// The answer's HMAC over the request's nonce and the answer's bytes, hex.
-pub fn response_mac(credential: &str, nonce: &str, body: &[u8]) -> String {
-    hex::encode(
-        mac(
-            credential,
-            b"firstboot join response v1\0",
-            &[nonce.as_bytes(), body],
-        )
-        .finalize()
-        .into_bytes(),
-    )
+/// The signature header's value.
+pub fn signature_header(signature: &Signature) -> String {
+    signature.to_hex()
 }
 
-/// Constant-time check of a hex HMAC against the expected message.
-fn verify(mac: Hmac<Sha256>, given_hex: &str) -> bool {
-    match hex::decode(given_hex) {
-        Ok(given) => mac.verify_slice(&given).is_ok(),
-        Err(_) => false,
+fn parse_signature(header: Option<&str>) -> Option<Signature> {
+    header.and_then(|h| Signature::from_hex(h).ok())
+}
+
+/// What a service knows to check tickets: the site.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub domain: DomainName,
+    pub site_key: PublicKey,
+    pub vpc: VpcRange,
+    /// The bootstrap host: the first core host.
+    pub bootstrap: HostName,
+}
+
+impl Site {
+    pub fn of(config: &node_contract::NodeConfig) -> Site {
+        Site {
+            domain: config.site.domain.clone(),
+            site_key: config.site.site_key,
+            vpc: config.site.vpc_range,
+            bootstrap: config.bootstrap_host().clone(),
+        }
+    }
+
+    /// Parse a signed message and check its sender: the ticket is the
+    /// site's, the signature is the ticket's key's over `purpose`.
+    fn signed<T: for<'de> Deserialize<'de>>(
+        &self,
+        body: &[u8],
+        signature: Option<&str>,
+        purpose: Purpose,
+        ticket_of: impl Fn(&T) -> &Ticket,
+    ) -> Result<T, Refusal> {
+        if body.len() > MAX_BODY {
+            return Err(Refusal::TooLarge);
+        }
+        let message: T =
+            serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let ticket = ticket_of(&message);
+        let Some(signature) = parse_signature(signature) else {
+            return Err(Refusal::Forged(Forgery::Message(ticket.node.clone())));
+        };
+        ticket
+            .verify_message(&self.site_key, &self.domain, purpose, &[body], &signature)
+            .map_err(Refusal::Forged)?;
+        Ok(message)
+    }
+
+    /// Check an answer signed over `nonce` by the node its ticket names.
+    pub fn check_answer<T: for<'de> Deserialize<'de>>(
+        &self,
+        body: &[u8],
+        signature: Option<&str>,
+        nonce: &str,
+        purpose: Purpose,
+        ticket_of: impl Fn(&T) -> &Ticket,
+    ) -> Result<T, Refusal> {
+        let message: T =
+            serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let ticket = ticket_of(&message);
+        let Some(signature) = parse_signature(signature) else {
+            return Err(Refusal::Forged(Forgery::Message(ticket.node.clone())));
+        };
+        ticket
+            .verify_message(
+                &self.site_key,
+                &self.domain,
+                purpose,
+                &[nonce.as_bytes(), body],
+                &signature,
+            )
+            .map_err(Refusal::Forged)?;
+        Ok(message)
     }
 }
 
-pub fn verify_request(credential: &str, body: &[u8], given: &str) -> bool {
-    verify(
-        mac(credential, b"firstboot join request v1\0", &[body]),
-        given,
-    )
+/// Sign a request body with this node's key.
+pub fn sign_request(key: &SigningKey, purpose: Purpose, body: &[u8]) -> String {
+    signature_header(&key.sign(purpose, &[body]))
 }
 
-pub fn verify_response(credential: &str, nonce: &str, body: &[u8], given: &str) -> bool {
-    verify(
-        mac(
-            credential,
-            b"firstboot join response v1\0",
-            &[nonce.as_bytes(), body],
-        ),
-        given,
-    )
+/// Sign an answer to the request with `nonce`.
+pub fn sign_answer(key: &SigningKey, purpose: Purpose, nonce: &str, body: &[u8]) -> String {
+    signature_header(&key.sign(purpose, &[nonce.as_bytes(), body]))
 }
 
 /// Nonces seen within the clock window: a captured request cannot be
-/// played again while its timestamp is still acceptable.
-#[derive(Debug, Default)]
+/// played again while its timestamp is still acceptable. The join service
+/// keeps it on disk, so a restart forgets nothing.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayGuard {
     seen: HashMap<String, u64>,
 }
 
 impl ReplayGuard {
-    fn check(&mut self, nonce: &str, timestamp: u64, now: u64) -> Result<(), Refusal> {
-        let skew = now.abs_diff(timestamp);
-        if skew > MAX_SKEW {
-            return Err(Refusal::Stale { skew });
-        }
+    /// Record `nonce`; a refusal if it was seen, or the clock is off.
+    pub fn check(&mut self, nonce: &str, timestamp: u64, now: u64) -> Result<(), Refusal> {
+        check_clock(timestamp, now)?;
         self.seen.retain(|_, t| now.abs_diff(*t) <= MAX_SKEW);
         if self.seen.insert(nonce.to_owned(), timestamp).is_some() {
             return Err(Refusal::Replayed);
@@ -183,51 +302,36 @@ impl ReplayGuard {
     }
 }
 
-/// What the bootstrap host knows to judge a request.
-pub struct Authority<'a> {
-    pub domain: &'a str,
-    pub site_secret: &'a str,
-    pub hosts: &'a [(String, Role)],
-    pub vpc: Cidr,
-    pub ca: &'a TempCa,
-}
-
-/// A request that passed every check: who, where, and its certificate.
+/// A join request whose sender is proven.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Admitted {
-    pub node: String,
+pub struct Verified {
+    pub request: JoinRequest,
+    /// The address it joins from (its TCP source, among those it claims).
     pub address: Ipv4Addr,
-    pub certificate_pem: String,
-    pub nonce: String,
 }
 
-impl Authority<'_> {
-    /// Judge one request: `source` is the TCP peer's address, `auth` the
-    /// HMAC header. Checks run cheapest first; nothing is signed, stored
-    /// or answered unless all pass.
-    pub fn admit(
+impl Verified {
+    pub fn node(&self) -> &HostName {
+        &self.request.ticket.node
+    }
+}
+
+impl Site {
+    /// Check a join request, cheapest checks first: shape, ticket,
+    /// signature, nonce, clock and replay, addresses.
+    pub fn verify_join(
         &self,
         source: Ipv4Addr,
-        auth: Option<&str>,
+        signature: Option<&str>,
         body: &[u8],
         replay: &mut ReplayGuard,
         now: u64,
-    ) -> Result<Admitted, Refusal> {
-        if body.len() > MAX_BODY {
-            return Err(Refusal::TooLarge);
-        }
+    ) -> Result<Verified, Refusal> {
         let request: JoinRequest =
-            serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
-        if !self.hosts.iter().any(|(name, _)| *name == request.node) {
-            return Err(Refusal::UnknownNode(request.node));
-        }
-        let credential = node_contract::join_credential(self.site_secret, &request.node);
-        if !auth.is_some_and(|given| verify_request(&credential, body, given)) {
-            return Err(Refusal::BadCredential(request.node));
-        }
-        if request.nonce.len() != 32 || hex::decode(&request.nonce).is_err() {
-            return Err(Refusal::Malformed("the nonce is not 32 hex digits".into()));
-        }
+            self.signed(body, signature, Purpose::JoinRequest, |r: &JoinRequest| {
+                &r.ticket
+            })?;
+        check_nonce(&request.nonce)?;
         replay.check(&request.nonce, request.timestamp, now)?;
         if !request.addresses.contains(&source) {
             return Err(Refusal::Address(format!(
@@ -239,182 +343,110 @@ impl Authority<'_> {
                 "{outside} is outside the site VPC"
             )));
         }
-        let fqdn = format!("{}.{}", request.node, self.domain);
-        let certificate_pem = self
-            .ca
-            .sign_csr(&request.csr_pem, &fqdn)
-            .map_err(Refusal::Csr)?;
-        Ok(Admitted {
-            node: request.node,
+        if request.ticket.role == Role::Worker && request.etcd_csr_pem.is_some() {
+            return Err(Refusal::NotAllowed(format!(
+                "{} is a worker: etcd certificates are for core hosts only",
+                request.ticket.node
+            )));
+        }
+        Ok(Verified {
+            request,
             address: source,
-            certificate_pem,
-            nonce: request.nonce,
         })
     }
+
+    /// Check a peer request: only the bootstrap host may ask.
+    pub fn verify_peer_request(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        now: u64,
+    ) -> Result<PeerRequest, Refusal> {
+        let request: PeerRequest =
+            self.signed(body, signature, Purpose::PeerRequest, |r: &PeerRequest| {
+                &r.from
+            })?;
+        check_nonce(&request.nonce)?;
+        check_clock(request.timestamp, now)?;
+        if request.from.node != self.bootstrap || request.from.role != Role::Core {
+            return Err(Refusal::NotAllowed(format!(
+                "only the bootstrap host {} asks peers; {} may not",
+                self.bootstrap, request.from.node
+            )));
+        }
+        Ok(request)
+    }
+}
+
+/// Who may join, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionRule {
+    /// Hosts in the site, core and workers.
+    pub hosts: u32,
+    /// Unix seconds after which no host that never joined is admitted.
+    pub deadline: u64,
+}
+
+/// What a verified request amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A host joining for the first time.
+    New,
+    /// A registered host renewing its certificates from where it was.
+    Renew,
+    /// A registered host coming from a new address (a rebuilt droplet):
+    /// allowed only if the old address no longer answers as it.
+    Move { from: Ipv4Addr },
+}
+
+impl AdmissionRule {
+    /// Why new hosts are no longer admitted, if they are not.
+    pub fn closed_because(&self, joined: usize, now: u64) -> Option<String> {
+        if joined as u64 >= u64::from(self.hosts) {
+            Some("every host has joined".into())
+        } else if now >= self.deadline {
+            Some("its admission deadline has passed".into())
+        } else {
+            None
+        }
+    }
+
+    pub fn decide(
+        &self,
+        registry: &BTreeMap<HostName, Ipv4Addr>,
+        node: &HostName,
+        address: Ipv4Addr,
+        now: u64,
+    ) -> Result<Decision, Refusal> {
+        match registry.get(node) {
+            Some(&at) if at == address => Ok(Decision::Renew),
+            Some(&at) => Ok(Decision::Move { from: at }),
+            None => match self.closed_because(registry.len(), now) {
+                None => Ok(Decision::New),
+                Some(why) => Err(Refusal::Closed(why)),
+            },
+        }
+    }
+}
+
+/// Certificates for a verified request: identity always, etcd for core
+/// hosts that asked. Each CSR must name the requester and only it.
+pub fn certify(
+    ca: &TempCa,
+    domain: &DomainName,
+    verified: &Verified,
+) -> Result<(String, Option<String>), Refusal> {
+    let fqdn = domain.fqdn(verified.node());
+    let identity = ca
+        .root
+        .sign_csr(&verified.request.csr_pem, &fqdn)
+        .map_err(Refusal::Csr)?;
+    let etcd = match (&verified.request.etcd_csr_pem, verified.request.ticket.role) {
+        (Some(csr), Role::Core) => Some(ca.etcd.sign_csr(csr, &fqdn).map_err(Refusal::Csr)?),
+        _ => None,
+    };
+    Ok((identity, etcd))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ca;
-
-    const SECRET: &str = "site-secret";
-    const DOMAIN: &str = "lab.example.org";
-
-    fn hosts() -> Vec<(String, Role)> {
-        ["node1", "node2", "node3"]
-            .iter()
-            .map(|n| (n.to_string(), Role::Core))
-            .collect()
-    }
-
-    fn request(node: &str, csr_for: &str, nonce: &str, timestamp: u64) -> Vec<u8> {
-        let (_, csr) = ca::new_key_and_csr(&format!("{csr_for}.{DOMAIN}")).unwrap();
-        serde_json::to_vec(&JoinRequest {
-            node: node.into(),
-            addresses: vec![Ipv4Addr::new(198, 18, 0, 11)],
-            csr_pem: csr,
-            timestamp,
-            nonce: nonce.into(),
-        })
-        .unwrap()
-    }
-
-    fn judge(
-        auth_as: &str,
-        body: &[u8],
-        replay: &mut ReplayGuard,
-        ca: &TempCa,
-    ) -> Result<Admitted, Refusal> {
-        let hosts = hosts();
-        let authority = authority(&hosts, ca);
-        let credential = node_contract::join_credential(SECRET, auth_as);
-        let auth = request_mac(&credential, body);
-        authority.admit(
-            Ipv4Addr::new(198, 18, 0, 11),
-            Some(&auth),
-            body,
-            replay,
-            1_000_000,
-        )
-    }
-
-    fn authority<'a>(hosts: &'a [(String, Role)], ca: &'a TempCa) -> Authority<'a> {
-        Authority {
-            domain: DOMAIN,
-            site_secret: SECRET,
-            hosts,
-            vpc: Cidr::parse("198.18.0.0/24").unwrap(),
-            ca,
-        }
-    }
-
-    const N1: &str = "0123456789abcdef0123456789abcdef";
-    const N2: &str = "fedcba9876543210fedcba9876543210";
-
-    #[test]
-    fn an_honest_request_is_admitted_once() {
-        let ca = TempCa::create(DOMAIN).unwrap();
-        let mut replay = ReplayGuard::default();
-        let body = request("node2", "node2", N1, 1_000_000);
-        let admitted = judge("node2", &body, &mut replay, &ca).unwrap();
-        assert_eq!(admitted.node, "node2");
-        let (names, ip) = ca::cert_names(&admitted.certificate_pem).unwrap();
-        assert_eq!((names, ip), (vec![format!("node2.{DOMAIN}")], false));
-        assert_eq!(
-            judge("node2", &body, &mut replay, &ca),
-            Err(Refusal::Replayed)
-        );
-    }
-
-    #[test]
-    fn forged_and_foreign_requests_are_refused() {
-        let ca = TempCa::create(DOMAIN).unwrap();
-        let mut replay = ReplayGuard::default();
-        // Signed with node3's credential, claiming to be node2.
-        let body = request("node2", "node2", N1, 1_000_000);
-        assert_eq!(
-            judge("node3", &body, &mut replay, &ca),
-            Err(Refusal::BadCredential("node2".into()))
-        );
-        // node2's own credential, but a CSR for node3's name.
-        let body = request("node2", "node3", N2, 1_000_000);
-        assert!(matches!(
-            judge("node2", &body, &mut replay, &ca),
-            Err(Refusal::Csr(_))
-        ));
-        // Not a host of the site.
-        let body = request("intruder", "intruder", N1, 1_000_000);
-        assert_eq!(
-            judge("intruder", &body, &mut replay, &ca),
-            Err(Refusal::UnknownNode("intruder".into()))
-        );
-        // Too old.
-        let body = request("node2", "node2", N1, 1_000_000 - MAX_SKEW - 1);
-        assert!(matches!(
-            judge("node2", &body, &mut replay, &ca),
-            Err(Refusal::Stale { .. })
-        ));
-        // Garbage and oversized bodies.
-        assert!(matches!(
-            judge("node2", b"\x00\xffnot json", &mut replay, &ca),
-            Err(Refusal::Malformed(_))
-        ));
-        let big = vec![b' '; MAX_BODY + 1];
-        assert_eq!(
-            judge("node2", &big, &mut replay, &ca),
-            Err(Refusal::TooLarge)
-        );
-    }
-
-    #[test]
-    fn a_missing_or_garbled_header_is_a_bad_credential() {
-        let ca = TempCa::create(DOMAIN).unwrap();
-        let hosts = hosts();
-        let authority = authority(&hosts, &ca);
-        let body = request("node2", "node2", N1, 1_000_000);
-        let mut replay = ReplayGuard::default();
-        let source = Ipv4Addr::new(198, 18, 0, 11);
-        for auth in [None, Some("zz"), Some("00")] {
-            let got = authority.admit(source, auth, &body, &mut replay, 1_000_000);
-            assert_eq!(got, Err(Refusal::BadCredential("node2".into())));
-        }
-    }
-
-    #[test]
-    fn a_source_address_it_does_not_claim_is_refused() {
-        let ca = TempCa::create(DOMAIN).unwrap();
-        let hosts = hosts();
-        let authority = authority(&hosts, &ca);
-        let body = request("node2", "node2", N1, 1_000_000);
-        let auth = request_mac(&node_contract::join_credential(SECRET, "node2"), &body);
-        let got = authority.admit(
-            Ipv4Addr::new(198, 18, 0, 99),
-            Some(&auth),
-            &body,
-            &mut ReplayGuard::default(),
-            1_000_000,
-        );
-        assert!(matches!(got, Err(Refusal::Address(_))), "{got:?}");
-    }
-
-    #[test]
-    fn answers_are_bound_to_the_request_and_the_credential() {
-        let credential = node_contract::join_credential(SECRET, "node2");
-        let proof = response_mac(&credential, N1, b"answer");
-        assert!(verify_response(&credential, N1, b"answer", &proof));
-        assert!(
-            !verify_response(&credential, N2, b"answer", &proof),
-            "another request's answer"
-        );
-        assert!(
-            !verify_response(&credential, N1, b"answer!", &proof),
-            "a changed answer"
-        );
-        let other = node_contract::join_credential(SECRET, "node3");
-        assert!(
-            !verify_response(&other, N1, b"answer", &proof),
-            "another node's credential"
-        );
-    }
-}
+mod tests;

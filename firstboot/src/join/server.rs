@@ -1,207 +1,221 @@
-//! The join service on the bootstrap host: HTTPS on its VPC address.
+//! The join service on the bootstrap host: HTTPS on its VPC address. It
+//! admits nodes (signing their certificates) while admission is open,
+//! renews the certificates of registered nodes until handoff, and lets a
+//! rebuilt node take its name back only once its old address is silent.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bytes_body::{full, Body};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use node_contract::Role;
-use tokio::net::TcpListener;
+use node_contract::identity::Purpose;
+use node_contract::status::Admission;
+use node_contract::{HostName, Role};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::protocol::{
-    self, Authority, JoinResponse, Refusal, ReplayGuard, AUTH_HEADER, JOIN_PATH, MAX_BODY,
-    PROOF_HEADER,
+    self, AdmissionRule, Decision, EtcdCerts, JoinAnswer, Refusal, ReplayGuard, Site, Verified,
+    JOIN_PATH, SIGNATURE_HEADER,
 };
-use crate::ca::TempCa;
+use super::Credentials;
+use crate::backup::CaBackup;
 use crate::dns::DnsServer;
-use crate::net::Cidr;
+use crate::https::{Request, Response};
+use crate::pki::TempCa;
+use crate::status::Reporter;
 
-/// A slow or silent client is dropped after this long.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Who has joined, as the bootstrap host keeps it on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Raised at every change: the CA copy with the highest wins.
+    pub generation: u64,
+    pub hosts: BTreeMap<HostName, Ipv4Addr>,
+    /// Unix seconds after which no host that never joined is admitted.
+    pub admission_deadline: u64,
+}
+
+impl Registry {
+    pub fn load(path: &Path) -> Result<Option<Registry>> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("{} is damaged", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::fsutil::write_atomic(path, &serde_json::to_vec_pretty(self)?, 0o600)
+    }
+}
 
 /// What the service holds between requests.
 pub struct Registrar {
-    pub domain: String,
-    pub site_secret: String,
-    pub hosts: Vec<(String, Role)>,
-    pub vpc: Cidr,
+    pub site: Site,
+    pub me: Credentials,
     pub ca: TempCa,
     pub dns: Arc<DnsServer>,
     pub dns_address: Ipv4Addr,
-    pub registry: BTreeMap<String, Ipv4Addr>,
+    pub registry: Registry,
     pub registry_file: PathBuf,
     pub replay: ReplayGuard,
+    pub replay_file: PathBuf,
+    pub rule: AdmissionRule,
+    pub reporter: Reporter,
 }
 
 impl Registrar {
-    /// The CA and registry sealed under the site secret, for core peers.
+    /// The temporary CAs and registry sealed under this host's key.
     pub fn sealed_backup(&self) -> String {
-        let (ca_cert_pem, ca_key_pem) = self.ca.to_pems();
-        let backup = crate::backup::CaBackup {
-            ca_cert_pem,
-            ca_key_pem,
-            registry: self.registry.clone(),
-        };
-        crate::backup::seal(&self.site_secret, &backup)
+        crate::backup::seal(
+            &self.me.seed,
+            &CaBackup {
+                generation: self.registry.generation,
+                root_cert_pem: self.ca.root.cert_pem().to_owned(),
+                root_key_pem: self.ca.root.key_pem(),
+                etcd_cert_pem: self.ca.etcd.cert_pem().to_owned(),
+                etcd_key_pem: self.ca.etcd.key_pem(),
+                registry: self.registry.hosts.clone(),
+                admission_deadline: self.registry.admission_deadline,
+            },
+        )
     }
 
     /// Record a node's address: on disk first, then in DNS.
-    pub async fn register(&mut self, node: &str, address: Ipv4Addr) -> Result<()> {
-        self.registry.insert(node.to_owned(), address);
-        let bytes = serde_json::to_vec_pretty(&self.registry)?;
-        crate::fsutil::write_atomic(&self.registry_file, &bytes, 0o644)?;
-        self.dns.set_host(node, address).await
-    }
-}
-
-/// Load the registry written by an earlier run (empty when none).
-pub fn load_registry(path: &std::path::Path) -> Result<BTreeMap<String, Ipv4Addr>> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))
+    pub async fn register(&mut self, node: &HostName, address: Ipv4Addr) -> Result<()> {
+        if self.registry.hosts.get(node) != Some(&address) {
+            self.registry.hosts.insert(node.clone(), address);
+            self.registry.generation += 1;
+            self.registry.save(&self.registry_file)?;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        self.dns.set_host(node, address).await?;
+        self.report();
+        Ok(())
     }
-}
 
-/// Serve until the task is dropped. Each connection is handled on its own
-/// task, so one bad client never blocks the others.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    registrar: Arc<Mutex<Registrar>>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("join service: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (acceptor, registrar) = (acceptor.clone(), registrar.clone());
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await
-            else {
-                // Probing joiners connect and hang up: not worth a log line.
-                log::debug!(peer = peer.to_string().as_str(); "join service: no TLS handshake from {peer}");
-                return;
-            };
-            let service = hyper::service::service_fn(move |request| {
-                let registrar = registrar.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(request, peer, registrar).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(CLIENT_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service);
-            let _ = tokio::time::timeout(CLIENT_TIMEOUT, connection).await;
+    /// The admission state, into the status file.
+    pub fn report(&self) {
+        let now = crate::status::now();
+        let closed = self.rule.closed_because(self.registry.hosts.len(), now);
+        self.reporter.set_admission(Admission {
+            open: closed.is_none(),
+            closed_because: closed,
+            joined: self.registry.hosts.len() as u32,
+            hosts: self.rule.hosts,
+            deadline: self.rule.deadline,
         });
     }
+
+    fn verify(&mut self, request: &Request) -> Result<(Verified, Decision), Refusal> {
+        let signature = request
+            .headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let now = crate::status::now();
+        let verified = self.site.verify_join(
+            request.source,
+            signature,
+            &request.body,
+            &mut self.replay,
+            now,
+        )?;
+        // The nonce is on disk before anything is answered: a request
+        // captured now is refused after a restart too.
+        if let Err(e) = crate::fsutil::write_atomic(
+            &self.replay_file,
+            &serde_json::to_vec(&self.replay).expect("serialises"),
+            0o600,
+        ) {
+            tracing::error!("join service: cannot record a nonce: {e:#}");
+            return Err(Refusal::Malformed(
+                "the bootstrap host cannot record the request; retry".into(),
+            ));
+        }
+        let decision =
+            self.rule
+                .decide(&self.registry.hosts, verified.node(), verified.address, now)?;
+        Ok((verified, decision))
+    }
+
+    /// Certificates, registration and the signed answer.
+    async fn admit(&mut self, verified: &Verified) -> Response {
+        let (certificate_pem, etcd_pem) =
+            match protocol::certify(&self.ca, &self.site.domain, verified) {
+                Ok(certs) => certs,
+                Err(refusal) => return refuse(verified.address, &refusal),
+            };
+        if let Err(e) = self.register(verified.node(), verified.address).await {
+            tracing::error!("join service: cannot register {}: {e:#}", verified.node());
+            return Response::text(503, "the bootstrap host cannot record the join; retry");
+        }
+        let core = verified.request.ticket.role == Role::Core;
+        let answer = JoinAnswer {
+            bootstrap: self.me.ticket.clone(),
+            certificate_pem,
+            ca_pem: self.ca.root.cert_pem().to_owned(),
+            etcd: etcd_pem.map(|certificate_pem| EtcdCerts {
+                certificate_pem,
+                ca_pem: self.ca.etcd.cert_pem().to_owned(),
+            }),
+            peers: self.registry.hosts.clone(),
+            dns: self.dns_address,
+            ca_backup: core.then(|| self.sealed_backup()),
+        };
+        let body = serde_json::to_vec(&answer).expect("serialises");
+        let proof = protocol::sign_answer(
+            &self.me.key,
+            Purpose::JoinAnswer,
+            &verified.request.nonce,
+            &body,
+        );
+        tracing::info!(peer = %verified.node(), address = %verified.address, "join service: admitted {} at {}", verified.node(), verified.address);
+        Response::json(body).with_header(SIGNATURE_HEADER, proof)
+    }
 }
 
-async fn handle(
-    request: Request<Incoming>,
-    peer: SocketAddr,
-    registrar: Arc<Mutex<Registrar>>,
-) -> Response<Body> {
-    let source = match peer.ip() {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
-    };
-    if request.uri().path() != JOIN_PATH || request.method() != hyper::Method::POST {
-        return plain(StatusCode::NOT_FOUND, "only POST /v1/join is served here");
+/// Handle one request.
+pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response {
+    if request.path != JOIN_PATH || request.method != hyper::Method::POST {
+        return Response::text(404, &format!("only POST {JOIN_PATH} is served here"));
     }
-    let auth = request
-        .headers()
-        .get(AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = match http_body_util::Limited::new(request.into_body(), MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return refuse(source, &Refusal::TooLarge),
-    };
-    let mut registrar = registrar.lock().await;
-    let verdict = {
-        let r = &mut *registrar;
-        let authority = Authority {
-            domain: &r.domain,
-            site_secret: &r.site_secret,
-            hosts: &r.hosts,
-            vpc: r.vpc,
-            ca: &r.ca,
-        };
-        authority.admit(
-            source,
-            auth.as_deref(),
-            &body,
-            &mut r.replay,
-            crate::status::now(),
-        )
-    };
-    let admitted = match verdict {
-        Ok(a) => a,
+    let source = request.source;
+    let (verified, decision) = match registrar.lock().await.verify(&request) {
+        Ok(v) => v,
         Err(refusal) => return refuse(source, &refusal),
     };
-    if let Err(e) = registrar.register(&admitted.node, admitted.address).await {
-        log::error!("join service: cannot register {}: {e:#}", admitted.node);
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the bootstrap host cannot record the join; retry",
-        );
+    if let Decision::Move { from } = decision {
+        // Outside the lock: asking the old address takes a moment.
+        let (site, me) = {
+            let r = registrar.lock().await;
+            (r.site.clone(), credentials(&r.me))
+        };
+        if let Ok(answer) = super::peer::ask(&site, &me, from).await {
+            if answer.node.node == *verified.node() {
+                let refusal = Refusal::Taken {
+                    node: verified.node().clone(),
+                    at: from,
+                };
+                return refuse(source, &refusal);
+            }
+        }
+        tracing::info!(peer = %verified.node(), "join service: {} moves from {from} (silent there) to {source}", verified.node());
     }
-    let answer = JoinResponse {
-        certificate_pem: admitted.certificate_pem,
-        ca_pem: registrar.ca.cert_pem().to_owned(),
-        peers: registrar.registry.clone(),
-        dns: registrar.dns_address,
-        ca_backup: registrar.sealed_backup(),
-    };
-    let bytes = serde_json::to_vec(&answer).expect("serialises");
-    let credential = node_contract::join_credential(&registrar.site_secret, &admitted.node);
-    let proof = protocol::response_mac(&credential, &admitted.nonce, &bytes);
-    log::info!(peer = admitted.node.as_str(), address = admitted.address.to_string().as_str(); "join service: admitted {} at {}", admitted.node, admitted.address);
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/json")
-        .header(PROOF_HEADER, proof)
-        .body(full(bytes))
-        .expect("a valid response")
+    registrar.lock().await.admit(&verified).await
 }
 
-fn refuse(source: Ipv4Addr, refusal: &Refusal) -> Response<Body> {
-    log::warn!(source = source.to_string().as_str(); "join service: refused a request from {source}: {refusal}");
-    let status = StatusCode::from_u16(refusal.http_status()).unwrap_or(StatusCode::FORBIDDEN);
-    plain(status, &refusal.to_string())
-}
-
-fn plain(status: StatusCode, text: &str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(full(format!("{text}\n").into_bytes()))
-        .expect("a valid response")
-}
-
-/// Response bodies: whole byte buffers.
-pub mod bytes_body {
-    pub type Body = http_body_util::Full<hyper::body::Bytes>;
-
-    pub fn full(bytes: Vec<u8>) -> Body {
-        http_body_util::Full::new(hyper::body::Bytes::from(bytes))
+fn credentials(me: &Credentials) -> Credentials {
+    Credentials {
+        key: node_contract::SigningKey::from_seed(&me.seed),
+        ticket: me.ticket.clone(),
+        seed: me.seed.clone(),
     }
+}
+
+fn refuse(source: Ipv4Addr, refusal: &Refusal) -> Response {
+    tracing::warn!(source = %source, "join service: refused a request from {source}: {refusal}");
+    Response::text(refusal.http_status(), &refusal.to_string())
 }

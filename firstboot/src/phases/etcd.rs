@@ -2,15 +2,26 @@
 //! name-only certificates (ARCHITECTURE §8: hostname peer URLs, peer and
 //! client certificate auth; a member's SRV target resolves to its own
 //! address).
+//!
+//! etcd trusts the etcd CA alone, which signs for core hosts only: a
+//! worker's identity certificate is refused as client and as peer. The
+//! Debian 3.4 build and the pinned 3.5 both take `--peer-cert-allowed-cn`
+//! and `--peer-cert-allowed-hostname`, but each takes a single value, so
+//! they cannot list the core hosts; restricting who gets an etcd
+//! certificate does that instead.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use node_contract::Role;
+use node_contract::{HostName, Role};
 
 use super::Context;
+use crate::certs::Slot;
 use crate::paths::Paths;
+use crate::state::ClusterState;
+use crate::system::JournalWatch;
 
 pub const PEER_PORT: u16 = 2380;
 pub const CLIENT_PORT: u16 = 2379;
@@ -19,6 +30,9 @@ pub const CLIENT_PORT: u16 = 2379;
 /// say healthy: it is treated as unhealthy.
 const NAME_MISMATCH: &str = "does not match any of DNSNames";
 const HEALTH_WAIT: Duration = Duration::from_secs(180);
+/// How long one attempt waits for every core host to be in DNS.
+const PEERS_WAIT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
 
 /// etcd's arguments for this node (the command itself comes from the
 /// image catalog: a host binary in the lab, a container on Fedora CoreOS).
@@ -27,11 +41,11 @@ pub fn etcd_args(
     domain: &str,
     node: &str,
     address: Ipv4Addr,
-    cluster_state: &str,
+    cluster_state: ClusterState,
 ) -> Vec<String> {
     let fqdn = format!("{node}.{domain}");
-    let tls = paths.tls_dir();
-    let file = |name: &str| tls.join(name).display().to_string();
+    let slot = Slot::etcd(paths);
+    let file = |path: &std::path::Path| path.display().to_string();
     let args: Vec<(&str, String)> = vec![
         ("--name", node.to_owned()),
         ("--data-dir", paths.etcd_data().display().to_string()),
@@ -53,15 +67,15 @@ pub fn etcd_args(
             format!("https://{fqdn}:{CLIENT_PORT}"),
         ),
         ("--initial-cluster-token", format!("{domain}-etcd")),
-        ("--initial-cluster-state", cluster_state.to_owned()),
+        ("--initial-cluster-state", cluster_state.as_str().to_owned()),
         ("--client-cert-auth", "true".into()),
-        ("--trusted-ca-file", file("ca.crt")),
-        ("--cert-file", file("node.crt")),
-        ("--key-file", file("node.key")),
+        ("--trusted-ca-file", file(&slot.ca)),
+        ("--cert-file", file(&slot.cert)),
+        ("--key-file", file(&slot.key)),
         ("--peer-client-cert-auth", "true".into()),
-        ("--peer-trusted-ca-file", file("ca.crt")),
-        ("--peer-cert-file", file("node.crt")),
-        ("--peer-key-file", file("node.key")),
+        ("--peer-trusted-ca-file", file(&slot.ca)),
+        ("--peer-cert-file", file(&slot.cert)),
+        ("--peer-key-file", file(&slot.key)),
     ];
     args.into_iter()
         .map(|(flag, value)| format!("{flag}={value}"))
@@ -69,8 +83,7 @@ pub fn etcd_args(
 }
 
 pub async fn run(cx: &mut Context) -> Result<()> {
-    let me = cx.config.me().context("this node is not in the site")?;
-    if me.role != Role::Core {
+    if cx.config.role() != Role::Core {
         return Ok(());
     }
     let address = cx
@@ -84,6 +97,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
             .into(),
         crate::bootstrap::DNS_PORT,
     );
+    let fqdn = cx.config.fqdn(&cx.config.node);
     // Already healthy (a resumed run)? Only ask etcdctl when something
     // listens: against a closed port it waits out its whole timeout.
     let client = SocketAddr::new(address.into(), CLIENT_PORT);
@@ -92,76 +106,89 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         tokio::time::timeout(Duration::from_secs(1), connect).await,
         Ok(Ok(_))
     );
-    if listening
-        && etcdctl_health(&cx.paths, &cx.fqdn(&cx.config.node))
-            .await
-            .is_ok()
-    {
+    if listening && etcdctl_health(&cx.paths, &fqdn).await.is_ok() {
         return Ok(());
     }
 
     // SRV discovery resolves every member at start: wait until all core
     // hosts have joined and resolve, then pin them in /etc/hosts too.
-    let mut peers = std::collections::BTreeMap::new();
-    for host in cx.config.site.hosts.iter().filter(|h| h.role == Role::Core) {
-        // Peers join in any order: poll (every half second, a minute at
-        // most) before this attempt counts as failed.
-        let mut found = Vec::new();
-        for _ in 0..120 {
-            found = crate::dnsquery::lookup_a(dns, &cx.fqdn(&host.name)).await?;
-            if !found.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let Some(&a) = found.first() else {
-            bail!(
-                "waiting for core host {} to join (no address in DNS yet)",
-                host.name
-            );
-        };
-        peers.insert(host.name.clone(), a);
-    }
+    let peers = core_addresses(cx, dns).await?;
     cx.state.peers.extend(peers.clone());
-    super::join::write_hosts(cx, &cx.state.peers)?;
+    crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &cx.state.peers)?;
 
-    let cluster_state = cx
-        .state
-        .etcd_cluster_state
-        .clone()
-        .unwrap_or_else(|| "new".into());
-    if cluster_state == "existing" {
+    let cluster_state = cx.state.etcd_cluster_state.unwrap_or(ClusterState::New);
+    if cluster_state == ClusterState::Existing {
         rejoin(cx, &peers).await?;
     }
     let args = etcd_args(
         &cx.paths,
-        &cx.config.site.domain,
-        &cx.config.node,
+        cx.config.site.domain.as_str(),
+        cx.config.node.as_str(),
         address,
-        &cluster_state,
+        cluster_state,
     );
     crate::fsutil::write_atomic(
         &cx.paths.service_args("etcd"),
         (args.join("\n") + "\n").as_bytes(),
         0o644,
     )?;
+    let journal = JournalWatch::new(
+        "etcd.service",
+        cx.paths.state_dir().join("etcd.journal-cursor"),
+        crate::status::now(),
+    );
     crate::system::systemctl(&["enable", "--now", "etcd.service"]).await?;
 
     let deadline = tokio::time::Instant::now() + HEALTH_WAIT;
     loop {
-        let health = etcdctl_health(&cx.paths, &cx.fqdn(&cx.config.node)).await;
-        let mismatch = crate::system::journal_mentions("etcd.service", NAME_MISMATCH).await;
+        let health = etcdctl_health(&cx.paths, &fqdn).await;
+        // Only lines logged since the last look: one refusal while a peer
+        // was still coming up does not fail every later check.
+        let mismatch = journal
+            .new_lines()
+            .await
+            .map(|lines| lines.contains(NAME_MISMATCH))
+            .unwrap_or(false);
         match (health, mismatch) {
             (Ok(()), false) => return Ok(()),
-            (_, true) => bail!("etcd refuses a peer whose address matches no name in its certificate (`{NAME_MISMATCH}`); check /etc/hosts and the DNS A records"),
-            (Err(e), false) if tokio::time::Instant::now() >= deadline => bail!("etcd is not healthy after {}s: {e:#}", HEALTH_WAIT.as_secs()),
-            _ => tokio::time::sleep(Duration::from_secs(2)).await,
+            (_, true) if tokio::time::Instant::now() >= deadline => bail!(
+                "etcd refuses a peer whose address matches no name in its certificate \
+                 (`{NAME_MISMATCH}`); check /etc/hosts and the DNS A records"
+            ),
+            (Err(e), false) if tokio::time::Instant::now() >= deadline => {
+                bail!(
+                    "etcd is not healthy after {}s: {e:#}",
+                    HEALTH_WAIT.as_secs()
+                )
+            }
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
 }
 
+/// Every core host's address from the temporary DNS, polling while peers
+/// are still joining.
+async fn core_addresses(cx: &Context, dns: SocketAddr) -> Result<BTreeMap<HostName, Ipv4Addr>> {
+    let deadline = tokio::time::Instant::now() + PEERS_WAIT;
+    let mut peers = BTreeMap::new();
+    for host in &cx.config.site.core {
+        loop {
+            let found = crate::dnsquery::lookup_a(dns, &cx.config.fqdn(host)).await?;
+            if let Some(&a) = found.first() {
+                peers.insert(host.clone(), a);
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("waiting for core host {host} to join (no address in DNS yet)");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    Ok(peers)
+}
+
 /// `etcdctl endpoint health` on this node's own endpoint, over TLS with
-/// this node's certificate as the client certificate.
+/// this node's etcd certificate as the client certificate.
 pub async fn etcdctl_health(paths: &Paths, fqdn: &str) -> Result<()> {
     etcdctl(
         paths,
@@ -175,22 +202,18 @@ pub async fn etcdctl_health(paths: &Paths, fqdn: &str) -> Result<()> {
 /// A rebuilt member rejoins the cluster its peers still run: its old
 /// membership is replaced through a healthy peer (with this node's new
 /// certificate as client certificate), and its data comes from the peers.
-async fn rejoin(cx: &Context, peers: &std::collections::BTreeMap<String, Ipv4Addr>) -> Result<()> {
+async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()> {
     let me = &cx.config.node;
-    let others: Vec<String> = peers
+    let endpoints = peers
         .keys()
         .filter(|n| *n != me)
-        .map(|n| cx.fqdn(n))
-        .collect();
-    let endpoints = others
-        .iter()
-        .map(|f| format!("https://{f}:{CLIENT_PORT}"))
+        .map(|n| format!("https://{}:{CLIENT_PORT}", cx.config.fqdn(n)))
         .collect::<Vec<_>>()
         .join(",");
     let list = etcdctl(&cx.paths, &endpoints, &["member", "list", "-w", "json"]).await?;
     let value: serde_json::Value =
         serde_json::from_slice(&list).context("etcdctl member list: not JSON")?;
-    let peer_url = format!("https://{}:{PEER_PORT}", cx.fqdn(me));
+    let peer_url = format!("https://{}:{PEER_PORT}", cx.config.fqdn(me));
     for member in value["members"].as_array().cloned().unwrap_or_default() {
         let stale = member["name"].as_str() == Some(me.as_str())
             || member["peerURLs"]
@@ -203,13 +226,21 @@ async fn rejoin(cx: &Context, peers: &std::collections::BTreeMap<String, Ipv4Add
                 &["member", "remove", &format!("{id:x}")],
             )
             .await?;
-            log::info!(phase = "etcd"; "removed this node's old etcd membership {id:x}");
+            tracing::info!(
+                phase = "etcd",
+                "removed this node's old etcd membership {id:x}"
+            );
         }
     }
     etcdctl(
         &cx.paths,
         &endpoints,
-        &["member", "add", me, &format!("--peer-urls={peer_url}")],
+        &[
+            "member",
+            "add",
+            me.as_str(),
+            &format!("--peer-urls={peer_url}"),
+        ],
     )
     .await?;
     let data = cx.paths.etcd_data();
@@ -217,19 +248,22 @@ async fn rejoin(cx: &Context, peers: &std::collections::BTreeMap<String, Ipv4Add
         std::fs::remove_dir_all(&data)
             .with_context(|| format!("cannot clear {}", data.display()))?;
     }
-    log::info!(phase = "etcd"; "rejoining the existing etcd cluster as a new member");
+    tracing::info!(
+        phase = "etcd",
+        "rejoining the existing etcd cluster as a new member"
+    );
     Ok(())
 }
 
 async fn etcdctl(paths: &Paths, endpoints: &str, args: &[&str]) -> Result<Vec<u8>> {
-    let tls = paths.tls_dir();
+    let slot = Slot::etcd(paths);
     let out = crate::system::bounded(
         tokio::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
-            .arg(format!("--cacert={}", tls.join("ca.crt").display()))
-            .arg(format!("--cert={}", tls.join("node.crt").display()))
-            .arg(format!("--key={}", tls.join("node.key").display()))
+            .arg(format!("--cacert={}", slot.ca.display()))
+            .arg(format!("--cert={}", slot.cert.display()))
+            .arg(format!("--key={}", slot.key.display()))
             .arg("--command-timeout=10s")
             .args(args),
     )

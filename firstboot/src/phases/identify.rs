@@ -2,30 +2,22 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::Context;
 
+/// Interfaces may come up a moment after boot: wait a little here, the
+/// engine retries beyond that.
+const WAIT: Duration = Duration::from_secs(10);
+
 pub async fn run(cx: &mut Context) -> Result<()> {
-    // Interfaces may come up a moment after boot: wait a little here,
-    // the engine retries beyond that.
-    for _ in 0..20 {
-        let found = crate::net::own_addresses(&cx.vpc)?;
-        if let Some(&address) = found.first() {
-            if found.len() > 1 {
-                log::warn!(
-                    "several addresses in {}: {found:?}; using {address}",
-                    cx.config.site.vpc_range
-                );
-            }
-            cx.state.address = Some(address);
-            log::info!(phase = "identify", address = address.to_string().as_str(); "this node is {} at {address}", cx.config.node);
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let vpc = cx.config.site.vpc_range;
+    let address = crate::net::wait_for_address(&vpc, WAIT).await?;
+    let all = crate::net::own_addresses(&vpc)?;
+    if all.len() > 1 {
+        tracing::warn!("several addresses in {vpc}: {all:?}; using {address}");
     }
-    bail!(
-        "no address in the site VPC {} on any interface",
-        cx.config.site.vpc_range
-    )
+    cx.state.address = Some(address);
+    tracing::info!(phase = "identify", address = %address, "this node is {} at {address}", cx.config.node);
+    Ok(())
 }

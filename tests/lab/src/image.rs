@@ -12,13 +12,29 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 /// Bump when the build steps below change: it is part of the cache key.
-const RECIPE: &str = "lab-image recipe 2";
+const RECIPE: &str = "lab-image recipe 4";
 /// debootstrap here takes about two minutes; a stalled mirror must not hang.
 const BUILD_LIMIT: Duration = Duration::from_secs(900);
 
 #[derive(Debug, Deserialize)]
 struct Definition {
     base: Base,
+    platform: Platform,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    metadata: std::net::Ipv4Addr,
+}
+
+/// The lab platform's metadata address (never the real one): what the
+/// lab serves its stand-in on, and what the guard closes.
+pub fn metadata_address() -> Result<std::net::Ipv4Addr> {
+    let path = definition_path();
+    let text = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let def: Definition = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is malformed", path.display()))?;
+    Ok(def.platform.metadata)
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +157,57 @@ fn build(base: &Base, rootfs: &Path) -> Result<()> {
             presets,
         )?;
     }
+    // As on Fedora CoreOS: systemd-resolved's stub is the resolver, and
+    // the platform's network settings give it the link's DNS server (there
+    // NetworkManager does, over the same D-Bus call `resolvectl dns`
+    // makes; the lab configures addresses from outside, so a unit does).
+    let _ = fs::remove_file(rootfs.join("etc/resolv.conf"));
+    std::os::unix::fs::symlink(
+        "../run/systemd/resolve/stub-resolv.conf",
+        rootfs.join("etc/resolv.conf"),
+    )?;
+    let units = rootfs.join("etc/systemd/system");
+    fs::write(
+        units.join("lab-upstream-dns.service"),
+        format!(
+            "[Unit]\nDescription=The link's DNS server, as a cloud's DHCP gives it (lab image)\n\
+             After=systemd-resolved.service\nRequires=systemd-resolved.service\n\
+             PartOf=systemd-resolved.service\nBefore=network-online.target\n\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\n\
+             ExecStart=/usr/bin/resolvectl dns eth0 {}\n\
+             ExecStart=/usr/bin/resolvectl default-route eth0 yes\n\n\
+             [Install]\nWantedBy=systemd-resolved.service network-online.target\n",
+            crate::lab::UPSTREAM_DNS
+        ),
+    )?;
+    crate::proc::check(
+        Command::new("systemctl")
+            .arg(format!("--root={}", rootfs.display()))
+            .args([
+                "enable",
+                "systemd-resolved.service",
+                "lab-upstream-dns.service",
+            ]),
+        Duration::from_secs(60),
+    )?;
+    // Every node gets host keys of its own at first boot, as Fedora
+    // CoreOS's sshd-keygen does: none may be shared through the image.
+    for entry in fs::read_dir(rootfs.join("etc/ssh"))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    fs::write(
+        units.join("lab-ssh-keygen.service"),
+        "[Unit]\nDescription=SSH host keys of this node (lab image)\nBefore=ssh.service\n\
+         ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n\n[Service]\nType=oneshot\n\
+         ExecStart=/usr/bin/ssh-keygen -A\n",
+    )?;
+    fs::create_dir_all(units.join("ssh.service.wants"))?;
+    std::os::unix::fs::symlink(
+        "../lab-ssh-keygen.service",
+        units.join("ssh.service.wants/lab-ssh-keygen.service"),
+    )?;
     crate::ignition::prepare_root(rootfs)?;
     // The package cache is 100 MB nobody needs.
     for entry in fs::read_dir(rootfs.join("var/cache/apt/archives"))?.flatten() {

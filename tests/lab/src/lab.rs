@@ -18,10 +18,16 @@ use crate::http::FileServer;
 use crate::ignition::{self, Stages};
 use crate::image::remove_tree;
 use crate::proc::{self, ProcessId};
+use crate::upstream::UpstreamDns;
 
 /// The lab's HTTP server, in the lab namespace: where nodes fetch firstboot.
 pub const LAB_SERVER: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 8080);
+/// The nodes' gateway: the lab namespace, which routes to the upstream.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The upstream DNS, in a namespace of its own behind the lab namespace.
+pub const UPSTREAM_DNS: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 53);
+const UPSTREAM_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 /// Node N (from 0) gets 198.18.0.(10 + N)/24.
 const FIRST_NODE_OCTET: u8 = 10;
 const MAX_NODES: usize = 200;
@@ -42,6 +48,9 @@ pub struct Lab {
     image: PathBuf,
     nodes: Vec<Node>,
     server: Option<FileServer>,
+    upstream: Option<UpstreamDns>,
+    metadata: Option<FileServer>,
+    strangers: usize,
 }
 
 pub struct Node {
@@ -92,12 +101,15 @@ impl Lab {
         fs::create_dir(&staging)?;
         fs::write(staging.join("owner"), ProcessId::current().encode())?;
         fs::rename(&staging, &dir)?;
-        let lab = Lab {
+        let mut lab = Lab {
             id,
             dir,
             image: image.to_owned(),
             nodes: Vec::new(),
             server: None,
+            upstream: None,
+            metadata: None,
+            strangers: 0,
         };
         let ns = lab.netns();
         ip(&["netns", "add", &ns])?;
@@ -113,7 +125,96 @@ impl Lab {
             "br0",
         ])?;
         ip(&["-n", &ns, "link", "set", "br0", "up"])?;
+        // The lab namespace is the nodes' router: to the upstream DNS, and
+        // to the platform's metadata service (the stand-in address from
+        // images/lab/image.json, on its loopback).
+        proc::check(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+            ]),
+            STEP,
+        )?;
+        let metadata = crate::image::metadata_address()?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{metadata}/32"),
+            "dev",
+            "lo",
+        ])?;
+        let up = lab.upstream_netns();
+        let cable = format!("sl{}up", lab.id);
+        ip(&["netns", "add", &up])?;
+        ip(&["-n", &up, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link", "add", &cable, "netns", &ns, "type", "veth", "peer", "name", "eth0", "netns",
+            &up,
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{UPSTREAM_GATEWAY}/24"),
+            "dev",
+            &cable,
+        ])?;
+        ip(&["-n", &ns, "link", "set", &cable, "up"])?;
+        ip(&[
+            "-n",
+            &up,
+            "addr",
+            "add",
+            &format!("{UPSTREAM_DNS}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &up, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &up,
+            "route",
+            "add",
+            "default",
+            "via",
+            &UPSTREAM_GATEWAY.to_string(),
+        ])?;
+        lab.upstream = Some(
+            UpstreamDns::start_in(&Path::new("/run/netns").join(&up), UPSTREAM_DNS)
+                .context("cannot start the lab's upstream DNS")?,
+        );
+        lab.metadata = Some(
+            FileServer::start_in(
+                &Path::new("/run/netns").join(&ns),
+                SocketAddr::new(metadata.into(), 80),
+                vec![(
+                    "/metadata/v1/user-data".into(),
+                    b"the lab's stand-in for a droplet's user data\n".to_vec(),
+                )],
+            )
+            .context("cannot start the lab's metadata stand-in")?,
+        );
         Ok(lab)
+    }
+
+    /// The upstream's namespace, holding the upstream DNS.
+    pub fn upstream_netns(&self) -> String {
+        format!("{NS_PREFIX}{}-up", self.id)
+    }
+
+    /// The metadata stand-in: how many requests reached it.
+    pub fn metadata_hits(&self) -> usize {
+        self.metadata
+            .as_ref()
+            .map_or(0, |m| m.hits("/metadata/v1/user-data"))
     }
 
     pub fn id(&self) -> &str {
@@ -177,6 +278,18 @@ impl Lab {
             "eth0",
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        // What a cloud's DHCP would give: the address above and a gateway
+        // (the lab namespace, routing to the upstream and the metadata
+        // stand-in).
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY.to_string(),
+        ])?;
 
         for d in ["upper", "work", "merged"] {
             fs::create_dir_all(node_dir.join(d))?;
@@ -203,6 +316,62 @@ impl Lab {
             bail!("Ignition failed on {name}:\n{}", outcome.log);
         }
         Ok(node)
+    }
+
+    /// A stranger in the VPC: a network namespace cabled to the bridge at
+    /// `address`, running nothing of the site (a test acts from it). Its
+    /// namespace (under /run/netns) is returned; teardown removes it.
+    pub fn add_stranger(&mut self, address: Ipv4Addr) -> Result<String> {
+        let index = self.strangers;
+        self.strangers += 1;
+        let ns = format!("{NS_PREFIX}{}-s{index}", self.id);
+        let cable = format!("sl{}s{index}", self.id);
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link",
+            "add",
+            &cable,
+            "netns",
+            &self.netns(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ])?;
+        ip(&[
+            "-n",
+            &self.netns(),
+            "link",
+            "set",
+            &cable,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY.to_string(),
+        ])?;
+        Ok(ns)
     }
 
     pub fn node(&self, name: &str) -> Result<&Node> {
@@ -250,6 +419,9 @@ impl Lab {
                 "--timezone=off",
                 "--quiet",
             ])
+            // The node owns its network namespace, as a droplet owns its
+            // network: networkd configures it, the guard loads nftables.
+            .arg("--capability=CAP_NET_ADMIN")
             .arg(format!(
                 "--network-namespace-path=/run/netns/{}",
                 node.netns
@@ -493,6 +665,8 @@ impl Lab {
             }
         }
         self.server = None;
+        self.metadata = None;
+        self.upstream = None;
         clear(&self.dir, &self.id);
     }
 }

@@ -12,6 +12,7 @@ pub mod ignition;
 pub mod image;
 pub mod lab;
 pub mod proc;
+pub mod upstream;
 
 pub use lab::{Lab, LAB_SERVER};
 

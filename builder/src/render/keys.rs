@@ -1,0 +1,75 @@
+//! The site's keys, derived on the operator's machine from the vault's
+//! root secret, so that rendering stays a pure function of the site and
+//! the vault (the same inputs give byte-identical configs).
+//!
+//! The root secret and the site signing key never leave this machine.
+//! Each node's config carries that node's own private key and the site's
+//! ticket for it; from those nothing about any other node's key can be
+//! computed (each seed is an HMAC of the root secret, which no node has).
+
+use hmac::{Hmac, Mac};
+use node_contract::{DomainName, HostName, Role, Seed, SigningKey, Ticket};
+use sha2::Sha256;
+
+/// The keys of one site.
+pub struct SiteKeys {
+    root: Vec<u8>,
+    site: SigningKey,
+}
+
+impl SiteKeys {
+    /// Derive from the vault's root secret.
+    pub fn derive(root_secret: &str) -> SiteKeys {
+        let root = root_secret.as_bytes().to_vec();
+        let site = SigningKey::from_seed(&derive(&root, b"site signing key", b""));
+        SiteKeys { root, site }
+    }
+
+    /// The site's public key, which every node gets.
+    pub fn site_public_key(&self) -> node_contract::PublicKey {
+        self.site.public_key()
+    }
+
+    /// One node's private key seed and the site's ticket for it.
+    pub fn node(&self, domain: &DomainName, node: &HostName, role: Role) -> (Seed, Ticket) {
+        let seed = derive(&self.root, b"node key", node.as_str().as_bytes());
+        let public = SigningKey::from_seed(&seed).public_key();
+        let ticket = self.site.ticket(domain, node, role, public);
+        (seed, ticket)
+    }
+}
+
+fn derive(root: &[u8], purpose: &[u8], name: &[u8]) -> Seed {
+    let mut mac = Hmac::<Sha256>::new_from_slice(root).expect("HMAC takes keys of any length");
+    mac.update(b"builder key derivation v2\0");
+    mac.update(&(purpose.len() as u64).to_be_bytes());
+    mac.update(purpose);
+    mac.update(&(name.len() as u64).to_be_bytes());
+    mac.update(name);
+    Seed::from_bytes(mac.finalize().into_bytes().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_deterministic_distinct_and_vouched_for() {
+        let domain = DomainName::parse("example.com").unwrap();
+        let ns1 = HostName::parse("ns1").unwrap();
+        let ns2 = HostName::parse("ns2").unwrap();
+        let keys = SiteKeys::derive("root secret");
+        let (seed1, ticket1) = keys.node(&domain, &ns1, Role::Core);
+        let (seed1_again, _) = SiteKeys::derive("root secret").node(&domain, &ns1, Role::Core);
+        assert_eq!(seed1, seed1_again);
+        let (seed2, _) = keys.node(&domain, &ns2, Role::Core);
+        assert_ne!(seed1, seed2);
+        let (other, _) = SiteKeys::derive("another root").node(&domain, &ns1, Role::Core);
+        assert_ne!(seed1, other);
+        assert_eq!(ticket1.verify(&keys.site_public_key(), &domain), Ok(()));
+        assert_eq!(
+            ticket1.public_key,
+            SigningKey::from_seed(&seed1).public_key()
+        );
+    }
+}

@@ -1,0 +1,141 @@
+use super::*;
+use node_contract::{DomainName, Seed, SigningKey};
+
+fn name(s: &str) -> HostName {
+    HostName::parse(s).unwrap()
+}
+
+fn core() -> Vec<HostName> {
+    ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| name(n))
+        .collect()
+}
+
+fn backup(generation: u64) -> CaBackup {
+    CaBackup {
+        generation,
+        root_cert_pem: String::new(),
+        root_key_pem: String::new(),
+        etcd_cert_pem: String::new(),
+        etcd_key_pem: String::new(),
+        registry: BTreeMap::new(),
+        admission_deadline: 0,
+    }
+}
+
+/// Record `node`'s answer (core unless named `node4`).
+fn answer(d: &mut Discovery, node: &str, octet: u8, etcd_data: bool, backup: Option<u64>) {
+    let site = SigningKey::from_seed(&Seed::from_bytes([9; 32]));
+    let role = if node == "node4" {
+        Role::Worker
+    } else {
+        Role::Core
+    };
+    let ticket = site.ticket(
+        &DomainName::parse("lab.example.org").unwrap(),
+        &name(node),
+        role,
+        SigningKey::from_seed(&Seed::from_bytes([octet; 32])).public_key(),
+    );
+    let address = Ipv4Addr::new(198, 18, 0, octet);
+    d.answers.insert(
+        name(node),
+        (
+            address,
+            PeerAnswer {
+                node: ticket,
+                addresses: vec![address],
+                etcd_data,
+                ca_backup: backup.map(|g| format!("sealed {g}")),
+            },
+        ),
+    );
+    if let Some(g) = backup {
+        d.backups.push(super::tests::backup(g));
+    }
+}
+
+#[test]
+fn silence_never_makes_a_new_ca() {
+    let mut d = Discovery::default();
+    let t0 = Instant::now();
+    for minutes in [0, 1, 10, 60] {
+        let now = t0 + Duration::from_secs(60 * minutes);
+        assert!(d.verdict(&core(), &name("node1"), now).is_none());
+    }
+    // Workers saying "fresh" do not count: they hold no cluster.
+    answer(&mut d, "node4", 13, false, None);
+    assert!(d
+        .verdict(&core(), &name("node1"), t0 + Duration::from_secs(3600))
+        .is_none());
+}
+
+#[test]
+fn every_core_peer_fresh_makes_a_new_ca_at_once() {
+    let mut d = Discovery::default();
+    answer(&mut d, "node2", 11, false, None);
+    answer(&mut d, "node3", 12, false, None);
+    assert!(matches!(
+        d.verdict(&core(), &name("node1"), Instant::now()),
+        Some(Verdict::Fresh)
+    ));
+}
+
+#[test]
+fn a_fresh_majority_waits_out_the_grace_for_the_rest() {
+    let mut d = Discovery::default();
+    let t0 = Instant::now();
+    answer(&mut d, "node2", 11, false, None);
+    assert!(d.verdict(&core(), &name("node1"), t0).is_none());
+    assert!(d
+        .verdict(&core(), &name("node1"), t0 + GRACE - Duration::from_secs(1))
+        .is_none());
+    assert!(matches!(
+        d.verdict(&core(), &name("node1"), t0 + GRACE),
+        Some(Verdict::Fresh)
+    ));
+}
+
+#[test]
+fn any_sealed_copy_means_restore_the_newest() {
+    let mut d = Discovery::default();
+    let now = Instant::now();
+    // node2 answers with a copy while node3 is silent: wait a round or two
+    // for node3's, which may be newer.
+    answer(&mut d, "node2", 11, true, Some(3));
+    assert!(d.verdict(&core(), &name("node1"), now).is_none());
+    answer(&mut d, "node3", 12, true, Some(5));
+    let Some(Verdict::Restore {
+        backup,
+        cluster_exists,
+        peers,
+    }) = d.verdict(&core(), &name("node1"), now)
+    else {
+        panic!("a restore was expected");
+    };
+    assert_eq!(backup.generation, 5);
+    assert!(cluster_exists);
+    assert_eq!(peers[&name("node3")], Ipv4Addr::new(198, 18, 0, 12));
+    // Even a fresh majority never wins over an existing cluster.
+    let mut d = Discovery::default();
+    answer(&mut d, "node2", 11, false, None);
+    answer(&mut d, "node3", 12, true, Some(1));
+    assert!(matches!(
+        d.verdict(&core(), &name("node1"), now + GRACE * 10),
+        Some(Verdict::Restore { .. })
+    ));
+}
+
+#[test]
+fn a_copy_with_only_some_peers_answering_is_restored_after_a_few_rounds() {
+    let mut d = Discovery::default();
+    let now = Instant::now();
+    answer(&mut d, "node2", 11, true, Some(2));
+    assert!(d.verdict(&core(), &name("node1"), now).is_none());
+    assert!(d.verdict(&core(), &name("node1"), now).is_none());
+    assert!(matches!(
+        d.verdict(&core(), &name("node1"), now),
+        Some(Verdict::Restore { .. })
+    ));
+}

@@ -1,0 +1,467 @@
+//! The one HTTPS server and client of firstboot's services (the join
+//! service, the peer service). Trust never comes from TLS here: every
+//! request and answer is signed by a node key the site vouched for (see
+//! `node_contract::identity`), and TLS keeps the talk private. So the
+//! client accepts any server certificate but hands it to the caller, who
+//! checks it once the answer's signature has told it which CA and name to
+//! expect.
+//!
+//! The server caps connections in flight, bounds every read and the whole
+//! exchange in time, and refuses bodies over its limit unread.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{HeaderMap, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// How much a server takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections handled at once; more are closed at accept.
+    pub connections: usize,
+    /// A connection's whole life, TLS handshake included.
+    pub timeout: Duration,
+    /// Request bodies above this are refused unread (413).
+    pub body: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    connections: 64,
+    timeout: Duration::from_secs(15),
+    body: 64 * 1024,
+};
+
+/// A request as a handler sees it: whole, and from whom.
+#[derive(Debug)]
+pub struct Request {
+    pub method: hyper::Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The TCP peer's IPv4 address.
+    pub source: Ipv4Addr,
+}
+
+/// An answer: status, extra headers, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(body: Vec<u8>) -> Response {
+        Response {
+            status: 200,
+            headers: vec![("content-type", "application/json".into())],
+            body,
+        }
+    }
+
+    pub fn text(status: u16, text: &str) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type", "text/plain; charset=utf-8".into())],
+            body: format!("{text}\n").into_bytes(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> Response {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server TLS configuration from PEM.
+pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("the service certificate is not PEM")?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("the service key is not PEM")?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+/// Where a server's certificate comes from. Read again for every
+/// connection, so a renewed certificate is served without a restart.
+#[derive(Clone)]
+pub enum Identity {
+    Files { cert: PathBuf, key: PathBuf },
+    Fixed(Arc<ServerConfig>),
+}
+
+impl Identity {
+    fn config(&self) -> Result<Arc<ServerConfig>> {
+        match self {
+            Identity::Fixed(config) => Ok(config.clone()),
+            Identity::Files { cert, key } => server_config(
+                &std::fs::read_to_string(cert)
+                    .with_context(|| format!("cannot read {}", cert.display()))?,
+                &std::fs::read_to_string(key)
+                    .with_context(|| format!("cannot read {}", key.display()))?,
+            ),
+        }
+    }
+}
+
+/// Serve until the task is dropped; each connection on its own task, so
+/// one slow client never blocks the others. `handler` sees only requests
+/// whose body fits the limit.
+pub async fn serve<H, F>(listener: TcpListener, identity: Identity, limits: Limits, handler: H)
+where
+    H: Fn(Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(peer = %peer, "too many connections: closed at once");
+            continue;
+        };
+        let config = match identity.config() {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!("cannot serve TLS: {e:#}");
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let exchange = async {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                // Probing joiners connect and hang up: not worth a log line.
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let source = match peer.ip() {
+                    IpAddr::V4(v4) => v4,
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                };
+                let service = hyper::service::service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move {
+                        let response = respond(request, source, limits, handler).await;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.timeout)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            };
+            let _ = tokio::time::timeout(limits.timeout, exchange).await;
+        });
+    }
+}
+
+async fn respond<H, F>(
+    request: hyper::Request<hyper::body::Incoming>,
+    source: Ipv4Addr,
+    limits: Limits,
+    handler: H,
+) -> hyper::Response<Full<Bytes>>
+where
+    H: Fn(Request) -> F,
+    F: Future<Output = Response>,
+{
+    let (parts, body) = request.into_parts();
+    let response = match Limited::new(body, limits.body).collect().await {
+        Ok(collected) => {
+            handler(Request {
+                method: parts.method,
+                path: parts.uri.path().to_owned(),
+                headers: parts.headers,
+                body: collected.to_bytes(),
+                source,
+            })
+            .await
+        }
+        Err(_) => Response::text(
+            413,
+            &format!("the request is larger than {} bytes", limits.body),
+        ),
+    };
+    let mut builder = hyper::Response::builder()
+        .status(StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    for (name, value) in response.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            builder = builder.header(name, value);
+        }
+    }
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .expect("a valid response")
+}
+
+/// What came back from a firstboot service.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// The certificate the server presented, for the caller to check.
+    pub server_certificate: Option<CertificateDer<'static>>,
+}
+
+/// Answers larger than this are not read.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// One POST to a firstboot service over TLS, bounded by `timeout`.
+pub async fn post(
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Answer> {
+    tokio::time::timeout(timeout, post_unbounded(address, path, headers, body))
+        .await
+        .map_err(|_| anyhow!("{address} did not answer within {}s", timeout.as_secs()))?
+}
+
+async fn post_unbounded(
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> Result<Answer> {
+    let stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("cannot connect to {address}"))?;
+    let connector = tokio_rustls::TlsConnector::from(client_config()?);
+    let name = ServerName::IpAddress(address.ip().into());
+    let tls = connector
+        .connect(name, stream)
+        .await
+        .context("TLS handshake failed")?;
+    let server_certificate = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.clone().into_owned());
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    let driver = tokio::spawn(connection);
+    let mut request = hyper::Request::post(path)
+        .header("host", address.ip().to_string())
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::from(body)))?)
+        .await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("cannot read the answer: {e}"))?
+        .to_bytes()
+        .to_vec();
+    driver.abort();
+    Ok(Answer {
+        status,
+        headers,
+        body,
+        server_certificate,
+    })
+}
+
+fn client_config() -> Result<Arc<ClientConfig>> {
+    let provider = provider();
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CheckedByTheCaller(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate at the handshake (still checking the
+/// handshake's signatures): the answer is authenticated by its signature,
+/// and the caller checks the certificate against the CA that answer names.
+#[derive(Debug)]
+struct CheckedByTheCaller(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for CheckedByTheCaller {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The PEM of a DER certificate.
+pub fn to_pem(der: &CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn server(limits: Limits) -> SocketAddr {
+        let cert = crate::pki::self_signed("svc.lab.example.org").unwrap();
+        let identity = Identity::Fixed(server_config(&cert.cert_pem, &cert.key_pem).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            identity,
+            limits,
+            |request: Request| async move {
+                if request.path == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                Response::json(format!("{} {}", request.body.len(), request.source).into_bytes())
+                    .with_header("x-test", "yes".into())
+            },
+        ));
+        address
+    }
+
+    #[tokio::test]
+    async fn serves_whole_bodies_and_refuses_large_ones_unread() {
+        let limits = Limits {
+            connections: 4,
+            timeout: Duration::from_secs(5),
+            body: 1000,
+        };
+        let address = server(limits).await;
+        let answer = post(address, "/", &[], vec![b'x'; 1000], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, b"1000 127.0.0.1");
+        assert_eq!(answer.headers["x-test"], "yes");
+        let cert = answer.server_certificate.expect("the server's certificate");
+        assert!(to_pem(&cert).starts_with("-----BEGIN CERTIFICATE-----"));
+        let answer = post(address, "/", &[], vec![b'x'; 1001], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 413);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once() {
+        let limits = Limits {
+            connections: 2,
+            timeout: Duration::from_secs(10),
+            body: 1000,
+        };
+        let address = server(limits).await;
+        // Two slow exchanges hold both slots; a third is closed, and once
+        // they end a new one is served again.
+        let slow = move |_| post(address, "/slow", &[], vec![], Duration::from_secs(10));
+        let held = tokio::spawn(async move { tokio::join!(slow(0), slow(1)) });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let refused = post(address, "/", &[], vec![], Duration::from_secs(5)).await;
+        assert!(refused.is_err(), "{refused:?}");
+        let (a, b) = held.await.unwrap();
+        assert_eq!((a.unwrap().status, b.unwrap().status), (200, 200));
+        let again = post(address, "/", &[], vec![], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(again.status, 200);
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_dropped_after_the_timeout() {
+        let limits = Limits {
+            connections: 1,
+            timeout: Duration::from_millis(300),
+            body: 1000,
+        };
+        let address = server(limits).await;
+        let _silent = TcpStream::connect(address).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let answer = post(address, "/", &[], vec![], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+}

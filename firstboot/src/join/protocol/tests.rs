@@ -1,0 +1,319 @@
+use super::*;
+use crate::pki;
+use node_contract::Seed;
+
+const DOMAIN: &str = "lab.example.org";
+const NOW: u64 = 1_000_000;
+const SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+
+fn name(s: &str) -> HostName {
+    HostName::parse(s).unwrap()
+}
+
+fn domain() -> DomainName {
+    DomainName::parse(DOMAIN).unwrap()
+}
+
+fn site_key() -> SigningKey {
+    SigningKey::from_seed(&Seed::from_bytes([100; 32]))
+}
+
+fn node_key(n: u8) -> SigningKey {
+    SigningKey::from_seed(&Seed::from_bytes([n; 32]))
+}
+
+/// The site's ticket for node `n` (key [n; 32]).
+fn ticket(node: &str, n: u8, role: Role) -> Ticket {
+    site_key().ticket(&domain(), &name(node), role, node_key(n).public_key())
+}
+
+fn site() -> Site {
+    Site {
+        domain: domain(),
+        site_key: site_key().public_key(),
+        vpc: VpcRange::parse("198.18.0.0/24").unwrap(),
+        bootstrap: name("node1"),
+    }
+}
+
+struct Req {
+    ticket: Ticket,
+    csr_for: String,
+    etcd: bool,
+    nonce: String,
+    timestamp: u64,
+    addresses: Vec<Ipv4Addr>,
+}
+
+fn req(node: &str, n: u8, role: Role) -> Req {
+    Req {
+        ticket: ticket(node, n, role),
+        csr_for: node.into(),
+        etcd: role == Role::Core,
+        nonce: nonce(),
+        timestamp: NOW,
+        addresses: vec![SOURCE],
+    }
+}
+
+impl Req {
+    fn body(&self) -> Vec<u8> {
+        let fqdn = format!("{}.{DOMAIN}", self.csr_for);
+        let (_, csr) = pki::new_key_and_csr(&fqdn).unwrap();
+        serde_json::to_vec(&JoinRequest {
+            ticket: self.ticket.clone(),
+            addresses: self.addresses.clone(),
+            csr_pem: csr.clone(),
+            etcd_csr_pem: self.etcd.then_some(csr),
+            timestamp: self.timestamp,
+            nonce: self.nonce.clone(),
+        })
+        .unwrap()
+    }
+}
+
+/// Judge `body` signed with key `signer`.
+fn judge(body: &[u8], signer: u8, replay: &mut ReplayGuard) -> Result<Verified, Refusal> {
+    let signature = sign_request(&node_key(signer), Purpose::JoinRequest, body);
+    site().verify_join(SOURCE, Some(&signature), body, replay, NOW)
+}
+
+#[test]
+fn an_honest_request_is_verified_once() {
+    let mut replay = ReplayGuard::default();
+    let body = req("node2", 2, Role::Core).body();
+    let verified = judge(&body, 2, &mut replay).unwrap();
+    assert_eq!(verified.node().as_str(), "node2");
+    assert_eq!(verified.address, SOURCE);
+    assert_eq!(judge(&body, 2, &mut replay), Err(Refusal::Replayed));
+}
+
+#[test]
+fn the_replay_guard_survives_being_written_and_read_back() {
+    let mut replay = ReplayGuard::default();
+    let body = req("node2", 2, Role::Core).body();
+    judge(&body, 2, &mut replay).unwrap();
+    let saved = serde_json::to_vec(&replay).unwrap();
+    let mut restored: ReplayGuard = serde_json::from_slice(&saved).unwrap();
+    assert_eq!(judge(&body, 2, &mut restored), Err(Refusal::Replayed));
+}
+
+#[test]
+fn forged_requests_are_refused() {
+    let mut replay = ReplayGuard::default();
+    // node3's key signing a request that shows node2's ticket.
+    let body = req("node2", 2, Role::Core).body();
+    assert!(matches!(
+        judge(&body, 3, &mut replay),
+        Err(Refusal::Forged(Forgery::Message(_)))
+    ));
+    // A ticket the site never signed: node3's key presented as node2's.
+    let mut forged = req("node2", 2, Role::Core);
+    forged.ticket.public_key = node_key(3).public_key();
+    assert!(matches!(
+        judge(&forged.body(), 3, &mut replay),
+        Err(Refusal::Forged(Forgery::Ticket(_)))
+    ));
+    // A worker's ticket promoted to core.
+    let mut promoted = req("node4", 4, Role::Worker);
+    promoted.ticket.role = Role::Core;
+    assert!(matches!(
+        judge(&promoted.body(), 4, &mut replay),
+        Err(Refusal::Forged(Forgery::Ticket(_)))
+    ));
+    // A ticket from another site's key.
+    let mut stranger = req("node2", 2, Role::Core);
+    stranger.ticket = SigningKey::from_seed(&Seed::from_bytes([101; 32])).ticket(
+        &domain(),
+        &name("node2"),
+        Role::Core,
+        node_key(2).public_key(),
+    );
+    assert!(matches!(
+        judge(&stranger.body(), 2, &mut replay),
+        Err(Refusal::Forged(Forgery::Ticket(_)))
+    ));
+    // No or garbled signature.
+    let body = req("node2", 2, Role::Core).body();
+    for header in [None, Some("zz"), Some("00")] {
+        assert!(matches!(
+            site().verify_join(SOURCE, header, &body, &mut replay, NOW),
+            Err(Refusal::Forged(_))
+        ));
+    }
+}
+
+#[test]
+fn clocks_nonces_sizes_and_shapes_are_checked() {
+    let mut replay = ReplayGuard::default();
+    let mut old = req("node2", 2, Role::Core);
+    old.timestamp = NOW - MAX_SKEW - 1;
+    assert!(matches!(
+        judge(&old.body(), 2, &mut replay),
+        Err(Refusal::Stale { .. })
+    ));
+    let mut bad_nonce = req("node2", 2, Role::Core);
+    bad_nonce.nonce = "short".into();
+    assert!(matches!(
+        judge(&bad_nonce.body(), 2, &mut replay),
+        Err(Refusal::Malformed(_))
+    ));
+    assert!(matches!(
+        judge(b"\x00\xffnot json", 2, &mut replay),
+        Err(Refusal::Malformed(_))
+    ));
+    assert_eq!(
+        judge(&vec![b' '; MAX_BODY + 1], 2, &mut replay),
+        Err(Refusal::TooLarge)
+    );
+}
+
+#[test]
+fn addresses_must_be_the_source_and_inside_the_vpc() {
+    let mut replay = ReplayGuard::default();
+    let mut elsewhere = req("node2", 2, Role::Core);
+    elsewhere.addresses = vec![Ipv4Addr::new(198, 18, 0, 99)];
+    assert!(matches!(
+        judge(&elsewhere.body(), 2, &mut replay),
+        Err(Refusal::Address(_))
+    ));
+    let mut outside = req("node2", 2, Role::Core);
+    outside.addresses = vec![SOURCE, Ipv4Addr::new(10, 0, 0, 1)];
+    assert!(matches!(
+        judge(&outside.body(), 2, &mut replay),
+        Err(Refusal::Address(_))
+    ));
+}
+
+#[test]
+fn a_worker_gets_no_etcd_certificate() {
+    let mut replay = ReplayGuard::default();
+    let mut greedy = req("node4", 4, Role::Worker);
+    greedy.etcd = true;
+    assert!(matches!(
+        judge(&greedy.body(), 4, &mut replay),
+        Err(Refusal::NotAllowed(_))
+    ));
+    // An honest worker: identity only.
+    let ca = TempCa::create(DOMAIN).unwrap();
+    let verified = judge(&req("node4", 4, Role::Worker).body(), 4, &mut replay).unwrap();
+    let (identity, etcd) = certify(&ca, &domain(), &verified).unwrap();
+    assert!(etcd.is_none());
+    assert!(pki::issued_by(&identity, ca.root.cert_pem()));
+    assert!(!pki::issued_by(&identity, ca.etcd.cert_pem()));
+    // A core host: both, each from its own CA.
+    let verified = judge(&req("node2", 2, Role::Core).body(), 2, &mut replay).unwrap();
+    let (_, etcd) = certify(&ca, &domain(), &verified).unwrap();
+    assert!(pki::issued_by(&etcd.unwrap(), ca.etcd.cert_pem()));
+}
+
+#[test]
+fn a_csr_for_another_name_is_refused() {
+    let mut replay = ReplayGuard::default();
+    let ca = TempCa::create(DOMAIN).unwrap();
+    let mut other = req("node2", 2, Role::Core);
+    other.csr_for = "node3".into();
+    let verified = judge(&other.body(), 2, &mut replay).unwrap();
+    assert!(matches!(
+        certify(&ca, &domain(), &verified),
+        Err(Refusal::Csr(_))
+    ));
+}
+
+#[test]
+fn admission_closes_when_every_host_joined_or_the_deadline_passed() {
+    let rule = AdmissionRule {
+        hosts: 3,
+        deadline: NOW + 100,
+    };
+    let at = |o| Ipv4Addr::new(198, 18, 0, o);
+    let mut registry = BTreeMap::new();
+    registry.insert(name("node1"), at(10));
+    assert_eq!(
+        rule.decide(&registry, &name("node2"), at(11), NOW),
+        Ok(Decision::New)
+    );
+    registry.insert(name("node2"), at(11));
+    registry.insert(name("node3"), at(12));
+    // Everyone is in: no new host, but renewals and moves go on.
+    assert!(matches!(
+        rule.decide(&registry, &name("node4"), at(13), NOW),
+        Err(Refusal::Closed(why)) if why.contains("every host")
+    ));
+    assert_eq!(
+        rule.decide(&registry, &name("node2"), at(11), NOW),
+        Ok(Decision::Renew)
+    );
+    assert_eq!(
+        rule.decide(&registry, &name("node2"), at(21), NOW),
+        Ok(Decision::Move { from: at(11) })
+    );
+    // Past the deadline, even with hosts missing.
+    registry.remove(&name("node3"));
+    assert!(matches!(
+        rule.decide(&registry, &name("node3"), at(12), NOW + 100),
+        Err(Refusal::Closed(why)) if why.contains("deadline")
+    ));
+    assert_eq!(rule.closed_because(1, NOW), None);
+}
+
+#[test]
+fn only_the_bootstrap_host_may_ask_peers() {
+    let request = |from: Ticket, signer: u8, timestamp: u64| {
+        let body = serde_json::to_vec(&PeerRequest {
+            from,
+            timestamp,
+            nonce: nonce(),
+        })
+        .unwrap();
+        let signature = sign_request(&node_key(signer), Purpose::PeerRequest, &body);
+        site().verify_peer_request(Some(&signature), &body, NOW)
+    };
+    assert!(request(ticket("node1", 1, Role::Core), 1, NOW).is_ok());
+    assert!(matches!(
+        request(ticket("node2", 2, Role::Core), 2, NOW),
+        Err(Refusal::NotAllowed(_))
+    ));
+    assert!(matches!(
+        request(ticket("node1", 1, Role::Core), 2, NOW),
+        Err(Refusal::Forged(_))
+    ));
+    assert!(matches!(
+        request(ticket("node1", 1, Role::Core), 1, NOW - MAX_SKEW - 1),
+        Err(Refusal::Stale { .. })
+    ));
+}
+
+#[test]
+fn answers_are_bound_to_the_request_and_the_answerer() {
+    let answer = PeerAnswer {
+        node: ticket("node2", 2, Role::Core),
+        addresses: vec![SOURCE],
+        etcd_data: true,
+        ca_backup: None,
+    };
+    let body = serde_json::to_vec(&answer).unwrap();
+    let (n1, n2) = (nonce(), nonce());
+    let proof = sign_answer(&node_key(2), Purpose::PeerAnswer, &n1, &body);
+    let check = |body: &[u8], nonce: &str, proof: &str, purpose| {
+        site().check_answer(body, Some(proof), nonce, purpose, |a: &PeerAnswer| &a.node)
+    };
+    assert_eq!(
+        check(&body, &n1, &proof, Purpose::PeerAnswer),
+        Ok(answer.clone())
+    );
+    assert!(
+        check(&body, &n2, &proof, Purpose::PeerAnswer).is_err(),
+        "another request"
+    );
+    assert!(
+        check(&body, &n1, &proof, Purpose::JoinAnswer).is_err(),
+        "another purpose"
+    );
+    // The answer names node3 but node2 signed it.
+    let mut renamed = answer;
+    renamed.node = ticket("node3", 3, Role::Core);
+    let renamed = serde_json::to_vec(&renamed).unwrap();
+    let proof = sign_answer(&node_key(2), Purpose::PeerAnswer, &n1, &renamed);
+    assert!(check(&renamed, &n1, &proof, Purpose::PeerAnswer).is_err());
+}

@@ -1,0 +1,738 @@
+//! The site's temporary certificate authority, and every certificate check
+//! firstboot makes.
+//!
+//! etcd runs over TLS with client-certificate authentication between peers
+//! and for clients, so nodes need certificates a common CA signed. No CA
+//! key may travel in user data, so the bootstrap host makes the CA at boot
+//! and keeps its key; joining nodes make their own keys and send only a
+//! certificate signing request. The CA signs a request only for the
+//! requester's own name.
+//!
+//! Two CAs, so that what etcd trusts is not what identifies a node:
+//! - the **temporary root** signs every node's identity certificate;
+//! - the **etcd CA**, an intermediate under it, signs etcd certificates for
+//!   core hosts only. etcd trusts the etcd CA alone, so a worker's identity
+//!   certificate opens nothing in etcd.
+//!
+//! Both are name-constrained to the site's domain, and certificates name
+//! hosts by DNS name only (never IP address).
+//!
+//! Parsing goes through `x509-parser` and chain checks (signatures, dates,
+//! key usages, name constraints) through `rustls-webpki`, the code rustls
+//! itself trusts; this file keeps only the policy.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, PublicKeyData, SanType, SerialNumber, SubjectPublicKeyInfo,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, ServerName, UnixTime};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// How long the temporary CAs last: far longer than any assembly takes
+/// (handoff to FreeIPA ends them), short enough that a forgotten one does
+/// not outlive the hardware.
+pub const CA_LIFETIME: Duration = Duration::days(365);
+/// Node certificates are short-lived; their node renews them at two
+/// thirds of their life (see [`renewal_due`]).
+pub const LEAF_LIFETIME: Duration = Duration::days(90);
+/// Starting validity in the past tolerates nodes whose clocks lag the
+/// bootstrap host's (they often have no NTP yet at first boot).
+const BACKDATE: Duration = Duration::hours(1);
+
+/// Which CA signs a certificate, and so what it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A node's identity: every node has one.
+    Node,
+    /// An etcd member's certificate (server, peer and client): core hosts only.
+    Etcd,
+}
+
+/// One signing CA: its certificate and (private) issuer.
+pub struct Ca {
+    cert_pem: String,
+    /// Built from the certificate itself, so the issuer name and key
+    /// identifier in every leaf match the CA exactly, whether it was just
+    /// created or loaded from disk.
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// Deliberately omits the key: a CA that ends up in a log line must not leak it.
+impl fmt::Debug for Ca {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca")
+            .field("cert_pem", &self.cert_pem)
+            .field("key", &"[private]")
+            .finish()
+    }
+}
+
+/// A certificate together with the private key it certifies, both PEM.
+#[derive(Clone)]
+pub struct NodeCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for NodeCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeCert")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"[private]")
+            .finish()
+    }
+}
+
+/// Why the CA would not sign a request; shown to the requester and logged,
+/// so each reason says what was wrong without echoing anything secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CsrRefusal {
+    /// Not a certificate request, or one whose signature does not verify (so
+    /// nothing in it can be trusted), or one this CA cannot turn into a
+    /// certificate.
+    Malformed(String),
+    /// The request names hosts other than the requester's own (possibly in
+    /// addition to it).
+    ForeignName { asked: Vec<String>, allowed: String },
+    /// The request asks for an IP address; certificates here carry names only.
+    IpAddress(String),
+    /// The request asks for an e-mail address, URI, or other non-DNS name.
+    OtherSan,
+    /// The request names no host at all.
+    NoName,
+}
+
+impl fmt::Display for CsrRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CsrRefusal::Malformed(why) => write!(f, "unusable CSR: {why}"),
+            CsrRefusal::ForeignName { asked, allowed } => {
+                let node = allowed.split('.').next().unwrap_or(allowed);
+                let asked = if asked.is_empty() {
+                    "no name".to_string()
+                } else {
+                    asked.join(", ")
+                };
+                write!(
+                    f,
+                    "the CSR asks for {asked}, but {node} may only have {allowed}"
+                )
+            }
+            CsrRefusal::IpAddress(ip) => write!(
+                f,
+                "the CSR asks for IP address {ip}, but certificates here carry DNS names only"
+            ),
+            CsrRefusal::OtherSan => write!(
+                f,
+                "the CSR asks for a subject alternative name that is not a DNS name"
+            ),
+            CsrRefusal::NoName => write!(
+                f,
+                "the CSR names no host (it needs exactly one DNS subject alternative name)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CsrRefusal {}
+
+impl Ca {
+    /// A CA certificate profile: ECDSA P-256, CA with `path_len`,
+    /// keyCertSign+cRLSign, name-constrained to `domain`.
+    fn params(domain: &str, common_name: String, path_len: u8) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, domain);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName(domain.to_owned())],
+            excluded_subtrees: vec![],
+        });
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + CA_LIFETIME;
+        params
+    }
+
+    /// The temporary root: path length 1, so it can sign the etcd CA and
+    /// nothing can hang below that.
+    fn create_root(domain: &str) -> anyhow::Result<Ca> {
+        check_host_name(domain).map_err(|e| anyhow!("cannot create a CA for {domain:?}: {e}"))?;
+        let key = new_key()?;
+        let cert = Self::params(domain, format!("{domain} temporary CA"), 1)
+            .self_signed(&key)
+            .context("self-signing the CA certificate")?;
+        Self::from_parts(cert.pem(), key)
+    }
+
+    /// An intermediate under this CA (path length 0: it signs only leaves).
+    fn create_intermediate(&self, domain: &str, what: &str) -> anyhow::Result<Ca> {
+        let key = new_key()?;
+        let cert = Self::params(domain, format!("{domain} temporary {what} CA"), 0)
+            .signed_by(&key, &self.issuer)
+            .with_context(|| format!("signing the {what} CA"))?;
+        Self::from_parts(cert.pem(), key)
+    }
+
+    /// A CA from PEM; checks that the pair is a usable CA, so a damaged or
+    /// mismatched pair fails here, not at the first signature.
+    pub fn from_pems(cert_pem: &str, key_pem: &str) -> anyhow::Result<Ca> {
+        let key =
+            KeyPair::from_pem(key_pem).map_err(|e| anyhow!("the CA key is not a PEM key: {e}"))?;
+        Self::from_parts(cert_pem.to_owned(), key)
+    }
+
+    fn from_parts(cert_pem: String, key: KeyPair) -> anyhow::Result<Ca> {
+        let der = pem_cert(&cert_pem)?;
+        let cert = parse(&der)?;
+        let is_ca = cert
+            .basic_constraints()
+            .map_err(|e| anyhow!("its basic constraints are malformed: {e}"))?
+            .is_some_and(|bc| bc.value.ca);
+        if !is_ca {
+            bail!("the certificate is not a CA certificate");
+        }
+        if key.subject_public_key_info() != cert.public_key().raw {
+            bail!("the key does not belong to the certificate");
+        }
+        let issuer = Issuer::from_ca_cert_der(&der, key)
+            .map_err(|e| anyhow!("cannot use the certificate as issuer: {e}"))?;
+        Ok(Ca { cert_pem, issuer })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// Sign a node's CSR for exactly `fqdn`.
+    ///
+    /// Refuses unless the CSR's signature verifies (proof that the requester
+    /// holds the key), its subject alternative names are exactly one DNS
+    /// name equal to `fqdn` (ASCII case-insensitively; no IP or other SANs,
+    /// no extra names), and each CN in its subject (if any) equals `fqdn`.
+    /// Everything else the CSR requests is ignored: the certificate always
+    /// has the leaf profile and the subject CN=`fqdn` only.
+    pub fn sign_csr(&self, csr_pem: &str, fqdn: &str) -> Result<String, CsrRefusal> {
+        check_host_name(fqdn).map_err(|e| {
+            CsrRefusal::Malformed(format!(
+                "{fqdn:?} is not a host name this CA can certify: {e}"
+            ))
+        })?;
+        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|_| CsrRefusal::Malformed("no PEM CERTIFICATE REQUEST found".into()))?;
+        // rcgen checks the request's self-signature (x509-parser, "verify")
+        // before it returns anything; nothing below runs on an unverified
+        // request.
+        let csr = CertificateSigningRequestParams::from_der(&der).map_err(refusal_from_rcgen)?;
+        let (_, raw) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+                .map_err(|e| CsrRefusal::Malformed(format!("cannot read the request: {e}")))?;
+        // rcgen rebuilds the public key from the request's signature
+        // algorithm; make sure the rebuilt key is the one that was requested.
+        if csr.public_key.subject_public_key_info()
+            != raw.certification_request_info.subject_pki.raw
+        {
+            return Err(CsrRefusal::Malformed(
+                "its public key is of a type or encoding this CA does not support".into(),
+            ));
+        }
+        let mut dns = Vec::new();
+        for san in &csr.params.subject_alt_names {
+            match san {
+                SanType::DnsName(name) => dns.push(name.as_str().to_string()),
+                SanType::IpAddress(ip) => return Err(CsrRefusal::IpAddress(ip.to_string())),
+                _ => return Err(CsrRefusal::OtherSan),
+            }
+        }
+        if dns.is_empty() {
+            return Err(CsrRefusal::NoName);
+        }
+        let mut common_names = Vec::new();
+        for cn in raw.certification_request_info.subject.iter_common_name() {
+            let text = cn
+                .as_str()
+                .map_err(|_| CsrRefusal::Malformed("its common name is not text".into()))?;
+            common_names.push(text.to_owned());
+        }
+        let mut asked: Vec<String> = Vec::new();
+        for name in dns.iter().chain(common_names.iter()) {
+            if !asked.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                asked.push(name.clone());
+            }
+        }
+        if asked.len() != 1 || !asked[0].eq_ignore_ascii_case(fqdn) {
+            return Err(CsrRefusal::ForeignName {
+                asked,
+                allowed: fqdn.to_string(),
+            });
+        }
+        let now = OffsetDateTime::now_utc();
+        self.certify(&csr.public_key, fqdn, now - BACKDATE, now + LEAF_LIFETIME)
+            .map_err(|e| CsrRefusal::Malformed(format!("{e:#}")))
+    }
+
+    /// A fresh key and a certificate for it (the bootstrap host's own).
+    pub fn issue(&self, fqdn: &str) -> anyhow::Result<NodeCert> {
+        let key = new_key()?;
+        let now = OffsetDateTime::now_utc();
+        let cert_pem = self.certify(&key, fqdn, now - BACKDATE, now + LEAF_LIFETIME)?;
+        Ok(NodeCert {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A certificate for the public key in `spki_der` with a validity of
+    /// its own: how renewal tests make certificates that are due or expired.
+    pub fn certify_key(
+        &self,
+        spki_der: &[u8],
+        fqdn: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> anyhow::Result<String> {
+        let key = SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| anyhow!("not a public key this CA supports: {e}"))?;
+        self.certify(&key, fqdn, not_before, not_after)
+    }
+
+    /// The leaf profile, the same for every certificate this CA issues:
+    /// CN=`fqdn`, SAN DNS=`fqdn` only, EKU serverAuth+clientAuth (etcd uses
+    /// the same certificate to serve and to connect to peers),
+    /// KU digitalSignature+keyEncipherment, not a CA.
+    fn certify(
+        &self,
+        key: &impl PublicKeyData,
+        fqdn: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> anyhow::Result<String> {
+        check_host_name(fqdn).map_err(|e| anyhow!("cannot certify {fqdn:?}: {e}"))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, fqdn);
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::DnsName(
+            fqdn.try_into()
+                .map_err(|e| anyhow!("{fqdn:?} as DNS name: {e}"))?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params
+            .signed_by(key, &self.issuer)
+            .with_context(|| format!("signing a certificate for {fqdn}"))?;
+        Ok(cert.pem())
+    }
+}
+
+/// The temporary root and the etcd CA under it.
+#[derive(Debug)]
+pub struct TempCa {
+    pub root: Ca,
+    pub etcd: Ca,
+}
+
+const ROOT_CERT: &str = "ca.crt";
+const ROOT_KEY: &str = "ca.key";
+const ETCD_CERT: &str = "etcd-ca.crt";
+const ETCD_KEY: &str = "etcd-ca.key";
+
+impl TempCa {
+    pub fn create(domain: &str) -> anyhow::Result<TempCa> {
+        let root = Ca::create_root(domain)?;
+        let etcd = root.create_intermediate(domain, "etcd")?;
+        Ok(TempCa { root, etcd })
+    }
+
+    /// The CA that signs certificates for `purpose`.
+    pub fn signer(&self, purpose: Purpose) -> &Ca {
+        match purpose {
+            Purpose::Node => &self.root,
+            Purpose::Etcd => &self.etcd,
+        }
+    }
+
+    /// Persist into `dir` (created 0700): certificates 0644, keys 0600,
+    /// each written atomically, keys first (a crash between the writes
+    /// leaves a pair that `load` reports as damaged, never a certificate
+    /// without its key).
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let write = |name: &str, bytes: &[u8], mode: u32| {
+            crate::fsutil::write_atomic(&dir.join(name), bytes, mode)
+        };
+        write(ROOT_KEY, self.root.key_pem().as_bytes(), 0o600)?;
+        write(ETCD_KEY, self.etcd.key_pem().as_bytes(), 0o600)?;
+        write(ROOT_CERT, self.root.cert_pem.as_bytes(), 0o644)?;
+        write(ETCD_CERT, self.etcd.cert_pem.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    /// Load from `dir`; Ok(None) if absent; an error naming the problem if
+    /// the files are damaged, mismatched, or a key is readable by others (a
+    /// CA whose key may have leaked must not sign anything).
+    pub fn load(dir: &Path) -> anyhow::Result<Option<TempCa>> {
+        let files = [ROOT_CERT, ROOT_KEY, ETCD_CERT, ETCD_KEY]
+            .map(|name| read_if_present(&dir.join(name)).map(|f| (name, f)));
+        let mut found = Vec::new();
+        for file in files {
+            found.push(file?);
+        }
+        if found.iter().all(|(_, f)| f.is_none()) {
+            return Ok(None);
+        }
+        if let Some((missing, _)) = found.iter().find(|(_, f)| f.is_none()) {
+            bail!(
+                "CA directory {} is damaged: {missing} is missing",
+                dir.display()
+            );
+        }
+        let mut text = Vec::new();
+        for (name, file) in found {
+            let (bytes, mode) = file.expect("checked above");
+            if name.ends_with(".key") && mode & 0o077 != 0 {
+                bail!(
+                    "refusing to use CA key {}: its mode is {:04o}, expected 0600",
+                    dir.join(name).display(),
+                    mode & 0o7777
+                );
+            }
+            text.push(
+                String::from_utf8(bytes)
+                    .map_err(|_| anyhow!("{} is not text", dir.join(name).display()))?,
+            );
+        }
+        let ca = TempCa::from_pems(&text[0], &text[1], &text[2], &text[3])
+            .with_context(|| format!("the CA in {} is damaged", dir.display()))?;
+        Ok(Some(ca))
+    }
+
+    /// Both CAs from PEM (as the sealed copy carries them), checked: the
+    /// etcd CA must be signed by the root.
+    pub fn from_pems(
+        root_cert: &str,
+        root_key: &str,
+        etcd_cert: &str,
+        etcd_key: &str,
+    ) -> anyhow::Result<TempCa> {
+        let root = Ca::from_pems(root_cert, root_key).context("the temporary root")?;
+        let etcd = Ca::from_pems(etcd_cert, etcd_key).context("the etcd CA")?;
+        let etcd_der = pem_cert(etcd_cert)?;
+        let root_der = pem_cert(root_cert)?;
+        parse(&etcd_der)?
+            .verify_signature(Some(parse(&root_der)?.public_key()))
+            .map_err(|_| anyhow!("the etcd CA is not signed by the temporary root"))?;
+        Ok(TempCa { root, etcd })
+    }
+}
+
+/// A node's new key (ECDSA P-256) and a CSR for its FQDN (SAN DNS=fqdn,
+/// CN=fqdn), as (key PEM, CSR PEM). The key stays on the node.
+pub fn new_key_and_csr(fqdn: &str) -> anyhow::Result<(String, String)> {
+    check_host_name(fqdn).map_err(|e| anyhow!("cannot request a certificate for {fqdn:?}: {e}"))?;
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, fqdn);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::DnsName(
+        fqdn.try_into()
+            .map_err(|e| anyhow!("{fqdn:?} as DNS name: {e}"))?,
+    )];
+    let csr = params
+        .serialize_request(&key)
+        .with_context(|| format!("making a CSR for {fqdn}"))?;
+    let csr_pem = csr.pem().context("encoding the CSR")?;
+    Ok((key.serialize_pem(), csr_pem))
+}
+
+/// A fresh self-signed certificate for `fqdn` (the peer service's TLS
+/// before the node has joined: its answers are authenticated by the node's
+/// signature, not by this certificate).
+pub fn self_signed(fqdn: &str) -> anyhow::Result<NodeCert> {
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::DnsName(
+        fqdn.try_into()
+            .map_err(|e| anyhow!("{fqdn:?} as DNS name: {e}"))?,
+    )];
+    let cert = params.self_signed(&key).context("self-signing")?;
+    Ok(NodeCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// What firstboot reads out of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Its DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// Whether it carries any IP address SAN (none here ever should).
+    pub has_ip: bool,
+    /// Validity, in Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The DER SubjectPublicKeyInfo.
+    pub spki: Vec<u8>,
+}
+
+pub fn inspect(cert_pem: &str) -> anyhow::Result<CertInfo> {
+    let der = pem_cert(cert_pem)?;
+    let cert = parse(&der)?;
+    let mut dns_names = Vec::new();
+    let mut has_ip = false;
+    if let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(|e| anyhow!("its subject alternative names are malformed: {e}"))?
+    {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) => dns_names.push((*n).to_owned()),
+                GeneralName::IPAddress(_) => has_ip = true,
+                _ => {}
+            }
+        }
+    }
+    Ok(CertInfo {
+        dns_names,
+        has_ip,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        spki: cert.public_key().raw.to_vec(),
+    })
+}
+
+/// Why a certificate is not good for use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// Check that `cert_pem` chains to `anchor_pem` (the anchor is trusted as
+/// given, as etcd's `--trusted-ca-file` trusts it) at time `now` (Unix
+/// seconds), for both server and client use, with the digitalSignature key
+/// usage, and, when given, that it names `name`. This is what every use of
+/// a certificate here needs: an expired, not-yet-valid, foreign or
+/// misused certificate fails.
+pub fn verify(
+    cert_pem: &str,
+    anchor_pem: &str,
+    name: Option<&str>,
+    now: u64,
+) -> Result<(), Invalid> {
+    let invalid = |why: String| Invalid(why);
+    let der = pem_cert(cert_pem).map_err(|e| invalid(format!("{e:#}")))?;
+    let anchor_der = pem_cert(anchor_pem).map_err(|e| invalid(format!("the CA: {e:#}")))?;
+    let anchor = webpki::anchor_from_trusted_cert(&anchor_der)
+        .map_err(|e| invalid(format!("the CA certificate is unusable: {e}")))?;
+    let leaf = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| invalid(format!("the certificate is unusable: {e}")))?;
+    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
+    for usage in [
+        webpki::KeyUsage::server_auth(),
+        webpki::KeyUsage::client_auth(),
+    ] {
+        leaf.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            std::slice::from_ref(&anchor),
+            &[],
+            time,
+            usage,
+            None,
+            None,
+        )
+        .map_err(|e| invalid(describe(e)))?;
+    }
+    let cert = parse(&der).map_err(|e| invalid(format!("{e:#}")))?;
+    let signs = cert
+        .key_usage()
+        .map_err(|e| invalid(format!("its key usage is malformed: {e}")))?
+        .is_some_and(|ku| ku.value.digital_signature());
+    if !signs {
+        return Err(invalid(
+            "its key usage does not allow digital signatures".into(),
+        ));
+    }
+    if let Some(name) = name {
+        let server_name = ServerName::try_from(name)
+            .map_err(|_| invalid(format!("`{name}` is not a host name")))?;
+        leaf.verify_is_valid_for_subject_name(&server_name)
+            .map_err(|_| invalid(format!("it does not name {name}")))?;
+    }
+    Ok(())
+}
+
+fn describe(e: webpki::Error) -> String {
+    match e {
+        webpki::Error::CertExpired { .. } => "it has expired".into(),
+        webpki::Error::CertNotValidYet { .. } => "it is not valid yet".into(),
+        webpki::Error::UnknownIssuer => "it is not issued by this CA".into(),
+        webpki::Error::InvalidSignatureForPublicKey => {
+            "its signature does not verify under this CA".into()
+        }
+        other => format!("it does not verify: {other:?}"),
+    }
+}
+
+/// Whether `cert_pem` is good under `ca_pem` right now (see [`verify`]).
+pub fn issued_by(cert_pem: &str, ca_pem: &str) -> bool {
+    verify(cert_pem, ca_pem, None, crate::status::now()).is_ok()
+}
+
+/// Whether a certificate has lived two thirds of its life at `now` (or is
+/// unreadable): its node renews it then.
+pub fn renewal_due(cert_pem: &str, now: u64) -> bool {
+    match inspect(cert_pem) {
+        Ok(info) => {
+            let life = info.not_after - info.not_before;
+            (now as i64) >= info.not_before + life * 2 / 3
+        }
+        Err(_) => true,
+    }
+}
+
+fn new_key() -> anyhow::Result<KeyPair> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a key")
+}
+
+fn pem_cert(pem: &str) -> anyhow::Result<CertificateDer<'static>> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| anyhow!("no PEM CERTIFICATE found"))
+}
+
+fn parse<'a>(der: &'a CertificateDer<'_>) -> anyhow::Result<X509Certificate<'a>> {
+    let (rest, cert) = X509Certificate::from_der(der.as_ref())
+        .map_err(|e| anyhow!("cannot read the certificate: {e}"))?;
+    if !rest.is_empty() {
+        bail!("the certificate has trailing bytes");
+    }
+    Ok(cert)
+}
+
+/// Random serials keep certificates issued in the same second (or by a CA
+/// recreated after a reboot) distinct, as RFC 5280 requires.
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    // Positive and of fixed length: top bit clear, next bit set.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&bytes)
+}
+
+/// Host names as this site uses them: LDH labels, no trailing dot, and not
+/// something that reads as an IP address (a certificate must never carry one,
+/// not even in disguise).
+fn check_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 characters".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("label {label:?} is longer than 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "label {label:?} has characters other than letters, digits and '-'"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with '-'"));
+        }
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("the last label is numeric (looks like an IP address)".into());
+    }
+    Ok(())
+}
+
+fn refusal_from_rcgen(e: rcgen::Error) -> CsrRefusal {
+    match e {
+        rcgen::Error::InvalidCertificationRequestSignature => {
+            CsrRefusal::Malformed("its signature does not verify".into())
+        }
+        rcgen::Error::CouldNotParseCertificationRequest => {
+            CsrRefusal::Malformed("not a well-formed certificate request".into())
+        }
+        // rcgen reports SAN types it has no representation for (directory
+        // names, registered IDs, ...) this way.
+        rcgen::Error::InvalidNameType => CsrRefusal::OtherSan,
+        rcgen::Error::InvalidIpAddressOctetLength(n) => {
+            CsrRefusal::IpAddress(format!("(malformed, {n} bytes)"))
+        }
+        rcgen::Error::UnsupportedExtension => {
+            CsrRefusal::Malformed("it requests an extension this CA does not support".into())
+        }
+        other => CsrRefusal::Malformed(other.to_string()),
+    }
+}
+
+/// Contents and mode of a file, or None if it does not exist.
+fn read_if_present(path: &Path) -> anyhow::Result<Option<(Vec<u8>, u32)>> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("inspecting {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let mut data = Vec::new();
+    io::Read::read_to_end(&mut file, &mut data)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some((data, meta.permissions().mode())))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,649 @@
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::Arc;
+
+use super::*;
+
+const DOMAIN: &str = "lab.example.org";
+const NODE2: &str = "node2.lab.example.org";
+const NODE3: &str = "node3.lab.example.org";
+
+fn ca() -> TempCa {
+    TempCa::create(DOMAIN).unwrap()
+}
+
+fn now() -> u64 {
+    crate::status::now()
+}
+
+fn names(pem: &str) -> (Vec<String>, bool) {
+    let info = inspect(pem).unwrap();
+    (info.dns_names, info.has_ip)
+}
+
+fn custom_csr(cn: Option<&str>, sans: Vec<SanType>) -> String {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    if let Some(cn) = cn {
+        dn.push(DnType::CommonName, cn);
+    }
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans;
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+fn dns(name: &str) -> SanType {
+    SanType::DnsName(name.try_into().unwrap())
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes())
+        .map(|d: Result<CertificateDer<'static>, _>| d.unwrap().as_ref().to_vec())
+        .next()
+        .or_else(|| {
+            CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+                .ok()
+                .map(|d| d.as_ref().to_vec())
+        })
+        .unwrap()
+}
+
+fn csr_der(csr_pem: &str) -> Vec<u8> {
+    CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    use rustls::pki_types::pem::SectionKind;
+    let kind = match label {
+        "CERTIFICATE" => SectionKind::Certificate,
+        _ => SectionKind::Csr,
+    };
+    let b64 = base64_encode(der);
+    let _ = kind;
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn base64_encode(der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.len();
+        let v = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= n {
+                b64.push(ALPHABET[(v >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    b64
+}
+
+fn replace_all(haystack: &mut [u8], from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut count = 0;
+    let mut i = 0;
+    while i + from.len() <= haystack.len() {
+        if &haystack[i..i + from.len()] == from {
+            haystack[i..i + from.len()].copy_from_slice(to);
+            count += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    count
+}
+
+#[test]
+fn cas_are_shareable_between_tasks() {
+    fn check<T: Send + Sync>() {}
+    check::<TempCa>();
+    check::<NodeCert>();
+}
+
+#[test]
+fn signs_csr_for_own_name() {
+    let ca = ca();
+    let (_key, csr) = new_key_and_csr(NODE2).unwrap();
+    let leaf = ca.root.sign_csr(&csr, NODE2).expect("sign");
+    assert_eq!(names(&leaf), (vec![NODE2.to_string()], false));
+    assert!(issued_by(&leaf, ca.root.cert_pem()));
+    assert_eq!(
+        verify(&leaf, ca.root.cert_pem(), Some(NODE2), now()),
+        Ok(())
+    );
+    assert!(verify(&leaf, ca.root.cert_pem(), Some(NODE3), now()).is_err());
+    let other = TempCa::create(DOMAIN).unwrap();
+    assert!(!issued_by(&leaf, other.root.cert_pem()));
+    assert_eq!(names(ca.root.cert_pem()), (vec![], false));
+}
+
+#[test]
+fn what_etcd_trusts_is_not_what_identifies_a_node() {
+    let ca = ca();
+    let (_key, csr) = new_key_and_csr(NODE2).unwrap();
+    let identity = ca.signer(Purpose::Node).sign_csr(&csr, NODE2).unwrap();
+    let member = ca.signer(Purpose::Etcd).sign_csr(&csr, NODE2).unwrap();
+    // etcd trusts the etcd CA alone: an identity certificate does not
+    // chain to it, an etcd certificate does.
+    assert!(verify(&identity, ca.etcd.cert_pem(), None, now()).is_err());
+    assert_eq!(
+        verify(&member, ca.etcd.cert_pem(), Some(NODE2), now()),
+        Ok(())
+    );
+    // The etcd CA itself is signed by the root and may sign no CA.
+    assert!(TempCa::from_pems(
+        ca.root.cert_pem(),
+        &ca.root.key_pem(),
+        ca.etcd.cert_pem(),
+        &ca.etcd.key_pem()
+    )
+    .is_ok());
+    let stranger = TempCa::create(DOMAIN).unwrap();
+    let err = TempCa::from_pems(
+        ca.root.cert_pem(),
+        &ca.root.key_pem(),
+        stranger.etcd.cert_pem(),
+        &stranger.etcd.key_pem(),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("not signed by the temporary root"));
+}
+
+#[test]
+fn certificates_outside_the_site_domain_never_verify() {
+    let ca = ca();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let t = OffsetDateTime::now_utc();
+    let foreign = ca
+        .root
+        .certify_key(
+            &key.subject_public_key_info(),
+            "www.example.net",
+            t - Duration::hours(1),
+            t + Duration::days(1),
+        )
+        .unwrap();
+    let err = verify(&foreign, ca.root.cert_pem(), None, now()).unwrap_err();
+    assert!(err.0.contains("does not verify"), "{err}");
+}
+
+#[test]
+fn dates_decide_validity_and_renewal() {
+    let ca = ca();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let spki = key.subject_public_key_info();
+    let t = OffsetDateTime::now_utc();
+    let make =
+        |from: Duration, to: Duration| ca.root.certify_key(&spki, NODE2, t + from, t + to).unwrap();
+    let fresh = make(-Duration::hours(1), Duration::days(90));
+    let due = make(-Duration::hours(2), Duration::minutes(30));
+    let expired = make(-Duration::hours(3), -Duration::minutes(1));
+    let future = make(Duration::hours(1), Duration::days(1));
+    let n = now();
+    assert!(!renewal_due(&fresh, n));
+    assert!(renewal_due(&due, n));
+    assert!(renewal_due(&expired, n));
+    assert_eq!(verify(&due, ca.root.cert_pem(), Some(NODE2), n), Ok(()));
+    assert_eq!(
+        verify(&expired, ca.root.cert_pem(), Some(NODE2), n),
+        Err(Invalid("it has expired".into()))
+    );
+    assert_eq!(
+        verify(&future, ca.root.cert_pem(), Some(NODE2), n),
+        Err(Invalid("it is not valid yet".into()))
+    );
+    assert!(renewal_due("garbage", n));
+}
+
+#[test]
+fn name_compare_ignores_case() {
+    let ca = ca();
+    let (_key, csr) = new_key_and_csr("NODE2.Lab.Example.org").unwrap();
+    let leaf = ca.root.sign_csr(&csr, NODE2).expect("sign");
+    assert_eq!(names(&leaf).0, vec![NODE2.to_string()]);
+}
+
+#[test]
+fn issue_makes_matching_key_and_cert() {
+    let ca = ca();
+    let node = ca.root.issue("node1.lab.example.org").unwrap();
+    assert_eq!(
+        names(&node.cert_pem),
+        (vec!["node1.lab.example.org".to_string()], false)
+    );
+    assert!(issued_by(&node.cert_pem, ca.root.cert_pem()));
+    let key = KeyPair::from_pem(&node.key_pem).unwrap();
+    assert_eq!(
+        key.subject_public_key_info(),
+        inspect(&node.cert_pem).unwrap().spki
+    );
+    assert!(!format!("{node:?}").contains("PRIVATE"));
+    assert!(!format!("{ca:?}").contains("PRIVATE"));
+}
+
+#[test]
+fn refuses_other_nodes_name() {
+    let ca = ca();
+    let (_key, csr) = new_key_and_csr(NODE3).unwrap();
+    let refusal = ca.root.sign_csr(&csr, NODE2).unwrap_err();
+    assert_eq!(
+        refusal,
+        CsrRefusal::ForeignName {
+            asked: vec![NODE3.to_string()],
+            allowed: NODE2.to_string()
+        }
+    );
+    assert_eq!(
+        refusal.to_string(),
+        "the CSR asks for node3.lab.example.org, but node2 may only have node2.lab.example.org"
+    );
+}
+
+#[test]
+fn refuses_extra_dns_name() {
+    let ca = ca();
+    let csr = custom_csr(Some(NODE2), vec![dns(NODE2), dns(NODE3)]);
+    assert_eq!(
+        ca.root.sign_csr(&csr, NODE2).unwrap_err(),
+        CsrRefusal::ForeignName {
+            asked: vec![NODE2.to_string(), NODE3.to_string()],
+            allowed: NODE2.to_string()
+        }
+    );
+}
+
+#[test]
+fn refuses_foreign_common_name() {
+    let ca = ca();
+    let csr = custom_csr(Some(NODE3), vec![dns(NODE2)]);
+    assert!(matches!(
+        ca.root.sign_csr(&csr, NODE2).unwrap_err(),
+        CsrRefusal::ForeignName { .. }
+    ));
+}
+
+#[test]
+fn refuses_ip_san() {
+    let ca = ca();
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    let csr = custom_csr(Some(NODE2), vec![dns(NODE2), SanType::IpAddress(ip)]);
+    let refusal = ca.root.sign_csr(&csr, NODE2).unwrap_err();
+    assert_eq!(refusal, CsrRefusal::IpAddress("192.0.2.7".into()));
+    assert!(refusal.to_string().contains("192.0.2.7"));
+}
+
+#[test]
+fn refuses_other_san_types_and_no_name() {
+    let ca = ca();
+    let uri = SanType::URI("https://node2.lab.example.org/".try_into().unwrap());
+    let csr = custom_csr(Some(NODE2), vec![dns(NODE2), uri]);
+    assert_eq!(
+        ca.root.sign_csr(&csr, NODE2).unwrap_err(),
+        CsrRefusal::OtherSan
+    );
+    let csr = custom_csr(Some(NODE2), vec![]);
+    assert_eq!(
+        ca.root.sign_csr(&csr, NODE2).unwrap_err(),
+        CsrRefusal::NoName
+    );
+}
+
+#[test]
+fn refuses_garbage() {
+    let ca = ca();
+    for garbage in [
+        "",
+        "hello",
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        ca.root.cert_pem(),
+    ] {
+        assert!(
+            matches!(
+                ca.root.sign_csr(garbage, NODE2),
+                Err(CsrRefusal::Malformed(_))
+            ),
+            "{garbage:?}"
+        );
+    }
+    let (_key, csr) = new_key_and_csr(NODE2).unwrap();
+    assert!(matches!(
+        ca.root.sign_csr(&csr, "node2..lab"),
+        Err(CsrRefusal::Malformed(_))
+    ));
+}
+
+#[test]
+fn refuses_tampered_signature() {
+    let ca = ca();
+    // node3 asks for a certificate, then rewrites its request to name node2.
+    let (_key, csr) = new_key_and_csr(NODE3).unwrap();
+    let mut der = csr_der(&csr);
+    assert_eq!(replace_all(&mut der, b"node3", b"node2"), 2);
+    let refusal = ca
+        .root
+        .sign_csr(&pem_encode("CERTIFICATE REQUEST", &der), NODE2);
+    assert_eq!(
+        refusal,
+        Err(CsrRefusal::Malformed(
+            "its signature does not verify".into()
+        ))
+    );
+    // A flipped byte in the signature itself.
+    let (_key, csr) = new_key_and_csr(NODE2).unwrap();
+    let mut der = csr_der(&csr);
+    let last = der.len() - 1;
+    der[last] ^= 0x01;
+    let refusal = ca
+        .root
+        .sign_csr(&pem_encode("CERTIFICATE REQUEST", &der), NODE2);
+    assert_eq!(
+        refusal,
+        Err(CsrRefusal::Malformed(
+            "its signature does not verify".into()
+        ))
+    );
+    // The encoder above is faithful: untampered, the same path succeeds.
+    let der = csr_der(&csr);
+    ca.root
+        .sign_csr(&pem_encode("CERTIFICATE REQUEST", &der), NODE2)
+        .expect("untampered CSR");
+}
+
+#[test]
+fn a_tampered_certificate_does_not_verify() {
+    let ca = ca();
+    let node = ca.root.issue(NODE2).unwrap();
+    let mut der = der_of(&node.cert_pem);
+    assert_eq!(replace_all(&mut der, b"node2", b"node3"), 2);
+    let forged = pem_encode("CERTIFICATE", &der);
+    assert_eq!(names(&forged).0, vec![NODE3.to_string()]);
+    assert!(!issued_by(&forged, ca.root.cert_pem()));
+    assert!(!issued_by("garbage", ca.root.cert_pem()));
+}
+
+#[test]
+fn save_load_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let ca = ca();
+    ca.save(&dir).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(ROOT_CERT)), 0o644);
+    assert_eq!(mode(&dir.join(ROOT_KEY)), 0o600);
+    assert_eq!(mode(&dir.join(ETCD_KEY)), 0o600);
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, vec![ROOT_CERT, ROOT_KEY, ETCD_CERT, ETCD_KEY]);
+
+    let loaded = TempCa::load(&dir).unwrap().expect("saved CA");
+    assert_eq!(loaded.root.cert_pem(), ca.root.cert_pem());
+    let (_key, csr) = new_key_and_csr(NODE2).unwrap();
+    let leaf = loaded.etcd.sign_csr(&csr, NODE2).unwrap();
+    assert!(issued_by(&leaf, ca.etcd.cert_pem()));
+    loaded.save(&dir).unwrap();
+    assert_eq!(mode(&dir.join(ROOT_KEY)), 0o600);
+}
+
+#[test]
+fn load_missing_is_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(TempCa::load(&tmp.path().join("nope")).unwrap().is_none());
+    assert!(TempCa::load(tmp.path()).unwrap().is_none());
+}
+
+#[test]
+fn load_reports_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    ca().save(&dir).unwrap();
+    let err_of = |dir: &Path| format!("{:#}", TempCa::load(dir).unwrap_err());
+
+    fs::set_permissions(dir.join(ROOT_KEY), fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(err_of(&dir).contains("0644"), "{}", err_of(&dir));
+    fs::set_permissions(dir.join(ROOT_KEY), fs::Permissions::from_mode(0o600)).unwrap();
+
+    let other = tmp.path().join("other");
+    ca().save(&other).unwrap();
+    fs::copy(other.join(ROOT_KEY), dir.join(ROOT_KEY)).unwrap();
+    assert!(err_of(&dir).contains("does not belong"), "{}", err_of(&dir));
+
+    fs::write(dir.join(ROOT_CERT), "not a certificate").unwrap();
+    assert!(err_of(&dir).contains("damaged"), "{}", err_of(&dir));
+
+    let leaf = TempCa::load(&other)
+        .unwrap()
+        .unwrap()
+        .root
+        .issue(NODE2)
+        .unwrap();
+    fs::write(dir.join(ROOT_CERT), &leaf.cert_pem).unwrap();
+    fs::write(dir.join(ROOT_KEY), &leaf.key_pem).unwrap();
+    assert!(err_of(&dir).contains("not a CA"), "{}", err_of(&dir));
+
+    fs::remove_file(dir.join(ROOT_CERT)).unwrap();
+    assert!(err_of(&dir).contains("missing"), "{}", err_of(&dir));
+}
+
+#[test]
+fn rustls_accepts_leaf_as_server_and_client() {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::server::WebPkiClientVerifier;
+
+    let ca = ca();
+    let node = ca.root.issue(NODE2).unwrap();
+    let leaf = CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.root.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let now = UnixTime::now();
+    let server = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .unwrap();
+    let name = ServerName::try_from(NODE2).unwrap();
+    server
+        .verify_server_cert(&leaf, &[], &name, &[], now)
+        .expect("valid server certificate");
+    let wrong = ServerName::try_from(NODE3).unwrap();
+    assert!(server
+        .verify_server_cert(&leaf, &[], &wrong, &[], now)
+        .is_err());
+    let client = WebPkiClientVerifier::builder_with_provider(roots, provider)
+        .build()
+        .unwrap();
+    client
+        .verify_client_cert(&leaf, &[], now)
+        .expect("valid client certificate");
+}
+
+fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// openssl, an independent X.509 implementation, agrees with ours.
+#[test]
+fn openssl_agrees() {
+    let present = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        let reason = "skipping: openssl is not installed (apt-get install openssl)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{reason} (CI is set, so this test must run)");
+        }
+        eprintln!("{reason}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = ca();
+    let (_key, csr) = new_key_and_csr(NODE2).unwrap();
+    let leaf = ca.root.sign_csr(&csr, NODE2).unwrap();
+    let member = ca.etcd.sign_csr(&csr, NODE2).unwrap();
+    fs::write(dir.join("ca.pem"), ca.root.cert_pem()).unwrap();
+    fs::write(dir.join("etcd-ca.pem"), ca.etcd.cert_pem()).unwrap();
+    fs::write(dir.join("leaf.pem"), &leaf).unwrap();
+    fs::write(dir.join("member.pem"), &member).unwrap();
+
+    let (ok, out) = openssl(&["verify", "-CAfile", "ca.pem", "leaf.pem"], dir);
+    assert!(ok && out.contains("leaf.pem: OK"), "{out}");
+    for purpose in ["sslserver", "sslclient"] {
+        let (ok, out) = openssl(
+            &[
+                "verify",
+                "-purpose",
+                purpose,
+                "-verify_hostname",
+                NODE2,
+                "-CAfile",
+                "ca.pem",
+                "leaf.pem",
+            ],
+            dir,
+        );
+        assert!(ok && out.contains("leaf.pem: OK"), "{purpose}: {out}");
+    }
+    let (ok, _) = openssl(
+        &[
+            "verify",
+            "-verify_hostname",
+            NODE3,
+            "-CAfile",
+            "ca.pem",
+            "leaf.pem",
+        ],
+        dir,
+    );
+    assert!(!ok, "openssl accepted the leaf for another name");
+    // The etcd chain: root, etcd CA, member; an identity certificate does
+    // not verify where only the etcd CA is trusted (partial chain).
+    let (ok, out) = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "ca.pem",
+            "-untrusted",
+            "etcd-ca.pem",
+            "member.pem",
+        ],
+        dir,
+    );
+    assert!(ok && out.contains("member.pem: OK"), "{out}");
+    let (ok, _) = openssl(
+        &[
+            "verify",
+            "-partial_chain",
+            "-CAfile",
+            "etcd-ca.pem",
+            "leaf.pem",
+        ],
+        dir,
+    );
+    assert!(!ok, "the etcd CA vouched for an identity certificate");
+
+    let (ok, text) = openssl(&["x509", "-noout", "-text", "-in", "leaf.pem"], dir);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{text}"
+    );
+    assert!(text.contains("DNS:node2.lab.example.org"), "{text}");
+    assert!(!text.contains("IP Address"), "{text}");
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(
+        text.contains("Digital Signature, Key Encipherment"),
+        "{text}"
+    );
+    let (ok, text) = openssl(&["x509", "-noout", "-text", "-in", "ca.pem"], dir);
+    assert!(ok, "{text}");
+    assert!(text.contains("CA:TRUE, pathlen:1"), "{text}");
+    assert!(
+        text.contains("Permitted:") && text.contains("DNS:lab.example.org"),
+        "{text}"
+    );
+    let (ok, text) = openssl(&["x509", "-noout", "-text", "-in", "etcd-ca.pem"], dir);
+    assert!(ok, "{text}");
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+
+    // A CSR made by openssl rather than by us.
+    let (ok, out) = openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "k.pem",
+            "-out",
+            "r.pem",
+            "-subj",
+            "/CN=node2.lab.example.org",
+            "-addext",
+            "subjectAltName=DNS:node2.lab.example.org",
+        ],
+        dir,
+    );
+    assert!(ok, "{out}");
+    let csr = fs::read_to_string(dir.join("r.pem")).unwrap();
+    let leaf = ca.root.sign_csr(&csr, NODE2).expect("openssl CSR");
+    fs::write(dir.join("leaf2.pem"), &leaf).unwrap();
+    let (ok, out) = openssl(&["verify", "-CAfile", "ca.pem", "leaf2.pem"], dir);
+    assert!(ok && out.contains("leaf2.pem: OK"), "{out}");
+    let (ok, out) = openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            "k.pem",
+            "-out",
+            "r2.pem",
+            "-subj",
+            "/CN=node2.lab.example.org",
+            "-addext",
+            "subjectAltName=DNS:node2.lab.example.org,IP:192.0.2.7",
+        ],
+        dir,
+    );
+    assert!(ok, "{out}");
+    let csr = fs::read_to_string(dir.join("r2.pem")).unwrap();
+    assert_eq!(
+        ca.root.sign_csr(&csr, NODE2),
+        Err(CsrRefusal::IpAddress("192.0.2.7".into()))
+    );
+}

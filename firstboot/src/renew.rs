@@ -1,0 +1,51 @@
+//! `firstboot renew` (firstboot-renew.timer): this node renews its own
+//! temporary certificates once two thirds of their life have passed, or at
+//! once if they are unusable (an expired certificate is never kept). The
+//! bootstrap host certifies itself from its CAs; the others ask the join
+//! service with their key, keeping their private keys. Files are replaced
+//! whole; etcd reads them at every new connection, so nothing restarts.
+
+use anyhow::{Context, Result};
+use node_contract::{Phase, Role};
+
+use crate::certs::Slot;
+use crate::paths::Paths;
+use crate::state::State;
+
+/// What a renewal run did, for its log line and for tests.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Renewed {
+    NotJoined,
+    NothingDue,
+    Renewed,
+}
+
+pub async fn run(paths: &Paths) -> Result<Renewed> {
+    let config = crate::check::load(&paths.node_json())?;
+    let state = State::load(&paths.state_file())?;
+    if !state.is_done(Phase::Join) {
+        return Ok(Renewed::NotJoined);
+    }
+    let fqdn = config.fqdn(&config.node);
+    let core = config.role() == Role::Core;
+    let due = Slot::identity(paths).due(&fqdn) || (core && Slot::etcd(paths).due(&fqdn));
+    if !due {
+        return Ok(Renewed::NothingDue);
+    }
+    if config.is_bootstrap() {
+        let ca = crate::pki::TempCa::load(&paths.ca_dir())?
+            .context("the bootstrap host's temporary CA is gone")?;
+        crate::bootstrap::ensure_own_certs(paths, &config, &ca)?;
+        return Ok(Renewed::Renewed);
+    }
+    let own = state
+        .address
+        .context("identify did not record this node's address")?;
+    let bootstrap = state
+        .bootstrap_address
+        .context("join did not record the join service's address")?;
+    crate::join::client::enroll(paths, &config, bootstrap, own)
+        .await
+        .with_context(|| format!("cannot renew through the join service at {bootstrap}"))?;
+    Ok(Renewed::Renewed)
+}

@@ -1,0 +1,167 @@
+//! How this node resolves the site's names while the temporary DNS serves
+//! them (ARCHITECTURE §4, §8).
+//!
+//! On Fedora CoreOS `/etc/resolv.conf` is systemd-resolved's stub; replacing
+//! it would break every name outside the site (and with it image pulls).
+//! So only the site domain is routed to the temporary DNS; every other name
+//! resolves as before:
+//! - systemd 258 and later (Fedora CoreOS 42+): a DNS delegate, a scope of
+//!   its own that takes the site domain and nothing else;
+//! - older systemd (the lab's Debian has 252): a drop-in giving the global
+//!   scope the temporary DNS with a routing-only domain (`~domain`). That
+//!   scope stays a default route there (resolved's rule for the global
+//!   scope), so other names are asked of the temporary DNS too, which
+//!   refuses them, and the link's own servers answer them.
+//!
+//! Peer names also go into a marked block of `/etc/hosts`, because etcd
+//! resolves a peer's certificate names on every incoming connection and
+//! that must keep working if DNS blinks.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use node_contract::{DomainName, HostName};
+
+use crate::paths::Paths;
+
+/// The first systemd-resolved with DNS delegates.
+pub const DELEGATES_SINCE: u32 = 258;
+
+/// The delegate's text (systemd 258 and later).
+pub fn delegate(dns: Ipv4Addr, domain: &DomainName) -> String {
+    format!(
+        "# Written by firstboot: the site's names go to its temporary DNS,\n\
+         # and no other name does.\n\
+         [Delegate]\n\
+         DNS={dns}\n\
+         Domains={domain}\n\
+         DefaultRoute=no\n"
+    )
+}
+
+/// The drop-in's text (older systemd).
+pub fn dropin(dns: Ipv4Addr, domain: &DomainName) -> String {
+    format!(
+        "# Written by firstboot: the site's names go to its temporary DNS,\n\
+         # every other name to the resolvers this node had before.\n\
+         [Resolve]\n\
+         DNS={dns}\n\
+         Domains=~{domain}\n"
+    )
+}
+
+/// The running systemd's version (`systemctl --version`).
+async fn systemd_version() -> Result<u32> {
+    let out =
+        crate::system::bounded(tokio::process::Command::new("systemctl").arg("--version")).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("cannot read systemd's version from `{}`", text.trim()))
+}
+
+/// Route `domain` to the DNS at `dns`; systemd-resolved rereads its
+/// configuration. Changing nothing when it is already in place.
+pub async fn route_site_domain(paths: &Paths, dns: Ipv4Addr, domain: &DomainName) -> Result<()> {
+    let (path, text, other) = if systemd_version().await? >= DELEGATES_SINCE {
+        (
+            paths.dns_delegate(),
+            delegate(dns, domain),
+            paths.resolved_dropin(),
+        )
+    } else {
+        (
+            paths.resolved_dropin(),
+            dropin(dns, domain),
+            paths.dns_delegate(),
+        )
+    };
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(other);
+    crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)?;
+    // resolved reads drop-ins at start; a restart also flushes its cache,
+    // so a name looked up before this node joined is not cached as absent.
+    crate::system::systemctl(&["restart", "systemd-resolved.service"])
+        .await
+        .context("systemd-resolved must run: firstboot routes the site domain through it")?;
+    tracing::info!("resolving {domain} through {dns}; every other name as before");
+    Ok(())
+}
+
+const HOSTS_BEGIN: &str = "# firstboot peers: begin";
+const HOSTS_END: &str = "# firstboot peers: end";
+
+/// Rewrite firstboot's block of /etc/hosts, keeping every other line.
+pub fn write_hosts(
+    paths: &Paths,
+    domain: &DomainName,
+    peers: &BTreeMap<HostName, Ipv4Addr>,
+) -> Result<()> {
+    let path = paths.etc_hosts();
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "127.0.0.1 localhost\n".into());
+    let mut kept = Vec::new();
+    let mut inside = false;
+    for line in old.lines() {
+        match line {
+            HOSTS_BEGIN => inside = true,
+            HOSTS_END => inside = false,
+            _ if !inside => kept.push(line.to_owned()),
+            _ => {}
+        }
+    }
+    kept.push(HOSTS_BEGIN.into());
+    for (name, address) in peers {
+        kept.push(format!("{address} {} {name}", domain.fqdn(name)));
+    }
+    kept.push(HOSTS_END.into());
+    let text = kept.join("\n") + "\n";
+    crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_forms_route_only_the_site_domain() {
+        let domain = DomainName::parse("lab.example.org").unwrap();
+        let text = dropin(Ipv4Addr::new(198, 18, 0, 10), &domain);
+        assert!(text.contains("[Resolve]\nDNS=198.18.0.10\n"));
+        assert!(text.contains("Domains=~lab.example.org\n"));
+        assert!(
+            !text.contains("~.\n"),
+            "a default route would take every name"
+        );
+        let text = delegate(Ipv4Addr::new(198, 18, 0, 10), &domain);
+        assert!(text.contains("[Delegate]\nDNS=198.18.0.10\nDomains=lab.example.org\n"));
+        assert!(text.contains("DefaultRoute=no\n"));
+    }
+
+    #[test]
+    fn the_hosts_block_is_replaced_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let domain = DomainName::parse("lab.example.org").unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(paths.etc_hosts(), "127.0.0.1 localhost\n10.0.0.9 mine\n").unwrap();
+        let peer = |n: &str, o: u8| (HostName::parse(n).unwrap(), Ipv4Addr::new(198, 18, 0, o));
+        write_hosts(&paths, &domain, &[peer("node1", 10)].into()).unwrap();
+        write_hosts(
+            &paths,
+            &domain,
+            &[peer("node1", 10), peer("node2", 11)].into(),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(paths.etc_hosts()).unwrap();
+        assert_eq!(
+            text,
+            "127.0.0.1 localhost\n10.0.0.9 mine\n# firstboot peers: begin\n\
+             198.18.0.10 node1.lab.example.org node1\n198.18.0.11 node2.lab.example.org node2\n\
+             # firstboot peers: end\n"
+        );
+    }
+}

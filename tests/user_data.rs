@@ -1,0 +1,152 @@
+//! What a node's user data holds (issue 8): the metadata service serves it
+//! to anything on the droplet, forever, so it is read here as an attacker
+//! would, every rendered config of a site decoded in full.
+//!
+//! - no config holds anything from which another node's key (or any
+//!   node's ticket) can be made: not the vault's root secret, not the site
+//!   signing key, not another node's key;
+//! - only the bootstrap host's config holds the FreeIPA passwords;
+//! - the bootstrap host's config does not grow with the site.
+
+mod support;
+
+use base64::Engine;
+use builder::render::{self, keys::SiteKeys};
+use builder::site::Site;
+use node_contract::{NodeConfig, Seed, SigningKey};
+use support::site::{generated_site, test_secrets, tiny_firstboot};
+
+/// Every string a config carries, with its gzip'd and base64'd files
+/// opened: what a reader of the user data sees.
+fn everything_in(config: &[u8]) -> String {
+    let mut text = String::from_utf8(config.to_vec()).unwrap();
+    let value: serde_json::Value = serde_json::from_slice(config).unwrap();
+    for file in value["storage"]["files"].as_array().unwrap() {
+        let source = file["contents"]["source"].as_str().unwrap_or_default();
+        if let Some(data) = source.strip_prefix("data:;base64,") {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap();
+            let plain = if file["contents"]["compression"] == "gzip" {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)
+                    .unwrap();
+                out
+            } else {
+                bytes
+            };
+            text.push_str(&String::from_utf8_lossy(&plain));
+        }
+    }
+    text
+}
+
+fn contract_of(config: &[u8]) -> NodeConfig {
+    let text = everything_in(config);
+    let start = text
+        .find("{\n  \"schema\"")
+        .expect("node.json in the config");
+    let end = text[start..].find("\n}\n").unwrap() + start + 3;
+    NodeConfig::from_json(text[start..end].as_bytes()).unwrap()
+}
+
+fn render_site(n: usize) -> (Site, Vec<render::Rendered>) {
+    let site = Site::parse("site", &generated_site(n, "https://dl.example.org/fb")).unwrap();
+    let configs = render::render_site(&site, &test_secrets(), &tiny_firstboot(), None).unwrap();
+    (site, configs)
+}
+
+#[test]
+fn no_config_holds_what_makes_another_nodes_credential() {
+    let (site, configs) = render_site(5);
+    let secrets = test_secrets();
+    let keys = SiteKeys::derive(&secrets.join_secret);
+    let seeds: Vec<(String, Seed)> = site
+        .hosts
+        .iter()
+        .map(|h| {
+            let (seed, _) = keys.node(&site.domain, &h.name, h.role);
+            (h.name.to_string(), seed)
+        })
+        .collect();
+    for config in &configs {
+        let text = everything_in(&config.bytes);
+        assert!(
+            !text.contains(&secrets.join_secret),
+            "{}: the vault's root secret",
+            config.host
+        );
+        // The site signing key: its seed is derived in builder only. No
+        // config may hold a key whose public half is the site key.
+        let contract = contract_of(&config.bytes);
+        assert_ne!(
+            SigningKey::from_seed(&contract.identity.key).public_key(),
+            contract.site.site_key,
+            "{}: holds the site signing key",
+            config.host
+        );
+        for (other, seed) in &seeds {
+            let held = text.contains(&seed.to_hex());
+            assert_eq!(
+                held,
+                *other == config.host,
+                "{}: {} node {other}'s key",
+                config.host,
+                if held { "holds" } else { "lacks" }
+            );
+        }
+        // What it holds verifies as its own ticket and no one else's.
+        let ticket = contract.ticket();
+        assert_eq!(ticket.node.as_str(), config.host);
+        assert_eq!(
+            ticket.verify(&contract.site.site_key, &contract.site.domain),
+            Ok(())
+        );
+    }
+}
+
+#[test]
+fn only_the_bootstrap_host_holds_the_freeipa_passwords() {
+    let (site, configs) = render_site(5);
+    let secrets = test_secrets();
+    for config in &configs {
+        let text = everything_in(&config.bytes);
+        let bootstrap = config.host == site.bootstrap().name.as_str();
+        for password in [
+            &secrets.freeipa_admin_password,
+            &secrets.directory_manager_password,
+        ] {
+            assert_eq!(
+                text.contains(password.as_str()),
+                bootstrap,
+                "{}",
+                config.host
+            );
+        }
+        assert!(
+            !text.contains(&secrets.digitalocean_token),
+            "{}",
+            config.host
+        );
+    }
+}
+
+#[test]
+fn the_bootstrap_hosts_config_does_not_grow_with_the_site() {
+    let size = |n: usize| {
+        let (site, configs) = render_site(n);
+        let bootstrap = site.bootstrap().name.to_string();
+        configs
+            .into_iter()
+            .find(|c| c.host == bootstrap)
+            .unwrap()
+            .bytes
+            .len()
+    };
+    let (small, large) = (size(5), size(250));
+    // The host count's digits may grow; nothing per host does.
+    assert!(
+        large.abs_diff(small) <= 16,
+        "5 hosts: {small} bytes, 250 hosts: {large} bytes"
+    );
+}
