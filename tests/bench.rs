@@ -107,8 +107,8 @@ fn bench_lab() {
 /// Healthy members seen by `etcdctl endpoint health --cluster` from `node`.
 fn healthy(lab: &site_lab::Lab, node: &str, endpoint: &str) -> usize {
     let script = format!(
-        "ETCDCTL_API=3 etcdctl --endpoints={endpoint} --cacert=/etc/firstboot/tls/ca.crt \
-         --cert=/etc/firstboot/tls/node.crt --key=/etc/firstboot/tls/node.key \
+        "ETCDCTL_API=3 etcdctl --endpoints={endpoint} --cacert=/etc/firstboot/etcd/ca.crt \
+         --cert=/etc/firstboot/etcd/member.crt --key=/etc/firstboot/etcd/member.key \
          --command-timeout=2s endpoint health --cluster 2>&1"
     );
     let out = lab.exec(node, &["/bin/sh", "-c", &script], Duration::from_secs(10));
@@ -120,8 +120,14 @@ fn healthy(lab: &site_lab::Lab, node: &str, endpoint: &str) -> usize {
     .unwrap_or(0)
 }
 
-fn wait_healthy(lab: &site_lab::Lab, node: &str, endpoint: &str, members: usize) -> Duration {
-    let start = Instant::now();
+/// Time from `start` until `node` sees `members` healthy members.
+fn healthy_since(
+    lab: &site_lab::Lab,
+    node: &str,
+    endpoint: &str,
+    members: usize,
+    start: Instant,
+) -> Duration {
     while healthy(lab, node, endpoint) < members {
         assert!(
             start.elapsed() < Duration::from_secs(300),
@@ -130,6 +136,67 @@ fn wait_healthy(lab: &site_lab::Lab, node: &str, endpoint: &str, members: usize)
         std::thread::sleep(Duration::from_millis(100));
     }
     start.elapsed()
+}
+
+/// Make a provisioned node boot straight into etcd with a static cluster:
+/// certificates made here, peers in /etc/hosts, no firstboot (masked),
+/// etcd enabled at boot. The floor firstboot is measured against.
+fn static_etcd(
+    root: &std::path::Path,
+    node: &str,
+    index: usize,
+    core: &[String],
+    ca: &firstboot::pki::TempCa,
+) {
+    let fqdn = format!("{node}.lab.example.org");
+    let dir = root.join("etc/firstboot/etcd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let own = ca.etcd.issue(&fqdn).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.etcd.cert_pem()).unwrap();
+    std::fs::write(dir.join("member.crt"), &own.cert_pem).unwrap();
+    std::fs::write(dir.join("member.key"), &own.key_pem).unwrap();
+    let mut hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap_or_default();
+    for (i, c) in core.iter().enumerate() {
+        hosts.push_str(&format!("198.18.0.{} {c}.lab.example.org {c}\n", 10 + i));
+    }
+    std::fs::write(root.join("etc/hosts"), hosts).unwrap();
+    let cluster: Vec<String> = core
+        .iter()
+        .map(|c| format!("{c}=https://{c}.lab.example.org:2380"))
+        .collect();
+    let address = format!("198.18.0.{}", 10 + index);
+    let args = [
+        format!("--name={node}"),
+        "--data-dir=/var/lib/etcd/site".into(),
+        format!("--initial-advertise-peer-urls=https://{fqdn}:2380"),
+        format!("--listen-peer-urls=https://{address}:2380"),
+        format!("--listen-client-urls=https://{address}:2379,https://127.0.0.1:2379"),
+        format!("--advertise-client-urls=https://{fqdn}:2379"),
+        format!("--initial-cluster={}", cluster.join(",")),
+        "--initial-cluster-state=new".into(),
+        "--initial-cluster-token=floor".into(),
+        "--client-cert-auth=true".into(),
+        "--trusted-ca-file=/etc/firstboot/etcd/ca.crt".into(),
+        "--cert-file=/etc/firstboot/etcd/member.crt".into(),
+        "--key-file=/etc/firstboot/etcd/member.key".into(),
+        "--peer-client-cert-auth=true".into(),
+        "--peer-trusted-ca-file=/etc/firstboot/etcd/ca.crt".into(),
+        "--peer-cert-file=/etc/firstboot/etcd/member.crt".into(),
+        "--peer-key-file=/etc/firstboot/etcd/member.key".into(),
+    ];
+    std::fs::write(root.join("etc/firstboot/etcd.args"), args.join("\n") + "\n").unwrap();
+    let units = root.join("etc/systemd/system");
+    for masked in [
+        "firstboot.service",
+        "firstboot-peer.service",
+        "firstboot-renew.timer",
+    ] {
+        let _ = std::fs::remove_file(units.join(masked));
+        std::os::unix::fs::symlink("/dev/null", units.join(masked)).unwrap();
+    }
+    let wants = units.join("multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    let _ = std::os::unix::fs::symlink("../etcd.service", wants.join("etcd.service"));
 }
 
 #[test]
@@ -143,65 +210,97 @@ fn bench_etcd_formation() {
     for n in [3, 5, 9] {
         let dir = tempfile::tempdir().unwrap();
         let (site, configs) = lab::render_into(dir.path(), &lab::lab_site(n), &firstboot);
-        let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
-        for (name, _) in &configs {
-            lab.boot(name).unwrap();
-        }
-        let last_boot = Instant::now();
-        let formed = wait_healthy(&lab, "node1", "https://node1.lab.example.org:2379", 3);
-        for (name, _) in &configs {
-            lab.wait_booted(name, Duration::from_secs(300)).unwrap();
-        }
-        let all_done = last_boot.elapsed();
-        let peak = lab
-            .sh("node1", "grep VmHWM /proc/$(pidof firstboot)/status")
-            .unwrap_or_default();
-
-        // The floor, in the same lab: a bare etcd on the same three core
-        // hosts, same certificates, static peers, started at once.
         let core: Vec<String> = site
             .hosts
             .iter()
             .take(3)
             .map(|h| h.name.to_string())
             .collect();
-        let cluster: Vec<String> = core
-            .iter()
-            .map(|c| format!("{c}=https://{c}.lab.example.org:12380"))
-            .collect();
-        for (i, name) in core.iter().enumerate() {
-            let address = format!("198.18.0.{}", 10 + i);
-            let tls = "/etc/firstboot/tls";
-            let command = format!(
-                "systemd-run --unit=bare-etcd /usr/bin/etcd --name={name} --data-dir=/var/tmp/bare-etcd \
-                 --initial-advertise-peer-urls=https://{name}.lab.example.org:12380 \
-                 --listen-peer-urls=https://{address}:12380 --listen-client-urls=https://{address}:12379 \
-                 --advertise-client-urls=https://{name}.lab.example.org:12379 \
-                 --initial-cluster={} --initial-cluster-state=new --initial-cluster-token=bare \
-                 --client-cert-auth --trusted-ca-file={tls}/ca.crt --cert-file={tls}/node.crt --key-file={tls}/node.key \
-                 --peer-client-cert-auth --peer-trusted-ca-file={tls}/ca.crt --peer-cert-file={tls}/node.crt \
-                 --peer-key-file={tls}/node.key",
-                cluster.join(",")
-            );
-            lab.sh(name, &command).unwrap();
+
+        // firstboot: from the first boot to a healthy 3-member cluster.
+        let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
+        let start = Instant::now();
+        for (name, _) in &configs {
+            lab.boot(name).unwrap();
         }
-        let floor = wait_healthy(&lab, "node1", "https://node1.lab.example.org:12379", 3);
+        let formed = healthy_since(
+            &lab,
+            "node1",
+            "https://node1.lab.example.org:2379",
+            3,
+            start,
+        );
+        for (name, _) in &configs {
+            lab.wait_booted(name, Duration::from_secs(300)).unwrap();
+        }
+        let all_done = start.elapsed();
+        let peak = lab
+            .sh(
+                "node1",
+                "grep VmHWM /proc/$(systemctl show -p MainPID --value firstboot.service)/status",
+            )
+            .unwrap_or_default();
+        let phases = phase_times(&lab, "node2");
+        lab.teardown();
+
+        // The floor, in the same run: the same nodes from the same
+        // configs, booted straight into etcd with a static cluster, no
+        // join, the same certificates' profile.
+        let ca = firstboot::pki::TempCa::create("lab.example.org").unwrap();
+        let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
+        for (i, name) in core.iter().enumerate() {
+            static_etcd(&lab.root(name).unwrap(), name, i, &core, &ca);
+        }
+        let start = Instant::now();
+        for (name, _) in &configs {
+            lab.boot(name).unwrap();
+        }
+        let floor = healthy_since(
+            &lab,
+            "node1",
+            "https://node1.lab.example.org:2379",
+            3,
+            start,
+        );
+        lab.teardown();
         println!(
-            "{n} nodes: etcd healthy {:.2?} after the last boot (every node `running`: {:.2?}); \
-             bare etcd with static peers {:.2?}; ratio {:.1}; firstboot on the bootstrap host: {}",
+            "{n} nodes: etcd healthy {:.2?} after booting (every node `running`: {:.2?}); \
+             floor (same nodes, static etcd, no join) {:.2?}; ratio {:.2}; \
+             node2's phases: {phases}; firstboot on the bootstrap host: {}",
             formed,
             all_done,
             floor,
             formed.as_secs_f64() / floor.as_secs_f64(),
             peak.trim()
         );
-        lab.teardown();
     }
 }
 
-/// API calls and wall time of `builder launch` against the fake (no
-/// Prism: its own overhead would swamp the figures) with 100 ms of
-/// latency injected per call, for 3, 10 and 25 hosts; then a second run.
+/// Each phase's duration on `node`, from firstboot's journal.
+fn phase_times(lab: &site_lab::Lab, node: &str) -> String {
+    let script = "journalctl -u firstboot -o short-unix --no-pager | \
+                  grep -E 'phase [a-z]+: (attempt 1|done)$'";
+    let out = lab.sh(node, script).unwrap_or_default();
+    let mut started = std::collections::HashMap::new();
+    let mut parts = Vec::new();
+    for line in out.lines() {
+        let mut words = line.split_whitespace();
+        let Some(at) = words.next().and_then(|t| t.parse::<f64>().ok()) else {
+            continue;
+        };
+        let Some(rest) = line.split("phase ").nth(1) else {
+            continue;
+        };
+        let (phase, what) = rest.split_once(": ").unwrap_or((rest, ""));
+        if what.starts_with("attempt 1") {
+            started.insert(phase.to_owned(), at);
+        } else if let Some(begin) = started.get(phase) {
+            parts.push(format!("{phase} {:.2}s", at - begin));
+        }
+    }
+    parts.join(", ")
+}
+
 #[test]
 #[ignore = "a benchmark: run by `make bench`"]
 fn bench_launch() {

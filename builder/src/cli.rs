@@ -87,8 +87,9 @@ pub struct RenderArgs {
 ///   BUILDER_DIRECTORY_MANAGER_PASSWORD  [default: generated]
 ///   BUILDER_VAULT_PASSPHRASE            (or --passphrase-file)
 ///
-/// The join secret that nodes authenticate each other with is always
-/// generated. Existing files are never overwritten without --force.
+/// The site's root secret (builder derives the site's signing key and
+/// every node's own key from it) is always generated and never leaves the
+/// vault. Existing files are never overwritten without --force.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Example: builder init mysite --domain example.com --region ams3 \\\n\

@@ -64,33 +64,52 @@ impl Discovery {
     /// are reported and ignored.
     pub async fn round(&mut self, config: &NodeConfig, me: &Credentials, own: Ipv4Addr) {
         let site = Site::of(config);
-        let found = crate::net::probe(&config.site.vpc_range, PEER_PORT, &[own]).await;
+        let others: BTreeSet<&HostName> = config
+            .site
+            .core
+            .iter()
+            .filter(|c| **c != config.node)
+            .collect();
+        let mut found = crate::net::probe(&config.site.vpc_range, PEER_PORT, &[own]);
         let mut asks = tokio::task::JoinSet::new();
-        for address in found {
-            let site = site.clone();
-            let me = Credentials {
-                key: node_contract::SigningKey::from_seed(&me.seed),
-                ticket: me.ticket.clone(),
-                seed: me.seed.clone(),
-            };
-            asks.spawn(async move { (address, ask(&site, &me, address).await) });
+        let mut probing = true;
+        // Ask each peer as soon as it accepts; end the round once every
+        // other core host has answered, or nothing more is coming.
+        while probing || !asks.is_empty() {
+            tokio::select! {
+                next = found.recv(), if probing => match next {
+                    Some(address) => {
+                        let site = site.clone();
+                        let me = me.clone();
+                        asks.spawn(async move { (address, ask(&site, &me, address).await) });
+                    }
+                    None => probing = false,
+                },
+                Some(Ok((address, result))) = asks.join_next() => {
+                    self.record(me, address, result);
+                    if others.iter().all(|c| self.answers.contains_key(*c)) {
+                        break;
+                    }
+                }
+            }
         }
-        while let Some(Ok((address, result))) = asks.join_next().await {
-            match result {
-                Ok(answer) => {
-                    if let Some(sealed) = &answer.ca_backup {
-                        match crate::backup::open(&me.seed, sealed) {
-                            Ok(backup) => self.backups.push(backup),
-                            Err(e) => {
-                                tracing::warn!(peer = %answer.node.node, "a CA copy from {address} was refused: {e:#}")
-                            }
+    }
+
+    fn record(&mut self, me: &Credentials, address: Ipv4Addr, result: Result<PeerAnswer>) {
+        match result {
+            Ok(answer) => {
+                if let Some(sealed) = &answer.ca_backup {
+                    match crate::backup::open(&me.seed, sealed) {
+                        Ok(backup) => self.backups.push(backup),
+                        Err(e) => {
+                            tracing::warn!(peer = %answer.node.node, "a CA copy from {address} was refused: {e:#}")
                         }
                     }
-                    self.answers
-                        .insert(answer.node.node.clone(), (address, answer));
                 }
-                Err(e) => tracing::debug!("peer {address}: {e:#}"),
+                self.answers
+                    .insert(answer.node.node.clone(), (address, answer));
             }
+            Err(e) => tracing::debug!("peer {address}: {e:#}"),
         }
     }
 
@@ -203,7 +222,7 @@ pub async fn ensure_ca(
                 discovery.summary(&config.site.core)
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let settled = match verdict {
         Verdict::Fresh => {

@@ -40,35 +40,44 @@ pub async fn wait_for_address(range: &VpcRange, limit: Duration) -> Result<Ipv4A
     }
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Connects in flight at once while probing: a /24 is probed in one wave.
+/// How long a probe waits for one address to accept. On a VPC a live host
+/// answers in a millisecond; this bounds how long the absent ones hold a
+/// round open.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Connects in flight at once while probing.
 const PROBE_WIDTH: usize = 256;
 
-/// Addresses in `range` with something listening on `port`, probed
-/// concurrently, in address order; `own` is skipped.
-pub async fn probe(range: &VpcRange, port: u16, own: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+/// One probing round over `range` for listeners on `port` (`own`
+/// skipped), every address at once: each address that accepts is sent on
+/// the returned channel as soon as it does; the channel closes when the
+/// round is over (every address answered or timed out).
+pub fn probe(
+    range: &VpcRange,
+    port: u16,
+    own: &[Ipv4Addr],
+) -> tokio::sync::mpsc::Receiver<Ipv4Addr> {
     let candidates: Vec<Ipv4Addr> = range.hosts().filter(|a| !own.contains(a)).collect();
-    let mut open = Vec::new();
-    for wave in candidates.chunks(PROBE_WIDTH) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for &address in wave {
-            tasks.spawn(async move {
+    let (found, receiver) = tokio::sync::mpsc::channel(PROBE_WIDTH);
+    // A /24 goes in one wave; a larger range in waves of this many.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PROBE_WIDTH));
+    tokio::spawn(async move {
+        for address in candidates {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let found = found.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
                 let target = SocketAddr::new(address.into(), port);
-                let ok = matches!(
-                    tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await,
-                    Ok(Ok(_))
-                );
-                ok.then_some(address)
+                let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target));
+                if let Ok(Ok(_)) = connect.await {
+                    let _ = found.send(address).await;
+                }
             });
         }
-        while let Some(result) = tasks.join_next().await {
-            if let Ok(Some(address)) = result {
-                open.push(address);
-            }
-        }
-    }
-    open.sort();
-    open
+    });
+    receiver
 }
 
 #[cfg(test)]

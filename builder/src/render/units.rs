@@ -40,7 +40,7 @@ pub const SHIPPED: &[ShippedUnit] = &[
     ShippedUnit {
         name: "etcd.service",
         contents: include_str!("../../../units/etcd.service"),
-        enabled: false,
+        enabled: true,
     },
 ];
 

@@ -17,6 +17,16 @@ pub struct Credentials {
     pub seed: Seed,
 }
 
+impl Clone for Credentials {
+    fn clone(&self) -> Credentials {
+        Credentials {
+            key: SigningKey::from_seed(&self.seed),
+            ticket: self.ticket.clone(),
+            seed: self.seed.clone(),
+        }
+    }
+}
+
 impl Credentials {
     pub fn of(config: &NodeConfig) -> Credentials {
         Credentials {

@@ -191,7 +191,7 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
         // Outside the lock: asking the old address takes a moment.
         let (site, me) = {
             let r = registrar.lock().await;
-            (r.site.clone(), credentials(&r.me))
+            (r.site.clone(), r.me.clone())
         };
         if let Ok(answer) = super::peer::ask(&site, &me, from).await {
             if answer.node.node == *verified.node() {
@@ -205,14 +205,6 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
         tracing::info!(peer = %verified.node(), "join service: {} moves from {from} (silent there) to {source}", verified.node());
     }
     registrar.lock().await.admit(&verified).await
-}
-
-fn credentials(me: &Credentials) -> Credentials {
-    Credentials {
-        key: node_contract::SigningKey::from_seed(&me.seed),
-        ticket: me.ticket.clone(),
-        seed: me.seed.clone(),
-    }
 }
 
 fn refuse(source: Ipv4Addr, refusal: &Refusal) -> Response {

@@ -32,7 +32,8 @@ const NAME_MISMATCH: &str = "does not match any of DNSNames";
 const HEALTH_WAIT: Duration = Duration::from_secs(180);
 /// How long one attempt waits for every core host to be in DNS.
 const PEERS_WAIT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(100);
+const HEALTH_POLL: Duration = Duration::from_millis(250);
 
 /// etcd's arguments for this node (the command itself comes from the
 /// image catalog: a host binary in the lab, a container on Fedora CoreOS).
@@ -137,7 +138,9 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         cx.paths.state_dir().join("etcd.journal-cursor"),
         crate::status::now(),
     );
-    crate::system::systemctl(&["enable", "--now", "etcd.service"]).await?;
+    // Enabled by Ignition (its condition, the arguments file, holds it
+    // back until now), so starting it needs no daemon-reload.
+    crate::system::systemctl(&["start", "etcd.service"]).await?;
 
     let deadline = tokio::time::Instant::now() + HEALTH_WAIT;
     loop {
@@ -161,7 +164,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                     HEALTH_WAIT.as_secs()
                 )
             }
-            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+            _ => tokio::time::sleep(HEALTH_POLL).await,
         }
     }
 }

@@ -13,8 +13,9 @@ use crate::join::client::enroll;
 
 /// How long one attempt probes: the engine retries beyond that.
 const ATTEMPT: Duration = Duration::from_secs(30);
-/// Between probing rounds for the join service.
-const PROBE_PAUSE: Duration = Duration::from_millis(250);
+/// Between probing rounds for the join service (a round itself lasts as
+/// long as the absent addresses take to time out).
+const PROBE_PAUSE: Duration = Duration::from_millis(20);
 
 pub async fn run(cx: &mut Context) -> Result<()> {
     let own = cx
@@ -43,8 +44,9 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     bail!("no join service admitted this node: {}", errors.join("; "))
 }
 
-/// Where the join service may be: the address given at launch, else
-/// whatever listens on its port in the VPC (where it was last time first).
+/// Where the join service may be: the address given at launch, else the
+/// first address in the VPC that accepts on its port (where it was last
+/// time first, if that one answers in the same round).
 async fn find_join_service(cx: &Context, own: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
     if let Some(given) = cx.config.join.address {
         return Ok(vec![given]);
@@ -52,8 +54,17 @@ async fn find_join_service(cx: &Context, own: Ipv4Addr) -> Result<Vec<Ipv4Addr>>
     let port = cx.config.join.port;
     let deadline = tokio::time::Instant::now() + ATTEMPT;
     loop {
-        let mut found = crate::net::probe(&cx.config.site.vpc_range, port, &[own]).await;
-        if !found.is_empty() {
+        let mut round = crate::net::probe(&cx.config.site.vpc_range, port, &[own]);
+        let mut found = Vec::new();
+        // The first to accept is tried at once; others accepting in the
+        // same moment are kept as fallbacks.
+        if let Some(first) = round.recv().await {
+            found.push(first);
+            while let Ok(Some(more)) =
+                tokio::time::timeout(Duration::from_millis(20), round.recv()).await
+            {
+                found.push(more);
+            }
             if let Some(previous) = cx.state.bootstrap_address {
                 found.sort_by_key(|a| *a != previous);
             }

@@ -89,6 +89,9 @@ pub fn ensure(definition: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathB
     let done = cache.join(format!("image-{key}"));
     let rootfs = done.join("rootfs");
     if done.join("complete").is_file() {
+        // Marks it recently used: checkouts of other revisions sharing
+        // this cache keep their images too.
+        fs::write(done.join("complete"), format!("{key}\n"))?;
         return Ok(rootfs);
     }
     progress(&format!(
@@ -101,21 +104,47 @@ pub fn ensure(definition: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathB
     build(&def.base, &building.join("rootfs"))?;
     fs::write(building.join("complete"), format!("{key}\n"))?;
     fs::rename(&building, &done)?;
-    // Only the current image is kept (each is 300 MB), but never one that
-    // a running lab's overlay still has as its lower layer.
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    for entry in fs::read_dir(&cache)?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let in_use = mounts.contains(&format!("lowerdir={}/", entry.path().display()));
-        if (name.starts_with("image-") || name.starts_with("building-"))
-            && entry.path() != done
-            && !in_use
-        {
-            let _ = remove_tree(&entry.path());
-        }
-    }
+    prune(&cache, &done)?;
     progress(&format!("lab image ready: {}", rootfs.display()));
     Ok(rootfs)
+}
+
+/// Images kept besides the current one (each is about 300 MB): the most
+/// recently used, so that worktrees of different revisions sharing the
+/// cache do not rebuild each other's. Never one that a running lab's
+/// overlay still has as its lower layer.
+const KEEP: usize = 2;
+
+fn prune(cache: &Path, current: &Path) -> Result<()> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut images: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(cache)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if path == current || mounts.contains(&format!("lowerdir={}/", path.display())) {
+            continue;
+        }
+        if name.starts_with("building-") {
+            // Another builder may be at work; only old leftovers go.
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+            if old {
+                let _ = remove_tree(&path);
+            }
+        } else if name.starts_with("image-") {
+            let used = fs::metadata(path.join("complete"))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            images.push((used, path));
+        }
+    }
+    images.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+    for (_, path) in images.into_iter().skip(KEEP) {
+        let _ = remove_tree(&path);
+    }
+    Ok(())
 }
 
 fn build(base: &Base, rootfs: &Path) -> Result<()> {
