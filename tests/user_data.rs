@@ -47,7 +47,7 @@ fn contract_of(config: &[u8]) -> NodeConfig {
         .find("{\n  \"schema\"")
         .expect("node.json in the config");
     let end = text[start..].find("\n}\n").unwrap() + start + 3;
-    NodeConfig::from_json(text[start..end].as_bytes()).unwrap()
+    NodeConfig::from_json(&text.as_bytes()[start..end]).unwrap()
 }
 
 fn render_site(n: usize) -> (Site, Vec<render::Rendered>) {
