@@ -1,4 +1,5 @@
 //! firstboot's library: everything but argument parsing, so tests reach it.
+#![forbid(unsafe_code)]
 
 pub mod backup;
 pub mod bootstrap;

@@ -1,4 +1,5 @@
 //! firstboot: started by systemd on every node of a site.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,6 +4,7 @@
 //! The file is versioned. A reader refuses a schema it does not know
 //! rather than guessing, because a node that half-understands its own
 //! configuration could join the wrong cluster or leak a secret.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fmt;
