@@ -3,8 +3,12 @@
 
 CARGO      ?= cargo
 TARGET     := x86_64-unknown-linux-gnu
+# What `make build` ships, builder and firstboot alike (Cargo.toml says
+# why this profile).
+PROFILE    := dist
+OUT        := target/$(TARGET)/$(PROFILE)
 DIST       := target/dist
-FIRSTBOOT  := target/$(TARGET)/node/firstboot
+FIRSTBOOT  := $(OUT)/firstboot
 # ignition: real Ignition and ignition-validate; python3-venv holds moto;
 # the rest run the lab.
 APT_DEPS   := ignition systemd-container debootstrap iproute2 python3-venv
@@ -20,26 +24,26 @@ MOTO       := target/tools/moto/bin/moto_server
 
 all: build
 
-## build: builder and the static firstboot, side by side in target/dist/
-build: builder firstboot
-	@mkdir -p $(DIST)
-	cp target/release/builder $(FIRSTBOOT) $(DIST)/
-	@echo "built $(DIST)/builder and $(DIST)/firstboot"
-
-builder:
-	$(CARGO) build --release --locked -p builder
-
-## firstboot: static (glibc, +crt-static) so it runs on any node image,
-# built with the size-tuned `node` profile (Cargo.toml). The explicit
+## build: builder and firstboot, both static (glibc, +crt-static, so they
+# run on any node image or Linux machine), side by side in target/dist/.
+# One cargo run builds both with one profile and target, so their
+# dependencies (tokio, rustls, ring...) compile once. The explicit
 # --target keeps RUSTFLAGS away from build scripts and proc macros, which
 # cannot be linked statically.
-firstboot:
-	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --profile node --locked \
-	    -p firstboot --target $(TARGET)
-	@case "$$(ldd $(FIRSTBOOT) 2>&1)" in \
+build:
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --profile $(PROFILE) --locked \
+	    --target $(TARGET) -p builder -p firstboot
+	@for bin in builder firstboot; do case "$$(ldd $(OUT)/$$bin 2>&1)" in \
 	    *"statically linked"*|*"not a dynamic executable"*) ;; \
-	    *) echo "error: $(FIRSTBOOT) is dynamically linked" >&2; exit 1;; esac
-	@echo "$(FIRSTBOOT): static, $$(stat -c %s $(FIRSTBOOT)) bytes"
+	    *) echo "error: $(OUT)/$$bin is dynamically linked" >&2; exit 1;; esac; done
+	@mkdir -p $(DIST)
+	cp $(OUT)/builder $(FIRSTBOOT) $(DIST)/
+	@echo "built $(DIST)/builder ($$(stat -c %s $(DIST)/builder) bytes) and" \
+	    "$(DIST)/firstboot ($$(stat -c %s $(DIST)/firstboot) bytes), static"
+
+# Each alone would build different dependency features (a second
+# dependency build); both come from the one build.
+builder firstboot: build
 
 ## render: the main job on the bundled example
 render: build
@@ -76,8 +80,9 @@ $(MOTO): | test-deps-apt
 	target/tools/moto/bin/pip install --quiet --disable-pip-version-check \
 	    'moto[server]==$(MOTO_VERSION)'
 
-## test: install test needs, build the static firstboot, run every test
-test: test-deps firstboot
+## test: install test needs, build (the tests run its static firstboot),
+## run every test
+test: test-deps build
 	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) PRISM_BIN=$(CURDIR)/$(PRISM) \
 	    MOTO_SERVER_BIN=$(CURDIR)/$(MOTO) $(CARGO) test --locked --workspace
 
@@ -94,7 +99,7 @@ golden:
 	BUILDER_REGENERATE_GOLDEN=1 $(CARGO) test --locked -p builder --test render golden
 
 ## bench: render and lab timings and sizes (figures go into BENCHMARKS.md)
-bench: firstboot
+bench: build
 	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) $(CARGO) test --release --locked \
 	    -p builder --test bench -- --ignored --nocapture --test-threads=1
 
