@@ -80,8 +80,7 @@ fn apply(config: &serde_json::Value) -> (ScratchRoot, ignition::ApplyOutcome) {
 #[test]
 fn applies_files_users_and_units() {
     if let Some(reason) = ignition::skip_reason() {
-        println!("{reason}");
-        return;
+        return support::skip(&reason);
     }
     let server = FileServer::start(vec![("/payload".into(), PAYLOAD.to_vec())]).unwrap();
     let (root, outcome) = apply(&config(&server.url("/payload"), &sha512_hash(PAYLOAD)));
@@ -138,8 +137,7 @@ fn applies_files_users_and_units() {
 #[test]
 fn wrong_payload_hash_fails_without_writing_payload() {
     if let Some(reason) = ignition::skip_reason() {
-        println!("{reason}");
-        return;
+        return support::skip(&reason);
     }
     let server = FileServer::start(vec![("/payload".into(), PAYLOAD.to_vec())]).unwrap();
     let wrong = sha512_hash(b"not the payload");

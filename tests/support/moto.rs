@@ -53,7 +53,7 @@ pub fn skip_reason() -> Option<String> {
     let bin = moto_bin();
     (!bin.is_file()).then(|| {
         format!(
-            "skipping: moto_server is not at {} (run `make test-deps`)",
+            "skipping: moto_server is not at {} (run `make test-deps`, or set MOTO_SERVER_BIN)",
             bin.display()
         )
     })

@@ -20,18 +20,22 @@ pub fn prism_bin() -> PathBuf {
         .unwrap_or_else(|| super::site::repo().join("target/tools/prism/node_modules/.bin/prism"))
 }
 
-/// Why these tests cannot run here, if they cannot.
+/// Why these tests cannot run here, if they cannot: one line saying what
+/// is missing and how to get it, for `support::skip`. (Both reasons name
+/// Prism: callers that pass on only Prism's reasons to `skip`, which fails
+/// in CI, pass on a missing spec too.)
 pub fn skip_reason() -> Option<String> {
     let spec = specs_dir().join("digitalocean/DigitalOcean-public.v2.yaml");
     if !spec.is_file() {
         return Some(format!(
-            "skipping: the DigitalOcean spec is not at {} (set SITE_SPECS)",
+            "skipping: the DigitalOcean spec Prism checks against is not at {} (set \
+             SITE_SPECS to the specs folder; the default is ../shared/specs beside the checkout)",
             spec.display()
         ));
     }
     if !prism_bin().is_file() {
         return Some(format!(
-            "skipping: Prism is not at {} (run `make test-deps`)",
+            "skipping: Prism is not at {} (run `make test-deps`, or set PRISM_BIN)",
             prism_bin().display()
         ));
     }
