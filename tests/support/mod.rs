@@ -57,6 +57,7 @@ fn record_skip(path: &std::path::Path, reason: &str) {
     }
 }
 
+pub mod child;
 pub mod do_fake;
 pub mod lab;
 pub mod moto;

@@ -38,8 +38,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use super::child::{spawn_announcing, Announced, Output};
 
 /// moto's server: `$MOTO_SERVER_BIN`, else where `make test-deps` puts it.
 pub fn moto_bin() -> PathBuf {
@@ -85,63 +87,48 @@ pub struct Moto {
     /// `http://127.0.0.1:PORT`, the endpoint for the publisher.
     pub base: String,
     port: u16,
+    /// Holds the recording file.
     dir: tempfile::TempDir,
     child: Child,
+    output: Output,
 }
 
 impl Moto {
-    /// Start moto on a free loopback port, authentication off, recording
-    /// requests; wait (at most 60 s) until it answers.
+    /// Start moto on a loopback port it picks, authentication off,
+    /// recording requests; wait (at most 60 s) until it says it is
+    /// listening.
     pub fn start() -> Moto {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
         let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
         let mut command = Command::new(moto_bin());
         command
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .env("MOTO_ENABLE_RECORDING", "True")
             .env("MOTO_RECORDER_FILEPATH", dir.path().join("recording"))
             .env_remove("INITIAL_NO_AUTH_ACTION_COUNT")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // Its own process group, so teardown ends it and any children.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command.spawn().expect("start moto_server");
-        let mut moto = Moto {
+            .current_dir(dir.path());
+        // werkzeug's " * Running on http://127.0.0.1:PORT", once bound.
+        let Announced {
+            child,
+            port,
+            output,
+        } = spawn_announcing(
+            command,
+            "moto_server",
+            "Running on http://127.0.0.1:",
+            Duration::from_secs(60),
+        );
+        Moto {
             base: format!("http://127.0.0.1:{port}"),
             port,
             dir,
             child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(answer) = moto.try_request("GET", "/moto-api/reset-auth", &[], b"") {
-                // GET is refused (400) but proves the server is up.
-                if answer.status < 500 {
-                    break;
-                }
-            }
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited ({status}): {}", moto.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto did not answer within 60 s: {}",
-                moto.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
+            output,
         }
-        moto
     }
 
     /// What moto printed, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
+        self.output.text()
     }
 
     /// One request, unsigned (HTTP/1.0, so the answer is never chunked).
