@@ -10,7 +10,7 @@
 mod support;
 
 use std::fmt::Debug;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -20,6 +20,7 @@ use builder::digitalocean::{ApiError, Client, RetryPolicy};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use support::do_fake::{kind_of, FakeDo, Fault};
+use support::http;
 use support::prism::{self, Prism};
 
 const KEY: &str = concat!(
@@ -951,19 +952,16 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
 
 /// One GET without the client (which hides statuses and headers it retries).
 fn raw(base: &str, path: &str) -> (u16, Vec<(String, String)>, Value) {
-    let address = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer test-token\r\n\
-         Connection: close\r\n\r\n"
+    let answer = http::request(
+        base.trim_start_matches("http://"),
+        "GET",
+        path,
+        &[("Authorization", "Bearer test-token")],
+        b"",
     )
     .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let exchange = Exchange::parse(format!("GET {path}"), &response);
-    let body = serde_json::from_str(&exchange.body).unwrap_or(Value::Null);
-    (exchange.status, exchange.headers, body)
+    let body = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    (answer.status, answer.headers, body)
 }
 
 #[derive(Debug)]
@@ -975,24 +973,22 @@ struct Exchange {
 }
 
 impl Exchange {
+    /// What came back for `request`; an answer that is not HTTP is logged
+    /// as status 0, with the bytes as its body.
     fn parse(request: String, response: &[u8]) -> Exchange {
-        let text = String::from_utf8_lossy(response);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        Exchange {
-            request,
-            status,
-            headers,
-            body: body.to_owned(),
+        match http::parse_response(response) {
+            Ok(answer) => Exchange {
+                request,
+                status: answer.status,
+                body: answer.text(),
+                headers: answer.headers,
+            },
+            Err(e) => Exchange {
+                request,
+                status: 0,
+                headers: Vec::new(),
+                body: format!("{e}: {}", String::from_utf8_lossy(response)),
+            },
         }
     }
 
@@ -1084,41 +1080,18 @@ fn relay(
     in_flight: &Arc<InFlight>,
 ) -> Option<()> {
     let mut reader = BufReader::new(client.try_clone().ok()?);
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
+    let mut request = http::read_request(&mut reader).ok()??;
     let _pending = Pending::new(in_flight);
-    let mut head = line.clone();
-    let mut length = 0;
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let trimmed = header.trim_end();
-        if trimmed.is_empty() {
-            break;
-        }
-        let name = trimmed.split(':').next().unwrap_or("").to_ascii_lowercase();
-        if name == "content-length" {
-            length = trimmed.split(':').nth(1)?.trim().parse().ok()?;
-        }
-        if name != "connection" {
-            head.push_str(&header);
-        }
-    }
-    head.push_str("Connection: close\r\n\r\n");
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
+    // One request per connection: Prism closes after answering.
+    request
+        .headers
+        .retain(|(name, _)| !name.eq_ignore_ascii_case("connection"));
+    request.headers.push(("Connection".into(), "close".into()));
     let mut up = TcpStream::connect(upstream).ok()?;
-    up.write_all(head.as_bytes()).ok()?;
-    up.write_all(&body).ok()?;
+    request.write_to(&mut up).ok()?;
     let mut response = Vec::new();
     up.read_to_end(&mut response).ok()?;
-    let request = line
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let request = format!("{} {}", request.method, request.target);
     let exchange = Exchange::parse(request, &response);
     if exchange.problem() && !exchange.body.contains("FetchError") {
         // Said at once: the client may retry and fail later elsewhere.

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use serde_json::json;
 use sha2::{Digest, Sha512};
 
-use support::http::FileServer;
+use support::http::{self, FileServer};
 use support::ignition::{self, data_url, ScratchRoot};
 
 const PAYLOAD: &[u8] = b"#!/bin/sh\necho payload from the file server\n";
@@ -161,24 +161,26 @@ fn wrong_payload_hash_fails_without_writing_payload() {
 
 #[test]
 fn file_server_serves_counts_and_404s() {
-    use std::io::{Read, Write};
-
     let server = FileServer::start(vec![("/a".into(), b"alpha".to_vec())]).unwrap();
-    let get = |path: &str| {
-        let url = server.url(path);
-        let addr = url.trim_start_matches("http://").split('/').next().unwrap();
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        response
-    };
-    let ok = get("/a");
-    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-    assert!(ok.ends_with("\r\n\r\nalpha"), "{ok}");
-    assert!(get("/b").starts_with("HTTP/1.1 404 "));
+    let address = server.url("/");
+    let address = address.trim_start_matches("http://").trim_end_matches('/');
+    let get = |method: &str, path: &str| http::request(address, method, path, &[], b"").unwrap();
+    let ok = get("GET", "/a?query=ignored");
+    assert_eq!(
+        (ok.status, ok.body.as_slice()),
+        (200, &b"alpha"[..]),
+        "{ok:?}"
+    );
+    assert_eq!(ok.header("content-length"), Some("5"));
+    let head = get("HEAD", "/a");
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("5"))
+    );
+    assert_eq!(get("GET", "/b").status, 404);
+    assert_eq!(get("POST", "/a").status, 405);
     assert_eq!(
         (server.hits("/a"), server.hits("/b"), server.hits("/c")),
-        (1, 1, 0)
+        (3, 1, 0)
     );
 }

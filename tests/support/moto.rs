@@ -35,8 +35,6 @@
 //!   `download-recording` clear and read it, which tests use to see which
 //!   requests reached the server.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -62,26 +60,7 @@ pub fn skip_reason() -> Option<String> {
 }
 
 /// One HTTP answer.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    /// Names lower-cased.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
+pub use super::http::Response as Answer;
 
 pub struct Moto {
     /// `http://127.0.0.1:PORT`, the endpoint for the publisher.
@@ -131,7 +110,7 @@ impl Moto {
         self.output.text()
     }
 
-    /// One request, unsigned (HTTP/1.0, so the answer is never chunked).
+    /// One request, unsigned.
     pub fn request(
         &self,
         method: &str,
@@ -139,52 +118,14 @@ impl Moto {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Answer {
-        self.try_request(method, path, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path} to moto: {e}"))
-    }
-
-    fn try_request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> std::io::Result<Answer> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| std::io::Error::other("no end of head in the answer"))?;
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Ok(Answer {
-            status,
+        super::http::request(
+            &format!("127.0.0.1:{}", self.port),
+            method,
+            path,
             headers,
-            body: raw[split + 4..].to_vec(),
-        })
+            body,
+        )
+        .unwrap_or_else(|e| panic!("{method} {path} to moto: {e}\n{}", self.log()))
     }
 
     /// An anonymous GET, as a node fetches a public object.
