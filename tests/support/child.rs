@@ -8,21 +8,39 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-/// A started helper: its process (in its own group, for `end_group`), the
-/// port it announced, and everything it printed so far.
+/// A started helper: its process, the port it announced, and everything
+/// it printed so far. Dropping it ends the child's process group.
 pub struct Announced {
-    pub child: Child,
+    child: Child,
     pub port: u16,
-    pub output: Output,
+    output: Output,
 }
 
-/// What a child printed (stdout and stderr, interleaved as written), kept
-/// for failure messages.
+impl Announced {
+    /// `http://127.0.0.1:PORT`: every helper here listens on loopback.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the child printed so far (stdout and stderr interleaved), for
+    /// failure messages.
+    pub fn output(&self) -> String {
+        self.output.text()
+    }
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        super::end_group(&mut self.child);
+    }
+}
+
+/// What a child printed, filled by the thread that drains its pipe.
 #[derive(Clone, Default)]
-pub struct Output(Arc<Mutex<String>>);
+struct Output(Arc<Mutex<String>>);
 
 impl Output {
-    pub fn text(&self) -> String {
+    fn text(&self) -> String {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -77,18 +95,18 @@ pub fn spawn_announcing(
     };
     match port_rx.recv_timeout(within) {
         Ok(port) => announced.port = port,
+        // Dropping `announced` in the unwinding ends the child.
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            super::end_group(&mut announced.child);
             panic!(
                 "{what} did not say it was listening within {within:?}:\n{}",
-                announced.output.text()
+                announced.output()
             );
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             let status = announced.child.wait();
             panic!(
                 "{what} exited ({status:?}) before listening:\n{}",
-                announced.output.text()
+                announced.output()
             );
         }
     }

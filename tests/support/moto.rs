@@ -36,10 +36,10 @@
 //!   requests reached the server.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use super::child::{spawn_announcing, Announced, Output};
+use super::child::{spawn_announcing, Announced};
 
 /// moto's server: `$MOTO_SERVER_BIN`, else where `make test-deps` puts it.
 pub fn moto_bin() -> PathBuf {
@@ -65,11 +65,10 @@ pub use super::http::Response as Answer;
 pub struct Moto {
     /// `http://127.0.0.1:PORT`, the endpoint for the publisher.
     pub base: String,
-    port: u16,
+    /// Ends moto when dropped; declared first so it goes before `dir`.
+    server: Announced,
     /// Holds the recording file.
     dir: tempfile::TempDir,
-    child: Child,
-    output: Output,
 }
 
 impl Moto {
@@ -86,28 +85,22 @@ impl Moto {
             .env_remove("INITIAL_NO_AUTH_ACTION_COUNT")
             .current_dir(dir.path());
         // werkzeug's " * Running on http://127.0.0.1:PORT", once bound.
-        let Announced {
-            child,
-            port,
-            output,
-        } = spawn_announcing(
+        let server = spawn_announcing(
             command,
             "moto_server",
             "Running on http://127.0.0.1:",
             Duration::from_secs(60),
         );
         Moto {
-            base: format!("http://127.0.0.1:{port}"),
-            port,
+            base: server.base(),
+            server,
             dir,
-            child,
-            output,
         }
     }
 
     /// What moto printed, for failure messages.
     pub fn log(&self) -> String {
-        self.output.text()
+        self.server.output()
     }
 
     /// One request, unsigned.
@@ -119,7 +112,7 @@ impl Moto {
         body: &[u8],
     ) -> Answer {
         super::http::request(
-            &format!("127.0.0.1:{}", self.port),
+            &format!("127.0.0.1:{}", self.server.port),
             method,
             path,
             headers,
@@ -222,12 +215,6 @@ impl Moto {
             })
             .filter(|call| !call.contains(" /moto-api/"))
             .collect()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        super::end_group(&mut self.child);
     }
 }
 

@@ -3,10 +3,10 @@
 //! official DigitalOcean specification in `../shared/specs`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use super::child::{spawn_announcing, Announced, Output};
+use super::child::{spawn_announcing, Announced};
 
 /// The specs: `$SITE_SPECS`, else `../shared/specs` beside the checkout.
 pub fn specs_dir() -> PathBuf {
@@ -46,8 +46,8 @@ pub fn skip_reason() -> Option<String> {
 
 pub struct Prism {
     pub base: String,
-    child: Child,
-    output: Output,
+    /// Ends Prism when dropped.
+    server: Announced,
 }
 
 impl Prism {
@@ -64,32 +64,21 @@ impl Prism {
             "-p",
             "0",
         ]);
-        let Announced {
-            child,
-            port,
-            output,
-        } = spawn_announcing(
+        let server = spawn_announcing(
             command,
             "Prism",
             "is listening on http://127.0.0.1:",
             Duration::from_secs(90),
         );
         Prism {
-            base: format!("http://127.0.0.1:{port}"),
-            child,
-            output,
+            base: server.base(),
+            server,
         }
     }
 
     /// What Prism printed so far (every request it checked, and why it
     /// refused one), for failure messages.
     pub fn log(&self) -> String {
-        self.output.text()
-    }
-}
-
-impl Drop for Prism {
-    fn drop(&mut self) {
-        super::end_group(&mut self.child);
+        self.server.output()
     }
 }
