@@ -3,11 +3,20 @@
 
 CARGO      ?= cargo
 TARGET     := x86_64-unknown-linux-gnu
+# What `make build` ships, builder and firstboot alike (Cargo.toml says
+# why this profile).
+PROFILE    := dist
+OUT        := target/$(TARGET)/$(PROFILE)
 DIST       := target/dist
-FIRSTBOOT  := target/$(TARGET)/node/firstboot
+FIRSTBOOT  := $(OUT)/firstboot
 # ignition: real Ignition and ignition-validate; python3-venv holds moto;
-# the rest run the lab.
-APT_DEPS   := ignition systemd-container debootstrap iproute2 python3-venv
+# bind9-dnsutils (dig) and openssl cross-check firstboot's DNS server and
+# CA; the rest run the lab.
+APT_DEPS   := ignition systemd-container debootstrap iproute2 python3-venv \
+              bind9-dnsutils openssl
+# Tools firstboot's own unit tests run, which skip without them (they
+# cannot use tests/support): `make test` checks for them itself.
+TEST_TOOLS := dig:bind9-dnsutils openssl:openssl
 # Prism checks the DigitalOcean client and fake against the official spec.
 PRISM_VERSION := 5.16.0
 PRISM      := target/tools/prism/node_modules/.bin/prism
@@ -15,31 +24,34 @@ PRISM      := target/tools/prism/node_modules/.bin/prism
 # publisher's tests run against it.
 MOTO_VERSION := 5.2.5
 MOTO       := target/tools/moto/bin/moto_server
+# Each skipped test appends a line here (tests/support/mod.rs); `make
+# test` prints and counts them, since the test runner hides them.
+SKIPS      := target/test-skips.txt
 
 .PHONY: all build firstboot builder test test-deps test-deps-apt lint fmt bench golden render lab lab-image clean
 
 all: build
 
-## build: builder and the static firstboot, side by side in target/dist/
-build: builder firstboot
-	@mkdir -p $(DIST)
-	cp target/release/builder $(FIRSTBOOT) $(DIST)/
-	@echo "built $(DIST)/builder and $(DIST)/firstboot"
-
-builder:
-	$(CARGO) build --release --locked -p builder
-
-## firstboot: static (glibc, +crt-static) so it runs on any node image,
-# built with the size-tuned `node` profile (Cargo.toml). The explicit
+## build: builder and firstboot, both static (glibc, +crt-static, so they
+# run on any node image or Linux machine), side by side in target/dist/.
+# One cargo run builds both with one profile and target, so their
+# dependencies (tokio, rustls, ring...) compile once. The explicit
 # --target keeps RUSTFLAGS away from build scripts and proc macros, which
 # cannot be linked statically.
-firstboot:
-	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --profile node --locked \
-	    -p firstboot --target $(TARGET)
-	@case "$$(ldd $(FIRSTBOOT) 2>&1)" in \
+build:
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --profile $(PROFILE) --locked \
+	    --target $(TARGET) -p builder -p firstboot
+	@for bin in builder firstboot; do case "$$(ldd $(OUT)/$$bin 2>&1)" in \
 	    *"statically linked"*|*"not a dynamic executable"*) ;; \
-	    *) echo "error: $(FIRSTBOOT) is dynamically linked" >&2; exit 1;; esac
-	@echo "$(FIRSTBOOT): static, $$(stat -c %s $(FIRSTBOOT)) bytes"
+	    *) echo "error: $(OUT)/$$bin is dynamically linked" >&2; exit 1;; esac; done
+	@mkdir -p $(DIST)
+	cp $(OUT)/builder $(FIRSTBOOT) $(DIST)/
+	@echo "built $(DIST)/builder ($$(stat -c %s $(DIST)/builder) bytes) and" \
+	    "$(DIST)/firstboot ($$(stat -c %s $(DIST)/firstboot) bytes), static"
+
+# Each alone would build different dependency features (a second
+# dependency build); both come from the one build.
+builder firstboot: build
 
 ## render: the main job on the bundled example
 render: build
@@ -62,12 +74,14 @@ test-deps: test-deps-apt $(PRISM) $(MOTO)
 test-deps-apt:
 	@missing=""; for p in $(APT_DEPS); do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "installing Debian packages:$$missing"; \
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
 
-$(PRISM):
+$(PRISM): | test-deps-apt
 	npm install --no-audit --no-fund --silent --prefix target/tools/prism \
 	    @stoplight/prism-cli@$(PRISM_VERSION)
 
@@ -76,10 +90,23 @@ $(MOTO): | test-deps-apt
 	target/tools/moto/bin/pip install --quiet --disable-pip-version-check \
 	    'moto[server]==$(MOTO_VERSION)'
 
-## test: install test needs, build the static firstboot, run every test
-test: test-deps firstboot
-	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) PRISM_BIN=$(CURDIR)/$(PRISM) \
-	    MOTO_SERVER_BIN=$(CURDIR)/$(MOTO) $(CARGO) test --locked --workspace
+## test: install test needs, build (the tests run its static firstboot),
+## run every test; skipped tests are listed and counted at the end
+test: test-deps build
+	@rm -f $(SKIPS); mkdir -p $(dir $(SKIPS))
+	@for pair in $(TEST_TOOLS); do tool=$${pair%%:*}; package=$${pair#*:}; \
+	    command -v $$tool >/dev/null 2>&1 && continue; \
+	    line="firstboot unit tests: \`$$tool\` not found, its cross-checks skip (install Debian package $$package; \`make test-deps\` does)"; \
+	    if [ -n "$$CI" ]; then echo "error: $$line (CI is set, so they must run)" >&2; exit 1; fi; \
+	    echo "$$line" >> $(SKIPS); done
+	@status=0; BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) PRISM_BIN=$(CURDIR)/$(PRISM) \
+	    MOTO_SERVER_BIN=$(CURDIR)/$(MOTO) SITE_TEST_SKIPS=$(CURDIR)/$(SKIPS) \
+	    $(CARGO) test --locked --workspace || status=$$?; \
+	if [ -s $(SKIPS) ]; then \
+	    echo; echo "skipped tests ($$(wc -l < $(SKIPS))), each with what it needs:"; \
+	    sed 's/^/  /' $(SKIPS); \
+	else echo; echo "skipped tests: none"; fi; \
+	exit $$status
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -94,7 +121,7 @@ golden:
 	BUILDER_REGENERATE_GOLDEN=1 $(CARGO) test --locked -p builder --test render golden
 
 ## bench: render and lab timings and sizes (figures go into BENCHMARKS.md)
-bench: firstboot
+bench: build
 	BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) $(CARGO) test --release --locked \
 	    -p builder --test bench -- --ignored --nocapture --test-threads=1
 

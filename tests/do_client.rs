@@ -3,7 +3,7 @@
 //! timeout), pagination and its loop guard, action polling, and errors
 //! that are not retried.
 
-use std::io::{Read, Write};
+use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use builder::digitalocean::{ApiError, Client, RetryPolicy};
 use serde_json::json;
+use site_lab::http::{self, Response};
 
 /// One scripted answer.
 #[derive(Clone)]
@@ -73,41 +74,40 @@ impl Scripted {
     }
 }
 
-fn serve(mut stream: TcpStream, answer: Answer, log: &Mutex<Vec<String>>) {
+fn serve(stream: TcpStream, answer: Answer, log: &Mutex<Vec<String>>) {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    log.lock()
-        .unwrap()
-        .push(text.lines().next().unwrap_or("").to_owned());
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let Ok(Some(request)) = http::read_request(&mut BufReader::new(stream)) else {
+        return;
+    };
+    log.lock().unwrap().push(format!(
+        "{} {} {}",
+        request.method, request.target, request.version
+    ));
     let mut answer = answer;
     if let Answer::Slow(delay, inner) = answer {
         thread::sleep(delay);
         answer = *inner;
     }
     match answer {
-        Answer::Hang => drop(stream),
+        Answer::Hang => drop(writer),
         Answer::Json {
             status,
             headers,
             body,
         } => {
-            let mut out = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
-            for (k, v) in headers {
-                out.push_str(&format!("{k}: {v}\r\n"));
+            let mut response = Response::new(status)
+                .with_header("content-type", "application/json")
+                .with_header("connection", "close")
+                .with_body(body);
+            for (k, v) in &headers {
+                response = response.with_header(k, v);
             }
-            out.push_str("\r\n");
-            out.push_str(&body);
-            let _ = stream.write_all(out.as_bytes());
+            let _ = response.write_to(&mut writer, true);
         }
         Answer::Slow(..) => unreachable!(),
     }

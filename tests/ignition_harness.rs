@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use serde_json::json;
 use sha2::{Digest, Sha512};
 
-use support::http::FileServer;
+use support::http::{self, FileServer};
 use support::ignition::{self, data_url, ScratchRoot};
 
 const PAYLOAD: &[u8] = b"#!/bin/sh\necho payload from the file server\n";
@@ -80,8 +80,7 @@ fn apply(config: &serde_json::Value) -> (ScratchRoot, ignition::ApplyOutcome) {
 #[test]
 fn applies_files_users_and_units() {
     if let Some(reason) = ignition::skip_reason() {
-        println!("{reason}");
-        return;
+        return support::skip(&reason);
     }
     let server = FileServer::start(vec![("/payload".into(), PAYLOAD.to_vec())]).unwrap();
     let (root, outcome) = apply(&config(&server.url("/payload"), &sha512_hash(PAYLOAD)));
@@ -138,8 +137,7 @@ fn applies_files_users_and_units() {
 #[test]
 fn wrong_payload_hash_fails_without_writing_payload() {
     if let Some(reason) = ignition::skip_reason() {
-        println!("{reason}");
-        return;
+        return support::skip(&reason);
     }
     let server = FileServer::start(vec![("/payload".into(), PAYLOAD.to_vec())]).unwrap();
     let wrong = sha512_hash(b"not the payload");
@@ -163,24 +161,26 @@ fn wrong_payload_hash_fails_without_writing_payload() {
 
 #[test]
 fn file_server_serves_counts_and_404s() {
-    use std::io::{Read, Write};
-
     let server = FileServer::start(vec![("/a".into(), b"alpha".to_vec())]).unwrap();
-    let get = |path: &str| {
-        let url = server.url(path);
-        let addr = url.trim_start_matches("http://").split('/').next().unwrap();
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        response
-    };
-    let ok = get("/a");
-    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-    assert!(ok.ends_with("\r\n\r\nalpha"), "{ok}");
-    assert!(get("/b").starts_with("HTTP/1.1 404 "));
+    let address = server.url("/");
+    let address = address.trim_start_matches("http://").trim_end_matches('/');
+    let get = |method: &str, path: &str| http::request(address, method, path, &[], b"").unwrap();
+    let ok = get("GET", "/a?query=ignored");
+    assert_eq!(
+        (ok.status, ok.body.as_slice()),
+        (200, &b"alpha"[..]),
+        "{ok:?}"
+    );
+    assert_eq!(ok.header("content-length"), Some("5"));
+    let head = get("HEAD", "/a");
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("5"))
+    );
+    assert_eq!(get("GET", "/b").status, 404);
+    assert_eq!(get("POST", "/a").status, 405);
     assert_eq!(
         (server.hits("/a"), server.hits("/b"), server.hits("/c")),
-        (1, 1, 0)
+        (3, 1, 0)
     );
 }

@@ -2,6 +2,7 @@
 //!
 //! `main.rs` only parses arguments and dispatches; everything else lives
 //! here, where tests reach it.
+#![forbid(unsafe_code)]
 
 pub mod artifact;
 pub mod cli;

@@ -20,7 +20,7 @@
 //! makes the fake new again so one Prism can serve many tests.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+
+use super::http::Response;
 
 /// What to do to a request instead of processing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -615,34 +617,9 @@ impl Request {
 type Answer = (u16, Option<Value>);
 
 fn read_request(reader: &mut BufReader<TcpStream>, fallback_host: &str) -> Option<Request> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_owned();
-    let target = parts.next()?.to_owned();
-    let mut length = 0;
-    let mut host = fallback_host.to_owned();
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).ok()? == 0 {
-            return None;
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = header.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            } else if k.eq_ignore_ascii_case("host") {
-                host = v.trim().to_owned();
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
+    let request = super::http::read_request(reader).ok()??;
+    let host = request.header("host").unwrap_or(fallback_host).to_owned();
+    let (method, target, body) = (request.method, request.target, request.body);
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), q),
         None => (target.clone(), ""),
@@ -749,43 +726,18 @@ fn connection(stream: TcpStream, state: &Mutex<State>) {
             }
         };
         let text = body.map(|v| v.to_string()).unwrap_or_default();
-        let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-        if status != 204 {
-            head.push_str(&format!("content-length: {}\r\n", text.len()));
-        }
+        let mut response = Response::new(status);
         if !text.is_empty() {
-            head.push_str("content-type: application/json; charset=utf-8\r\n");
+            response = response.with_header("content-type", "application/json; charset=utf-8");
         }
-        head.push_str(&format!(
-            "ratelimit-limit: 5000\r\nratelimit-remaining: {}\r\nratelimit-reset: {}\r\n\r\n",
-            limit.0, limit.1
-        ));
-        if writer
-            .write_all(head.as_bytes())
-            .and_then(|_| writer.write_all(text.as_bytes()))
-            .and_then(|_| writer.flush())
-            .is_err()
-        {
+        let response = response
+            .with_header("ratelimit-limit", "5000")
+            .with_header("ratelimit-remaining", &limit.0)
+            .with_header("ratelimit-reset", &limit.1.to_string())
+            .with_body(text);
+        if response.write_to(&mut writer, true).is_err() {
             return;
         }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        409 => "Conflict",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
     }
 }
 

@@ -35,11 +35,11 @@
 //!   `download-recording` clear and read it, which tests use to see which
 //!   requests reached the server.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use super::child::{spawn_announcing, Announced};
 
 /// moto's server: `$MOTO_SERVER_BIN`, else where `make test-deps` puts it.
 pub fn moto_bin() -> PathBuf {
@@ -53,98 +53,57 @@ pub fn skip_reason() -> Option<String> {
     let bin = moto_bin();
     (!bin.is_file()).then(|| {
         format!(
-            "skipping: moto_server is not at {} (run `make test-deps`)",
+            "skipping: moto_server is not at {} (run `make test-deps`, or set MOTO_SERVER_BIN)",
             bin.display()
         )
     })
 }
 
 /// One HTTP answer.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    /// Names lower-cased.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
+pub use super::http::Response as Answer;
 
 pub struct Moto {
     /// `http://127.0.0.1:PORT`, the endpoint for the publisher.
     pub base: String,
-    port: u16,
+    /// Ends moto when dropped; declared first so it goes before `dir`.
+    server: Announced,
+    /// Holds the recording file.
     dir: tempfile::TempDir,
-    child: Child,
 }
 
 impl Moto {
-    /// Start moto on a free loopback port, authentication off, recording
-    /// requests; wait (at most 60 s) until it answers.
+    /// Start moto on a loopback port it picks, authentication off,
+    /// recording requests; wait (at most 60 s) until it says it is
+    /// listening.
     pub fn start() -> Moto {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
         let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
         let mut command = Command::new(moto_bin());
         command
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .env("MOTO_ENABLE_RECORDING", "True")
             .env("MOTO_RECORDER_FILEPATH", dir.path().join("recording"))
             .env_remove("INITIAL_NO_AUTH_ACTION_COUNT")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // Its own process group, so teardown ends it and any children.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command.spawn().expect("start moto_server");
-        let mut moto = Moto {
-            base: format!("http://127.0.0.1:{port}"),
-            port,
+            .current_dir(dir.path());
+        // werkzeug's " * Running on http://127.0.0.1:PORT", once bound.
+        let server = spawn_announcing(
+            command,
+            "moto_server",
+            "Running on http://127.0.0.1:",
+            Duration::from_secs(60),
+        );
+        Moto {
+            base: server.base(),
+            server,
             dir,
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(answer) = moto.try_request("GET", "/moto-api/reset-auth", &[], b"") {
-                // GET is refused (400) but proves the server is up.
-                if answer.status < 500 {
-                    break;
-                }
-            }
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited ({status}): {}", moto.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto did not answer within 60 s: {}",
-                moto.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
         }
-        moto
     }
 
     /// What moto printed, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
+        self.server.output()
     }
 
-    /// One request, unsigned (HTTP/1.0, so the answer is never chunked).
+    /// One request, unsigned.
     pub fn request(
         &self,
         method: &str,
@@ -152,52 +111,14 @@ impl Moto {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Answer {
-        self.try_request(method, path, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path} to moto: {e}"))
-    }
-
-    fn try_request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> std::io::Result<Answer> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| std::io::Error::other("no end of head in the answer"))?;
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Ok(Answer {
-            status,
+        super::http::request(
+            &format!("127.0.0.1:{}", self.server.port),
+            method,
+            path,
             headers,
-            body: raw[split + 4..].to_vec(),
-        })
+            body,
+        )
+        .unwrap_or_else(|e| panic!("{method} {path} to moto: {e}\n{}", self.log()))
     }
 
     /// An anonymous GET, as a node fetches a public object.
@@ -294,12 +215,6 @@ impl Moto {
             })
             .filter(|call| !call.contains(" /moto-api/"))
             .collect()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        super::end_group(&mut self.child);
     }
 }
 

@@ -3,8 +3,10 @@
 //! official DigitalOcean specification in `../shared/specs`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use super::child::{spawn_announcing, Announced};
 
 /// The specs: `$SITE_SPECS`, else `../shared/specs` beside the checkout.
 pub fn specs_dir() -> PathBuf {
@@ -20,18 +22,22 @@ pub fn prism_bin() -> PathBuf {
         .unwrap_or_else(|| super::site::repo().join("target/tools/prism/node_modules/.bin/prism"))
 }
 
-/// Why these tests cannot run here, if they cannot.
+/// Why these tests cannot run here, if they cannot: one line saying what
+/// is missing and how to get it, for `support::skip`. (Both reasons name
+/// Prism: callers that pass on only Prism's reasons to `skip`, which fails
+/// in CI, pass on a missing spec too.)
 pub fn skip_reason() -> Option<String> {
     let spec = specs_dir().join("digitalocean/DigitalOcean-public.v2.yaml");
     if !spec.is_file() {
         return Some(format!(
-            "skipping: the DigitalOcean spec is not at {} (set SITE_SPECS)",
+            "skipping: the DigitalOcean spec Prism checks against is not at {} (set \
+             SITE_SPECS to the specs folder; the default is ../shared/specs beside the checkout)",
             spec.display()
         ));
     }
     if !prism_bin().is_file() {
         return Some(format!(
-            "skipping: Prism is not at {} (run `make test-deps`)",
+            "skipping: Prism is not at {} (run `make test-deps`, or set PRISM_BIN)",
             prism_bin().display()
         ));
     }
@@ -40,48 +46,39 @@ pub fn skip_reason() -> Option<String> {
 
 pub struct Prism {
     pub base: String,
-    child: Child,
+    /// Ends Prism when dropped.
+    server: Announced,
 }
 
 impl Prism {
-    /// Start Prism proxying to `upstream` and wait (at most 90 s) until it
-    /// answers; it needs about 15 s to load the spec.
+    /// Start Prism proxying to `upstream` on a port it picks, and wait (at
+    /// most 90 s) until it says it is listening; it needs about 15 s to
+    /// load the spec.
     pub fn start(upstream: &str) -> Prism {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
         let spec = specs_dir().join("digitalocean/DigitalOcean-public.v2.yaml");
         let mut command = Command::new(prism_bin());
-        command
-            .args(["proxy"])
-            .arg(&spec)
-            .arg(upstream)
-            .args(["--errors", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // Its own process group, so teardown ends node and any children.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command.spawn().expect("start prism");
-        let prism = Prism {
-            base: format!("http://127.0.0.1:{port}"),
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Prism did not listen within 90 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
+        command.args(["proxy"]).arg(&spec).arg(upstream).args([
+            "--errors",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "0",
+        ]);
+        let server = spawn_announcing(
+            command,
+            "Prism",
+            "is listening on http://127.0.0.1:",
+            Duration::from_secs(90),
+        );
+        Prism {
+            base: server.base(),
+            server,
         }
-        prism
     }
-}
 
-impl Drop for Prism {
-    fn drop(&mut self) {
-        super::end_group(&mut self.child);
+    /// What Prism printed so far (every request it checked, and why it
+    /// refused one), for failure messages.
+    pub fn log(&self) -> String {
+        self.server.output()
     }
 }
