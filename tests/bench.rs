@@ -28,6 +28,7 @@ fn bench_render() {
         firstboot.size,
         firstboot.path.display()
     );
+    let mut medians = Vec::new();
     for (hosts, runs) in [(100, 9), (1000, 3)] {
         let text = generated_site(hosts, "https://dl.example.org/fb");
         let mut parse = Vec::new();
@@ -42,6 +43,7 @@ fn bench_render() {
             largest = configs.iter().map(|c| c.bytes.len()).max().unwrap();
         }
         let full = median(full);
+        medians.push(full);
         println!(
             "{hosts:>5} hosts: parse {:?}, parse+render {:?} ({:?} per host), largest config {largest} bytes ({:.1}% of 64 KiB)",
             median(parse),
@@ -50,6 +52,22 @@ fn bench_render() {
             100.0 * largest as f64 / 65536.0
         );
     }
+    println!(
+        "render time, 1,000 hosts over 100: {:.1} (linear would be 10)",
+        medians[1].as_secs_f64() / medians[0].as_secs_f64()
+    );
+    let example = support::site::repo().join("examples/hosts.yaml");
+    let site = Site::parse("example", &std::fs::read_to_string(&example).unwrap()).unwrap();
+    let largest = render::render_site(&site, &test_secrets(), &firstboot, None)
+        .unwrap()
+        .iter()
+        .map(|c| (c.bytes.len(), c.host.clone()))
+        .max()
+        .unwrap();
+    println!(
+        "examples/hosts.yaml: largest config {} bytes ({})",
+        largest.0, largest.1
+    );
     let demo = std::fs::read_to_string(support::site::repo().join("examples/hosts.vault")).unwrap();
     let start = Instant::now();
     builder::vault::open(&demo, "demo", "demo").unwrap();

@@ -306,6 +306,25 @@ async fn post_unbounded(
     })
 }
 
+/// Whether a TLS server at `address` answers a handshake within `limit`
+/// (whatever it then thinks of us: etcd refuses a client without a
+/// certificate, and that is an answer). A port that is bound but not yet
+/// served never answers.
+pub async fn answers_tls(address: SocketAddr, limit: Duration) -> bool {
+    let attempt = async {
+        let stream = TcpStream::connect(address).await?;
+        let connector = tokio_rustls::TlsConnector::from(client_config().map_err(std::io::Error::other)?);
+        let name = ServerName::IpAddress(address.ip().into());
+        connector.connect(name, stream).await.map(|_| ())
+    };
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(())) => true,
+        // A TLS alert is an answer; a refused or reset connection is not.
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::InvalidData,
+        Err(_) => false,
+    }
+}
+
 fn client_config() -> Result<Arc<ClientConfig>> {
     let provider = provider();
     let config = ClientConfig::builder_with_provider(provider.clone())
@@ -447,6 +466,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.status, 200);
+    }
+
+    #[tokio::test]
+    async fn a_bound_port_that_nobody_serves_does_not_answer_tls() {
+        let served = server(LIMITS).await;
+        assert!(answers_tls(served, Duration::from_secs(2)).await);
+        // Bound and listening, but nothing accepts: the kernel completes
+        // the TCP handshake, TLS never answers.
+        let bound = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent = bound.local_addr().unwrap();
+        assert!(!answers_tls(silent, Duration::from_millis(300)).await);
+        drop(bound);
+        assert!(!answers_tls(silent, Duration::from_millis(300)).await);
     }
 
     #[tokio::test]

@@ -120,6 +120,8 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     let cluster_state = cx.state.etcd_cluster_state.unwrap_or(ClusterState::New);
     if cluster_state == ClusterState::Existing {
         rejoin(cx, &peers).await?;
+    } else {
+        wait_for_earlier_members(cx, &peers).await;
     }
     let args = etcd_args(
         &cx.paths,
@@ -165,6 +167,36 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                 )
             }
             _ => tokio::time::sleep(HEALTH_POLL).await,
+        }
+    }
+}
+
+/// How long a new member waits for the members before it to serve.
+const STAGGER_WAIT: Duration = Duration::from_secs(3);
+
+/// A new etcd member first asks its peers whether the cluster already
+/// started, and a peer whose port is bound but not yet serving holds that
+/// question for etcd's whole bootstrap timeout (a second). Members that
+/// all start at once all wait it out; so each core host starts etcd once
+/// the core hosts before it (in site order) serve TLS on their peer port,
+/// or after a few seconds whatever they do.
+async fn wait_for_earlier_members(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) {
+    let earlier: Vec<Ipv4Addr> = cx
+        .config
+        .site
+        .core
+        .iter()
+        .take_while(|c| **c != cx.config.node)
+        .filter_map(|c| peers.get(c).copied())
+        .collect();
+    let deadline = tokio::time::Instant::now() + STAGGER_WAIT;
+    for address in earlier {
+        let peer = SocketAddr::new(address.into(), PEER_PORT);
+        while !crate::https::answers_tls(peer, Duration::from_millis(300)).await {
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 }
