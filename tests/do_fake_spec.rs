@@ -48,7 +48,7 @@ fn the_fake_stays_exact_to_the_spec() {
         first_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
         request_timeout: Duration::from_secs(3),
-        max_rate_wait: Duration::from_secs(5),
+        deadline: Duration::from_secs(10),
     };
     let client = Client::new(&relay.base, "test-token", policy.clone()).unwrap();
     // Straight to the fake, to see what Prism hides (a closed connection).

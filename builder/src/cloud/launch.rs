@@ -806,7 +806,7 @@ fn ambiguous(e: &ApiError) -> bool {
     match e {
         ApiError::GaveUp { .. } => true,
         ApiError::Refused { status, .. } => status.is_server_error(),
-        ApiError::Malformed { .. } => false,
+        ApiError::Unreachable { .. } | ApiError::Malformed { .. } => false,
     }
 }
 

@@ -74,7 +74,7 @@ fn client(args: &CloudArgs, opened: &Opened) -> Result<Client> {
 /// The retry policy, with test knobs: `BUILDER_API_TIMEOUT_MS` (one
 /// request) and `BUILDER_API_BACKOFF_MS` (the first backoff).
 fn policy_from_env() -> RetryPolicy {
-    let mut policy = RetryPolicy::default();
+    let mut policy = RetryPolicy::digitalocean();
     let ms = |name: &str| {
         std::env::var(name)
             .ok()?
