@@ -159,11 +159,8 @@ pub struct CloudArgs {
     )]
     pub api_url: String,
 
-    /// The static firstboot binary the configs pin
-    /// [default: $BUILDER_FIRSTBOOT, else `firstboot` beside builder]
-    #[arg(long, value_name = "PATH")]
-    pub firstboot: Option<PathBuf>,
-
+    // The vault: for the API token when $DIGITALOCEAN_ACCESS_TOKEN is
+    // unset, and for launch the node configs' secrets.
     #[command(flatten)]
     pub vault: VaultArgs,
 }
@@ -171,12 +168,14 @@ pub struct CloudArgs {
 /// Create the site's DigitalOcean resources and start its droplets
 ///
 /// Steps, each finding its resources by name and the site's tag before
-/// creating anything: check the token, the tag, the SSH keys, the Fedora
-/// CoreOS custom image (imported and polled until available), the VPC,
-/// the firstboot binary (uploaded to Spaces, or checked at the site's
+/// creating anything: check the token, the tag, the cloud firewall (on
+/// the tag, before any droplet exists), the SSH keys, the Fedora CoreOS
+/// custom image (imported and polled until available), the VPC, the
+/// firstboot binary (uploaded to Spaces, or checked at the site's
 /// base_url), the volumes, the droplets (each with its rendered config as
-/// user data and its volumes attached), and a cloud firewall. Running it
-/// again changes nothing; an interrupted launch run again completes it.
+/// user data and its volumes attached) and their attachments. Creates run
+/// a few at a time. Running it again changes nothing; an interrupted
+/// launch run again completes it.
 ///
 /// The API token comes from $DIGITALOCEAN_ACCESS_TOKEN or
 /// $DIGITALOCEAN_TOKEN, else from the vault. Spaces keys come from
@@ -187,6 +186,11 @@ pub struct LaunchArgs {
     #[command(flatten)]
     pub cloud: CloudArgs,
 
+    /// The static firstboot binary the configs pin
+    /// [default: $BUILDER_FIRSTBOOT, else `firstboot` beside builder]
+    #[arg(long, value_name = "PATH")]
+    pub firstboot: Option<PathBuf>,
+
     /// Print the calls launch would make, and make none
     #[arg(long)]
     pub dry_run: bool,
@@ -195,7 +199,9 @@ pub struct LaunchArgs {
 /// Show each host's droplet, addresses and firstboot phase
 ///
 /// The phase is read over SSH as `core` (your ssh and its agent; $BUILDER_SSH
-/// names another program) from the status file firstboot keeps.
+/// names another program) from the status file firstboot keeps. Needs only
+/// the site file and the API token ($DIGITALOCEAN_ACCESS_TOKEN, else the
+/// vault's).
 #[derive(Debug, Args)]
 #[command(after_help = "Example: builder status mysite/hosts.yaml --output json")]
 pub struct StatusArgs {
@@ -224,7 +230,10 @@ pub enum Output {
 /// firewall, which cannot carry tags, must also bear the site's marks);
 /// anything else with a site name is listed and left alone. --host
 /// deletes the hosts' droplets and volumes; --all also deletes the VPC,
-/// firewall, image, published firstboot and the tag.
+/// firewall, image, every firstboot-* object in the site's Spaces bucket
+/// (a base_url server is left alone) and the tag. Needs only the site
+/// file and the API token ($DIGITALOCEAN_ACCESS_TOKEN, else the vault's),
+/// plus the Spaces key to delete objects.
 #[derive(Debug, Args)]
 #[command(after_help = "Example: builder destroy mysite/hosts.yaml --host mail")]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["hosts", "all"]))]

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::plan::{self, Plan};
 use crate::artifact::Firstboot;
 use crate::digitalocean::{ApiError, Client};
+use crate::log::elapsed;
 use crate::publish::Publisher;
 
 /// How often to poll, and how long to wait, for DigitalOcean's slow work.
@@ -104,6 +105,9 @@ struct Known {
 pub struct Launch<'a> {
     pub client: &'a Client,
     pub plan: &'a Plan,
+    /// Each host's user data: its rendered config, exactly as `render`
+    /// writes it.
+    pub user_data: &'a BTreeMap<String, String>,
     pub publisher: &'a Publisher,
     pub firstboot: &'a Firstboot,
     pub pace: Pace,
@@ -515,11 +519,15 @@ impl Launch<'_> {
                 .iter()
                 .filter_map(|v| known.volumes.get(v).map(String::as_str))
                 .collect();
+            let user_data = self
+                .user_data
+                .get(&droplet.host)
+                .with_context(|| format!("no rendered config for host {}", droplet.host))?;
             bodies.push((
                 droplet.name.clone(),
                 json!({
                     "region": self.plan.region, "size": droplet.size, "image": known.image,
-                    "ssh_keys": known.keys, "vpc_uuid": known.vpc, "user_data": droplet.user_data,
+                    "ssh_keys": known.keys, "vpc_uuid": known.vpc, "user_data": user_data,
                     "tags": [self.plan.tag], "volumes": volumes, "monitoring": true, "ipv6": true,
                 }),
             ));
@@ -723,7 +731,12 @@ impl Launch<'_> {
 }
 
 /// The calls a launch would make, for `--dry-run`: nothing is sent.
-pub fn dry_run(plan: &Plan, publisher: &Publisher, api: &str) -> Vec<String> {
+pub fn dry_run(
+    plan: &Plan,
+    user_data: &BTreeMap<String, String>,
+    publisher: &Publisher,
+    api: &str,
+) -> Vec<String> {
     let tag = &plan.tag;
     let region = &plan.region;
     let mut lines = vec![
@@ -760,11 +773,11 @@ pub fn dry_run(plan: &Plan, publisher: &Publisher, api: &str) -> Vec<String> {
         "[8] GET /v2/droplets?tag_name={tag}; POST /v2/droplets for each host not there, then poll until active:"
     ));
     for d in &plan.droplets {
+        let size = user_data.get(&d.host).map_or(0, String::len);
         lines.push(format!(
-            "      {} {} user data {} bytes, volumes [{}]",
+            "      {} {} user data {size} bytes, volumes [{}]",
             d.name,
             d.size,
-            d.user_data.len(),
             d.volumes.join(", ")
         ));
     }
@@ -829,13 +842,4 @@ fn short_key(material: &str) -> String {
     let (kind, blob) = material.split_once(' ').unwrap_or((material, ""));
     let tail = &blob[blob.len().saturating_sub(12)..];
     format!("{kind} …{tail}")
-}
-
-pub fn elapsed(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
 }

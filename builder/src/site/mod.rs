@@ -8,7 +8,9 @@ pub mod yaml;
 use std::path::Path;
 
 pub use error::{SiteError, SiteErrors};
-pub use names::{DomainName, HostName, Realm, Slug, SshKey, VpcRange};
+pub use names::{
+    BaseUrl, BucketName, DomainName, HostName, Realm, Refusal, Slug, SshKey, VpcRange,
+};
 pub use node_contract::Role;
 
 /// A whole site, valid by construction.
@@ -44,17 +46,17 @@ pub struct Volumes {
 /// Where the firstboot binary is published for nodes to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Publish {
-    /// An HTTP(S) base URL the operator serves; no trailing slash.
-    BaseUrl(String),
+    /// An HTTP(S) base URL the operator serves.
+    BaseUrl(BaseUrl),
     /// A DigitalOcean Spaces bucket.
-    Spaces { bucket: String, region: Slug },
+    Spaces { bucket: BucketName, region: Slug },
 }
 
 impl Publish {
     /// The base URL nodes fetch from.
     pub fn base_url(&self) -> String {
         match self {
-            Publish::BaseUrl(url) => url.clone(),
+            Publish::BaseUrl(url) => url.as_str().to_owned(),
             Publish::Spaces { bucket, region } => {
                 format!("https://{bucket}.{region}.digitaloceanspaces.com")
             }
