@@ -196,7 +196,20 @@ fn clean_launch_then_nothing(w: &World) -> Value {
             .expect("droplet exists");
         assert_eq!(got, expected, "{host}'s user data");
     }
-    assert!(text.contains("[10/10] firewall"), "{text}");
+    // The firewall exists before any droplet: none boots unprotected.
+    assert!(
+        text.contains(
+            "[3/10] firewall: lab-example-org-site: created for the tag site:lab-example-org"
+        ),
+        "{text}"
+    );
+    let firewall = calls.iter().position(|c| c == "POST /v2/firewalls");
+    let droplet = calls.iter().position(|c| c == "POST /v2/droplets");
+    assert!(
+        firewall.is_some() && firewall < droplet,
+        "firewall after a droplet:\n{calls:#?}"
+    );
+    assert!(text.contains("[10/10] attachments:"), "{text}");
 
     let before = w.fake.mutations();
     let again = w.ok(&["launch"]);
@@ -207,6 +220,9 @@ fn clean_launch_then_nothing(w: &World) -> Value {
     );
     assert!(again.contains("nothing changed"), "{again}");
     assert_eq!(w.fake.snapshot(), snapshot);
+    // A rerun reads with listings: one a step, not one a resource.
+    let rerun = w.fake.calls().len() - calls.len();
+    assert!(rerun <= 10, "a rerun made {rerun} calls:\n{again}");
     snapshot
 }
 
