@@ -41,7 +41,8 @@ macro_rules! string_type {
 
 /// Check one DNS label (RFC 1123): 1-63 of `a-z`, `0-9`, `-`, no hyphen
 /// at either end. Upper case is refused rather than folded, so the name an
-/// operator reads in the file is the name every node uses.
+/// operator reads in the file is the name every node uses. Every problem
+/// of the label is named at once; the caller adds a fix that passes.
 fn check_label(label: &str, what: &str) -> Result<(), Refusal> {
     if label.is_empty() {
         return Err(Refusal::new(format!("{what} has an empty label")));
@@ -52,17 +53,20 @@ fn check_label(label: &str, what: &str) -> Result<(), Refusal> {
             label.len()
         )));
     }
+    let mut problems = Vec::new();
     if label.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(Refusal::new(format!("{what} must be in lower case"))
-            .help(format!("write `{}`", label.to_ascii_lowercase())));
+        problems.push("must be in lower case".to_owned());
     }
     if let Some(bad) = label
         .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
     {
-        return Err(Refusal::new(format!(
-            "{what} contains `{bad}`; only a-z, 0-9 and `-` are allowed"
-        )));
+        problems.push(format!(
+            "contains `{bad}`; only a-z, 0-9 and `-` are allowed"
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(Refusal::new(format!("{what} {}", problems.join(" and "))));
     }
     if label.starts_with('-') || label.ends_with('-') {
         return Err(Refusal::new(format!(
@@ -70,6 +74,28 @@ fn check_label(label: &str, what: &str) -> Result<(), Refusal> {
         )));
     }
     Ok(())
+}
+
+/// A label as it was probably meant: lower case, any other character as
+/// `-`, no `-` at either end. The caller checks that it passes.
+fn mend_label(label: &str) -> String {
+    let mended: String = label
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .collect();
+    mended.trim_matches('-').to_owned()
+}
+
+/// `refusal` with the help "write `mended`" when `mended` is valid.
+fn offer(refusal: Refusal, mended: String, valid: bool) -> Refusal {
+    if valid && !mended.is_empty() {
+        refusal.help(format!("write `{mended}`"))
+    } else {
+        refusal
+    }
 }
 
 /// A host's short name: one DNS label, starting with a letter.
@@ -87,13 +113,22 @@ impl HostName {
                 )),
             );
         }
+        HostName::check(s).map_err(|refusal| {
+            let mended = mend_label(s);
+            let valid = HostName::check(&mended).is_ok();
+            offer(refusal, mended, valid)
+        })?;
+        Ok(HostName(s.to_owned()))
+    }
+
+    fn check(s: &str) -> Result<(), Refusal> {
         check_label(s, "host name")?;
         if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
             return Err(Refusal::new(format!(
                 "host name `{s}` must start with a letter"
             )));
         }
-        Ok(HostName(s.to_owned()))
+        Ok(())
     }
 }
 
@@ -105,6 +140,17 @@ string_type!(DomainName);
 impl DomainName {
     pub fn parse(s: &str) -> Result<DomainName, Refusal> {
         let trimmed = s.strip_suffix('.').unwrap_or(s);
+        DomainName::check(s, trimmed).map_err(|refusal| {
+            let mended: Vec<String> = trimmed.split('.').map(mend_label).collect();
+            let mended = mended.join(".");
+            let valid = DomainName::check(&mended, &mended).is_ok();
+            offer(refusal, mended, valid)
+        })?;
+        Ok(DomainName(trimmed.to_owned()))
+    }
+
+    /// `s` as written, `trimmed` without a final dot.
+    fn check(s: &str, trimmed: &str) -> Result<(), Refusal> {
         if trimmed.len() > 253 {
             return Err(Refusal::new(format!(
                 "domain name is {} characters long; at most 253 are allowed",
@@ -118,12 +164,13 @@ impl DomainName {
                     .help("FreeIPA needs a domain of at least two labels, such as `example.com`"),
             );
         }
-        // Checked on the whole name, so the help gives the whole name.
-        if trimmed.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(
-                Refusal::new(format!("domain name `{s}` must be in lower case"))
-                    .help(format!("write `{}`", trimmed.to_ascii_lowercase())),
-            );
+        let only_case = trimmed
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if only_case && trimmed.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(Refusal::new(format!(
+                "domain name `{s}` must be in lower case"
+            )));
         }
         for label in &labels {
             check_label(label, "domain name")?;
@@ -136,7 +183,7 @@ impl DomainName {
                 "domain name `{s}` ends in a numeric label; is it an IP address?"
             )));
         }
-        Ok(DomainName(trimmed.to_owned()))
+        Ok(())
     }
 
     /// The default Kerberos realm: the domain in upper case.
@@ -321,8 +368,15 @@ impl VpcRange {
         };
         let network = Ipv4Addr::from(u32::from(addr) & mask);
         if network != addr {
-            return Err(Refusal::new(format!("`{s}` has host bits set"))
-                .help(format!("did you mean `{network}/{prefix}`?")));
+            let refusal = Refusal::new(format!("`{s}` has host bits set"));
+            return Err(match VpcRange::mended(network, prefix) {
+                Some(m) if m.prefix == prefix => refusal.help(format!("did you mean `{m}`?")),
+                Some(m) => refusal.help(format!(
+                    "did you mean `{m}` ({} droplets)? DigitalOcean takes /16 to /28",
+                    m.usable()
+                )),
+                None => refusal,
+            });
         }
         let o = network.octets();
         let private = o[0] == 10
@@ -336,11 +390,30 @@ impl VpcRange {
             );
         }
         if !(16..=28).contains(&prefix) {
-            return Err(Refusal::new(format!(
+            let refusal = Refusal::new(format!(
                 "a DigitalOcean VPC range must be between /16 and /28, not /{prefix}"
-            )));
+            ));
+            return Err(match VpcRange::mended(network, prefix) {
+                Some(m) => refusal.help(format!(
+                    "write `{m}` ({} droplets), or another prefix from /16 to /28",
+                    m.usable()
+                )),
+                None => refusal,
+            });
         }
         Ok(VpcRange { network, prefix })
+    }
+
+    /// The valid range nearest to `network/prefix`: the same prefix if
+    /// DigitalOcean takes it, else the /24 or /16 around the network.
+    fn mended(network: Ipv4Addr, prefix: u8) -> Option<VpcRange> {
+        let fit = match prefix {
+            16..=28 => prefix,
+            29.. => 24,
+            _ => 16,
+        };
+        let network = Ipv4Addr::from(u32::from(network) & (u32::MAX << (32 - u32::from(fit))));
+        VpcRange::parse(&format!("{network}/{fit}")).ok()
     }
 
     /// Inside 198.18.0.0/15 (RFC 2544, for testing): the lab's network,
@@ -354,19 +427,6 @@ impl VpcRange {
     pub fn usable(&self) -> u64 {
         (1u64 << (32 - self.prefix)) - 2
     }
-}
-
-/// A label as it was probably meant: lower case, any other character as
-/// `-`, no `-` at either end. The caller checks that it passes.
-fn mend_label(label: &str) -> String {
-    let mended: String = label
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9') => c,
-            _ => '-',
-        })
-        .collect();
-    mended.trim_matches('-').to_owned()
 }
 
 /// A Spaces bucket name, by S3's DNS-compatible rule (the bucket is a
@@ -473,6 +533,15 @@ mod tests {
         ] {
             assert!(HostName::parse(bad).is_err(), "{bad} accepted");
         }
+        // The fix offered is one that passes.
+        let e = HostName::parse("Ns_2").unwrap_err();
+        assert_eq!(
+            e.message,
+            "host name must be in lower case and contains `_`; only a-z, 0-9 and `-` are allowed"
+        );
+        assert_eq!(e.help.as_deref(), Some("write `ns-2`"));
+        assert!(HostName::parse("ns-2").is_ok());
+        assert_eq!(HostName::parse("1_www").unwrap_err().help, None);
         let e = HostName::parse("ns1.example.com").unwrap_err();
         assert_eq!(
             e.help.as_deref(),
@@ -501,6 +570,9 @@ mod tests {
         assert!(Realm::parse("EXAMPLE").is_err());
         let e = DomainName::parse("Example.com").unwrap_err();
         assert_eq!(e.help.as_deref(), Some("write `example.com`"));
+        let e = DomainName::parse("Ex_ample.com").unwrap_err();
+        assert_eq!(e.help.as_deref(), Some("write `ex-ample.com`"));
+        assert!(DomainName::parse("ex-ample.com").is_ok());
         let e = Realm::parse("EXAMPLE").unwrap_err();
         assert_eq!(e.message, "realm `EXAMPLE` has a single label");
     }
@@ -510,6 +582,18 @@ mod tests {
         let r = VpcRange::parse("10.118.0.0/24").unwrap();
         assert_eq!(r.usable(), 254);
         assert_eq!(VpcRange::parse("172.20.0.0/28").unwrap().usable(), 14);
+        let e = VpcRange::parse("10.20.30.5/30").unwrap_err();
+        assert_eq!(
+            e.help.as_deref(),
+            Some("did you mean `10.20.30.0/24` (254 droplets)? DigitalOcean takes /16 to /28")
+        );
+        let e = VpcRange::parse("10.20.30.0/30").unwrap_err();
+        assert_eq!(
+            e.help.as_deref(),
+            Some("write `10.20.30.0/24` (254 droplets), or another prefix from /16 to /28")
+        );
+        let e = VpcRange::parse("10.0.0.0/8").unwrap_err();
+        assert!(e.help.unwrap().starts_with("write `10.0.0.0/16`"));
         let e = VpcRange::parse("10.118.0.5/24").unwrap_err();
         assert_eq!(e.help.as_deref(), Some("did you mean `10.118.0.0/24`?"));
         for bad in [
@@ -542,6 +626,7 @@ mod tests {
         assert!(SshKey::parse("-----BEGIN OPENSSH PRIVATE KEY-----").is_err());
         assert!(SshKey::parse("hello").is_err());
     }
+
     #[test]
     fn bucket_names() {
         assert!(BucketName::parse("my-site").is_ok());

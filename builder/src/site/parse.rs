@@ -43,7 +43,7 @@ pub(super) fn site(file: &str, source: &str) -> Result<Site, SiteErrors> {
     };
     let site = match yaml::parse(source) {
         Err(e) => {
-            cx.error(e.pos, e.message, None);
+            cx.error(e.pos, e.message, e.help.as_deref());
             None
         }
         Ok(None) => {
@@ -487,7 +487,29 @@ impl Cx<'_> {
     /// Hosts with the position each was written at.
     fn hosts(&mut self, node: &Node, defaults: &Defaults) -> Option<Vec<(Pos, Host)>> {
         let Value::Seq(items) = &node.value else {
-            self.wrong_type(node, "`hosts`", "a list of hosts");
+            let help = match &node.value {
+                Value::Scalar { text, .. } => {
+                    let names: Vec<&str> = text
+                        .split(|c: char| c == ',' || c.is_whitespace())
+                        .filter(|n| !n.is_empty())
+                        .collect();
+                    format!(
+                        "write one host a line under `hosts:` (`  - {}`), or a list in brackets: \
+                         `hosts: [{}]`",
+                        names.first().unwrap_or(&"ns1"),
+                        names.join(", ")
+                    )
+                }
+                _ => "write one host a line under `hosts:`, as `  - ns1`".to_owned(),
+            };
+            self.error(
+                node.pos,
+                format!(
+                    "`hosts` must be a list of hosts, but it is {}",
+                    node.kind_name()
+                ),
+                Some(&help),
+            );
             return None;
         };
         let mut hosts = Vec::new();
