@@ -78,14 +78,16 @@ pub struct RenderArgs {
 
 /// Start a site: write a commented hosts.yaml and an encrypted vault
 ///
-/// Asks for what it needs at a terminal. For automation every answer has
-/// a flag or an environment variable, and secrets are read only from the
+/// Asks for what it needs at a terminal, again until an answer passes.
+/// For automation every answer has a flag or an environment variable, and
+/// every problem is reported at once. Secrets are read only from the
 /// environment or files, never from the command line:
 ///
-///   DIGITALOCEAN_ACCESS_TOKEN (or DIGITALOCEAN_TOKEN)  API token
+///   BUILDER_VAULT_PASSPHRASE            (or --passphrase-file)
 ///   BUILDER_FREEIPA_ADMIN_PASSWORD      [default: generated]
 ///   BUILDER_DIRECTORY_MANAGER_PASSWORD  [default: generated]
-///   BUILDER_VAULT_PASSPHRASE            (or --passphrase-file)
+///   DIGITALOCEAN_ACCESS_TOKEN           [optional: stored for launch,
+///                                        which otherwise reads it]
 ///
 /// The join secret that nodes authenticate each other with is always
 /// generated. Existing files are never overwritten without --force.
@@ -117,11 +119,12 @@ pub struct InitArgs {
     )]
     pub ssh_keys: Vec<PathBuf>,
 
-    /// HTTPS base URL nodes fetch the firstboot binary from
+    /// HTTP(S) base URL nodes fetch the firstboot binary from
     #[arg(long, env = "BUILDER_PUBLISH_URL", value_name = "URL")]
     pub publish_url: Option<String>,
 
-    /// Host names, first the three core hosts [default: ns1,ns2,ns3]
+    /// Host names, at least three, first the three core hosts
+    /// [default: ns1,ns2,ns3]
     #[arg(
         long = "hosts",
         env = "BUILDER_HOSTS",
