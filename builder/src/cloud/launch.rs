@@ -368,20 +368,10 @@ impl Launch<'_> {
 
     async fn keys(&self, outcome: &mut Outcome) -> Result<Vec<u64>> {
         let on_account = self.client.list("/v2/account/keys", "ssh_keys").await?;
-        let find = |material: &str| {
-            on_account
-                .iter()
-                .find(|k| {
-                    k["public_key"]
-                        .as_str()
-                        .is_some_and(|p| plan::key_material(p) == material)
-                })
-                .cloned()
-        };
         let mut ids = Vec::new();
         for key in &self.plan.keys {
             let material = key.material();
-            let id = match find(&material) {
+            let id = match key_with(&on_account, &material) {
                 Some(k) => {
                     info!(
                         "{}: on the account as `{}`",
@@ -412,11 +402,7 @@ impl Launch<'_> {
 
     async fn find_key(&self, material: &str) -> Result<Option<Value>> {
         let keys = self.client.list("/v2/account/keys", "ssh_keys").await?;
-        Ok(keys.into_iter().find(|k| {
-            k["public_key"]
-                .as_str()
-                .is_some_and(|p| plan::key_material(p) == material)
-        }))
+        Ok(key_with(&keys, material))
     }
 
     async fn image(&self, outcome: &mut Outcome) -> Result<u64> {
@@ -900,6 +886,17 @@ pub fn has_tag(resource: &Value, tag: &str) -> bool {
     resource["tags"]
         .as_array()
         .is_some_and(|tags| tags.iter().any(|t| t == tag))
+}
+
+/// The key of a listing with this key material (whatever its comment).
+fn key_with(keys: &[Value], material: &str) -> Option<Value> {
+    keys.iter()
+        .find(|k| {
+            k["public_key"]
+                .as_str()
+                .is_some_and(|p| plan::key_material(p) == material)
+        })
+        .cloned()
 }
 
 fn ids(value: &Value) -> Vec<u64> {
