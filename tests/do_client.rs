@@ -125,10 +125,7 @@ fn client(base: &str) -> Client {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    builder::net::runtime().unwrap()
 }
 
 #[test]

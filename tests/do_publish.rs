@@ -19,10 +19,7 @@ use support::moto::{self, Moto};
 const BUCKET: &str = "site-firstboot";
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    builder::net::runtime().unwrap()
 }
 
 fn policy() -> RetryPolicy {

@@ -101,10 +101,7 @@ fn policy_from_env() -> RetryPolicy {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    crate::net::runtime().context("cannot start the async runtime")
 }
 
 pub fn launch(args: LaunchArgs) -> Result<()> {

@@ -24,6 +24,14 @@ pub fn client(request_timeout: Duration) -> Result<reqwest::Client, reqwest::Err
         .build()
 }
 
+/// The runtime network work runs on: one thread (a command waits on one
+/// service at a time; concurrency within it is futures, not threads).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// Whether a request may be sent again when its fate is unknown. The
 /// caller says which, since only it knows what the request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

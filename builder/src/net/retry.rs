@@ -142,11 +142,7 @@ mod tests {
     }
 
     fn run<T>(f: impl Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
+        super::super::runtime().unwrap().block_on(f)
     }
 
     #[test]
