@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use builder::site::{Site, SiteErrors};
 
-const MIN_CASES: usize = 24;
+const MIN_CASES: usize = 29;
 
 fn corpus_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/broken"))
@@ -28,7 +28,8 @@ fn firstboot_fixture() -> PathBuf {
 struct Case {
     name: String,
     yaml: PathBuf,
-    source: String,
+    /// The file's bytes: a case may be a file that is not text at all.
+    source: Vec<u8>,
     expected: Vec<String>,
 }
 
@@ -57,8 +58,7 @@ fn cases() -> Vec<Case> {
         .into_iter()
         .map(|yaml| {
             let name = yaml.file_stem().unwrap().to_string_lossy().into_owned();
-            let source = std::fs::read_to_string(&yaml)
-                .unwrap_or_else(|e| panic!("{}: {e}", yaml.display()));
+            let source = std::fs::read(&yaml).unwrap_or_else(|e| panic!("{}: {e}", yaml.display()));
             let expect = yaml.with_extension("expect");
             let expected = std::fs::read_to_string(&expect)
                 .unwrap_or_else(|e| panic!("case `{name}`: cannot read {}: {e}", expect.display()));
@@ -126,7 +126,7 @@ fn diff(expected: &[String], actual: &[String]) -> String {
 /// What is wrong with one case's parse, if anything.
 fn check_parse(case: &Case) -> Option<String> {
     let file = case.yaml.display().to_string();
-    let parsed = panic::catch_unwind(AssertUnwindSafe(|| Site::parse(&file, &case.source)));
+    let parsed = panic::catch_unwind(AssertUnwindSafe(|| Site::parse_bytes(&file, &case.source)));
     let errors = match parsed {
         Err(_) => return Some(format!("case `{}`: the parser panicked", case.name)),
         Ok(Ok(_)) => {
@@ -225,6 +225,50 @@ fn the_corpus_is_large_enough() {
         n >= MIN_CASES,
         "tests/broken holds {n} cases; it should hold at least {MIN_CASES}"
     );
+}
+
+/// 50,000 nested levels (100 KB of `- `, or of `[`): a located error, not
+/// a stack overflow, from the parser and from the real `builder render`.
+#[test]
+fn deep_nesting_is_refused_with_a_location_not_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (style, text) in [
+        ("block", "- ".repeat(50_000) + "x\n"),
+        ("flow", "[".repeat(50_000) + "\n"),
+    ] {
+        let path = tmp.path().join(format!("{style}.yaml"));
+        std::fs::write(&path, &text).unwrap();
+        let file = path.display().to_string();
+        let errors = Site::parse_bytes(&file, text.as_bytes()).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{style}: {errors}");
+        let error = &errors.0[0];
+        assert_eq!(error.pos.line, 1, "{style}: {error}");
+        assert!(
+            error.pos.col > 1 && error.pos.col < 1_000,
+            "{style}: {error}"
+        );
+        assert!(
+            error.message.contains("nests deeper than"),
+            "{style}: {error}"
+        );
+
+        let out = tmp.path().join("out");
+        let output = Command::new(env!("CARGO_BIN_EXE_builder"))
+            .arg("render")
+            .arg(&path)
+            .arg("--out")
+            .arg(&out)
+            .arg("--firstboot")
+            .arg(firstboot_fixture())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{style}: {stderr}");
+        let located = format!("error: {file}:1:{}: ", error.pos.col);
+        assert!(stderr.contains(&located), "{style}: {stderr}");
+        assert!(!exists(&out), "{style}: {} was created", out.display());
+    }
 }
 
 #[test]

@@ -118,17 +118,14 @@ fn client(base: &str) -> Client {
         attempts: 4,
         first_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
+        deadline: Duration::from_secs(10),
         request_timeout: Duration::from_millis(500),
-        max_rate_wait: Duration::from_secs(5),
     };
     Client::new(base, "test-token", policy).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    builder::net::runtime().unwrap()
 }
 
 #[test]
@@ -179,25 +176,96 @@ fn persistent_failure_gives_up_with_a_clear_message() {
     let err = runtime()
         .block_on(client(&server.base).get("/v2/account"))
         .unwrap_err();
-    assert!(matches!(err, ApiError::GaveUp { attempts: 4, .. }), "{err}");
+    assert!(
+        matches!(&err, ApiError::GaveUp { gave_up, .. } if gave_up.attempts == 4),
+        "{err}"
+    );
     let text = err.to_string();
     assert!(
-        text.contains("GET /v2/account failed 4 times") && text.contains("run the command again"),
+        text.starts_with("GET /v2/account: no usable answer after 4 attempts in ")
+            && text.contains("the last: 500 Internal Server Error (m)"),
         "{text}"
     );
+    // Advice to resume belongs to `launch`, not to every caller.
+    assert!(!text.contains("run the command again"), "{text}");
+}
+
+#[test]
+fn an_unresolvable_host_is_not_retried_and_says_so_once() {
+    // A label over 63 characters: the resolver refuses the name itself,
+    // so no query leaves this machine.
+    let host = format!("{}.invalid", "a".repeat(70));
+    let client = client(&format!("http://{host}"));
+    let started = std::time::Instant::now();
+    let err = runtime().block_on(client.get("/v2/account")).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "retried");
+    assert!(matches!(err, ApiError::Unreachable { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("cannot resolve the host name `{host}`")),
+        "{text}"
+    );
+    assert!(text.contains("DNS"), "{text}");
+    assert!(!text.contains("error sending request"), "{text}");
+    assert!(!text.contains("run the command again"), "{text}");
+    assert_eq!(client.sent().requests, 1);
+}
+
+#[test]
+fn a_refused_connection_is_retried_then_named() {
+    let port = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let client = client(&format!("http://127.0.0.1:{port}"));
+    let err = runtime().block_on(client.get("/v2/account")).unwrap_err();
+    assert_eq!(client.sent().requests, 4);
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("the last: connection refused by 127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert_eq!(text.matches("refused").count(), 1, "{text}");
+    assert!(!text.contains("error sending request"), "{text}");
+}
+
+#[test]
+fn requests_stay_within_the_rate_limit() {
+    let server = Scripted::start(vec![ok(json!({"account": {}})); 6]);
+    let client = client(&server.base).with_rate_limit(3, Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    runtime().block_on(async {
+        for _ in 0..6 {
+            client.get("/v2/account").await.unwrap();
+        }
+    });
+    // Three fit in the first 400 ms window, the next three wait for it.
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.requests().len(), 6);
 }
 
 #[test]
 fn refusals_are_not_retried_and_say_what_to_do() {
     let server = Scripted::start(vec![status(
         401,
-        json!({"id": "unauthorized", "message": "Unable to authenticate you."}),
+        json!({"id": "Unauthorized", "message": "Unable to authenticate you."}),
     )]);
     let err = runtime()
         .block_on(client(&server.base).get("/v2/account"))
         .unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(401));
-    assert!(err.to_string().contains("check the token"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("check the token"), "{text}");
+    assert!(
+        text.starts_with(
+            "DigitalOcean refused GET /v2/account: 401 Unauthorized: Unable to authenticate you."
+        ),
+        "{text}"
+    );
     assert_eq!(server.requests().len(), 1);
 }
 

@@ -45,7 +45,7 @@ fn the_fake_stays_exact_to_the_spec() {
         first_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
         request_timeout: Duration::from_secs(3),
-        max_rate_wait: Duration::from_secs(5),
+        deadline: Duration::from_secs(10),
     };
     let client = Client::new(&relay.base, "test-token", policy.clone()).unwrap();
     // Straight to the fake, to see what Prism hides (a closed connection).
@@ -406,6 +406,14 @@ async fn vpcs_volumes_droplets(client: &Client, fake: &FakeDo) {
         .await
         .unwrap();
     assert_eq!(volume["volume"]["droplet_ids"], json!([id]));
+    // One listing of the region says what is attached where.
+    let region = client
+        .list("/v2/volumes?region=ams3", "volumes")
+        .await
+        .unwrap();
+    assert_eq!(names(&region), ["example-com-data", "example-com-extra"]);
+    let attached: Vec<&Value> = region.iter().map(|v| &v["droplet_ids"]).collect();
+    assert_eq!(attached, [&json!([id]), &json!([])]);
 
     // Refusals of droplet creation.
     let too_big = "x".repeat(64 * 1024 + 1);
@@ -446,11 +454,15 @@ async fn vpcs_volumes_droplets(client: &Client, fake: &FakeDo) {
         .await
         .unwrap();
     assert_eq!(listed.len(), 10);
+    // A listing reads the droplets it shows: the first answers `new`,
+    // the next `active`, so a client can poll one listing for many.
+    assert!(listed.iter().all(|d| d["status"] == "new"), "{listed:?}");
     let site = client
         .list(&format!("/v2/droplets?tag_name={TAG}"), "droplets")
         .await
         .unwrap();
     assert_eq!(site.len(), 11);
+    assert!(site.iter().all(|d| d["status"] == "active"), "{site:?}");
     let named = client
         .list("/v2/droplets?name=example-com-1", "droplets")
         .await

@@ -63,6 +63,28 @@ impl World {
         assert!(out.status.success(), "builder {args:?} failed:\n{text}");
         text
     }
+
+    /// As `run`, with nothing but the site file and the token: no
+    /// firstboot binary, no vault passphrase, and a vault path where
+    /// there is none.
+    fn run_token_only(&self, args: &[&str]) -> Output {
+        let absent = self.dir.path().join("absent.vault");
+        let mut full = vec![args[0], self.site.to_str().unwrap()];
+        full.extend_from_slice(&args[1..]);
+        full.extend_from_slice(&["--vault", absent.to_str().unwrap()]);
+        self.command(&full)
+            .env_remove("BUILDER_FIRSTBOOT")
+            .env_remove("BUILDER_VAULT_PASSPHRASE")
+            .output()
+            .unwrap()
+    }
+
+    fn ok_token_only(&self, args: &[&str]) -> String {
+        let out = self.run_token_only(args);
+        let text = transcript(&out);
+        assert!(out.status.success(), "builder {args:?} failed:\n{text}");
+        text
+    }
 }
 
 fn transcript(out: &Output) -> String {
@@ -174,7 +196,20 @@ fn clean_launch_then_nothing(w: &World) -> Value {
             .expect("droplet exists");
         assert_eq!(got, expected, "{host}'s user data");
     }
-    assert!(text.contains("[10/10] firewall"), "{text}");
+    // The firewall exists before any droplet: none boots unprotected.
+    assert!(
+        text.contains(
+            "[3/10] firewall: lab-example-org-site: created for the tag site:lab-example-org"
+        ),
+        "{text}"
+    );
+    let firewall = calls.iter().position(|c| c == "POST /v2/firewalls");
+    let droplet = calls.iter().position(|c| c == "POST /v2/droplets");
+    assert!(
+        firewall.is_some() && firewall < droplet,
+        "firewall after a droplet:\n{calls:#?}"
+    );
+    assert!(text.contains("[10/10] attachments:"), "{text}");
 
     let before = w.fake.mutations();
     let again = w.ok(&["launch"]);
@@ -185,6 +220,9 @@ fn clean_launch_then_nothing(w: &World) -> Value {
     );
     assert!(again.contains("nothing changed"), "{again}");
     assert_eq!(w.fake.snapshot(), snapshot);
+    // A rerun reads with listings: one a step, not one a resource.
+    let rerun = w.fake.calls().len() - calls.len();
+    assert!(rerun <= 10, "a rerun made {rerun} calls:\n{again}");
     snapshot
 }
 
@@ -205,7 +243,7 @@ impl World {
 
 fn status_reports_every_host(w: &World) {
     let before = w.fake.mutations();
-    let json = w.ok(&["status", "--output", "json"]);
+    let json = w.ok_token_only(&["status", "--output", "json"]);
     let start = json.find('[').unwrap();
     let end = json.rfind(']').unwrap();
     let rows: Vec<Value> = serde_json::from_str(&json[start..=end]).unwrap();
@@ -225,7 +263,7 @@ fn status_reports_every_host(w: &World) {
         private.starts_with("10.20.0."),
         "private address {private} outside the VPC"
     );
-    let table = w.ok(&["status", "--no-ssh"]);
+    let table = w.ok_token_only(&["status", "--no-ssh"]);
     assert!(table.lines().next().unwrap().starts_with("HOST"), "{table}");
     assert_eq!(
         table.lines().filter(|l| l.contains("active")).count(),
@@ -233,6 +271,17 @@ fn status_reports_every_host(w: &World) {
         "{table}"
     );
     assert_eq!(w.fake.mutations(), before, "status changed something");
+
+    // Without the token in the environment, the vault is needed for it.
+    let out = w
+        .command(&["status", w.site.to_str().unwrap(), "--no-ssh"])
+        .env_remove("DIGITALOCEAN_ACCESS_TOKEN")
+        .env_remove("BUILDER_VAULT_PASSPHRASE")
+        .output()
+        .unwrap();
+    let text = transcript(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("BUILDER_VAULT_PASSPHRASE"), "{text}");
 }
 
 fn destroy_host_and_all_leave_foreign_resources(w: &World) {
@@ -243,12 +292,12 @@ fn destroy_host_and_all_leave_foreign_resources(w: &World) {
 
     // Without --yes and with no terminal, nothing is deleted.
     let before = w.fake.mutations();
-    let out = w.run(&["destroy", "--host", "node003"]);
+    let out = w.run_token_only(&["destroy", "--host", "node003"]);
     assert!(!out.status.success());
     assert!(transcript(&out).contains("--yes"), "{}", transcript(&out));
     assert_eq!(w.fake.mutations(), before);
 
-    let text = w.ok(&["destroy", "--host", "node003", "--yes"]);
+    let text = w.ok_token_only(&["destroy", "--host", "node003", "--yes"]);
     assert!(text.contains("leave  droplet"), "{text}");
     let snapshot = w.fake.snapshot().to_string();
     assert!(
@@ -271,8 +320,19 @@ fn destroy_host_and_all_leave_foreign_resources(w: &World) {
         "the droplet and its two volumes: {deletes:?}"
     );
 
-    let text = w.ok(&["destroy", "--all", "--yes"]);
+    let text = w.ok_token_only(&["destroy", "--all", "--yes"]);
     assert!(text.contains("deleted vpc"), "{text}");
+    // The operator's own server is left alone, and says so.
+    assert!(!text.contains("delete object"), "{text}");
+    assert!(
+        text.contains("leave  objects  http://127.0.0.1:")
+            && text.contains("/fb/firstboot-*: publish.base_url is your own server"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delete tag      site:lab-example-org"),
+        "{text}"
+    );
     let left = w.fake.snapshot();
     // Only the foreign droplet and volume remain.
     let left_text = left.to_string();
@@ -281,6 +341,21 @@ fn destroy_host_and_all_leave_foreign_resources(w: &World) {
     assert!(
         !left_text.contains(&format!("node001.{DOMAIN}")),
         "{left_text}"
+    );
+
+    // Again: nothing of the site is left, so nothing is deleted; the tag
+    // is looked up, not deleted blindly.
+    let calls = w.fake.calls().len();
+    let text = w.ok_token_only(&["destroy", "--all", "--yes"]);
+    assert!(
+        text.contains(&format!("nothing of {DOMAIN} to delete")),
+        "{text}"
+    );
+    let again: Vec<String> = w.fake.calls()[calls..].to_vec();
+    assert!(again.iter().all(|c| c.starts_with("GET ")), "{again:#?}");
+    assert!(
+        again.contains(&"GET /v2/tags/site:lab-example-org".to_owned()),
+        "{again:#?}"
     );
 }
 

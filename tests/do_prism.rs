@@ -27,7 +27,7 @@ fn the_client_and_the_fake_agree_with_the_spec() {
     let policy = RetryPolicy {
         attempts: 2,
         request_timeout: Duration::from_secs(20),
-        ..RetryPolicy::default()
+        ..RetryPolicy::digitalocean()
     };
     let client = Client::new(&prism.base, "test-token", policy).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()

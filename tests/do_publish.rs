@@ -7,10 +7,11 @@ mod support;
 use std::time::Duration;
 
 use builder::artifact::Firstboot;
+use builder::net::RetryPolicy;
 use builder::publish::{
-    PublishError, PublishPolicy, Published, Publisher, SpacesCredentials, Unpublished,
+    Leftovers, PublishError, Published, Publisher, SpacesCredentials, Unpublished,
 };
-use builder::site::{Publish, Slug};
+use builder::site::{BaseUrl, BucketName, Publish, Slug};
 use sha2::{Digest, Sha512};
 use support::http::FileServer;
 use support::moto::{self, Moto};
@@ -18,24 +19,22 @@ use support::moto::{self, Moto};
 const BUCKET: &str = "site-firstboot";
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    builder::net::runtime().unwrap()
 }
 
-fn policy() -> PublishPolicy {
-    PublishPolicy {
+fn policy() -> RetryPolicy {
+    RetryPolicy {
         attempts: 2,
         first_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
+        deadline: Duration::from_secs(30),
         request_timeout: Duration::from_secs(20),
     }
 }
 
 fn spaces() -> Publish {
     Publish::Spaces {
-        bucket: BUCKET.into(),
+        bucket: BucketName::parse(BUCKET).unwrap(),
         region: Slug::parse("nyc3", "region", "nyc3").unwrap(),
     }
 }
@@ -174,14 +173,46 @@ fn spaces_publishing_is_signed_idempotent_and_public() {
             "{replaced:?}"
         );
 
-        // destroy --all: deleted, and deleting again is fine.
-        let done = good.unpublish(&firstboot).await.unwrap();
-        assert_eq!(done, Unpublished::Deleted { url: url.clone() });
-        let again = good.unpublish(&firstboot).await.unwrap();
+        // destroy --all finds every firstboot object by listing, older
+        // builds' included, with no binary at hand; deletes them, and
+        // deleting again is fine.
+        moto.disable_auth();
+        let older = format!("/{BUCKET}/firstboot-0123456789abcdef");
+        assert_eq!(moto.request("PUT", &older, &[], b"old build").status, 200);
+        let unrelated = format!("/{BUCKET}/notes.txt");
+        assert_eq!(moto.request("PUT", &unrelated, &[], b"mine").status, 200);
+        moto.enforce_auth();
+        let found = good.leftovers().await.unwrap();
+        assert_eq!(
+            found,
+            Leftovers::InBucket {
+                bucket: BUCKET.into(),
+                objects: vec!["firstboot-0123456789abcdef".into(), object.clone()],
+            }
+        );
+        for name in ["firstboot-0123456789abcdef", object.as_str()] {
+            let done = good.unpublish_object(name).await.unwrap();
+            assert!(matches!(done, Unpublished::Deleted { .. }), "{done:?}");
+        }
+        let again = good.unpublish_object(&object).await.unwrap();
         assert_eq!(again, Unpublished::Deleted { url: url.clone() });
+        let none = good.leftovers().await.unwrap();
+        assert_eq!(
+            none,
+            Leftovers::InBucket {
+                bucket: BUCKET.into(),
+                objects: vec![],
+            }
+        );
+        // A wrong secret cannot list either, and says which key to check.
+        let err = wrong_secret.leftovers().await.unwrap_err();
+        assert_eq!(err.code(), Some("SignatureDoesNotMatch"), "{err}");
     });
     moto.disable_auth();
     assert_eq!(moto.get(&object_path).status, 404);
+    // The bucket's other objects are not firstboot's: still there (403,
+    // private, rather than 404).
+    assert_eq!(moto.get(&format!("/{BUCKET}/notes.txt")).status, 403);
 }
 
 #[test]
@@ -197,7 +228,7 @@ fn spaces_without_a_key_is_refused_with_the_variable_names() {
 }
 
 fn base_url(server: &FileServer) -> Publisher {
-    let base = server.url("/fb");
+    let base = BaseUrl::parse(&server.url("/fb")).unwrap();
     Publisher::with_settings(&Publish::BaseUrl(base), None, None, policy()).unwrap()
 }
 
@@ -265,16 +296,17 @@ fn an_unreachable_base_url_is_retried_then_given_up() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let publish = Publish::BaseUrl(format!("http://127.0.0.1:{port}"));
+    let publish = Publish::BaseUrl(BaseUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap());
     let publisher = Publisher::with_settings(&publish, None, None, policy()).unwrap();
     let firstboot: Firstboot = support::site::tiny_firstboot();
     let err = runtime()
         .block_on(publisher.publish(&firstboot))
         .unwrap_err();
     match &err {
-        PublishError::GaveUp { attempts, last, .. } => {
-            assert_eq!(*attempts, 2);
-            assert!(last.contains("cannot connect"), "{last}");
+        PublishError::GaveUp { gave_up, .. } => {
+            assert_eq!(gave_up.attempts, 2);
+            let refused = format!("connection refused by 127.0.0.1:{port}");
+            assert_eq!(gave_up.last, refused);
         }
         other => panic!("{other:?}"),
     }
@@ -316,15 +348,21 @@ fn an_unreachable_spaces_endpoint_is_retried_then_given_up() {
     match &err {
         PublishError::GaveUp {
             operation,
-            attempts,
-            last,
+            gave_up,
             url,
         } => {
-            assert_eq!((*operation, *attempts), ("HEAD bucket", 2));
+            assert_eq!((*operation, gave_up.attempts), ("HEAD bucket", 2));
             assert_eq!(url, &format!("{endpoint}/{BUCKET}"));
-            assert!(last.contains("cannot connect"), "{last}");
+            assert_eq!(
+                gave_up.last,
+                format!("connection refused by 127.0.0.1:{port}")
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert!(err.to_string().contains("run the command again"), "{err}");
+    // Said once: what failed, where, and what to check.
+    let text = err.to_string();
+    assert_eq!(text.matches("connection refused").count(), 1, "{text}");
+    assert!(text.contains("check this machine's network"), "{text}");
+    assert!(!text.contains("error sending request"), "{text}");
 }

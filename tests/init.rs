@@ -21,7 +21,12 @@ fn init(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
         } else {
             &["--domain", "example.net"]
         })
-        .args(["--publish-url", "https://dl.example.net/fb", "--ssh-key"])
+        .args(if extra.contains(&"--publish-url") {
+            &[][..]
+        } else {
+            &["--publish-url", "https://dl.example.net/fb"]
+        })
+        .arg("--ssh-key")
         .arg(&key)
         .args(extra)
         .stdin(Stdio::null());
@@ -130,12 +135,8 @@ fn init_never_overwrites_without_force() {
 }
 
 #[test]
-fn missing_answers_fail_clearly_and_write_nothing() {
+fn problems_fail_clearly_and_write_nothing() {
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (
-            vec![("BUILDER_VAULT_PASSPHRASE", PASSPHRASE)],
-            "DigitalOcean API token is required",
-        ),
         (
             vec![("DIGITALOCEAN_TOKEN", "t")],
             "set BUILDER_VAULT_PASSPHRASE or pass --passphrase-file",
@@ -170,4 +171,154 @@ fn missing_answers_fail_clearly_and_write_nothing() {
         stderr.contains("--domain `Example.NET`: domain name `Example.NET` must be in lower case"),
         "{stderr}"
     );
+}
+
+/// `builder init` with nothing but `--non-interactive`, and no key in
+/// ~/.ssh: one run names every missing answer.
+#[test]
+fn every_missing_answer_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_builder"))
+        .arg("init")
+        .arg(dir.path().join("site"))
+        .args([
+            "--non-interactive",
+            "--hosts",
+            "a,b",
+            "--publish-url",
+            "ftp://x",
+        ])
+        .env("HOME", dir.path())
+        .env_remove("BUILDER_DOMAIN")
+        .env_remove("BUILDER_REGION")
+        .env_remove("BUILDER_PUBLISH_URL")
+        .env_remove("BUILDER_SSH_KEY")
+        .env_remove("BUILDER_HOSTS")
+        .env_remove("BUILDER_VAULT_PASSPHRASE")
+        .env_remove("DIGITALOCEAN_ACCESS_TOKEN")
+        .env_remove("DIGITALOCEAN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for part in [
+        "6 problems",
+        "--domain (or $BUILDER_DOMAIN) is missing",
+        "--region (or $BUILDER_REGION) is missing",
+        "--publish-url `ftp://x`: `ftp://x` is not an http:// or https:// URL",
+        "--ssh-key (or $BUILDER_SSH_KEY) is missing",
+        "the vault passphrase is missing",
+        // About the flag, not about a line of a file never written.
+        "--hosts `a,b`: a site needs at least 3 hosts",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing from: {stderr}");
+    }
+    assert!(!stderr.contains("hosts.yaml:"), "{stderr}");
+    assert!(!dir.path().join("site").exists());
+}
+
+/// No token: the site is written (render needs none); launch then says
+/// where to give one.
+#[test]
+fn init_needs_no_token_and_launch_says_where_to_give_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("BUILDER_VAULT_PASSPHRASE", PASSPHRASE)];
+    let out = init(
+        dir.path(),
+        &["--publish-url", "http://dl.example.net/fb"],
+        &env,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("DIGITALOCEAN_ACCESS_TOKEN"), "{stderr}");
+    let vault_text = std::fs::read_to_string(dir.path().join("site/hosts.vault")).unwrap();
+    let secrets = builder::vault::open(&vault_text, PASSPHRASE, "v").unwrap();
+    assert_eq!(secrets.digitalocean_token, "");
+    let site = std::fs::read_to_string(dir.path().join("site/hosts.yaml")).unwrap();
+    assert!(
+        site.contains("base_url: http://dl.example.net/fb"),
+        "{site}"
+    );
+
+    // Nothing listens on port 9: the token is missing before any call.
+    let launch = Command::new(env!("CARGO_BIN_EXE_builder"))
+        .arg("launch")
+        .arg(dir.path().join("site/hosts.yaml"))
+        .args(["--api-url", "http://127.0.0.1:9"])
+        .env("BUILDER_VAULT_PASSPHRASE", PASSPHRASE)
+        .env("BUILDER_FIRSTBOOT", tiny_firstboot_path())
+        .env_remove("DIGITALOCEAN_ACCESS_TOKEN")
+        .env_remove("DIGITALOCEAN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&launch.stderr);
+    assert_eq!(launch.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no DigitalOcean API token: set DIGITALOCEAN_ACCESS_TOKEN"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("127.0.0.1:9"),
+        "a call was tried: {stderr}"
+    );
+}
+
+/// At a terminal (a pty from `script`): an http URL is taken, a key path
+/// that cannot be read is asked again, the token may be skipped.
+#[test]
+fn interactive_init_asks_again_instead_of_ending() {
+    if Command::new("script").arg("--version").output().is_err() {
+        return support::skip("skipping: `script` (util-linux) is not installed");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.pub");
+    std::fs::write(&key, format!("{SSH_KEY}\n")).unwrap();
+    let site = dir.path().join("site");
+    let answers = format!(
+        "example.org\nams3\nhttp://dl.example.org/fb\n/nonexistent/key.pub\n{}\n\n{PASSPHRASE}\n{PASSPHRASE}\n",
+        key.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} init {}",
+            env!("CARGO_BIN_EXE_builder"),
+            site.display()
+        ))
+        .arg("/dev/null")
+        .env("HOME", dir.path())
+        .env_remove("DIGITALOCEAN_ACCESS_TOKEN")
+        .env_remove("DIGITALOCEAN_TOKEN")
+        .env_remove("BUILDER_VAULT_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answers.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{transcript}");
+    assert!(
+        transcript.contains("`/nonexistent/key.pub`: cannot read it")
+            && transcript.contains("try again"),
+        "{transcript}"
+    );
+    let text = std::fs::read_to_string(site.join("hosts.yaml")).unwrap();
+    assert!(
+        text.contains("base_url: http://dl.example.org/fb"),
+        "{text}"
+    );
+    assert!(text.contains(SSH_KEY), "{text}");
+    let vault_text = std::fs::read_to_string(site.join("hosts.vault")).unwrap();
+    let secrets = builder::vault::open(&vault_text, PASSPHRASE, "v").unwrap();
+    assert_eq!(secrets.digitalocean_token, "");
 }

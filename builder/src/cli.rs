@@ -78,14 +78,16 @@ pub struct RenderArgs {
 
 /// Start a site: write a commented hosts.yaml and an encrypted vault
 ///
-/// Asks for what it needs at a terminal. For automation every answer has
-/// a flag or an environment variable, and secrets are read only from the
+/// Asks for what it needs at a terminal, again until an answer passes.
+/// For automation every answer has a flag or an environment variable, and
+/// every problem is reported at once. Secrets are read only from the
 /// environment or files, never from the command line:
 ///
-///   DIGITALOCEAN_ACCESS_TOKEN (or DIGITALOCEAN_TOKEN)  API token
+///   BUILDER_VAULT_PASSPHRASE            (or --passphrase-file)
 ///   BUILDER_FREEIPA_ADMIN_PASSWORD      [default: generated]
 ///   BUILDER_DIRECTORY_MANAGER_PASSWORD  [default: generated]
-///   BUILDER_VAULT_PASSPHRASE            (or --passphrase-file)
+///   DIGITALOCEAN_ACCESS_TOKEN           [optional: stored for launch,
+///                                        which otherwise reads it]
 ///
 /// The site's root secret (builder derives the site's signing key and
 /// every node's own key from it) is always generated and never leaves the
@@ -118,11 +120,12 @@ pub struct InitArgs {
     )]
     pub ssh_keys: Vec<PathBuf>,
 
-    /// HTTPS base URL nodes fetch the firstboot binary from
+    /// HTTP(S) base URL nodes fetch the firstboot binary from
     #[arg(long, env = "BUILDER_PUBLISH_URL", value_name = "URL")]
     pub publish_url: Option<String>,
 
-    /// Host names, first the three core hosts [default: ns1,ns2,ns3]
+    /// Host names, at least three, first the three core hosts
+    /// [default: ns1,ns2,ns3]
     #[arg(
         long = "hosts",
         env = "BUILDER_HOSTS",
@@ -160,11 +163,8 @@ pub struct CloudArgs {
     )]
     pub api_url: String,
 
-    /// The static firstboot binary the configs pin
-    /// [default: $BUILDER_FIRSTBOOT, else `firstboot` beside builder]
-    #[arg(long, value_name = "PATH")]
-    pub firstboot: Option<PathBuf>,
-
+    // The vault: for the API token when $DIGITALOCEAN_ACCESS_TOKEN is
+    // unset, and for launch the node configs' secrets.
     #[command(flatten)]
     pub vault: VaultArgs,
 }
@@ -172,12 +172,14 @@ pub struct CloudArgs {
 /// Create the site's DigitalOcean resources and start its droplets
 ///
 /// Steps, each finding its resources by name and the site's tag before
-/// creating anything: check the token, the tag, the SSH keys, the Fedora
-/// CoreOS custom image (imported and polled until available), the VPC,
-/// the firstboot binary (uploaded to Spaces, or checked at the site's
+/// creating anything: check the token, the tag, the cloud firewall (on
+/// the tag, before any droplet exists), the SSH keys, the Fedora CoreOS
+/// custom image (imported and polled until available), the VPC, the
+/// firstboot binary (uploaded to Spaces, or checked at the site's
 /// base_url), the volumes, the droplets (each with its rendered config as
-/// user data and its volumes attached), and a cloud firewall. Running it
-/// again changes nothing; an interrupted launch run again completes it.
+/// user data and its volumes attached) and their attachments. Creates run
+/// a few at a time. Running it again changes nothing; an interrupted
+/// launch run again completes it.
 ///
 /// The API token comes from $DIGITALOCEAN_ACCESS_TOKEN or
 /// $DIGITALOCEAN_TOKEN, else from the vault. Spaces keys come from
@@ -188,6 +190,11 @@ pub struct LaunchArgs {
     #[command(flatten)]
     pub cloud: CloudArgs,
 
+    /// The static firstboot binary the configs pin
+    /// [default: $BUILDER_FIRSTBOOT, else `firstboot` beside builder]
+    #[arg(long, value_name = "PATH")]
+    pub firstboot: Option<PathBuf>,
+
     /// Print the calls launch would make, and make none
     #[arg(long)]
     pub dry_run: bool,
@@ -196,7 +203,9 @@ pub struct LaunchArgs {
 /// Show each host's droplet, addresses and firstboot phase
 ///
 /// The phase is read over SSH as `core` (your ssh and its agent; $BUILDER_SSH
-/// names another program) from the status file firstboot keeps.
+/// names another program) from the status file firstboot keeps. Needs only
+/// the site file and the API token ($DIGITALOCEAN_ACCESS_TOKEN, else the
+/// vault's).
 #[derive(Debug, Args)]
 #[command(after_help = "Example: builder status mysite/hosts.yaml --output json")]
 pub struct StatusArgs {
@@ -225,7 +234,10 @@ pub enum Output {
 /// firewall, which cannot carry tags, must also bear the site's marks);
 /// anything else with a site name is listed and left alone. --host
 /// deletes the hosts' droplets and volumes; --all also deletes the VPC,
-/// firewall, image, published firstboot and the tag.
+/// firewall, image, every firstboot-* object in the site's Spaces bucket
+/// (a base_url server is left alone) and the tag. Needs only the site
+/// file and the API token ($DIGITALOCEAN_ACCESS_TOKEN, else the vault's),
+/// plus the Spaces key to delete objects.
 #[derive(Debug, Args)]
 #[command(after_help = "Example: builder destroy mysite/hosts.yaml --host mail")]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["hosts", "all"]))]

@@ -11,6 +11,8 @@ pub mod commands;
 pub mod digitalocean;
 pub mod fsutil;
 pub mod images;
+pub mod log;
+pub mod net;
 pub mod publish;
 pub mod render;
 pub mod site;

@@ -5,6 +5,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = builder::cli::Cli::parse();
+    builder::log::init();
     match builder::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<builder::Reported>() => {

@@ -313,7 +313,8 @@ async fn post_unbounded(
 pub async fn answers_tls(address: SocketAddr, limit: Duration) -> bool {
     let attempt = async {
         let stream = TcpStream::connect(address).await?;
-        let connector = tokio_rustls::TlsConnector::from(client_config().map_err(std::io::Error::other)?);
+        let connector =
+            tokio_rustls::TlsConnector::from(client_config().map_err(std::io::Error::other)?);
         let name = ServerName::IpAddress(address.ip().into());
         connector.connect(name, stream).await.map(|_| ())
     };

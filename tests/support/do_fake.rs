@@ -280,11 +280,11 @@ struct Action {
 ///   VPC cannot be deleted (403).
 /// - VPC ranges may not overlap any other VPC of the account (the spec
 ///   says account-wide), must be RFC 1918, and between /16 and /28.
-/// - A droplet answers `new` to its first `droplet_polls` GETs, then
-///   `active`; a custom image answers `NEW` to its first `image_polls`
-///   GETs, then `available`. Listings show the current status without
-///   advancing it. Actions are `in-progress` when created, `completed`
-///   when fetched.
+/// - A droplet answers `new` to its first `droplet_polls` reads (a GET,
+///   or a listing that shows it), then `active`, so a client may poll
+///   either way; a custom image answers `NEW` to its first `image_polls`
+///   GETs, then `available` (image listings do not advance it). Actions
+///   are `in-progress` when created, `completed` when fetched.
 /// - A droplet's networks are empty while it is `new` (as in the spec's
 ///   example); once `active` it has a private address from its VPC (the
 ///   default VPC of its region without `vpc_uuid`), counting up from .2,
@@ -454,8 +454,9 @@ impl FakeDo {
         self.lock().kill = Some((n, pid));
     }
 
-    /// The first `n` GETs of a new droplet answer `new`, later ones
-    /// `active` (default 1; 0: active at the first GET).
+    /// The first `n` reads of a new droplet (GETs, or listings showing
+    /// it) answer `new`, later ones `active` (default 1; 0: active at the
+    /// first read).
     pub fn droplet_polls_until_active(&self, n: u32) {
         self.lock().droplet_polls = n;
     }
@@ -798,21 +799,34 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// One page of a listing, with `links.pages` (absolute URLs on the host the
-/// request named) and `meta.total`.
-fn paginate(r: &Request, key: &str, items: Vec<Value>) -> Answer {
+/// The `per_page` (1 to 200, default 20) and `page` (from 1) asked for.
+fn page_of(r: &Request) -> (usize, usize) {
     let number = |name: &str, default: usize| {
         r.param(name)
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(default)
     };
-    let per_page = number("per_page", 20).clamp(1, 200);
-    let page = number("page", 1).max(1);
+    (
+        number("per_page", 20).clamp(1, 200),
+        number("page", 1).max(1),
+    )
+}
+
+/// The index of the first item the page asked for shows.
+fn shown_from(r: &Request) -> usize {
+    let (per_page, page) = page_of(r);
+    (page - 1).saturating_mul(per_page)
+}
+
+/// One page of a listing, with `links.pages` (absolute URLs on the host the
+/// request named) and `meta.total`.
+fn paginate(r: &Request, key: &str, items: Vec<Value>) -> Answer {
+    let (per_page, page) = page_of(r);
     let total = items.len();
     let last = total.div_ceil(per_page).max(1);
     let shown: Vec<Value> = items
         .into_iter()
-        .skip((page - 1).saturating_mul(per_page))
+        .skip(shown_from(r))
         .take(per_page)
         .collect();
     let others: Vec<String> = r
@@ -1568,15 +1582,24 @@ impl State {
 
     // ---------------------------------------------------------- droplets
 
-    fn list_droplets(&self, r: &Request) -> Answer {
+    fn list_droplets(&mut self, r: &Request) -> Answer {
         let tag = r.param("tag_name");
         let name = r.param("name");
-        let droplets = self
-            .droplets
+        let polls = self.droplet_polls;
+        let matching: Vec<usize> = (0..self.droplets.len())
+            .filter(|&i| {
+                let d = &self.droplets[i];
+                tag.is_none_or(|t| d.tags.iter().any(|x| x == t))
+                    && name.is_none_or(|n| d.name == n)
+            })
+            .collect();
+        // Only what the page shows has been read.
+        for &i in matching.iter().skip(shown_from(r)).take(page_of(r).0) {
+            self.droplets[i].read(polls);
+        }
+        let droplets = matching
             .iter()
-            .filter(|d| tag.is_none_or(|t| d.tags.iter().any(|x| x == t)))
-            .filter(|d| name.is_none_or(|n| d.name == n))
-            .map(|d| d.json(self))
+            .map(|&i| self.droplets[i].json(self))
             .collect();
         paginate(r, "droplets", droplets)
     }
@@ -1779,14 +1802,7 @@ impl State {
         let Some(i) = self.droplets.iter().position(|d| d.id.to_string() == id) else {
             return not_found();
         };
-        let d = &mut self.droplets[i];
-        if d.status == "new" {
-            if d.polls >= polls {
-                d.status = "active";
-            } else {
-                d.polls += 1;
-            }
-        }
+        self.droplets[i].read(polls);
         (200, Some(json!({"droplet": self.droplets[i].json(self)})))
     }
 
@@ -2121,6 +2137,18 @@ impl Volume {
 }
 
 impl Droplet {
+    /// One read of a `new` droplet (a GET, or a listing that shows it):
+    /// after `polls` of them it is `active`.
+    fn read(&mut self, polls: u32) {
+        if self.status == "new" {
+            if self.polls >= polls {
+                self.status = "active";
+            } else {
+                self.polls += 1;
+            }
+        }
+    }
+
     fn json(&self, state: &State) -> Value {
         let size = self.size;
         let mask = |prefix: u8| ip(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));

@@ -4,17 +4,21 @@
 //! they are the site's when both the name and a site-specific mark match
 //! (the VPC's description, the firewall applying to exactly the site's
 //! tag). Anything else with a site name is listed as left alone.
-
-use std::time::Instant;
+//!
+//! Nothing here needs the firstboot binary or the vault: the published
+//! firstboot objects are found by listing `firstboot-*` in the site's
+//! bucket (every build the site ever published), and the tag is looked up
+//! before it is deleted.
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use tracing::info;
 
-use super::launch::{elapsed, has_tag, Pace};
+use super::launch::{has_tag, Pace};
 use super::plan::Plan;
-use crate::artifact::Firstboot;
 use crate::digitalocean::Client;
-use crate::publish::Publisher;
+use crate::log::{elapsed, Waiting};
+use crate::publish::{Leftovers, Publisher};
 
 /// What to destroy.
 #[derive(Debug, Clone)]
@@ -40,9 +44,12 @@ pub struct Survey {
     pub firewall: Option<Doomed>,
     pub vpc: Option<Doomed>,
     pub image: Option<Doomed>,
-    /// Delete the published firstboot object and the tag (with `--all`).
-    pub everything: bool,
-    /// Resources with a site name that are not provably the site's.
+    /// Published firstboot objects to delete: (name, URL).
+    pub objects: Vec<(String, String)>,
+    /// The site's tag, when it exists (deleted with `--all`).
+    pub tag: Option<String>,
+    /// Resources with a site name that are not provably the site's, and
+    /// what `destroy` cannot or must not touch.
     pub left_alone: Vec<String>,
 }
 
@@ -53,11 +60,12 @@ impl Survey {
             && self.firewall.is_none()
             && self.vpc.is_none()
             && self.image.is_none()
-            && !self.everything
+            && self.objects.is_empty()
+            && self.tag.is_none()
     }
 
     /// The lines shown before the operator confirms.
-    pub fn describe(&self, publisher: &Publisher, firstboot: &Firstboot) -> Vec<String> {
+    pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         let all = self
             .droplets
@@ -69,12 +77,11 @@ impl Survey {
         for d in all {
             lines.push(format!("delete {:<8} {} (id {})", d.kind, d.name, d.id));
         }
-        if self.everything {
-            lines.push(format!(
-                "delete object   {}",
-                publisher.describe_object(firstboot)
-            ));
-            lines.push("delete tag      (the site's tag itself)".into());
+        for (_, url) in &self.objects {
+            lines.push(format!("delete object   {url}"));
+        }
+        if let Some(tag) = &self.tag {
+            lines.push(format!("delete tag      {tag}"));
         }
         for l in &self.left_alone {
             lines.push(format!("leave  {l}"));
@@ -83,7 +90,12 @@ impl Survey {
     }
 }
 
-pub async fn survey(client: &Client, plan: &Plan, scope: &Scope) -> Result<Survey> {
+pub async fn survey(
+    client: &Client,
+    plan: &Plan,
+    publisher: &Publisher,
+    scope: &Scope,
+) -> Result<Survey> {
     let tag = &plan.tag;
     let hosts: Vec<&str> = match scope {
         Scope::All => plan.droplets.iter().map(|d| d.host.as_str()).collect(),
@@ -104,10 +116,7 @@ pub async fn survey(client: &Client, plan: &Plan, scope: &Scope) -> Result<Surve
         }
     };
     let all = matches!(scope, Scope::All);
-    let mut survey = Survey {
-        everything: all,
-        ..Survey::default()
-    };
+    let mut survey = Survey::default();
 
     let droplet_names: Vec<&str> = plan
         .droplets
@@ -115,22 +124,19 @@ pub async fn survey(client: &Client, plan: &Plan, scope: &Scope) -> Result<Surve
         .filter(|d| hosts.contains(&d.host.as_str()))
         .map(|d| d.name.as_str())
         .collect();
-    let tagged = client
-        .list(&format!("/v2/droplets?tag_name={tag}"), "droplets")
-        .await?;
-    for d in &tagged {
+    // One listing of the account's droplets: the site's by its tag, and
+    // anyone else's that bears a site name.
+    let droplets = client.list("/v2/droplets", "droplets").await?;
+    for d in &droplets {
         let name = d["name"].as_str().unwrap_or("");
-        // With --all, every droplet carrying the tag goes, also hosts
-        // since removed from the site file.
-        if all || droplet_names.contains(&name) {
-            survey.droplets.push(doomed("droplet", d));
-        }
-    }
-    for name in &droplet_names {
-        let same = client
-            .list(&format!("/v2/droplets?name={name}"), "droplets")
-            .await?;
-        for d in same.iter().filter(|d| !has_tag(d, tag)) {
+        let named = droplet_names.contains(&name);
+        if has_tag(d, tag) {
+            // With --all, every droplet carrying the tag goes, also hosts
+            // since removed from the site file.
+            if all || named {
+                survey.droplets.push(doomed("droplet", d));
+            }
+        } else if named {
             survey.left_alone.push(format!(
                 "droplet  {name} (id {}): it lacks the tag {tag}",
                 d["id"]
@@ -200,6 +206,32 @@ pub async fn survey(client: &Client, plan: &Plan, scope: &Scope) -> Result<Surve
                 ));
             }
         }
+        match publisher.leftovers().await.map_err(anyhow::Error::new)? {
+            Leftovers::InBucket { objects, .. } => {
+                survey.objects = objects
+                    .into_iter()
+                    .map(|name| {
+                        let url = publisher.public_url(&name);
+                        (name, url)
+                    })
+                    .collect();
+            }
+            Leftovers::OwnServer { base } => survey.left_alone.push(format!(
+                "objects  {base}/firstboot-*: publish.base_url is your own server; remove them \
+                 there once no node needs them"
+            )),
+            Leftovers::NoKey { bucket, why } => survey.left_alone.push(format!(
+                "objects  firstboot-* in the Spaces bucket `{bucket}`: they cannot be listed \
+                 without a key ({why})"
+            )),
+        }
+        // A tag is deleted only if it is there: a DELETE of a tag already
+        // gone would be a 404 for nothing.
+        match client.get(&format!("/v2/tags/{tag}")).await {
+            Ok(_) => survey.tag = Some(tag.clone()),
+            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(survey)
 }
@@ -217,44 +249,44 @@ fn doomed(kind: &'static str, resource: &Value) -> Doomed {
 
 /// Delete what the survey found: droplets, then (once detached) their
 /// volumes, then the firewall, the VPC (once empty), the image, the
-/// published object and the tag.
+/// published objects and the tag.
 pub async fn execute(
     client: &Client,
-    plan: &Plan,
     survey: &Survey,
     publisher: &Publisher,
-    firstboot: &Firstboot,
     pace: &Pace,
 ) -> Result<()> {
     for d in &survey.droplets {
         gone(client.delete(&format!("/v2/droplets/{}", d.id)).await)?;
-        eprintln!("deleted droplet {}", d.name);
+        info!("deleted droplet {}", d.name);
     }
     for v in &survey.volumes {
         wait_detached(client, v, pace).await?;
         gone(client.delete(&format!("/v2/volumes/{}", v.id)).await)?;
-        eprintln!("deleted volume {}", v.name);
+        info!("deleted volume {}", v.name);
     }
     if let Some(f) = &survey.firewall {
         gone(client.delete(&format!("/v2/firewalls/{}", f.id)).await)?;
-        eprintln!("deleted firewall {}", f.name);
+        info!("deleted firewall {}", f.name);
     }
     if let Some(v) = &survey.vpc {
         delete_vpc(client, v, pace).await?;
-        eprintln!("deleted vpc {}", v.name);
+        info!("deleted vpc {}", v.name);
     }
     if let Some(i) = &survey.image {
         gone(client.delete(&format!("/v2/images/{}", i.id)).await)?;
-        eprintln!("deleted image {}", i.name);
+        info!("deleted image {}", i.name);
     }
-    if survey.everything {
+    for (name, _) in &survey.objects {
         let said = publisher
-            .unpublish(firstboot)
+            .unpublish_object(name)
             .await
             .map_err(anyhow::Error::new)?;
-        eprintln!("{said}");
-        gone(client.delete(&format!("/v2/tags/{}", plan.tag)).await)?;
-        eprintln!("deleted tag {}", plan.tag);
+        info!("{said}");
+    }
+    if let Some(tag) = &survey.tag {
+        gone(client.delete(&format!("/v2/tags/{tag}")).await)?;
+        info!("deleted tag {tag}");
     }
     Ok(())
 }
@@ -268,7 +300,7 @@ fn gone(result: Result<(), crate::digitalocean::ApiError>) -> Result<()> {
 }
 
 async fn wait_detached(client: &Client, volume: &Doomed, pace: &Pace) -> Result<()> {
-    let started = Instant::now();
+    let mut waiting = Waiting::start(format!("volume {}: detaching", volume.name));
     loop {
         let answer = match client.get(&format!("/v2/volumes/{}", volume.id)).await {
             Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => return Ok(()),
@@ -280,13 +312,14 @@ async fn wait_detached(client: &Client, volume: &Doomed, pace: &Pace) -> Result<
         if !attached {
             return Ok(());
         }
-        if started.elapsed() > pace.volume {
+        if waiting.elapsed() > pace.volume {
             bail!(
                 "volume {} is still attached after {}; is its droplet deleted? run destroy again",
                 volume.name,
                 elapsed(pace.volume)
             );
         }
+        waiting.update("still attached");
         tokio::time::sleep(pace.poll).await;
     }
 }
@@ -294,7 +327,7 @@ async fn wait_detached(client: &Client, volume: &Doomed, pace: &Pace) -> Result<
 /// A VPC can be deleted only once its droplets are gone, which takes
 /// DigitalOcean a little while after the deletes are accepted.
 async fn delete_vpc(client: &Client, vpc: &Doomed, pace: &Pace) -> Result<()> {
-    let started = Instant::now();
+    let mut waiting = Waiting::start(format!("vpc {}: waiting for its members to go", vpc.name));
     loop {
         let members = client
             .list(&format!("/v2/vpcs/{}/members", vpc.id), "members")
@@ -308,13 +341,14 @@ async fn delete_vpc(client: &Client, vpc: &Doomed, pace: &Pace) -> Result<()> {
             return gone(client.delete(&format!("/v2/vpcs/{}", vpc.id)).await)
                 .with_context(|| format!("deleting vpc {}", vpc.name));
         }
-        if started.elapsed() > pace.droplet {
+        if waiting.elapsed() > pace.droplet {
             bail!(
                 "vpc {} still has members after {}; delete them or run destroy again",
                 vpc.name,
                 elapsed(pace.droplet)
             );
         }
+        waiting.update("members left");
         tokio::time::sleep(pace.poll).await;
     }
 }

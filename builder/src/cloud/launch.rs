@@ -3,16 +3,27 @@
 //! tag, where DigitalOcean has tags) and creates only what is missing, so
 //! a second run changes nothing and an interrupted run, run again,
 //! completes without duplicates.
+//!
+//! The cloud firewall comes before anything that boots: it applies to the
+//! site's tag, so every droplet is covered from its creation on. Creates
+//! of one step run concurrently (at most `CONCURRENCY` at once; the
+//! client keeps every minute within DigitalOcean's rate limit), and a
+//! step reads what exists with one region- or tag-wide listing, not one
+//! call per resource.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tracing::{info, warn, Instrument};
 
 use super::plan::{self, Plan};
 use crate::artifact::Firstboot;
 use crate::digitalocean::{ApiError, Client};
+use crate::log::{elapsed, Waiting};
 use crate::publish::Publisher;
 
 /// How often to poll, and how long to wait, for DigitalOcean's slow work.
@@ -53,10 +64,12 @@ impl Pace {
     }
 }
 
-/// The steps of a launch, in order; progress counts them.
+/// The steps of a launch, in order; each is a `step` span, so its lines
+/// read `[n/10] name: …`.
 pub const STEPS: &[&str] = &[
     "account",
     "tag",
+    "firewall",
     "ssh keys",
     "image",
     "vpc",
@@ -64,24 +77,12 @@ pub const STEPS: &[&str] = &[
     "volumes",
     "droplets",
     "attachments",
-    "firewall",
 ];
 
-/// Progress lines on stderr: `[3/10] image: …`.
-struct Progress {
-    step: usize,
-}
-
-impl Progress {
-    fn start(&mut self, name: &str) {
-        self.step += 1;
-        eprintln!("[{}/{}] {name}", self.step, STEPS.len());
-    }
-
-    fn say(&self, line: impl AsRef<str>) {
-        eprintln!("      {}", line.as_ref());
-    }
-}
+/// Creates of one step in flight at once. Eight keep a 25-host launch
+/// short while a site of any size stays far from DigitalOcean's 250
+/// requests a minute in bursts (the client holds every minute to it).
+pub const CONCURRENCY: usize = 8;
 
 /// Every step's answer to "did you change anything".
 #[derive(Debug, Default)]
@@ -104,47 +105,68 @@ struct Known {
 pub struct Launch<'a> {
     pub client: &'a Client,
     pub plan: &'a Plan,
+    /// Each host's user data: its rendered config, exactly as `render`
+    /// writes it.
+    pub user_data: &'a BTreeMap<String, String>,
     pub publisher: &'a Publisher,
     pub firstboot: &'a Firstboot,
     pub pace: Pace,
 }
 
+/// Run `work` under the span of step `n` (1-based).
+async fn step<T>(n: usize, work: impl Future<Output = Result<T>>) -> Result<T> {
+    let span = tracing::info_span!("step", n, of = STEPS.len(), name = STEPS[n - 1]);
+    work.instrument(span).await
+}
+
+/// Run `work` on every item, at most `CONCURRENCY` at once. Every item is
+/// tried, so a rerun has less left to do; then the first error, if any,
+/// is returned.
+async fn each<T, R, F, Fut>(items: Vec<T>, work: F) -> Result<Vec<R>>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<R>>,
+{
+    let total = items.len();
+    let results: Vec<Result<R>> = futures_util::stream::iter(items)
+        .map(work)
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut done = Vec::with_capacity(total);
+    let mut failed = 0;
+    let mut first = None;
+    for result in results {
+        match result {
+            Ok(value) => done.push(value),
+            Err(e) => {
+                failed += 1;
+                first.get_or_insert(e);
+            }
+        }
+    }
+    match first {
+        None => Ok(done),
+        Some(e) if failed == 1 => Err(e),
+        Some(e) => Err(e.context(format!("{failed} of {total} failed; the first"))),
+    }
+}
+
 impl Launch<'_> {
     pub async fn run(&self) -> Result<Outcome> {
-        let mut progress = Progress { step: 0 };
         let mut outcome = Outcome::default();
         let mut known = Known::default();
 
-        progress.start("account");
-        self.account(&progress).await?;
-        progress.start("tag");
-        self.tag(&progress, &mut outcome).await?;
-        progress.start("ssh keys");
-        known.keys = self.keys(&progress, &mut outcome).await?;
-        progress.start("image");
-        known.image = self.image(&progress, &mut outcome).await?;
-        progress.start("vpc");
-        known.vpc = self.vpc(&progress, &mut outcome).await?;
-        progress.start("firstboot");
-        let published = self
-            .publisher
-            .publish(self.firstboot)
-            .await
-            .map_err(anyhow::Error::new)?;
-        progress.say(published.to_string());
-        if published.changed() {
-            outcome
-                .created
-                .push(format!("object {}", self.firstboot.object_name()));
-        }
-        progress.start("volumes");
-        known.volumes = self.volumes(&progress, &mut outcome).await?;
-        progress.start("droplets");
-        known.droplets = self.droplets(&progress, &mut outcome, &known).await?;
-        progress.start("attachments");
-        self.attachments(&progress, &mut outcome, &known).await?;
-        progress.start("firewall");
-        self.firewall(&progress, &mut outcome).await?;
+        step(1, self.account()).await?;
+        step(2, self.tag(&mut outcome)).await?;
+        step(3, self.firewall(&mut outcome)).await?;
+        known.keys = step(4, self.keys(&mut outcome)).await?;
+        known.image = step(5, self.image(&mut outcome)).await?;
+        known.vpc = step(6, self.vpc(&mut outcome)).await?;
+        step(7, self.publish(&mut outcome)).await?;
+        known.volumes = step(8, self.volumes(&mut outcome)).await?;
+        known.droplets = step(9, self.droplets(&mut outcome, &known)).await?;
+        step(10, self.attachments(&mut outcome, &known)).await?;
         Ok(outcome)
     }
 
@@ -161,14 +183,14 @@ impl Launch<'_> {
     ) -> Result<Value>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<Option<Value>>>,
+        Fut: Future<Output = Result<Option<Value>>>,
     {
         let mut attempt = 1;
         loop {
             match self.client.post(path, body).await {
                 Ok(answer) => return Ok(answer[key].clone()),
                 Err(e) if ambiguous(&e) && attempt < CREATE_ATTEMPTS => {
-                    eprintln!("      {what}: {e}; checking whether it was created");
+                    warn!("{what}: {e}; checking whether it was created");
                     if let Some(found) = find().await? {
                         return Ok(found);
                     }
@@ -178,15 +200,6 @@ impl Launch<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-
-    async fn find_key(&self, material: &str) -> Result<Option<Value>> {
-        let keys = self.client.list("/v2/account/keys", "ssh_keys").await?;
-        Ok(keys.into_iter().find(|k| {
-            k["public_key"]
-                .as_str()
-                .is_some_and(|p| plan::key_material(p) == material)
-        }))
     }
 
     async fn find_tag(&self) -> Result<Option<Value>> {
@@ -211,6 +224,22 @@ impl Launch<'_> {
             .find(|v| v["name"] == json!(self.plan.vpc.name)))
     }
 
+    /// Every volume of the site's region, by name: one listing (each
+    /// volume carries its tags and the droplets it is attached to).
+    async fn region_volumes(&self) -> Result<BTreeMap<String, Value>> {
+        let volumes = self
+            .client
+            .list(
+                &format!("/v2/volumes?region={}", self.plan.region),
+                "volumes",
+            )
+            .await?;
+        Ok(volumes
+            .into_iter()
+            .filter_map(|v| Some((v["name"].as_str()?.to_owned(), v)))
+            .collect())
+    }
+
     async fn find_volume(&self, name: &str) -> Result<Option<Value>> {
         let found = self
             .client
@@ -229,7 +258,8 @@ impl Launch<'_> {
             .find(|f| f["name"] == json!(self.plan.firewall.name)))
     }
 
-    /// The site's droplets by name (only names of the plan).
+    /// The site's droplets by name (only names of the plan): one listing
+    /// by the site's tag.
     async fn find_droplets(&self) -> Result<BTreeMap<String, Value>> {
         let existing = self
             .client
@@ -251,7 +281,7 @@ impl Launch<'_> {
             .collect())
     }
 
-    async fn account(&self, progress: &Progress) -> Result<()> {
+    async fn account(&self) -> Result<()> {
         let answer = self.client.get("/v2/account").await?;
         let account = &answer["account"];
         let status = account["status"].as_str().unwrap_or("unknown");
@@ -271,40 +301,83 @@ impl Launch<'_> {
                  ask DigitalOcean support to raise the droplet limit"
             );
         }
-        progress.say(format!(
+        info!(
             "{} ({}), droplet limit {limit}",
             account["email"].as_str().unwrap_or("?"),
             status
-        ));
+        );
         Ok(())
     }
 
-    async fn tag(&self, progress: &Progress, outcome: &mut Outcome) -> Result<()> {
+    async fn tag(&self, outcome: &mut Outcome) -> Result<()> {
         let tag = &self.plan.tag;
         if self.find_tag().await?.is_some() {
-            progress.say(format!("{tag}: exists"));
+            info!("{tag}: exists");
         } else {
             self.create("tag", "/v2/tags", &json!({"name": tag}), "tag", || {
                 self.find_tag()
             })
             .await?;
             outcome.created.push(format!("tag {tag}"));
-            progress.say(format!("{tag}: created"));
+            info!("{tag}: created");
         }
         Ok(())
     }
 
-    async fn keys(&self, progress: &Progress, outcome: &mut Outcome) -> Result<Vec<u64>> {
+    /// The firewall applies to the site's tag, so it protects every
+    /// droplet from the moment the droplet exists.
+    async fn firewall(&self, outcome: &mut Outcome) -> Result<()> {
+        let wanted = &self.plan.firewall;
+        let tag = &self.plan.tag;
+        match self.find_firewall().await? {
+            Some(existing) if wanted.matches(&existing, tag) => {
+                info!("{}: exists with the site's rules", wanted.name);
+            }
+            Some(existing) => {
+                let id = existing["id"]
+                    .as_str()
+                    .context("a firewall without an id")?;
+                self.client
+                    .put(&format!("/v2/firewalls/{id}"), &wanted.body(tag))
+                    .await?;
+                outcome
+                    .created
+                    .push(format!("firewall rules of {}", wanted.name));
+                info!("{}: rules brought back to the site's", wanted.name);
+            }
+            None => {
+                self.create(
+                    "firewall",
+                    "/v2/firewalls",
+                    &wanted.body(tag),
+                    "firewall",
+                    || self.find_firewall(),
+                )
+                .await?;
+                outcome.created.push(format!("firewall {}", wanted.name));
+                info!(
+                    "{}: created for the tag {tag} ({} inbound, {} outbound rules)",
+                    wanted.name,
+                    wanted.inbound.len(),
+                    wanted.outbound.len()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn keys(&self, outcome: &mut Outcome) -> Result<Vec<u64>> {
+        let on_account = self.client.list("/v2/account/keys", "ssh_keys").await?;
         let mut ids = Vec::new();
         for key in &self.plan.keys {
             let material = key.material();
-            let id = match self.find_key(&material).await? {
+            let id = match key_with(&on_account, &material) {
                 Some(k) => {
-                    progress.say(format!(
+                    info!(
                         "{}: on the account as `{}`",
                         short_key(&material),
                         k["name"].as_str().unwrap_or("?")
-                    ));
+                    );
                     k["id"].as_u64()
                 }
                 None => {
@@ -318,7 +391,7 @@ impl Launch<'_> {
                         )
                         .await?;
                     outcome.created.push(format!("ssh key {}", key.name));
-                    progress.say(format!("{}: added as `{}`", short_key(&material), key.name));
+                    info!("{}: added as `{}`", short_key(&material), key.name);
                     created["id"].as_u64()
                 }
             };
@@ -327,9 +400,14 @@ impl Launch<'_> {
         Ok(ids)
     }
 
-    async fn image(&self, progress: &Progress, outcome: &mut Outcome) -> Result<u64> {
+    async fn find_key(&self, material: &str) -> Result<Option<Value>> {
+        let keys = self.client.list("/v2/account/keys", "ssh_keys").await?;
+        Ok(key_with(&keys, material))
+    }
+
+    async fn image(&self, outcome: &mut Outcome) -> Result<u64> {
         let wanted = &self.plan.image;
-        let id = match self.find_image().await? {
+        let (id, available) = match self.find_image().await? {
             Some(image) => {
                 if !has_tag(&image, &self.plan.tag) {
                     bail!(
@@ -340,8 +418,8 @@ impl Launch<'_> {
                         self.plan.tag
                     );
                 }
-                progress.say(format!("{}: exists (id {})", wanted.name, image["id"]));
-                image["id"].as_u64()
+                info!("{}: exists (id {})", wanted.name, image["id"]);
+                (image["id"].as_u64(), image["status"] == json!("available"))
             }
             None => {
                 let created = self
@@ -358,24 +436,27 @@ impl Launch<'_> {
                     )
                     .await?;
                 outcome.created.push(format!("image {}", wanted.name));
-                progress.say(format!("{}: importing from {}", wanted.name, wanted.url));
-                created["id"].as_u64()
+                info!("{}: importing from {}", wanted.name, wanted.url);
+                (created["id"].as_u64(), false)
             }
+        };
+        let id = id.context("an image without an id in DigitalOcean's answer")?;
+        if !available {
+            self.wait_image(id).await?;
         }
-        .context("an image without an id in DigitalOcean's answer")?;
-        self.wait_image(progress, id).await?;
         Ok(id)
     }
 
-    async fn wait_image(&self, progress: &Progress, id: u64) -> Result<()> {
-        let started = Instant::now();
-        let mut told = Instant::now();
+    async fn wait_image(&self, id: u64) -> Result<()> {
+        let mut waiting = Waiting::start(format!("{}: importing", self.plan.image.name));
         loop {
             let answer = self.client.get(&format!("/v2/images/{id}")).await?;
             let image = &answer["image"];
             match image["status"].as_str() {
                 Some("available") => {
-                    progress.say(format!("available after {}", elapsed(started.elapsed())));
+                    let after = elapsed(waiting.elapsed());
+                    drop(waiting);
+                    info!("{}: available after {after}", self.plan.image.name);
                     return Ok(());
                 }
                 Some("deleted") => bail!("image {id} was deleted while importing"),
@@ -387,25 +468,21 @@ impl Launch<'_> {
                     self.plan.image.url
                 );
             }
-            if started.elapsed() > self.pace.image {
+            if waiting.elapsed() > self.pace.image {
                 bail!(
                     "image {id} still not available after {}; run launch again later, it resumes",
                     elapsed(self.pace.image)
                 );
             }
-            if told.elapsed() >= Duration::from_secs(30) {
-                progress.say(format!(
-                    "still importing ({}), status {}",
-                    elapsed(started.elapsed()),
-                    image["status"]
-                ));
-                told = Instant::now();
-            }
+            waiting.update(&format!(
+                "status {}",
+                image["status"].as_str().unwrap_or("unknown")
+            ));
             tokio::time::sleep(self.pace.poll).await;
         }
     }
 
-    async fn vpc(&self, progress: &Progress, outcome: &mut Outcome) -> Result<String> {
+    async fn vpc(&self, outcome: &mut Outcome) -> Result<String> {
         let wanted = &self.plan.vpc;
         let id = match self.find_vpc().await? {
             Some(vpc) => {
@@ -422,7 +499,7 @@ impl Launch<'_> {
                         self.plan.region
                     );
                 }
-                progress.say(format!("{} {}: exists", wanted.name, wanted.ip_range));
+                info!("{} {}: exists", wanted.name, wanted.ip_range);
                 vpc["id"].as_str().map(str::to_owned)
             }
             None => {
@@ -437,77 +514,100 @@ impl Launch<'_> {
                     )
                     .await?;
                 outcome.created.push(format!("vpc {}", wanted.name));
-                progress.say(format!("{} {}: created", wanted.name, wanted.ip_range));
+                info!("{} {}: created", wanted.name, wanted.ip_range);
                 created["id"].as_str().map(str::to_owned)
             }
         };
         id.context("a VPC without an id in DigitalOcean's answer")
     }
 
-    async fn volumes(
-        &self,
-        progress: &Progress,
-        outcome: &mut Outcome,
-    ) -> Result<BTreeMap<String, String>> {
+    async fn publish(&self, outcome: &mut Outcome) -> Result<()> {
+        let published = self
+            .publisher
+            .publish(self.firstboot)
+            .await
+            .map_err(anyhow::Error::new)?;
+        info!("{published}");
+        if published.changed() {
+            outcome
+                .created
+                .push(format!("object {}", self.firstboot.object_name()));
+        }
+        Ok(())
+    }
+
+    async fn volumes(&self, outcome: &mut Outcome) -> Result<BTreeMap<String, String>> {
+        let existing = self.region_volumes().await?;
         let mut known = BTreeMap::new();
+        let mut missing = Vec::new();
         for volume in &self.plan.volumes {
-            let id = match self.find_volume(&volume.name).await? {
-                Some(existing) => {
-                    if !has_tag(&existing, &self.plan.tag) {
-                        bail!(
-                            "a volume named `{}` exists in {} without the tag {}: it is not this \
-                             site's; rename or delete it",
-                            volume.name,
-                            self.plan.region,
-                            self.plan.tag
-                        );
-                    }
-                    progress.say(format!("{}: exists", volume.name));
-                    existing["id"].as_str().map(str::to_owned)
+            match existing.get(&volume.name) {
+                Some(found) if !has_tag(found, &self.plan.tag) => bail!(
+                    "a volume named `{}` exists in {} without the tag {}: it is not this site's; \
+                     rename or delete it",
+                    volume.name,
+                    self.plan.region,
+                    self.plan.tag
+                ),
+                Some(found) => {
+                    let id = found["id"]
+                        .as_str()
+                        .context("a volume without an id in DigitalOcean's answer")?;
+                    known.insert(volume.name.clone(), id.to_owned());
                 }
-                None => {
-                    let created = self
-                        .create(
-                            "volume",
-                            "/v2/volumes",
-                            &json!({"size_gigabytes": volume.size_gib, "name": volume.name,
-                                    "region": self.plan.region, "description": volume.description,
-                                    "tags": [self.plan.tag]}),
-                            "volume",
-                            || self.find_volume(&volume.name),
-                        )
-                        .await?;
-                    outcome.created.push(format!("volume {}", volume.name));
-                    progress.say(format!("{}: created, {} GiB", volume.name, volume.size_gib));
-                    created["id"].as_str().map(str::to_owned)
-                }
-            };
-            let id = id.context("a volume without an id in DigitalOcean's answer")?;
-            known.insert(volume.name.clone(), id);
+                None => missing.push(volume),
+            }
+        }
+        if !known.is_empty() {
+            info!("{} volume(s) exist", known.len());
+        }
+        let created = each(missing, |volume| async move {
+            let created = self
+                .create(
+                    "volume",
+                    "/v2/volumes",
+                    &json!({"size_gigabytes": volume.size_gib, "name": volume.name,
+                            "region": self.plan.region, "description": volume.description,
+                            "tags": [self.plan.tag]}),
+                    "volume",
+                    || self.find_volume(&volume.name),
+                )
+                .await?;
+            let id = created["id"]
+                .as_str()
+                .context("a volume without an id in DigitalOcean's answer")?;
+            info!("{}: created, {} GiB", volume.name, volume.size_gib);
+            Ok((volume.name.clone(), id.to_owned()))
+        })
+        .await?;
+        for (name, id) in created {
+            outcome.created.push(format!("volume {name}"));
+            known.insert(name, id);
         }
         Ok(known)
     }
 
     async fn droplets(
         &self,
-        progress: &Progress,
         outcome: &mut Outcome,
         known: &Known,
     ) -> Result<BTreeMap<String, u64>> {
         let mut droplets: BTreeMap<String, u64> = BTreeMap::new();
-        let mut pending = Vec::new();
+        let mut starting = BTreeSet::new();
         for (name, droplet) in self.find_droplets().await? {
             if let Some(id) = droplet["id"].as_u64() {
-                droplets.insert(name, id);
                 if droplet["status"] != json!("active") {
-                    pending.push(id);
+                    starting.insert(name.clone());
                 }
+                droplets.insert(name, id);
             }
+        }
+        if !droplets.is_empty() {
+            info!("{} droplet(s) exist", droplets.len());
         }
         let mut bodies = Vec::new();
         for droplet in &self.plan.droplets {
             if droplets.contains_key(&droplet.name) {
-                progress.say(format!("{}: exists", droplet.name));
                 continue;
             }
             let volumes: Vec<&str> = droplet
@@ -515,27 +615,37 @@ impl Launch<'_> {
                 .iter()
                 .filter_map(|v| known.volumes.get(v).map(String::as_str))
                 .collect();
+            let user_data = self
+                .user_data
+                .get(&droplet.host)
+                .with_context(|| format!("no rendered config for host {}", droplet.host))?;
             bodies.push((
                 droplet.name.clone(),
                 json!({
                     "region": self.plan.region, "size": droplet.size, "image": known.image,
-                    "ssh_keys": known.keys, "vpc_uuid": known.vpc, "user_data": droplet.user_data,
+                    "ssh_keys": known.keys, "vpc_uuid": known.vpc, "user_data": user_data,
                     "tags": [self.plan.tag], "volumes": volumes, "monitoring": true, "ipv6": true,
                 }),
             ));
         }
         let mut attempt = 1;
         while !bodies.is_empty() {
-            let mut lost = false;
-            for request in plan::create_requests(&bodies)? {
-                let answer = match self.client.post("/v2/droplets", &request).await {
-                    Ok(answer) => answer,
+            let answers = each(plan::create_requests(&bodies)?, |request| async move {
+                match self.client.post("/v2/droplets", &request).await {
+                    Ok(answer) => Ok(Some(answer)),
                     Err(e) if ambiguous(&e) && attempt < CREATE_ATTEMPTS => {
-                        eprintln!("      droplets: {e}; checking which were created");
-                        lost = true;
-                        continue;
+                        warn!("{e}; checking which droplets were created");
+                        Ok(None)
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => Err(anyhow::Error::new(e)),
+                }
+            })
+            .await?;
+            let mut lost = false;
+            for answer in answers {
+                let Some(answer) = answer else {
+                    lost = true;
+                    continue;
                 };
                 let created: Vec<&Value> = match answer.get("droplets").and_then(Value::as_array) {
                     Some(list) => list.iter().collect(),
@@ -547,9 +657,9 @@ impl Launch<'_> {
                         bail!("DigitalOcean answered a droplet create without a name or id");
                     };
                     outcome.created.push(format!("droplet {name}"));
-                    progress.say(format!("{name}: created (id {id})"));
+                    info!("{name}: created (id {id})");
                     droplets.insert(name.to_owned(), id);
-                    pending.push(id);
+                    starting.insert(name.to_owned());
                 }
             }
             if !lost {
@@ -559,73 +669,66 @@ impl Launch<'_> {
             for (name, droplet) in self.find_droplets().await? {
                 if let (false, Some(id)) = (droplets.contains_key(&name), droplet["id"].as_u64()) {
                     outcome.created.push(format!("droplet {name}"));
-                    progress.say(format!("{name}: created (id {id})"));
-                    droplets.insert(name, id);
-                    pending.push(id);
+                    info!("{name}: created (id {id})");
+                    droplets.insert(name.clone(), id);
+                    starting.insert(name);
                 }
             }
             bodies.retain(|(name, _)| !droplets.contains_key(name));
             tokio::time::sleep(self.pace.poll * attempt).await;
             attempt += 1;
         }
-        self.wait_droplets(progress, &pending).await?;
+        self.wait_droplets(starting).await?;
         Ok(droplets)
     }
 
-    async fn wait_droplets(&self, progress: &Progress, ids: &[u64]) -> Result<()> {
-        let started = Instant::now();
-        let mut told = Instant::now();
-        let mut waiting: Vec<u64> = ids.to_vec();
-        while !waiting.is_empty() {
-            let mut still = Vec::new();
-            for &id in &waiting {
-                let answer = self.client.get(&format!("/v2/droplets/{id}")).await?;
-                match answer["droplet"]["status"].as_str() {
-                    Some("active") => progress.say(format!(
-                        "{}: active after {}",
-                        answer["droplet"]["name"].as_str().unwrap_or("?"),
-                        elapsed(started.elapsed())
-                    )),
-                    Some("new") => still.push(id),
-                    other => bail!(
-                        "droplet {id} is {} instead of starting; see it in the control panel",
+    /// Poll the site's droplets with one listing a round until every one
+    /// of `starting` is active.
+    async fn wait_droplets(&self, mut starting: BTreeSet<String>) -> Result<()> {
+        if starting.is_empty() {
+            return Ok(());
+        }
+        let mut waiting = Waiting::start("droplets starting");
+        loop {
+            tokio::time::sleep(self.pace.poll).await;
+            let listed = self.find_droplets().await?;
+            for name in starting.clone() {
+                match listed.get(&name).map(|d| d["status"].as_str()) {
+                    Some(Some("active")) => {
+                        info!("{name}: active after {}", elapsed(waiting.elapsed()));
+                        starting.remove(&name);
+                    }
+                    Some(Some("new")) => {}
+                    Some(other) => bail!(
+                        "droplet {name} is {} instead of starting; see it in the control panel",
                         other.unwrap_or("in an unknown state")
+                    ),
+                    None => bail!(
+                        "droplet {name} disappeared while starting; was it deleted? run launch \
+                         again to create it"
                     ),
                 }
             }
-            waiting = still;
-            if waiting.is_empty() {
-                break;
+            if starting.is_empty() {
+                return Ok(());
             }
-            if started.elapsed() > self.pace.droplet {
+            if waiting.elapsed() > self.pace.droplet {
                 bail!(
                     "{} droplet(s) still not active after {}; run launch again, it resumes",
-                    waiting.len(),
+                    starting.len(),
                     elapsed(self.pace.droplet)
                 );
             }
-            if told.elapsed() >= Duration::from_secs(30) {
-                progress.say(format!(
-                    "{} droplet(s) starting ({})",
-                    waiting.len(),
-                    elapsed(started.elapsed())
-                ));
-                told = Instant::now();
-            }
-            tokio::time::sleep(self.pace.poll).await;
+            waiting.update(&format!("{} still new", starting.len()));
         }
-        Ok(())
     }
 
     /// Volumes are attached when their droplet is created; this repairs
-    /// what is not (a volume added to the site file later).
-    async fn attachments(
-        &self,
-        progress: &Progress,
-        outcome: &mut Outcome,
-        known: &Known,
-    ) -> Result<()> {
-        let mut repaired = 0;
+    /// what is not (a volume added to the site file later). One listing
+    /// of the region's volumes says what is attached where.
+    async fn attachments(&self, outcome: &mut Outcome, known: &Known) -> Result<()> {
+        let volumes = self.region_volumes().await?;
+        let mut detached = Vec::new();
         for volume in &self.plan.volumes {
             let droplet = &self
                 .plan
@@ -636,8 +739,10 @@ impl Launch<'_> {
                 .name;
             let droplet_id = *known.droplets.get(droplet).context("droplet not created")?;
             let volume_id = &known.volumes[&volume.name];
-            let answer = self.client.get(&format!("/v2/volumes/{volume_id}")).await?;
-            let attached = ids(&answer["volume"]["droplet_ids"]);
+            let attached = volumes
+                .get(&volume.name)
+                .map(|v| ids(&v["droplet_ids"]))
+                .unwrap_or_default();
             if attached.contains(&droplet_id) {
                 continue;
             }
@@ -647,6 +752,13 @@ impl Launch<'_> {
                     volume.name
                 );
             }
+            detached.push((volume, droplet, droplet_id, volume_id));
+        }
+        if detached.is_empty() {
+            info!("all {} volume(s) attached", self.plan.volumes.len());
+            return Ok(());
+        }
+        let attached = each(detached, |(volume, droplet, droplet_id, volume_id)| async move {
             let attached_now = || async {
                 let answer = self.client.get(&format!("/v2/volumes/{volume_id}")).await?;
                 let attached = ids(&answer["volume"]["droplet_ids"]).contains(&droplet_id);
@@ -666,116 +778,34 @@ impl Launch<'_> {
                     .wait_action(action_id, self.pace.volume, self.pace.poll)
                     .await?;
             }
-            outcome
-                .created
-                .push(format!("attachment {} to {droplet}", volume.name));
-            progress.say(format!("{} attached to {droplet}", volume.name));
-            repaired += 1;
-        }
-        if repaired == 0 {
-            progress.say(format!(
-                "all {} volume(s) attached",
-                self.plan.volumes.len()
-            ));
-        }
-        Ok(())
-    }
-
-    async fn firewall(&self, progress: &Progress, outcome: &mut Outcome) -> Result<()> {
-        let wanted = &self.plan.firewall;
-        let tag = &self.plan.tag;
-        match self.find_firewall().await? {
-            Some(existing) if wanted.matches(&existing, tag) => {
-                progress.say(format!("{}: exists with the site's rules", wanted.name));
-            }
-            Some(existing) => {
-                let id = existing["id"]
-                    .as_str()
-                    .context("a firewall without an id")?;
-                self.client
-                    .put(&format!("/v2/firewalls/{id}"), &wanted.body(tag))
-                    .await?;
-                outcome
-                    .created
-                    .push(format!("firewall rules of {}", wanted.name));
-                progress.say(format!("{}: rules brought back to the site's", wanted.name));
-            }
-            None => {
-                self.create(
-                    "firewall",
-                    "/v2/firewalls",
-                    &wanted.body(tag),
-                    "firewall",
-                    || self.find_firewall(),
-                )
-                .await?;
-                outcome.created.push(format!("firewall {}", wanted.name));
-                progress.say(format!(
-                    "{}: created ({} inbound, {} outbound rules)",
-                    wanted.name,
-                    wanted.inbound.len(),
-                    wanted.outbound.len()
-                ));
-            }
-        }
+            info!("{} attached to {droplet}", volume.name);
+            Ok(format!("attachment {} to {droplet}", volume.name))
+        })
+        .await?;
+        outcome.created.extend(attached);
         Ok(())
     }
 }
 
 /// The calls a launch would make, for `--dry-run`: nothing is sent.
-pub fn dry_run(plan: &Plan, publisher: &Publisher, api: &str) -> Vec<String> {
+pub fn dry_run(
+    plan: &Plan,
+    user_data: &BTreeMap<String, String>,
+    publisher: &Publisher,
+    api: &str,
+) -> Vec<String> {
     let tag = &plan.tag;
     let region = &plan.region;
     let mut lines = vec![
         format!("API: {api}"),
         "[1] GET /v2/account: check the token and the droplet limit".into(),
         format!("[2] GET /v2/tags; POST /v2/tags {{\"name\": \"{tag}\"}} if absent"),
-        "[3] GET /v2/account/keys; for each key not on the account:".into(),
+        format!(
+            "[3] GET /v2/firewalls; POST /v2/firewalls {} for the tag {tag} if absent, PUT if its \
+             rules differ (before any droplet exists, so none boots unprotected):",
+            plan.firewall.name
+        ),
     ];
-    for key in &plan.keys {
-        lines.push(format!(
-            "      POST /v2/account/keys {} ({})",
-            key.name,
-            short_key(&key.material())
-        ));
-    }
-    lines.push(format!(
-        "[4] GET /v2/images?private=true; POST /v2/images {} from {} if absent; poll GET /v2/images/ID until available",
-        plan.image.name, plan.image.url
-    ));
-    lines.push(format!(
-        "[5] GET /v2/vpcs; POST /v2/vpcs {} {} in {region} if absent",
-        plan.vpc.name, plan.vpc.ip_range
-    ));
-    lines.push("[6] firstboot:".into());
-    lines.extend(publisher.plan().into_iter().map(|l| format!("      {l}")));
-    lines.push("[7] for each volume, GET /v2/volumes?name=…; POST /v2/volumes if absent:".into());
-    for v in &plan.volumes {
-        lines.push(format!(
-            "      {} {} GiB (host {})",
-            v.name, v.size_gib, v.host
-        ));
-    }
-    lines.push(format!(
-        "[8] GET /v2/droplets?tag_name={tag}; POST /v2/droplets for each host not there, then poll until active:"
-    ));
-    for d in &plan.droplets {
-        lines.push(format!(
-            "      {} {} user data {} bytes, volumes [{}]",
-            d.name,
-            d.size,
-            d.user_data.len(),
-            d.volumes.join(", ")
-        ));
-    }
-    lines.push(
-        "[9] GET /v2/volumes/ID for each volume; POST /v2/volumes/ID/actions attach if not attached"
-            .into(),
-    );
-    lines.push(format!(
-        "[10] GET /v2/firewalls; POST /v2/firewalls {} if absent, PUT if its rules differ:",
-        plan.firewall.name
-    ));
     for rule in &plan.firewall.inbound {
         let from = match rule.peers {
             plan::Peers::Anywhere => "anywhere",
@@ -794,6 +824,48 @@ pub fn dry_run(plan: &Plan, publisher: &Publisher, api: &str) -> Vec<String> {
             rule.protocol, "all", rule.reason
         ));
     }
+    lines.push("[4] GET /v2/account/keys; for each key not on the account:".into());
+    for key in &plan.keys {
+        lines.push(format!(
+            "      POST /v2/account/keys {} ({})",
+            key.name,
+            short_key(&key.material())
+        ));
+    }
+    lines.push(format!(
+        "[5] GET /v2/images?private=true; POST /v2/images {} from {} if absent; poll GET /v2/images/ID until available",
+        plan.image.name, plan.image.url
+    ));
+    lines.push(format!(
+        "[6] GET /v2/vpcs; POST /v2/vpcs {} {} in {region} if absent",
+        plan.vpc.name, plan.vpc.ip_range
+    ));
+    lines.push("[7] firstboot:".into());
+    lines.extend(publisher.plan().into_iter().map(|l| format!("      {l}")));
+    lines.push(format!(
+        "[8] GET /v2/volumes?region={region}; POST /v2/volumes for each absent ({CONCURRENCY} at once):"
+    ));
+    for v in &plan.volumes {
+        lines.push(format!(
+            "      {} {} GiB (host {})",
+            v.name, v.size_gib, v.host
+        ));
+    }
+    lines.push(format!(
+        "[9] GET /v2/droplets?tag_name={tag}; POST /v2/droplets for each host not there ({CONCURRENCY} at once), then poll that listing until all are active:"
+    ));
+    for d in &plan.droplets {
+        let size = user_data.get(&d.host).map_or(0, String::len);
+        lines.push(format!(
+            "      {} {} user data {size} bytes, volumes [{}]",
+            d.name,
+            d.size,
+            d.volumes.join(", ")
+        ));
+    }
+    lines.push(format!(
+        "[10] GET /v2/volumes?region={region}; POST /v2/volumes/ID/actions attach for each volume not attached to its droplet"
+    ));
     lines
 }
 
@@ -806,7 +878,7 @@ fn ambiguous(e: &ApiError) -> bool {
     match e {
         ApiError::GaveUp { .. } => true,
         ApiError::Refused { status, .. } => status.is_server_error(),
-        ApiError::Malformed { .. } => false,
+        ApiError::Unreachable { .. } | ApiError::Malformed { .. } => false,
     }
 }
 
@@ -814,6 +886,17 @@ pub fn has_tag(resource: &Value, tag: &str) -> bool {
     resource["tags"]
         .as_array()
         .is_some_and(|tags| tags.iter().any(|t| t == tag))
+}
+
+/// The key of a listing with this key material (whatever its comment).
+fn key_with(keys: &[Value], material: &str) -> Option<Value> {
+    keys.iter()
+        .find(|k| {
+            k["public_key"]
+                .as_str()
+                .is_some_and(|p| plan::key_material(p) == material)
+        })
+        .cloned()
 }
 
 fn ids(value: &Value) -> Vec<u64> {
@@ -829,13 +912,4 @@ fn short_key(material: &str) -> String {
     let (kind, blob) = material.split_once(' ').unwrap_or((material, ""));
     let tail = &blob[blob.len().saturating_sub(12)..];
     format!("{kind} …{tail}")
-}
-
-pub fn elapsed(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
 }

@@ -1,12 +1,13 @@
-//! What a site needs on DigitalOcean, computed from the site file and the
-//! rendered configs alone: no network. `launch` ensures it, `--dry-run`
-//! prints it, `status` and `destroy` find resources by the same names.
+//! What a site needs on DigitalOcean, computed from the site file alone:
+//! no network, no secrets. `launch` ensures it (adding each droplet's
+//! rendered config as its user data), `--dry-run` prints it, `status` and
+//! `destroy` find resources by the same names.
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use crate::images::{self, Base};
-use crate::render::{Rendered, USER_DATA_LIMIT};
+use crate::render::USER_DATA_LIMIT;
 use crate::site::Site;
 
 /// DigitalOcean creates at most this many droplets in one call.
@@ -79,7 +80,6 @@ pub struct DropletPlan {
     /// The droplet's name: the host's fully qualified name.
     pub name: String,
     pub size: String,
-    pub user_data: String,
     /// Names of the volumes attached at creation, so that Ignition finds
     /// its disks on the first boot.
     pub volumes: Vec<String>,
@@ -252,8 +252,8 @@ impl FirewallPlan {
 }
 
 impl Plan {
-    /// The plan of a whole site. `rendered` holds one config per host.
-    pub fn new(site: &Site, rendered: &[Rendered]) -> Result<Plan> {
+    /// The plan of a whole site.
+    pub fn new(site: &Site) -> Result<Plan> {
         let slug = site.domain.as_str().replace('.', "-");
         let tag = format!("site:{slug}");
         let region = site.region.as_str().to_owned();
@@ -299,13 +299,6 @@ impl Plan {
         let mut droplets = Vec::new();
         for host in &site.hosts {
             let name = host.name.as_str();
-            let config = rendered
-                .iter()
-                .find(|r| r.host == name)
-                .ok_or_else(|| anyhow::anyhow!("no rendered config for host {name}"))?;
-            // Render refused anything near the limit; `create_requests`
-            // checks again where the request is built.
-            let user_data = String::from_utf8(config.bytes.clone())?;
             let mut attached = Vec::new();
             for (what, size) in [
                 ("data", host.volumes.data_gib),
@@ -326,7 +319,6 @@ impl Plan {
                 host: name.to_owned(),
                 name: format!("{name}.{}", site.domain),
                 size: host.size.as_str().to_owned(),
-                user_data,
                 volumes: attached,
             });
         }

@@ -1,80 +1,88 @@
 //! `builder launch`, `builder status` and `builder destroy`.
+//!
+//! `status` and `destroy` need only the site file and an API token: with
+//! the token in the environment they open no vault and read no firstboot
+//! binary. `launch` renders every host's config (the droplets' user data),
+//! so it needs the vault and the binary as `render` does.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use reqwest::Url;
+use tracing::info;
 
 use crate::artifact::Firstboot;
 use crate::cli::{CloudArgs, DestroyArgs, LaunchArgs, Output, StatusArgs};
 use crate::cloud::destroy::{self, Scope};
-use crate::cloud::launch::{self, elapsed, Launch, Pace};
+use crate::cloud::launch::{self, Launch, Pace};
 use crate::cloud::{status, Plan};
-use crate::digitalocean::{Client, RetryPolicy, DEFAULT_API_URL, TOKEN_ENVS};
+use crate::digitalocean::{Client, RetryPolicy, API_URL_ENV, DEFAULT_API_URL, TOKEN_ENVS};
+use crate::log::elapsed;
 use crate::publish::Publisher;
 use crate::render;
 use crate::site::Site;
-use crate::vault::Secrets;
+use crate::vault::{self, Secrets};
 
-/// Everything the three commands share: the site, its plan, the API.
-struct Opened {
-    site: Site,
-    plan: Plan,
-    firstboot: Firstboot,
-    publisher: Publisher,
-    secrets: Secrets,
-    demo: bool,
-}
-
-fn open(args: &CloudArgs) -> Result<Opened> {
+/// The site and what it needs on DigitalOcean: no secret, no binary.
+fn open_site(args: &CloudArgs) -> Result<(Site, Plan)> {
     let (site, _) = Site::load(&args.site)?;
-    let firstboot = Firstboot::locate(args.firstboot.as_deref())?;
-    let (secrets, demo) = super::open_vault(&args.site, &args.vault)?;
-    // The user data is exactly what `render` writes.
-    let rendered = render::render_site(&site, &secrets, &firstboot, None)?;
-    let plan = Plan::new(&site, &rendered)?;
-    let publisher = Publisher::new(&site.publish)?;
-    Ok(Opened {
-        site,
-        plan,
-        firstboot,
-        publisher,
-        secrets,
-        demo,
-    })
+    let plan = Plan::new(&site)?;
+    Ok((site, plan))
 }
 
-/// The API client: the token from the environment (the names doctl and
-/// Terraform use), else from the vault.
-fn client(args: &CloudArgs, opened: &Opened) -> Result<Client> {
-    let api = args.api_url.trim_end_matches('/');
-    if opened.demo && api == DEFAULT_API_URL {
+/// The API client. The token comes from the environment (the names doctl
+/// and Terraform use), else from the vault, which is opened only then
+/// (`vault`: already opened by `launch`, with whether it is the demo one).
+fn client(args: &CloudArgs, vault: Option<&(Secrets, bool)>) -> Result<Client> {
+    let api = Url::parse(&args.api_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .with_context(|| {
+            format!(
+                "--api-url `{}` is not an http(s) URL (it also comes from {API_URL_ENV})",
+                args.api_url
+            )
+        })?;
+    let from_env = TOKEN_ENVS
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|t| !t.trim().is_empty()));
+    let (token, demo) = match (from_env, vault) {
+        (Some(token), vault) => (token, vault.is_some_and(|(_, demo)| *demo)),
+        (None, Some((secrets, demo))) => (secrets.digitalocean_token.clone(), *demo),
+        (None, None) => {
+            let (secrets, demo) = super::open_vault(&args.site, &args.vault)?;
+            (secrets.digitalocean_token, demo)
+        }
+    };
+    if token.trim().is_empty() {
+        let vault = args
+            .vault
+            .vault
+            .clone()
+            .unwrap_or_else(|| vault::path_for(&args.site));
+        bail!(
+            "no DigitalOcean API token: set DIGITALOCEAN_ACCESS_TOKEN (a token with read and \
+             write scope, from the control panel under API, Tokens); the vault {} holds none, as \
+             `builder init` leaves it when given no token",
+            vault.display()
+        );
+    }
+    let official = Url::parse(DEFAULT_API_URL).expect("a valid URL");
+    if demo && api.host_str() == official.host_str() {
         bail!(
             "refusing to use the public demo vault against DigitalOcean: its passwords and join \
              secret are published. Run `builder init` for a vault of your own"
         );
     }
-    let from_env = TOKEN_ENVS
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|t| !t.trim().is_empty()));
-    let token = match from_env {
-        Some(token) => token,
-        None if !opened.secrets.digitalocean_token.trim().is_empty() => {
-            opened.secrets.digitalocean_token.clone()
-        }
-        None => bail!(
-            "no DigitalOcean token: set DIGITALOCEAN_ACCESS_TOKEN, or store one in the vault \
-             with `builder init`"
-        ),
-    };
-    Client::new(api, token.trim(), policy_from_env())
-        .context("cannot set up the HTTPS client for DigitalOcean")
+    Client::new(api.as_str(), token.trim(), policy_from_env())
 }
 
 /// The retry policy, with test knobs: `BUILDER_API_TIMEOUT_MS` (one
 /// request) and `BUILDER_API_BACKOFF_MS` (the first backoff).
 fn policy_from_env() -> RetryPolicy {
-    let mut policy = RetryPolicy::default();
+    let mut policy = RetryPolicy::digitalocean();
     let ms = |name: &str| {
         std::env::var(name)
             .ok()?
@@ -93,46 +101,53 @@ fn policy_from_env() -> RetryPolicy {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    crate::net::runtime().context("cannot start the async runtime")
 }
 
 pub fn launch(args: LaunchArgs) -> Result<()> {
-    let opened = open(&args.cloud)?;
+    let (site, plan) = open_site(&args.cloud)?;
+    let firstboot = Firstboot::locate(args.firstboot.as_deref())?;
+    let vault = super::open_vault(&args.cloud.site, &args.cloud.vault)?;
+    // The user data is exactly what `render` writes.
+    let rendered = render::render_site(&site, &vault.0, &firstboot, None)?;
+    let user_data = rendered
+        .into_iter()
+        .map(|r| Ok((r.host.clone(), String::from_utf8(r.bytes)?)))
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    let publisher = Publisher::new(&site.publish)?;
     if args.dry_run {
-        for line in launch::dry_run(&opened.plan, &opened.publisher, &args.cloud.api_url) {
+        for line in launch::dry_run(&plan, &user_data, &publisher, &args.cloud.api_url) {
             println!("{line}");
         }
         println!("(dry run: no call was made)");
         return Ok(());
     }
-    let client = client(&args.cloud, &opened)?;
+    let client = client(&args.cloud, Some(&vault))?;
     let started = Instant::now();
     let run = Launch {
         client: &client,
-        plan: &opened.plan,
-        publisher: &opened.publisher,
-        firstboot: &opened.firstboot,
+        plan: &plan,
+        user_data: &user_data,
+        publisher: &publisher,
+        firstboot: &firstboot,
         pace: Pace::from_env(),
     };
     let result = runtime()?.block_on(run.run());
     let sent = client.sent();
-    let outcome = result.context("launch stopped; run it again to resume")?;
+    let outcome = result.context("launch stopped; run it again, it resumes")?;
     if outcome.created.is_empty() {
-        eprintln!(
-            "launch: {} is complete; nothing changed ({} requests, {} mutating, {})",
-            opened.site.domain,
+        info!(
+            "{} is complete; nothing changed ({} requests, {} mutating, {})",
+            site.domain,
             sent.requests,
             sent.mutating,
             elapsed(started.elapsed())
         );
     } else {
-        eprintln!(
-            "launch: {} created or repaired {} resource(s) in {} ({} requests, {} mutating); \
+        info!(
+            "{} created or repaired {} resource(s) in {} ({} requests, {} mutating); \
              `builder status {}` follows the nodes",
-            opened.site.domain,
+            site.domain,
             outcome.created.len(),
             elapsed(started.elapsed()),
             sent.requests,
@@ -144,9 +159,9 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
 }
 
 pub fn status(args: StatusArgs) -> Result<()> {
-    let opened = open(&args.cloud)?;
-    let client = client(&args.cloud, &opened)?;
-    let mut rows = runtime()?.block_on(status::rows(&client, &opened.plan))?;
+    let (_, plan) = open_site(&args.cloud)?;
+    let client = client(&args.cloud, None)?;
+    let mut rows = runtime()?.block_on(status::rows(&client, &plan))?;
     if !args.no_ssh {
         let ssh = std::env::var("BUILDER_SSH").unwrap_or_else(|_| "ssh".into());
         status::read_phases(&mut rows, &ssh);
@@ -159,35 +174,35 @@ pub fn status(args: StatusArgs) -> Result<()> {
 }
 
 pub fn destroy(args: DestroyArgs) -> Result<()> {
-    let opened = open(&args.cloud)?;
-    let client = client(&args.cloud, &opened)?;
+    let (site, plan) = open_site(&args.cloud)?;
+    let client = client(&args.cloud, None)?;
+    let publisher = Publisher::new(&site.publish)?;
     let scope = if args.all {
         Scope::All
     } else {
         Scope::Hosts(args.hosts.clone())
     };
     let runtime = runtime()?;
-    let survey = runtime.block_on(destroy::survey(&client, &opened.plan, &scope))?;
-    let lines = survey.describe(&opened.publisher, &opened.firstboot);
-    for line in &lines {
+    let survey = runtime.block_on(destroy::survey(&client, &plan, &publisher, &scope))?;
+    for line in survey.describe() {
         println!("{line}");
     }
     if survey.is_empty() {
-        println!("nothing of {} to delete", opened.site.domain);
+        println!("nothing of {} to delete", site.domain);
         return Ok(());
     }
     if !args.yes {
-        confirm(opened.site.domain.as_str())?;
+        confirm(site.domain.as_str())?;
     }
-    runtime.block_on(destroy::execute(
-        &client,
-        &opened.plan,
-        &survey,
-        &opened.publisher,
-        &opened.firstboot,
-        &Pace::from_env(),
-    ))?;
-    eprintln!("destroy: done");
+    runtime
+        .block_on(destroy::execute(
+            &client,
+            &survey,
+            &publisher,
+            &Pace::from_env(),
+        ))
+        .context("destroy stopped; what is reported above as deleted is gone; run it again to delete the rest")?;
+    info!("destroy: done");
     Ok(())
 }
 

@@ -1,20 +1,65 @@
 //! `builder init`: a commented site file and a new encrypted vault.
+//!
+//! Every answer given (flags, environment) is checked first, and every
+//! problem is reported at once, naming the flag it came from. At a
+//! terminal, what is missing is then asked for, again until it passes;
+//! elsewhere, every missing answer is reported at once. The DigitalOcean
+//! token is optional: only `launch`, `status` and `destroy` need it, and
+//! they read it from $DIGITALOCEAN_ACCESS_TOKEN when the vault has none.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use tracing::info;
 
 use crate::cli::InitArgs;
 use crate::fsutil;
-use crate::site::{DomainName, HostName, Site, Slug, SshKey};
-use crate::vault::{self, PassphraseSource, Secrets};
+use crate::site::{BaseUrl, DomainName, HostName, Refusal, Site, Slug, SshKey};
+use crate::vault::{self, PassphraseSource, Secrets, PASSPHRASE_ENV};
 
 const TOKEN_ENVS: &[&str] = &["DIGITALOCEAN_ACCESS_TOKEN", "DIGITALOCEAN_TOKEN"];
 const ADMIN_ENV: &str = "BUILDER_FREEIPA_ADMIN_PASSWORD";
 const DM_ENV: &str = "BUILDER_DIRECTORY_MANAGER_PASSWORD";
 /// FreeIPA refuses passwords shorter than 8 characters.
 const MIN_PASSWORD: usize = 8;
+/// A site needs three core hosts (etcd and FreeIPA quorum).
+const MIN_HOSTS: usize = 3;
+/// Tries at one question before giving up.
+const TRIES: usize = 5;
+
+/// One answer: its flag, its variable, what it is, and how it is asked.
+struct Question {
+    flag: &'static str,
+    env: &'static str,
+    what: &'static str,
+    prompt: &'static str,
+}
+
+const DOMAIN: Question = Question {
+    flag: "--domain",
+    what: "the site's DNS domain, such as example.com",
+    env: "BUILDER_DOMAIN",
+    prompt: "Domain of the site (e.g. example.com)",
+};
+const REGION: Question = Question {
+    flag: "--region",
+    what: "the DigitalOcean region slug of every droplet, such as ams3",
+    env: "BUILDER_REGION",
+    prompt: "DigitalOcean region (e.g. ams3)",
+};
+const PUBLISH_URL: Question = Question {
+    flag: "--publish-url",
+    what: "the http(s) base URL nodes fetch firstboot from",
+    env: "BUILDER_PUBLISH_URL",
+    prompt: "Base URL nodes fetch firstboot from (http:// or https://...)",
+};
+const SSH_KEY: Question = Question {
+    flag: "--ssh-key",
+    what: "an SSH public key file for the `core` user",
+    env: "BUILDER_SSH_KEY",
+    prompt: "SSH public key file",
+};
 
 pub fn run(args: InitArgs) -> Result<()> {
     let interactive = !args.non_interactive && std::io::stdin().is_terminal();
@@ -28,93 +73,113 @@ pub fn run(args: InitArgs) -> Result<()> {
             );
         }
     }
-    let mut ask = Asker { interactive };
 
-    let domain = ask.value(
-        args.domain,
-        "Domain of the site (e.g. example.com)",
-        "--domain",
-        |s| {
-            DomainName::parse(s)
-                .map(|d| d.to_string())
-                .map_err(|r| r.message)
-        },
-    )?;
-    let region = ask.value(
-        args.region,
-        "DigitalOcean region (e.g. ams3)",
-        "--region",
-        |s| {
-            Slug::parse(s, "region", "ams3")
-                .map(|s| s.to_string())
-                .map_err(|r| r.message)
-        },
-    )?;
-    let publish_url = ask.value(
-        args.publish_url,
-        "Base URL nodes fetch firstboot from (https://...)",
-        "--publish-url",
-        |s| {
-            if s.starts_with("https://") || s.starts_with("http://") {
-                Ok(s.trim_end_matches('/').to_owned())
-            } else {
-                Err("it must start with https://".into())
-            }
-        },
-    )?;
-    let key_paths = if args.ssh_keys.is_empty() {
-        let default = home_key();
-        let path = ask
-            .value(
-                None,
-                &format!(
-                    "SSH public key file{}",
-                    default
-                        .as_ref()
-                        .map(|p| format!(" [{}]", p.display()))
-                        .unwrap_or_default()
-                ),
-                "--ssh-key",
-                |s| Ok(s.to_owned()),
-            )
-            .or_else(|e| default.clone().map(|p| p.display().to_string()).ok_or(e))?;
-        vec![PathBuf::from(path)]
-    } else {
-        args.ssh_keys
-    };
-    let ssh_keys = key_paths
-        .iter()
-        .map(|p| read_key(p))
-        .collect::<Result<Vec<_>>>()?;
-    let hosts = if args.hosts.is_empty() {
-        vec!["ns1".into(), "ns2".into(), "ns3".into()]
-    } else {
-        args.hosts
-    };
-    for host in &hosts {
-        HostName::parse(host).map_err(|r| anyhow::anyhow!("--hosts: {}", r.message))?;
+    // Everything given is checked before anything is asked.
+    let mut problems = Vec::new();
+    let mut domain = given(&DOMAIN, args.domain, check_domain, &mut problems);
+    let mut region = given(&REGION, args.region, check_region, &mut problems);
+    let mut publish_url = given(&PUBLISH_URL, args.publish_url, check_url, &mut problems);
+    let mut ssh_keys = Vec::new();
+    for path in &args.ssh_keys {
+        match read_key(path) {
+            Ok(key) => ssh_keys.push(key),
+            Err(why) => problems.push(format!("{} {}: {why}", SSH_KEY.flag, path.display())),
+        }
     }
+    let hosts = check_hosts(&args.hosts).unwrap_or_else(|why| {
+        problems.push(why);
+        Vec::new()
+    });
+    let admin = password_from_env(ADMIN_ENV, &mut problems);
+    let directory_manager = password_from_env(DM_ENV, &mut problems);
+    let passphrase = PassphraseSource::from_env(args.passphrase_file.clone());
+    if let Some(path) = &passphrase.file {
+        if let Err(why) = first_line(path) {
+            problems.push(format!("--passphrase-file {}: {why}", path.display()));
+        }
+    }
+    let default_key = home_key();
 
+    // Then what is missing: asked at a terminal, else reported with the rest.
+    if !interactive {
+        for (missing, question) in [
+            (domain.is_none(), &DOMAIN),
+            (region.is_none(), &REGION),
+            (publish_url.is_none(), &PUBLISH_URL),
+        ] {
+            if missing && !problems.iter().any(|p| p.starts_with(question.flag)) {
+                problems.push(format!(
+                    "{} (or ${}) is missing: {}",
+                    question.flag, question.env, question.what
+                ));
+            }
+        }
+        if args.ssh_keys.is_empty() && default_key.is_none() {
+            problems.push(format!(
+                "{} (or ${}) is missing: {} (none is in ~/.ssh)",
+                SSH_KEY.flag, SSH_KEY.env, SSH_KEY.what
+            ));
+        }
+        if passphrase.file.is_none() && passphrase.env.is_none() {
+            problems.push(format!(
+                "the vault passphrase is missing: set {PASSPHRASE_ENV} or pass --passphrase-file"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(report(&problems));
+    }
+    let mut ask = Asker;
+    if domain.is_none() {
+        domain = Some(ask.value(&DOMAIN, None, check_domain)?);
+    }
+    if region.is_none() {
+        region = Some(ask.value(&REGION, None, check_region)?);
+    }
+    if publish_url.is_none() {
+        publish_url = Some(ask.value(&PUBLISH_URL, None, check_url)?);
+    }
+    if ssh_keys.is_empty() {
+        ssh_keys.push(match (&default_key, interactive) {
+            (Some(default), false) => read_key(default).map_err(|why| {
+                anyhow::anyhow!("the SSH key {}: {why}; pass --ssh-key", default.display())
+            })?,
+            (default, _) => ask.value(&SSH_KEY, default.as_deref(), |s| read_key(Path::new(s)))?,
+        });
+    }
     let token = match TOKEN_ENVS
         .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
     {
         Some(token) => token,
-        None => ask.secret("DigitalOcean API token", "set DIGITALOCEAN_ACCESS_TOKEN")?,
+        None if interactive => ask.optional_secret(
+            "DigitalOcean API token (Enter to skip: launch then reads $DIGITALOCEAN_ACCESS_TOKEN)",
+        )?,
+        None => String::new(),
     };
     let secrets = Secrets {
         format: 1,
         digitalocean_token: token.trim().to_owned(),
-        freeipa_admin_password: password_from_env(ADMIN_ENV)?,
-        directory_manager_password: password_from_env(DM_ENV)?,
+        freeipa_admin_password: admin,
+        directory_manager_password: directory_manager,
         join_secret: vault::generate_password(43),
     };
-    let passphrase = PassphraseSource::from_env(args.passphrase_file).for_creating()?;
+    let passphrase = passphrase.for_creating()?;
 
+    let (domain, region, publish_url) = (
+        domain.unwrap_or_default(),
+        region.unwrap_or_default(),
+        publish_url.unwrap_or_default(),
+    );
     let site_text = site_template(&domain, &region, &publish_url, &ssh_keys, &hosts);
-    // The template must parse: a site file builder cannot read is a bug here.
-    Site::parse(&site_path.display().to_string(), &site_text)
-        .map_err(|e| crate::Reported(e.render(&site_text)))?;
+    // Every answer was checked above: a template that does not parse is
+    // this builder's bug, not the operator's.
+    if let Err(e) = Site::parse(&site_path.display().to_string(), &site_text) {
+        bail!(
+            "the site file init would write does not parse ({e}); nothing was written. This is \
+             a bug in builder: please report it"
+        );
+    }
     let sealed = vault::seal(&secrets, &passphrase, None, false)?;
 
     fsutil::private_dir(&args.dir)?;
@@ -122,7 +187,13 @@ pub fn run(args: InitArgs) -> Result<()> {
     fsutil::write_atomic(&site_path, site_text.as_bytes(), 0o644)?;
     println!("{}", site_path.display());
     println!("{}", vault_path.display());
-    eprintln!(
+    if secrets.digitalocean_token.is_empty() {
+        info!(
+            "the vault holds no DigitalOcean token: set DIGITALOCEAN_ACCESS_TOKEN for \
+             `builder launch`, `status` and `destroy`"
+        );
+    }
+    info!(
         "wrote the site file and its vault; review {} and then run `builder render {}`",
         site_path.display(),
         site_path.display()
@@ -130,14 +201,110 @@ pub fn run(args: InitArgs) -> Result<()> {
     Ok(())
 }
 
-fn password_from_env(name: &str) -> Result<String> {
-    match std::env::var(name).ok().filter(|v| !v.is_empty()) {
-        None => Ok(vault::generate_password(24)),
-        Some(p) if p.chars().count() < MIN_PASSWORD => {
-            bail!("{name} is shorter than {MIN_PASSWORD} characters, which FreeIPA refuses")
-        }
-        Some(p) => Ok(p),
+/// Every problem at once, each naming the flag or variable it is about.
+fn report(problems: &[String]) -> anyhow::Error {
+    let mut text = format!(
+        "error: builder init cannot go on ({} problem{}); nothing was written:\n",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for problem in problems {
+        text.push_str(&format!("  {problem}\n"));
     }
+    text.push_str("(at a terminal, without --non-interactive, missing answers are asked for)");
+    crate::Reported(text).into()
+}
+
+/// A given answer, checked; a refusal is recorded against its flag.
+fn given(
+    question: &Question,
+    value: Option<String>,
+    check: impl Fn(&str) -> Result<String, String>,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    let value = value?;
+    match check(value.trim()) {
+        Ok(v) => Some(v),
+        Err(why) => {
+            problems.push(format!("{} `{value}`: {why}", question.flag));
+            None
+        }
+    }
+}
+
+/// A refusal as one line: its message, and its help if any.
+fn said(refusal: Refusal) -> String {
+    match refusal.help {
+        Some(help) => format!("{} ({help})", refusal.message),
+        None => refusal.message,
+    }
+}
+
+fn check_domain(s: &str) -> Result<String, String> {
+    DomainName::parse(s).map(|d| d.to_string()).map_err(said)
+}
+
+fn check_region(s: &str) -> Result<String, String> {
+    Slug::parse(s, "region", "ams3")
+        .map(|s| s.to_string())
+        .map_err(said)
+}
+
+fn check_url(s: &str) -> Result<String, String> {
+    BaseUrl::parse(s).map(|u| u.to_string()).map_err(said)
+}
+
+/// The host names of `--hosts`, or ns1..ns3.
+fn check_hosts(names: &[String]) -> Result<Vec<String>, String> {
+    if names.is_empty() {
+        return Ok(vec!["ns1".into(), "ns2".into(), "ns3".into()]);
+    }
+    let mut problems = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if let Err(refusal) = HostName::parse(name) {
+            problems.push(format!("`{name}`: {}", said(refusal)));
+        } else if names[..i].contains(name) {
+            problems.push(format!("`{name}` is given twice"));
+        }
+    }
+    if names.len() < MIN_HOSTS {
+        problems.push(format!(
+            "a site needs at least {MIN_HOSTS} hosts (the first three run etcd and FreeIPA), \
+             but {} name{} given",
+            names.len(),
+            if names.len() == 1 { " is" } else { "s are" }
+        ));
+    }
+    if problems.is_empty() {
+        Ok(names.to_vec())
+    } else {
+        Err(format!(
+            "--hosts `{}`: {}",
+            names.join(","),
+            problems.join("; ")
+        ))
+    }
+}
+
+fn password_from_env(name: &str, problems: &mut Vec<String>) -> String {
+    match std::env::var(name).ok().filter(|v| !v.is_empty()) {
+        None => vault::generate_password(24),
+        Some(p) if p.chars().count() < MIN_PASSWORD => {
+            problems.push(format!(
+                "{name} is shorter than {MIN_PASSWORD} characters, which FreeIPA refuses"
+            ));
+            String::new()
+        }
+        Some(p) => p,
+    }
+}
+
+fn first_line(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it ({e})"))?;
+    if text.lines().next().unwrap_or_default().is_empty() {
+        return Err("its first line is empty".into());
+    }
+    Ok(())
 }
 
 fn home_key() -> Option<PathBuf> {
@@ -148,61 +315,60 @@ fn home_key() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn read_key(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the SSH key {}", path.display()))?;
+/// The first line of a public key file, checked.
+fn read_key(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it ({e})"))?;
     let line = text
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or_default()
         .trim();
-    SshKey::parse(line).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
+    SshKey::parse(line).map_err(said)?;
     Ok(line.to_owned())
 }
 
-struct Asker {
-    interactive: bool,
-}
+/// Questions at a terminal; each asked again until its answer passes.
+struct Asker;
 
 impl Asker {
+    /// `default` is taken for an empty answer.
     fn value(
         &mut self,
-        given: Option<String>,
-        question: &str,
-        flag: &str,
+        question: &Question,
+        default: Option<&Path>,
         check: impl Fn(&str) -> Result<String, String>,
     ) -> Result<String> {
-        if let Some(value) = given {
-            return check(&value).map_err(|why| anyhow::anyhow!("{flag} `{value}`: {why}"));
-        }
-        if !self.interactive {
-            bail!("{flag} is required when not asking at a terminal");
-        }
         let stdin = std::io::stdin();
-        for _ in 0..5 {
-            eprint!("{question}: ");
+        let shown = default
+            .map(|d| format!(" [{}]", d.display()))
+            .unwrap_or_default();
+        for _ in 0..TRIES {
+            eprint!("{}{shown}: ", question.prompt);
             std::io::stderr().flush().ok();
             let mut line = String::new();
             if stdin.lock().read_line(&mut line)? == 0 {
-                bail!("no answer for {flag}");
+                bail!(
+                    "no answer for {} (input ended); nothing was written",
+                    question.flag
+                );
             }
-            match check(line.trim()) {
+            let answer = match (line.trim(), default) {
+                ("", Some(default)) => default.display().to_string(),
+                (answer, _) => answer.to_owned(),
+            };
+            match check(&answer) {
                 Ok(v) => return Ok(v),
-                Err(why) => eprintln!("  {why}"),
+                Err(why) => eprintln!("  `{answer}`: {why}; try again"),
             }
         }
-        bail!("no valid answer for {flag} after 5 tries")
+        bail!(
+            "no valid answer for {} after {TRIES} tries; nothing was written",
+            question.flag
+        )
     }
 
-    fn secret(&mut self, question: &str, how: &str) -> Result<String> {
-        if !self.interactive {
-            bail!("{question} is required when not asking at a terminal: {how}");
-        }
-        let value = rpassword::prompt_password(format!("{question}: "))?;
-        if value.trim().is_empty() {
-            bail!("{question} is required: {how}");
-        }
-        Ok(value)
+    fn optional_secret(&mut self, question: &str) -> Result<String> {
+        Ok(rpassword::prompt_password(format!("{question}: "))?)
     }
 }
 

@@ -32,7 +32,10 @@ pub fn open_vault(site: &Path, args: &VaultArgs) -> Result<(Secrets, bool)> {
     })?;
     let demo = vault::is_demo(&vault_text);
     if demo {
-        eprintln!("note: {vault_name} is the public demo vault (passphrase \"demo\"); make your own with `builder init`");
+        tracing::warn!(
+            "{vault_name} is the public demo vault (passphrase \"demo\"); make your own with \
+             `builder init`"
+        );
     }
     let passphrase = PassphraseSource::from_env(args.passphrase_file.clone())
         .for_opening(&vault_text, &vault_name)?;

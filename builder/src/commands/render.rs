@@ -26,7 +26,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
             100.0 * config.bytes.len() as f64 / USER_DATA_LIMIT as f64
         );
     }
-    eprintln!(
+    tracing::info!(
         "rendered {} config{} for {}; nodes fetch firstboot from {}",
         rendered.len(),
         if rendered.len() == 1 { "" } else { "s" },

@@ -2,7 +2,8 @@
 
 pub mod client;
 
-pub use client::{ApiError, Client, RetryPolicy, Sent};
+pub use crate::net::RetryPolicy;
+pub use client::{ApiError, Client, Sent, REQUESTS_PER_MINUTE};
 
 /// Where the API lives unless `--api-url` or `DIGITALOCEAN_API_URL` say
 /// otherwise (tests point it at Prism in front of a fake).

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-pub use node_contract::names::{DomainName, HostName, Realm, Refusal, VpcRange};
+pub use node_contract::names::{mend_label, DomainName, HostName, Realm, Refusal, VpcRange};
 
 macro_rules! string_type {
     ($name:ident) => {
@@ -122,6 +122,90 @@ impl SshKey {
     }
 }
 
+/// A Spaces bucket name, by S3's DNS-compatible rule (the bucket is a
+/// host name label in its URL): 3 to 63 of a-z, 0-9 and `-`, starting and
+/// ending with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketName(String);
+string_type!(BucketName);
+
+impl BucketName {
+    pub fn parse(s: &str) -> Result<BucketName, Refusal> {
+        if BucketName::fits(s) {
+            return Ok(BucketName(s.to_owned()));
+        }
+        let refusal = Refusal::new(format!("`{s}` is not a valid Spaces bucket name"));
+        let mended = mend_label(s);
+        Err(if BucketName::fits(&mended) {
+            refusal.help(format!(
+                "write `{mended}`: 3 to 63 characters of a-z, 0-9 and `-`, starting and ending \
+                 with a letter or digit"
+            ))
+        } else {
+            refusal.help(
+                "use 3 to 63 characters of a-z, 0-9 and `-`, starting and ending with a letter \
+                 or digit",
+            )
+        })
+    }
+
+    fn fits(s: &str) -> bool {
+        (3..=63).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+}
+
+/// Where nodes fetch the firstboot binary: an http(s) URL with a host and
+/// no user name, password, query or fragment, kept without a trailing
+/// slash. Plain HTTP is accepted: Ignition checks the binary's sha512 from
+/// user data, so the transport needs no integrity of its own, and the
+/// binary holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl(url::Url);
+
+impl BaseUrl {
+    pub fn parse(s: &str) -> Result<BaseUrl, Refusal> {
+        let refuse = |why: &str| {
+            Refusal::new(format!("`{s}` {why}"))
+                .help("write it like `https://downloads.example.com/firstboot`")
+        };
+        let url = url::Url::parse(s)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| refuse("is not an http:// or https:// URL"))?;
+        if s.chars().any(char::is_whitespace) {
+            return Err(refuse("must not contain spaces"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(refuse("has no host name"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refuse("must not carry a user name or password"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(refuse("must not contain a query or a fragment"));
+        }
+        Ok(BaseUrl(url))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str().trim_end_matches('/')
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +227,40 @@ mod tests {
         assert!(e.message.contains("ends early"), "{}", e.message);
         assert!(SshKey::parse("-----BEGIN OPENSSH PRIVATE KEY-----").is_err());
         assert!(SshKey::parse("hello").is_err());
+    }
+
+    #[test]
+    fn bucket_names() {
+        assert!(BucketName::parse("my-site").is_ok());
+        for bad in ["My_Site", "ab", "-site", "site-", &"a".repeat(64)] {
+            assert!(BucketName::parse(bad).is_err(), "{bad} accepted");
+        }
+        let e = BucketName::parse("My_Site").unwrap_err();
+        assert!(e.help.unwrap().starts_with("write `my-site`"));
+    }
+
+    #[test]
+    fn base_urls() {
+        let url = BaseUrl::parse("https://x.example/fb/").unwrap();
+        assert_eq!(url.as_str(), "https://x.example/fb");
+        assert_eq!(
+            BaseUrl::parse("http://198.18.0.1:8080").unwrap().as_str(),
+            "http://198.18.0.1:8080"
+        );
+        for (bad, why) in [
+            ("ftp://x", "is not an http:// or https:// URL"),
+            (
+                "downloads.example.com/site",
+                "is not an http:// or https:// URL",
+            ),
+            ("https://", "is not an http:// or https:// URL"),
+            ("https://x/?a=1", "query"),
+            ("https://x/#top", "fragment"),
+            ("https://user:pw@x/", "user name"),
+            ("https://x/a b", "spaces"),
+        ] {
+            let e = BaseUrl::parse(bad).unwrap_err();
+            assert!(e.message.contains(why), "{bad}: {}", e.message);
+        }
     }
 }

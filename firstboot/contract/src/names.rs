@@ -91,7 +91,8 @@ macro_rules! string_type {
 
 /// Check one DNS label (RFC 1123): 1-63 of `a-z`, `0-9`, `-`, no hyphen
 /// at either end. Upper case is refused rather than folded, so the name an
-/// operator reads in the file is the name every node uses.
+/// operator reads in the file is the name every node uses. Every problem
+/// of the label is named at once; the caller adds a fix that passes.
 fn check_label(label: &str, what: &str) -> Result<(), Refusal> {
     if label.is_empty() {
         return Err(Refusal::new(format!("{what} has an empty label")));
@@ -102,26 +103,21 @@ fn check_label(label: &str, what: &str) -> Result<(), Refusal> {
             label.len()
         )));
     }
-    let suggestion = suggest_label(label);
+    let mut problems = Vec::new();
     if label.chars().any(|c| c.is_ascii_uppercase()) {
-        let refusal = Refusal::new(format!("{what} must be in lower case"));
-        return Err(match suggestion {
-            Some(s) => refusal.help(format!("write `{s}`")),
-            None => refusal,
-        });
+        problems.push("must be in lower case".to_owned());
     }
     if let Some(bad) = label
         .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
     {
-        let refusal = Refusal::new(format!(
-            "{what} contains `{}`; only a-z, 0-9 and `-` are allowed",
+        problems.push(format!(
+            "contains `{}`; only a-z, 0-9 and `-` are allowed",
             bad.escape_default()
         ));
-        return Err(match suggestion {
-            Some(s) => refusal.help(format!("write `{s}`")),
-            None => refusal,
-        });
+    }
+    if !problems.is_empty() {
+        return Err(Refusal::new(format!("{what} {}", problems.join(" and "))));
     }
     if label.starts_with('-') || label.ends_with('-') {
         return Err(Refusal::new(format!(
@@ -131,24 +127,27 @@ fn check_label(label: &str, what: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// A valid label close to `label` (lower case, `_` and spaces as `-`), if
-/// one exists: a hint must never suggest a name that is refused too.
-fn suggest_label(label: &str) -> Option<String> {
-    let fixed: String = label
+/// A label as it was probably meant: lower case, any other character as
+/// `-`, no `-` at either end. The caller checks that it passes: a hint
+/// must never suggest a name that is refused too.
+pub fn mend_label(label: &str) -> String {
+    let mended: String = label
         .chars()
-        .map(|c| match c {
-            '_' | ' ' => '-',
-            c => c.to_ascii_lowercase(),
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
         })
         .collect();
-    let ok = !fixed.is_empty()
-        && fixed.len() <= 63
-        && fixed
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !fixed.starts_with('-')
-        && !fixed.ends_with('-');
-    (ok && fixed != label).then_some(fixed)
+    mended.trim_matches('-').to_owned()
+}
+
+/// `refusal` with the help "write `mended`" when `mended` is valid.
+fn offer(refusal: Refusal, mended: String, valid: bool) -> Refusal {
+    if valid && !mended.is_empty() {
+        refusal.help(format!("write `{mended}`"))
+    } else {
+        refusal
+    }
 }
 
 /// A host's short name: one DNS label, starting with a letter.
@@ -158,6 +157,18 @@ string_type!(HostName);
 
 impl HostName {
     pub fn parse(s: &str) -> Result<HostName, Refusal> {
+        HostName::check(s).map_err(|refusal| {
+            if refusal.help.is_some() {
+                return refusal;
+            }
+            let mended = mend_label(s);
+            let valid = HostName::check(&mended).is_ok();
+            offer(refusal, mended, valid)
+        })?;
+        Ok(HostName(s.to_owned()))
+    }
+
+    fn check(s: &str) -> Result<(), Refusal> {
         if s.contains('.') {
             let short = s.split('.').next().unwrap_or_default();
             return Err(
@@ -172,7 +183,7 @@ impl HostName {
                 "host name `{s}` must start with a letter"
             )));
         }
-        Ok(HostName(s.to_owned()))
+        Ok(())
     }
 }
 
@@ -184,6 +195,20 @@ string_type!(DomainName);
 impl DomainName {
     pub fn parse(s: &str) -> Result<DomainName, Refusal> {
         let trimmed = s.strip_suffix('.').unwrap_or(s);
+        DomainName::check(s, trimmed).map_err(|refusal| {
+            if refusal.help.is_some() {
+                return refusal;
+            }
+            let mended: Vec<String> = trimmed.split('.').map(mend_label).collect();
+            let mended = mended.join(".");
+            let valid = DomainName::check(&mended, &mended).is_ok();
+            offer(refusal, mended, valid)
+        })?;
+        Ok(DomainName(trimmed.to_owned()))
+    }
+
+    /// `s` as written, `trimmed` without a final dot.
+    fn check(s: &str, trimmed: &str) -> Result<(), Refusal> {
         if trimmed.len() > 253 {
             return Err(Refusal::new(format!(
                 "domain name is {} characters long; at most 253 are allowed",
@@ -197,12 +222,14 @@ impl DomainName {
                     .help("FreeIPA needs a domain of at least two labels, such as `example.com`"),
             );
         }
-        // Checked on the whole name, so the help gives the whole name.
-        if trimmed.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(
-                Refusal::new(format!("domain name `{s}` must be in lower case"))
-                    .help(format!("write `{}`", trimmed.to_ascii_lowercase())),
-            );
+        // Checked on the whole name, so the message names the whole name.
+        let only_case = trimmed
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if only_case && trimmed.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(Refusal::new(format!(
+                "domain name `{s}` must be in lower case"
+            )));
         }
         for label in &labels {
             check_label(label, "domain name")?;
@@ -215,7 +242,7 @@ impl DomainName {
                 "domain name `{s}` ends in a numeric label; is it an IP address?"
             )));
         }
-        Ok(DomainName(trimmed.to_owned()))
+        Ok(())
     }
 
     /// The default Kerberos realm: the domain in upper case.
@@ -321,8 +348,15 @@ impl VpcRange {
         }
         let network = Ipv4Addr::from(u32::from(addr) & mask(prefix));
         if network != addr {
-            return Err(Refusal::new(format!("`{s}` has host bits set"))
-                .help(format!("did you mean `{network}/{prefix}`?")));
+            let refusal = Refusal::new(format!("`{s}` has host bits set"));
+            return Err(match VpcRange::mended(network, prefix) {
+                Some(m) if m.prefix == prefix => refusal.help(format!("did you mean `{m}`?")),
+                Some(m) => refusal.help(format!(
+                    "did you mean `{m}` ({} droplets)? DigitalOcean takes /16 to /28",
+                    m.usable()
+                )),
+                None => refusal,
+            });
         }
         let o = network.octets();
         let private = o[0] == 10
@@ -336,17 +370,30 @@ impl VpcRange {
             );
         }
         if !(16..=28).contains(&prefix) {
-            let help = if prefix > 28 {
-                "a /28 holds 14 hosts, the smallest DigitalOcean allows; write e.g. `10.118.0.0/28` or `/24`"
-            } else {
-                "a /16 is the largest DigitalOcean allows; write e.g. `10.118.0.0/16` or `/24`"
-            };
-            return Err(Refusal::new(format!(
+            let refusal = Refusal::new(format!(
                 "a DigitalOcean VPC range must be between /16 and /28, not /{prefix}"
-            ))
-            .help(help));
+            ));
+            return Err(match VpcRange::mended(network, prefix) {
+                Some(m) => refusal.help(format!(
+                    "write `{m}` ({} droplets), or another prefix from /16 to /28",
+                    m.usable()
+                )),
+                None => refusal,
+            });
         }
         Ok(range)
+    }
+
+    /// The valid range nearest to `network/prefix`: the same prefix if
+    /// DigitalOcean takes it, else the /24 or /16 around the network.
+    fn mended(network: Ipv4Addr, prefix: u8) -> Option<VpcRange> {
+        let fit = match prefix {
+            16..=28 => prefix,
+            29.. => 24,
+            _ => 16,
+        };
+        let network = Ipv4Addr::from(u32::from(network) & mask(fit));
+        VpcRange::parse(&format!("{network}/{fit}")).ok()
     }
 
     pub fn network(&self) -> Ipv4Addr {
@@ -430,10 +477,15 @@ mod tests {
                 "{bad}: the hint `{suggested}` is refused too"
             );
         }
+        let e = HostName::parse("Ns_2").unwrap_err();
         assert_eq!(
-            HostName::parse("Ns_2").unwrap_err().help.as_deref(),
-            Some("write `ns-2`")
+            e.message,
+            "host name must be in lower case and contains `_`; only a-z, 0-9 and `-` are allowed"
         );
+        assert_eq!(e.help.as_deref(), Some("write `ns-2`"));
+        assert_eq!(HostName::parse("1_www").unwrap_err().help, None);
+        let e = DomainName::parse("Ex_ample.com").unwrap_err();
+        assert_eq!(e.help.as_deref(), Some("write `ex-ample.com`"));
     }
 
     #[test]
@@ -479,7 +531,18 @@ mod tests {
         ] {
             assert!(VpcRange::parse(bad).is_err(), "{bad} accepted");
         }
-        assert!(VpcRange::parse("10.0.0.0/30").unwrap_err().help.is_some());
+        let e = VpcRange::parse("10.20.30.5/30").unwrap_err();
+        assert_eq!(
+            e.help.as_deref(),
+            Some("did you mean `10.20.30.0/24` (254 droplets)? DigitalOcean takes /16 to /28")
+        );
+        let e = VpcRange::parse("10.20.30.0/30").unwrap_err();
+        assert_eq!(
+            e.help.as_deref(),
+            Some("write `10.20.30.0/24` (254 droplets), or another prefix from /16 to /28")
+        );
+        let e = VpcRange::parse("10.0.0.0/8").unwrap_err();
+        assert!(e.help.unwrap().starts_with("write `10.0.0.0/16`"));
         let lab = VpcRange::parse("198.18.0.0/24").unwrap();
         assert!(lab.contains(Ipv4Addr::new(198, 18, 0, 200)));
         assert!(!lab.contains(Ipv4Addr::new(198, 18, 1, 1)));
