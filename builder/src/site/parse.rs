@@ -31,6 +31,8 @@ const DEFAULT_IMAGE: &str = "fedora-coreos";
 const DEFAULT_VPC_RANGE: &str = "172.30.0.0/24";
 /// The first this many hosts are core hosts unless a role says otherwise.
 const DEFAULT_CORE_HOSTS: usize = 3;
+/// Memory a FreeIPA server or replica needs, in MiB (DigitalOcean's "2gb").
+const FREEIPA_MIN_MIB: u32 = 2048;
 const MIN_HOSTS: usize = 3;
 /// DigitalOcean's largest volume is 16 TiB.
 const MAX_DATA_GIB: u64 = 16 * 1024;
@@ -457,6 +459,7 @@ impl Cx<'_> {
         };
         Some(Defaults {
             size: size?,
+            size_pos: fields.get("size").map(|n| n.pos),
             region: region?,
             image: image?,
             volumes: volumes?,
@@ -565,6 +568,7 @@ impl Cx<'_> {
                 image: defaults.image.clone(),
                 volumes: defaults.volumes,
             };
+            self.check_freeipa_size(&host, None, defaults);
             return Some((node.pos, host));
         }
         let fields = self.mapping(node, "a host", HOST_KEYS)?;
@@ -605,7 +609,43 @@ impl Cx<'_> {
             image: defaults.image.clone(),
             volumes: volumes?,
         };
+        self.check_freeipa_size(&host, fields.get("size").map(|n| n.pos), defaults);
         Some((name_node.pos, host))
+    }
+
+    /// A core host runs a FreeIPA server or replica: its installer refuses
+    /// below about 1.2 GB of memory and its CA struggles on 1 GB, so a core
+    /// host needs a size with 2 GB or more. Sizes whose memory the slug does
+    /// not tell are let through.
+    fn check_freeipa_size(&mut self, host: &Host, own_pos: Option<Pos>, defaults: &Defaults) {
+        if host.role != Role::Core {
+            return;
+        }
+        let Some(mib) = size_memory_mib(host.size.as_str()) else {
+            return;
+        };
+        if mib >= FREEIPA_MIN_MIB {
+            return;
+        }
+        let (pos, from) = match (own_pos, defaults.size_pos) {
+            (Some(pos), _) => (pos, String::new()),
+            (None, Some(pos)) => (pos, " (from `defaults.size`)".to_owned()),
+            (None, None) => return,
+        };
+        let memory = if mib % 1024 == 0 {
+            format!("{} GB", mib / 1024)
+        } else {
+            format!("{mib} MB")
+        };
+        self.error(
+            pos,
+            format!(
+                "`{}` has {memory} of memory{from}, but core host `{}` runs a FreeIPA server or \
+                 replica, which needs at least 2 GB",
+                host.size, host.name
+            ),
+            Some("use `s-1vcpu-2gb` or larger (`s-2vcpu-4gb` is comfortable), or make the host `role: worker`"),
+        );
     }
 
     fn check_roles(&mut self, hosts: &[(Pos, Host)], pos: Pos) {
@@ -622,6 +662,8 @@ impl Cx<'_> {
 
 struct Defaults {
     size: Slug,
+    /// Where `defaults.size` was written, if it was.
+    size_pos: Option<Pos>,
     region: Slug,
     image: String,
     volumes: Volumes,
@@ -633,6 +675,7 @@ impl Defaults {
         let slug = |s| Slug::parse(s, "size", DEFAULT_SIZE).expect("valid placeholder");
         Defaults {
             size: slug(DEFAULT_SIZE),
+            size_pos: None,
             region: slug("ams3"),
             image: DEFAULT_IMAGE.to_owned(),
             volumes: Volumes {
@@ -687,5 +730,46 @@ mod tests {
         assert_eq!(suggest("domian_name", TOP_KEYS), Some("domain_name"));
         assert_eq!(suggest("ssh_key", TOP_KEYS), Some("ssh_keys"));
         assert_eq!(suggest("zzz", TOP_KEYS), None);
+    }
+}
+
+/// A DigitalOcean size's memory in MiB, as its slug tells it: the first
+/// `<n>mb`/`<n>gb` part (`s-1vcpu-512mb-10gb`, `s-2vcpu-4gb`), or 2 GB per
+/// vCPU for the CPU-optimised `c-<n>`/`c2-<n>`. `None` when the slug does
+/// not say.
+pub fn size_memory_mib(slug: &str) -> Option<u32> {
+    let parts: Vec<&str> = slug.split('-').collect();
+    for part in &parts[1..] {
+        let digits = part.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &part[digits.len()..];
+        let Ok(n) = digits.parse::<u32>() else {
+            continue;
+        };
+        match unit {
+            "gb" => return n.checked_mul(1024),
+            "mb" => return Some(n),
+            _ => {}
+        }
+    }
+    match parts.as_slice() {
+        ["c" | "c2", n] => n.parse::<u32>().ok().and_then(|n| n.checked_mul(2048)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::size_memory_mib;
+
+    #[test]
+    fn memory_is_read_from_the_slug() {
+        assert_eq!(size_memory_mib("s-1vcpu-512mb-10gb"), Some(512));
+        assert_eq!(size_memory_mib("s-1vcpu-1gb"), Some(1024));
+        assert_eq!(size_memory_mib("s-1vcpu-2gb"), Some(2048));
+        assert_eq!(size_memory_mib("s-2vcpu-4gb-amd"), Some(4096));
+        assert_eq!(size_memory_mib("m-2vcpu-16gb"), Some(16384));
+        assert_eq!(size_memory_mib("c-2"), Some(4096));
+        assert_eq!(size_memory_mib("gpu-h100x1-80gb"), Some(81920));
+        assert_eq!(size_memory_mib("mystery"), None);
     }
 }
