@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData, SanType};
+use rcgen::{KeyPair, PublicKeyData};
 
 use crate::paths::Paths;
 use crate::pki::{self, Ca, Purpose};
@@ -64,19 +64,7 @@ impl Slot {
 
     /// A CSR for `fqdn` with this slot's key (SAN DNS=fqdn, CN=fqdn).
     pub fn csr(&self, fqdn: &str) -> Result<String> {
-        let key = self.key()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, fqdn);
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::DnsName(
-            fqdn.try_into()
-                .map_err(|e| anyhow::anyhow!("{fqdn:?} as DNS name: {e}"))?,
-        )];
-        let csr = params
-            .serialize_request(&key)
-            .with_context(|| format!("making a CSR for {fqdn}"))?;
-        csr.pem().context("encoding the CSR")
+        pki::csr_for(&self.key()?, fqdn)
     }
 
     /// Install a certificate the CA signed, after checking that it is good

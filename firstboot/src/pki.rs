@@ -326,15 +326,7 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> anyhow::Result<String> {
-        check_host_name(fqdn).map_err(|e| anyhow!("cannot certify {fqdn:?}: {e}"))?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, fqdn);
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::DnsName(
-            fqdn.try_into()
-                .map_err(|e| anyhow!("{fqdn:?} as DNS name: {e}"))?,
-        )];
+        let mut params = named(fqdn)?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -463,8 +455,23 @@ impl TempCa {
 /// A node's new key (ECDSA P-256) and a CSR for its FQDN (SAN DNS=fqdn,
 /// CN=fqdn), as (key PEM, CSR PEM). The key stays on the node.
 pub fn new_key_and_csr(fqdn: &str) -> anyhow::Result<(String, String)> {
-    check_host_name(fqdn).map_err(|e| anyhow!("cannot request a certificate for {fqdn:?}: {e}"))?;
     let key = new_key()?;
+    let csr = csr_for(&key, fqdn)?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// A CSR for `fqdn` (SAN DNS=fqdn, CN=fqdn) signed with `key`.
+pub fn csr_for(key: &KeyPair, fqdn: &str) -> anyhow::Result<String> {
+    let csr = named(fqdn)?
+        .serialize_request(key)
+        .with_context(|| format!("making a CSR for {fqdn}"))?;
+    csr.pem().context("encoding the CSR")
+}
+
+/// Parameters naming `fqdn` and nothing else: CN and one DNS SAN. What
+/// every CSR and leaf certificate here starts from.
+fn named(fqdn: &str) -> anyhow::Result<CertificateParams> {
+    check_host_name(fqdn).map_err(|e| anyhow!("cannot name {fqdn:?} in a certificate: {e}"))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, fqdn);
@@ -473,11 +480,7 @@ pub fn new_key_and_csr(fqdn: &str) -> anyhow::Result<(String, String)> {
         fqdn.try_into()
             .map_err(|e| anyhow!("{fqdn:?} as DNS name: {e}"))?,
     )];
-    let csr = params
-        .serialize_request(&key)
-        .with_context(|| format!("making a CSR for {fqdn}"))?;
-    let csr_pem = csr.pem().context("encoding the CSR")?;
-    Ok((key.serialize_pem(), csr_pem))
+    Ok(params)
 }
 
 /// A fresh self-signed certificate for `fqdn` (the peer service's TLS

@@ -220,7 +220,7 @@ impl Site {
         }
     }
 
-    /// Parse a signed message and check its sender: the ticket is the
+    /// Parse a signed request and check its sender: the ticket is the
     /// site's, the signature is the ticket's key's over `purpose`.
     fn signed<T: for<'de> Deserialize<'de>>(
         &self,
@@ -232,16 +232,7 @@ impl Site {
         if body.len() > MAX_BODY {
             return Err(Refusal::TooLarge);
         }
-        let message: T =
-            serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
-        let ticket = ticket_of(&message);
-        let Some(signature) = parse_signature(signature) else {
-            return Err(Refusal::Forged(Forgery::Message(ticket.node.clone())));
-        };
-        ticket
-            .verify_message(&self.site_key, &self.domain, purpose, &[body], &signature)
-            .map_err(Refusal::Forged)?;
-        Ok(message)
+        self.verified(body, signature, purpose, &[body], ticket_of)
     }
 
     /// Check an answer signed over `nonce` by the node its ticket names.
@@ -253,6 +244,25 @@ impl Site {
         purpose: Purpose,
         ticket_of: impl Fn(&T) -> &Ticket,
     ) -> Result<T, Refusal> {
+        self.verified(
+            body,
+            signature,
+            purpose,
+            &[nonce.as_bytes(), body],
+            ticket_of,
+        )
+    }
+
+    /// `body` parsed, once the site vouched for the ticket inside it and
+    /// that ticket's key signed `parts` for `purpose`.
+    fn verified<T: for<'de> Deserialize<'de>>(
+        &self,
+        body: &[u8],
+        signature: Option<&str>,
+        purpose: Purpose,
+        parts: &[&[u8]],
+        ticket_of: impl Fn(&T) -> &Ticket,
+    ) -> Result<T, Refusal> {
         let message: T =
             serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
         let ticket = ticket_of(&message);
@@ -260,13 +270,7 @@ impl Site {
             return Err(Refusal::Forged(Forgery::Message(ticket.node.clone())));
         };
         ticket
-            .verify_message(
-                &self.site_key,
-                &self.domain,
-                purpose,
-                &[nonce.as_bytes(), body],
-                &signature,
-            )
+            .verify_message(&self.site_key, &self.domain, purpose, parts, &signature)
             .map_err(Refusal::Forged)?;
         Ok(message)
     }
