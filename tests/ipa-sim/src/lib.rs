@@ -11,3 +11,6 @@ pub mod error;
 pub mod state;
 
 pub use error::IpaError;
+pub mod dns;
+pub mod install;
+pub mod server;

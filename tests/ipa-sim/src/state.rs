@@ -32,6 +32,8 @@ pub enum Kind {
     /// Keyed by the serial number (decimal).
     Cert,
     CertProfile,
+    /// The simulator keeps only `admin`.
+    User,
 }
 
 impl Kind {
@@ -48,6 +50,7 @@ impl Kind {
             Kind::CaAcl => "caacl",
             Kind::Cert => "cert",
             Kind::CertProfile => "certprofile",
+            Kind::User => "user",
         }
     }
 }
