@@ -636,9 +636,7 @@ fn validate(param: &Param, value: &Value) -> Result<(), IpaError> {
                 .then(|| "invalid IP address format".to_owned()),
             "PTRRecord" | "NSRecord" | "CNAMERecord" => check_dns_name(text).err(),
             "SRVRecord" => check_srv(text).err(),
-            "SerialNumber" => parse_serial(text)
-                .is_none()
-                .then(|| "must be an integer".to_owned()),
+            "SerialNumber" => (!is_serial(text)).then(|| "must be an integer".to_owned()),
             "Str" if text.trim() != text => {
                 Some("Leading and trailing spaces are not allowed".to_owned())
             }
@@ -660,6 +658,15 @@ fn parse_int(s: &str) -> Option<i64> {
         return i64::from_str_radix(hex, 16).ok();
     }
     s.parse().ok()
+}
+
+/// Decimal or 0x-hex digits, of any length (serials may be 128 bits).
+fn is_serial(s: &str) -> bool {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        None => !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()),
+    }
 }
 
 /// A certificate serial number as FreeIPA takes it: decimal or 0x-hex.
