@@ -207,7 +207,7 @@ async fn ensure_site(client: &Client) -> Vec<Change> {
     );
     changes.push(
         client
-            .ensure_hostgroup_members("etcd", &[node1.clone()])
+            .ensure_hostgroup_members("etcd", std::slice::from_ref(&node1))
             .await
             .unwrap(),
     );

@@ -819,8 +819,11 @@ fn parse_param(text: &str) -> anyhow::Result<Param> {
     })
 }
 
+/// `key=value` pairs of a parameter's repr.
+type Kwargs = Vec<(String, String)>;
+
 /// `Type('spec', k=v, ...)` -> (Type, spec, [(k, v)]).
-fn split_call(text: &str) -> anyhow::Result<(String, String, Vec<(String, String)>)> {
+fn split_call(text: &str) -> anyhow::Result<(String, String, Kwargs)> {
     let open = text
         .find('(')
         .ok_or_else(|| anyhow!("no `(` in {text:?}"))?;

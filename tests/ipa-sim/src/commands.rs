@@ -394,7 +394,14 @@ fn host_add(state: &mut State, ctx: &Ctx, host: &str, call: &Checked) -> Result<
     }
     state.put(ctx.server, Kind::Host, host, Some(entry));
     if let (Some(ip), Some((name, domain))) = (ip, split) {
-        add_record_values(state, ctx, &domain, &name, "arecord", &[ip.clone()]);
+        add_record_values(
+            state,
+            ctx,
+            &domain,
+            &name,
+            "arecord",
+            std::slice::from_ref(&ip),
+        );
         if !call.flag("no_reverse") {
             if let Some((zone, name)) = reverse_of(state, &ip) {
                 add_record_values(state, ctx, &zone, &name, "ptrrecord", &[format!("{host}.")]);
