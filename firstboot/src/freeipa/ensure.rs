@@ -110,17 +110,6 @@ fn entry<'a>(method: &str, result: &'a Value) -> Result<&'a Value, Error> {
         })
 }
 
-fn to_pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 /// `certificate` (base64 DER) of a result entry as PEM.
 fn certificate(method: &str, entry: &Value) -> Result<String, Error> {
     let text = values(entry, "certificate")
@@ -136,7 +125,9 @@ fn certificate(method: &str, entry: &Value) -> Result<String, Error> {
             method: method.to_owned(),
             why: format!("the certificate is not base64: {e}"),
         })?;
-    Ok(to_pem("CERTIFICATE", &der))
+    Ok(crate::https::to_pem(
+        &rustls::pki_types::CertificateDer::from(der),
+    ))
 }
 
 /// Membership answers: success unless a member failed for a reason other
