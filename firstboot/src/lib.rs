@@ -8,6 +8,7 @@ pub mod check;
 pub mod dns;
 pub mod dnsquery;
 pub mod exec;
+pub mod freeipa;
 pub mod fsutil;
 pub mod https;
 pub mod join;

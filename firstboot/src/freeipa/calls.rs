@@ -1,0 +1,378 @@
+//! Every JSON-RPC request the client can send, built in one place, so a
+//! test can check each against FreeIPA's `API.txt` (see `tests.rs`, which
+//! also makes sure no builder here is left out of [`examples`]).
+//!
+//! Options are those FreeIPA 4.9 (API 2.251) already had and 4.13 (2.257)
+//! still has; see [`API_VERSION`].
+
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Map, Value};
+
+/// The API version every request carries. A server refuses only another
+/// major version (`verify_client_version`), so 2.251 (FreeIPA 4.9, the
+/// oldest we support) is accepted by 4.9 through 4.13 (2.257); the minor
+/// only selects encodings, and from 2.88 on they are the same (DNS names as
+/// `{"__dns_name__": ...}`, dates as `{"__datetime__": ...}`), so a newer
+/// server answers a 2.251 client exactly as it answers a 2.257 one.
+pub const API_VERSION: &str = "2.251";
+
+/// One request: `{"method", "params": [args, options]}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub method: &'static str,
+    pub args: Vec<Value>,
+    pub options: Map<String, Value>,
+    /// Whether the command changes anything when it succeeds.
+    pub mutating: bool,
+}
+
+impl Call {
+    fn new(method: &'static str, args: Vec<Value>, options: Value, mutating: bool) -> Call {
+        let mut options = match options {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        options.insert("version".into(), json!(API_VERSION));
+        Call {
+            method,
+            args,
+            options,
+            mutating,
+        }
+    }
+
+    /// `[args, options]`.
+    pub fn params(&self) -> Value {
+        json!([self.args, self.options])
+    }
+
+    /// The JSON-RPC body.
+    pub fn body(&self, id: u64) -> Vec<u8> {
+        serde_json::to_vec(&json!({"method": self.method, "params": self.params(), "id": id}))
+            .unwrap_or_default()
+    }
+}
+
+/// A DNS record the client manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    A(Ipv4Addr),
+    /// Target host name (absolute or not; stored absolute).
+    Ptr(String),
+    Srv {
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: String,
+    },
+}
+
+impl Record {
+    /// The `dnsrecord_*` option name.
+    pub fn option(&self) -> &'static str {
+        match self {
+            Record::A(_) => "arecord",
+            Record::Ptr(_) => "ptrrecord",
+            Record::Srv { .. } => "srvrecord",
+        }
+    }
+
+    /// The value as FreeIPA stores it (names absolute).
+    pub fn value(&self) -> String {
+        let absolute = |name: &str| format!("{}.", name.trim_end_matches('.'));
+        match self {
+            Record::A(ip) => ip.to_string(),
+            Record::Ptr(target) => absolute(target),
+            Record::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => format!("{priority} {weight} {port} {}", absolute(target)),
+        }
+    }
+}
+
+/// Replication suffixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suffix {
+    Domain,
+    Ca,
+}
+
+impl Suffix {
+    pub fn name(self) -> &'static str {
+        match self {
+            Suffix::Domain => "domain",
+            Suffix::Ca => "ca",
+        }
+    }
+}
+
+pub fn ping() -> Call {
+    Call::new("ping", vec![], json!({}), false)
+}
+
+pub fn host_show(fqdn: &str) -> Call {
+    Call::new("host_show", vec![json!(fqdn)], json!({}), false)
+}
+
+/// `password`: Some = this one-time password, None = let the server
+/// generate one (`random`). `ip_address` also adds the A (and PTR) record.
+pub fn host_add(fqdn: &str, password: Option<&str>, ip_address: Option<Ipv4Addr>) -> Call {
+    let mut options = Map::new();
+    match password {
+        Some(password) => options.insert("userpassword".into(), json!(password)),
+        None => options.insert("random".into(), json!(true)),
+    };
+    if let Some(ip) = ip_address {
+        options.insert("ip_address".into(), json!(ip.to_string()));
+    }
+    Call::new("host_add", vec![json!(fqdn)], Value::Object(options), true)
+}
+
+/// Set a one-time password on a host that has none.
+pub fn host_mod_password(fqdn: &str, password: &str) -> Call {
+    Call::new(
+        "host_mod",
+        vec![json!(fqdn)],
+        json!({ "userpassword": password }),
+        true,
+    )
+}
+
+pub fn hostgroup_show(name: &str) -> Call {
+    Call::new("hostgroup_show", vec![json!(name)], json!({}), false)
+}
+
+pub fn hostgroup_add(name: &str, description: &str) -> Call {
+    Call::new(
+        "hostgroup_add",
+        vec![json!(name)],
+        json!({ "description": description }),
+        true,
+    )
+}
+
+pub fn hostgroup_add_member(name: &str, hosts: &[String]) -> Call {
+    Call::new(
+        "hostgroup_add_member",
+        vec![json!(name)],
+        json!({ "host": hosts }),
+        true,
+    )
+}
+
+pub fn service_show(principal: &str) -> Call {
+    Call::new("service_show", vec![json!(principal)], json!({}), false)
+}
+
+pub fn service_add(principal: &str) -> Call {
+    Call::new("service_add", vec![json!(principal)], json!({}), true)
+}
+
+pub fn dnszone_show(zone: &str) -> Call {
+    Call::new("dnszone_show", vec![json!(zone)], json!({}), false)
+}
+
+/// `skip_overlap_check`: a zone some public server already answers for
+/// (a reverse zone of a private range, say) is refused without it.
+pub fn dnszone_add(zone: &str, skip_overlap_check: bool) -> Call {
+    let options = if skip_overlap_check {
+        json!({ "skip_overlap_check": true })
+    } else {
+        json!({})
+    };
+    Call::new("dnszone_add", vec![json!(zone)], options, true)
+}
+
+pub fn dnsrecord_show(zone: &str, name: &str) -> Call {
+    Call::new(
+        "dnsrecord_show",
+        vec![json!(zone), json!(name)],
+        json!({}),
+        false,
+    )
+}
+
+pub fn dnsrecord_add(zone: &str, name: &str, record: &Record) -> Call {
+    let mut options = Map::new();
+    options.insert(record.option().into(), json!([record.value()]));
+    Call::new(
+        "dnsrecord_add",
+        vec![json!(zone), json!(name)],
+        Value::Object(options),
+        true,
+    )
+}
+
+pub fn topologysegment_find(suffix: Suffix) -> Call {
+    Call::new(
+        "topologysegment_find",
+        vec![json!(suffix.name())],
+        json!({}),
+        false,
+    )
+}
+
+pub fn topologysegment_add(suffix: Suffix, name: &str, left: &str, right: &str) -> Call {
+    Call::new(
+        "topologysegment_add",
+        vec![json!(suffix.name()), json!(name)],
+        json!({
+            "iparepltoposegmentleftnode": left,
+            "iparepltoposegmentrightnode": right,
+        }),
+        true,
+    )
+}
+
+pub fn server_find() -> Call {
+    Call::new("server_find", vec![], json!({}), false)
+}
+
+pub fn ca_show(name: &str) -> Call {
+    Call::new("ca_show", vec![json!(name)], json!({}), false)
+}
+
+pub fn ca_add(name: &str, subject_dn: &str, description: &str) -> Call {
+    Call::new(
+        "ca_add",
+        vec![json!(name)],
+        json!({ "ipacasubjectdn": subject_dn, "description": description }),
+        true,
+    )
+}
+
+pub fn caacl_show(name: &str) -> Call {
+    Call::new("caacl_show", vec![json!(name)], json!({}), false)
+}
+
+pub fn caacl_add(name: &str, description: &str) -> Call {
+    Call::new(
+        "caacl_add",
+        vec![json!(name)],
+        json!({ "description": description }),
+        true,
+    )
+}
+
+pub fn caacl_add_host(name: &str, hosts: &[String], hostgroups: &[String]) -> Call {
+    let mut options = Map::new();
+    if !hosts.is_empty() {
+        options.insert("host".into(), json!(hosts));
+    }
+    if !hostgroups.is_empty() {
+        options.insert("hostgroup".into(), json!(hostgroups));
+    }
+    Call::new(
+        "caacl_add_host",
+        vec![json!(name)],
+        Value::Object(options),
+        true,
+    )
+}
+
+pub fn caacl_add_service(name: &str, services: &[String]) -> Call {
+    Call::new(
+        "caacl_add_service",
+        vec![json!(name)],
+        json!({ "service": services }),
+        true,
+    )
+}
+
+pub fn caacl_add_ca(name: &str, cas: &[String]) -> Call {
+    Call::new(
+        "caacl_add_ca",
+        vec![json!(name)],
+        json!({ "ca": cas }),
+        true,
+    )
+}
+
+pub fn caacl_add_profile(name: &str, profiles: &[String]) -> Call {
+    Call::new(
+        "caacl_add_profile",
+        vec![json!(name)],
+        json!({ "certprofile": profiles }),
+        true,
+    )
+}
+
+pub fn cert_request(csr_pem: &str, principal: &str, ca: &str, profile: &str) -> Call {
+    Call::new(
+        "cert_request",
+        vec![json!(csr_pem)],
+        json!({ "principal": principal, "cacn": ca, "profile_id": profile }),
+        true,
+    )
+}
+
+pub fn cert_show(serial: &str, ca: &str) -> Call {
+    Call::new(
+        "cert_show",
+        vec![json!(serial)],
+        json!({ "cacn": ca }),
+        false,
+    )
+}
+
+/// One call of every builder above, with sample values: what the API test
+/// checks.
+pub fn examples(csr_pem: &str) -> Vec<Call> {
+    let fqdn = "node1.lab.example.org";
+    let ip = Ipv4Addr::new(198, 18, 0, 10);
+    let many = |s: &str| vec![s.to_owned()];
+    vec![
+        ping(),
+        host_show(fqdn),
+        host_add(fqdn, Some("otp-secret"), Some(ip)),
+        host_add(fqdn, None, None),
+        host_mod_password(fqdn, "otp-secret"),
+        hostgroup_show("etcd"),
+        hostgroup_add("etcd", "etcd members"),
+        hostgroup_add_member("etcd", &many(fqdn)),
+        service_show("HTTP/node1.lab.example.org@LAB.EXAMPLE.ORG"),
+        service_add("HTTP/node1.lab.example.org@LAB.EXAMPLE.ORG"),
+        dnszone_show("lab.example.org."),
+        dnszone_add("0.18.198.in-addr.arpa.", true),
+        dnszone_add("lab.example.org.", false),
+        dnsrecord_show("lab.example.org.", "node1"),
+        dnsrecord_add("lab.example.org.", "node1", &Record::A(ip)),
+        dnsrecord_add(
+            "0.18.198.in-addr.arpa.",
+            "10",
+            &Record::Ptr(fqdn.to_owned()),
+        ),
+        dnsrecord_add(
+            "lab.example.org.",
+            "_etcd-server-ssl._tcp",
+            &Record::Srv {
+                priority: 0,
+                weight: 0,
+                port: 2380,
+                target: fqdn.to_owned(),
+            },
+        ),
+        topologysegment_find(Suffix::Domain),
+        topologysegment_add(Suffix::Ca, "a-to-b", fqdn, "node2.lab.example.org"),
+        server_find(),
+        ca_show("etcd"),
+        ca_add("etcd", "CN=etcd CA,O=LAB.EXAMPLE.ORG", "etcd sub-CA"),
+        caacl_show("etcd"),
+        caacl_add("etcd", "etcd members may use the etcd CA"),
+        caacl_add_host("etcd", &many(fqdn), &many("etcd")),
+        caacl_add_service("etcd", &many("etcd/node1.lab.example.org@LAB.EXAMPLE.ORG")),
+        caacl_add_ca("etcd", &many("etcd")),
+        caacl_add_profile("etcd", &many("caIPAserviceCert")),
+        cert_request(
+            csr_pem,
+            "host/node1.lab.example.org@LAB.EXAMPLE.ORG",
+            "etcd",
+            "caIPAserviceCert",
+        ),
+        cert_show("0x1234", "etcd"),
+    ]
+}

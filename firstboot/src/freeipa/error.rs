@@ -1,0 +1,97 @@
+//! What can go wrong talking to FreeIPA, typed where a caller branches.
+
+use std::fmt;
+
+/// FreeIPA's error codes the client branches on (`ipalib/errors.py`).
+pub mod code {
+    pub const NOT_FOUND: u32 = 4001;
+    pub const DUPLICATE_ENTRY: u32 = 4002;
+    pub const EMPTY_MODLIST: u32 = 4202;
+    pub const ACI: u32 = 2100;
+    pub const REFERER: u32 = 911;
+    pub const VERSION: u32 = 901;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The server answered the command with an error.
+    Ipa {
+        method: String,
+        code: u32,
+        name: String,
+        message: String,
+    },
+    /// The login was refused (wrong password, locked, expired), or a
+    /// session was refused again right after a fresh login.
+    Auth { server: String, why: String },
+    /// No usable answer before the deadline: connection failures, 5xx,
+    /// answers that are not FreeIPA JSON.
+    Unavailable {
+        server: String,
+        method: String,
+        attempts: u32,
+        last: String,
+    },
+    /// A successful answer without what the command returns.
+    Malformed { method: String, why: String },
+    /// A membership command refused a member for a reason other than its
+    /// being a member already (usually: no such entry).
+    MemberRefused {
+        method: String,
+        member: String,
+        why: String,
+    },
+    /// The request cannot be made as asked (a bad name, an unusable CA file).
+    Invalid(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Option<u32> {
+        match self {
+            Error::Ipa { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is(&self, wanted: u32) -> bool {
+        self.code() == Some(wanted)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Ipa {
+                method,
+                code,
+                name,
+                message,
+            } => write!(f, "FreeIPA refused {method}: {message} ({name} {code})"),
+            Error::Auth { server, why } => write!(
+                f,
+                "FreeIPA at {server} refused the login: {why}; check the admin password in the vault"
+            ),
+            Error::Unavailable {
+                server,
+                method,
+                attempts,
+                last,
+            } => write!(
+                f,
+                "FreeIPA at {server} gave no usable answer to {method} after {attempts} attempts \
+                 (last: {last}); is the server up and its certificate from the IPA CA?"
+            ),
+            Error::Malformed { method, why } => {
+                write!(f, "FreeIPA's answer to {method} is not what it returns: {why}")
+            }
+            Error::MemberRefused {
+                method,
+                member,
+                why,
+            } => write!(f, "FreeIPA refused {member} in {method}: {why}"),
+            Error::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,502 @@
+//! The client's requests against FreeIPA's API.txt, and the client against
+//! the simulator (in-process, on loopback, with the simulator's own CA).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipa_sim::api::{load_for_tests, Api};
+use ipa_sim::install::{self, InstallOptions};
+use ipa_sim::server::{self, Fault, Options, Running};
+use serde_json::{json, Value};
+
+use super::*;
+
+const DOMAIN: &str = "lab.example.org";
+const REALM: &str = "LAB.EXAMPLE.ORG";
+const IPA1: &str = "ipa1.lab.example.org";
+const IPA2: &str = "ipa2.lab.example.org";
+const PASSWORD: &str = "Secret123-admin";
+
+#[test]
+fn every_request_the_client_builds_passes_api_txt() {
+    let Some(api) = load_for_tests() else { return };
+    let (_, csr) = crate::pki::new_key_and_csr("node1.lab.example.org").unwrap();
+    let examples = calls::examples(&csr);
+    for call in &examples {
+        api.check(call.method, &call.params())
+            .unwrap_or_else(|e| panic!("{} {}: {e}", call.method, call.params()));
+        assert_eq!(call.options["version"], json!(API_VERSION));
+    }
+    // Every builder in calls.rs has an example.
+    let source = include_str!("calls.rs");
+    let builders: Vec<&str> = source
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub fn "))
+        .filter_map(|l| l.split('(').next())
+        .filter(|name| *name != "examples")
+        .collect();
+    for builder in &builders {
+        let method = match *builder {
+            "host_mod_password" => "host_mod",
+            other => other,
+        };
+        assert!(
+            examples.iter().any(|c| c.method == method),
+            "calls::{builder} has no example in calls::examples"
+        );
+    }
+    assert!(builders.len() >= 26, "{builders:?}");
+}
+
+#[test]
+fn answers_are_parsed_without_trusting_them() {
+    let parse = client::parse_for_tests;
+    assert!(parse("ping", b"<html>")
+        .unwrap_err()
+        .starts_with("transient"));
+    assert!(parse("ping", b"[]").unwrap_err().starts_with("transient"));
+    assert!(parse("ping", br#"{"result": null, "error": null}"#)
+        .unwrap_err()
+        .starts_with("transient"));
+    let e = parse(
+        "host_add",
+        br#"{"result": null, "error": {"code": 4002, "name": "DuplicateEntry", "message": "x"}}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("DuplicateEntry 4002"), "{e}");
+    assert_eq!(
+        parse("ping", br#"{"result": {"summary": "ok"}, "error": null}"#).unwrap(),
+        json!({"summary": "ok"})
+    );
+    let members = json!({"completed": 0, "failed": {"member": {"host": [["a", "This entry is already a member"]]}}});
+    assert_eq!(
+        ensure::check_members_for_tests(&members).unwrap(),
+        Change::Unchanged
+    );
+    let refused = json!({"completed": 0, "failed": {"member": {"host": [["a", "no such entry"]]}}});
+    assert!(matches!(
+        ensure::check_members_for_tests(&refused),
+        Err(Error::MemberRefused { .. })
+    ));
+}
+
+struct Sim {
+    running: Option<Running>,
+    data: PathBuf,
+    calls: PathBuf,
+    ca_pem: String,
+}
+
+fn options_text(lines: &[&str]) -> InstallOptions {
+    InstallOptions::parse(&lines.join("\n")).unwrap()
+}
+
+async fn first_server(dir: &Path, api: Arc<Api>) -> Sim {
+    let data = dir.join("ipa1");
+    std::fs::create_dir_all(&data).unwrap();
+    let options = options_text(&[
+        "--realm=LAB.EXAMPLE.ORG",
+        "--domain=lab.example.org",
+        "--ds-password=Secret123-dm",
+        &format!("--admin-password={PASSWORD}"),
+        &format!("--hostname={IPA1}"),
+        "--setup-dns",
+        "--no-forwarders",
+        "-U",
+    ]);
+    let (state, keytab) =
+        install::new_deployment(&options, "127.0.0.1:443".parse().unwrap()).unwrap();
+    let calls = dir.join("calls.jsonl");
+    let running = server::start(
+        Options {
+            fqdn: IPA1.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            dns_listen: None,
+            data: data.clone(),
+            calls_log: calls.clone(),
+            peers: Default::default(),
+        },
+        api,
+        state,
+        keytab,
+    )
+    .await
+    .unwrap();
+    let ca_pem = running.ca_pem();
+    Sim {
+        running: Some(running),
+        data,
+        calls,
+        ca_pem,
+    }
+}
+
+fn client_for(running: &Running, ca_pem: &str) -> Client {
+    let mut config = Config::admin(
+        Endpoint::at(running.fqdn(), running.address),
+        ca_pem,
+        PASSWORD,
+    );
+    config.deadline = Duration::from_secs(20);
+    config.attempt_timeout = Duration::from_secs(5);
+    Client::new(config).unwrap()
+}
+
+fn log_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn host(name: &str) -> String {
+    format!("{name}.{DOMAIN}")
+}
+
+/// Everything a site asks of FreeIPA, once.
+async fn ensure_site(client: &Client) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let node1 = host("node1");
+    let ip = Ipv4Addr::new(198, 18, 0, 11);
+    changes.push(
+        client
+            .ensure_dns_zone("0.18.198.in-addr.arpa", true)
+            .await
+            .unwrap(),
+    );
+    let state = client
+        .ensure_host(&HostSpec {
+            fqdn: node1.clone(),
+            address: Some(ip),
+            one_time_password: Some("otp-node1".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(state.one_time_password.as_deref(), Some("otp-node1"));
+    assert!(!state.enrolled);
+    changes.push(state.change);
+    changes.push(
+        client
+            .ensure_dns_record("0.18.198.in-addr.arpa", "11", &Record::Ptr(node1.clone()))
+            .await
+            .unwrap(),
+    );
+    changes.push(
+        client
+            .ensure_dns_record(
+                DOMAIN,
+                "_etcd-server-ssl._tcp",
+                &Record::Srv {
+                    priority: 0,
+                    weight: 0,
+                    port: 2380,
+                    target: node1.clone(),
+                },
+            )
+            .await
+            .unwrap(),
+    );
+    changes.push(
+        client
+            .ensure_hostgroup("etcd", "etcd members")
+            .await
+            .unwrap(),
+    );
+    changes.push(
+        client
+            .ensure_hostgroup_members("etcd", std::slice::from_ref(&node1))
+            .await
+            .unwrap(),
+    );
+    let service = format!("etcd/{node1}@{REALM}");
+    changes.push(client.ensure_service(&service).await.unwrap());
+    let ca = client
+        .ensure_sub_ca("etcd", &format!("CN=etcd CA,O={REALM}"), "etcd sub-CA")
+        .await
+        .unwrap();
+    changes.push(ca.change);
+    changes.push(
+        client
+            .ensure_ca_acl(&CaAclSpec {
+                name: "etcd".into(),
+                description: "etcd members use the etcd CA".into(),
+                cas: vec!["etcd".into()],
+                profiles: vec![SERVICE_PROFILE.into()],
+                hostgroups: vec!["etcd".into()],
+                services: vec![service.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+    );
+    changes
+}
+
+#[tokio::test]
+async fn every_ensure_twice_the_second_run_changes_nothing() {
+    let Some(api) = load_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = first_server(dir.path(), Arc::new(api)).await;
+    let running = sim.running.as_ref().unwrap();
+    let client = client_for(running, &sim.ca_pem);
+    client.ping().await.unwrap();
+    let first = ensure_site(&client).await;
+    assert!(first.iter().all(|c| *c == Change::Created), "{first:?}");
+    let mark = log_lines(&sim.calls).len();
+    let second = ensure_site(&client).await;
+    assert!(second.iter().all(|c| *c == Change::Unchanged), "{second:?}");
+    let later = &log_lines(&sim.calls)[mark..];
+    assert!(later.len() >= 9, "{later:?}");
+    let mutated: Vec<&Value> = later
+        .iter()
+        .filter(|l| l["mutated"] == json!(true))
+        .collect();
+    assert!(
+        mutated.is_empty(),
+        "the second run changed state: {mutated:?}"
+    );
+    // And it never needed an error to get there.
+    let errors: Vec<&Value> = later
+        .iter()
+        .filter(|l| !l["error"].is_null() && l["error"] != json!(4001))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    // The segment between the server and itself is refused; with the
+    // only server there is nothing to join yet.
+    assert_eq!(client.servers().await.unwrap(), vec![IPA1.to_owned()]);
+    sim.running.unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn faults_are_retried_and_the_call_completes() {
+    let Some(api) = load_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = first_server(dir.path(), Arc::new(api)).await;
+    let running = sim.running.as_ref().unwrap();
+    let client = client_for(running, &sim.ca_pem);
+    client.ping().await.unwrap();
+    for (fault, count) in [
+        (Fault::Garbage, 2),
+        (Fault::Http500, 2),
+        (Fault::Unauthorized, 1),
+        (Fault::ExpireSession, 1),
+    ] {
+        server::inject(&sim.data, fault, count).unwrap();
+        let before = log_lines(&sim.calls).len();
+        let change = client
+            .ensure_hostgroup(&format!("g-{fault:?}").to_lowercase(), "x")
+            .await;
+        assert_eq!(change.unwrap(), Change::Created, "{fault:?}");
+        let lines = log_lines(&sim.calls);
+        let faulted = lines[before..]
+            .iter()
+            .filter(|l| !l["fault"].is_null())
+            .count();
+        assert_eq!(faulted, count as usize, "{fault:?}: {:?}", &lines[before..]);
+    }
+    // A wrong password is an error at once, not a retry loop.
+    let mut config = Config::admin(Endpoint::at(IPA1, running.address), &sim.ca_pem, "wrong");
+    config.deadline = Duration::from_secs(20);
+    let wrong = Client::new(config).unwrap();
+    assert!(matches!(wrong.ping().await, Err(Error::Auth { .. })));
+    // A server whose certificate is not from the IPA CA gets nothing.
+    let other_ca = ipa_sim::ca::create_root("OTHER.EXAMPLE").unwrap();
+    let mut config = Config::admin(
+        Endpoint::at(IPA1, running.address),
+        &other_ca.cert_pem,
+        PASSWORD,
+    );
+    config.deadline = Duration::from_millis(500);
+    let distrusting = Client::new(config).unwrap();
+    assert!(matches!(
+        distrusting.ping().await,
+        Err(Error::Unavailable { .. })
+    ));
+    sim.running.unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn certificates_need_a_ca_acl() {
+    let Some(api) = load_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = first_server(dir.path(), Arc::new(api)).await;
+    let running = sim.running.as_ref().unwrap();
+    let client = client_for(running, &sim.ca_pem);
+    let node1 = host("node1");
+    client
+        .ensure_host(&HostSpec {
+            fqdn: node1.clone(),
+            address: Some(Ipv4Addr::new(198, 18, 0, 11)),
+            one_time_password: Some("otp".into()),
+        })
+        .await
+        .unwrap();
+    let ca = client
+        .ensure_sub_ca("etcd", &format!("CN=etcd CA,O={REALM}"), "etcd")
+        .await
+        .unwrap();
+    assert!(crate::pki::inspect(&ca.cert_pem).is_ok());
+    let principal = format!("host/{node1}@{REALM}");
+    let (_, csr) = crate::pki::new_key_and_csr(&node1).unwrap();
+    let refused = client
+        .request_certificate(&principal, &csr, "etcd", SERVICE_PROFILE)
+        .await
+        .unwrap_err();
+    assert!(refused.is(error::code::ACI), "{refused}");
+    // A CSR for another name is refused whatever the ACL says.
+    let (_, foreign) = crate::pki::new_key_and_csr(&host("node2")).unwrap();
+    let wrong = client
+        .request_certificate(&principal, &foreign, "ipa", SERVICE_PROFILE)
+        .await
+        .unwrap_err();
+    assert!(wrong.is(3009), "{wrong}");
+    client
+        .ensure_ca_acl(&CaAclSpec {
+            name: "etcd".into(),
+            description: "etcd".into(),
+            cas: vec!["etcd".into()],
+            profiles: vec![SERVICE_PROFILE.into()],
+            hosts: vec![node1.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let issued = client
+        .request_certificate(&principal, &csr, "etcd", SERVICE_PROFILE)
+        .await
+        .unwrap();
+    crate::pki::verify(
+        &issued.cert_pem,
+        &ca.cert_pem,
+        Some(&node1),
+        crate::status::now(),
+    )
+    .unwrap();
+    let shown = client
+        .show_certificate(&issued.serial_hex, "etcd")
+        .await
+        .unwrap();
+    assert_eq!(shown.cert_pem, issued.cert_pem);
+    // The existing certificate is kept; no new one is asked for.
+    let (kept, change) = client
+        .ensure_certificate(&principal, &node1, "etcd", Some(&issued.cert_pem), &csr)
+        .await
+        .unwrap();
+    assert_eq!(
+        (kept.cert_pem, change),
+        (issued.cert_pem, Change::Unchanged)
+    );
+    sim.running.unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
+    let Some(api) = load_for_tests() else { return };
+    let api = Arc::new(api);
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = first_server(dir.path(), api.clone()).await;
+    let first = sim.running.as_ref().unwrap();
+    let client = client_for(first, &sim.ca_pem);
+    let state = client
+        .ensure_host(&HostSpec {
+            fqdn: IPA2.into(),
+            address: Some(Ipv4Addr::new(198, 18, 0, 12)),
+            one_time_password: Some("otp-ipa2".into()),
+        })
+        .await
+        .unwrap();
+    let otp = state.one_time_password.unwrap();
+    // Not yet in ipaservers: promotion is refused.
+    let refused = install::enroll(IPA1, first.address, IPA2, &otp, "replica", true, None).await;
+    assert!(format!("{:#}", refused.unwrap_err()).contains("ipaservers"));
+    client
+        .ensure_hostgroup_members("ipaservers", &[IPA2.to_owned()])
+        .await
+        .unwrap();
+    let enrolled = install::enroll(IPA1, first.address, IPA2, &otp, "replica", true, None)
+        .await
+        .unwrap();
+    assert_eq!(enrolled.ca_pem, sim.ca_pem);
+    // The one-time password worked once.
+    assert!(
+        install::enroll(IPA1, first.address, IPA2, &otp, "replica", true, None)
+            .await
+            .is_err()
+    );
+    let data2 = dir.path().join("ipa2");
+    std::fs::create_dir_all(&data2).unwrap();
+    let replica = server::start(
+        Options {
+            fqdn: IPA2.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            dns_listen: None,
+            data: data2,
+            calls_log: dir.path().join("calls2.jsonl"),
+            peers: Default::default(),
+        },
+        api,
+        enrolled.state.unwrap(),
+        enrolled.keytab,
+    )
+    .await
+    .unwrap();
+    // Written on the first server, seen on the replica.
+    client
+        .ensure_hostgroup("late", "made after the replica")
+        .await
+        .unwrap();
+    let on_replica = client_for(&replica, &sim.ca_pem);
+    let mut seen = false;
+    for _ in 0..40 {
+        if on_replica.ensure_hostgroup("late", "x").await.unwrap() == Change::Unchanged {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(seen, "the replica never saw the host group");
+    let servers = on_replica.servers().await.unwrap();
+    assert_eq!(servers, vec![IPA1.to_owned(), IPA2.to_owned()]);
+    assert_eq!(
+        on_replica
+            .ensure_segment(Suffix::Ca, IPA1, IPA2)
+            .await
+            .unwrap(),
+        Change::Unchanged,
+        "the replica install joined the CA suffix"
+    );
+    // The first server goes away; the replica serves and issues.
+    sim.running.take().unwrap().stop().await;
+    assert!(client.ping().await.is_err());
+    on_replica.ping().await.unwrap();
+    let node3 = host("node3");
+    on_replica
+        .ensure_host(&HostSpec {
+            fqdn: node3.clone(),
+            address: Some(Ipv4Addr::new(198, 18, 0, 13)),
+            one_time_password: Some("otp3".into()),
+        })
+        .await
+        .unwrap();
+    let (_, csr) = crate::pki::new_key_and_csr(&node3).unwrap();
+    let issued = on_replica
+        .request_certificate(
+            &format!("host/{node3}@{REALM}"),
+            &csr,
+            "ipa",
+            SERVICE_PROFILE,
+        )
+        .await
+        .unwrap();
+    crate::pki::verify(
+        &issued.cert_pem,
+        &sim.ca_pem,
+        Some(&node3),
+        crate::status::now(),
+    )
+    .unwrap();
+    replica.stop().await;
+}

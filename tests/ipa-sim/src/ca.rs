@@ -1,0 +1,302 @@
+//! The simulator's certificate authority: a root (IPA's "ipa" CA) and
+//! sub-CAs really signed by it. Leaves are signed with firstboot's CA code
+//! (`firstboot::pki::Ca`), which also enforces that a request names only
+//! the host it is for.
+
+use anyhow::{anyhow, bail, Context};
+use base64::Engine as _;
+use firstboot::pki;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use serde_json::{json, Value};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// IPA's CAs live for 20 years.
+const CA_LIFETIME: Duration = Duration::days(365 * 20);
+
+/// A CA certificate and key, PEM.
+#[derive(Debug, Clone)]
+pub struct CaPems {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The root: `CN=Certificate Authority,O=<REALM>`, as ipa-server-install
+/// makes it.
+pub fn create_root(realm: &str) -> anyhow::Result<CaPems> {
+    let key = new_key()?;
+    let params = ca_params(&[
+        ("O".into(), realm.to_owned()),
+        ("CN".into(), "Certificate Authority".into()),
+    ])?;
+    let cert = params
+        .self_signed(&key)
+        .context("self-signing the IPA CA")?;
+    Ok(CaPems {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A sub-CA with subject `subject_dn` (`CN=etcd CA,O=REALM`), signed by
+/// `parent`.
+pub fn create_sub_ca(parent: &CaPems, subject_dn: &str) -> anyhow::Result<CaPems> {
+    let rdns = crate::api::parse_dn(subject_dn).map_err(|e| anyhow!("{e}"))?;
+    // A DN string lists the most specific RDN first; a certificate's
+    // subject is written from the root down.
+    let rdns: Vec<(String, String)> = rdns.into_iter().rev().collect();
+    let params = ca_params(&rdns)?;
+    let parent_key = KeyPair::from_pem(&parent.key_pem).context("the parent CA key")?;
+    let issuer = Issuer::from_ca_cert_pem(&parent.cert_pem, parent_key)
+        .map_err(|e| anyhow!("the parent CA certificate: {e}"))?;
+    let key = new_key()?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("signing the sub-CA")?;
+    Ok(CaPems {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn ca_params(rdns: &[(String, String)]) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    for (attr, value) in rdns {
+        let kind = match attr.to_ascii_uppercase().as_str() {
+            "CN" => DnType::CommonName,
+            "O" => DnType::OrganizationName,
+            "OU" => DnType::OrganizationalUnitName,
+            "C" => DnType::CountryName,
+            "L" => DnType::LocalityName,
+            "ST" => DnType::StateOrProvinceName,
+            other => bail!("the simulator cannot put `{other}` in a CA subject"),
+        };
+        dn.push(kind, value.as_str());
+    }
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let mut serial: [u8; 8] = rand::random();
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + CA_LIFETIME;
+    Ok(params)
+}
+
+fn new_key() -> anyhow::Result<KeyPair> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a key")
+}
+
+/// A TLS certificate for one of the simulator's servers.
+pub fn server_certificate(ca: &CaPems, fqdn: &str) -> anyhow::Result<pki::NodeCert> {
+    pki::Ca::from_pems(&ca.cert_pem, &ca.key_pem)?.issue(fqdn)
+}
+
+/// Sign `csr` (PEM or base64 DER) for `fqdn` with `ca`: the request must
+/// name `fqdn` and nothing else.
+pub fn sign(ca: &CaPems, csr: &str, fqdn: &str) -> Result<String, pki::CsrRefusal> {
+    let der = csr_der(csr).map_err(pki::CsrRefusal::Malformed)?;
+    let pem = pem("CERTIFICATE REQUEST", &der);
+    let signer = pki::Ca::from_pems(&ca.cert_pem, &ca.key_pem)
+        .map_err(|e| pki::CsrRefusal::Malformed(format!("{e:#}")))?;
+    signer.sign_csr(&pem, fqdn)
+}
+
+/// The DER of a CSR given as PEM or as bare base64, checked to parse.
+pub fn csr_der(text: &str) -> Result<Vec<u8>, String> {
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+        .map_err(|e| format!("{e}"))?;
+    Ok(der)
+}
+
+/// A certificate given as base64 DER (FreeIPA's `Certificate` parameter).
+pub fn cert_der_from_base64(text: &str) -> Result<Vec<u8>, String> {
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    X509Certificate::from_der(&der).map_err(|e| format!("{e}"))?;
+    Ok(der)
+}
+
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+pub fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .context("the PEM body is not base64")
+}
+
+/// What FreeIPA's `cert_*` commands report about a certificate; the
+/// serial number is kept as text, since it may not fit 64 bits.
+#[derive(Debug, Clone)]
+pub struct CertFacts {
+    pub der: Vec<u8>,
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    pub serial_hex: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub dns_names: Vec<String>,
+    pub sha1: String,
+    pub sha256: String,
+}
+
+pub fn facts(cert_pem: &str) -> anyhow::Result<CertFacts> {
+    let der = pem_to_der(cert_pem)?;
+    let (_, cert) =
+        X509Certificate::from_der(&der).map_err(|e| anyhow!("cannot read a certificate: {e}"))?;
+    let mut dns_names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(n) = name {
+                dns_names.push((*n).to_owned());
+            }
+        }
+    }
+    let serial = cert.tbs_certificate.serial.to_str_radix(10);
+    let serial_hex = format!(
+        "0x{}",
+        cert.tbs_certificate.serial.to_str_radix(16).to_uppercase()
+    );
+    let fingerprint = |algorithm| {
+        ring::digest::digest(algorithm, &der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let when = |t: x509_parser::time::ASN1Time| {
+        t.to_datetime()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default()
+    };
+    Ok(CertFacts {
+        subject: ipa_dn(&cert.subject().to_string()),
+        issuer: ipa_dn(&cert.issuer().to_string()),
+        serial,
+        serial_hex,
+        not_before: when(cert.validity().not_before),
+        not_after: when(cert.validity().not_after),
+        dns_names,
+        sha1: fingerprint(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY),
+        sha256: fingerprint(&ring::digest::SHA256),
+        der,
+    })
+}
+
+/// x509-parser writes `O=X, CN=Y` (root first); FreeIPA shows `CN=Y,O=X`.
+fn ipa_dn(text: &str) -> String {
+    let mut parts: Vec<&str> = text.split(", ").collect();
+    parts.reverse();
+    parts.join(",")
+}
+
+/// The `result` of `cert_request` and `cert_show` for a certificate.
+pub fn cert_entry(facts: &CertFacts, cacn: &str) -> Value {
+    json!({
+        "certificate": base64::engine::general_purpose::STANDARD.encode(&facts.der),
+        "subject": facts.subject,
+        "issuer": facts.issuer,
+        "serial_number": big_number(&facts.serial),
+        "serial_number_hex": facts.serial_hex,
+        "valid_not_before": facts.not_before,
+        "valid_not_after": facts.not_after,
+        "sha1_fingerprint": facts.sha1,
+        "sha256_fingerprint": facts.sha256,
+        "san_dnsname": facts.dns_names,
+        "cacn": cacn,
+    })
+}
+
+/// A marker for an integer too large for `serde_json::Value`; the answer's
+/// encoder ([`crate::server`]) writes it as a bare JSON number, as
+/// FreeIPA's (Python) encoder does.
+pub const BIG_NUMBER_MARK: &str = "\u{1}bignum:";
+
+pub fn big_number(digits: &str) -> Value {
+    match digits.parse::<u64>() {
+        Ok(n) => json!(n),
+        Err(_) => Value::String(format!("{BIG_NUMBER_MARK}{digits}")),
+    }
+}
+
+/// Write marked big numbers as JSON numbers.
+pub fn encode_json(value: &Value) -> Vec<u8> {
+    let text = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
+    let marker = serde_json::to_string(BIG_NUMBER_MARK).unwrap_or_default();
+    let marker = marker.trim_matches('"');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(&format!("\"{marker}")) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1 + marker.len()..];
+        let end = after.find('"').unwrap_or(after.len());
+        out.push_str(&after[..end]);
+        rest = &after[(end + 1).min(after.len())..];
+    }
+    out.push_str(rest);
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_cas_chain_to_the_root_and_leaves_to_their_ca() {
+        let root = create_root("LAB.EXAMPLE.ORG").unwrap();
+        let etcd = create_sub_ca(&root, "CN=etcd CA,O=LAB.EXAMPLE.ORG").unwrap();
+        let facts = facts(&etcd.cert_pem).unwrap();
+        assert_eq!(facts.subject, "CN=etcd CA,O=LAB.EXAMPLE.ORG");
+        assert_eq!(facts.issuer, "CN=Certificate Authority,O=LAB.EXAMPLE.ORG");
+        let (_, csr) = pki::new_key_and_csr("node1.lab.example.org").unwrap();
+        let leaf = sign(&etcd, &csr, "node1.lab.example.org").unwrap();
+        assert!(pki::issued_by(&leaf, &etcd.cert_pem));
+        assert!(!pki::issued_by(&leaf, &root.cert_pem));
+        assert!(sign(&etcd, &csr, "node2.lab.example.org").is_err());
+    }
+
+    #[test]
+    fn big_numbers_are_written_bare() {
+        let value = json!({"a": big_number("123456789012345678901234567890"), "b": 5});
+        let text = String::from_utf8(encode_json(&value)).unwrap();
+        assert_eq!(text, r#"{"a":123456789012345678901234567890,"b":5}"#);
+        let small = json!({"a": big_number("17")});
+        assert_eq!(encode_json(&small), br#"{"a":17}"#);
+    }
+}
