@@ -100,8 +100,10 @@ test: test-deps build
 	    line="firstboot unit tests: \`$$tool\` not found, its cross-checks skip (install Debian package $$package; \`make test-deps\` does)"; \
 	    if [ -n "$$CI" ]; then echo "error: $$line (CI is set, so they must run)" >&2; exit 1; fi; \
 	    echo "$$line" >> $(SKIPS); done
+	$(CARGO) build --locked -p ipa-sim
 	@status=0; BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) PRISM_BIN=$(CURDIR)/$(PRISM) \
 	    MOTO_SERVER_BIN=$(CURDIR)/$(MOTO) SITE_TEST_SKIPS=$(CURDIR)/$(SKIPS) \
+	    BUILDER_TEST_IPA_SIM=$(CURDIR)/target/debug/ipa-sim \
 	    $(CARGO) test --locked --workspace || status=$$?; \
 	if [ -s $(SKIPS) ]; then \
 	    echo; echo "skipped tests ($$(wc -l < $(SKIPS))), each with what it needs:"; \

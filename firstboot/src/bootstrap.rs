@@ -27,7 +27,11 @@ use crate::pki::TempCa;
 use crate::state::ClusterState;
 use crate::status::Reporter;
 
-pub const DNS_PORT: u16 = 53;
+/// The temporary DNS's port. Not 53: FreeIPA's own DNS takes that on the
+/// same host (the first server is the bootstrap host) before handoff
+/// moves the site's names to it; nodes reach the temporary one through
+/// systemd-resolved, which takes a port with a server's address.
+pub const DNS_PORT: u16 = 5300;
 
 /// How long a majority of core hosts must have said "no cluster here"
 /// before the bootstrap host starts one without hearing from the rest: a
@@ -291,6 +295,15 @@ impl Services {
         self.registrar.lock().await.registry.hosts.clone()
     }
 
+    /// Let joined nodes enroll in FreeIPA through the join service.
+    pub async fn set_enroller(&self, enroller: Arc<crate::freeipa::site::Enroller>) {
+        self.registrar.lock().await.enroller = Some(enroller);
+    }
+
+    pub async fn enroller(&self) -> Option<Arc<crate::freeipa::site::Enroller>> {
+        self.registrar.lock().await.enroller.clone()
+    }
+
     /// Until the join service stops (it does not, short of a crash).
     pub async fn wait(self) {
         let _ = self.join_task.await;
@@ -341,6 +354,7 @@ pub async fn start(
         replay_file: paths.nonces_file(),
         rule,
         reporter,
+        enroller: None,
     };
     registrar.register(&config.node, own).await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(own.into(), config.join.port))

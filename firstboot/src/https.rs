@@ -244,7 +244,8 @@ pub struct Answer {
 /// Answers larger than this are not read.
 const MAX_ANSWER: usize = 1024 * 1024;
 
-/// One POST to a firstboot service over TLS, bounded by `timeout`.
+/// One POST to a firstboot service over TLS, bounded by `timeout`. The
+/// server's certificate is not checked here (see [`Answer`]).
 pub async fn post(
     address: SocketAddr,
     path: &str,
@@ -252,13 +253,47 @@ pub async fn post(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Answer> {
-    tokio::time::timeout(timeout, post_unbounded(address, path, headers, body))
+    let name = ServerName::IpAddress(address.ip().into());
+    let exchange = post_unbounded(address, client_config()?, name, path, headers, body);
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow!("{address} did not answer within {}s", timeout.as_secs()))?
+}
+
+/// One POST over TLS whose server must present a certificate for `name`
+/// under `ca_pem`, checked during the handshake: for what must not be
+/// sent to anyone else (a one-time password).
+pub async fn post_verified(
+    address: SocketAddr,
+    ca_pem: &str,
+    name: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Answer> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.context("the CA is not PEM")?)
+            .context("the CA is not usable")?;
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server = ServerName::try_from(name.to_owned())
+        .map_err(|_| anyhow!("`{name}` is not a server name"))?;
+    let exchange = post_unbounded(address, Arc::new(config), server, path, headers, body);
+    tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| anyhow!("{address} did not answer within {}s", timeout.as_secs()))?
 }
 
 async fn post_unbounded(
     address: SocketAddr,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
     path: &str,
     headers: &[(&str, String)],
     body: Vec<u8>,
@@ -266,8 +301,7 @@ async fn post_unbounded(
     let stream = TcpStream::connect(address)
         .await
         .with_context(|| format!("cannot connect to {address}"))?;
-    let connector = tokio_rustls::TlsConnector::from(client_config()?);
-    let name = ServerName::IpAddress(address.ip().into());
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tls = connector
         .connect(name, stream)
         .await

@@ -24,6 +24,11 @@ impl Paths {
         }
     }
 
+    /// An absolute node path under this root.
+    pub fn under_root(&self, abs: &str) -> PathBuf {
+        self.at(abs)
+    }
+
     fn at(&self, abs: &str) -> PathBuf {
         self.root.join(abs.trim_start_matches('/'))
     }
@@ -71,6 +76,11 @@ impl Paths {
     /// etcd container sees of /etc/firstboot.
     pub fn etcd_dir(&self) -> PathBuf {
         self.service_files("etcd")
+    }
+    /// A service's state (`firstboot exec` links it to the data volume when
+    /// there is one).
+    pub fn service_state(&self, service: &str) -> PathBuf {
+        self.at(&format!("/var/lib/{service}"))
     }
     /// A service's own files, all its container sees of /etc/firstboot.
     pub fn service_files(&self, service: &str) -> PathBuf {

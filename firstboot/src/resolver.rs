@@ -18,7 +18,7 @@
 //! that must keep working if DNS blinks.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{Context, Result};
 use node_contract::{DomainName, HostName};
@@ -29,7 +29,7 @@ use crate::paths::Paths;
 pub const DELEGATES_SINCE: u32 = 258;
 
 /// The delegate's text (systemd 258 and later).
-pub fn delegate(dns: Ipv4Addr, domain: &DomainName) -> String {
+pub fn delegate(dns: SocketAddr, domain: &DomainName) -> String {
     format!(
         "# Written by firstboot: the site's names go to its temporary DNS,\n\
          # and no other name does.\n\
@@ -41,7 +41,7 @@ pub fn delegate(dns: Ipv4Addr, domain: &DomainName) -> String {
 }
 
 /// The drop-in's text (older systemd).
-pub fn dropin(dns: Ipv4Addr, domain: &DomainName) -> String {
+pub fn dropin(dns: SocketAddr, domain: &DomainName) -> String {
     format!(
         "# Written by firstboot: the site's names go to its temporary DNS,\n\
          # every other name to the resolvers this node had before.\n\
@@ -65,6 +65,7 @@ async fn systemd_version() -> Result<u32> {
 /// Route `domain` to the DNS at `dns`; systemd-resolved rereads its
 /// configuration. Changing nothing when it is already in place.
 pub async fn route_site_domain(paths: &Paths, dns: Ipv4Addr, domain: &DomainName) -> Result<()> {
+    let dns = SocketAddr::new(dns.into(), crate::bootstrap::DNS_PORT);
     let (path, text, other) = if systemd_version().await? >= DELEGATES_SINCE {
         (
             paths.dns_delegate(),
@@ -129,15 +130,16 @@ mod tests {
     #[test]
     fn both_forms_route_only_the_site_domain() {
         let domain = DomainName::parse("lab.example.org").unwrap();
-        let text = dropin(Ipv4Addr::new(198, 18, 0, 10), &domain);
-        assert!(text.contains("[Resolve]\nDNS=198.18.0.10\n"));
+        let dns = SocketAddr::new(Ipv4Addr::new(198, 18, 0, 10).into(), 5300);
+        let text = dropin(dns, &domain);
+        assert!(text.contains("[Resolve]\nDNS=198.18.0.10:5300\n"));
         assert!(text.contains("Domains=~lab.example.org\n"));
         assert!(
             !text.contains("~.\n"),
             "a default route would take every name"
         );
-        let text = delegate(Ipv4Addr::new(198, 18, 0, 10), &domain);
-        assert!(text.contains("[Delegate]\nDNS=198.18.0.10\nDomains=lab.example.org\n"));
+        let text = delegate(dns, &domain);
+        assert!(text.contains("[Delegate]\nDNS=198.18.0.10:5300\nDomains=lab.example.org\n"));
         assert!(text.contains("DefaultRoute=no\n"));
     }
 

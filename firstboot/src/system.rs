@@ -28,6 +28,43 @@ pub async fn systemctl(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `unit` failed: in the failed state, or waiting to be
+/// restarted after a failure (`Restart=on-failure` keeps it out of
+/// "failed" between attempts).
+pub async fn is_failed(unit: &str) -> bool {
+    let Ok(out) = bounded(tokio::process::Command::new("systemctl").args([
+        "show",
+        "-p",
+        "ActiveState",
+        "-p",
+        "SubState",
+        "--value",
+        unit,
+    ]))
+    .await
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let (active, sub) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    active == "failed" || sub == "auto-restart"
+}
+
+/// The last `n` lines `unit` logged, for an error message.
+pub async fn last_lines(unit: &str, n: usize) -> String {
+    let out = bounded(
+        tokio::process::Command::new("journalctl")
+            .args(["--no-pager", "-o", "cat", "-u", unit, "-n"])
+            .arg(n.to_string()),
+    )
+    .await;
+    match out {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
+        Err(e) => format!("(cannot read the journal: {e:#})"),
+    }
+}
+
 /// A unit's journal, read a piece at a time: each read returns only the
 /// lines logged since the previous one (journalctl's cursor file), so a
 /// line from an earlier boot or attempt is never read again.

@@ -25,8 +25,44 @@ pub fn ready() -> Option<(PathBuf, Firstboot, Vec<u8>)> {
     };
     let bytes = std::fs::read(&path).unwrap();
     let firstboot = Firstboot::from_bytes(PathBuf::from(path), &bytes).unwrap();
+    if freeipa_simulator().is_none() {
+        return None;
+    }
     let image = image::ensure(&image::definition_path(), &mut |m| eprintln!("{m}")).unwrap();
     Some((image, firstboot, bytes))
+}
+
+/// Where the lab image's catalog expects the FreeIPA simulator and the
+/// API.txt it checks every call against.
+pub const IPA_SIM_IN_NODE: &str = "/usr/local/bin/ipa-sim";
+pub const API_TXT_IN_NODE: &str = "/usr/local/share/ipa-sim/API.txt";
+
+/// The FreeIPA simulator (`BUILDER_TEST_IPA_SIM`, else the workspace's
+/// debug build) and FreeIPA's API.txt (`FREEIPA_API_TXT`, else
+/// ../shared/specs): what the lab's nodes run where Fedora CoreOS runs the
+/// FreeIPA container. `None` after saying why not (failing in CI).
+pub fn freeipa_simulator() -> Option<(PathBuf, PathBuf)> {
+    let sim = std::env::var_os("BUILDER_TEST_IPA_SIM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| super::site::repo().join("target/debug/ipa-sim"));
+    if !sim.is_file() {
+        super::skip(&format!(
+            "skipping: the lab runs the FreeIPA simulator, not found at {} (`make test` builds \
+             it, or `cargo build -p ipa-sim`; or set BUILDER_TEST_IPA_SIM)",
+            sim.display()
+        ));
+        return None;
+    }
+    let api = ipa_sim::api::api_txt_path();
+    if !api.is_file() {
+        super::skip(&format!(
+            "skipping: the FreeIPA simulator checks calls against API.txt, not found at {} \
+             (it is in ../shared/specs/freeipa; or set FREEIPA_API_TXT)",
+            api.display()
+        ));
+        return None;
+    }
+    Some((sim, api))
 }
 
 /// A lab site of `n` hosts (`node1`...), like examples/lab.yaml.
@@ -66,6 +102,9 @@ pub fn provision(
     configs: &[(String, PathBuf)],
 ) -> Lab {
     let mut lab = Lab::create(image).unwrap();
+    let (sim, api) = freeipa_simulator().expect("ready() checked it");
+    lab.bind_into_nodes(&sim, IPA_SIM_IN_NODE);
+    lab.bind_into_nodes(&api, API_TXT_IN_NODE);
     lab.serve(vec![(
         format!("/{}", firstboot.object_name()),
         bytes.to_vec(),

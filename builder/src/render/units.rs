@@ -42,6 +42,16 @@ pub const SHIPPED: &[ShippedUnit] = &[
         contents: include_str!("../../../units/etcd.service"),
         enabled: true,
     },
+    ShippedUnit {
+        name: "freeipa-server.service",
+        contents: include_str!("../../../units/freeipa-server.service"),
+        enabled: true,
+    },
+    ShippedUnit {
+        name: "freeipa-client.service",
+        contents: include_str!("../../../units/freeipa-client.service"),
+        enabled: true,
+    },
 ];
 
 /// Where a host's data volume is mounted.

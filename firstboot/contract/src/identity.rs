@@ -120,6 +120,11 @@ pub enum Purpose {
     PeerRequest,
     /// A peer answering one such request (nonce, body).
     PeerAnswer,
+    /// A joined node asking the bootstrap host for its FreeIPA enrollment
+    /// (a one-time password), the request body.
+    EnrollRequest,
+    /// The bootstrap host answering it (nonce, body).
+    EnrollAnswer,
 }
 
 impl Purpose {
@@ -130,6 +135,8 @@ impl Purpose {
             Purpose::JoinAnswer => b"firstboot join answer v2\0",
             Purpose::PeerRequest => b"firstboot peer request v2\0",
             Purpose::PeerAnswer => b"firstboot peer answer v2\0",
+            Purpose::EnrollRequest => b"firstboot enroll request v2\0",
+            Purpose::EnrollAnswer => b"firstboot enroll answer v2\0",
         }
     }
 }

@@ -170,8 +170,15 @@ pub type Catalog = BTreeMap<String, Service>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "runs", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Service {
-    /// A podman container pinned by digest; `command` runs inside it.
-    Podman { image: String, command: Vec<String> },
+    /// A podman container pinned by digest; `command` runs inside it. The
+    /// service's state directory (`/var/lib/<service>` on the host) is
+    /// mounted at `data` in the container, or at the same path.
+    Podman {
+        image: String,
+        command: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+    },
     /// A binary installed on the host image.
     Host { command: Vec<String> },
 }

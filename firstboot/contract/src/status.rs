@@ -12,7 +12,7 @@ pub const STATUS_PATH: &str = "/run/firstboot/status.json";
 pub const STATUS_VERSION: u32 = 1;
 
 /// The phases, in the order they run (ARCHITECTURE §5). Later issues add
-/// FreeIPA, handoff, the container engine and Kubernetes after `etcd`.
+/// handoff, the container engine and Kubernetes after `freeipa`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -20,10 +20,17 @@ pub enum Phase {
     Storage,
     Join,
     Etcd,
+    Freeipa,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 4] = [Phase::Identify, Phase::Storage, Phase::Join, Phase::Etcd];
+    pub const ALL: [Phase; 5] = [
+        Phase::Identify,
+        Phase::Storage,
+        Phase::Join,
+        Phase::Etcd,
+        Phase::Freeipa,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -31,6 +38,7 @@ impl Phase {
             Phase::Storage => "storage",
             Phase::Join => "join",
             Phase::Etcd => "etcd",
+            Phase::Freeipa => "freeipa",
         }
     }
 }
@@ -170,7 +178,7 @@ mod tests {
     #[test]
     fn phases_keep_their_order_and_names() {
         let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
-        assert_eq!(names, ["identify", "storage", "join", "etcd"]);
+        assert_eq!(names, ["identify", "storage", "join", "etcd", "freeipa"]);
         for p in Phase::ALL {
             let json = serde_json::to_string(&p).unwrap();
             assert_eq!(json, format!("\"{p}\""));

@@ -13,6 +13,7 @@ pub mod calls;
 pub mod client;
 pub mod ensure;
 pub mod error;
+pub mod site;
 pub mod transport;
 
 pub use calls::{Call, Record, Suffix, API_VERSION};

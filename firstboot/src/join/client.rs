@@ -141,3 +141,70 @@ pub async fn enroll(
     }
     Ok(answer)
 }
+
+/// Ask the bootstrap host at `address` how this node enrolls in FreeIPA.
+/// Over TLS verified against the temporary CA this node joined with (the
+/// answer holds a one-time password), and signed by the bootstrap host.
+/// `Ok(None)` while the bootstrap host's FreeIPA is not configured yet.
+pub async fn enrollment(
+    paths: &crate::paths::Paths,
+    config: &NodeConfig,
+    address: Ipv4Addr,
+) -> Result<Option<super::protocol::EnrollAnswer>> {
+    use super::protocol::{EnrollAnswer, EnrollRequest, ENROLL_PATH};
+    let request = EnrollRequest {
+        ticket: config.ticket(),
+        timestamp: crate::status::now(),
+        nonce: protocol::nonce(),
+    };
+    let body = serde_json::to_vec(&request)?;
+    let signature = protocol::sign_request(&config.signing_key(), Purpose::EnrollRequest, &body);
+    let ca = std::fs::read_to_string(crate::certs::Slot::identity(paths).ca).map_err(|e| {
+        anyhow!("this node has no temporary CA to check the bootstrap host with: {e}")
+    })?;
+    let site = Site::of(config);
+    let reply = https::post_verified(
+        SocketAddr::new(address.into(), config.join.port),
+        &ca,
+        &config.fqdn(&site.bootstrap),
+        ENROLL_PATH,
+        &[(SIGNATURE_HEADER, signature)],
+        body,
+        EXCHANGE_TIMEOUT,
+    )
+    .await?;
+    match reply.status {
+        200 => {}
+        503 => {
+            tracing::info!(
+                "the bootstrap host cannot enroll this node yet: {}",
+                String::from_utf8_lossy(&reply.body).trim()
+            );
+            return Ok(None);
+        }
+        status => bail!(
+            "the bootstrap host refused to enroll this node: {status} {}",
+            String::from_utf8_lossy(&reply.body).trim()
+        ),
+    }
+    let proof = reply
+        .headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let answer: EnrollAnswer = site
+        .check_answer(
+            &reply.body,
+            proof,
+            &request.nonce,
+            Purpose::EnrollAnswer,
+            |a: &EnrollAnswer| &a.bootstrap,
+        )
+        .map_err(|r| anyhow!("the enrollment answer is not the bootstrap host's: {r}"))?;
+    if answer.bootstrap.node != site.bootstrap {
+        bail!(
+            "the enrollment answer is signed by {}, not the bootstrap host",
+            answer.bootstrap.node
+        );
+    }
+    Ok(Some(answer))
+}

@@ -24,6 +24,7 @@ use crate::pki::{CsrRefusal, TempCa};
 
 pub const JOIN_PATH: &str = "/v2/join";
 pub const PEER_PATH: &str = "/v2/peer";
+pub const ENROLL_PATH: &str = "/v2/enroll";
 /// Header carrying a message's signature (hex).
 pub const SIGNATURE_HEADER: &str = "x-firstboot-signature";
 /// Requests are small JSON; anything bigger is refused unread.
@@ -102,6 +103,29 @@ pub struct PeerAnswer {
     /// The sealed copy of the temporary CAs this core peer keeps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_backup: Option<String>,
+}
+
+/// A joined node asking for its FreeIPA enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub ticket: Ticket,
+    pub timestamp: u64,
+    pub nonce: String,
+}
+
+/// How a node enrolls in FreeIPA: which server, with which one-time
+/// password. Sent only over TLS the node verified against the temporary
+/// CA (it has it since it joined), so the password is never in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollAnswer {
+    pub bootstrap: Ticket,
+    /// The FreeIPA server to enroll with (the first server).
+    pub server: String,
+    /// Absent when the host enrolled already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_password: Option<String>,
 }
 
 /// Why a request was refused: logged by the refuser, sent back as the
@@ -357,6 +381,26 @@ impl Site {
             request,
             address: source,
         })
+    }
+
+    /// Check an enrollment request: a node the site vouches for, signing
+    /// with its key, with a fresh nonce.
+    pub fn verify_enroll(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        replay: &mut ReplayGuard,
+        now: u64,
+    ) -> Result<EnrollRequest, Refusal> {
+        let request: EnrollRequest = self.signed(
+            body,
+            signature,
+            Purpose::EnrollRequest,
+            |r: &EnrollRequest| &r.ticket,
+        )?;
+        check_nonce(&request.nonce)?;
+        replay.check(&request.nonce, request.timestamp, now)?;
+        Ok(request)
     }
 
     /// Check a peer request: only the bootstrap host may ask.

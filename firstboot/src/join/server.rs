@@ -16,12 +16,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::protocol::{
-    self, AdmissionRule, Decision, EtcdCerts, JoinAnswer, Refusal, ReplayGuard, Site, Verified,
-    JOIN_PATH, SIGNATURE_HEADER,
+    self, AdmissionRule, Decision, EnrollAnswer, EtcdCerts, JoinAnswer, Refusal, ReplayGuard, Site,
+    Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
 };
 use super::Credentials;
 use crate::backup::CaBackup;
 use crate::dns::DnsServer;
+use crate::freeipa::site::Enroller;
 use crate::https::{Request, Response};
 use crate::pki::TempCa;
 use crate::status::Reporter;
@@ -66,6 +67,8 @@ pub struct Registrar {
     pub replay_file: PathBuf,
     pub rule: AdmissionRule,
     pub reporter: Reporter,
+    /// FreeIPA enrollment, once this host's FreeIPA server is configured.
+    pub enroller: Option<Arc<Enroller>>,
 }
 
 impl Registrar {
@@ -110,6 +113,20 @@ impl Registrar {
         });
     }
 
+    /// The nonces seen, on disk before anything is answered: a request
+    /// captured now is refused after a restart too.
+    fn record_nonces(&self) -> Result<(), Refusal> {
+        crate::fsutil::write_atomic(
+            &self.replay_file,
+            &serde_json::to_vec(&self.replay).expect("serialises"),
+            0o600,
+        )
+        .map_err(|e| {
+            tracing::error!("join service: cannot record a nonce: {e:#}");
+            Refusal::Malformed("the bootstrap host cannot record the request; retry".into())
+        })
+    }
+
     fn verify(&mut self, request: &Request) -> Result<(Verified, Decision), Refusal> {
         let signature = request
             .headers
@@ -123,18 +140,7 @@ impl Registrar {
             &mut self.replay,
             now,
         )?;
-        // The nonce is on disk before anything is answered: a request
-        // captured now is refused after a restart too.
-        if let Err(e) = crate::fsutil::write_atomic(
-            &self.replay_file,
-            &serde_json::to_vec(&self.replay).expect("serialises"),
-            0o600,
-        ) {
-            tracing::error!("join service: cannot record a nonce: {e:#}");
-            return Err(Refusal::Malformed(
-                "the bootstrap host cannot record the request; retry".into(),
-            ));
-        }
+        self.record_nonces()?;
         let decision =
             self.rule
                 .decide(&self.registry.hosts, verified.node(), verified.address, now)?;
@@ -179,8 +185,14 @@ impl Registrar {
 
 /// Handle one request.
 pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response {
+    if request.method == hyper::Method::POST && request.path == ENROLL_PATH {
+        return enroll(request, registrar).await;
+    }
     if request.path != JOIN_PATH || request.method != hyper::Method::POST {
-        return Response::text(404, &format!("only POST {JOIN_PATH} is served here"));
+        return Response::text(
+            404,
+            &format!("only POST {JOIN_PATH} and {ENROLL_PATH} are served here"),
+        );
     }
     let source = request.source;
     let (verified, decision) = match registrar.lock().await.verify(&request) {
@@ -205,6 +217,59 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
         tracing::info!(peer = %verified.node(), "join service: {} moves from {from} (silent there) to {source}", verified.node());
     }
     registrar.lock().await.admit(&verified).await
+}
+
+/// A joined node's FreeIPA enrollment: a host entry with a one-time
+/// password (in `ipaservers` for a core host), answered signed.
+async fn enroll(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response {
+    let source = request.source;
+    let (asked, address, enroller, me) = {
+        let mut r = registrar.lock().await;
+        let signature = request
+            .headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let now = crate::status::now();
+        let r = &mut *r;
+        let asked = match r
+            .site
+            .verify_enroll(signature, &request.body, &mut r.replay, now)
+        {
+            Ok(asked) => asked,
+            Err(refusal) => return refuse(source, &refusal),
+        };
+        if let Err(refusal) = r.record_nonces() {
+            return refuse(source, &refusal);
+        }
+        let Some(&address) = r.registry.hosts.get(&asked.ticket.node) else {
+            let refusal = Refusal::NotAllowed(format!(
+                "{} has not joined; it enrolls in FreeIPA once it has",
+                asked.ticket.node
+            ));
+            return refuse(source, &refusal);
+        };
+        let Some(enroller) = r.enroller.clone() else {
+            return Response::text(503, "FreeIPA is not configured on the bootstrap host yet");
+        };
+        (asked, address, enroller, r.me.clone())
+    };
+    let node = &asked.ticket.node;
+    let password = match enroller.enroll(node, asked.ticket.role, address).await {
+        Ok(password) => password,
+        Err(e) => {
+            tracing::warn!(peer = %node, "join service: cannot enroll {node} in FreeIPA: {e:#}");
+            return Response::text(503, &format!("cannot enroll {node} in FreeIPA yet: {e:#}"));
+        }
+    };
+    let answer = EnrollAnswer {
+        bootstrap: me.ticket.clone(),
+        server: enroller.server().to_owned(),
+        one_time_password: password,
+    };
+    let body = serde_json::to_vec(&answer).expect("serialises");
+    let proof = protocol::sign_answer(&me.key, Purpose::EnrollAnswer, &asked.nonce, &body);
+    tracing::info!(peer = %node, "join service: {node} may enroll in FreeIPA");
+    Response::json(body).with_header(SIGNATURE_HEADER, proof)
 }
 
 fn refuse(source: Ipv4Addr, refusal: &Refusal) -> Response {

@@ -3,6 +3,7 @@
 //! reboot resumes at the first phase not done.
 
 mod etcd;
+mod freeipa;
 mod identify;
 mod join;
 mod storage;
@@ -60,6 +61,10 @@ fn hint(phase: Phase) -> &'static str {
              services (port 7444) reachable?"
         }
         Phase::Etcd => "see `journalctl -u etcd` on this node and `etcdctl member list` on a peer",
+        Phase::Freeipa => {
+            "see `journalctl -u freeipa-server -u freeipa-client` on this node; other nodes \
+             enroll once the bootstrap host's FreeIPA server is configured"
+        }
     }
 }
 
@@ -80,6 +85,7 @@ impl Phases for NodePhases {
             Phase::Storage => storage::run(cx).await,
             Phase::Join => join::run(cx).await,
             Phase::Etcd => etcd::run(cx).await,
+            Phase::Freeipa => freeipa::run(cx).await,
         }
     }
 }
@@ -163,6 +169,11 @@ pub async fn main(paths: Paths) -> Result<()> {
         discovery: Discovery::default(),
     };
     run_all(&mut cx, &PATIENCE, &mut NodePhases).await?;
+    if cx.config.is_bootstrap() && cx.state.is_done(Phase::Freeipa) {
+        // After a restart the phase is done but the join service is new:
+        // it serves FreeIPA enrollment again.
+        freeipa::resume(&mut cx).await?;
+    }
     let last = Phase::ALL.last().copied();
     if let Some(services) = cx.services.take() {
         // The temporary DNS and CA serve until FreeIPA takes over (handoff,

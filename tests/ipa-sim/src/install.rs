@@ -329,10 +329,17 @@ pub fn server_address(server: &str, explicit: Option<SocketAddr>) -> anyhow::Res
         .ok_or_else(|| anyhow!("{server} has no address"))
 }
 
-/// Write the files an enrolled host has: `ca.crt` (as /etc/ipa/ca.crt),
+/// Where the IPA CA certificate is under a data directory: the official
+/// container keeps the node's /etc under /data/etc, so its /etc/ipa/ca.crt
+/// is `<data>/etc/ipa/ca.crt` on the host.
+pub fn ca_path(data: &Path) -> std::path::PathBuf {
+    data.join("etc/ipa/ca.crt")
+}
+
+/// Write the files an enrolled host has: the IPA CA (see [`ca_path`]),
 /// `keytab` (0600).
 pub fn save_enrollment(data: &Path, enrolled: &Enrolled) -> anyhow::Result<()> {
-    firstboot::fsutil::write_atomic(&data.join("ca.crt"), enrolled.ca_pem.as_bytes(), 0o644)?;
+    firstboot::fsutil::write_atomic(&ca_path(data), enrolled.ca_pem.as_bytes(), 0o644)?;
     firstboot::fsutil::write_atomic(&data.join("keytab"), enrolled.keytab.as_bytes(), 0o600)?;
     Ok(())
 }

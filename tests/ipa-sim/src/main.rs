@@ -48,7 +48,9 @@ struct Serve {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Install (or resume) the first server from DIR/ipa-server-install-options
+    /// Install (or resume) the first server from DIR/ipa-server-install-options,
+    /// or, as the official container does, a replica when DIR holds
+    /// ipa-replica-install-options instead
     Server(Serve),
     /// Enroll and promote a replica from DIR/ipa-replica-install-options
     Replica {
@@ -158,6 +160,12 @@ fn read_keytab(data: &Path) -> anyhow::Result<String> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Server(serve)
+            if !serve.data.join("ipa-server-install-options").exists()
+                && serve.data.join("ipa-replica-install-options").exists() =>
+        {
+            replica(serve, None).await
+        }
         Command::Server(serve) => {
             let options = InstallOptions::read(&serve.data.join("ipa-server-install-options"))?;
             let (listen, dns_listen) = addresses(&serve, &options)?;
@@ -195,48 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replica {
             serve,
             server_address,
-        } => {
-            let options = InstallOptions::read(&serve.data.join("ipa-replica-install-options"))?;
-            let (listen, dns_listen) = addresses(&serve, &options)?;
-            let api = load_api(serve.api_txt.clone())?;
-            let fqdn = options.hostname()?;
-            let (mut state, keytab) = match server::load_state(&serve.data)? {
-                Some(state) => (state, read_keytab(&serve.data)?),
-                None => {
-                    let first = options.required("server")?.to_owned();
-                    let address = install::server_address(&first, server_address)?;
-                    let password = options.required("password")?;
-                    let enrolled = install::enroll(
-                        &first,
-                        address,
-                        &fqdn,
-                        password,
-                        "replica",
-                        options.flag("setup-ca"),
-                        Some(listen),
-                    )
-                    .await?;
-                    install::save_enrollment(&serve.data, &enrolled)?;
-                    let state = enrolled
-                        .state
-                        .ok_or_else(|| anyhow!("{first} sent no state to replicate"))?;
-                    (state, enrolled.keytab)
-                }
-            };
-            if options.flag("setup-dns") {
-                install::add_server_records(&mut state, &fqdn, listen.ip(), false)?;
-            }
-            server::save_state(&serve.data, &state)?;
-            let options = Options {
-                fqdn,
-                listen,
-                dns_listen,
-                data: serve.data,
-                calls_log: serve.calls,
-                peers: Default::default(),
-            };
-            serve_until_stopped(options, api, state, keytab).await
-        }
+        } => replica(serve, server_address).await,
         Command::Client {
             data,
             server_address,
@@ -284,4 +251,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Enroll (or resume) a replica from DIR/ipa-replica-install-options.
+async fn replica(serve: Serve, server_address: Option<SocketAddr>) -> anyhow::Result<()> {
+    let options = InstallOptions::read(&serve.data.join("ipa-replica-install-options"))?;
+    let (listen, dns_listen) = addresses(&serve, &options)?;
+    let api = load_api(serve.api_txt.clone())?;
+    let fqdn = options.hostname()?;
+    let (mut state, keytab) = match server::load_state(&serve.data)? {
+        Some(state) => (state, read_keytab(&serve.data)?),
+        None => {
+            let first = options.required("server")?.to_owned();
+            let address = install::server_address(&first, server_address)?;
+            let password = options.required("password")?;
+            let enrolled = install::enroll(
+                &first,
+                address,
+                &fqdn,
+                password,
+                "replica",
+                options.flag("setup-ca"),
+                Some(listen),
+            )
+            .await?;
+            install::save_enrollment(&serve.data, &enrolled)?;
+            let state = enrolled
+                .state
+                .ok_or_else(|| anyhow!("{first} sent no state to replicate"))?;
+            (state, enrolled.keytab)
+        }
+    };
+    if options.flag("setup-dns") {
+        install::add_server_records(&mut state, &fqdn, listen.ip(), false)?;
+    }
+    server::save_state(&serve.data, &state)?;
+    let options = Options {
+        fqdn,
+        listen,
+        dns_listen,
+        data: serve.data,
+        calls_log: serve.calls,
+        peers: Default::default(),
+    };
+    serve_until_stopped(options, api, state, keytab).await
 }

@@ -74,9 +74,14 @@ pub fn ensure(definition: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathB
             definition.display()
         );
     }
+    // Only what the build uses is the key: the platform and the service
+    // catalog (rendered into configs, not built into the image) may change
+    // without a rebuild.
+    let raw: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is malformed", definition.display()))?;
     let mut hasher = Sha256::new();
     hasher.update(RECIPE);
-    hasher.update(&text);
+    hasher.update(serde_json::to_vec(&raw["base"])?);
     let key = hex::encode(&hasher.finalize()[..8]);
 
     let cache = cache_dir();

@@ -51,6 +51,8 @@ pub struct Lab {
     upstream: Option<UpstreamDns>,
     metadata: Option<FileServer>,
     strangers: usize,
+    /// Host files every node sees read-only (host path, node path).
+    binds: Vec<(PathBuf, String)>,
 }
 
 pub struct Node {
@@ -110,6 +112,7 @@ impl Lab {
             upstream: None,
             metadata: None,
             strangers: 0,
+            binds: Vec::new(),
         };
         let ns = lab.netns();
         ip(&["netns", "add", &ns])?;
@@ -203,6 +206,13 @@ impl Lab {
             .context("cannot start the lab's metadata stand-in")?,
         );
         Ok(lab)
+    }
+
+    /// Let every node booted from now on see the host's `host` at `node`,
+    /// read-only: how test tools the lab image lacks (the FreeIPA
+    /// simulator) reach the nodes without a copy per node.
+    pub fn bind_into_nodes(&mut self, host: &Path, node: &str) {
+        self.binds.push((host.to_owned(), node.to_owned()));
     }
 
     /// The upstream's namespace, holding the upstream DNS.
@@ -397,6 +407,11 @@ impl Lab {
     pub fn boot(&mut self, name: &str) -> Result<()> {
         let lab_dir = self.dir.clone();
         let lab_id = self.id.clone();
+        let binds: Vec<String> = self
+            .binds
+            .iter()
+            .map(|(host, node)| format!("--bind-ro={}:{node}", host.display()))
+            .collect();
         let node = self.node_mut(name)?;
         if node.nspawn.is_some() {
             bail!("{name} is already running");
@@ -422,6 +437,7 @@ impl Lab {
             // The node owns its network namespace, as a droplet owns its
             // network: networkd configures it, the guard loads nftables.
             .arg("--capability=CAP_NET_ADMIN")
+            .args(&binds)
             .arg(format!(
                 "--network-namespace-path=/run/netns/{}",
                 node.netns

@@ -84,6 +84,25 @@ fn up(dir: &Path, firstboot: &Path) -> Result<()> {
 
     let image = image::ensure(&image::definition_path(), &mut |m| eprintln!("{m}"))?;
     let mut lab = Lab::create(&image)?;
+    // The lab image's catalog runs the FreeIPA simulator where Fedora
+    // CoreOS runs the FreeIPA container.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let sim = std::env::var_os("BUILDER_TEST_IPA_SIM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target/debug/ipa-sim"));
+    let api = std::env::var_os("FREEIPA_API_TXT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("../shared/specs/freeipa/API.txt"));
+    for (file, what) in [
+        (&sim, "`cargo build -p ipa-sim`"),
+        (&api, "../shared/specs/freeipa"),
+    ] {
+        if !file.is_file() {
+            bail!("{} is missing ({what})", file.display());
+        }
+    }
+    lab.bind_into_nodes(&sim, "/usr/local/bin/ipa-sim");
+    lab.bind_into_nodes(&api, "/usr/local/share/ipa-sim/API.txt");
     lab.serve(vec![(path, bytes)])?;
     for config in &configs {
         let name = config

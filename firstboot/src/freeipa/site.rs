@@ -1,0 +1,332 @@
+//! What the site does with FreeIPA around the JSON-RPC client: the install
+//! options each kind of node writes for the official tools, how a node
+//! knows its server, replica or client is configured, the one-time
+//! passwords the bootstrap host hands out over the join channel, and the
+//! replication topology.
+//!
+//! The options files are what the official `freeipa-server` container
+//! reads from `/data` (`ipa-server-install-options`, or
+//! `ipa-replica-install-options` for a replica) and what our client
+//! container reads (`ipa-client-install-options`), one option per line;
+//! the lab's simulator reads the same files. A service's `/data` is its
+//! state directory, `/var/lib/<service>` on the node (on the data volume
+//! when there is one), so the IPA CA it writes to its `/etc/ipa/ca.crt` is
+//! `<state>/etc/ipa/ca.crt` here.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use node_contract::{HostName, NodeConfig, Role};
+use tokio::sync::Mutex;
+
+use super::{Client, HostSpec, Suffix};
+
+/// The catalog's services.
+pub const SERVER: &str = "freeipa-server";
+pub const CLIENT: &str = "freeipa-client";
+
+/// The host group whose members may become replicas.
+pub const SERVERS_GROUP: &str = "ipaservers";
+
+/// What a node installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Server,
+    Replica,
+    Client,
+}
+
+impl Kind {
+    pub fn of(config: &NodeConfig) -> Kind {
+        match (config.is_bootstrap(), config.role()) {
+            (true, _) => Kind::Server,
+            (false, Role::Core) => Kind::Replica,
+            (false, Role::Worker) => Kind::Client,
+        }
+    }
+
+    /// The catalog service that installs and runs it.
+    pub fn service(self) -> &'static str {
+        match self {
+            Kind::Server | Kind::Replica => SERVER,
+            Kind::Client => CLIENT,
+        }
+    }
+
+    pub fn options_file(self) -> &'static str {
+        match self {
+            Kind::Server => "ipa-server-install-options",
+            Kind::Replica => "ipa-replica-install-options",
+            Kind::Client => "ipa-client-install-options",
+        }
+    }
+
+    /// The file the installed service leaves behind: the server
+    /// container's volume version, our client container's marker.
+    pub fn done_marker(self) -> &'static str {
+        match self {
+            Kind::Server | Kind::Replica => "volume-version",
+            Kind::Client => "enrolled",
+        }
+    }
+}
+
+/// Options every kind of install shares: this host, the site's domain
+/// and realm, unattended, no NTP (the platform keeps time).
+fn common(config: &NodeConfig) -> Vec<String> {
+    vec![
+        format!("--hostname={}", config.fqdn(&config.node)),
+        format!("--domain={}", config.site.domain),
+        format!("--realm={}", config.site.realm),
+        "--no-ntp".into(),
+        "--unattended".into(),
+    ]
+}
+
+/// The first server's options: DNS for the site zone (its records move
+/// over from the temporary DNS at handoff, so an overlap is expected now),
+/// no forwarders yet (recursion comes at handoff, for the VPC only), and
+/// the passwords only this host's config holds.
+pub fn server_options(config: &NodeConfig, own: Ipv4Addr) -> Result<Vec<String>> {
+    let secrets = config
+        .freeipa
+        .as_ref()
+        .context("the bootstrap host's node.json holds no FreeIPA passwords")?;
+    let mut options = common(config);
+    options.extend([
+        format!("--ip-address={own}"),
+        format!("--ds-password={}", secrets.directory_manager_password),
+        format!("--admin-password={}", secrets.admin_password),
+        "--setup-dns".into(),
+        "--no-forwarders".into(),
+        "--allow-zone-overlap".into(),
+        "--no-host-dns".into(),
+    ]);
+    Ok(options)
+}
+
+/// A replica's options: enrolled and promoted with a one-time password,
+/// with its own CA and DNS so that no server is a single point of failure.
+pub fn replica_options(config: &NodeConfig, own: Ipv4Addr, server: &str, otp: &str) -> Vec<String> {
+    let mut options = common(config);
+    options.extend([
+        format!("--server={server}"),
+        format!("--ip-address={own}"),
+        format!("--password={otp}"),
+        "--setup-ca".into(),
+        "--setup-dns".into(),
+        "--no-forwarders".into(),
+        "--no-host-dns".into(),
+    ]);
+    options
+}
+
+/// A client's options: enrolled with a one-time password.
+pub fn client_options(config: &NodeConfig, server: &str, otp: &str) -> Vec<String> {
+    let mut options = common(config);
+    options.extend([format!("--server={server}"), format!("--password={otp}")]);
+    options
+}
+
+/// Write an options file (0600: it holds a password).
+pub fn write_options(state: &Path, kind: Kind, options: &[String]) -> Result<()> {
+    let text = options.join("\n") + "\n";
+    crate::fsutil::write_atomic(&state.join(kind.options_file()), text.as_bytes(), 0o600)
+}
+
+/// The IPA CA as the installed service left it.
+pub fn ca_path(state: &Path) -> PathBuf {
+    state.join("etc/ipa/ca.crt")
+}
+
+/// One-time passwords the bootstrap host hands out, kept (0600) so that a
+/// node asking again gets the one FreeIPA holds for it.
+pub struct Enroller {
+    client: Client,
+    server: String,
+    file: PathBuf,
+    passwords: Mutex<BTreeMap<HostName, String>>,
+    domain: node_contract::DomainName,
+}
+
+impl Enroller {
+    pub fn new(
+        client: Client,
+        server: String,
+        file: PathBuf,
+        config: &NodeConfig,
+    ) -> Result<Enroller> {
+        let passwords = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is damaged", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+        };
+        Ok(Enroller {
+            client,
+            server,
+            file,
+            passwords: Mutex::new(passwords),
+            domain: config.site.domain.clone(),
+        })
+    }
+
+    /// The server nodes enroll with.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// `node` (at `address`) as a FreeIPA host with a one-time password;
+    /// a core host also in `ipaservers`, so it may become a replica. None
+    /// when the host enrolled already.
+    pub async fn enroll(
+        &self,
+        node: &HostName,
+        role: Role,
+        address: Ipv4Addr,
+    ) -> Result<Option<String>> {
+        let fqdn = self.domain.fqdn(node);
+        let password = {
+            let mut passwords = self.passwords.lock().await;
+            if let Some(p) = passwords.get(node) {
+                p.clone()
+            } else {
+                let p = one_time_password();
+                passwords.insert(node.clone(), p.clone());
+                let bytes = serde_json::to_vec(&*passwords)?;
+                crate::fsutil::write_atomic(&self.file, &bytes, 0o600)?;
+                p
+            }
+        };
+        let host = self
+            .client
+            .ensure_host(&HostSpec {
+                fqdn: fqdn.clone(),
+                address: Some(address),
+                one_time_password: Some(password),
+            })
+            .await
+            .with_context(|| format!("cannot add {fqdn} to FreeIPA"))?;
+        if role == Role::Core {
+            self.client
+                .ensure_hostgroup_members(SERVERS_GROUP, std::slice::from_ref(&fqdn))
+                .await
+                .with_context(|| format!("cannot add {fqdn} to {SERVERS_GROUP}"))?;
+        }
+        if host.enrolled {
+            return Ok(None);
+        }
+        Ok(host.one_time_password)
+    }
+
+    /// Replication agreements so that every server has two (when there
+    /// are three or more) and losing any one leaves the rest connected: a
+    /// ring over the servers in name order, for both suffixes.
+    pub async fn ensure_topology(&self) -> Result<usize> {
+        let mut servers = self.client.servers().await?;
+        servers.sort();
+        let mut segments = 0;
+        for (left, right) in ring(&servers) {
+            for suffix in [Suffix::Domain, Suffix::Ca] {
+                self.client
+                    .ensure_segment(suffix, &left, &right)
+                    .await
+                    .with_context(|| format!("cannot connect {left} and {right}"))?;
+            }
+            segments += 1;
+        }
+        Ok(segments)
+    }
+}
+
+/// The ring over `servers` (each to the next, the last to the first);
+/// two servers are one segment, one server none.
+pub fn ring(servers: &[String]) -> Vec<(String, String)> {
+    match servers.len() {
+        0 | 1 => Vec::new(),
+        2 => vec![(servers[0].clone(), servers[1].clone())],
+        n => (0..n)
+            .map(|i| (servers[i].clone(), servers[(i + 1) % n].clone()))
+            .collect(),
+    }
+}
+
+/// A one-time password: 24 characters from an alphabet safe in options
+/// files and shells.
+fn one_time_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..24)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Refuse to go on when an earlier run's options are for another kind of
+/// install (a node cannot be both a replica and a client).
+pub fn check_kind(state: &Path, kind: Kind) -> Result<()> {
+    for other in [Kind::Server, Kind::Replica, Kind::Client] {
+        if other != kind && state.join(other.options_file()).exists() {
+            bail!(
+                "{} holds {}, but this node installs as {kind:?}",
+                state.display(),
+                other.options_file()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_gives_every_server_two_agreements_from_three_up() {
+        let names = |n: usize| (1..=n).map(|i| format!("ns{i}")).collect::<Vec<_>>();
+        assert!(ring(&names(1)).is_empty());
+        assert_eq!(ring(&names(2)).len(), 1);
+        for n in 3..7 {
+            let segments = ring(&names(n));
+            assert_eq!(segments.len(), n);
+            for server in names(n) {
+                let agreements = segments
+                    .iter()
+                    .filter(|(l, r)| *l == server || *r == server)
+                    .count();
+                assert_eq!(agreements, 2, "{server} in a ring of {n}");
+            }
+            // Losing any one server leaves the rest connected.
+            for lost in names(n) {
+                let left: Vec<&(String, String)> = segments
+                    .iter()
+                    .filter(|(l, r)| *l != lost && *r != lost)
+                    .collect();
+                let mut reached = vec![names(n).into_iter().find(|s| *s != lost).unwrap()];
+                loop {
+                    let before = reached.len();
+                    for (l, r) in &left {
+                        if reached.contains(l) && !reached.contains(r) {
+                            reached.push(r.clone());
+                        } else if reached.contains(r) && !reached.contains(l) {
+                            reached.push(l.clone());
+                        }
+                    }
+                    if reached.len() == before {
+                        break;
+                    }
+                }
+                assert_eq!(reached.len(), n - 1, "losing {lost} of {n} splits the rest");
+            }
+        }
+    }
+
+    #[test]
+    fn one_time_passwords_are_long_and_distinct() {
+        let a = one_time_password();
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, one_time_password());
+    }
+}

@@ -1,0 +1,223 @@
+//! Phase 5: FreeIPA, peer to peer. The bootstrap host installs the first
+//! server (the official container on Fedora CoreOS, the simulator in the
+//! lab: the image catalog's `freeipa-server`) with the passwords only its
+//! config holds, then hands out one-time passwords over the join service.
+//! The other core hosts enroll with theirs and are promoted to replicas;
+//! every other node enrolls as a client. No FreeIPA secret is in any other
+//! node's user data.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::Context;
+use crate::freeipa::site::{self, Enroller, Kind};
+use crate::freeipa::{Client, Config, Endpoint};
+use crate::system::JournalWatch;
+
+/// How long an install may take: FreeIPA's own takes minutes (its CA the
+/// longest); the engine retries beyond that.
+const INSTALL_WAIT: Duration = Duration::from_secs(30 * 60);
+/// How long a node waits, within one attempt, for the bootstrap host's
+/// FreeIPA to be ready to enroll it.
+const ENROLL_WAIT: Duration = Duration::from_secs(5 * 60);
+const POLL: Duration = Duration::from_millis(500);
+/// The line the official container prints when the install is done.
+pub const CONFIGURED: &str = "FreeIPA server configured.";
+
+pub async fn run(cx: &mut Context) -> Result<()> {
+    let own = cx
+        .state
+        .address
+        .context("identify did not record this node's address")?;
+    let kind = Kind::of(&cx.config);
+    let state = crate::exec::state_dir(&cx.paths, &cx.config, kind.service())?;
+    site::check_kind(&state, kind)?;
+    if !state.join(kind.done_marker()).exists() {
+        if !state.join(kind.options_file()).exists() {
+            let options = match kind {
+                Kind::Server => site::server_options(&cx.config, own)?,
+                Kind::Replica | Kind::Client => {
+                    let answer = enrollment(cx).await?;
+                    let otp = answer.one_time_password.with_context(|| {
+                        format!(
+                            "FreeIPA has this host enrolled already, but this node has no \
+                             enrollment: run `ipa host-disable {}` on a server to enroll it again",
+                            cx.config.fqdn(&cx.config.node)
+                        )
+                    })?;
+                    if kind == Kind::Replica {
+                        site::replica_options(&cx.config, own, &answer.server, &otp)
+                    } else {
+                        site::client_options(&cx.config, &answer.server, &otp)
+                    }
+                }
+            };
+            site::write_options(&state, kind, &options)?;
+        }
+        install(cx, kind, &state).await?;
+    } else {
+        // Installed on an earlier run: the service is enabled and held
+        // back only by its condition, so it starts with the node.
+        crate::system::systemctl(&["start", &format!("{}.service", kind.service())]).await?;
+    }
+    if kind == Kind::Server {
+        serve_enrollment(cx, own, &state).await?;
+    }
+    Ok(())
+}
+
+/// The bootstrap host's enrollment service after a restart.
+pub async fn resume(cx: &mut Context) -> Result<()> {
+    let own = cx
+        .state
+        .address
+        .context("identify did not record this node's address")?;
+    let state = crate::exec::state_dir(&cx.paths, &cx.config, site::SERVER)?;
+    crate::system::systemctl(&["start", &format!("{}.service", site::SERVER)]).await?;
+    serve_enrollment(cx, own, &state).await
+}
+
+/// The bootstrap host's FreeIPA enrollment through its join service, and
+/// the replication topology, from its admin login.
+pub async fn serve_enrollment(cx: &mut Context, own: Ipv4Addr, state: &Path) -> Result<()> {
+    let Some(services) = &cx.services else {
+        bail!("the join service is not running");
+    };
+    if services.enroller().await.is_some() {
+        return Ok(());
+    }
+    let secrets = cx
+        .config
+        .freeipa
+        .as_ref()
+        .context("the bootstrap host's node.json holds no FreeIPA passwords")?;
+    let fqdn = cx.config.fqdn(&cx.config.node);
+    let ca = std::fs::read_to_string(site::ca_path(state)).with_context(|| {
+        format!(
+            "the FreeIPA server left no CA at {}",
+            site::ca_path(state).display()
+        )
+    })?;
+    let endpoint = Endpoint::at(&fqdn, SocketAddr::new(own.into(), 443));
+    let client = Client::new(Config::admin(endpoint, &ca, &secrets.admin_password))?;
+    client
+        .login()
+        .await
+        .context("cannot log in to FreeIPA as admin")?;
+    client
+        .ping()
+        .await
+        .context("FreeIPA does not answer as admin")?;
+    let enroller = Arc::new(Enroller::new(
+        client,
+        fqdn,
+        cx.paths.state_dir().join("freeipa-enrollments.json"),
+        &cx.config,
+    )?);
+    services.set_enroller(enroller.clone()).await;
+    tokio::spawn(keep_topology(enroller));
+    tracing::info!(
+        phase = "freeipa",
+        "FreeIPA enrollment served through the join service"
+    );
+    Ok(())
+}
+
+/// Keep every server connected to two others as replicas come and go.
+async fn keep_topology(enroller: Arc<Enroller>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        interval.tick().await;
+        if let Err(e) = enroller.ensure_topology().await {
+            tracing::warn!("freeipa: topology: {e:#}");
+        }
+    }
+}
+
+/// This node's enrollment from the bootstrap host, waiting while its
+/// FreeIPA is still installing.
+async fn enrollment(cx: &Context) -> Result<crate::join::protocol::EnrollAnswer> {
+    let bootstrap = cx
+        .state
+        .bootstrap_address
+        .context("join did not record the bootstrap host's address")?;
+    let deadline = tokio::time::Instant::now() + ENROLL_WAIT;
+    loop {
+        if let Some(answer) =
+            crate::join::client::enrollment(&cx.paths, &cx.config, bootstrap).await?
+        {
+            return Ok(answer);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the bootstrap host's FreeIPA is not ready to enroll this node after {} s",
+                ENROLL_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Start the install and wait for its own signals: the server's
+/// "configured" line and volume version, the client's marker.
+async fn install(cx: &Context, kind: Kind, state: &Path) -> Result<()> {
+    let unit = format!("{}.service", kind.service());
+    let journal = JournalWatch::new(
+        &unit,
+        cx.paths
+            .state_dir()
+            .join(format!("{}.journal-cursor", kind.service())),
+        crate::status::now(),
+    );
+    crate::system::systemctl(&["start", "--no-block", &unit]).await?;
+    let started = tokio::time::Instant::now();
+    let mut said = false;
+    let mut next_progress = started + Duration::from_secs(30);
+    loop {
+        said |= journal
+            .new_lines()
+            .await
+            .map(|lines| lines.contains(CONFIGURED))
+            .unwrap_or(false);
+        let marked = state.join(kind.done_marker()).exists();
+        let done = match kind {
+            Kind::Server | Kind::Replica => said && marked,
+            Kind::Client => marked,
+        };
+        if done {
+            tracing::info!(
+                phase = "freeipa",
+                "{unit}: configured after {} s",
+                started.elapsed().as_secs()
+            );
+            return Ok(());
+        }
+        if crate::system::is_failed(&unit).await {
+            bail!(
+                "{unit} failed; its last lines:\n{}",
+                crate::system::last_lines(&unit, 20).await
+            );
+        }
+        let now = tokio::time::Instant::now();
+        if now >= started + INSTALL_WAIT {
+            bail!(
+                "{unit} is not configured after {} s; its last lines:\n{}",
+                INSTALL_WAIT.as_secs(),
+                crate::system::last_lines(&unit, 20).await
+            );
+        }
+        if now >= next_progress {
+            tracing::info!(
+                phase = "freeipa",
+                "waiting for {unit} to be configured ({} s)",
+                started.elapsed().as_secs()
+            );
+            next_progress = now + Duration::from_secs(30);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

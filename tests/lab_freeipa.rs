@@ -1,0 +1,368 @@
+//! Issue 11 in the lab: FreeIPA installed peer to peer. A site of three
+//! core hosts and two workers assembles through phase `freeipa`: the
+//! simulator (which checks every call against FreeIPA's API.txt) is the
+//! first server on the bootstrap host, the other core hosts enroll with
+//! one-time passwords from the join service and become replicas, the
+//! workers enroll as clients; the topology connects every server to two.
+//!
+//! What the lab cannot show: the real `freeipa-server` container (no
+//! registry, and it needs minutes and gigabytes); the simulator reads the
+//! same install options and gives the same signals.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use firstboot::freeipa::{Client, Config, Endpoint};
+use serde_json::Value;
+use site_lab::Lab;
+use support::lab::{self, assert_cluster, in_netns, ready, runtime};
+use support::site::test_secrets;
+
+const SIM_DATA: &str = "var/lib/freeipa-server";
+
+/// Every call a node's simulator received, as it logged them.
+fn calls(lab: &Lab, node: &str) -> Vec<Value> {
+    let path = lab.root(node).unwrap().join("var/log/ipa-sim/calls.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// How many times `node`'s firstboot finished phase freeipa.
+fn freeipa_runs(lab: &Lab, node: &str) -> usize {
+    lab.journal(node, Some("firstboot.service"))
+        .unwrap_or_default()
+        .matches("phase freeipa: done")
+        .count()
+}
+
+/// Wait until `node` finished phase freeipa more than `before` times.
+fn wait_rerun(lab: &Lab, node: &str, before: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while freeipa_runs(lab, node) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "{node} did not run phase freeipa again:\n{}",
+            lab.journal(node, Some("firstboot.service"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Make `node` run phase `freeipa` again: forget it in the state file,
+/// remove `also` (paths under the node's root), restart firstboot. How
+/// many runs it had finished before.
+fn rerun_freeipa(lab: &Lab, node: &str, also: &[&str]) -> usize {
+    let before = freeipa_runs(lab, node);
+    let root = lab.root(node).unwrap();
+    let path = root.join("var/lib/firstboot/state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["completed"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|p| p != "freeipa");
+    std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    for file in ["var/lib/firstboot/done"].iter().chain(also) {
+        let _ = std::fs::remove_file(root.join(file));
+    }
+    lab.sh(node, "systemctl restart --no-block firstboot.service")
+        .unwrap();
+    before
+}
+
+/// The codes FreeIPA answers a call that does not fit its API with.
+const API_ERRORS: &[i64] = &[901, 905, 909, 3004, 3005, 3007, 3008, 3009];
+
+fn address(lab: &Lab, node: &str) -> Ipv4Addr {
+    lab.node(node).unwrap().address
+}
+
+fn done(lab: &Lab, node: &str) -> bool {
+    lab.sh(node, "cat /run/firstboot/status.json")
+        .ok()
+        .and_then(|s| node_contract::status::Status::from_json(s.as_bytes()).ok())
+        .is_some_and(|s| {
+            s.phase == Some(node_contract::Phase::Freeipa)
+                && matches!(
+                    s.state,
+                    node_contract::status::State::Done | node_contract::status::State::Serving
+                )
+        })
+}
+
+fn wait_done(lab: &Lab, nodes: &[&str], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    for node in nodes {
+        while !done(lab, node) {
+            assert!(
+                Instant::now() < deadline,
+                "{node} did not finish phase freeipa:\n{}",
+                lab.journal(node, Some("firstboot.service"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// The admin's client of the simulator on `node`, from the test's side
+/// of the lab (inside that node's network namespace).
+fn admin<T: Send + 'static>(
+    lab: &Lab,
+    node: &str,
+    work: impl FnOnce(Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+        + Send
+        + 'static,
+) -> T {
+    let ca = std::fs::read_to_string(
+        lab.root(node)
+            .unwrap()
+            .join(SIM_DATA)
+            .join("etc/ipa/ca.crt"),
+    )
+    .unwrap();
+    let fqdn = format!("{node}.lab.example.org");
+    let endpoint = Endpoint::at(&fqdn, SocketAddr::new(address(lab, node).into(), 443));
+    let password = test_secrets().freeipa_admin_password;
+    let netns = lab.node(node).unwrap().netns().to_owned();
+    in_netns(&netns, move || {
+        let client = Client::new(Config::admin(endpoint, &ca, &password)).unwrap();
+        runtime().block_on(work(client))
+    })
+}
+
+/// Each server's replication agreements for one suffix.
+fn agreements(segments: &Value) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for segment in segments["result"].as_array().cloned().unwrap_or_default() {
+        for side in ["iparepltoposegmentleftnode", "iparepltoposegmentrightnode"] {
+            let name = segment[side][0].as_str().unwrap_or_default().to_owned();
+            *count.entry(name).or_default() += 1;
+        }
+    }
+    count
+}
+
+#[test]
+fn freeipa_assembles_with_replicas_and_enrolled_workers() {
+    let _one_lab_at_a_time = support::lab::exclusive();
+    let Some((image, firstboot, bytes)) = ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (site, configs) = lab::render_into(dir.path(), &lab::lab_site(5), &firstboot);
+    let lab = lab::start(&image, &firstboot, &bytes, &configs);
+    assert_cluster(&lab, &site);
+    let nodes = ["node1", "node2", "node3", "node4", "node5"];
+    wait_done(&lab, &nodes, Duration::from_secs(240));
+
+    // The first server on the bootstrap host, replicas on the other core
+    // hosts, clients on the workers: each from its own install options.
+    for (node, file) in [
+        ("node1", "var/lib/freeipa-server/ipa-server-install-options"),
+        (
+            "node2",
+            "var/lib/freeipa-server/ipa-replica-install-options",
+        ),
+        (
+            "node3",
+            "var/lib/freeipa-server/ipa-replica-install-options",
+        ),
+        ("node4", "var/lib/freeipa-client/ipa-client-install-options"),
+        ("node5", "var/lib/freeipa-client/ipa-client-install-options"),
+    ] {
+        let root = lab.root(node).unwrap();
+        let options = std::fs::read_to_string(root.join(file))
+            .unwrap_or_else(|e| panic!("{node}: {file}: {e}"));
+        let mode = lab.sh(node, &format!("stat -c %a /{file}")).unwrap();
+        assert_eq!(mode.trim(), "600", "{node}: {file} holds a password");
+        let secrets = test_secrets();
+        let holds_passwords = options.contains(&secrets.freeipa_admin_password)
+            || options.contains(&secrets.directory_manager_password);
+        assert_eq!(holds_passwords, node == "node1", "{node}: {options}");
+        if node != "node1" {
+            assert!(options.contains("--password="), "{node}: {options}");
+            assert!(
+                options.contains("--server=node1.lab.example.org"),
+                "{node}: {options}"
+            );
+        }
+    }
+    for worker in ["node4", "node5"] {
+        assert!(
+            lab.root(worker)
+                .unwrap()
+                .join("var/lib/freeipa-client/enrolled")
+                .exists(),
+            "{worker} did not enroll"
+        );
+    }
+
+    // Every server has two agreements for both suffixes once the
+    // bootstrap host's topology loop has run (every 15 s).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (domain, ca) = admin(&lab, "node1", |client| {
+            Box::pin(async move {
+                use firstboot::freeipa::{calls::topologysegment_find, Suffix};
+                (
+                    client
+                        .call(&topologysegment_find(Suffix::Domain))
+                        .await
+                        .unwrap(),
+                    client
+                        .call(&topologysegment_find(Suffix::Ca))
+                        .await
+                        .unwrap(),
+                )
+            })
+        });
+        let (domain, ca) = (agreements(&domain), agreements(&ca));
+        let servers = ["node1", "node2", "node3"].map(|n| format!("{n}.lab.example.org"));
+        if servers
+            .iter()
+            .all(|s| domain.get(s) == Some(&2) && ca.get(s) == Some(&2))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the topology never connected: domain {domain:?}, ca {ca:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    // Every call any node's firstboot made fits FreeIPA's API.
+    for node in ["node1", "node2", "node3"] {
+        let calls = calls(&lab, node);
+        for call in &calls {
+            let code = call["error"].as_i64();
+            assert!(
+                !code.is_some_and(|c| API_ERRORS.contains(&c)),
+                "{node}: a call that does not fit API.txt: {call}"
+            );
+        }
+        if node == "node1" {
+            assert!(
+                calls.len() > 10,
+                "node1's simulator saw only {} calls",
+                calls.len()
+            );
+        }
+    }
+
+    // Running the phase again on every node makes no change.
+    let before: BTreeMap<&str, usize> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| (*n, calls(&lab, n).len()))
+        .collect();
+    let runs: Vec<usize> = nodes.iter().map(|n| rerun_freeipa(&lab, n, &[])).collect();
+    for (node, before) in nodes.iter().zip(runs) {
+        wait_rerun(&lab, node, before, Duration::from_secs(180));
+    }
+    for (node, from) in &before {
+        let fresh = &calls(&lab, node)[*from..];
+        let mutated: Vec<&Value> = fresh
+            .iter()
+            .filter(|c| c["mutated"] == true && c["error"].is_null())
+            .collect();
+        assert!(
+            mutated.is_empty(),
+            "{node}: the rerun changed FreeIPA: {mutated:?}"
+        );
+        for call in fresh {
+            assert!(
+                !call["error"]
+                    .as_i64()
+                    .is_some_and(|c| API_ERRORS.contains(&c)),
+                "{node}: {call}"
+            );
+        }
+    }
+    for node in nodes {
+        let journal = lab.journal(node, Some("firstboot.service")).unwrap();
+        assert!(journal.contains("phase freeipa: done"), "{node}: {journal}");
+    }
+    drop(lab);
+}
+
+#[test]
+fn faults_are_retried_and_a_replica_outlives_the_first_server() {
+    let _one_lab_at_a_time = support::lab::exclusive();
+    let Some((image, firstboot, bytes)) = ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (site, configs) = lab::render_into(dir.path(), &lab::lab_site(4), &firstboot);
+    let mut lab = lab::start(&image, &firstboot, &bytes, &configs);
+    assert_cluster(&lab, &site);
+    let nodes = ["node1", "node2", "node3", "node4"];
+    wait_done(&lab, &nodes, Duration::from_secs(240));
+
+    // The first server answers garbage, a 500, a 401, or forgets the
+    // session, while the bootstrap host's phase runs again (it logs in and
+    // serves enrollment again): retried, logged, completed.
+    for fault in ["garbage", "http500", "unauthorized", "expire-session"] {
+        let before_calls = calls(&lab, "node1").len();
+        lab.sh(
+            "node1",
+            &format!("/usr/local/bin/ipa-sim fault --data /var/lib/freeipa-server {fault} 2"),
+        )
+        .unwrap();
+        let before = rerun_freeipa(&lab, "node1", &[]);
+        wait_rerun(&lab, "node1", before, Duration::from_secs(120));
+        let faulted = calls(&lab, "node1")[before_calls..]
+            .iter()
+            .filter(|c| c["fault"].is_string())
+            .count();
+        assert!(
+            faulted > 0,
+            "{fault}: the simulator never answered with a fault"
+        );
+    }
+    let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
+    for why in ["retrying", "logging in again"] {
+        assert!(
+            journal.contains(why),
+            "the bootstrap host did not say why it retried (`{why}`):\n{journal}"
+        );
+    }
+
+    // The first server gone: a replica still answers DNS for the site and
+    // issues certificates.
+    lab.kill("node1").unwrap();
+    let dig = lab
+        .sh(
+            "node3",
+            &format!(
+                "dig +short @{} node4.lab.example.org A",
+                address(&lab, "node2")
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        dig.trim(),
+        address(&lab, "node4").to_string(),
+        "node2's DNS"
+    );
+    let issued = admin(&lab, "node2", |client| {
+        Box::pin(async move {
+            let principal = "HTTP/node4.lab.example.org@LAB.EXAMPLE.ORG";
+            client.ensure_service(principal).await.unwrap();
+            let (_, csr) = firstboot::pki::new_key_and_csr("node4.lab.example.org").unwrap();
+            client
+                .request_certificate(principal, &csr, "ipa", firstboot::freeipa::SERVICE_PROFILE)
+                .await
+        })
+    });
+    let issued = issued.expect("node2 issued no certificate with node1 gone");
+    let names = firstboot::pki::inspect(&issued.cert_pem).unwrap().dns_names;
+    assert_eq!(names, ["node4.lab.example.org"]);
+    drop(lab);
+}
