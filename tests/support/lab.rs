@@ -25,9 +25,7 @@ pub fn ready() -> Option<(PathBuf, Firstboot, Vec<u8>)> {
     };
     let bytes = std::fs::read(&path).unwrap();
     let firstboot = Firstboot::from_bytes(PathBuf::from(path), &bytes).unwrap();
-    if freeipa_simulator().is_none() {
-        return None;
-    }
+    freeipa_simulator()?;
     let image = image::ensure(&image::definition_path(), &mut |m| eprintln!("{m}")).unwrap();
     Some((image, firstboot, bytes))
 }
