@@ -11,10 +11,10 @@ DIST       := target/dist
 FIRSTBOOT  := $(OUT)/firstboot
 # ignition: real Ignition and ignition-validate; python3-venv holds moto;
 # bind9-dnsutils (dig) and openssl cross-check firstboot's DNS server and
-# CA; curl and nftables attack lab sites from outside their nodes; the rest
-# run the lab.
+# CA; curl and nftables attack lab sites from outside their nodes; podman
+# checks firstboot's container command line; the rest run the lab.
 APT_DEPS   := ignition systemd-container debootstrap iproute2 python3-venv \
-              bind9-dnsutils openssl curl nftables
+              bind9-dnsutils openssl curl nftables podman
 # Tools firstboot's own unit tests run, which skip without them (they
 # cannot use tests/support): `make test` checks for them itself.
 TEST_TOOLS := dig:bind9-dnsutils openssl:openssl
