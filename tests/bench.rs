@@ -388,3 +388,95 @@ fn bench_launch() {
         );
     }
 }
+
+/// Calls each method received, from a node's simulator log.
+fn sim_calls(lab: &site_lab::Lab, node: &str) -> Vec<serde_json::Value> {
+    let path = lab.root(node).unwrap().join("var/log/ipa-sim/calls.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Whether `node`'s firstboot reports phase freeipa finished (done, or
+/// serving enrollment on the bootstrap host).
+fn freeipa_done(lab: &site_lab::Lab, node: &str) -> bool {
+    use node_contract::status::{State, Status};
+    lab.sh(node, "cat /run/firstboot/status.json")
+        .ok()
+        .and_then(|s| Status::from_json(s.as_bytes()).ok())
+        .is_some_and(|s| {
+            s.phase == Some(node_contract::Phase::Freeipa)
+                && matches!(s.state, State::Done | State::Serving)
+        })
+}
+
+/// Phase freeipa in the lab (the simulator stands in for FreeIPA, so the
+/// figures are firstboot's own work: options, enrollment over the join
+/// service, waiting for the server's readiness, topology): time from the
+/// first boot until every node finished the phase, each role's phase
+/// time, the JSON-RPC calls each server received, the steady rate of the
+/// topology loop afterwards, and firstboot's peak memory.
+#[test]
+#[ignore = "a benchmark: run by `make bench`"]
+fn bench_freeipa() {
+    use support::lab;
+    let _one_lab_at_a_time = support::lab::exclusive();
+    let Some((image, firstboot, bytes)) = lab::ready() else {
+        return;
+    };
+    for n in [3, 5, 9] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, configs) = lab::render_into(dir.path(), &lab::lab_site(n), &firstboot);
+        let names: Vec<&str> = configs.iter().map(|(n, _)| n.as_str()).collect();
+        let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
+        let start = Instant::now();
+        for name in &names {
+            lab.boot(name).unwrap();
+        }
+        let mut finished = Vec::new();
+        for name in &names {
+            while !freeipa_done(&lab, name) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(600),
+                    "{name} did not finish phase freeipa in 10 minutes:\n{}",
+                    lab.journal(name, Some("firstboot.service"))
+                        .unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            finished.push(start.elapsed());
+        }
+        let all = *finished.iter().max().unwrap();
+        let calls: Vec<String> = names
+            .iter()
+            .take(3)
+            .map(|name| format!("{name} {}", sim_calls(&lab, name).len()))
+            .collect();
+        // The steady state: what the bootstrap host's topology loop
+        // costs its server per minute once everything has joined.
+        let before = sim_calls(&lab, "node1").len();
+        std::thread::sleep(Duration::from_secs(60));
+        let per_minute = sim_calls(&lab, "node1").len() - before;
+        let peak = lab
+            .sh(
+                "node1",
+                "grep VmHWM /proc/$(systemctl show -p MainPID --value firstboot.service)/status",
+            )
+            .unwrap_or_default();
+        let worker = names.get(3).map(|w| phase_times(&lab, w));
+        println!(
+            "{n} nodes: every node finished phase freeipa {all:.2?} after booting; \
+             node1 (server): {}; node2 (replica): {}; node4 (client): {}; \
+             calls received (whole run): {}; node1's steady topology loop: {per_minute} calls/min; \
+             firstboot on node1: {}",
+            phase_times(&lab, "node1"),
+            phase_times(&lab, "node2"),
+            worker.unwrap_or_else(|| "no worker".into()),
+            calls.join(", "),
+            peak.trim()
+        );
+        lab.teardown();
+    }
+}

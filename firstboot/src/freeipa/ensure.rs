@@ -345,6 +345,23 @@ impl Client {
         left: &str,
         right: &str,
     ) -> Result<Change, Error> {
+        let pair = [(left.to_owned(), right.to_owned())];
+        let added = self.ensure_segments(suffix, &pair).await?;
+        Ok(if added == 0 {
+            Change::Unchanged
+        } else {
+            Change::Created
+        })
+    }
+
+    /// Every pair of `pairs` joined by a segment of `suffix` (in either
+    /// direction): one listing, then an add for each pair missing. How
+    /// many were added.
+    pub async fn ensure_segments(
+        &self,
+        suffix: Suffix,
+        pairs: &[(String, String)],
+    ) -> Result<usize, Error> {
         let found = self.call(&calls::topologysegment_find(suffix)).await?;
         let segments = found
             .get("result")
@@ -353,18 +370,27 @@ impl Client {
                 method: "topologysegment_find".into(),
                 why: "no list of segments".into(),
             })?;
-        let joins = |segment: &Value| {
-            let l = values(segment, "iparepltoposegmentleftnode");
-            let r = values(segment, "iparepltoposegmentrightnode");
-            (contains(&l, left) && contains(&r, right))
-                || (contains(&l, right) && contains(&r, left))
-        };
-        if segments.iter().any(joins) {
-            return Ok(Change::Unchanged);
+        let mut added = 0;
+        for (left, right) in pairs {
+            let joins = |segment: &Value| {
+                let l = values(segment, "iparepltoposegmentleftnode");
+                let r = values(segment, "iparepltoposegmentrightnode");
+                (contains(&l, left) && contains(&r, right))
+                    || (contains(&l, right) && contains(&r, left))
+            };
+            if segments.iter().any(joins) {
+                continue;
+            }
+            let name = format!("{left}-to-{right}");
+            if self
+                .write(&calls::topologysegment_add(suffix, &name, left, right))
+                .await?
+                == Change::Created
+            {
+                added += 1;
+            }
         }
-        let name = format!("{left}-to-{right}");
-        self.write(&calls::topologysegment_add(suffix, &name, left, right))
-            .await
+        Ok(added)
     }
 
     async fn ca_info(&self, name: &str, change: Change) -> Result<Option<CaInfo>, Error> {

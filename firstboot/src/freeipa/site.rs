@@ -149,6 +149,7 @@ pub struct Enroller {
     file: PathBuf,
     passwords: Mutex<BTreeMap<HostName, String>>,
     domain: node_contract::DomainName,
+    core_hosts: usize,
 }
 
 impl Enroller {
@@ -170,6 +171,7 @@ impl Enroller {
             file,
             passwords: Mutex::new(passwords),
             domain: config.site.domain.clone(),
+            core_hosts: config.site.core.len(),
         })
     }
 
@@ -223,22 +225,39 @@ impl Enroller {
 
     /// Replication agreements so that every server has two (when there
     /// are three or more) and losing any one leaves the rest connected: a
-    /// ring over the servers in name order, for both suffixes.
-    pub async fn ensure_topology(&self) -> Result<usize> {
+    /// ring over the servers in name order, for both suffixes. Three
+    /// listings when nothing is missing.
+    pub async fn ensure_topology(&self) -> Result<Topology> {
         let mut servers = self.client.servers().await?;
         servers.sort();
-        let mut segments = 0;
-        for (left, right) in ring(&servers) {
-            for suffix in [Suffix::Domain, Suffix::Ca] {
-                self.client
-                    .ensure_segment(suffix, &left, &right)
-                    .await
-                    .with_context(|| format!("cannot connect {left} and {right}"))?;
-            }
-            segments += 1;
+        let pairs = ring(&servers);
+        let mut added = 0;
+        for suffix in [Suffix::Domain, Suffix::Ca] {
+            added += self
+                .client
+                .ensure_segments(suffix, &pairs)
+                .await
+                .with_context(|| {
+                    format!("cannot connect the servers ({} suffix)", suffix.name())
+                })?;
         }
-        Ok(segments)
+        Ok(Topology {
+            servers: servers.len(),
+            added,
+        })
     }
+
+    /// How many servers the site should have: its core hosts.
+    pub fn expected_servers(&self) -> usize {
+        self.core_hosts
+    }
+}
+
+/// What one pass over the topology found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    pub servers: usize,
+    pub added: usize,
 }
 
 /// The ring over `servers` (each to the next, the last to the first);

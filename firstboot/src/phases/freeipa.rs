@@ -25,6 +25,10 @@ const INSTALL_WAIT: Duration = Duration::from_secs(30 * 60);
 /// FreeIPA to be ready to enroll it.
 const ENROLL_WAIT: Duration = Duration::from_secs(5 * 60);
 const POLL: Duration = Duration::from_millis(500);
+/// The longest pause between asks for enrollment: asks start at `POLL`
+/// and double, so a server that is ready soon is noticed soon, and one
+/// that installs for minutes is asked every few seconds, not hammered.
+const ENROLL_POLL_MAX: Duration = Duration::from_secs(4);
 /// The line the official container prints when the install is done.
 pub const CONFIGURED: &str = "FreeIPA server configured.";
 
@@ -127,14 +131,41 @@ pub async fn serve_enrollment(cx: &mut Context, own: Ipv4Addr, state: &Path) -> 
     Ok(())
 }
 
+/// How often the topology is checked while servers are still coming (or
+/// the last pass had to add a segment), and once every core host is a
+/// server and the ring is whole.
+const TOPOLOGY_FORMING: Duration = Duration::from_secs(15);
+const TOPOLOGY_STEADY: Duration = Duration::from_secs(5 * 60);
+
 /// Keep every server connected to two others as replicas come and go.
 async fn keep_topology(enroller: Arc<Enroller>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(15));
     loop {
-        interval.tick().await;
-        if let Err(e) = enroller.ensure_topology().await {
-            tracing::warn!("freeipa: topology: {e:#}");
-        }
+        let wait = match enroller.ensure_topology().await {
+            Ok(pass) => {
+                if pass.added > 0 {
+                    tracing::info!(
+                        "freeipa: topology: {} segments added over {} servers",
+                        pass.added,
+                        pass.servers
+                    );
+                }
+                topology_wait(pass, enroller.expected_servers())
+            }
+            Err(e) => {
+                tracing::warn!("freeipa: topology: {e:#}");
+                TOPOLOGY_FORMING
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The pause before the next topology pass.
+fn topology_wait(pass: site::Topology, expected: usize) -> Duration {
+    if pass.added == 0 && pass.servers >= expected {
+        TOPOLOGY_STEADY
+    } else {
+        TOPOLOGY_FORMING
     }
 }
 
@@ -146,6 +177,7 @@ async fn enrollment(cx: &Context) -> Result<crate::join::protocol::EnrollAnswer>
         .bootstrap_address
         .context("join did not record the bootstrap host's address")?;
     let deadline = tokio::time::Instant::now() + ENROLL_WAIT;
+    let mut pause = POLL;
     loop {
         if let Some(answer) =
             crate::join::client::enrollment(&cx.paths, &cx.config, bootstrap).await?
@@ -158,7 +190,8 @@ async fn enrollment(cx: &Context) -> Result<crate::join::protocol::EnrollAnswer>
                 ENROLL_WAIT.as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(ENROLL_POLL_MAX);
     }
 }
 
@@ -219,5 +252,21 @@ async fn install(cx: &Context, kind: Kind, state: &Path) -> Result<()> {
             next_progress = now + Duration::from_secs(30);
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_topology_is_checked_often_only_while_it_forms() {
+        let pass = |servers, added| site::Topology { servers, added };
+        // Replicas still missing, or a segment just added: soon again.
+        assert_eq!(topology_wait(pass(2, 0), 3), TOPOLOGY_FORMING);
+        assert_eq!(topology_wait(pass(3, 2), 3), TOPOLOGY_FORMING);
+        // Every core host a server and nothing to add: rarely.
+        assert_eq!(topology_wait(pass(3, 0), 3), TOPOLOGY_STEADY);
+        assert!(TOPOLOGY_STEADY >= TOPOLOGY_FORMING * 10);
     }
 }
