@@ -22,8 +22,12 @@ use crate::system::JournalWatch;
 /// longest); the engine retries beyond that.
 const INSTALL_WAIT: Duration = Duration::from_secs(30 * 60);
 /// How long a node waits, within one attempt, for the bootstrap host's
-/// FreeIPA to be ready to enroll it.
-const ENROLL_WAIT: Duration = Duration::from_secs(5 * 60);
+/// FreeIPA to be ready to enroll it: the first server's whole install
+/// (which starts when this node's phase does, give or take the seconds
+/// etcd takes), and some.
+const ENROLL_WAIT: Duration = Duration::from_secs(INSTALL_WAIT.as_secs() + 5 * 60);
+/// How often a long wait says it is still waiting.
+const PROGRESS: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(500);
 /// The longest pause between asks for enrollment: asks start at `POLL`
 /// and double, so a server that is ready soon is noticed soon, and one
@@ -176,7 +180,9 @@ async fn enrollment(cx: &Context) -> Result<crate::join::protocol::EnrollAnswer>
         .state
         .bootstrap_address
         .context("join did not record the bootstrap host's address")?;
-    let deadline = tokio::time::Instant::now() + ENROLL_WAIT;
+    let started = tokio::time::Instant::now();
+    let deadline = started + ENROLL_WAIT;
+    let mut next_progress = started + PROGRESS;
     let mut pause = POLL;
     loop {
         if let Some(answer) =
@@ -189,6 +195,15 @@ async fn enrollment(cx: &Context) -> Result<crate::join::protocol::EnrollAnswer>
                 "the bootstrap host's FreeIPA is not ready to enroll this node after {} s",
                 ENROLL_WAIT.as_secs()
             );
+        }
+        let now = tokio::time::Instant::now();
+        if now >= next_progress {
+            tracing::info!(
+                phase = "freeipa",
+                "waiting for the bootstrap host's FreeIPA to enroll this node ({} s)",
+                started.elapsed().as_secs()
+            );
+            next_progress = now + PROGRESS;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(ENROLL_POLL_MAX);
@@ -209,7 +224,7 @@ async fn install(cx: &Context, kind: Kind, state: &Path) -> Result<()> {
     crate::system::systemctl(&["start", "--no-block", &unit]).await?;
     let started = tokio::time::Instant::now();
     let mut said = false;
-    let mut next_progress = started + Duration::from_secs(30);
+    let mut next_progress = started + PROGRESS;
     loop {
         said |= journal
             .new_lines()
@@ -249,7 +264,7 @@ async fn install(cx: &Context, kind: Kind, state: &Path) -> Result<()> {
                 "waiting for {unit} to be configured ({} s)",
                 started.elapsed().as_secs()
             );
-            next_progress = now + Duration::from_secs(30);
+            next_progress = now + PROGRESS;
         }
         tokio::time::sleep(POLL).await;
     }
