@@ -195,7 +195,9 @@ fn podman_accepts_the_command_line_of_every_catalog_service() {
         assert_eq!(inspect["HostConfig"]["NetworkMode"], "host", "{service}");
         assert_eq!(inspect["Config"]["Hostname"], hostname, "{service}");
         assert_eq!(inspect["HostConfig"]["AutoRemove"], true, "{service}");
-        let inside = data.clone().unwrap_or_else(|| format!("/var/lib/{service}"));
+        let inside = data
+            .clone()
+            .unwrap_or_else(|| format!("/var/lib/{service}"));
         let volume = mount(inspect, &inside)
             .unwrap_or_else(|| panic!("{service}: no mount at {inside}: {inspect:#}"));
         assert_eq!(Path::new(volume["Source"].as_str().unwrap()), state);
