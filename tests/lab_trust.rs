@@ -153,7 +153,10 @@ fn a_running_site_keeps_its_trust() {
     // Root reads it (a few tries: the first read right after boot may
     // race the stand-in server's start).
     assert!(
-        (0..3).any(|_| reads_metadata(&lab, "node4", "")),
+        (0..5).any(|attempt| {
+            std::thread::sleep(Duration::from_millis(500 * attempt));
+            reads_metadata(&lab, "node4", "")
+        }),
         "root was refused"
     );
     let before = lab.metadata_hits();
