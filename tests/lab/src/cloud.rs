@@ -28,7 +28,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::ignition::{Droplet, Stages};
-use crate::lab::{append_line, configure, ip, new_netns, Lab, Node, NS_PREFIX, STEP};
+use crate::lab::{
+    append_line, bridge, configure, ip, new_netns, sysctl, Lab, Node, NS_PREFIX, STEP,
+};
 use crate::proc::{self, ProcessId};
 use crate::volumes::{self, Volume};
 
@@ -67,31 +69,10 @@ impl Lab {
             return Ok(());
         }
         let ns = self.netns();
-        ip(&["-n", &ns, "link", "add", "br1", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{INTERNET_GATEWAY}/{}", INTERNET.1),
-            "dev",
-            "br1",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "br1", "up"])?;
+        bridge(&ns, "br1", &format!("{INTERNET_GATEWAY}/{}", INTERNET.1))?;
         // The edge firewall filters bridged traffic (br_netfilter), with
         // connection tracking: a cloud firewall is stateful.
-        proc::check(
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.bridge.bridge-nf-call-iptables=1",
-            ]),
-            STEP,
-        )?;
+        sysctl(&ns, "net.bridge.bridge-nf-call-iptables=1")?;
         self.internet = true;
         Ok(())
     }

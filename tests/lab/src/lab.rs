@@ -132,32 +132,11 @@ impl Lab {
         let ns = lab.netns();
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{}/24", LAB_SERVER.ip()),
-            "dev",
-            "br0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "br0", "up"])?;
+        bridge(&ns, "br0", &format!("{}/24", LAB_SERVER.ip()))?;
         // The lab namespace is the nodes' router: to the upstream DNS, and
         // to the platform's metadata service (the stand-in address from
         // images/lab/image.json, on its loopback).
-        proc::check(
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv4.ip_forward=1",
-            ]),
-            STEP,
-        )?;
+        sysctl(&ns, "net.ipv4.ip_forward=1")?;
         let metadata = crate::image::metadata_address()?;
         ip(&[
             "-n",
@@ -909,6 +888,22 @@ fn unescape_mount(field: &str) -> String {
         .replace("\\011", "\t")
         .replace("\\012", "\n")
         .replace("\\134", "\\")
+}
+
+/// A bridge `name` in namespace `ns`, with the namespace's address on it.
+pub(crate) fn bridge(ns: &str, name: &str, cidr: &str) -> Result<()> {
+    ip(&["-n", ns, "link", "add", name, "type", "bridge"])?;
+    ip(&["-n", ns, "addr", "add", cidr, "dev", name])?;
+    ip(&["-n", ns, "link", "set", name, "up"])
+}
+
+/// `sysctl -w setting` inside namespace `ns`.
+pub(crate) fn sysctl(ns: &str, setting: &str) -> Result<()> {
+    proc::check(
+        Command::new("ip").args(["netns", "exec", ns, "sysctl", "-q", "-w", setting]),
+        STEP,
+    )
+    .map(|_| ())
 }
 
 /// A new network namespace with its loopback up.
