@@ -173,56 +173,7 @@ fn a_rendered_site_boots_in_the_lab() {
 
     let (id, ns) = (lab.id().to_owned(), lab.netns());
     drop(lab);
-    assert_nothing_left(&id, &ns);
-}
-
-/// No namespace, mount, directory or process of lab `id` remains.
-fn assert_nothing_left(id: &str, ns: &str) {
-    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(
-        !namespaces.iter().any(|n| n.starts_with(ns)),
-        "namespaces left: {namespaces:?}"
-    );
-    let dir = site_lab::lab::labs_dir().join(id);
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert!(
-        !mounts.contains(&dir.to_string_lossy().into_owned()),
-        "mounts left under {}",
-        dir.display()
-    );
-    assert!(!dir.exists(), "{} left", dir.display());
-    for root in [
-        "/sys/fs/cgroup/systemd",
-        "/sys/fs/cgroup/unified",
-        "/sys/fs/cgroup",
-    ] {
-        let groups: Vec<String> = std::fs::read_dir(Path::new(root).join("site-lab"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(
-            !groups.iter().any(|g| g.starts_with(&format!("{id}-"))),
-            "cgroups left in {root}: {groups:?}"
-        );
-    }
-    let nspawns = Command::new("pgrep")
-        .args(["-f", &format!("/{id}/nodes/")])
-        .output()
-        .unwrap();
-    assert!(
-        nspawns.stdout.is_empty(),
-        "processes left: {}",
-        String::from_utf8_lossy(&nspawns.stdout)
-    );
+    lab::assert_nothing_left(&id, &ns, &[]);
 }
 
 /// Run as a child process by the test below, which SIGKILLs it mid-lab.
@@ -243,11 +194,29 @@ fn child_holds_a_lab_until_killed() {
             )
         })
         .collect();
-    let lab = lab::start(&image, &firstboot, &bytes, &configs[..1]);
+    let mut lab = lab::start(&image, &firstboot, &bytes, &configs[..1]);
     let name = &configs[0].0;
     // Alone, it waits for its peers forever: up is enough here.
     lab.wait_started(name, BOOT_LIMIT).unwrap();
-    println!("READY {} {}", lab.id(), lab.netns());
+    // What a lab cloud adds: a volume (a loop device), the Internet
+    // bridge with a host on it and the edge firewall, and a helper
+    // process in a group of its own.
+    lab.create_volume("child-data", 1).unwrap();
+    lab.add_internet_host(std::net::Ipv4Addr::new(198, 19, 100, 9))
+        .unwrap();
+    lab.set_edge_firewall(
+        "  chain forward {\n    type filter hook forward priority filter; policy accept;\n  }",
+    )
+    .unwrap();
+    let mut helper = Command::new("sleep");
+    helper.arg("600");
+    std::os::unix::process::CommandExt::process_group(&mut helper, 0);
+    // It must outlive this process, which is SIGKILLed: the next lab's
+    // clearing is what ends it, and the test checks that it does.
+    #[allow(clippy::zombie_processes)]
+    let helper = helper.spawn().unwrap();
+    lab.record_helper(helper.id()).unwrap();
+    println!("READY {} {} {}", lab.id(), lab.netns(), helper.id());
     std::thread::sleep(Duration::from_secs(600));
 }
 
@@ -282,7 +251,15 @@ fn a_sigkilled_lab_leaves_nothing_the_next_trips_on() {
         }
     }
     let ready_line = ready_line.expect("the child lab never came up");
-    let (id, ns) = ready_line.split_once(' ').unwrap();
+    let fields: Vec<&str> = ready_line.split(' ').collect();
+    let (id, ns, helper) = (fields[0], fields[1], fields[2].parse::<u32>().unwrap());
+    let volume = site_lab::lab::labs_dir().join(id).join("volumes");
+    assert!(
+        site_lab::volumes::loops()
+            .iter()
+            .any(|(_, file)| file.starts_with(&volume)),
+        "the child's volume has no loop device: the check below would prove nothing"
+    );
     child.0.kill().unwrap(); // SIGKILL: no destructor runs
     child.0.wait().unwrap();
     assert!(
@@ -292,7 +269,7 @@ fn a_sigkilled_lab_leaves_nothing_the_next_trips_on() {
 
     // The next lab clears it on creation, and works.
     let lab = Lab::create(&image).unwrap();
-    assert_nothing_left(id, ns);
+    lab::assert_nothing_left(id, ns, &[helper]);
     drop(lab);
 }
 

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod https;
 pub mod join;
 pub mod logging;
+pub mod metadata;
 pub mod net;
 pub mod paths;
 pub mod phases;

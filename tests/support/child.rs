@@ -27,6 +27,32 @@ impl Announced {
     pub fn output(&self) -> String {
         self.output.text()
     }
+
+    /// Its process id, which is also its process group's.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// `command` run inside the network namespace `netns` (a name under
+/// /run/netns): `ip netns exec` enters it and execs the program, so the
+/// child keeps its process id.
+pub fn in_netns(netns: &str, command: &Command) -> Command {
+    let mut wrapped = Command::new("ip");
+    wrapped
+        .args(["netns", "exec", netns])
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
 }
 
 impl Drop for Announced {

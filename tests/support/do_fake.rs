@@ -50,6 +50,58 @@ pub enum Fault {
     Stall(Duration),
 }
 
+/// What changed in the fake that a backend (the lab cloud) acts on: sent
+/// once the change is made, in order, never blocking the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// With its volumes attached (by name).
+    DropletCreated {
+        id: u64,
+        name: String,
+        volumes: Vec<String>,
+    },
+    /// Its volumes are detached with it.
+    DropletDeleted {
+        id: u64,
+        name: String,
+    },
+    VolumeCreated {
+        name: String,
+        size_gib: u64,
+    },
+    VolumeDeleted {
+        name: String,
+    },
+    VolumeAttached {
+        name: String,
+        droplet: u64,
+    },
+    VolumeDetached {
+        name: String,
+        droplet: u64,
+    },
+    /// A firewall, or a tag or droplet a firewall may apply to, changed.
+    FirewallsChanged,
+}
+
+/// A droplet as a backend needs it: what boots, and where.
+#[derive(Clone, Debug)]
+pub struct DropletView {
+    pub id: u64,
+    pub name: String,
+    pub user_data: Option<String>,
+    pub private_ip: std::net::Ipv4Addr,
+    pub private_prefix: u8,
+    pub private_gateway: std::net::Ipv4Addr,
+    pub public_ip: std::net::Ipv4Addr,
+    pub public_prefix: u8,
+    pub public_gateway: std::net::Ipv4Addr,
+    pub tags: Vec<String>,
+    pub region: String,
+    /// The image's name as created.
+    pub image: String,
+}
+
 /// Where `seed_*` put what they create.
 pub const SEED_REGION: &str = "ams3";
 /// How many droplets the account may have (as `GET /v2/account` says).
@@ -321,6 +373,15 @@ pub struct State {
     next_public: u32,
     next_request: u64,
     droplet_polls: u32,
+    /// Droplets stay `new` until `activate` (a backend boots them).
+    held: bool,
+    /// Ranges a VPC may use: RFC 1918, unless a lab says otherwise.
+    private_ranges: Vec<(u32, u8)>,
+    /// Public addresses: the network, its gateway.
+    public_pool: ((u32, u8), u32),
+    backend: Option<std::sync::mpsc::Sender<Change>>,
+    /// Changes sent to the backend.
+    sent: usize,
     image_polls: u32,
     /// Every request as `METHOD /path?query`, in order.
     calls: Vec<String>,
@@ -353,6 +414,11 @@ impl Default for State {
             next_public: 10,
             next_request: 1,
             droplet_polls: 1,
+            held: false,
+            private_ranges: vec![(0x0a00_0000, 8), (0xac10_0000, 12), (0xc0a8_0000, 16)],
+            public_pool: ((0xcb00_7100, 24), 0xcb00_7101),
+            backend: None,
+            sent: 0,
             image_polls: 2,
             calls: Vec::new(),
             mutations: 0,
@@ -390,7 +456,24 @@ pub struct FakeDo {
 
 impl FakeDo {
     pub fn start() -> FakeDo {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::serve(TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    /// Listen on loopback inside the network namespace at `netns` (such
+    /// as `/run/netns/NAME`), where Prism runs too.
+    pub fn start_in(netns: &std::path::Path) -> FakeDo {
+        let netns = netns.to_owned();
+        let listener = thread::spawn(move || {
+            let ns = std::fs::File::open(&netns).unwrap();
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            TcpListener::bind("127.0.0.1:0").unwrap()
+        })
+        .join()
+        .unwrap();
+        Self::serve(listener)
+    }
+
+    fn serve(listener: TcpListener) -> FakeDo {
         listener.set_nonblocking(true).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State::default()));
@@ -472,6 +555,76 @@ impl FakeDo {
         *self.lock() = State::default();
     }
 
+    /// Back the fake with real machines: every change is sent to
+    /// `backend`, droplets stay `new` until `activate`, VPCs may use
+    /// `private_ranges` (besides nothing else) and public addresses come
+    /// from `public` (network, gateway), from its .10 on.
+    pub fn back_with(
+        &self,
+        backend: std::sync::mpsc::Sender<Change>,
+        private_ranges: &[(std::net::Ipv4Addr, u8)],
+        public: ((std::net::Ipv4Addr, u8), std::net::Ipv4Addr),
+    ) {
+        let mut s = self.lock();
+        s.backend = Some(backend);
+        s.held = true;
+        s.private_ranges = private_ranges
+            .iter()
+            .map(|(a, p)| (u32::from(*a), *p))
+            .collect();
+        s.public_pool = ((u32::from(public.0 .0), public.0 .1), u32::from(public.1));
+    }
+
+    /// How many changes were sent to the backend.
+    pub fn changes_sent(&self) -> usize {
+        self.lock().sent
+    }
+
+    /// A held droplet is running: reads show it `active` from now on.
+    pub fn activate(&self, id: u64) {
+        if let Some(d) = self.lock().droplets.iter_mut().find(|d| d.id == id) {
+            d.status = "active";
+        }
+    }
+
+    /// A droplet as a backend needs it, if it exists.
+    pub fn droplet(&self, id: u64) -> Option<DropletView> {
+        let s = self.lock();
+        let d = s.droplets.iter().find(|d| d.id == id)?;
+        let ((_, public_prefix), public_gateway) = s.public_pool;
+        Some(DropletView {
+            id,
+            name: d.name.clone(),
+            user_data: d.user_data.clone(),
+            private_ip: d.private_ip.into(),
+            private_prefix: d.private_range.1,
+            private_gateway: (d.private_range.0 + 1).into(),
+            public_ip: d.public_ip.into(),
+            public_prefix,
+            public_gateway: public_gateway.into(),
+            tags: d.tags.clone(),
+            region: d.region.clone(),
+            image: d.image["name"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// Every firewall as the API shows it, and every droplet's id, tags
+    /// and addresses (`{"id", "tags", "private_ipv4", "public_ipv4"}`,
+    /// whatever its status): what a backend enforces firewalls from.
+    pub fn firewall_view(&self) -> (Vec<Value>, Vec<Value>) {
+        let s = self.lock();
+        let firewalls = s.firewalls.iter().map(Firewall::json).collect();
+        let droplets = s
+            .droplets
+            .iter()
+            .map(|d| {
+                json!({"id": d.id, "tags": d.tags, "private_ipv4": ip(d.private_ip),
+                       "public_ipv4": ip(d.public_ip)})
+            })
+            .collect();
+        (firewalls, droplets)
+    }
+
     /// The state, without ids or timestamps, sorted: equal for two
     /// launches that left the same resources behind. Custom images only
     /// (the public base images are always there).
@@ -534,6 +687,15 @@ impl FakeDo {
             .check_range(range)
             .unwrap_or_else(|e| panic!("seed_vpc {name} {range}: {e:?}"));
         s.add_vpc(name, SEED_REGION, range, "", false)
+    }
+
+    /// A droplet's id, by name.
+    pub fn droplet_id(&self, droplet: &str) -> Option<u64> {
+        self.lock()
+            .droplets
+            .iter()
+            .find(|d| d.name == droplet)
+            .map(|d| d.id)
     }
 
     /// The user_data a droplet was created with, by droplet name.
@@ -975,6 +1137,15 @@ fn valid_tag(name: &str) -> bool {
 }
 
 impl State {
+    /// Tell the backend, if any (it never blocks: a channel).
+    fn changed(&mut self, change: Change) {
+        if let Some(backend) = &self.backend {
+            if backend.send(change).is_ok() {
+                self.sent += 1;
+            }
+        }
+    }
+
     fn uuid(&mut self, kind: u32) -> String {
         let n = self.next_uuid;
         self.next_uuid += 1;
@@ -1116,6 +1287,7 @@ impl State {
         self.droplets.iter_mut().for_each(|d| keep(&mut d.tags));
         self.images.iter_mut().for_each(|i| keep(&mut i.tags));
         self.volumes.iter_mut().for_each(|v| keep(&mut v.tags));
+        self.changed(Change::FirewallsChanged);
         (204, None)
     }
 
@@ -1325,8 +1497,8 @@ impl State {
                 "ip_range may not be smaller than /28 nor larger than /16",
             ));
         }
-        let private = [(0x0a00_0000, 8), (0xac10_0000, 12), (0xc0a8_0000, 16)];
-        if !private
+        if !self
+            .private_ranges
             .iter()
             .any(|&(n, p)| contains((n, p), (address, prefix)))
         {
@@ -1498,6 +1670,10 @@ impl State {
             created_at: now(),
         };
         let answer = json!({"volume": volume.json()});
+        self.changed(Change::VolumeCreated {
+            name: volume.name.clone(),
+            size_gib: volume.size,
+        });
         self.volumes.push(volume);
         (201, Some(answer))
     }
@@ -1521,7 +1697,8 @@ impl State {
                  first before deleting.",
             );
         }
-        self.volumes.remove(i);
+        let volume = self.volumes.remove(i);
+        self.changed(Change::VolumeDeleted { name: volume.name });
         (204, None)
     }
 
@@ -1564,6 +1741,10 @@ impl State {
                 }
                 self.volumes[v].droplet_ids.push(droplet);
                 self.droplets[d].volume_ids.push(id.to_owned());
+                self.changed(Change::VolumeAttached {
+                    name: self.volumes[v].name.clone(),
+                    droplet,
+                });
                 let action = self.action("attach_volume", None, "backend", Some(&region));
                 self.action_answer(202, action)
             }
@@ -1573,6 +1754,10 @@ impl State {
                 }
                 self.volumes[v].droplet_ids.retain(|&x| x != droplet);
                 self.droplets[d].volume_ids.retain(|x| x != id);
+                self.changed(Change::VolumeDetached {
+                    name: self.volumes[v].name.clone(),
+                    droplet,
+                });
                 let action = self.action("detach_volume", None, "backend", Some(&region));
                 self.action_answer(202, action)
             }
@@ -1585,7 +1770,11 @@ impl State {
     fn list_droplets(&mut self, r: &Request) -> Answer {
         let tag = r.param("tag_name");
         let name = r.param("name");
-        let polls = self.droplet_polls;
+        let polls = if self.held {
+            u32::MAX
+        } else {
+            self.droplet_polls
+        };
         let matching: Vec<usize> = (0..self.droplets.len())
             .filter(|&i| {
                 let d = &self.droplets[i];
@@ -1727,7 +1916,18 @@ impl State {
                               "href": r.url(&format!("/v2/actions/{action}"))}));
             let d = self.droplets.iter().find(|d| d.id == id).unwrap();
             created.push(d.json(self));
+            let names = volumes
+                .iter()
+                .filter_map(|v| self.volumes.iter().find(|x| &x.id == v))
+                .map(|v| v.name.clone())
+                .collect();
+            self.changed(Change::DropletCreated {
+                id,
+                name: name.clone(),
+                volumes: names,
+            });
         }
+        self.changed(Change::FirewallsChanged);
         let answer = if multiple {
             json!({"droplets": created, "links": {"actions": links}})
         } else {
@@ -1760,7 +1960,7 @@ impl State {
         };
         v.next_host = offset + 1;
         let (private_ip, private_range) = (v.range.0 + offset, v.range);
-        let public_ip = (203 << 24) | (113 << 8) | self.next_public;
+        let public_ip = self.public_pool.0 .0 | self.next_public;
         self.next_public = if self.next_public >= 254 {
             2
         } else {
@@ -1798,7 +1998,11 @@ impl State {
     }
 
     fn get_droplet(&mut self, id: &str) -> Answer {
-        let polls = self.droplet_polls;
+        let polls = if self.held {
+            u32::MAX
+        } else {
+            self.droplet_polls
+        };
         let Some(i) = self.droplets.iter().position(|d| d.id.to_string() == id) else {
             return not_found();
         };
@@ -1824,6 +2028,11 @@ impl State {
             "droplet",
             Some(&droplet.region),
         );
+        self.changed(Change::DropletDeleted {
+            id: droplet.id,
+            name: droplet.name,
+        });
+        self.changed(Change::FirewallsChanged);
         (204, None)
     }
 
@@ -1943,6 +2152,7 @@ impl State {
                     settled: true,
                     ..firewall
                 });
+                self.changed(Change::FirewallsChanged);
                 (202, Some(answer))
             }
             Err(e) => e,
@@ -1968,6 +2178,7 @@ impl State {
                     created_at,
                     ..firewall
                 };
+                self.changed(Change::FirewallsChanged);
                 (200, Some(json!({"firewall": self.firewalls[i].json()})))
             }
             Err(e) => e,
@@ -1978,6 +2189,7 @@ impl State {
         match self.firewalls.iter().position(|f| f.id == id) {
             Some(i) => {
                 self.firewalls.remove(i);
+                self.changed(Change::FirewallsChanged);
                 (204, None)
             }
             None => not_found(),
@@ -2155,8 +2367,8 @@ impl Droplet {
         let mut v4 = vec![
             json!({"ip_address": ip(self.private_ip), "netmask": mask(self.private_range.1),
                    "gateway": ip(self.private_range.0 + 1), "type": "private"}),
-            json!({"ip_address": ip(self.public_ip), "netmask": "255.255.255.0",
-                   "gateway": "203.0.113.1", "type": "public"}),
+            json!({"ip_address": ip(self.public_ip), "netmask": mask(state.public_pool.0 .1),
+                   "gateway": ip(state.public_pool.1), "type": "public"}),
         ];
         if self.status == "new" {
             // Addresses appear once the droplet is placed, as on DigitalOcean.

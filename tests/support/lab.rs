@@ -284,3 +284,76 @@ where
     ready_rx.recv().unwrap();
     Background(Some(stop), Some(thread))
 }
+
+/// `etcdctl endpoint status --cluster` from `node` (core): each member's
+/// cluster id.
+pub fn cluster_ids(lab: &Lab, node: &str, fqdn: &str) -> Vec<u64> {
+    let status = etcdctl(lab, node, fqdn, "endpoint status --cluster -w json");
+    let value: serde_json::Value =
+        serde_json::from_str(status.trim()).unwrap_or_else(|e| panic!("{e}: {status}"));
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Status"]["header"]["cluster_id"].as_u64().unwrap())
+        .collect()
+}
+
+/// No namespace (`ns` and those named after it), mount, directory,
+/// cgroup, loop device or process of lab `id` remains; nor any of the
+/// `helpers` (process ids) it ran.
+pub fn assert_nothing_left(id: &str, ns: &str, helpers: &[u32]) {
+    use std::path::Path;
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let namespaces = names(Path::new("/run/netns"));
+    assert!(
+        !namespaces.iter().any(|n| n.starts_with(ns)),
+        "namespaces left: {namespaces:?}"
+    );
+    let dir = site_lab::lab::labs_dir().join(id);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(&dir.to_string_lossy().into_owned()),
+        "mounts left under {}",
+        dir.display()
+    );
+    assert!(!dir.exists(), "{} left", dir.display());
+    let loops: Vec<_> = site_lab::volumes::loops()
+        .into_iter()
+        .filter(|(_, file)| file.starts_with(&dir))
+        .collect();
+    assert!(loops.is_empty(), "loop devices left: {loops:?}");
+    for root in [
+        "/sys/fs/cgroup/systemd",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ] {
+        let groups = names(&Path::new(root).join("site-lab"));
+        assert!(
+            !groups.iter().any(|g| g.starts_with(&format!("{id}-"))),
+            "cgroups left in {root}: {groups:?}"
+        );
+    }
+    let nspawns = std::process::Command::new("pgrep")
+        .args(["-f", &format!("/{id}/nodes/")])
+        .output()
+        .unwrap();
+    assert!(
+        nspawns.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&nspawns.stdout)
+    );
+    for pid in helpers {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = !stat.is_empty() && !stat.contains(") Z ");
+        assert!(!alive, "helper process {pid} is left: {stat}");
+    }
+}

@@ -60,6 +60,7 @@ fn record_skip(path: &std::path::Path, reason: &str) {
 pub mod child;
 pub mod do_fake;
 pub mod lab;
+pub mod lab_cloud;
 pub mod moto;
 pub mod prism;
 

@@ -76,6 +76,12 @@ impl Moto {
     /// recording requests; wait (at most 60 s) until it says it is
     /// listening.
     pub fn start() -> Moto {
+        Self::start_in(None)
+    }
+
+    /// As `start`, inside the network namespace `netns` when given (its
+    /// loopback: only what runs there reaches it).
+    pub fn start_in(netns: Option<&str>) -> Moto {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(moto_bin());
         command
@@ -84,6 +90,9 @@ impl Moto {
             .env("MOTO_RECORDER_FILEPATH", dir.path().join("recording"))
             .env_remove("INITIAL_NO_AUTH_ACTION_COUNT")
             .current_dir(dir.path());
+        if let Some(netns) = netns {
+            command = super::child::in_netns(netns, &command);
+        }
         // werkzeug's " * Running on http://127.0.0.1:PORT", once bound.
         let server = spawn_announcing(
             command,
@@ -101,6 +110,14 @@ impl Moto {
     /// What moto printed, for failure messages.
     pub fn log(&self) -> String {
         self.server.output()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port
     }
 
     /// One request, unsigned.

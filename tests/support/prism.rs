@@ -55,6 +55,12 @@ impl Prism {
     /// most 90 s) until it says it is listening; it needs about 15 s to
     /// load the spec.
     pub fn start(upstream: &str) -> Prism {
+        Self::start_in(upstream, None)
+    }
+
+    /// As `start`, inside the network namespace `netns` when given (its
+    /// loopback, where `upstream` must be too).
+    pub fn start_in(upstream: &str, netns: Option<&str>) -> Prism {
         let spec = specs_dir().join("digitalocean/DigitalOcean-public.v2.yaml");
         let mut command = Command::new(prism_bin());
         command.args(["proxy"]).arg(&spec).arg(upstream).args([
@@ -64,6 +70,9 @@ impl Prism {
             "-p",
             "0",
         ]);
+        if let Some(netns) = netns {
+            command = super::child::in_netns(netns, &command);
+        }
         let server = spawn_announcing(
             command,
             "Prism",
@@ -80,5 +89,9 @@ impl Prism {
     /// refused one), for failure messages.
     pub fn log(&self) -> String {
         self.server.output()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.server.pid()
     }
 }

@@ -52,6 +52,8 @@ pub fn key_material(line: &str) -> String {
 
 #[derive(Debug, Clone)]
 pub struct ImagePlan {
+    /// The image of the site file (`fedora-coreos`, or `lab`).
+    pub image: String,
     pub name: String,
     pub url: String,
     pub distribution: String,
@@ -279,14 +281,23 @@ impl Plan {
             Base::FedoraCoreos {
                 release, artifact, ..
             } => ImagePlan {
+                image: image_name.to_owned(),
                 name: format!("{image_name}-{release}"),
                 url: artifact,
                 distribution: "Fedora".into(),
                 description: format!("Fedora CoreOS {release}, imported by builder"),
             },
-            Base::Debian { .. } => bail!(
-                "the image `{image_name}` boots only in the lab; DigitalOcean needs `fedora-coreos`"
-            ),
+            // The lab image boots only in a lab cloud (tests/support/
+            // lab_cloud.rs), which has it and imports nothing; the URL
+            // names it in the `.invalid` domain, which resolves nowhere,
+            // and `launch` refuses it against DigitalOcean's API.
+            Base::Debian { suite, .. } => ImagePlan {
+                image: image_name.to_owned(),
+                name: format!("{image_name}-{suite}"),
+                url: format!("https://{image_name}.invalid/{image_name}-{suite}.img"),
+                distribution: "Debian".into(),
+                description: format!("the lab image (Debian {suite}), for a lab cloud only"),
+            },
         };
 
         let vpc = VpcPlan {

@@ -35,7 +35,8 @@ fn open_site(args: &CloudArgs) -> Result<(Site, Plan)> {
 /// The API client. The token comes from the environment (the names doctl
 /// and Terraform use), else from the vault, which is opened only then
 /// (`vault`: already opened by `launch`, with whether it is the demo one).
-fn client(args: &CloudArgs, vault: Option<&(Secrets, bool)>) -> Result<Client> {
+/// A lab site (and the demo vault) is refused against DigitalOcean.
+fn client(args: &CloudArgs, vault: Option<&(Secrets, bool)>, plan: &Plan) -> Result<Client> {
     let api = Url::parse(&args.api_url)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
@@ -70,6 +71,12 @@ fn client(args: &CloudArgs, vault: Option<&(Secrets, bool)>) -> Result<Client> {
         );
     }
     let official = Url::parse(DEFAULT_API_URL).expect("a valid URL");
+    if plan.image.image == crate::images::LAB && api.host_str() == official.host_str() {
+        bail!(
+            "the site runs on the `lab` image, which boots only in a lab cloud (the tests' \
+             stand-in for DigitalOcean); set `image: fedora-coreos` for DigitalOcean"
+        );
+    }
     if demo && api.host_str() == official.host_str() {
         bail!(
             "refusing to use the public demo vault against DigitalOcean: its passwords and join \
@@ -122,7 +129,7 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         println!("(dry run: no call was made)");
         return Ok(());
     }
-    let client = client(&args.cloud, Some(&vault))?;
+    let client = client(&args.cloud, Some(&vault), &plan)?;
     let started = Instant::now();
     let run = Launch {
         client: &client,
@@ -160,7 +167,7 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
 
 pub fn status(args: StatusArgs) -> Result<()> {
     let (_, plan) = open_site(&args.cloud)?;
-    let client = client(&args.cloud, None)?;
+    let client = client(&args.cloud, None, &plan)?;
     let mut rows = runtime()?.block_on(status::rows(&client, &plan))?;
     if !args.no_ssh {
         let ssh = std::env::var("BUILDER_SSH").unwrap_or_else(|_| "ssh".into());
@@ -175,7 +182,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
 
 pub fn destroy(args: DestroyArgs) -> Result<()> {
     let (site, plan) = open_site(&args.cloud)?;
-    let client = client(&args.cloud, None)?;
+    let client = client(&args.cloud, None, &plan)?;
     let publisher = Publisher::new(&site.publish)?;
     let scope = if args.all {
         Scope::All

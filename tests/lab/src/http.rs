@@ -56,24 +56,13 @@ impl FileServer {
     }
 
     /// Starts serving on `addr` inside the network namespace at `netns`
-    /// (such as `/run/netns/NAME`). The socket is made by a short-lived
-    /// thread that enters the namespace (a namespace belongs to a thread,
-    /// and a socket keeps the one it was made in), so this process's own
-    /// threads stay where they are.
+    /// (such as `/run/netns/NAME`; see [`bind_in`]).
     pub fn start_in(
         netns: &Path,
         addr: SocketAddr,
         files: Vec<(String, Vec<u8>)>,
     ) -> io::Result<FileServer> {
-        let netns = netns.to_owned();
-        let listener = thread::spawn(move || -> io::Result<TcpListener> {
-            let ns = std::fs::File::open(&netns)?;
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            TcpListener::bind(addr)
-        })
-        .join()
-        .map_err(|_| io::Error::other("the namespace thread panicked"))??;
-        Self::serve_listener(listener, files)
+        Self::serve_listener(bind_in(netns, addr)?, files)
     }
 
     fn serve_listener(
@@ -130,6 +119,22 @@ impl FileServer {
         let hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
         hits.get(path).copied().unwrap_or(0)
     }
+}
+
+/// A listener on `addr` inside the network namespace at `netns` (such as
+/// `/run/netns/NAME`). The socket is made by a short-lived thread that
+/// enters the namespace (a namespace belongs to a thread, and a socket
+/// keeps the one it was made in), so this process's own threads stay
+/// where they are.
+pub fn bind_in(netns: &Path, addr: SocketAddr) -> io::Result<TcpListener> {
+    let netns = netns.to_owned();
+    thread::spawn(move || -> io::Result<TcpListener> {
+        let ns = std::fs::File::open(&netns)?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        TcpListener::bind(addr)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
 impl Drop for FileServer {

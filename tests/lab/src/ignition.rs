@@ -119,6 +119,13 @@ const SETFILES_STUB: &str = "#!/bin/sh\n\
 # Test stand-in for setfiles(8): the scratch root has no SELinux policy.\n\
 exec cat >/dev/null\n";
 
+/// A stand-in for `udevadm`: the disks stage ends with `udevadm settle`,
+/// waiting for udev to process the new filesystems' events. The host runs
+/// no udev, so there is nothing to wait for.
+const UDEVADM_STUB: &str = "#!/bin/sh\n\
+# Lab stand-in for udevadm(8): the host runs no udev, nothing to settle.\n\
+exit 0\n";
+
 /// A fresh, minimal root directory for Ignition to write into, plus private
 /// state beside it.
 ///
@@ -231,9 +238,11 @@ impl Stages {
         for d in [&work, &work.join("bin"), &work.join("tmp")] {
             fs::create_dir_all(d)?;
         }
-        let stub = work.join("bin/setfiles");
-        fs::write(&stub, SETFILES_STUB)?;
-        fs::set_permissions(&stub, fs::Permissions::from_mode(0o755))?;
+        for (name, body) in [("setfiles", SETFILES_STUB), ("udevadm", UDEVADM_STUB)] {
+            let stub = work.join("bin").join(name);
+            fs::write(&stub, body)?;
+            fs::set_permissions(&stub, fs::Permissions::from_mode(0o755))?;
+        }
         Ok(Stages { work })
     }
 
@@ -241,6 +250,69 @@ impl Stages {
     /// inside network namespace `netns` when given, stopping at the first
     /// failing stage. Each stage is killed after [`TIMEOUT`].
     pub fn apply(&self, root: &Path, config: &Path, netns: Option<&str>) -> ApplyOutcome {
+        let runner = match netns {
+            Some(ns) => Runner::Netns(ns),
+            None => Runner::Host,
+        };
+        self.run_stages(root, config, &["fetch", "files"], &runner)
+    }
+
+    /// Run the stages a droplet's first boot runs (fetch, disks, files) as
+    /// if inside the droplet: in its network namespace and a private mount
+    /// namespace that holds what the droplet's initramfs would (see
+    /// [`Droplet`]). Each stage is killed after [`TIMEOUT`].
+    pub fn apply_droplet(&self, root: &Path, config: &Path, droplet: &Droplet) -> ApplyOutcome {
+        let script = self.work.join("droplet.sh");
+        let bus_dir = self.work.join("bus");
+        let plugged = droplet
+            .volumes
+            .iter()
+            .map(|(name, _)| crate::volumes::by_id(name))
+            .collect();
+        if let Err(e) = fs::write(&script, droplet.script(&bus_dir)) {
+            return ApplyOutcome {
+                success: false,
+                log: format!("cannot write {}: {e}\n", script.display()),
+            };
+        }
+        // Ignition's disks stage waits on systemd for the devices; the lab
+        // answers for the host, which has no systemd (see devicebus).
+        let bus = match crate::devicebus::DeviceBus::start(&bus_dir, plugged) {
+            Ok(bus) => bus,
+            Err(e) => {
+                return ApplyOutcome {
+                    success: false,
+                    log: format!(
+                        "cannot start the device bus in {}: {e}\n",
+                        bus_dir.display()
+                    ),
+                }
+            }
+        };
+        let runner = Runner::Droplet {
+            netns: &droplet.netns,
+            script: &script,
+            ca_bundle: droplet.ca_bundle.as_deref(),
+        };
+        let mut outcome = self.run_stages(root, config, &["fetch", "disks", "files"], &runner);
+        let started = bus.started();
+        drop(bus);
+        if !started.is_empty() {
+            outcome.log.push_str(&format!(
+                "=== devices Ignition waited for: {}\n",
+                started.join(", ")
+            ));
+        }
+        outcome
+    }
+
+    fn run_stages(
+        &self,
+        root: &Path,
+        config: &Path,
+        stages: &[&str],
+        runner: &Runner,
+    ) -> ApplyOutcome {
         let mut log = String::new();
         let Some(ignition) = ignition_binary() else {
             log.push_str("Ignition binary not found (install Debian package `ignition`)\n");
@@ -263,8 +335,8 @@ impl Stages {
                 }
             }
         }
-        for stage in ["fetch", "files"] {
-            let cmd = self.stage_command(root, &ignition, &config, stage, netns);
+        for stage in stages {
+            let cmd = self.stage_command(root, &ignition, &config, stage, runner);
             if !run_bounded(cmd, &format!("ignition -stage {stage}"), &mut log) {
                 return ApplyOutcome {
                     success: false,
@@ -291,16 +363,34 @@ impl Stages {
         ignition: &Path,
         config: &Path,
         stage: &str,
-        netns: Option<&str>,
+        runner: &Runner,
     ) -> Command {
         // In a network namespace, fetches go out as a node's would.
-        let mut cmd = match netns {
-            Some(ns) => {
+        let mut cmd = match runner {
+            Runner::Netns(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(ignition);
                 c
             }
-            None => Command::new(ignition),
+            Runner::Droplet {
+                netns,
+                script,
+                ca_bundle,
+            } => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{netns}"))
+                    .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+                    .arg("/bin/sh")
+                    .arg(script)
+                    .arg(stage)
+                    .arg(ignition);
+                if let Some(bundle) = ca_bundle {
+                    // Go reads the CAs it trusts from here.
+                    c.env("SSL_CERT_FILE", bundle);
+                }
+                c
+            }
+            Runner::Host => Command::new(ignition),
         };
         cmd.arg("-platform")
             .arg("file")
@@ -327,7 +417,7 @@ impl Stages {
         cmd
     }
 
-    /// PATH for the child: the setfiles stub first, then the inherited PATH,
+    /// PATH for the child: the setfiles and udevadm stubs first, then the inherited PATH,
     /// then the sbin directories where useradd/usermod live (a non-login
     /// PATH may lack them). The test process's own environment is untouched.
     fn child_path(&self) -> std::ffi::OsString {
@@ -339,12 +429,71 @@ impl Stages {
         std::env::join_paths(dirs).expect("PATH entries contain no ':'")
     }
 
-    fn cache_file(&self) -> PathBuf {
+    /// The config as Ignition cached it in the fetch stage.
+    pub fn cache_file(&self) -> PathBuf {
         self.work.join("cache.json")
     }
 
     fn state_file(&self) -> PathBuf {
         self.work.join("state")
+    }
+}
+
+/// Where an Ignition stage runs.
+enum Runner<'a> {
+    Host,
+    Netns(&'a str),
+    Droplet {
+        netns: &'a str,
+        script: &'a Path,
+        ca_bundle: Option<&'a Path>,
+    },
+}
+
+/// What a droplet's Ignition sees that the host does not have: its
+/// network (a namespace), the Internet's names (a hosts file bound over
+/// `/etc/hosts`), the CAs it trusts, and its attached volumes under
+/// DigitalOcean's names in a `/dev` of its own, with `/run` private (for
+/// Ignition's device aliases and systemd's socket).
+pub struct Droplet {
+    pub netns: String,
+    /// Bound over /etc/hosts for every stage.
+    pub hosts: Option<PathBuf>,
+    /// `SSL_CERT_FILE` for every stage.
+    pub ca_bundle: Option<PathBuf>,
+    /// Attached volumes: name and loop device minor.
+    pub volumes: Vec<(String, u32)>,
+}
+
+impl Droplet {
+    /// The shell that sets up a stage's mount namespace, then runs
+    /// Ignition (`$2` and on); `$1` is the stage.
+    fn script(&self, bus_dir: &Path) -> String {
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let mut s = String::from("set -eu\nstage=$1; shift\n");
+        if let Some(hosts) = &self.hosts {
+            s.push_str(&format!("mount --bind {} /etc/hosts\n", quote(hosts)));
+        }
+        s.push_str(&format!(
+            "if [ \"$stage\" = disks ]; then\n\
+             mount -t tmpfs -o mode=0755 lab-run /run\n\
+             mkdir -p /run/systemd\n\
+             mount --bind {} /run/systemd\n\
+             mount -t tmpfs -o mode=0755 lab-dev /dev\n\
+             mknod -m 666 /dev/null c 1 3\nmknod -m 666 /dev/zero c 1 5\n\
+             mknod -m 666 /dev/full c 1 7\nmknod -m 666 /dev/random c 1 8\n\
+             mknod -m 666 /dev/urandom c 1 9\nmkdir -p /dev/disk/by-id\n",
+            quote(bus_dir)
+        ));
+        for (name, minor) in &self.volumes {
+            s.push_str(&format!(
+                "mknod -m 660 /dev/loop{minor} b 7 {minor}\n\
+                 ln -s ../../loop{minor} {}\n",
+                crate::volumes::by_id(name)
+            ));
+        }
+        s.push_str("fi\nexec \"$@\"\n");
+        s
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 /// Bump when the build steps below change: it is part of the cache key.
-const RECIPE: &str = "lab-image recipe 4";
+const RECIPE: &str = "lab-image recipe 5";
 /// debootstrap here takes about two minutes; a stalled mirror must not hang.
 const BUILD_LIMIT: Duration = Duration::from_secs(900);
 
@@ -241,6 +241,14 @@ fn build(base: &Base, rootfs: &Path) -> Result<()> {
     std::os::unix::fs::symlink(
         "../lab-ssh-keygen.service",
         units.join("ssh.service.wants/lab-ssh-keygen.service"),
+    )?;
+    // Ignition writes the `core` user's keys to a drop-in directory,
+    // which Fedora CoreOS's sshd reads through ssh-key-dir; Debian's
+    // sshd reads the file Ignition 2.14 writes once told where it is.
+    fs::write(
+        rootfs.join("etc/ssh/sshd_config.d/40-lab-key-dir.conf"),
+        "# Keys Ignition wrote (ssh-key-dir's job on Fedora CoreOS).\n\
+         AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys.d/ignition\n",
     )?;
     crate::ignition::prepare_root(rootfs)?;
     // The package cache is 100 MB nobody needs.

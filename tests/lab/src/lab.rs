@@ -17,8 +17,10 @@ use anyhow::{bail, Context, Result};
 use crate::http::FileServer;
 use crate::ignition::{self, Stages};
 use crate::image::remove_tree;
+use crate::metadata::MetadataServer;
 use crate::proc::{self, ProcessId};
 use crate::upstream::UpstreamDns;
+use crate::volumes::Volume;
 
 /// The lab's HTTP server, in the lab namespace: where nodes fetch firstboot.
 pub const LAB_SERVER: SocketAddr =
@@ -32,8 +34,8 @@ const UPSTREAM_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 const FIRST_NODE_OCTET: u8 = 10;
 const MAX_NODES: usize = 200;
 /// Prefix of every namespace a lab creates.
-const NS_PREFIX: &str = "sitelab-";
-const STEP: Duration = Duration::from_secs(30);
+pub(crate) const NS_PREFIX: &str = "sitelab-";
+pub(crate) const STEP: Duration = Duration::from_secs(30);
 
 /// Where labs keep their state (overlay layers, PIDs).
 pub fn labs_dir() -> PathBuf {
@@ -43,25 +45,38 @@ pub fn labs_dir() -> PathBuf {
 }
 
 pub struct Lab {
-    id: String,
-    dir: PathBuf,
-    image: PathBuf,
-    nodes: Vec<Node>,
+    pub(crate) id: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) image: PathBuf,
+    pub(crate) nodes: Vec<Node>,
     server: Option<FileServer>,
     upstream: Option<UpstreamDns>,
-    metadata: Option<FileServer>,
-    strangers: usize,
+    pub(crate) metadata: Option<MetadataServer>,
+    pub(crate) strangers: usize,
+    /// Nodes ever added: each gets the next index, never reused, so a
+    /// removed node's names (namespace, cable) are never taken again.
+    pub(crate) added: usize,
+    /// Whether the Internet bridge exists (see `cloud`).
+    pub(crate) internet: bool,
+    /// Block storage volumes, attached or not.
+    pub(crate) volumes: Vec<Volume>,
     /// Host files every node sees read-only (host path, node path).
-    binds: Vec<(PathBuf, String)>,
+    pub(crate) binds: Vec<(PathBuf, String)>,
 }
 
 pub struct Node {
     pub name: String,
+    /// Its address in the VPC.
     pub address: Ipv4Addr,
-    index: usize,
-    netns: String,
-    dir: PathBuf,
-    nspawn: Option<Child>,
+    /// Its public address on the Internet bridge (droplets only).
+    pub public: Option<Ipv4Addr>,
+    pub(crate) index: usize,
+    pub(crate) netns: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) nspawn: Option<Child>,
+    /// Volumes bound into the node at boot (droplets only): name and loop
+    /// minor; `None` for a node that is no droplet.
+    pub(crate) volumes: Option<Vec<(String, u32)>>,
 }
 
 impl Node {
@@ -70,12 +85,12 @@ impl Node {
         &self.netns
     }
 
-    fn merged(&self) -> PathBuf {
+    pub(crate) fn merged(&self) -> PathBuf {
         self.dir.join("merged")
     }
 
     /// The host side of this node's cable, in the lab namespace.
-    fn cable(&self, lab_id: &str) -> String {
+    pub(crate) fn cable(&self, lab_id: &str) -> String {
         format!("sl{lab_id}{}", self.index)
     }
 }
@@ -112,37 +127,19 @@ impl Lab {
             upstream: None,
             metadata: None,
             strangers: 0,
+            added: 0,
+            internet: false,
+            volumes: Vec::new(),
             binds: Vec::new(),
         };
         let ns = lab.netns();
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{}/24", LAB_SERVER.ip()),
-            "dev",
-            "br0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "br0", "up"])?;
+        bridge(&ns, "br0", &format!("{}/24", LAB_SERVER.ip()))?;
         // The lab namespace is the nodes' router: to the upstream DNS, and
         // to the platform's metadata service (the stand-in address from
         // images/lab/image.json, on its loopback).
-        proc::check(
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv4.ip_forward=1",
-            ]),
-            STEP,
-        )?;
+        sysctl(&ns, "net.ipv4.ip_forward=1")?;
         let metadata = crate::image::metadata_address()?;
         ip(&[
             "-n",
@@ -195,13 +192,14 @@ impl Lab {
                 .context("cannot start the lab's upstream DNS")?,
         );
         lab.metadata = Some(
-            FileServer::start_in(
+            MetadataServer::start_in(
                 &Path::new("/run/netns").join(&ns),
                 SocketAddr::new(metadata.into(), 80),
-                vec![(
-                    "/metadata/v1/user-data".into(),
+                [(
+                    "/metadata/v1/user-data".to_owned(),
                     b"the lab's stand-in for a droplet's user data\n".to_vec(),
-                )],
+                )]
+                .into(),
             )
             .context("cannot start the lab's metadata stand-in")?,
         );
@@ -220,11 +218,16 @@ impl Lab {
         format!("{NS_PREFIX}{}-up", self.id)
     }
 
-    /// The metadata stand-in: how many requests reached it.
+    /// The metadata stand-in: how many requests for user data reached it.
     pub fn metadata_hits(&self) -> usize {
         self.metadata
             .as_ref()
             .map_or(0, |m| m.hits("/metadata/v1/user-data"))
+    }
+
+    /// The metadata stand-in, which answers each droplet about itself.
+    pub fn metadata(&self) -> &MetadataServer {
+        self.metadata.as_ref().expect("started with the lab")
     }
 
     pub fn id(&self) -> &str {
@@ -254,70 +257,32 @@ impl Lab {
     /// rendered Ignition config applied there by the real Ignition, which
     /// fetches from the lab server across the bridge.
     pub fn add_node(&mut self, name: &str, config: &Path) -> Result<&Node> {
-        let index = self.nodes.len();
-        if index >= MAX_NODES {
-            bail!("a lab holds at most {MAX_NODES} nodes");
-        }
+        let index = self.next_index(name)?;
         let node_dir = self.dir.join("nodes").join(name);
         let node = Node {
             name: name.to_owned(),
             address: Ipv4Addr::new(198, 18, 0, FIRST_NODE_OCTET + index as u8),
+            public: None,
             index,
             netns: format!("{NS_PREFIX}{}-{index}", self.id),
             dir: node_dir.clone(),
             nspawn: None,
+            volumes: None,
         };
         // Recorded before creating, so a crash in between is still cleaned.
         self.nodes.push(node);
         let node = self.nodes.last().expect("just pushed");
-        let (lab_ns, ns, cable) = (self.netns(), node.netns.clone(), node.cable(&self.id));
-        ip(&["netns", "add", &ns])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "link", "add", &cable, "netns", &lab_ns, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ])?;
-        ip(&["-n", &lab_ns, "link", "set", &cable, "master", "br0", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{}/24", node.address),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        // What a cloud's DHCP would give: the address above and a gateway
-        // (the lab namespace, routing to the upstream and the metadata
+        let (ns, cable, address) = (node.netns.clone(), node.cable(&self.id), node.address);
+        new_netns(&ns)?;
+        self.cable(&ns, &cable, "eth0", None, "br0")?;
+        // What a cloud's DHCP would give: the address and a gateway (the
+        // lab namespace, routing to the upstream and the metadata
         // stand-in).
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY.to_string(),
-        ])?;
+        configure(&ns, "eth0", &format!("{address}/24"), Some(GATEWAY))?;
 
-        for d in ["upper", "work", "merged"] {
-            fs::create_dir_all(node_dir.join(d))?;
-        }
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            self.image.display(),
-            node_dir.join("upper").display(),
-            node_dir.join("work").display()
-        );
-        proc::check(
-            Command::new("mount")
-                .args(["-t", "overlay", "overlay", "-o", &options])
-                .arg(node.merged()),
-            STEP,
-        )?;
-        ignition::prepare_root(&node.merged())
+        self.mount_root(&node_dir)
             .with_context(|| format!("cannot prepare {name}'s root for Ignition"))?;
+        let node = self.nodes.last().expect("just pushed");
         let stages = Stages::new(node_dir.join("ignition"))
             .with_context(|| format!("cannot set up Ignition's state for {name}"))?;
         let outcome = stages.apply(&node.merged(), config, Some(&ns));
@@ -336,52 +301,70 @@ impl Lab {
         self.strangers += 1;
         let ns = format!("{NS_PREFIX}{}-s{index}", self.id);
         let cable = format!("sl{}s{index}", self.id);
-        ip(&["netns", "add", &ns])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "link",
-            "add",
-            &cable,
-            "netns",
-            &self.netns(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns,
-        ])?;
-        ip(&[
-            "-n",
-            &self.netns(),
-            "link",
-            "set",
-            &cable,
-            "master",
-            "br0",
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY.to_string(),
-        ])?;
+        new_netns(&ns)?;
+        self.cable(&ns, &cable, "eth0", None, "br0")?;
+        configure(&ns, "eth0", &format!("{address}/24"), Some(GATEWAY))?;
         Ok(ns)
+    }
+
+    /// Cable namespace `ns` to `bridge` of the lab namespace: a veth pair,
+    /// `host_side` on the bridge, `inside` in `ns` (with `mac` if given);
+    /// both up.
+    pub(crate) fn cable(
+        &self,
+        ns: &str,
+        host_side: &str,
+        inside: &str,
+        mac: Option<&str>,
+        bridge: &str,
+    ) -> Result<()> {
+        let lab_ns = self.netns();
+        let mut args = vec![
+            "link", "add", host_side, "netns", &lab_ns, "type", "veth", "peer", "name", inside,
+        ];
+        if let Some(mac) = mac {
+            args.extend(["address", mac]);
+        }
+        args.extend(["netns", ns]);
+        ip(&args)?;
+        ip(&[
+            "-n", &lab_ns, "link", "set", host_side, "master", bridge, "up",
+        ])?;
+        ip(&["-n", ns, "link", "set", inside, "up"])
+    }
+
+    /// The index of a new node `name` (refused if the name is taken).
+    pub(crate) fn next_index(&mut self, name: &str) -> Result<usize> {
+        let index = self.added;
+        if index >= MAX_NODES {
+            bail!("a lab holds at most {MAX_NODES} nodes");
+        }
+        if self.nodes.iter().any(|n| n.name == name) {
+            bail!("the lab already has a node `{name}`");
+        }
+        self.added += 1;
+        Ok(index)
+    }
+
+    /// A node's copy-on-write root over the image, ready for Ignition.
+    pub(crate) fn mount_root(&self, node_dir: &Path) -> Result<()> {
+        for d in ["upper", "work", "merged"] {
+            fs::create_dir_all(node_dir.join(d))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.image.display(),
+            node_dir.join("upper").display(),
+            node_dir.join("work").display()
+        );
+        proc::check(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &options])
+                .arg(node_dir.join("merged")),
+            STEP,
+        )?;
+        ignition::prepare_root(&node_dir.join("merged"))?;
+        Ok(())
     }
 
     pub fn node(&self, name: &str) -> Result<&Node> {
@@ -391,7 +374,7 @@ impl Lab {
             .with_context(|| format!("no node `{name}` in the lab"))
     }
 
-    fn node_mut(&mut self, name: &str) -> Result<&mut Node> {
+    pub(crate) fn node_mut(&mut self, name: &str) -> Result<&mut Node> {
         self.nodes
             .iter_mut()
             .find(|n| n.name == name)
@@ -444,7 +427,19 @@ impl Lab {
             ))
             .arg(format!("--machine={}", node.name))
             .arg("--directory")
-            .arg(node.merged())
+            .arg(node.merged());
+        if let Some(volumes) = &node.volumes {
+            // A droplet's attached volumes: the loop devices, and their
+            // DigitalOcean names in a directory the lab keeps (`cloud`).
+            for (_, minor) in volumes {
+                command.arg(format!("--bind=/dev/loop{minor}"));
+            }
+            command.arg(format!(
+                "--bind={}:/dev/disk",
+                node.dir.join("disk").display()
+            ));
+        }
+        command
             .stdin(Stdio::null())
             .stdout(console.try_clone()?)
             .stderr(console);
@@ -683,6 +678,8 @@ impl Lab {
         self.server = None;
         self.metadata = None;
         self.upstream = None;
+        // Loop devices go in `clear`, which finds them by backing file.
+        self.volumes.clear();
         clear(&self.dir, &self.id);
     }
 }
@@ -735,8 +732,17 @@ pub fn clear_stale(root: &Path) {
     }
 }
 
-/// Remove one lab's processes, mounts, namespaces and files.
+/// Remove one lab's processes, mounts, loop devices, namespaces and files.
 fn clear(dir: &Path, id: &str) {
+    // Helpers the lab ran (servers in its namespaces): their groups.
+    for line in fs::read_to_string(dir.join("helpers"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Some(leader) = ProcessId::decode(line).filter(|p| p.alive()) {
+            leader.kill_group();
+        }
+    }
     // Recorded nspawn PIDs: kill the container (its init) and nspawn.
     for line in fs::read_to_string(dir.join("pids"))
         .unwrap_or_default()
@@ -773,7 +779,9 @@ fn clear(dir: &Path, id: &str) {
                 |_| Ok(()),
             );
     }
-    // Namespaces: the lab's own, and its nodes'.
+    // Volumes: loop devices over files under the lab directory.
+    crate::volumes::detach_all_under(dir);
+    // Namespaces: the lab's own, its nodes', the Internet's hosts'.
     if let Ok(entries) = fs::read_dir("/run/netns") {
         let own = format!("{NS_PREFIX}{id}");
         for entry in entries.flatten() {
@@ -862,6 +870,33 @@ fn remove_cgroups(lab_id: &str) {
     }
 }
 
+/// Remove one node's cgroups (they go once its processes have exited,
+/// which a killed node's do within moments).
+pub(crate) fn remove_node_cgroups(lab_id: &str, index: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for root in cgroup_roots() {
+        let dir = root.join("site-lab").join(format!("{lab_id}-{index}"));
+        while dir.exists() {
+            remove_tree_of_cgroups(&dir);
+            if !dir.exists() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn remove_tree_of_cgroups(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree_of_cgroups(&entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
 /// /proc/mounts escapes spaces and other bytes as octal.
 fn unescape_mount(field: &str) -> String {
     field
@@ -871,11 +906,51 @@ fn unescape_mount(field: &str) -> String {
         .replace("\\134", "\\")
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// A bridge `name` in namespace `ns`, with the namespace's address on it.
+pub(crate) fn bridge(ns: &str, name: &str, cidr: &str) -> Result<()> {
+    ip(&["-n", ns, "link", "add", name, "type", "bridge"])?;
+    ip(&["-n", ns, "addr", "add", cidr, "dev", name])?;
+    ip(&["-n", ns, "link", "set", name, "up"])
+}
+
+/// `sysctl -w setting` inside namespace `ns`.
+pub(crate) fn sysctl(ns: &str, setting: &str) -> Result<()> {
+    proc::check(
+        Command::new("ip").args(["netns", "exec", ns, "sysctl", "-q", "-w", setting]),
+        STEP,
+    )
+    .map(|_| ())
+}
+
+/// A new network namespace with its loopback up.
+pub(crate) fn new_netns(ns: &str) -> Result<()> {
+    ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])
+}
+
+/// An address on `dev` in namespace `ns`, and a default route via
+/// `gateway` when given.
+pub(crate) fn configure(ns: &str, dev: &str, cidr: &str, gateway: Option<Ipv4Addr>) -> Result<()> {
+    ip(&["-n", ns, "addr", "add", cidr, "dev", dev])?;
+    if let Some(gateway) = gateway {
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway.to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     proc::check(Command::new("ip").args(args), STEP).map(|_| ())
 }
 
-fn append_line(path: &Path, line: &str) -> Result<()> {
+pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
     use std::io::Write;
     let mut file = fs::OpenOptions::new()
         .create(true)

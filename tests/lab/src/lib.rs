@@ -7,12 +7,17 @@
 //! is served to Ignition over HTTP from the lab namespace, by URL and
 //! sha512, as on DigitalOcean. See `images/lab/` and ARCHITECTURE §7.
 
+pub mod cloud;
+pub mod devicebus;
+pub mod edge_firewall;
 pub mod http;
 pub mod ignition;
 pub mod image;
 pub mod lab;
+pub mod metadata;
 pub mod proc;
 pub mod upstream;
+pub mod volumes;
 
 pub use lab::{Lab, LAB_SERVER};
 

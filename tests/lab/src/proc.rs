@@ -105,6 +105,17 @@ impl ProcessId {
         }
     }
 
+    /// SIGKILL to its process group (it leads one), only if it is still
+    /// the process we recorded.
+    pub fn kill_group(&self) {
+        if self.alive() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
     pub fn encode(&self) -> String {
         format!("{} {}", self.pid, self.start)
     }
