@@ -40,9 +40,9 @@ TEST_ENV   = BUILDER_TEST_FIRSTBOOT=$(CURDIR)/$(FIRSTBOOT) \
              BUILDER_TEST_IPA_SIM=$(CURDIR)/target/debug/ipa-sim \
              SITE_TEST_SKIPS=$(CURDIR)/$(SKIPS)
 # The end-to-end test (tests/e2e.rs): ignored by the plain run, printed
-# as it goes; its quarantined test (a known firstboot gap) is left out.
+# as it goes.
 E2E        = $(CARGO) test --locked -p builder --test e2e -- --ignored --nocapture \
-             --test-threads=1 --skip quarantined --skip bench_
+             --test-threads=1 --skip bench_
 
 .PHONY: all build firstboot builder test test-deps test-deps-apt lint fmt bench golden render lab lab-image e2e ipa-sim clean
 

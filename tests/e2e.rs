@@ -906,6 +906,22 @@ fn bootstrap_rejoins(steps: &mut Steps, op: &Operator) {
                     "{host}: a second cluster: {before} then {ids:?}"
                 );
             }
+            for peer in ["node2", "node3"] {
+                let lab = op.cloud.lab();
+                let followed = lab
+                    .journal(peer, Some("firstboot-peer.service"))
+                    .unwrap_or_default();
+                assert!(
+                    followed.contains(&format!("moved from {old} to {new}: following it")),
+                    "{peer} did not follow node1:\n{followed}"
+                );
+                let hosts = lab.sh(peer, "cat /etc/hosts").unwrap();
+                assert!(
+                    hosts.contains(&format!("{new} node1."))
+                        && !hosts.contains(&format!("{old} node1.")),
+                    "{peer}: /etc/hosts:\n{hosts}"
+                );
+            }
             let journal = op
                 .cloud
                 .lab()
@@ -920,16 +936,13 @@ fn bootstrap_rejoins(steps: &mut Steps, op: &Operator) {
     );
 }
 
-/// Quarantined: fails until firstboot re-pins a core host that moved.
-/// The new node1 has a new VPC address (as a new droplet has); its peers
-/// still pin the old one in `/etc/hosts` (and route the site domain to
-/// the temporary DNS at the old address), so etcd on node2 and node3
-/// refuses the new member ("does not match any of DNSNames") and dials
-/// the old address. Run it with
-/// `cargo test -p builder --test e2e -- --ignored quarantined --nocapture`.
+/// The new node1 has a new VPC address (as a new droplet has). It asks
+/// its peers from there; each follows it (its /etc/hosts and the site
+/// domain's DNS route), so etcd on node2 and node3 accepts the new member
+/// under its name, and no second cluster or CA is made.
 #[test]
-#[ignore = "quarantined until firstboot re-pins a core host that moved (see the doc comment)"]
-fn quarantined_rebuilt_bootstrap_host_rejoins_its_cluster() {
+#[ignore = "`make e2e` runs it (root, minutes)"]
+fn e2e_rebuilt_bootstrap_host_rejoins_its_cluster() {
     let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot)) = lab_cloud::ready() else {
         return;

@@ -70,9 +70,11 @@ fn post_from(
     })
 }
 
-fn peer_request(from: &Ticket, key: &SigningKey) -> (Vec<u8>, String) {
+/// A peer request signed with `key`, saying it comes from `address`.
+fn peer_request(from: &Ticket, key: &SigningKey, address: Ipv4Addr) -> (Vec<u8>, String) {
     let body = serde_json::to_vec(&PeerRequest {
         from: from.clone(),
+        address,
         timestamp: firstboot::status::now(),
         nonce: protocol::nonce(),
     })
@@ -383,7 +385,7 @@ fn a_running_site_keeps_its_trust() {
                 &node("node3").signing_key(),
             ),
         ] {
-            let (body, signature) = peer_request(&ticket, key);
+            let (body, signature) = peer_request(&ticket, key, STRANGER);
             let (status, answer) =
                 post_from(&stranger, to, 7444, protocol::PEER_PATH, body, signature);
             assert_eq!(status, 403, "{core} answered {who}: {answer}");
@@ -392,10 +394,18 @@ fn a_running_site_keeps_its_trust() {
                 "{core} gave {who} the CA copy"
             );
         }
-        // The bootstrap host's own request is answered, with the copy.
+        // The bootstrap host's own request, replayed from elsewhere, is
+        // refused: it says where it comes from, and did not.
         let me = node("node1");
-        let (body, signature) = peer_request(&me.ticket(), &me.signing_key());
+        let node1 = address(&lab, "node1");
+        let (body, signature) = peer_request(&me.ticket(), &me.signing_key(), node1);
         let (status, answer) = post_from(&stranger, to, 7444, protocol::PEER_PATH, body, signature);
+        assert_eq!(status, 403, "{core} answered a relayed request: {answer}");
+        assert!(!answer.contains("ca_backup"), "{core}: {answer}");
+        // From the bootstrap host itself it is answered, with the copy.
+        let (body, signature) = peer_request(&me.ticket(), &me.signing_key(), node1);
+        let netns = lab.node("node1").unwrap().netns().to_owned();
+        let (status, answer) = post_from(&netns, to, 7444, protocol::PEER_PATH, body, signature);
         assert_eq!(status, 200, "{core}: {answer}");
         let answer: PeerAnswer = serde_json::from_str(&answer).unwrap();
         assert!(

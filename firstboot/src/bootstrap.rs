@@ -85,7 +85,7 @@ impl Discovery {
                     Some(address) => {
                         let site = site.clone();
                         let me = me.clone();
-                        asks.spawn(async move { (address, ask(&site, &me, address).await) });
+                        asks.spawn(async move { (address, ask(&site, &me, own, address).await) });
                     }
                     None => probing = false,
                 },
@@ -190,6 +190,8 @@ pub struct Settled {
     pub registry: Registry,
     /// Set when a rebuilt bootstrap host found a cluster to rejoin.
     pub cluster_state: Option<ClusterState>,
+    /// Restored from the peers' sealed copies: this host was rebuilt.
+    pub restored: bool,
 }
 
 /// The CAs: from disk, else from the peers' sealed copies, else new, but
@@ -211,6 +213,7 @@ pub async fn ensure_ca(
             ca,
             registry,
             cluster_state: None,
+            restored: false,
         });
     }
     let me = Credentials::of(config);
@@ -243,6 +246,7 @@ pub async fn ensure_ca(
                     admission_deadline: crate::status::now() + ADMISSION_WINDOW,
                 },
                 cluster_state: None,
+                restored: false,
             }
         }
         Verdict::Restore {
@@ -274,6 +278,7 @@ pub async fn ensure_ca(
                     admission_deadline: backup.admission_deadline,
                 },
                 cluster_state: cluster_exists.then_some(ClusterState::Existing),
+                restored: true,
             }
         }
     };
@@ -327,6 +332,7 @@ pub async fn start(
     reporter: Reporter,
 ) -> Result<Services> {
     ensure_own_certs(paths, config, &settled.ca)?;
+    let settled_restored = settled.restored;
     let zone = ZoneData {
         domain: config.site.domain.clone(),
         ns_host: config.node.clone(),
@@ -357,6 +363,14 @@ pub async fn start(
         enroller: None,
     };
     registrar.register(&config.node, own).await?;
+    if settled_restored {
+        tokio::spawn(announce(
+            Site::of(config),
+            Credentials::of(config),
+            own,
+            registrar.registry.hosts.clone(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(own.into(), config.join.port))
         .await
         .with_context(|| format!("cannot listen on {own}:{}", config.join.port))?;
@@ -382,6 +396,56 @@ pub async fn start(
         registrar,
         join_task,
     })
+}
+
+/// How many times a rebuilt bootstrap host tells each registered node
+/// where it is now, and the pause between rounds.
+const ANNOUNCE_ROUNDS: u32 = 5;
+const ANNOUNCE_PAUSE: Duration = Duration::from_secs(3);
+
+/// After a rebuild: ask every registered node's peer service from the new
+/// address, so each follows this host there (its /etc/hosts and DNS
+/// route; see `join::peer`). The core hosts heard it during discovery;
+/// the workers hear it here. Bounded: a node that never answers keeps
+/// the old address until it next renews through the join service.
+async fn announce(site: Site, me: Credentials, own: Ipv4Addr, hosts: BTreeMap<HostName, Ipv4Addr>) {
+    let mut waiting: BTreeMap<HostName, Ipv4Addr> = hosts
+        .into_iter()
+        .filter(|(node, _)| *node != me.ticket.node)
+        .collect();
+    for round in 0..ANNOUNCE_ROUNDS {
+        if waiting.is_empty() {
+            break;
+        }
+        if round > 0 {
+            tokio::time::sleep(ANNOUNCE_PAUSE).await;
+        }
+        let mut asks = tokio::task::JoinSet::new();
+        for (node, address) in &waiting {
+            let (site, me, node, address) = (site.clone(), me.clone(), node.clone(), *address);
+            asks.spawn(async move { (node, ask(&site, &me, own, address).await) });
+        }
+        while let Some(Ok((node, result))) = asks.join_next().await {
+            match result {
+                Ok(answer) if answer.node.node == node => {
+                    waiting.remove(&node);
+                }
+                Ok(answer) => tracing::warn!(
+                    "{} answered at {node}'s registered address",
+                    answer.node.node
+                ),
+                Err(e) => tracing::debug!("announce to {node}: {e:#}"),
+            }
+        }
+    }
+    if waiting.is_empty() {
+        tracing::info!("every registered node knows this host at {own}");
+    } else {
+        tracing::warn!(
+            "not told of this host's new address {own}: {:?}",
+            waiting.keys().map(|h| h.as_str()).collect::<Vec<_>>()
+        );
+    }
 }
 
 #[cfg(test)]

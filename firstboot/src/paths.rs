@@ -64,6 +64,11 @@ impl Paths {
     pub fn nonces_file(&self) -> PathBuf {
         self.state_dir().join("join-nonces.json")
     }
+    /// Where the bootstrap host moved to, as its own signed request said
+    /// (every other node): newer than what join recorded.
+    pub fn bootstrap_moved(&self) -> PathBuf {
+        self.state_dir().join("bootstrap-moved.json")
+    }
     /// Progress for operators and `builder status`: gone at reboot.
     pub fn status_file(&self) -> PathBuf {
         self.at(node_contract::status::STATUS_PATH)

@@ -41,8 +41,7 @@ pub async fn run(paths: &Paths) -> Result<Renewed> {
     let own = state
         .address
         .context("identify did not record this node's address")?;
-    let bootstrap = state
-        .bootstrap_address
+    let bootstrap = crate::state::bootstrap_address(paths, &state)
         .context("join did not record the join service's address")?;
     crate::join::client::enroll(paths, &config, bootstrap, own)
         .await

@@ -115,7 +115,13 @@ pub fn write_hosts(
         }
     }
     kept.push(HOSTS_BEGIN.into());
-    for (name, address) in peers {
+    // A rebuilt bootstrap host's new address wins over what a phase
+    // learnt before it moved.
+    let mut peers = peers.clone();
+    if let Some(moved) = crate::state::BootstrapMoved::load(&paths.bootstrap_moved()) {
+        peers.insert(moved.node, moved.address);
+    }
+    for (name, address) in &peers {
         kept.push(format!("{address} {} {name}", domain.fqdn(name)));
     }
     kept.push(HOSTS_END.into());

@@ -103,6 +103,44 @@ impl State {
     }
 }
 
+/// Where a rebuilt bootstrap host is now. The peer service writes it
+/// (it alone hears the bootstrap host) from a request the bootstrap host
+/// signed, made from that address, newer than the last one followed;
+/// the phases read the bootstrap host's address through
+/// [`bootstrap_address`], so the move reaches them without the peer
+/// service touching their state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapMoved {
+    pub node: HostName,
+    pub address: Ipv4Addr,
+    /// The signed request's timestamp: an older request never moves it
+    /// back.
+    pub since: u64,
+}
+
+impl BootstrapMoved {
+    /// The record, if any; a damaged one counts as none (the next signed
+    /// request writes it again).
+    pub fn load(path: &Path) -> Option<BootstrapMoved> {
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        crate::fsutil::write_atomic(path, &bytes, 0o644)
+    }
+}
+
+/// The bootstrap host's address: where it moved, else where join found it.
+pub fn bootstrap_address(paths: &crate::paths::Paths, state: &State) -> Option<Ipv4Addr> {
+    BootstrapMoved::load(&paths.bootstrap_moved())
+        .map(|m| m.address)
+        .or(state.bootstrap_address)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,14 @@
 //!   hands back the sealed CA copy it keeps, so a rebuilt bootstrap host
 //!   rejoins the cluster instead of starting a second one.
 //!
+//! Every request names the address the bootstrap host asks from, and must
+//! come from it. A node that has joined follows a bootstrap host that
+//! asks from a new address (it was rebuilt elsewhere): its name in
+//! /etc/hosts and the site domain's DNS route move there. Only a request
+//! the bootstrap host signed, made from that address and newer than the
+//! last one followed, moves them: a replay from elsewhere fails the
+//! address check, an old one the time check.
+//!
 //! Every answer is signed with this node's key over the request's nonce.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -82,6 +90,20 @@ pub async fn main(paths: Paths) -> Result<()> {
                     return Response::text(refusal.http_status(), &refusal.to_string());
                 }
             };
+            if request.source != asked.address {
+                let refusal = Refusal::NotAllowed(format!(
+                    "the request says it comes from {}, but it came from {}",
+                    asked.address, request.source
+                ));
+                tracing::warn!(source = %request.source, "peer service: refused: {refusal}");
+                return Response::text(refusal.http_status(), &refusal.to_string());
+            }
+            if let Err(e) = follow_bootstrap(paths, config, &asked).await {
+                tracing::warn!(
+                    "peer service: cannot follow the bootstrap host to {}: {e:#}",
+                    asked.address
+                );
+            }
             let addresses = crate::net::own_addresses(&config.site.vpc_range).unwrap_or_default();
             tracing::info!(peer = %asked.from.node, "peer service: answered {}", asked.from.node);
             let body = serde_json::to_vec(&answer(paths, config, addresses)).expect("serialises");
@@ -98,12 +120,69 @@ pub async fn main(paths: Paths) -> Result<()> {
     bail!("the peer service stopped")
 }
 
-/// Ask the peer service at `address` (as the bootstrap host). The answer
-/// counts only if the node its ticket names signed it and claims `address`.
-pub async fn ask(site: &Site, me: &Credentials, address: Ipv4Addr) -> Result<PeerAnswer> {
+/// Follow the bootstrap host to the address it asked from, if this node
+/// has joined and knew it elsewhere: /etc/hosts and the site domain's DNS
+/// route move, and the phases read the new address from the record.
+/// `asked` is verified and came from `asked.address`.
+async fn follow_bootstrap(paths: &Paths, config: &NodeConfig, asked: &PeerRequest) -> Result<()> {
+    if let Some(from) = record_move(paths, config, asked)? {
+        crate::resolver::route_site_domain(paths, asked.address, &config.site.domain).await?;
+        tracing::warn!(
+            "the bootstrap host {} moved from {from} to {}: following it",
+            asked.from.node,
+            asked.address
+        );
+    }
+    Ok(())
+}
+
+/// The file half of [`follow_bootstrap`]: the record and /etc/hosts.
+/// Where the bootstrap host was, when it moved.
+pub fn record_move(
+    paths: &Paths,
+    config: &NodeConfig,
+    asked: &PeerRequest,
+) -> Result<Option<Ipv4Addr>> {
+    let state = crate::state::State::load(&paths.state_file())?;
+    let Some(known) = crate::state::bootstrap_address(paths, &state) else {
+        // Not joined yet: join finds it wherever it is.
+        return Ok(None);
+    };
+    let moved_file = paths.bootstrap_moved();
+    let last = crate::state::BootstrapMoved::load(&moved_file).map_or(0, |m| m.since);
+    if known == asked.address || asked.timestamp <= last {
+        return Ok(None);
+    }
+    if !config.site.vpc_range.contains(asked.address) {
+        bail!(
+            "{} is outside the site's VPC {}",
+            asked.address,
+            config.site.vpc_range
+        );
+    }
+    crate::state::BootstrapMoved {
+        node: asked.from.node.clone(),
+        address: asked.address,
+        since: asked.timestamp,
+    }
+    .save(&moved_file)?;
+    crate::resolver::write_hosts(paths, &config.site.domain, &state.peers)?;
+    Ok(Some(known))
+}
+
+/// Ask the peer service at `address` (as the bootstrap host, from `own`).
+/// The answer counts only if the node its ticket names signed it and
+/// claims `address`.
+pub async fn ask(
+    site: &Site,
+    me: &Credentials,
+    own: Ipv4Addr,
+    address: Ipv4Addr,
+) -> Result<PeerAnswer> {
     let nonce = protocol::nonce();
     let body = serde_json::to_vec(&PeerRequest {
         from: me.ticket.clone(),
+        address: own,
         timestamp: crate::status::now(),
         nonce: nonce.clone(),
     })?;
@@ -144,4 +223,94 @@ pub async fn ask(site: &Site, me: &Credentials, address: Ipv4Addr) -> Result<Pee
         );
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{BootstrapMoved, State};
+
+    fn config() -> NodeConfig {
+        let text = include_str!("../../contract/tests/node-v2.json");
+        NodeConfig::from_json(text.as_bytes()).unwrap()
+    }
+
+    fn asked(config: &NodeConfig, address: [u8; 4], timestamp: u64) -> PeerRequest {
+        PeerRequest {
+            from: node_contract::Ticket {
+                node: config.site.core[0].clone(),
+                ..config.ticket()
+            },
+            address: address.into(),
+            timestamp,
+            nonce: protocol::nonce(),
+        }
+    }
+
+    fn hosts(paths: &Paths) -> String {
+        std::fs::read_to_string(paths.etc_hosts()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_joined_node_follows_the_bootstrap_host_only_forward_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let config = config();
+        let bootstrap = config.site.core[0].clone();
+        let old = std::net::Ipv4Addr::new(198, 18, 0, 10);
+
+        // Not joined yet: nothing to follow.
+        assert_eq!(
+            record_move(&paths, &config, &asked(&config, [198, 18, 0, 50], 1000)).unwrap(),
+            None
+        );
+        assert!(!paths.bootstrap_moved().exists());
+
+        let mut state = State::new();
+        state.bootstrap_address = Some(old);
+        state.peers.insert(bootstrap.clone(), old);
+        std::fs::create_dir_all(paths.state_dir()).unwrap();
+        state.save(&paths.state_file()).unwrap();
+        crate::resolver::write_hosts(&paths, &config.site.domain, &state.peers).unwrap();
+        assert!(hosts(&paths).contains("198.18.0.10 "));
+
+        // The same address: nothing moves.
+        assert_eq!(
+            record_move(&paths, &config, &asked(&config, [198, 18, 0, 10], 1000)).unwrap(),
+            None
+        );
+        // A new address: followed, and /etc/hosts says so.
+        assert_eq!(
+            record_move(&paths, &config, &asked(&config, [198, 18, 0, 50], 2000)).unwrap(),
+            Some(old)
+        );
+        let moved = BootstrapMoved::load(&paths.bootstrap_moved()).unwrap();
+        assert_eq!(
+            (moved.address, moved.since),
+            ([198, 18, 0, 50].into(), 2000)
+        );
+        assert_eq!(
+            crate::state::bootstrap_address(&paths, &state),
+            Some([198, 18, 0, 50].into())
+        );
+        assert!(hosts(&paths).contains("198.18.0.50 "), "{}", hosts(&paths));
+        assert!(!hosts(&paths).contains("198.18.0.10 "), "{}", hosts(&paths));
+        // A phase rewriting /etc/hosts from its older view keeps the move.
+        crate::resolver::write_hosts(&paths, &config.site.domain, &state.peers).unwrap();
+        assert!(hosts(&paths).contains("198.18.0.50 "), "{}", hosts(&paths));
+
+        // An older request (a replay from the old address) does not move
+        // it back; neither does one outside the VPC.
+        assert_eq!(
+            record_move(&paths, &config, &asked(&config, [198, 18, 0, 10], 1500)).unwrap(),
+            None
+        );
+        assert!(record_move(&paths, &config, &asked(&config, [10, 0, 0, 1], 3000)).is_err());
+        assert_eq!(
+            BootstrapMoved::load(&paths.bootstrap_moved())
+                .unwrap()
+                .address,
+            std::net::Ipv4Addr::new(198, 18, 0, 50)
+        );
+    }
 }

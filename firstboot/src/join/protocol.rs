@@ -87,6 +87,10 @@ pub struct JoinAnswer {
 #[serde(deny_unknown_fields)]
 pub struct PeerRequest {
     pub from: Ticket,
+    /// The bootstrap host's VPC address, which the request must come
+    /// from: peers follow a rebuilt bootstrap host there, and a request
+    /// replayed from elsewhere is refused.
+    pub address: Ipv4Addr,
     pub timestamp: u64,
     pub nonce: String,
 }

@@ -201,11 +201,11 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
     };
     if let Decision::Move { from } = decision {
         // Outside the lock: asking the old address takes a moment.
-        let (site, me) = {
+        let (site, me, own) = {
             let r = registrar.lock().await;
-            (r.site.clone(), r.me.clone())
+            (r.site.clone(), r.me.clone(), r.dns_address)
         };
-        if let Ok(answer) = super::peer::ask(&site, &me, from).await {
+        if let Ok(answer) = super::peer::ask(&site, &me, own, from).await {
             if answer.node.node == *verified.node() {
                 let refusal = Refusal::Taken {
                     node: verified.node().clone(),

@@ -92,8 +92,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         .address
         .context("identify did not record this node's address")?;
     let dns = SocketAddr::new(
-        cx.state
-            .bootstrap_address
+        crate::state::bootstrap_address(&cx.paths, &cx.state)
             .context("join did not record the DNS server")?
             .into(),
         crate::bootstrap::DNS_PORT,

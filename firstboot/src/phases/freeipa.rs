@@ -176,15 +176,14 @@ fn topology_wait(pass: site::Topology, expected: usize) -> Duration {
 /// This node's enrollment from the bootstrap host, waiting while its
 /// FreeIPA is still installing.
 async fn enrollment(cx: &Context) -> Result<crate::join::protocol::EnrollAnswer> {
-    let bootstrap = cx
-        .state
-        .bootstrap_address
-        .context("join did not record the bootstrap host's address")?;
     let started = tokio::time::Instant::now();
     let deadline = started + ENROLL_WAIT;
     let mut next_progress = started + PROGRESS;
     let mut pause = POLL;
     loop {
+        // Read each time: a rebuilt bootstrap host may move meanwhile.
+        let bootstrap = crate::state::bootstrap_address(&cx.paths, &cx.state)
+            .context("join did not record the bootstrap host's address")?;
         if let Some(answer) =
             crate::join::client::enrollment(&cx.paths, &cx.config, bootstrap).await?
         {

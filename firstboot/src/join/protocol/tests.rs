@@ -262,6 +262,7 @@ fn only_the_bootstrap_host_may_ask_peers() {
     let request = |from: Ticket, signer: u8, timestamp: u64| {
         let body = serde_json::to_vec(&PeerRequest {
             from,
+            address: Ipv4Addr::new(198, 18, 0, 10),
             timestamp,
             nonce: nonce(),
         })
