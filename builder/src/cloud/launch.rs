@@ -624,7 +624,10 @@ impl Launch<'_> {
                 json!({
                     "region": self.plan.region, "size": droplet.size, "image": known.image,
                     "ssh_keys": known.keys, "vpc_uuid": known.vpc, "user_data": user_data,
-                    "tags": [self.plan.tag], "volumes": volumes, "monitoring": true, "ipv6": true,
+                    "tags": [self.plan.tag], "volumes": volumes,
+                    // The node image is a custom image, whose droplets
+                    // can have neither (DigitalOcean's Custom Images Limits).
+                    "monitoring": false, "ipv6": false,
                 }),
             ));
         }
