@@ -14,6 +14,8 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use node_contract::status::Status;
+
 use super::plan::Plan;
 use crate::digitalocean::Client;
 
@@ -77,10 +79,64 @@ fn address(droplet: &Value, kind: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The command run on each node: the status file, else the done marker.
+/// The command run on each node: the status file, else a word saying
+/// whether firstboot finished (the status file lives in /run, gone after
+/// a reboot; the done marker stays) or never started.
 const REMOTE: &str = "cat /run/firstboot/status.json 2>/dev/null || \
-     { test -e /var/lib/firstboot/done && echo '{\"phase\":\"all\",\"state\":\"done\"}'; } || \
-     echo '{\"phase\":\"none\",\"state\":\"not started\"}'";
+     { test -e /var/lib/firstboot/done && echo firstboot-done; } || \
+     echo firstboot-not-started";
+
+/// What a node said of firstboot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeReport {
+    /// Its status file, as firstboot wrote it.
+    Status(Status),
+    /// No status file (rebooted since), but every phase is done.
+    Done,
+    /// firstboot has not written anything yet.
+    NotStarted,
+}
+
+impl NodeReport {
+    /// Read the node's answer to [`REMOTE`]; what is neither a word it
+    /// prints nor a status file this builder reads is an error saying so.
+    pub fn parse(text: &str) -> Result<NodeReport, String> {
+        match text.trim() {
+            "firstboot-done" => Ok(NodeReport::Done),
+            "firstboot-not-started" => Ok(NodeReport::NotStarted),
+            json => Status::from_json(json.as_bytes())
+                .map(NodeReport::Status)
+                .map_err(|e| format!("unreadable status file ({e})")),
+        }
+    }
+
+    /// Phase, state and note for a row.
+    fn cells(&self) -> (Option<String>, Option<String>, Option<String>) {
+        match self {
+            NodeReport::Status(s) => {
+                let mut note = s.last_error.clone();
+                if let Some(a) = &s.admission {
+                    let admission = if a.open {
+                        format!("joining open: {} of {} joined", a.joined, a.hosts)
+                    } else {
+                        format!("{} of {} joined", a.joined, a.hosts)
+                    };
+                    note = Some(match note {
+                        Some(n) => format!("{admission}; {n}"),
+                        None => admission,
+                    });
+                }
+                (
+                    Some(s.phase.map_or("starting", |p| p.as_str()).to_owned()),
+                    Some(s.state.as_str().to_owned()),
+                    note,
+                )
+            }
+            NodeReport::Done => (Some("all".into()), Some("done".into()), None),
+            NodeReport::NotStarted => (Some("none".into()), Some("not started".into()), None),
+        }
+    }
+}
 
 /// How long one node may take to answer over SSH.
 const SSH_LIMIT: Duration = Duration::from_secs(20);
@@ -101,11 +157,7 @@ pub fn read_phases(rows: &mut [Row], ssh: &str) {
             .collect();
         for (row, handle) in rows.iter_mut().zip(handles) {
             match handle.join().ok().flatten() {
-                Some(Ok(status)) => {
-                    row.phase = status["phase"].as_str().map(str::to_owned);
-                    row.state = status["state"].as_str().map(str::to_owned);
-                    row.note = status["last_error"].as_str().map(str::to_owned);
-                }
+                Some(Ok(report)) => (row.phase, row.state, row.note) = report.cells(),
                 Some(Err(why)) => row.note = Some(why),
                 None => {}
             }
@@ -113,7 +165,7 @@ pub fn read_phases(rows: &mut [Row], ssh: &str) {
     });
 }
 
-fn phase_of(ssh: &str, address: &str) -> Result<Value, String> {
+fn phase_of(ssh: &str, address: &str) -> Result<NodeReport, String> {
     let mut child = Command::new(ssh)
         .args([
             "-o",
@@ -162,8 +214,7 @@ fn phase_of(ssh: &str, address: &str) -> Result<Value, String> {
         let last = err.lines().last().unwrap_or("").trim();
         return Err(format!("ssh core@{address} failed: {last}"));
     }
-    serde_json::from_str(out.trim())
-        .map_err(|e| format!("core@{address}: unreadable status file ({e})"))
+    NodeReport::parse(&out).map_err(|e| format!("core@{address}: {e}"))
 }
 
 /// The table for a terminal.
@@ -221,6 +272,47 @@ pub fn table(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_report_is_read_typed_and_a_bad_one_said_so() {
+        let serving = r#"{"version":1,"phase":"freeipa","state":"serving","since":1,"attempt":1,
+            "admission":{"open":true,"joined":3,"hosts":5,"deadline":99}}"#;
+        let report = NodeReport::parse(serving).unwrap();
+        assert_eq!(
+            report.cells(),
+            (
+                Some("freeipa".into()),
+                Some("serving".into()),
+                Some("joining open: 3 of 5 joined".into())
+            )
+        );
+        let failed = r#"{"phase":"etcd","state":"waiting","since":1,"attempt":2,
+            "last_error":"no quorum"}"#;
+        assert_eq!(
+            NodeReport::parse(failed).unwrap().cells().2.as_deref(),
+            Some("no quorum")
+        );
+        assert_eq!(
+            NodeReport::parse("firstboot-done\n").unwrap(),
+            NodeReport::Done
+        );
+        assert_eq!(
+            NodeReport::parse("firstboot-not-started").unwrap(),
+            NodeReport::NotStarted
+        );
+        for bad in [
+            "",
+            "{}",
+            "<html>",
+            r#"{"phase":"warp","state":"done","since":1,"attempt":1}"#,
+        ] {
+            let error = NodeReport::parse(bad).unwrap_err();
+            assert!(
+                error.starts_with("unreadable status file"),
+                "{bad}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn the_table_aligns_and_says_what_is_unknown() {
