@@ -335,22 +335,32 @@ fn faults_are_retried_and_a_replica_outlives_the_first_server() {
     }
 
     // The first server gone: a replica still answers DNS for the site and
-    // issues certificates.
-    lab.kill("node1").unwrap();
-    let dig = lab
-        .sh(
+    // issues certificates. First wait until replication has brought node2
+    // the last enrollment (node4's record), as with a real FreeIPA, whose
+    // replicas lag their supplier by a moment.
+    let node2_dns = |lab: &Lab| {
+        lab.sh(
             "node3",
             &format!(
-                "dig +short @{} node4.lab.example.org A",
-                address(&lab, "node2")
+                "dig +short +time=2 +tries=1 @{} node4.lab.example.org A",
+                address(lab, "node2")
             ),
         )
-        .unwrap();
-    assert_eq!(
-        dig.trim(),
-        address(&lab, "node4").to_string(),
-        "node2's DNS"
-    );
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+    };
+    let node4 = address(&lab, "node4").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node2_dns(&lab) != node4 {
+        assert!(
+            Instant::now() < deadline,
+            "node2 never replicated node4's record"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    lab.kill("node1").unwrap();
+    assert_eq!(node2_dns(&lab), node4, "node2's DNS with node1 gone");
     let issued = admin(&lab, "node2", |client| {
         Box::pin(async move {
             let principal = "HTTP/node4.lab.example.org@LAB.EXAMPLE.ORG";
