@@ -92,7 +92,10 @@ async fn phases_run_in_order_and_are_recorded() {
     };
     run_all(&mut cx, &QUICK, &mut script).await.unwrap();
     use Phase::*;
-    assert_eq!(script.calls, [Identify, Storage, Join, Join, Join, Etcd, Freeipa]);
+    assert_eq!(
+        script.calls,
+        [Identify, Storage, Join, Join, Join, Etcd, Freeipa]
+    );
     let saved = State::load(&cx.paths.state_file()).unwrap();
     assert_eq!(saved.completed, Phase::ALL);
     let status =
