@@ -859,6 +859,13 @@ fn e2e_builder_launch_assembles_sites_in_the_lab_cloud() {
                     || worker_rejoins(op, "node4"),
                 );
             }),
+            middle: Box::new(|steps, op: &Operator| {
+                steps.time(
+                    "e2e5",
+                    "destroy node5 (worker, enrolled in FreeIPA), launch again",
+                    || enrolled_worker_rejoins(op, "node5"),
+                );
+            }),
             ..Hooks::default()
         };
         site_run(&mut world, "e2e5", 5, hooks);
@@ -1031,6 +1038,75 @@ fn worker_rejoins(op: &Operator, worker: &str) {
         )
         .unwrap();
     assert_eq!(a.trim(), new.to_string(), "[{}] DNS for {worker}", op.label);
+}
+
+/// Once the site is done, `worker` is enrolled in FreeIPA (the server
+/// holds its keytab). Destroyed and launched again, the new droplet has no
+/// keytab: the bootstrap host disables the old one and hands it a new
+/// one-time password, and FreeIPA's record for it follows it to its new
+/// address.
+fn enrolled_worker_rejoins(op: &Operator, worker: &str) {
+    // Inside the node: the service's state is on its data volume.
+    let enrolled = |lab: &site_lab::Lab| {
+        lab.sh(
+            worker,
+            "test -e /var/lib/freeipa-client/enrolled && echo yes",
+        )
+        .is_ok_and(|out| out.trim() == "yes")
+    };
+    assert!(
+        enrolled(&op.cloud.lab()),
+        "[{}] {worker} is not enrolled",
+        op.label
+    );
+    let old = op.cloud.lab().node(worker).unwrap().address;
+    op.ok(&["destroy", &op.site_arg(), "--host", worker, "--yes"]);
+    op.cloud.settle(Duration::from_secs(60));
+    assert!(op.cloud.lab().node(worker).is_err(), "{worker} still runs");
+    op.launch();
+    op.wait_status(&format!("{worker} done again"), ASSEMBLY_LIMIT, |rows| {
+        rows.iter().any(|r| r["host"] == worker && assembled(r))
+    });
+    let fqdn = op.fqdn(worker);
+    let (new, server) = {
+        let lab = op.cloud.lab();
+        assert!(
+            enrolled(&lab),
+            "[{}] {worker} did not enroll again",
+            op.label
+        );
+        let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
+        assert!(
+            journal.contains(&format!("{fqdn} was rebuilt; it enrolls again")),
+            "[{}] the bootstrap host did not let {worker} enroll again:\n{journal}",
+            op.label
+        );
+        (
+            lab.node(worker).unwrap().address,
+            lab.node("node1").unwrap().address,
+        )
+    };
+    // FreeIPA's DNS (the simulator's, on node1) has the new address only.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = op
+            .cloud
+            .lab()
+            .sh(
+                "node2",
+                &format!("dig +short +time=2 +tries=1 @{server} {fqdn} A"),
+            )
+            .unwrap_or_default();
+        if a.trim() == new.to_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{}] FreeIPA's DNS has {worker} at {a:?}, not only at {new} (was {old})",
+            op.label
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// A volume created and attached through the API appears in the node

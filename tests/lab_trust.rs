@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use builder::artifact::Firstboot;
 use builder::site::Site;
 use firstboot::https::{self, Response};
-use firstboot::join::protocol::{self, JoinRequest, PeerAnswer, PeerRequest, SIGNATURE_HEADER};
+use firstboot::join::protocol::{
+    self, EnrollRequest, JoinRequest, PeerAnswer, PeerRequest, SIGNATURE_HEADER,
+};
 use node_contract::identity::Purpose;
 use node_contract::{HostName, NodeConfig, Role, Seed, SigningKey, Ticket};
 use site_lab::Lab;
@@ -475,6 +477,34 @@ fn a_running_site_keeps_its_trust() {
         .sh("node3", "dig +short @127.0.0.53 node2.lab.example.org A")
         .unwrap();
     assert_eq!(a.trim(), address(&lab, "node2").to_string(), "DNS moved");
+
+    // A copy of node4's user data, used from elsewhere, gets no FreeIPA
+    // enrollment (no one-time password, no disabled keytab for the node
+    // that runs): a node asks only from where it joined.
+    let worker = node("node4");
+    let body = serde_json::to_vec(&EnrollRequest {
+        ticket: worker.ticket(),
+        timestamp: firstboot::status::now(),
+        nonce: protocol::nonce(),
+    })
+    .unwrap();
+    let signature = protocol::sign_request(&worker.signing_key(), Purpose::EnrollRequest, &body);
+    let (status, answer) = post_from(
+        &stranger,
+        bootstrap,
+        7443,
+        protocol::ENROLL_PATH,
+        body,
+        signature,
+    );
+    assert_eq!(
+        status, 403,
+        "node4's enrollment asked from elsewhere: {answer}"
+    );
+    assert!(
+        answer.contains("asks for its enrollment from there"),
+        "{answer}"
+    );
 
     // 6. A replayed request is refused, even after the join service
     // restarts.

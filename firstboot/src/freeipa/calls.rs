@@ -142,6 +142,12 @@ pub fn host_mod_password(fqdn: &str, password: &str) -> Call {
     )
 }
 
+/// Disable an enrolled host: FreeIPA removes its keytab (and revokes its
+/// certificates), so it may enroll again with a new one-time password.
+pub fn host_disable(fqdn: &str) -> Call {
+    Call::new("host_disable", vec![json!(fqdn)], json!({}), true)
+}
+
 pub fn hostgroup_show(name: &str) -> Call {
     Call::new("hostgroup_show", vec![json!(name)], json!({}), false)
 }
@@ -197,10 +203,20 @@ pub fn dnsrecord_show(zone: &str, name: &str) -> Call {
 }
 
 pub fn dnsrecord_add(zone: &str, name: &str, record: &Record) -> Call {
+    record_value("dnsrecord_add", zone, name, record)
+}
+
+/// Remove one value of a record (the record goes when it was the last).
+pub fn dnsrecord_del(zone: &str, name: &str, record: &Record) -> Call {
+    record_value("dnsrecord_del", zone, name, record)
+}
+
+/// `dnsrecord_add` or `_del` of one value.
+fn record_value(method: &'static str, zone: &str, name: &str, record: &Record) -> Call {
     let mut options = Map::new();
     options.insert(record.option().into(), json!([record.value()]));
     Call::new(
-        "dnsrecord_add",
+        method,
         vec![json!(zone), json!(name)],
         Value::Object(options),
         true,
@@ -331,6 +347,7 @@ pub fn examples(csr_pem: &str) -> Vec<Call> {
         host_add(fqdn, Some("otp-secret"), Some(ip)),
         host_add(fqdn, None, None),
         host_mod_password(fqdn, "otp-secret"),
+        host_disable(fqdn),
         hostgroup_show("etcd"),
         hostgroup_add("etcd", "etcd members"),
         hostgroup_add_member("etcd", &many(fqdn)),
@@ -341,6 +358,7 @@ pub fn examples(csr_pem: &str) -> Vec<Call> {
         dnszone_add("lab.example.org.", false),
         dnsrecord_show("lab.example.org.", "node1"),
         dnsrecord_add("lab.example.org.", "node1", &Record::A(ip)),
+        dnsrecord_del("lab.example.org.", "node1", &Record::A(ip)),
         dnsrecord_add(
             "0.18.198.in-addr.arpa.",
             "10",

@@ -213,8 +213,7 @@ impl Client {
             // Records first: then host_add never has to add them, and a
             // second run finds them there.
             let (host, zone) = zone_of(&fqdn)?;
-            self.ensure_dns_record(&zone, &host, &Record::A(address))
-                .await?;
+            self.ensure_address(&zone, &host, address).await?;
         }
         let found = self.lookup(&calls::host_show(&fqdn)).await?;
         let Some(found) = found else {
@@ -263,6 +262,22 @@ impl Client {
             enrolled: false,
             one_time_password: spec.one_time_password.clone(),
         })
+    }
+
+    /// An enrolled host that lost its keytab (a droplet rebuilt under the
+    /// same name) enrolls again: FreeIPA disables the old keytab (and
+    /// revokes the old certificates), and `password` becomes its one-time
+    /// password. Safe to repeat: a host already disabled stays so.
+    pub async fn reenroll_host(&self, fqdn: &str, password: &str) -> Result<(), Error> {
+        let fqdn = fqdn.trim_end_matches('.').to_ascii_lowercase();
+        match self.call(&calls::host_disable(&fqdn)).await {
+            Ok(_) => tracing::info!(host = %fqdn, "freeipa: host disabled to enroll again"),
+            Err(e) if e.is(code::ALREADY_INACTIVE) => {}
+            Err(e) => return Err(e),
+        }
+        self.write(&calls::host_mod_password(&fqdn, password))
+            .await
+            .map(|_| ())
     }
 
     pub async fn ensure_hostgroup(&self, name: &str, description: &str) -> Result<Change, Error> {
@@ -335,6 +350,43 @@ impl Client {
             }
         }
         self.write(&calls::dnsrecord_add(&zone, name, record)).await
+    }
+
+    /// `name`'s A record is `address` and nothing else: added when missing,
+    /// then any other address (a rebuilt node's old one) removed, so the
+    /// name never resolves to nothing on the way.
+    pub async fn ensure_address(
+        &self,
+        zone: &str,
+        name: &str,
+        address: Ipv4Addr,
+    ) -> Result<Change, Error> {
+        let zone = absolute(zone);
+        let wanted = Record::A(address);
+        let present = match self.lookup(&calls::dnsrecord_show(&zone, name)).await? {
+            Some(shown) => values(entry("dnsrecord_show", &shown)?, wanted.option()),
+            None => Vec::new(),
+        };
+        let mut change = Change::Unchanged;
+        if !contains(&present, &wanted.value()) {
+            change = self
+                .write(&calls::dnsrecord_add(&zone, name, &wanted))
+                .await?;
+        }
+        for old in present.iter().filter_map(|v| v.parse::<Ipv4Addr>().ok()) {
+            if old == address {
+                continue;
+            }
+            match self
+                .call(&calls::dnsrecord_del(&zone, name, &Record::A(old)))
+                .await
+            {
+                Ok(_) => change = Change::Created,
+                Err(e) if e.is(code::NOT_FOUND) || e.is(code::ATTR_VALUE_NOT_FOUND) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(change)
     }
 
     /// A replication segment joins `left` and `right` in `suffix`, in
@@ -565,4 +617,9 @@ fn issued(method: &str, result: &Value, ca: &str) -> Result<IssuedCert, Error> {
 #[cfg(test)]
 pub(super) fn check_members_for_tests(result: &Value) -> Result<Change, Error> {
     check_members("test", result)
+}
+
+#[cfg(test)]
+pub(super) fn values_for_tests(entry: &Value, attribute: &str) -> Vec<String> {
+    values(entry, attribute)
 }

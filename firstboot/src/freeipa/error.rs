@@ -7,6 +7,10 @@ pub mod code {
     pub const NOT_FOUND: u32 = 4001;
     pub const DUPLICATE_ENTRY: u32 = 4002;
     pub const EMPTY_MODLIST: u32 = 4202;
+    /// `*_disable` of something already disabled.
+    pub const ALREADY_INACTIVE: u32 = 4010;
+    /// `dnsrecord_del` of a value the record does not hold.
+    pub const ATTR_VALUE_NOT_FOUND: u32 = 4026;
     pub const ACI: u32 = 2100;
     pub const REFERER: u32 = 911;
     pub const VERSION: u32 = 901;

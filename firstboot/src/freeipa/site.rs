@@ -181,8 +181,9 @@ impl Enroller {
     }
 
     /// `node` (at `address`) as a FreeIPA host with a one-time password;
-    /// a core host also in `ipaservers`, so it may become a replica. None
-    /// when the host enrolled already.
+    /// a core host also in `ipaservers`, so it may become a replica. A
+    /// client enrolled already (rebuilt) enrolls again with a new password;
+    /// None for a core host enrolled already, which needs `ipa server-del`.
     pub async fn enroll(
         &self,
         node: &HostName,
@@ -217,10 +218,35 @@ impl Enroller {
                 .await
                 .with_context(|| format!("cannot add {fqdn} to {SERVERS_GROUP}"))?;
         }
-        if host.enrolled {
+        if !host.enrolled {
+            return Ok(host.one_time_password);
+        }
+        // FreeIPA holds a keytab for this name, yet the node asks: it has
+        // none (only a node without an enrollment asks), so it was rebuilt.
+        // The join service let it in at `address` only because its old
+        // address no longer answers as it.
+        if role == Role::Core {
+            // A server's entry goes with `ipa server-del`, which takes its
+            // replication agreements too: not done unattended (yet).
+            tracing::warn!(
+                host = %fqdn,
+                "freeipa: {fqdn} asks to enroll, but FreeIPA has it as a server already"
+            );
             return Ok(None);
         }
-        Ok(host.one_time_password)
+        let password = one_time_password();
+        {
+            let mut passwords = self.passwords.lock().await;
+            passwords.insert(node.clone(), password.clone());
+            let bytes = serde_json::to_vec(&*passwords)?;
+            crate::fsutil::write_atomic(&self.file, &bytes, 0o600)?;
+        }
+        self.client
+            .reenroll_host(&fqdn, &password)
+            .await
+            .with_context(|| format!("cannot let {fqdn} enroll again"))?;
+        tracing::info!(host = %fqdn, "freeipa: {fqdn} was rebuilt; it enrolls again");
+        Ok(Some(password))
     }
 
     /// Replication agreements so that every server has two (when there

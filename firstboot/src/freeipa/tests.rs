@@ -133,6 +133,15 @@ async fn first_server(dir: &Path, api: Arc<Api>) -> Sim {
     }
 }
 
+/// A first server and its admin's client; None when API.txt is missing
+/// (the skip is recorded).
+async fn first_server_and_client(dir: &Path) -> Option<(Sim, Client)> {
+    let api = load_for_tests()?;
+    let sim = first_server(dir, Arc::new(api)).await;
+    let client = client_for(sim.running.as_ref().unwrap(), &sim.ca_pem);
+    Some((sim, client))
+}
+
 fn client_for(running: &Running, ca_pem: &str) -> Client {
     let mut config = Config::admin(
         Endpoint::at(running.fqdn(), running.address),
@@ -237,11 +246,10 @@ async fn ensure_site(client: &Client) -> Vec<Change> {
 
 #[tokio::test]
 async fn every_ensure_twice_the_second_run_changes_nothing() {
-    let Some(api) = load_for_tests() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let sim = first_server(dir.path(), Arc::new(api)).await;
-    let running = sim.running.as_ref().unwrap();
-    let client = client_for(running, &sim.ca_pem);
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
     client.ping().await.unwrap();
     let first = ensure_site(&client).await;
     assert!(first.iter().all(|c| *c == Change::Created), "{first:?}");
@@ -272,11 +280,11 @@ async fn every_ensure_twice_the_second_run_changes_nothing() {
 
 #[tokio::test]
 async fn faults_are_retried_and_the_call_completes() {
-    let Some(api) = load_for_tests() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let sim = first_server(dir.path(), Arc::new(api)).await;
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
     let running = sim.running.as_ref().unwrap();
-    let client = client_for(running, &sim.ca_pem);
     client.ping().await.unwrap();
     for (fault, count) in [
         (Fault::Garbage, 2),
@@ -320,11 +328,10 @@ async fn faults_are_retried_and_the_call_completes() {
 
 #[tokio::test]
 async fn certificates_need_a_ca_acl() {
-    let Some(api) = load_for_tests() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let sim = first_server(dir.path(), Arc::new(api)).await;
-    let running = sim.running.as_ref().unwrap();
-    let client = client_for(running, &sim.ca_pem);
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
     let node1 = host("node1");
     client
         .ensure_host(&HostSpec {
@@ -499,4 +506,75 @@ async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
     )
     .unwrap();
     replica.stop().await;
+}
+
+#[tokio::test]
+async fn a_rebuilt_client_enrolls_again_and_its_address_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let server = sim.running.as_ref().unwrap().address;
+    let node4 = host("node4");
+    let (old, new) = (Ipv4Addr::new(198, 18, 0, 14), Ipv4Addr::new(198, 18, 0, 24));
+    let spec = |address, otp: &str| HostSpec {
+        fqdn: node4.clone(),
+        address: Some(address),
+        one_time_password: Some(otp.into()),
+    };
+    let addresses = || async {
+        let shown = client
+            .call(&calls::dnsrecord_show(&format!("{DOMAIN}."), "node4"))
+            .await
+            .unwrap();
+        let mut found = ensure::values_for_tests(&shown["result"], "arecord");
+        found.sort();
+        found
+    };
+    client.ensure_host(&spec(old, "otp-1")).await.unwrap();
+    install::enroll(IPA1, server, &node4, "otp-1", "client", false, None)
+        .await
+        .unwrap();
+
+    // Rebuilt at a new address: FreeIPA still holds the old keytab, and
+    // the name now resolves to the new address only.
+    let state = client.ensure_host(&spec(new, "otp-1")).await.unwrap();
+    assert!(state.enrolled);
+    assert_eq!(addresses().await, [new.to_string()]);
+    // The old password was used up: no second enrollment with it.
+    assert!(
+        install::enroll(IPA1, server, &node4, "otp-1", "client", false, None)
+            .await
+            .is_err()
+    );
+    client.reenroll_host(&node4, "otp-2").await.unwrap();
+    let state = client.ensure_host(&spec(new, "otp-2")).await.unwrap();
+    assert!(!state.enrolled);
+    assert_eq!(state.one_time_password.as_deref(), Some("otp-2"));
+    install::enroll(IPA1, server, &node4, "otp-2", "client", false, None)
+        .await
+        .unwrap();
+    assert!(
+        client
+            .ensure_host(&spec(new, "otp-2"))
+            .await
+            .unwrap()
+            .enrolled
+    );
+
+    // Repeated (an answer lost on the way): the second disable finds the
+    // keytab gone already (4010) and is no error.
+    let mark = log_lines(&sim.calls).len();
+    client.reenroll_host(&node4, "otp-3").await.unwrap();
+    client.reenroll_host(&node4, "otp-3").await.unwrap();
+    let disables: Vec<Value> = log_lines(&sim.calls)[mark..]
+        .iter()
+        .filter(|l| l["method"] == json!("host_disable"))
+        .map(|l| l["error"].clone())
+        .collect();
+    assert_eq!(disables, [Value::Null, json!(4010)]);
+    install::enroll(IPA1, server, &node4, "otp-3", "client", false, None)
+        .await
+        .unwrap();
+    sim.running.unwrap().stop().await;
 }

@@ -248,6 +248,16 @@ async fn enroll(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response 
             ));
             return refuse(source, &refusal);
         };
+        // Only from where it joined: a copy of its user data elsewhere
+        // (which could sign) must not get a password for the name, or, for
+        // a rebuilt client, disable the keytab of the node that runs.
+        if source != address {
+            let refusal = Refusal::NotAllowed(format!(
+                "{} joined from {address}; it asks for its enrollment from there, not from {source}",
+                asked.ticket.node
+            ));
+            return refuse(source, &refusal);
+        }
         let Some(enroller) = r.enroller.clone() else {
             return Response::text(503, "FreeIPA is not configured on the bootstrap host yet");
         };

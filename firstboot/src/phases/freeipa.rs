@@ -52,8 +52,9 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                     let answer = enrollment(cx).await?;
                     let otp = answer.one_time_password.with_context(|| {
                         format!(
-                            "FreeIPA has this host enrolled already, but this node has no \
-                             enrollment: run `ipa host-disable {}` on a server to enroll it again",
+                            "FreeIPA has this host as a server already, but this node has no \
+                             enrollment: run `ipa server-del {}` on a surviving server to \
+                             enroll it again",
                             cx.config.fqdn(&cx.config.node)
                         )
                     })?;

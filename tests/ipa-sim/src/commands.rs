@@ -59,6 +59,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "host_find",
     "host_del",
     "host_mod",
+    "host_disable",
     "hostgroup_add",
     "hostgroup_show",
     "hostgroup_add_member",
@@ -105,6 +106,7 @@ pub fn run(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, IpaE
         "host_find" => host_find(state, call),
         "host_del" => host_del(state, ctx, call),
         "host_mod" => host_mod(state, ctx, &fqdn(&arg(0)), call),
+        "host_disable" => host_disable(state, ctx, &fqdn(&arg(0))),
         "hostgroup_add" => hostgroup_add(state, ctx, &arg(0), call),
         "hostgroup_show" => {
             let entry = shown(state, Kind::HostGroup, &arg(0), "host group")?;
@@ -471,6 +473,26 @@ fn host_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, Ipa
     } else {
         changed(result)
     }
+}
+
+/// As FreeIPA's: the host's keytab goes (its certificates would be
+/// revoked), so it may enroll again; 4010 when there was nothing to
+/// disable.
+fn host_disable(state: &mut State, ctx: &Ctx, host: &str) -> Result<Outcome, IpaError> {
+    let mut entry = state
+        .get(Kind::Host, host)
+        .cloned()
+        .ok_or_else(|| IpaError::not_found(host, "host"))?;
+    if entry.remove("_keytab").is_none() {
+        return Err(IpaError::new(
+            4010,
+            "AlreadyInactive",
+            "This entry is already disabled",
+            json!({}),
+        ));
+    }
+    state.put(ctx.server, Kind::Host, host, Some(entry));
+    changed(json!({"result": true, "summary": format!("Disabled host \"{host}\""), "value": host}))
 }
 
 fn host_mod(state: &mut State, ctx: &Ctx, host: &str, call: &Checked) -> Result<Outcome, IpaError> {
