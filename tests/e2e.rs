@@ -843,6 +843,11 @@ fn e2e_builder_launch_assembles_sites_in_the_lab_cloud() {
                 steps.time("e2e3", "attach and detach a volume (API → node)", || {
                     volume_follows_the_api(op)
                 });
+                steps.time(
+                    "e2e3",
+                    "destroy node3 (FreeIPA replica), launch again",
+                    || enrolled_node_rejoins(op, "node3", true),
+                );
             }),
             ..Hooks::default()
         };
@@ -863,7 +868,7 @@ fn e2e_builder_launch_assembles_sites_in_the_lab_cloud() {
                 steps.time(
                     "e2e5",
                     "destroy node5 (worker, enrolled in FreeIPA), launch again",
-                    || enrolled_worker_rejoins(op, "node5"),
+                    || enrolled_node_rejoins(op, "node5", false),
                 );
             }),
             ..Hooks::default()
@@ -1041,19 +1046,24 @@ fn worker_rejoins(op: &Operator, worker: &str) {
 }
 
 /// Once the site is done, `worker` is enrolled in FreeIPA (the server
-/// holds its keytab). Destroyed and launched again, the new droplet has no
-/// keytab: the bootstrap host disables the old one and hands it a new
-/// one-time password, and FreeIPA's record for it follows it to its new
-/// address.
-fn enrolled_worker_rejoins(op: &Operator, worker: &str) {
+/// holds its keytab), a client or, for a core host, a replica. Destroyed
+/// and launched again, the new droplet has no keytab: the bootstrap host
+/// removes the old server (a replica), disables the old keytab (a client)
+/// and hands it a new one-time password, and FreeIPA's record for it
+/// follows it to its new address. A replica also takes its old place in
+/// etcd.
+fn enrolled_node_rejoins(op: &Operator, worker: &str, replica: bool) {
     // Inside the node: the service's state is on its data volume.
-    let enrolled = |lab: &site_lab::Lab| {
-        lab.sh(
-            worker,
-            "test -e /var/lib/freeipa-client/enrolled && echo yes",
-        )
-        .is_ok_and(|out| out.trim() == "yes")
+    let marker = if replica {
+        "/var/lib/freeipa-server/volume-version"
+    } else {
+        "/var/lib/freeipa-client/enrolled"
     };
+    let enrolled = |lab: &site_lab::Lab| {
+        lab.sh(worker, &format!("test -e {marker} && echo yes"))
+            .is_ok_and(|out| out.trim() == "yes")
+    };
+    let cluster = replica.then(|| cluster_ids(op, "node2"));
     assert!(
         enrolled(&op.cloud.lab()),
         "[{}] {worker} is not enrolled",
@@ -1086,6 +1096,25 @@ fn enrolled_worker_rejoins(op: &Operator, worker: &str) {
             lab.node("node1").unwrap().address,
         )
     };
+    if let Some(before) = cluster {
+        let after = cluster_ids(op, "node2");
+        assert_eq!(after, before, "[{}] etcd's cluster changed", op.label);
+        // The old server went through FreeIPA's own server_del.
+        let calls = op
+            .cloud
+            .lab()
+            .sh("node1", "cat /var/log/ipa-sim/calls.jsonl")
+            .unwrap();
+        let removed = calls
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| {
+                l["method"] == "server_del"
+                    && l["params"][0].to_string().contains(&fqdn)
+                    && l["error"].is_null()
+            });
+        assert!(removed, "[{}] no server_del of {fqdn}:\n{calls}", op.label);
+    }
     // FreeIPA's DNS (the simulator's, on node1) has the new address only.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -79,6 +79,7 @@ fn peer_request(from: &Ticket, key: &SigningKey, address: Ipv4Addr) -> (Vec<u8>,
         address,
         timestamp: firstboot::status::now(),
         nonce: protocol::nonce(),
+        moved: None,
     })
     .unwrap();
     let signature = protocol::sign_request(key, Purpose::PeerRequest, &body);

@@ -19,7 +19,9 @@ use crate::backup::CaBackup;
 use crate::certs::Slot;
 use crate::dns::{DnsServer, ZoneData};
 use crate::join::peer::ask;
-use crate::join::protocol::{AdmissionRule, PeerAnswer, ReplayGuard, Site, ADMISSION_WINDOW};
+use crate::join::protocol::{
+    AdmissionRule, Moved, PeerAnswer, ReplayGuard, Site, ADMISSION_WINDOW,
+};
 use crate::join::server::{Registrar, Registry};
 use crate::join::Credentials;
 use crate::paths::Paths;
@@ -85,7 +87,7 @@ impl Discovery {
                     Some(address) => {
                         let site = site.clone();
                         let me = me.clone();
-                        asks.spawn(async move { (address, ask(&site, &me, own, address).await) });
+                        asks.spawn(async move { (address, ask(&site, &me, own, address, None).await) });
                     }
                     None => probing = false,
                 },
@@ -349,6 +351,7 @@ pub async fn start(
         deadline: settled.registry.admission_deadline,
     };
     let mut registrar = Registrar {
+        paths: paths.clone(),
         site: Site::of(config),
         me: Credentials::of(config),
         ca: settled.ca,
@@ -369,6 +372,7 @@ pub async fn start(
             Credentials::of(config),
             own,
             registrar.registry.hosts.clone(),
+            None,
         ));
     }
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(own.into(), config.join.port))
@@ -406,12 +410,21 @@ const ANNOUNCE_PAUSE: Duration = Duration::from_secs(3);
 /// After a rebuild: ask every registered node's peer service from the new
 /// address, so each follows this host there (its /etc/hosts and DNS
 /// route; see `join::peer`). The core hosts heard it during discovery;
-/// the workers hear it here. Bounded: a node that never answers keeps
-/// the old address until it next renews through the join service.
-async fn announce(site: Site, me: Credentials, own: Ipv4Addr, hosts: BTreeMap<HostName, Ipv4Addr>) {
+/// the workers hear it here. With `moved` (a node rebuilt elsewhere and
+/// moved by the join service), the others hear where it is now. Bounded:
+/// a node that never answers keeps the old address until it next renews
+/// through the join service.
+pub async fn announce(
+    site: Site,
+    me: Credentials,
+    own: Ipv4Addr,
+    hosts: BTreeMap<HostName, Ipv4Addr>,
+    moved: Option<Moved>,
+) {
     let mut waiting: BTreeMap<HostName, Ipv4Addr> = hosts
         .into_iter()
         .filter(|(node, _)| *node != me.ticket.node)
+        .filter(|(node, _)| moved.as_ref().is_none_or(|m| m.node != *node))
         .collect();
     for round in 0..ANNOUNCE_ROUNDS {
         if waiting.is_empty() {
@@ -423,7 +436,8 @@ async fn announce(site: Site, me: Credentials, own: Ipv4Addr, hosts: BTreeMap<Ho
         let mut asks = tokio::task::JoinSet::new();
         for (node, address) in &waiting {
             let (site, me, node, address) = (site.clone(), me.clone(), node.clone(), *address);
-            asks.spawn(async move { (node, ask(&site, &me, own, address).await) });
+            let moved = moved.clone();
+            asks.spawn(async move { (node, ask(&site, &me, own, address, moved).await) });
         }
         while let Some(Ok((node, result))) = asks.join_next().await {
             match result {

@@ -69,6 +69,10 @@ impl Paths {
     pub fn bootstrap_moved(&self) -> PathBuf {
         self.state_dir().join("bootstrap-moved.json")
     }
+    /// Rebuilt peers' new addresses (`state::PeersMoved`).
+    pub fn peers_moved(&self) -> PathBuf {
+        self.state_dir().join("peers-moved.json")
+    }
     /// Progress for operators and `builder status`: gone at reboot.
     pub fn status_file(&self) -> PathBuf {
         self.at(node_contract::status::STATUS_PATH)

@@ -115,9 +115,12 @@ pub fn write_hosts(
         }
     }
     kept.push(HOSTS_BEGIN.into());
-    // A rebuilt bootstrap host's new address wins over what a phase
-    // learnt before it moved.
+    // Rebuilt peers' new addresses, and the bootstrap host's, win over
+    // what a phase learnt before they moved.
     let mut peers = peers.clone();
+    for (node, moved) in crate::state::PeersMoved::load(&paths.peers_moved()).peers {
+        peers.insert(node, moved.address);
+    }
     if let Some(moved) = crate::state::BootstrapMoved::load(&paths.bootstrap_moved()) {
         peers.insert(moved.node, moved.address);
     }

@@ -134,6 +134,52 @@ impl BootstrapMoved {
     }
 }
 
+/// Where rebuilt peers are now, as the bootstrap host passed it on (see
+/// [`crate::join::peer`]): each name's newest news wins, an older one
+/// never moves it back. Applied over what join learnt when /etc/hosts is
+/// written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersMoved {
+    pub peers: BTreeMap<HostName, MovedTo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovedTo {
+    pub address: Ipv4Addr,
+    /// The news' timestamp.
+    pub since: u64,
+}
+
+impl PeersMoved {
+    /// The record; a missing or damaged one counts as empty (the next
+    /// news writes it again).
+    pub fn load(path: &Path) -> PeersMoved {
+        std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        crate::fsutil::write_atomic(path, &bytes, 0o644)
+    }
+
+    /// Take news of `node` at `address` from `since`: whether it is news.
+    pub fn take(&mut self, node: &HostName, address: Ipv4Addr, since: u64) -> bool {
+        match self.peers.get(node) {
+            Some(known) if known.since >= since || known.address == address => false,
+            _ => {
+                self.peers.insert(node.clone(), MovedTo { address, since });
+                true
+            }
+        }
+    }
+}
+
 /// The bootstrap host's address: where it moved, else where join found it.
 pub fn bootstrap_address(paths: &crate::paths::Paths, state: &State) -> Option<Ipv4Addr> {
     BootstrapMoved::load(&paths.bootstrap_moved())

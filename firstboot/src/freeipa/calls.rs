@@ -248,6 +248,13 @@ pub fn server_find() -> Call {
     Call::new("server_find", vec![], json!({}), false)
 }
 
+/// Remove a server from the deployment: its agreements, its principals
+/// and its host entry. No option that overrides FreeIPA's own refusals
+/// (a topology it would disconnect, the last CA).
+pub fn server_del(fqdn: &str) -> Call {
+    Call::new("server_del", vec![json!([fqdn])], json!({}), true)
+}
+
 pub fn ca_show(name: &str) -> Call {
     Call::new("ca_show", vec![json!(name)], json!({}), false)
 }
@@ -377,6 +384,7 @@ pub fn examples(csr_pem: &str) -> Vec<Call> {
         topologysegment_find(Suffix::Domain),
         topologysegment_add(Suffix::Ca, "a-to-b", fqdn, "node2.lab.example.org"),
         server_find(),
+        server_del(fqdn),
         ca_show("etcd"),
         ca_add("etcd", "CN=etcd CA,O=LAB.EXAMPLE.ORG", "etcd sub-CA"),
         caacl_show("etcd"),

@@ -280,6 +280,22 @@ impl Client {
             .map(|_| ())
     }
 
+    /// `fqdn` is no FreeIPA server (any more): removed when it was one,
+    /// with its agreements, principals and host entry. FreeIPA refuses
+    /// (4033) when that would cut the other servers apart or leave no CA;
+    /// that error is returned.
+    pub async fn ensure_no_server(&self, fqdn: &str) -> Result<Change, Error> {
+        let fqdn = fqdn.trim_end_matches('.').to_ascii_lowercase();
+        match self.call(&calls::server_del(&fqdn)).await {
+            Ok(_) => {
+                tracing::info!(host = %fqdn, "freeipa: server entry removed");
+                Ok(Change::Created)
+            }
+            Err(e) if e.is(code::NOT_FOUND) => Ok(Change::Unchanged),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn ensure_hostgroup(&self, name: &str, description: &str) -> Result<Change, Error> {
         if self.lookup(&calls::hostgroup_show(name)).await?.is_some() {
             return Ok(Change::Unchanged);

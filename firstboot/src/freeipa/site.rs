@@ -181,72 +181,74 @@ impl Enroller {
     }
 
     /// `node` (at `address`) as a FreeIPA host with a one-time password;
-    /// a core host also in `ipaservers`, so it may become a replica. A
-    /// client enrolled already (rebuilt) enrolls again with a new password;
-    /// None for a core host enrolled already, which needs `ipa server-del`.
-    pub async fn enroll(
-        &self,
-        node: &HostName,
-        role: Role,
-        address: Ipv4Addr,
-    ) -> Result<Option<String>> {
+    /// a core host also in `ipaservers`, so it may become a replica. A node
+    /// enrolled already asks only when it was rebuilt: it enrolls again
+    /// with a new password (a server leaves the deployment first).
+    pub async fn enroll(&self, node: &HostName, role: Role, address: Ipv4Addr) -> Result<String> {
         let fqdn = self.domain.fqdn(node);
-        let password = {
-            let mut passwords = self.passwords.lock().await;
-            if let Some(p) = passwords.get(node) {
-                p.clone()
-            } else {
-                let p = one_time_password();
-                passwords.insert(node.clone(), p.clone());
-                let bytes = serde_json::to_vec(&*passwords)?;
-                crate::fsutil::write_atomic(&self.file, &bytes, 0o600)?;
-                p
-            }
+        let spec = |password: &str| HostSpec {
+            fqdn: fqdn.clone(),
+            address: Some(address),
+            one_time_password: Some(password.to_owned()),
         };
+        let mut password = self.password(node, false).await?;
         let host = self
             .client
-            .ensure_host(&HostSpec {
-                fqdn: fqdn.clone(),
-                address: Some(address),
-                one_time_password: Some(password),
-            })
+            .ensure_host(&spec(&password))
             .await
             .with_context(|| format!("cannot add {fqdn} to FreeIPA"))?;
+        if host.enrolled {
+            // FreeIPA holds a keytab for this name, yet the node asks: it
+            // has none (only a node without an enrollment asks), so it was
+            // rebuilt. The join service let it in at `address` only because
+            // its old address no longer answers as it, and it asks from
+            // there.
+            password = self.password(node, true).await?;
+            if role == Role::Core {
+                // A server first leaves the deployment (its agreements and
+                // principals, its host entry with them) to be installed anew.
+                self.client
+                    .ensure_no_server(&fqdn)
+                    .await
+                    .with_context(|| format!("cannot remove the old FreeIPA server {fqdn}"))?;
+            }
+            let host = self
+                .client
+                .ensure_host(&spec(&password))
+                .await
+                .with_context(|| format!("cannot add {fqdn} to FreeIPA again"))?;
+            if host.enrolled {
+                self.client
+                    .reenroll_host(&fqdn, &password)
+                    .await
+                    .with_context(|| format!("cannot let {fqdn} enroll again"))?;
+            }
+            tracing::info!(host = %fqdn, "freeipa: {fqdn} was rebuilt; it enrolls again");
+        } else if let Some(chosen) = host.one_time_password {
+            password = chosen;
+        }
         if role == Role::Core {
             self.client
                 .ensure_hostgroup_members(SERVERS_GROUP, std::slice::from_ref(&fqdn))
                 .await
                 .with_context(|| format!("cannot add {fqdn} to {SERVERS_GROUP}"))?;
         }
-        if !host.enrolled {
-            return Ok(host.one_time_password);
-        }
-        // FreeIPA holds a keytab for this name, yet the node asks: it has
-        // none (only a node without an enrollment asks), so it was rebuilt.
-        // The join service let it in at `address` only because its old
-        // address no longer answers as it.
-        if role == Role::Core {
-            // A server's entry goes with `ipa server-del`, which takes its
-            // replication agreements too: not done unattended (yet).
-            tracing::warn!(
-                host = %fqdn,
-                "freeipa: {fqdn} asks to enroll, but FreeIPA has it as a server already"
-            );
-            return Ok(None);
+        Ok(password)
+    }
+
+    /// `node`'s one-time password: the one kept for it, or (`fresh`, or
+    /// none kept) a new one, kept (0600) before FreeIPA hears of it, so a
+    /// node asking again after a lost answer gets the one FreeIPA holds.
+    async fn password(&self, node: &HostName, fresh: bool) -> Result<String> {
+        let mut passwords = self.passwords.lock().await;
+        if let (false, Some(kept)) = (fresh, passwords.get(node)) {
+            return Ok(kept.clone());
         }
         let password = one_time_password();
-        {
-            let mut passwords = self.passwords.lock().await;
-            passwords.insert(node.clone(), password.clone());
-            let bytes = serde_json::to_vec(&*passwords)?;
-            crate::fsutil::write_atomic(&self.file, &bytes, 0o600)?;
-        }
-        self.client
-            .reenroll_host(&fqdn, &password)
-            .await
-            .with_context(|| format!("cannot let {fqdn} enroll again"))?;
-        tracing::info!(host = %fqdn, "freeipa: {fqdn} was rebuilt; it enrolls again");
-        Ok(Some(password))
+        passwords.insert(node.clone(), password.clone());
+        let bytes = serde_json::to_vec(&*passwords)?;
+        crate::fsutil::write_atomic(&self.file, &bytes, 0o600)?;
+        Ok(password)
     }
 
     /// Replication agreements so that every server has two (when there

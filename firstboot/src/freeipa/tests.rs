@@ -578,3 +578,67 @@ async fn a_rebuilt_client_enrolls_again_and_its_address_follows_it() {
         .unwrap();
     sim.running.unwrap().stop().await;
 }
+
+#[tokio::test]
+async fn a_server_leaves_only_when_the_rest_stay_connected_and_keep_a_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let server = sim.running.as_ref().unwrap().address;
+    // The only server is the only CA: FreeIPA keeps it.
+    let refused = client.ensure_no_server(IPA1).await.unwrap_err();
+    assert!(refused.is(4033), "{refused}");
+    // Two replicas, each joined to the first server only.
+    let ipa3 = host("ipa3");
+    for (fqdn, last) in [(IPA2, 12), (ipa3.as_str(), 13)] {
+        let otp = format!("otp-{last}");
+        client
+            .ensure_host(&HostSpec {
+                fqdn: fqdn.to_owned(),
+                address: Some(Ipv4Addr::new(198, 18, 0, last)),
+                one_time_password: Some(otp.clone()),
+            })
+            .await
+            .unwrap();
+        client
+            .ensure_hostgroup_members("ipaservers", &[fqdn.to_owned()])
+            .await
+            .unwrap();
+        install::enroll(IPA1, server, fqdn, &otp, "replica", true, None)
+            .await
+            .unwrap();
+    }
+    // Without the first server the replicas would be cut apart.
+    let refused = client.ensure_no_server(IPA1).await.unwrap_err();
+    assert!(refused.is(4033), "{refused}");
+    assert!(refused.to_string().contains("disconnected"), "{refused}");
+    // A replica at the edge goes, with its agreements and its host entry
+    // (so it enrolls again from scratch); the second time there is nothing
+    // to remove.
+    assert_eq!(
+        client.ensure_no_server(IPA2).await.unwrap(),
+        Change::Created
+    );
+    let mut servers = client.servers().await.unwrap();
+    servers.sort();
+    assert_eq!(servers, [IPA1.to_owned(), ipa3.clone()]);
+    assert!(client
+        .call(&calls::host_show(IPA2))
+        .await
+        .unwrap_err()
+        .is(4001));
+    for suffix in [Suffix::Domain, Suffix::Ca] {
+        let segments = client
+            .call(&calls::topologysegment_find(suffix))
+            .await
+            .unwrap()
+            .to_string();
+        assert!(!segments.contains(IPA2), "{segments}");
+    }
+    assert_eq!(
+        client.ensure_no_server(IPA2).await.unwrap(),
+        Change::Unchanged
+    );
+    sim.running.unwrap().stop().await;
+}

@@ -15,6 +15,11 @@
 //! last one followed, moves them: a replay from elsewhere fails the
 //! address check, an old one the time check.
 //!
+//! The bootstrap host also passes on where a rebuilt node is now (the join
+//! service moved it): a joined node pins that name to the new address in
+//! /etc/hosts, newest news first, as etcd checks a member's certificate
+//! against the address its name resolves to.
+//!
 //! Every answer is signed with this node's key over the request's nonce.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,7 +29,9 @@ use anyhow::{bail, Context, Result};
 use node_contract::identity::Purpose;
 use node_contract::{NodeConfig, Role, PEER_PORT};
 
-use super::protocol::{self, PeerAnswer, PeerRequest, Refusal, Site, PEER_PATH, SIGNATURE_HEADER};
+use super::protocol::{
+    self, Moved, PeerAnswer, PeerRequest, Refusal, Site, PEER_PATH, SIGNATURE_HEADER,
+};
 use super::Credentials;
 use crate::https::{self, Identity, Response};
 use crate::paths::Paths;
@@ -104,6 +111,15 @@ pub async fn main(paths: Paths) -> Result<()> {
                     asked.address
                 );
             }
+            match record_peer_move(paths, config, &asked) {
+                Ok(Some(moved)) => tracing::warn!(
+                    "{} was rebuilt at {}: following it",
+                    moved.node,
+                    moved.address
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("peer service: cannot follow a rebuilt peer: {e:#}"),
+            }
             let addresses = crate::net::own_addresses(&config.site.vpc_range).unwrap_or_default();
             tracing::info!(peer = %asked.from.node, "peer service: answered {}", asked.from.node);
             let body = serde_json::to_vec(&answer(paths, config, addresses)).expect("serialises");
@@ -170,14 +186,52 @@ pub fn record_move(
     Ok(Some(known))
 }
 
-/// Ask the peer service at `address` (as the bootstrap host, from `own`).
-/// The answer counts only if the node its ticket names signed it and
-/// claims `address`.
+/// Pin a rebuilt peer's name to the new address the bootstrap host
+/// passed on (`asked` is verified and came from it), if this node has
+/// joined and the news is newer than what it has: the record and
+/// /etc/hosts. A node is not told where it is itself.
+pub fn record_peer_move(
+    paths: &Paths,
+    config: &NodeConfig,
+    asked: &PeerRequest,
+) -> Result<Option<Moved>> {
+    let Some(moved) = &asked.moved else {
+        return Ok(None);
+    };
+    if moved.node == config.node {
+        return Ok(None);
+    }
+    if !config.site.vpc_range.contains(moved.address) {
+        bail!(
+            "{} at {}: outside the site's VPC {}",
+            moved.node,
+            moved.address,
+            config.site.vpc_range
+        );
+    }
+    let state = crate::state::State::load(&paths.state_file())?;
+    if crate::state::bootstrap_address(paths, &state).is_none() {
+        // Not joined yet: join hands it every registered address.
+        return Ok(None);
+    }
+    let mut record = crate::state::PeersMoved::load(&paths.peers_moved());
+    if !record.take(&moved.node, moved.address, asked.timestamp) {
+        return Ok(None);
+    }
+    record.save(&paths.peers_moved())?;
+    crate::resolver::write_hosts(paths, &config.site.domain, &state.peers)?;
+    Ok(Some(moved.clone()))
+}
+
+/// Ask the peer service at `address` (as the bootstrap host, from `own`),
+/// passing on `moved` if given. The answer counts only if the node its
+/// ticket names signed it and claims `address`.
 pub async fn ask(
     site: &Site,
     me: &Credentials,
     own: Ipv4Addr,
     address: Ipv4Addr,
+    moved: Option<Moved>,
 ) -> Result<PeerAnswer> {
     let nonce = protocol::nonce();
     let body = serde_json::to_vec(&PeerRequest {
@@ -185,6 +239,7 @@ pub async fn ask(
         address: own,
         timestamp: crate::status::now(),
         nonce: nonce.clone(),
+        moved,
     })?;
     let signature = protocol::sign_request(&me.key, Purpose::PeerRequest, &body);
     let reply = https::post(
@@ -244,6 +299,7 @@ mod tests {
             address: address.into(),
             timestamp,
             nonce: protocol::nonce(),
+            moved: None,
         }
     }
 
@@ -311,6 +367,73 @@ mod tests {
                 .unwrap()
                 .address,
             std::net::Ipv4Addr::new(198, 18, 0, 50)
+        );
+    }
+
+    #[test]
+    fn a_joined_node_pins_a_rebuilt_peer_only_forward_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let config = config();
+        // Another core host than the bootstrap host and this node.
+        let peer = config
+            .site
+            .core
+            .iter()
+            .find(|n| **n != config.node && **n != config.site.core[0])
+            .unwrap()
+            .clone();
+        let news = |node: &node_contract::HostName, address: [u8; 4], timestamp: u64| PeerRequest {
+            moved: Some(Moved {
+                node: node.clone(),
+                address: address.into(),
+            }),
+            ..asked(&config, [198, 18, 0, 10], timestamp)
+        };
+
+        // Not joined yet: nothing to pin.
+        assert_eq!(
+            record_peer_move(&paths, &config, &news(&peer, [198, 18, 0, 60], 1000)).unwrap(),
+            None
+        );
+        let mut state = State::new();
+        state.bootstrap_address = Some([198, 18, 0, 10].into());
+        state.peers.insert(peer.clone(), [198, 18, 0, 12].into());
+        std::fs::create_dir_all(paths.state_dir()).unwrap();
+        state.save(&paths.state_file()).unwrap();
+        crate::resolver::write_hosts(&paths, &config.site.domain, &state.peers).unwrap();
+        assert!(hosts(&paths).contains("198.18.0.12 "));
+
+        // Joined: the peer's name moves, and stays moved when a phase
+        // rewrites /etc/hosts from its older view.
+        let pinned = record_peer_move(&paths, &config, &news(&peer, [198, 18, 0, 60], 2000))
+            .unwrap()
+            .unwrap();
+        assert_eq!(pinned.address, std::net::Ipv4Addr::new(198, 18, 0, 60));
+        crate::resolver::write_hosts(&paths, &config.site.domain, &state.peers).unwrap();
+        let text = hosts(&paths);
+        assert!(
+            text.contains(&format!("198.18.0.60 {}", config.fqdn(&peer))),
+            "{text}"
+        );
+        assert!(!text.contains("198.18.0.12 "), "{text}");
+
+        // Older news (a replay), news about this node itself, and an
+        // address outside the VPC change nothing.
+        assert_eq!(
+            record_peer_move(&paths, &config, &news(&peer, [198, 18, 0, 12], 1500)).unwrap(),
+            None
+        );
+        assert_eq!(
+            record_peer_move(&paths, &config, &news(&config.node, [198, 18, 0, 99], 3000)).unwrap(),
+            None
+        );
+        assert!(record_peer_move(&paths, &config, &news(&peer, [10, 0, 0, 1], 4000)).is_err());
+        let text = hosts(&paths);
+        assert!(text.contains("198.18.0.60 "), "{text}");
+        assert!(
+            !text.contains("198.18.0.99 ") && !text.contains("10.0.0.1 "),
+            "{text}"
         );
     }
 }

@@ -80,6 +80,11 @@ pub struct JoinAnswer {
     /// hosts keep it for a rebuilt bootstrap host (see `backup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_backup: Option<String>,
+    /// This node was registered at another address before (its old one no
+    /// longer answers as it): it was rebuilt, and a core host rejoins the
+    /// etcd cluster it was a member of rather than forming one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rebuilt: bool,
 }
 
 /// The bootstrap host asking a peer about itself and its cluster.
@@ -93,6 +98,19 @@ pub struct PeerRequest {
     pub address: Ipv4Addr,
     pub timestamp: u64,
     pub nonce: String,
+    /// News the bootstrap host passes on: a node rebuilt elsewhere (the
+    /// join service moved it), so that peers pin its name to its new
+    /// address (etcd checks a peer's certificate against it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Moved>,
+}
+
+/// A registered node now at another address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Moved {
+    pub node: HostName,
+    pub address: Ipv4Addr,
 }
 
 /// A peer's answer, signed over the request's nonce.
@@ -127,7 +145,8 @@ pub struct EnrollAnswer {
     pub bootstrap: Ticket,
     /// The FreeIPA server to enroll with (the first server).
     pub server: String,
-    /// Absent when the host enrolled already.
+    /// Always there from this version on (a rebuilt node enrolls again);
+    /// older bootstrap hosts left it out for a host enrolled already.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one_time_password: Option<String>,
 }

@@ -16,14 +16,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::protocol::{
-    self, AdmissionRule, Decision, EnrollAnswer, EtcdCerts, JoinAnswer, Refusal, ReplayGuard, Site,
-    Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
+    self, AdmissionRule, Decision, EnrollAnswer, EtcdCerts, JoinAnswer, Moved, Refusal,
+    ReplayGuard, Site, Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
 };
 use super::Credentials;
 use crate::backup::CaBackup;
 use crate::dns::DnsServer;
 use crate::freeipa::site::Enroller;
 use crate::https::{Request, Response};
+use crate::paths::Paths;
 use crate::pki::TempCa;
 use crate::status::Reporter;
 
@@ -56,6 +57,7 @@ impl Registry {
 
 /// What the service holds between requests.
 pub struct Registrar {
+    pub paths: Paths,
     pub site: Site,
     pub me: Credentials,
     pub ca: TempCa,
@@ -98,6 +100,31 @@ impl Registrar {
         self.dns.set_host(node, address).await?;
         self.report();
         Ok(())
+    }
+
+    /// `node` was rebuilt and moved to `address`: this host pins it there
+    /// (its own /etc/hosts), and every other registered node hears it
+    /// through its peer service, in the background.
+    fn pass_on_move(&self, node: &HostName, address: Ipv4Addr) {
+        let mut record = crate::state::PeersMoved::load(&self.paths.peers_moved());
+        if record.take(node, address, crate::status::now()) {
+            let written = record.save(&self.paths.peers_moved()).and_then(|()| {
+                crate::resolver::write_hosts(&self.paths, &self.site.domain, &self.registry.hosts)
+            });
+            if let Err(e) = written {
+                tracing::warn!("join service: cannot pin {node} to {address}: {e:#}");
+            }
+        }
+        tokio::spawn(crate::bootstrap::announce(
+            self.site.clone(),
+            self.me.clone(),
+            self.dns_address,
+            self.registry.hosts.clone(),
+            Some(Moved {
+                node: node.clone(),
+                address,
+            }),
+        ));
     }
 
     /// The admission state, into the status file.
@@ -147,8 +174,9 @@ impl Registrar {
         Ok((verified, decision))
     }
 
-    /// Certificates, registration and the signed answer.
-    async fn admit(&mut self, verified: &Verified) -> Response {
+    /// Certificates, registration and the signed answer; `rebuilt`: the
+    /// node moved here from a registered address that no longer answers.
+    async fn admit(&mut self, verified: &Verified, rebuilt: bool) -> Response {
         let (certificate_pem, etcd_pem) =
             match protocol::certify(&self.ca, &self.site.domain, verified) {
                 Ok(certs) => certs,
@@ -170,6 +198,7 @@ impl Registrar {
             peers: self.registry.hosts.clone(),
             dns: self.dns_address,
             ca_backup: core.then(|| self.sealed_backup()),
+            rebuilt,
         };
         let body = serde_json::to_vec(&answer).expect("serialises");
         let proof = protocol::sign_answer(
@@ -199,13 +228,14 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
         Ok(v) => v,
         Err(refusal) => return refuse(source, &refusal),
     };
+    let moved = matches!(decision, Decision::Move { .. });
     if let Decision::Move { from } = decision {
         // Outside the lock: asking the old address takes a moment.
         let (site, me, own) = {
             let r = registrar.lock().await;
             (r.site.clone(), r.me.clone(), r.dns_address)
         };
-        if let Ok(answer) = super::peer::ask(&site, &me, own, from).await {
+        if let Ok(answer) = super::peer::ask(&site, &me, own, from, None).await {
             if answer.node.node == *verified.node() {
                 let refusal = Refusal::Taken {
                     node: verified.node().clone(),
@@ -216,7 +246,12 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
         }
         tracing::info!(peer = %verified.node(), "join service: {} moves from {from} (silent there) to {source}", verified.node());
     }
-    registrar.lock().await.admit(&verified).await
+    let mut r = registrar.lock().await;
+    let response = r.admit(&verified, moved).await;
+    if moved && response.status == 200 {
+        r.pass_on_move(verified.node(), verified.address);
+    }
+    response
 }
 
 /// A joined node's FreeIPA enrollment: a host entry with a one-time
@@ -274,7 +309,7 @@ async fn enroll(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response 
     let answer = EnrollAnswer {
         bootstrap: me.ticket.clone(),
         server: enroller.server().to_owned(),
-        one_time_password: password,
+        one_time_password: Some(password),
     };
     let body = serde_json::to_vec(&answer).expect("serialises");
     let proof = protocol::sign_answer(&me.key, Purpose::EnrollAnswer, &asked.nonce, &body);

@@ -52,9 +52,9 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                     let answer = enrollment(cx).await?;
                     let otp = answer.one_time_password.with_context(|| {
                         format!(
-                            "FreeIPA has this host as a server already, but this node has no \
-                             enrollment: run `ipa server-del {}` on a surviving server to \
-                             enroll it again",
+                            "the bootstrap host sent no one-time password: FreeIPA has {} \
+                             enrolled already (run `ipa host-disable` for a client, \
+                             `ipa server-del` for a server, then restart firstboot)",
                             cx.config.fqdn(&cx.config.node)
                         )
                     })?;

@@ -7,9 +7,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+use node_contract::Role;
 
 use super::Context;
 use crate::join::client::enroll;
+use crate::state::ClusterState;
 
 /// How long one attempt probes: the engine retries beyond that.
 const ATTEMPT: Duration = Duration::from_secs(30);
@@ -36,6 +38,16 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                 tracing::info!(phase = "join", peer = %candidate, "joined through {candidate}; {} peers known", answer.peers.len());
                 cx.state.bootstrap_address = Some(candidate);
                 cx.state.peers = answer.peers;
+                let member = cx.paths.etcd_data().join("member").is_dir();
+                if answer.rebuilt && cx.config.role() == Role::Core && !member {
+                    // A member that lost its data: it takes its place in
+                    // the cluster its peers still run (see `phases::etcd`).
+                    tracing::info!(
+                        phase = "join",
+                        "this node was rebuilt: it rejoins the existing etcd cluster"
+                    );
+                    cx.state.etcd_cluster_state = Some(ClusterState::Existing);
+                }
                 return Ok(());
             }
             Err(e) => errors.push(format!("{candidate}: {e:#}")),

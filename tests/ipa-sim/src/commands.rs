@@ -76,6 +76,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "topologysegment_show",
     "server_find",
     "server_show",
+    "server_del",
     "ca_add",
     "ca_show",
     "ca_find",
@@ -197,6 +198,7 @@ pub fn run(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, IpaE
             let entry = shown(state, Kind::Server, &name, "server")?;
             unchanged(json!({"result": entry, "summary": null, "value": name}))
         }
+        "server_del" => server_del(state, ctx, call),
         "ca_add" => ca_add(state, ctx, &arg(0), call),
         "ca_show" => {
             let entry = ca_out(state, &arg(0))?;
@@ -1006,6 +1008,154 @@ fn segment_add(
 
 /// What a server install adds for `server`: its `server` entry, its
 /// membership of `ipaservers`, segments to `peer`.
+/// As FreeIPA's `server_del` (ipaserver/plugins/server.py): refused
+/// (4033) when the rest of a suffix's servers would be disconnected or no
+/// CA would be left, unless told to ignore it; then the server's
+/// agreements go, and every Kerberos principal `*/<server>@REALM` (its
+/// services and its host entry, keytab and all), and with them its place
+/// in `ipaservers`.
+fn server_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, IpaError> {
+    let names: Vec<String> = call.list("cn").iter().map(|h| fqdn(h)).collect();
+    let mut deleted = Vec::new();
+    for name in &names {
+        let Some(server) = state.get(Kind::Server, name).cloned() else {
+            if call.flag("continue") {
+                continue;
+            }
+            return Err(IpaError::not_found(name, "IPA server"));
+        };
+        let removal = |reason: String| {
+            IpaError::new(
+                4033,
+                "ServerRemovalError",
+                format!("Server removal aborted: {reason}."),
+                json!({}),
+            )
+        };
+        if !call.flag("ignore_topology_disconnect") && !call.flag("force") {
+            for suffix in values(&server, "iparepltopomanagedsuffix_topologysuffix") {
+                if let Some(cut) = disconnected_without(state, &suffix, name) {
+                    return Err(removal(format!(
+                        "Removal of '{name}' leads to disconnected topology in suffix \
+                         '{suffix}': {cut}"
+                    )));
+                }
+            }
+        }
+        let ca = |s: &Entry| {
+            values(s, "iparepltopomanagedsuffix_topologysuffix")
+                .iter()
+                .any(|x| x == "ca")
+        };
+        let other_cas = state
+            .all(Kind::Server)
+            .into_iter()
+            .filter(|(k, s)| *k != name.as_str() && ca(s))
+            .count();
+        if ca(&server) && other_cas == 0 && !call.flag("ignore_last_of_role") {
+            return Err(removal(
+                "Deleting this server is not allowed as it would leave your installation \
+                 without a CA"
+                    .into(),
+            ));
+        }
+        let segments: Vec<String> = state
+            .all(Kind::Segment)
+            .into_iter()
+            .filter(|(_, e)| {
+                ["iparepltoposegmentleftnode", "iparepltoposegmentrightnode"]
+                    .iter()
+                    .any(|side| values(e, side).iter().any(|v| v.eq_ignore_ascii_case(name)))
+            })
+            .map(|(k, _)| k.to_owned())
+            .collect();
+        for key in segments {
+            state.put(ctx.server, Kind::Segment, &key, None);
+        }
+        let suffix = format!("/{name}@{}", state.realm).to_ascii_lowercase();
+        let services: Vec<String> = state
+            .all(Kind::Service)
+            .into_iter()
+            .map(|(k, _)| k.to_owned())
+            .filter(|k| k.to_ascii_lowercase().ends_with(&suffix))
+            .collect();
+        for key in services {
+            state.put(ctx.server, Kind::Service, &key, None);
+        }
+        state.put(ctx.server, Kind::Host, name, None);
+        if let Some(mut group) = state.get(Kind::HostGroup, IPASERVERS).cloned() {
+            let mut members = values(&group, "member_host");
+            members.retain(|m| !m.eq_ignore_ascii_case(name));
+            set(&mut group, "member_host", members);
+            state.put(ctx.server, Kind::HostGroup, IPASERVERS, Some(group));
+        }
+        state.put(ctx.server, Kind::Server, name, None);
+        deleted.push(name.clone());
+    }
+    let result = json!({
+        "result": {"failed": []},
+        "summary": format!("Deleted IPA server \"{}\"", deleted.join(",")),
+        "value": deleted,
+    });
+    if deleted.is_empty() {
+        unchanged(result)
+    } else {
+        changed(result)
+    }
+}
+
+/// The servers of `suffix` other than `gone` that its segments (those not
+/// touching `gone`) leave unreachable from the first of them, if any.
+fn disconnected_without(state: &State, suffix: &str, gone: &str) -> Option<String> {
+    let servers: Vec<String> = state
+        .all(Kind::Server)
+        .into_iter()
+        .filter(|(k, s)| {
+            *k != gone
+                && values(s, "iparepltopomanagedsuffix_topologysuffix")
+                    .iter()
+                    .any(|x| x == suffix)
+        })
+        .map(|(k, _)| k.to_owned())
+        .collect();
+    let prefix = format!("{suffix}|");
+    let edges: Vec<(String, String)> = state
+        .all(Kind::Segment)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .filter_map(|(_, e)| {
+            let left = first(e, "iparepltoposegmentleftnode")?.to_ascii_lowercase();
+            let right = first(e, "iparepltoposegmentrightnode")?.to_ascii_lowercase();
+            (left != gone && right != gone).then_some((left, right))
+        })
+        .collect();
+    let mut reached: Vec<String> = servers.first().cloned().into_iter().collect();
+    loop {
+        let before = reached.len();
+        for (left, right) in &edges {
+            if reached.contains(left) && !reached.contains(right) {
+                reached.push(right.clone());
+            } else if reached.contains(right) && !reached.contains(left) {
+                reached.push(left.clone());
+            }
+        }
+        if reached.len() == before {
+            break;
+        }
+    }
+    let cut: Vec<&String> = servers.iter().filter(|s| !reached.contains(s)).collect();
+    (!cut.is_empty()).then(|| {
+        format!(
+            "{} can no longer replicate with {}",
+            cut.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reached.join(", ")
+        )
+    })
+}
+
 pub fn add_server(
     state: &mut State,
     writer: &str,

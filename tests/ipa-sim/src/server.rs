@@ -337,7 +337,15 @@ impl Inner {
             "/ipa/session/login_password" => self.login(&request),
             "/ipa/session/json" => self.json(&request).await,
             "/ipa-sim/enroll" => self.enroll(&request).await,
-            "/ipa-sim/replicate" => self.replicate(&request),
+            "/ipa-sim/replicate" => {
+                let (response, changed) = self.replicate(&request);
+                // A push can bring what this server's own pulls then find
+                // nothing new in: its DNS must follow either way.
+                if changed {
+                    self.refresh_dns().await;
+                }
+                response
+            }
             other => Response::text(
                 404,
                 &format!("URL fragment \"{other}\" does not have a handler"),
@@ -584,7 +592,8 @@ impl Inner {
         }
     }
 
-    fn replicate(&self, request: &Request) -> Response {
+    /// The answer, and whether the asker's state changed ours.
+    fn replicate(&self, request: &Request) -> (Response, bool) {
         let ask: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
         let host = ask["fqdn"]
             .as_str()
@@ -600,8 +609,12 @@ impl Inner {
             .get(Kind::HostGroup, commands::IPASERVERS)
             .is_some_and(|g| values(g, "member_host").contains(&host));
         if !(known && server) {
-            return Response::text(403, "only enrolled IPA servers replicate");
+            return (
+                Response::text(403, "only enrolled IPA servers replicate"),
+                false,
+            );
         }
+        let mut changed = false;
         if let Some(theirs) = ask
             .get("state")
             .and_then(|s| serde_json::from_value::<State>(s.clone()).ok())
@@ -609,10 +622,14 @@ impl Inner {
             let mut ours = lock(&self.state);
             if ours.merge(&theirs) {
                 self.persist(&ours);
+                changed = true;
             }
         }
         let ours = lock(&self.state).clone();
-        Response::json(serde_json::to_vec(&ours).unwrap_or_default())
+        (
+            Response::json(serde_json::to_vec(&ours).unwrap_or_default()),
+            changed,
+        )
     }
 }
 

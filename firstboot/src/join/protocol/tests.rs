@@ -265,6 +265,7 @@ fn only_the_bootstrap_host_may_ask_peers() {
             address: Ipv4Addr::new(198, 18, 0, 10),
             timestamp,
             nonce: nonce(),
+            moved: None,
         })
         .unwrap();
         let signature = sign_request(&node_key(signer), Purpose::PeerRequest, &body);
