@@ -944,6 +944,24 @@ fn bootstrap_rejoins(steps: &mut Steps, op: &Operator) {
                 !journal.contains("created the temporary CAs"),
                 "node1 made new CAs:\n{journal}"
             );
+            // And the site's FreeIPA, not a second one: node1 is a replica
+            // of a surviving server, with the same IPA CA, its old server
+            // removed through FreeIPA's server_del.
+            assert!(
+                journal.contains("it installs as a replica of"),
+                "node1 did not rejoin the site's FreeIPA:\n{journal}"
+            );
+            let lab = op.cloud.lab();
+            let ca = |host: &str| {
+                lab.sh(host, "cat /var/lib/freeipa-server/etc/ipa/ca.crt")
+                    .unwrap()
+            };
+            assert_eq!(ca("node1"), ca("node2"), "node1's IPA CA is another one");
+            let node1 = op.fqdn("node1");
+            assert!(
+                server_removed(&lab, &["node2", "node3"], &node1),
+                "no server_del of the old {node1}"
+            );
         },
     );
 }
@@ -1100,20 +1118,11 @@ fn enrolled_node_rejoins(op: &Operator, worker: &str, replica: bool) {
         let after = cluster_ids(op, "node2");
         assert_eq!(after, before, "[{}] etcd's cluster changed", op.label);
         // The old server went through FreeIPA's own server_del.
-        let calls = op
-            .cloud
-            .lab()
-            .sh("node1", "cat /var/log/ipa-sim/calls.jsonl")
-            .unwrap();
-        let removed = calls
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|l| {
-                l["method"] == "server_del"
-                    && l["params"][0].to_string().contains(&fqdn)
-                    && l["error"].is_null()
-            });
-        assert!(removed, "[{}] no server_del of {fqdn}:\n{calls}", op.label);
+        assert!(
+            server_removed(&op.cloud.lab(), &["node1"], &fqdn),
+            "[{}] no server_del of {fqdn}",
+            op.label
+        );
     }
     // FreeIPA's DNS (the simulator's, on node1) has the new address only.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1136,6 +1145,22 @@ fn enrolled_node_rejoins(op: &Operator, worker: &str, replica: bool) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Whether the FreeIPA (simulator) on one of `servers` removed the server
+/// `fqdn` with a `server_del` that succeeded, by its call log.
+fn server_removed(lab: &site_lab::Lab, servers: &[&str], fqdn: &str) -> bool {
+    servers.iter().any(|server| {
+        lab.sh(server, "cat /var/log/ipa-sim/calls.jsonl")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| {
+                l["method"] == "server_del"
+                    && l["params"][0].to_string().contains(fqdn)
+                    && l["error"].is_null()
+            })
+    })
 }
 
 /// A volume created and attached through the API appears in the node

@@ -718,6 +718,7 @@ fn a_rebuilt_bootstrap_host_waits_for_its_peers_and_rejoins() {
                 addresses: vec![STRANGER],
                 etcd_data: true,
                 ca_backup: Some("00".repeat(64)),
+                freeipa_ca: None,
             })
             .unwrap();
             let proof = protocol::sign_answer(&key, Purpose::PeerAnswer, &asked.nonce, &body);

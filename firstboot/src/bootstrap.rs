@@ -52,6 +52,8 @@ pub enum Verdict {
         cluster_exists: bool,
         /// Where the peers that answered are (authenticated).
         peers: BTreeMap<HostName, Ipv4Addr>,
+        /// The peers that run a FreeIPA server, with its CA.
+        freeipa: Vec<crate::state::FreeipaPeer>,
     },
 }
 
@@ -141,7 +143,20 @@ impl Discovery {
                 .max_by_key(|b| b.generation)
                 .cloned()
                 .expect("not empty");
+            let freeipa = self
+                .answers
+                .iter()
+                .filter(|(node, (_, a))| others.contains(node) && a.node.role == Role::Core)
+                .filter_map(|(node, (address, a))| {
+                    Some(crate::state::FreeipaPeer {
+                        node: node.clone(),
+                        address: *address,
+                        ca_pem: a.freeipa_ca.clone()?,
+                    })
+                })
+                .collect();
             return Some(Verdict::Restore {
+                freeipa,
                 cluster_exists: answered_core.iter().any(|a| a.etcd_data),
                 peers: self
                     .answers
@@ -255,7 +270,15 @@ pub async fn ensure_ca(
             backup,
             cluster_exists,
             peers,
+            freeipa,
         } => {
+            if !freeipa.is_empty() {
+                tracing::warn!(
+                    "the site's FreeIPA runs on {:?}: this host joins it as a replica",
+                    freeipa.iter().map(|p| p.node.as_str()).collect::<Vec<_>>()
+                );
+                crate::state::FreeipaRejoin { servers: freeipa }.save(&paths.freeipa_rejoin())?;
+            }
             let ca = TempCa::from_pems(
                 &backup.root_cert_pem,
                 &backup.root_key_pem,

@@ -69,6 +69,11 @@ impl Paths {
     pub fn bootstrap_moved(&self) -> PathBuf {
         self.state_dir().join("bootstrap-moved.json")
     }
+    /// The site's FreeIPA, as a rebuilt first server found it
+    /// (`state::FreeipaRejoin`).
+    pub fn freeipa_rejoin(&self) -> PathBuf {
+        self.state_dir().join("freeipa-rejoin.json")
+    }
     /// Rebuilt peers' new addresses (`state::PeersMoved`).
     pub fn peers_moved(&self) -> PathBuf {
         self.state_dir().join("peers-moved.json")

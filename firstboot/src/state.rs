@@ -180,6 +180,36 @@ impl PeersMoved {
     }
 }
 
+/// What a rebuilt first server found of the site's FreeIPA among its
+/// peers (from their signed answers): it joins that deployment as a
+/// replica rather than installing a second one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreeipaRejoin {
+    pub servers: Vec<FreeipaPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreeipaPeer {
+    pub node: HostName,
+    pub address: Ipv4Addr,
+    /// Its IPA CA certificate (PEM).
+    pub ca_pem: String,
+}
+
+impl FreeipaRejoin {
+    pub fn load(path: &Path) -> Result<Option<FreeipaRejoin>> {
+        crate::fsutil::read_json(path)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        crate::fsutil::write_atomic(path, &bytes, 0o644)
+    }
+}
+
 /// The bootstrap host's address: where it moved, else where join found it.
 pub fn bootstrap_address(paths: &crate::paths::Paths, state: &State) -> Option<Ipv4Addr> {
     BootstrapMoved::load(&paths.bootstrap_moved())

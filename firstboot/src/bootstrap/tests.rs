@@ -48,6 +48,7 @@ fn answer(d: &mut Discovery, node: &str, octet: u8, etcd_data: bool, backup: Opt
                 addresses: vec![address],
                 etcd_data,
                 ca_backup: backup.map(|g| format!("sealed {g}")),
+                freeipa_ca: None,
             },
         ),
     );
@@ -110,6 +111,7 @@ fn any_sealed_copy_means_restore_the_newest() {
         backup,
         cluster_exists,
         peers,
+        ..
     }) = d.verdict(&core(), &name("node1"), now)
     else {
         panic!("a restore was expected");
@@ -138,4 +140,29 @@ fn a_copy_with_only_some_peers_answering_is_restored_after_a_few_rounds() {
         d.verdict(&core(), &name("node1"), now),
         Some(Verdict::Restore { .. })
     ));
+}
+
+#[test]
+fn a_restore_names_the_peers_that_run_freeipa_with_their_ca() {
+    let mut d = Discovery::default();
+    let now = Instant::now();
+    answer(&mut d, "node2", 11, true, Some(3));
+    answer(&mut d, "node3", 12, true, Some(3));
+    answer(&mut d, "node4", 13, false, None);
+    // node3 and the worker node4 say they run FreeIPA: only the core
+    // host counts (a worker runs no server, whatever it says).
+    for node in ["node3", "node4"] {
+        d.answers.get_mut(&name(node)).unwrap().1.freeipa_ca = Some(format!("{node} CA"));
+    }
+    let Some(Verdict::Restore { freeipa, .. }) = d.verdict(&core(), &name("node1"), now) else {
+        panic!("a restore was expected");
+    };
+    assert_eq!(
+        freeipa,
+        [crate::state::FreeipaPeer {
+            node: name("node3"),
+            address: Ipv4Addr::new(198, 18, 0, 12),
+            ca_pem: "node3 CA".into(),
+        }]
+    );
 }

@@ -85,15 +85,20 @@ fn common(config: &NodeConfig) -> Vec<String> {
     ]
 }
 
+/// The FreeIPA passwords, which only the bootstrap host's config holds.
+pub fn secrets(config: &NodeConfig) -> Result<&node_contract::FreeIpaSecrets> {
+    config
+        .freeipa
+        .as_ref()
+        .context("the bootstrap host's node.json holds no FreeIPA passwords")
+}
+
 /// The first server's options: DNS for the site zone (its records move
 /// over from the temporary DNS at handoff, so an overlap is expected now),
 /// no forwarders yet (recursion comes at handoff, for the VPC only), and
 /// the passwords only this host's config holds.
 pub fn server_options(config: &NodeConfig, own: Ipv4Addr) -> Result<Vec<String>> {
-    let secrets = config
-        .freeipa
-        .as_ref()
-        .context("the bootstrap host's node.json holds no FreeIPA passwords")?;
+    let secrets = secrets(config)?;
     let mut options = common(config);
     options.extend([
         format!("--ip-address={own}"),
@@ -302,7 +307,7 @@ pub fn ring(servers: &[String]) -> Vec<(String, String)> {
 
 /// A one-time password: 24 characters from an alphabet safe in options
 /// files and shells.
-fn one_time_password() -> String {
+pub fn one_time_password() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     let mut rng = rand::rngs::OsRng;

@@ -48,7 +48,18 @@ fn answer(paths: &Paths, config: &NodeConfig, vpc_addresses: Vec<Ipv4Addr>) -> P
         ca_backup: core
             .then(|| std::fs::read_to_string(paths.ca_backup()).ok())
             .flatten(),
+        freeipa_ca: core.then(|| freeipa_ca(paths)).flatten(),
     }
+}
+
+/// The IPA CA of this node's FreeIPA server, once it is configured.
+fn freeipa_ca(paths: &Paths) -> Option<String> {
+    use crate::freeipa::site::{self, Kind};
+    let state = paths.service_state(site::SERVER);
+    if !state.join(Kind::Replica.done_marker()).exists() {
+        return None;
+    }
+    std::fs::read_to_string(site::ca_path(&state)).ok()
 }
 
 /// `firstboot peer`: serve until killed.

@@ -125,6 +125,11 @@ pub struct PeerAnswer {
     /// The sealed copy of the temporary CAs this core peer keeps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_backup: Option<String>,
+    /// The IPA CA certificate, when this core peer runs a configured
+    /// FreeIPA server: a rebuilt first server joins that deployment as a
+    /// replica instead of installing a second one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeipa_ca: Option<String>,
 }
 
 /// A joined node asking for its FreeIPA enrollment.

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use node_contract::identity::Purpose;
 use node_contract::status::Admission;
 use node_contract::{HostName, Role};
@@ -41,13 +41,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn load(path: &Path) -> Result<Option<Registry>> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .with_context(|| format!("{} is damaged", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        crate::fsutil::read_json(path)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 
 use super::Context;
 use crate::freeipa::site::{self, Enroller, Kind};
-use crate::freeipa::{Client, Config, Endpoint};
+use crate::freeipa::{Client, Config, Endpoint, Suffix};
 use crate::system::JournalWatch;
 
 /// How long an install may take: FreeIPA's own takes minutes (its CA the
@@ -43,12 +43,30 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         .context("identify did not record this node's address")?;
     let kind = Kind::of(&cx.config);
     let state = crate::exec::state_dir(&cx.paths, &cx.config, kind.service())?;
-    site::check_kind(&state, kind)?;
-    if !state.join(kind.done_marker()).exists() {
-        if !state.join(kind.options_file()).exists() {
-            let options = match kind {
-                Kind::Server => site::server_options(&cx.config, own)?,
-                Kind::Replica | Kind::Client => {
+    // A rebuilt first server whose peers run the site's FreeIPA installs
+    // as their replica, not a second deployment (see `rejoin_options`).
+    let rejoin = match kind {
+        Kind::Server => crate::state::FreeipaRejoin::load(&cx.paths.freeipa_rejoin())?,
+        _ => None,
+    };
+    let fresh =
+        |k: Kind| !state.join(k.done_marker()).exists() && !state.join(k.options_file()).exists();
+    let install_kind = match kind {
+        Kind::Server
+            if state.join(Kind::Replica.options_file()).exists()
+                || (rejoin.is_some() && fresh(Kind::Server)) =>
+        {
+            Kind::Replica
+        }
+        other => other,
+    };
+    site::check_kind(&state, install_kind)?;
+    if !state.join(install_kind.done_marker()).exists() {
+        if !state.join(install_kind.options_file()).exists() {
+            let options = match (kind, &rejoin) {
+                (Kind::Server, Some(rejoin)) => rejoin_options(cx, own, rejoin).await?,
+                (Kind::Server, None) => site::server_options(&cx.config, own)?,
+                (Kind::Replica | Kind::Client, _) => {
                     let answer = enrollment(cx).await?;
                     let otp = answer.one_time_password.with_context(|| {
                         format!(
@@ -65,9 +83,9 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                     }
                 }
             };
-            site::write_options(&state, kind, &options)?;
+            site::write_options(&state, install_kind, &options)?;
         }
-        install(cx, kind, &state).await?;
+        install(cx, install_kind, &state).await?;
     } else {
         // Installed on an earlier run: the service is enabled and held
         // back only by its condition, so it starts with the node.
@@ -77,6 +95,78 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         serve_enrollment(cx, own, &state).await?;
     }
     Ok(())
+}
+
+/// A rebuilt first server's replica install: through the first of its
+/// peers' FreeIPA servers that answers as admin (TLS checked against the
+/// IPA CA that peer's signed answer carried), its old server entry goes
+/// (`server_del`, with FreeIPA's own refusals), its host is added again
+/// with a one-time password and put in `ipaservers`, and the options say
+/// to install a replica of that server.
+async fn rejoin_options(
+    cx: &Context,
+    own: Ipv4Addr,
+    rejoin: &crate::state::FreeipaRejoin,
+) -> Result<Vec<String>> {
+    let secrets = site::secrets(&cx.config)?;
+    let fqdn = cx.config.fqdn(&cx.config.node);
+    let mut errors = Vec::new();
+    for peer in &rejoin.servers {
+        let server = cx.config.fqdn(&peer.node);
+        let endpoint = Endpoint::at(&server, SocketAddr::new(peer.address.into(), 443));
+        let client = Client::new(Config::admin(
+            endpoint,
+            &peer.ca_pem,
+            &secrets.admin_password,
+        ))?;
+        if let Err(e) = client.login().await {
+            errors.push(format!("{server}: {e}"));
+            continue;
+        }
+        // The surviving servers in a ring first: if this host died before
+        // the ring was whole, they replicated only through it, and FreeIPA
+        // rightly refuses a removal that leaves them apart.
+        let mut others: Vec<String> = client
+            .servers()
+            .await?
+            .into_iter()
+            .filter(|s| *s != fqdn)
+            .collect();
+        others.sort();
+        for suffix in [Suffix::Domain, Suffix::Ca] {
+            client
+                .ensure_segments(suffix, &site::ring(&others))
+                .await
+                .with_context(|| format!("{server} cannot join the other servers"))?;
+        }
+        let otp = site::one_time_password();
+        client
+            .ensure_no_server(&fqdn)
+            .await
+            .with_context(|| format!("{server} cannot remove this host's old server"))?;
+        client
+            .ensure_host(&crate::freeipa::HostSpec {
+                fqdn: fqdn.clone(),
+                address: Some(own),
+                one_time_password: Some(otp.clone()),
+            })
+            .await
+            .with_context(|| format!("{server} cannot add this host again"))?;
+        // Whatever an earlier attempt left: this password, no keytab.
+        client.reenroll_host(&fqdn, &otp).await?;
+        client
+            .ensure_hostgroup_members(site::SERVERS_GROUP, std::slice::from_ref(&fqdn))
+            .await?;
+        tracing::warn!(
+            phase = "freeipa",
+            "this host was rebuilt: it installs as a replica of {server}, in the site's FreeIPA"
+        );
+        return Ok(site::replica_options(&cx.config, own, &server, &otp));
+    }
+    bail!(
+        "the site's FreeIPA servers do not answer as admin: {}",
+        errors.join("; ")
+    )
 }
 
 /// The bootstrap host's enrollment service after a restart.
@@ -99,11 +189,7 @@ pub async fn serve_enrollment(cx: &mut Context, own: Ipv4Addr, state: &Path) -> 
     if services.enroller().await.is_some() {
         return Ok(());
     }
-    let secrets = cx
-        .config
-        .freeipa
-        .as_ref()
-        .context("the bootstrap host's node.json holds no FreeIPA passwords")?;
+    let secrets = site::secrets(&cx.config)?;
     let fqdn = cx.config.fqdn(&cx.config.node);
     let ca = std::fs::read_to_string(site::ca_path(state)).with_context(|| {
         format!(
