@@ -191,15 +191,14 @@ impl Enroller {
     /// with a new password (a server leaves the deployment first).
     pub async fn enroll(&self, node: &HostName, role: Role, address: Ipv4Addr) -> Result<String> {
         let fqdn = self.domain.fqdn(node);
-        let spec = |password: &str| HostSpec {
-            fqdn: fqdn.clone(),
-            address: Some(address),
-            one_time_password: Some(password.to_owned()),
-        };
         let mut password = self.password(node, false).await?;
         let host = self
             .client
-            .ensure_host(&spec(&password))
+            .ensure_host(&HostSpec {
+                fqdn: fqdn.clone(),
+                address: Some(address),
+                one_time_password: Some(password.clone()),
+            })
             .await
             .with_context(|| format!("cannot add {fqdn} to FreeIPA"))?;
         if host.enrolled {
@@ -209,34 +208,15 @@ impl Enroller {
             // its old address no longer answers as it, and it asks from
             // there.
             password = self.password(node, true).await?;
-            if role == Role::Core {
-                // A server first leaves the deployment (its agreements and
-                // principals, its host entry with them) to be installed anew.
-                self.client
-                    .ensure_no_server(&fqdn)
-                    .await
-                    .with_context(|| format!("cannot remove the old FreeIPA server {fqdn}"))?;
-            }
-            let host = self
-                .client
-                .ensure_host(&spec(&password))
-                .await
-                .with_context(|| format!("cannot add {fqdn} to FreeIPA again"))?;
-            if host.enrolled {
-                self.client
-                    .reenroll_host(&fqdn, &password)
-                    .await
-                    .with_context(|| format!("cannot let {fqdn} enroll again"))?;
-            }
+            readmit(&self.client, &fqdn, address, &password, role).await?;
             tracing::info!(host = %fqdn, "freeipa: {fqdn} was rebuilt; it enrolls again");
-        } else if let Some(chosen) = host.one_time_password {
+            return Ok(password);
+        }
+        if let Some(chosen) = host.one_time_password {
             password = chosen;
         }
         if role == Role::Core {
-            self.client
-                .ensure_hostgroup_members(SERVERS_GROUP, std::slice::from_ref(&fqdn))
-                .await
-                .with_context(|| format!("cannot add {fqdn} to {SERVERS_GROUP}"))?;
+            ensure_server_member(&self.client, &fqdn).await?;
         }
         Ok(password)
     }
@@ -261,19 +241,8 @@ impl Enroller {
     /// ring over the servers in name order, for both suffixes. Three
     /// listings when nothing is missing.
     pub async fn ensure_topology(&self) -> Result<Topology> {
-        let mut servers = self.client.servers().await?;
-        servers.sort();
-        let pairs = ring(&servers);
-        let mut added = 0;
-        for suffix in [Suffix::Domain, Suffix::Ca] {
-            added += self
-                .client
-                .ensure_segments(suffix, &pairs)
-                .await
-                .with_context(|| {
-                    format!("cannot connect the servers ({} suffix)", suffix.name())
-                })?;
-        }
+        let servers = self.client.servers().await?;
+        let added = connect_ring(&self.client, servers.clone()).await?;
         Ok(Topology {
             servers: servers.len(),
             added,
@@ -284,6 +253,72 @@ impl Enroller {
     pub fn expected_servers(&self) -> usize {
         self.core_hosts
     }
+}
+
+/// `servers` in a ring (in name order), for both suffixes: how many
+/// segments had to be added.
+pub async fn connect_ring(client: &Client, mut servers: Vec<String>) -> Result<usize> {
+    servers.sort();
+    let pairs = ring(&servers);
+    let mut added = 0;
+    for suffix in [Suffix::Domain, Suffix::Ca] {
+        added += client
+            .ensure_segments(suffix, &pairs)
+            .await
+            .with_context(|| format!("cannot connect the servers ({} suffix)", suffix.name()))?;
+    }
+    Ok(added)
+}
+
+/// Let a rebuilt node (`fqdn` at `address`) enroll again with `password`,
+/// whatever FreeIPA still holds of it: a server (a core host) first
+/// leaves the deployment (`server_del` takes its agreements and its
+/// principals, its host entry with them, and refuses when that would cut
+/// the other servers apart or leave no CA); then the host is there with
+/// this password and no keytab, and a core host is in `ipaservers`.
+/// Safe to repeat.
+pub async fn readmit(
+    client: &Client,
+    fqdn: &str,
+    address: Ipv4Addr,
+    password: &str,
+    role: Role,
+) -> Result<()> {
+    if role == Role::Core {
+        client
+            .ensure_no_server(fqdn)
+            .await
+            .with_context(|| format!("cannot remove the old FreeIPA server {fqdn}"))?;
+    }
+    let host = client
+        .ensure_host(&HostSpec {
+            fqdn: fqdn.to_owned(),
+            address: Some(address),
+            one_time_password: Some(password.to_owned()),
+        })
+        .await
+        .with_context(|| format!("cannot add {fqdn} to FreeIPA again"))?;
+    // An existing entry keeps its keytab or an earlier password: this
+    // password, no keytab. (A host just added has both already.)
+    if host.change != super::Change::Created {
+        client
+            .reenroll_host(fqdn, password)
+            .await
+            .with_context(|| format!("cannot let {fqdn} enroll again"))?;
+    }
+    if role == Role::Core {
+        ensure_server_member(client, fqdn).await?;
+    }
+    Ok(())
+}
+
+/// `fqdn` in `ipaservers`, so that it may become a replica.
+async fn ensure_server_member(client: &Client, fqdn: &str) -> Result<()> {
+    client
+        .ensure_hostgroup_members(SERVERS_GROUP, &[fqdn.to_owned()])
+        .await
+        .with_context(|| format!("cannot add {fqdn} to {SERVERS_GROUP}"))?;
+    Ok(())
 }
 
 /// What one pass over the topology found and did.

@@ -222,8 +222,7 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
         Ok(v) => v,
         Err(refusal) => return refuse(source, &refusal),
     };
-    let moved = matches!(decision, Decision::Move { .. });
-    if let Decision::Move { from } = decision {
+    let moved = if let Decision::Move { from } = decision {
         // Outside the lock: asking the old address takes a moment.
         let (site, me, own) = {
             let r = registrar.lock().await;
@@ -239,7 +238,10 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
             }
         }
         tracing::info!(peer = %verified.node(), "join service: {} moves from {from} (silent there) to {source}", verified.node());
-    }
+        true
+    } else {
+        false
+    };
     let mut r = registrar.lock().await;
     let response = r.admit(&verified, moved).await;
     if moved && response.status == 200 {

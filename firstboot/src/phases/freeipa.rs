@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 
 use super::Context;
 use crate::freeipa::site::{self, Enroller, Kind};
-use crate::freeipa::{Client, Config, Endpoint, Suffix};
+use crate::freeipa::{Client, Config, Endpoint};
 use crate::system::JournalWatch;
 
 /// How long an install may take: FreeIPA's own takes minutes (its CA the
@@ -126,37 +126,14 @@ async fn rejoin_options(
         // The surviving servers in a ring first: if this host died before
         // the ring was whole, they replicated only through it, and FreeIPA
         // rightly refuses a removal that leaves them apart.
-        let mut others: Vec<String> = client
-            .servers()
-            .await?
-            .into_iter()
-            .filter(|s| *s != fqdn)
-            .collect();
-        others.sort();
-        for suffix in [Suffix::Domain, Suffix::Ca] {
-            client
-                .ensure_segments(suffix, &site::ring(&others))
-                .await
-                .with_context(|| format!("{server} cannot join the other servers"))?;
-        }
+        let others = client.servers().await?.into_iter().filter(|s| *s != fqdn);
+        site::connect_ring(&client, others.collect())
+            .await
+            .with_context(|| format!("{server} cannot join the other servers"))?;
         let otp = site::one_time_password();
-        client
-            .ensure_no_server(&fqdn)
+        site::readmit(&client, &fqdn, own, &otp, node_contract::Role::Core)
             .await
-            .with_context(|| format!("{server} cannot remove this host's old server"))?;
-        client
-            .ensure_host(&crate::freeipa::HostSpec {
-                fqdn: fqdn.clone(),
-                address: Some(own),
-                one_time_password: Some(otp.clone()),
-            })
-            .await
-            .with_context(|| format!("{server} cannot add this host again"))?;
-        // Whatever an earlier attempt left: this password, no keytab.
-        client.reenroll_host(&fqdn, &otp).await?;
-        client
-            .ensure_hostgroup_members(site::SERVERS_GROUP, std::slice::from_ref(&fqdn))
-            .await?;
+            .with_context(|| format!("through {server}"))?;
         tracing::warn!(
             phase = "freeipa",
             "this host was rebuilt: it installs as a replica of {server}, in the site's FreeIPA"
