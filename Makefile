@@ -12,13 +12,14 @@ FIRSTBOOT  := $(OUT)/firstboot
 # ignition: real Ignition and ignition-validate; python3-venv holds moto;
 # bind9-dnsutils (dig) and openssl cross-check firstboot's DNS server and
 # CA; curl and nftables attack lab sites from outside their nodes; podman
-# checks firstboot's container command line; the rest run the lab. The lab
-# cloud (make e2e) also needs xfsprogs (Ignition's disks stage formats
-# volumes), ssh (builder status logs in to the nodes) and ping (the
-# firewall lets ICMP through).
+# checks firstboot's container command line; freeipa-client's
+# ipa-client-install checks a worker's enrollment options; the rest run
+# the lab. The lab cloud (make e2e) also needs xfsprogs (Ignition's disks
+# stage formats volumes), ssh (builder status logs in to the nodes) and
+# ping (the firewall lets ICMP through).
 APT_DEPS   := ignition systemd-container debootstrap iproute2 python3-venv \
               bind9-dnsutils openssl curl nftables podman xfsprogs \
-              openssh-client iputils-ping
+              openssh-client iputils-ping freeipa-client
 # Tools firstboot's own unit tests run, which skip without them (they
 # cannot use tests/support): `make test` checks for them itself.
 TEST_TOOLS := dig:bind9-dnsutils openssl:openssl

@@ -85,4 +85,27 @@ mod tests {
             }
         }
     }
+
+    /// Every service a shipped unit starts (`firstboot exec SERVICE`) is
+    /// in every image's catalog: a missing one would fail on the node,
+    /// minutes into its first boot.
+    #[test]
+    fn every_image_runs_every_service_the_units_start() {
+        let started: Vec<&str> = crate::render::units::SHIPPED
+            .iter()
+            .flat_map(|unit| unit.contents.lines())
+            .filter_map(|line| line.strip_prefix("ExecStart=/usr/local/bin/firstboot exec "))
+            .map(str::trim)
+            .collect();
+        assert!(started.len() >= 3, "{started:?}");
+        for name in super::names() {
+            let image = super::load(name).unwrap();
+            for service in &started {
+                assert!(
+                    image.services.contains_key(*service),
+                    "images/{name}/image.json has no `{service}`"
+                );
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use firstboot::paths::Paths;
 /// Assemble this node into its site, peer to peer.
 ///
 /// `firstboot run` (what firstboot.service starts) runs the phases:
-/// identify, storage, join, etcd. The lowest (bootstrap) host serves the
+/// identify, storage, join, etcd, freeipa. The lowest (bootstrap) host serves the
 /// join service, a temporary DNS and CA; the others join it, proving who
 /// they are with their own key. Progress goes to the journal and
 /// /run/firstboot/status.json; a crash or reboot resumes at the first
@@ -48,6 +48,12 @@ enum Command {
         /// A service of the image catalog, such as `etcd`
         service: String,
     },
+    /// Enroll this host in the site's FreeIPA, layering the client package
+    /// first where the host lacks it (what the Fedora CoreOS catalog's
+    /// `freeipa-client` runs). The freeipa phase writes the options, with
+    /// this node's one-time password, to
+    /// /var/lib/freeipa-client/ipa-client-install-options
+    IpaClient,
 }
 
 fn main() -> ExitCode {
@@ -55,7 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None if cli.check => firstboot::check::run(&cli.config).map(|summary| print!("{summary}")),
         None => Err(anyhow::anyhow!(
-            "nothing to do: give --check, `run`, `peer`, `renew` or `exec` (see --help)"
+            "nothing to do: give --check, `run`, `peer`, `renew`, `exec` or `ipa-client` (see --help)"
         )),
         Some(Command::Run) => {
             firstboot::logging::init();
@@ -72,6 +78,10 @@ fn main() -> ExitCode {
             })
         }
         Some(Command::Exec { service }) => firstboot::exec::exec(&Paths::from_env(), &service),
+        Some(Command::IpaClient) => {
+            firstboot::logging::init();
+            firstboot::freeipa::host::main(&Paths::from_env())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

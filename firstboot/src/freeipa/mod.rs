@@ -13,6 +13,7 @@ pub mod calls;
 pub mod client;
 pub mod ensure;
 pub mod error;
+pub mod host;
 pub mod site;
 pub mod transport;
 

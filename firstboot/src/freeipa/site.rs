@@ -64,7 +64,8 @@ impl Kind {
     }
 
     /// The file the installed service leaves behind: the server
-    /// container's volume version, our client container's marker.
+    /// container's volume version, the client's marker (`freeipa::host`,
+    /// the simulator's client in the lab).
     pub fn done_marker(self) -> &'static str {
         match self {
             Kind::Server | Kind::Replica => "volume-version",
@@ -139,6 +140,17 @@ pub fn client_options(config: &NodeConfig, server: &str, otp: &str) -> Vec<Strin
 pub fn write_options(state: &Path, kind: Kind, options: &[String]) -> Result<()> {
     let text = options.join("\n") + "\n";
     crate::fsutil::write_atomic(&state.join(kind.options_file()), text.as_bytes(), 0o600)
+}
+
+/// Remove an options file whose one-time password enrollment spent.
+pub fn forget_options(state: &Path, kind: Kind) -> Result<()> {
+    let file = state.join(kind.options_file());
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", file.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The IPA CA as the installed service left it.

@@ -67,7 +67,28 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                 (Kind::Server, Some(rejoin)) => rejoin_options(cx, own, rejoin).await?,
                 (Kind::Server, None) => site::server_options(&cx.config, own)?,
                 (Kind::Replica | Kind::Client, _) => {
+                    // Fedora CoreOS's host client layers its package: do
+                    // that while the first server installs, not after.
+                    let prepare = (kind == Kind::Client
+                        && crate::freeipa::host::runs_in(&cx.config.catalog))
+                    .then(|| {
+                        tokio::task::spawn_blocking(|| {
+                            crate::freeipa::host::prepare(&crate::freeipa::host::Host::system())
+                        })
+                    });
                     let answer = enrollment(cx).await?;
+                    if let Some(prepare) = prepare {
+                        // A failure here is only a missed head start: the
+                        // client service layers (or reboots) itself.
+                        match prepare.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!(
+                                phase = "freeipa",
+                                "could not layer the FreeIPA client ahead: {e:#}"
+                            ),
+                            Err(e) => tracing::warn!(phase = "freeipa", "{e}"),
+                        }
+                    }
                     let otp = answer.one_time_password.with_context(|| {
                         format!(
                             "the bootstrap host sent no one-time password: FreeIPA has {} \
@@ -86,6 +107,10 @@ pub async fn run(cx: &mut Context) -> Result<()> {
             site::write_options(&state, install_kind, &options)?;
         }
         install(cx, install_kind, &state).await?;
+        if install_kind == Kind::Client {
+            // Its one-time password is spent: nothing temporary stays.
+            site::forget_options(&state, install_kind)?;
+        }
     } else {
         // Installed on an earlier run: the service is enabled and held
         // back only by its condition, so it starts with the node.
