@@ -46,6 +46,7 @@ impl Reporter {
             since,
             attempt,
             last_error: error.clone(),
+            detail: None,
             admission: current.as_ref().and_then(|s| s.admission.clone()),
         };
         self.write(&status);
@@ -55,6 +56,21 @@ impl Reporter {
             None => format!("STATUS={what}: {state}"),
         });
         *current = Some(status);
+    }
+
+    /// What the running phase waits for (see `Status::detail`): in the
+    /// status file and systemd's status line, until the phase or its state
+    /// changes. Nothing is written before a phase has been set.
+    pub fn detail(&self, detail: String) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(status) = current.as_mut() else {
+            return;
+        };
+        let what = status.phase.map(|p| p.as_str()).unwrap_or("firstboot");
+        notify(&format!("STATUS={what}: {}: {detail}", status.state));
+        status.detail = Some(detail);
+        let copy = status.clone();
+        self.write(&copy);
     }
 
     /// The join service's admission state (bootstrap host).
@@ -67,6 +83,7 @@ impl Reporter {
             since: now(),
             attempt: 1,
             last_error: None,
+            detail: None,
             admission: None,
         });
         if status.admission.as_ref() == Some(&admission) {
@@ -136,5 +153,27 @@ mod tests {
         reporter.set(Some(Phase::Etcd), State::Running, 1, None);
         let status = Status::from_json(&std::fs::read(&file).unwrap()).unwrap();
         assert!(status.admission.is_some() && status.last_error.is_none());
+    }
+
+    #[test]
+    fn a_detail_says_what_a_phase_waits_for_until_the_phase_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("status.json");
+        let reporter = Reporter::new(file.clone());
+        // Before any phase there is nothing to qualify: nothing is written.
+        reporter.detail("early".into());
+        assert!(!file.exists());
+        let read = || Status::from_json(&std::fs::read(&file).unwrap()).unwrap();
+        reporter.set(Some(Phase::Freeipa), State::Running, 1, None);
+        let since = read().since;
+        reporter.detail("freeipa-server.service installing, 30 s".into());
+        let status = read();
+        assert_eq!(
+            status.detail.as_deref(),
+            Some("freeipa-server.service installing, 30 s")
+        );
+        assert_eq!((status.phase, status.since), (Some(Phase::Freeipa), since));
+        reporter.set(Some(Phase::Freeipa), State::Done, 1, None);
+        assert_eq!(read().detail, None);
     }
 }

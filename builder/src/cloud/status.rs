@@ -114,7 +114,10 @@ impl NodeReport {
     fn cells(&self) -> (Option<String>, Option<String>, Option<String>) {
         match self {
             NodeReport::Status(s) => {
-                let mut note = s.last_error.clone();
+                let mut note = match (&s.detail, &s.last_error) {
+                    (Some(d), Some(e)) => Some(format!("{d}; {e}")),
+                    (d, e) => d.clone().or_else(|| e.clone()),
+                };
                 if let Some(a) = &s.admission {
                     let admission = if a.open {
                         format!("joining open: {} of {} joined", a.joined, a.hosts)
@@ -291,6 +294,12 @@ mod tests {
         assert_eq!(
             NodeReport::parse(failed).unwrap().cells().2.as_deref(),
             Some("no quorum")
+        );
+        let installing = r#"{"version":2,"phase":"freeipa","state":"running","since":1,
+            "attempt":1,"detail":"freeipa-server.service installing, 90 s"}"#;
+        assert_eq!(
+            NodeReport::parse(installing).unwrap().cells().2.as_deref(),
+            Some("freeipa-server.service installing, 90 s")
         );
         assert_eq!(
             NodeReport::parse("firstboot-done\n").unwrap(),

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 /// Where firstboot writes its status on every node (gone at reboot).
 pub const STATUS_PATH: &str = "/run/firstboot/status.json";
 
-pub const STATUS_VERSION: u32 = 1;
+/// 2 added `detail`: what a running phase is waiting for.
+pub const STATUS_VERSION: u32 = 2;
 
 /// The phases, in the order they run (ARCHITECTURE §5). Later issues add
 /// handoff, the container engine and Kubernetes after `freeipa`.
@@ -113,6 +114,11 @@ pub struct Status {
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What the phase is waiting for while it waits long, with the seconds
+    /// so far ("freeipa-server.service installing, 120 s"); cleared when
+    /// the phase or its state changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// On the bootstrap host, once its join service runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission: Option<Admission>,
@@ -170,9 +176,23 @@ mod tests {
     }
 
     #[test]
+    fn version_2_says_what_a_phase_waits_for() {
+        let waiting = br#"{"version": 2, "phase": "freeipa", "state": "running", "since": 1,
+            "attempt": 1, "detail": "freeipa-server.service installing, 120 s"}"#;
+        let status = Status::from_json(waiting).unwrap();
+        assert_eq!(
+            status.detail.as_deref(),
+            Some("freeipa-server.service installing, 120 s")
+        );
+        // A version 1 reader's file has none.
+        let old = br#"{"version": 1, "state": "done", "since": 1, "attempt": 1}"#;
+        assert_eq!(Status::from_json(old).unwrap().detail, None);
+    }
+
+    #[test]
     fn newer_versions_are_refused_by_name() {
-        let err = Status::from_json(br#"{"version": 2, "state": "done"}"#).unwrap_err();
-        assert!(err.contains("version 2"), "{err}");
+        let err = Status::from_json(br#"{"version": 3, "state": "done"}"#).unwrap_err();
+        assert!(err.contains("version 3"), "{err}");
     }
 
     #[test]

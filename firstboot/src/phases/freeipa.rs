@@ -269,6 +269,10 @@ async fn enrollment(cx: &Context) -> Result<crate::join::protocol::EnrollAnswer>
     let deadline = started + ENROLL_WAIT;
     let mut next_progress = started + PROGRESS;
     let mut pause = POLL;
+    let waiting = |seconds: u64| {
+        format!("waiting for the bootstrap host's FreeIPA to enroll this node, {seconds} s")
+    };
+    cx.reporter.detail(waiting(0));
     loop {
         // Read each time: a rebuilt bootstrap host may move meanwhile.
         let bootstrap = crate::state::bootstrap_address(&cx.paths, &cx.state)
@@ -286,11 +290,9 @@ async fn enrollment(cx: &Context) -> Result<crate::join::protocol::EnrollAnswer>
         }
         let now = tokio::time::Instant::now();
         if now >= next_progress {
-            tracing::info!(
-                phase = "freeipa",
-                "waiting for the bootstrap host's FreeIPA to enroll this node ({} s)",
-                started.elapsed().as_secs()
-            );
+            let detail = waiting(started.elapsed().as_secs());
+            tracing::info!(phase = "freeipa", "{detail}");
+            cx.reporter.detail(detail);
             next_progress = now + PROGRESS;
         }
         tokio::time::sleep(pause).await;
@@ -313,6 +315,8 @@ async fn install(cx: &Context, kind: Kind, state: &Path) -> Result<()> {
     let started = tokio::time::Instant::now();
     let mut said = false;
     let mut next_progress = started + PROGRESS;
+    let installing = |seconds: u64| format!("{unit} installing, {seconds} s");
+    cx.reporter.detail(installing(0));
     loop {
         said |= journal
             .new_lines()
@@ -347,11 +351,9 @@ async fn install(cx: &Context, kind: Kind, state: &Path) -> Result<()> {
             );
         }
         if now >= next_progress {
-            tracing::info!(
-                phase = "freeipa",
-                "waiting for {unit} to be configured ({} s)",
-                started.elapsed().as_secs()
-            );
+            let detail = installing(started.elapsed().as_secs());
+            tracing::info!(phase = "freeipa", "{detail}");
+            cx.reporter.detail(detail);
             next_progress = now + PROGRESS;
         }
         tokio::time::sleep(POLL).await;
