@@ -203,7 +203,46 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
             !state.join("ipa-client-install-options").exists(),
             "{worker} keeps its spent one-time password"
         );
+        // Enrolled on the host, as on Fedora CoreOS (`firstboot
+        // ipa-client`, with the simulator as ipa-client-install): the IPA
+        // CA and a keytab only root reads, and certmonger running (real
+        // certmonger, from Debian) to renew what is requested through it.
+        let root = lab.root(worker).unwrap();
+        let ca = std::fs::read_to_string(root.join("etc/ipa/ca.crt")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(state.join("etc/ipa/ca.crt")).unwrap(),
+            ca,
+            "{worker}"
+        );
+        let server_ca = lab
+            .root("node1")
+            .unwrap()
+            .join("var/lib/freeipa-server/etc/ipa/ca.crt");
+        assert_eq!(std::fs::read_to_string(server_ca).unwrap(), ca, "{worker}");
+        let mode = lab.sh(worker, "stat -c %a /etc/krb5.keytab").unwrap();
+        assert_eq!(mode.trim(), "600", "{worker}");
+        let certmonger = lab
+            .sh(
+                worker,
+                "systemctl is-active certmonger.service; systemctl is-enabled certmonger.service",
+            )
+            .unwrap();
+        assert_eq!(
+            certmonger.split_whitespace().collect::<Vec<_>>(),
+            ["active", "enabled"],
+            "{worker}"
+        );
     }
+    // The image ships certmonger disabled, as Fedora CoreOS ships none: the
+    // host client enabled it on the workers, and nothing did on a replica.
+    let replica = lab
+        .exec(
+            "node2",
+            &["systemctl", "is-enabled", "certmonger.service"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&replica.stdout).trim(), "disabled");
 
     // Every server has two agreements for both suffixes once the
     // bootstrap host's topology loop has run (every 15 s).

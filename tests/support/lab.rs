@@ -33,6 +33,9 @@ pub fn ready() -> Option<(PathBuf, Firstboot, Vec<u8>)> {
 /// Where the lab image's catalog expects the FreeIPA simulator and the
 /// API.txt it checks every call against.
 pub const IPA_SIM_IN_NODE: &str = "/usr/local/bin/ipa-sim";
+/// The simulator again, as the FreeIPA client's installer: `firstboot
+/// ipa-client` runs it there, as on Fedora CoreOS.
+pub const IPA_CLIENT_INSTALL_IN_NODE: &str = "/usr/sbin/ipa-client-install";
 pub const API_TXT_IN_NODE: &str = "/usr/local/share/ipa-sim/API.txt";
 
 /// The FreeIPA simulator (`BUILDER_TEST_IPA_SIM`, else the workspace's
@@ -102,6 +105,7 @@ pub fn provision(
     let mut lab = Lab::create(image).unwrap();
     let (sim, api) = freeipa_simulator().expect("ready() checked it");
     lab.bind_into_nodes(&sim, IPA_SIM_IN_NODE);
+    lab.bind_into_nodes(&sim, IPA_CLIENT_INSTALL_IN_NODE);
     lab.bind_into_nodes(&api, API_TXT_IN_NODE);
     lab.serve(vec![(
         format!("/{}", firstboot.object_name()),

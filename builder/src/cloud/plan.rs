@@ -155,7 +155,7 @@ const SITE_INBOUND: &[(&str, &str)] = &[
 const OUTBOUND: &[(&str, &str)] = &[
     (
         "tcp",
-        "to anywhere: container images, the firstboot binary, ACME, mail delivery",
+        "to anywhere: container images, Fedora packages (the FreeIPA client workers layer), the firstboot binary, ACME, mail delivery",
     ),
     ("udp", "to anywhere: DNS and NTP"),
     ("icmp", "to anywhere: path MTU discovery and diagnostics"),

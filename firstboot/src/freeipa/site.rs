@@ -64,8 +64,8 @@ impl Kind {
     }
 
     /// The file the installed service leaves behind: the server
-    /// container's volume version, the client's marker (`freeipa::host`,
-    /// the simulator's client in the lab).
+    /// container's volume version, the host client's marker
+    /// (`freeipa::host`).
     pub fn done_marker(self) -> &'static str {
         match self {
             Kind::Server | Kind::Replica => "volume-version",

@@ -13,6 +13,8 @@ use ipa_sim::api::{api_txt_path, Api};
 use ipa_sim::install::{self, InstallOptions};
 use ipa_sim::server::{self, Fault, Options};
 
+mod client_install;
+
 /// A FreeIPA simulator: JSON-RPC checked against API.txt, its own CA and
 /// DNS, replicas and enrollment with one-time passwords.
 #[derive(Debug, Parser)]
@@ -60,14 +62,6 @@ enum Command {
         #[arg(long, value_name = "ADDR:PORT")]
         server_address: Option<SocketAddr>,
     },
-    /// Enroll a client from DIR/ipa-client-install-options
-    Client {
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
-        /// Reach --server here instead of asking DNS
-        #[arg(long, value_name = "ADDR:PORT")]
-        server_address: Option<SocketAddr>,
-    },
     /// Make the next COUNT JSON-RPC answers of the server in DIR faulty
     Fault {
         #[arg(long, value_name = "DIR")]
@@ -94,7 +88,6 @@ enum FaultArg {
 
 fn main() -> ExitCode {
     firstboot::logging::init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -105,6 +98,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Called as ipa-client-install (the lab binds this binary there), it
+    // is that program: what `firstboot ipa-client` runs on a worker.
+    let mut args = std::env::args_os();
+    let called = args.next().map(PathBuf::from);
+    if called.as_deref().and_then(Path::file_name) == Some("ipa-client-install".as_ref()) {
+        let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+        return ExitCode::from(runtime.block_on(client_install::run(&args, Path::new("/"))));
+    }
+    let cli = Cli::parse();
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -204,33 +206,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serve,
             server_address,
         } => replica(serve, server_address).await,
-        Command::Client {
-            data,
-            server_address,
-        } => {
-            let marker = data.join("enrolled");
-            if marker.exists() {
-                println!("This host is already enrolled.");
-                return Ok(());
-            }
-            let options = InstallOptions::read(&data.join("ipa-client-install-options"))?;
-            let first = options.required("server")?.to_owned();
-            let address = install::server_address(&first, server_address)?;
-            let enrolled = install::enroll(
-                &first,
-                address,
-                &options.hostname()?,
-                options.required("password")?,
-                "client",
-                false,
-                None,
-            )
-            .await?;
-            install::save_enrollment(&data, &enrolled)?;
-            firstboot::fsutil::write_atomic(&marker, format!("{first}\n").as_bytes(), 0o644)?;
-            println!("Client configuration complete.");
-            Ok(())
-        }
         Command::Fault { data, fault, count } => {
             let fault = match fault {
                 FaultArg::Garbage => Fault::Garbage,

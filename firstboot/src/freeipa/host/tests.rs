@@ -230,18 +230,25 @@ fn options_that_are_missing_or_damaged_run_nothing() {
 }
 
 #[test]
-fn only_fedora_coreos_runs_this_host_client() {
-    let catalog = |image: &str| {
-        let json: serde_json::Value = serde_json::from_str(image).unwrap();
+fn both_images_run_this_host_client_and_nothing_else_is_taken_for_it() {
+    let catalog = |json: &str| {
+        let json: serde_json::Value = serde_json::from_str(json).unwrap();
         serde_json::from_value::<node_contract::Catalog>(json["services"].clone()).unwrap()
     };
-    assert!(runs_in(&catalog(include_str!(
-        "../../../../images/fedora-coreos/image.json"
-    ))));
-    // The lab runs the simulator's client in its place.
-    assert!(!runs_in(&catalog(include_str!(
-        "../../../../images/lab/image.json"
-    ))));
+    // The lab runs it too, with the simulator as ipa-client-install.
+    for image in [
+        include_str!("../../../../images/fedora-coreos/image.json"),
+        include_str!("../../../../images/lab/image.json"),
+    ] {
+        assert!(runs_in(&catalog(image)));
+    }
+    for other in [
+        r#"{"services": {}}"#,
+        r#"{"services": {"freeipa-client": {"runs": "podman", "image": "x", "command": []}}}"#,
+        r#"{"services": {"freeipa-client": {"runs": "host", "command": ["/usr/bin/ipa-client"]}}}"#,
+    ] {
+        assert!(!runs_in(&catalog(other)), "{other}");
+    }
 }
 
 #[test]
