@@ -48,11 +48,13 @@ enum Command {
         /// A service of the image catalog, such as `etcd`
         service: String,
     },
-    /// Enroll this host in the site's FreeIPA, layering the client package
-    /// first where the host lacks it (what the Fedora CoreOS catalog's
-    /// `freeipa-client` runs). The freeipa phase writes the options, with
-    /// this node's one-time password, to
-    /// /var/lib/freeipa-client/ipa-client-install-options
+    /// Enroll this host in the site's FreeIPA (the catalog's freeipa-client)
+    ///
+    /// Layers the `freeipa-client` package with rpm-ostree first where the
+    /// host lacks it, runs ipa-client-install with the options the freeipa
+    /// phase wrote (with this node's one-time password) to
+    /// /var/lib/freeipa-client/ipa-client-install-options, and enables
+    /// certmonger. Once enrolled, it does nothing.
     IpaClient,
 }
 
