@@ -4,7 +4,6 @@
 //! names are checked against the real Debian `ipa-client-install` in
 //! `tests/ipa_client_options.rs`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::*;
@@ -51,11 +50,17 @@ impl Scratch {
     }
 
     /// A stand-in that logs its name and arguments, then runs `body`.
+    ///
+    /// The executable is written by a child process (`install`), never
+    /// through a file descriptor of this one: tests run in parallel, and a
+    /// process another test forks while this one holds the file open for
+    /// writing would keep it open, so running it would fail with "Text
+    /// file busy" (ETXTBSY).
     fn program(&self, name: &str, body: &str) {
-        let path = self.root.join("bin").join(name);
+        let source = self.root.join(format!("{name}.sh"));
         let log = self.root.join("calls.log");
         std::fs::write(
-            &path,
+            &source,
             format!(
                 "#!/bin/sh\necho \"{name} $*\" >> '{}'\nroot='{}'\n{body}\n",
                 log.display(),
@@ -63,7 +68,13 @@ impl Scratch {
             ),
         )
         .unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let status = std::process::Command::new("install")
+            .arg("-m755")
+            .arg(&source)
+            .arg(self.root.join("bin").join(name))
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// An installer that enrolls: the CA and keytab it leaves.
