@@ -97,9 +97,7 @@ impl State {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(self)?;
-        bytes.push(b'\n');
-        crate::fsutil::write_atomic(path, &bytes, 0o600)
+        crate::fsutil::write_json(path, self, 0o600)
     }
 }
 
@@ -128,9 +126,7 @@ impl BootstrapMoved {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(self)?;
-        bytes.push(b'\n');
-        crate::fsutil::write_atomic(path, &bytes, 0o644)
+        crate::fsutil::write_json(path, self, 0o644)
     }
 }
 
@@ -163,9 +159,7 @@ impl PeersMoved {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(self)?;
-        bytes.push(b'\n');
-        crate::fsutil::write_atomic(path, &bytes, 0o644)
+        crate::fsutil::write_json(path, self, 0o644)
     }
 
     /// Take news of `node` at `address` from `since`: whether it is news.
@@ -204,9 +198,7 @@ impl FreeipaRejoin {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(self)?;
-        bytes.push(b'\n');
-        crate::fsutil::write_atomic(path, &bytes, 0o644)
+        crate::fsutil::write_json(path, self, 0o644)
     }
 }
 

@@ -176,12 +176,7 @@ impl Enroller {
         file: PathBuf,
         config: &NodeConfig,
     ) -> Result<Enroller> {
-        let passwords = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is damaged", file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
-        };
+        let passwords = crate::fsutil::read_json(&file)?.unwrap_or_default();
         Ok(Enroller {
             client,
             server,

@@ -45,7 +45,7 @@ impl Registry {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::fsutil::write_atomic(path, &serde_json::to_vec_pretty(self)?, 0o600)
+        crate::fsutil::write_json(path, self, 0o600)
     }
 }
 
