@@ -287,8 +287,40 @@ fn destroy_host_and_all_leave_foreign_resources(w: &World) {
     assert!(transcript(&out).contains("--yes"), "{}", transcript(&out));
     assert_eq!(w.fake.mutations(), before);
 
-    let text = w.ok_token_only(&["destroy", "--host", "node003", "--yes"]);
+    // Deleting a droplet retires its host's credential in the vault: with
+    // no vault, nothing is deleted, and the error says why.
+    let out = w.run_token_only(&["destroy", "--host", "node003", "--yes"]);
+    assert!(!out.status.success());
+    assert!(
+        transcript(&out).contains("nothing was deleted: destroy retires"),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(w.fake.mutations(), before);
+
+    let vault = || {
+        let text = std::fs::read_to_string(w.dir.path().join("hosts.vault")).unwrap();
+        builder::vault::open(&text, "test passphrase", "hosts.vault").unwrap()
+    };
+    let node003 = node_contract::HostName::parse("node003").unwrap();
+    assert_eq!(
+        vault().generation(&node003),
+        node_contract::Generation::FIRST
+    );
+    let text = w.ok(&["destroy", "--host", "node003", "--yes"]);
     assert!(text.contains("leave  droplet"), "{text}");
+    assert!(text.contains("retire   credential of node003"), "{text}");
+    let retired = vault();
+    assert_eq!(
+        retired.generation(&node003),
+        node_contract::Generation::FIRST.next()
+    );
+    assert_eq!(
+        retired.generations.len(),
+        1,
+        "only node003's droplet went: {:?}",
+        retired.generations
+    );
     let snapshot = w.fake.snapshot().to_string();
     assert!(
         !snapshot.contains("node003-lab-example-org-swap"),
@@ -310,7 +342,7 @@ fn destroy_host_and_all_leave_foreign_resources(w: &World) {
         "the droplet and its two volumes: {deletes:?}"
     );
 
-    let text = w.ok_token_only(&["destroy", "--all", "--yes"]);
+    let text = w.ok(&["destroy", "--all", "--yes"]);
     assert!(text.contains("deleted vpc"), "{text}");
     // The operator's own server is left alone, and says so.
     assert!(!text.contains("delete object"), "{text}");

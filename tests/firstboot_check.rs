@@ -1,12 +1,12 @@
 //! `firstboot --check` as a node runs it: on a real node.json file (the
-//! frozen schema-2 fixtures `builder render` wrote).
+//! frozen schema-3 fixtures `builder render` wrote).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-const CORE: &str = include_str!("../firstboot/contract/tests/node-v2.json");
-const WORKER: &str = include_str!("../firstboot/contract/tests/node-v2-worker.json");
+const CORE: &str = include_str!("../firstboot/contract/tests/node-v3.json");
+const WORKER: &str = include_str!("../firstboot/contract/tests/node-v3-worker.json");
 
 fn check(bytes: &[u8], mode: u32) -> Output {
     let dir = tempfile::tempdir().unwrap();
@@ -36,7 +36,7 @@ fn summary(config: &str) -> String {
 #[test]
 fn a_valid_contract_is_summarised() {
     let stdout = summary(CORE);
-    assert!(stdout.contains("(schema 2): valid"), "{stdout}");
+    assert!(stdout.contains("(schema 3): valid"), "{stdout}");
     assert!(
         stdout.contains("hosts      4 (3 core: node1, node2, node3; 1 worker)"),
         "{stdout}"
@@ -46,6 +46,7 @@ fn a_valid_contract_is_summarised() {
         "{stdout}"
     );
     assert!(stdout.contains("join       port 7443 on node1"), "{stdout}");
+    assert!(stdout.contains("(credential generation 1)"), "{stdout}");
     assert!(
         stdout.contains("guard      only root reaches the metadata service at 198.19.169.254"),
         "{stdout}"
@@ -70,16 +71,25 @@ fn refusals_are_clear_and_exit_nonzero() {
     let future = future.to_string();
     // node2's key presented as node3's: the site key never vouched for it.
     let stolen = CORE.replace("\"node\": \"node2\"", "\"node\": \"node3\"");
-    let cases: [(&[u8], u32, &str); 6] = [
+    // A generation raised by hand: the site key signed generation 1.
+    let raised = CORE.replace("\"generation\": 1", "\"generation\": 2");
+    assert_ne!(raised, CORE);
+    let cases: [(&[u8], u32, &str); 8] = [
         (CORE.as_bytes(), 0o644, "must be 0600"),
         (future.as_bytes(), 0o600, "schema version 9"),
         (b"not json", 0o600, "node.json is malformed"),
-        (b"{\"schema\": 2}", 0o600, "node.json is malformed"),
+        (b"{\"schema\": 3}", 0o600, "node.json is malformed"),
+        (b"{\"schema\": 2}", 0o600, "schema version 2"),
         (b"{\"schema\": 1}", 0o600, "schema version 1"),
         (
             stolen.as_bytes(),
             0o600,
             "the site key did not sign `node3`'s key",
+        ),
+        (
+            raised.as_bytes(),
+            0o600,
+            "the site key did not sign `node2`'s key",
         ),
     ];
     for (bytes, mode, expected) in cases {

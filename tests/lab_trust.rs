@@ -23,7 +23,7 @@ use firstboot::join::protocol::{
     self, EnrollRequest, JoinRequest, PeerAnswer, PeerRequest, SIGNATURE_HEADER,
 };
 use node_contract::identity::Purpose;
-use node_contract::{HostName, NodeConfig, Role, Seed, SigningKey, Ticket};
+use node_contract::{Generation, HostName, NodeConfig, Role, Seed, SigningKey, Ticket};
 use site_lab::Lab;
 use support::lab::{self, assert_cluster, etcdctl, in_netns, ready, runtime, serve_in};
 use support::site::test_secrets;
@@ -40,6 +40,15 @@ fn render(n: usize, firstboot: &Firstboot) -> (tempfile::TempDir, Site, Vec<(Str
 fn contract(site: &Site, node: &str) -> NodeConfig {
     let host = site.host(node).unwrap();
     builder::render::node_config(site, &test_secrets(), host).unwrap()
+}
+
+/// The contract builder renders for `node` once the operator retired its
+/// first credential (`builder destroy --host`): generation 2.
+fn relaunched(site: &Site, node: &str) -> NodeConfig {
+    let host = site.host(node).unwrap();
+    let mut secrets = test_secrets();
+    secrets.retire(&host.name);
+    builder::render::node_config(site, &secrets, host).unwrap()
 }
 
 fn address(lab: &Lab, node: &str) -> Ipv4Addr {
@@ -110,6 +119,7 @@ fn forged_ticket(node: &str) -> (Ticket, SigningKey) {
         &"lab.example.org".parse().unwrap(),
         &HostName::parse(node).unwrap(),
         Role::Core,
+        Generation::FIRST,
         key.public_key(),
     );
     (ticket, key)
@@ -424,7 +434,9 @@ fn a_running_site_keeps_its_trust() {
 
     // 5. The join service: every host has joined, so admission is closed
     // and says so; a stranger's forged ticket is refused; node2's genuine
-    // request from another address is refused while node2 still answers.
+    // request from another address is refused, also while node2's peer
+    // service is silent (stopped here: the silence a flood of its
+    // connections or a reboot makes): only a newer credential moves it.
     let status = lab.sh("node1", "cat /run/firstboot/status.json").unwrap();
     let status = node_contract::status::Status::from_json(status.as_bytes()).unwrap();
     let admission = status
@@ -460,20 +472,28 @@ fn a_running_site_keeps_its_trust() {
     );
     assert_eq!(status, 403, "a forged ticket: {answer}");
 
-    let (body, signature) = join_request(&node("node2"), STRANGER);
-    let (status, answer) = post_from(
-        &stranger,
-        bootstrap,
-        7443,
-        protocol::JOIN_PATH,
-        body,
-        signature,
-    );
-    assert_eq!(
-        status, 409,
-        "node2's name taken from another address: {answer}"
-    );
-    assert!(answer.contains("still answers as node2"), "{answer}");
+    for attempt in ["answering", "silent"] {
+        if attempt == "silent" {
+            lab.sh("node2", "systemctl stop firstboot-peer.service")
+                .unwrap();
+        }
+        let (body, signature) = join_request(&node("node2"), STRANGER);
+        let (status, answer) = post_from(
+            &stranger,
+            bootstrap,
+            7443,
+            protocol::JOIN_PATH,
+            body,
+            signature,
+        );
+        assert_eq!(
+            status, 409,
+            "node2's name taken from another address ({attempt}): {answer}"
+        );
+        assert!(answer.contains("moves only for a newer one"), "{answer}");
+    }
+    lab.sh("node2", "systemctl start firstboot-peer.service")
+        .unwrap();
     let a = lab
         .sh("node3", "dig +short @127.0.0.53 node2.lab.example.org A")
         .unwrap();
@@ -680,6 +700,75 @@ fn a_running_site_keeps_its_trust() {
         ),
         Ok(())
     );
+
+    // 9. The operator retires node4's credential (destroy --host, then
+    // launch): the relaunched node4 (generation 2, here from the
+    // stranger's address) takes its name back; from then on node4's old
+    // user data is refused by join and renewal and by enrollment, even
+    // from node4's own address.
+    let old4 = node("node4");
+    let new4 = relaunched(&site, "node4");
+    assert_eq!(new4.identity.generation, Generation::FIRST.next());
+    let (body, signature) = join_request(&new4, STRANGER);
+    let (status, answer) = post_from(
+        &stranger,
+        bootstrap,
+        7443,
+        protocol::JOIN_PATH,
+        body,
+        signature,
+    );
+    assert_eq!(status, 200, "the relaunched node4: {answer}");
+    let answer: protocol::JoinAnswer = serde_json::from_str(&answer).unwrap();
+    assert!(answer.rebuilt);
+    let ns4 = lab.node("node4").unwrap().netns().to_owned();
+    let (body, signature) = join_request(&old4, address(&lab, "node4"));
+    let (status, answer) = post_from(&ns4, bootstrap, 7443, protocol::JOIN_PATH, body, signature);
+    assert_eq!(status, 403, "node4's retired credential: {answer}");
+    assert!(answer.contains("retired"), "{answer}");
+    let body = serde_json::to_vec(&EnrollRequest {
+        ticket: old4.ticket(),
+        timestamp: firstboot::status::now(),
+        nonce: protocol::nonce(),
+    })
+    .unwrap();
+    let signature = protocol::sign_request(&old4.signing_key(), Purpose::EnrollRequest, &body);
+    let (status, answer) = post_from(
+        &ns4,
+        bootstrap,
+        7443,
+        protocol::ENROLL_PATH,
+        body,
+        signature,
+    );
+    assert_eq!(status, 403, "node4's retired enrollment: {answer}");
+    assert!(answer.contains("retired"), "{answer}");
+    // The running (old) node4 asks to renew an expired certificate: refused.
+    std::fs::write(root4.join("etc/firstboot/tls/node.crt"), &expired).unwrap();
+    assert!(
+        !sh_ok(&lab, "node4", "systemctl start firstboot-renew.service"),
+        "the old node4 renewed with its retired credential"
+    );
+    let kept = std::fs::read_to_string(root4.join("etc/firstboot/tls/node.crt")).unwrap();
+    assert_eq!(kept, expired, "a retired credential got a certificate");
+
+    // The bootstrap host's credential retired: once a peer has heard its
+    // generation 2, the peer service refuses generation 1 (the running
+    // node1's, or a copy of its user data), from node1's own address too.
+    let new1 = relaunched(&site, "node1");
+    let ns1 = lab.node("node1").unwrap().netns().to_owned();
+    let to = address(&lab, "node2");
+    let (body, signature) = peer_request(&new1.ticket(), &new1.signing_key(), bootstrap);
+    let (status, answer) = post_from(&ns1, to, 7444, protocol::PEER_PATH, body, signature);
+    assert_eq!(status, 200, "node1's generation 2 asks node2: {answer}");
+    let old1 = node("node1");
+    let (body, signature) = peer_request(&old1.ticket(), &old1.signing_key(), bootstrap);
+    let (status, answer) = post_from(&ns1, to, 7444, protocol::PEER_PATH, body, signature);
+    assert_eq!(
+        status, 403,
+        "node1's retired credential asks node2: {answer}"
+    );
+    assert!(answer.contains("retired"), "{answer}");
     drop(lab);
 }
 

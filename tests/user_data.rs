@@ -13,7 +13,7 @@ mod support;
 use base64::Engine;
 use builder::render::{self, keys::SiteKeys};
 use builder::site::Site;
-use node_contract::{NodeConfig, Seed, SigningKey};
+use node_contract::{Generation, NodeConfig, Role, Seed, SigningKey};
 use support::site::{generated_site, test_secrets, tiny_firstboot};
 
 /// Every string a config carries, with its gzip'd and base64'd files
@@ -65,10 +65,11 @@ fn no_config_holds_what_makes_another_nodes_credential() {
         .hosts
         .iter()
         .map(|h| {
-            let (seed, _) = keys.node(&site.domain, &h.name, h.role);
+            let (seed, _) = keys.node(&site.domain, &h.name, h.role, Generation::FIRST);
             (h.name.to_string(), seed)
         })
         .collect();
+    let backup_key = keys.ca_backup(&site.bootstrap().name);
     for config in &configs {
         let text = everything_in(&config.bytes);
         assert!(
@@ -95,6 +96,13 @@ fn no_config_holds_what_makes_another_nodes_credential() {
                 if held { "holds" } else { "lacks" }
             );
         }
+        // The CA-copy key: the bootstrap host's alone.
+        assert_eq!(
+            text.contains(&backup_key.to_hex()),
+            config.host == site.bootstrap().name.as_str(),
+            "{}: the CA-copy key",
+            config.host
+        );
         // What it holds verifies as its own ticket and no one else's.
         let ticket = contract.ticket();
         assert_eq!(ticket.node.as_str(), config.host);
@@ -102,6 +110,33 @@ fn no_config_holds_what_makes_another_nodes_credential() {
             ticket.verify(&contract.site.site_key, &contract.site.domain),
             Ok(())
         );
+    }
+}
+
+#[test]
+fn a_retired_host_renders_a_new_credential_and_nothing_of_the_old() {
+    let site = Site::parse("site", &generated_site(4, "https://dl.example.org/fb")).unwrap();
+    let mut secrets = test_secrets();
+    let before = render::render_site(&site, &secrets, &tiny_firstboot(), None).unwrap();
+    let host = site.hosts[1].name.clone();
+    assert_eq!(secrets.retire(&host), Generation::FIRST.next());
+    let after = render::render_site(&site, &secrets, &tiny_firstboot(), None).unwrap();
+    let keys = SiteKeys::derive(&secrets.join_secret);
+    let (old_seed, _) = keys.node(&site.domain, &host, Role::Core, Generation::FIRST);
+    for (b, a) in before.iter().zip(&after) {
+        let (old, new) = (contract_of(&b.bytes), contract_of(&a.bytes));
+        if b.host == host.as_str() {
+            assert_eq!(new.identity.generation, Generation::FIRST.next());
+            assert_ne!(new.identity.key, old.identity.key);
+            assert!(!everything_in(&a.bytes).contains(&old_seed.to_hex()));
+            assert_eq!(
+                new.ticket().verify(&new.site.site_key, &new.site.domain),
+                Ok(())
+            );
+        } else {
+            // Every other host's config is byte for byte the same.
+            assert_eq!(a.bytes, b.bytes, "{}", b.host);
+        }
     }
 }
 

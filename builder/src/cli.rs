@@ -235,9 +235,17 @@ pub enum Output {
 /// anything else with a site name is listed and left alone. --host
 /// deletes the hosts' droplets and volumes; --all also deletes the VPC,
 /// firewall, image, every firstboot-* object in the site's Spaces bucket
-/// (a base_url server is left alone) and the tag. Needs only the site
-/// file and the API token ($DIGITALOCEAN_ACCESS_TOKEN, else the vault's),
-/// plus the Spaces key to delete objects.
+/// (a base_url server is left alone) and the tag. Needs the site file,
+/// the API token ($DIGITALOCEAN_ACCESS_TOKEN, else the vault's), the
+/// vault when a droplet goes (see below), and the Spaces key to delete
+/// objects.
+///
+/// A host whose droplet is deleted has its credential retired first: the
+/// vault raises the host's generation (so destroy then needs the vault's
+/// passphrase too), `launch` gives the relaunched host a new key and
+/// ticket, and once it joins the site refuses the old user data
+/// everywhere (join, renewal, FreeIPA enrollment, the peer service). A
+/// copy of a destroyed host's user data is then worth nothing.
 #[derive(Debug, Args)]
 #[command(after_help = "Example: builder destroy mysite/hosts.yaml --host mail")]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["hosts", "all"]))]

@@ -5,6 +5,7 @@
 //! lines, so an operator can always recover the secrets without this tool:
 //! `grep -v '^#' hosts.vault | age -d`.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::iter;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use age::armor::{ArmoredReader, ArmoredWriter, Format};
 use age::secrecy::SecretString;
 use anyhow::{bail, Context, Result};
+use node_contract::{Generation, HostName};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +37,31 @@ pub struct Secrets {
     /// key and every node's own key (`render::keys`); it never leaves the
     /// operator's machine, and no node gets it or the site signing key.
     pub join_secret: String,
+    /// Each retired host's credential generation (see
+    /// `node_contract::Generation`): `destroy --host` raises it, so the
+    /// relaunched host gets a new key and ticket and the site refuses the
+    /// old ones. A host not named here is at its first generation. Kept
+    /// here, not drawn at random, so render stays deterministic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generations: BTreeMap<HostName, Generation>,
+}
+
+impl Secrets {
+    /// The generation of `host`'s credential.
+    pub fn generation(&self, host: &HostName) -> Generation {
+        self.generations
+            .get(host)
+            .copied()
+            .unwrap_or(Generation::FIRST)
+    }
+
+    /// Retire `host`'s credential: its next render gets a new generation,
+    /// key and ticket. Returns the new generation.
+    pub fn retire(&mut self, host: &HostName) -> Generation {
+        let next = self.generation(host).next();
+        self.generations.insert(host.clone(), next);
+        next
+    }
 }
 
 impl std::fmt::Debug for Secrets {
@@ -209,6 +236,7 @@ mod tests {
             freeipa_admin_password: generate_password(24),
             directory_manager_password: generate_password(24),
             join_secret: generate_password(43),
+            generations: Default::default(),
         }
     }
 

@@ -2,9 +2,10 @@
 //! live on the bootstrap host only; if that host's disk is lost, a rebuilt
 //! host must rejoin the cluster its peers still run, which needs those
 //! CAs. So every core peer keeps a copy sealed (ChaCha20-Poly1305) under a
-//! key derived from the **bootstrap host's own node key**: the peers cannot
-//! open it, only the bootstrap host (whose config a rebuild gives back)
-//! can, and a forged or altered copy does not open. Peers hand it only to
+//! key derived from the **bootstrap host's CA-copy key** (its node.json
+//! alone holds it, and it outlives the node key's generations): the peers
+//! cannot open it, only the bootstrap host (whose config a rebuild gives
+//! back) can, and a forged or altered copy does not open. Peers hand it only to
 //! the bootstrap host, proven by its signature (see `join::peer`).
 //!
 //! Each copy carries a generation, raised whenever the registry changes,
@@ -15,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Result};
 use hmac::{Hmac, Mac};
-use node_contract::{HostName, Seed};
+use node_contract::{Generation, HostName, Seed};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -30,6 +31,10 @@ pub struct CaBackup {
     pub etcd_cert_pem: String,
     pub etcd_key_pem: String,
     pub registry: BTreeMap<HostName, Ipv4Addr>,
+    /// The hosts' newest credential generations (registry version 2):
+    /// a restored join service keeps refusing the retired ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generations: BTreeMap<HostName, Generation>,
     /// When admission of hosts that never joined ends (Unix seconds).
     pub admission_deadline: u64,
 }
@@ -96,6 +101,7 @@ mod tests {
                 Ipv4Addr::new(198, 18, 0, 11),
             )]
             .into(),
+            generations: BTreeMap::new(),
             admission_deadline: 9,
         }
     }

@@ -48,7 +48,7 @@ pub enum Verdict {
     Fresh,
     /// A cluster exists: restore the newest sealed copy.
     Restore {
-        backup: CaBackup,
+        backup: Box<CaBackup>,
         cluster_exists: bool,
         /// Where the peers that answered are (authenticated).
         peers: BTreeMap<HostName, Ipv4Addr>,
@@ -61,6 +61,8 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Discovery {
     answers: BTreeMap<HostName, (Ipv4Addr, PeerAnswer)>,
+    /// Names that answered from more than one address.
+    contested: BTreeSet<HostName>,
     backups: Vec<CaBackup>,
     fresh_majority_since: Option<Instant>,
     rounds_with_backup: u32,
@@ -107,15 +109,23 @@ impl Discovery {
         match result {
             Ok(answer) => {
                 if let Some(sealed) = &answer.ca_backup {
-                    match crate::backup::open(&me.seed, sealed) {
+                    let Some(key) = &me.backup_key else {
+                        return;
+                    };
+                    match crate::backup::open(key, sealed) {
                         Ok(backup) => self.backups.push(backup),
                         Err(e) => {
                             tracing::warn!(peer = %answer.node.node, "a CA copy from {address} was refused: {e:#}")
                         }
                     }
                 }
-                self.answers
-                    .insert(answer.node.node.clone(), (address, answer));
+                let node = answer.node.node.clone();
+                if let Some((before, _)) = self.answers.insert(node.clone(), (address, answer)) {
+                    if before != address {
+                        tracing::warn!(peer = %node, "{node} answered from {before} and from {address}");
+                        self.contested.insert(node);
+                    }
+                }
             }
             Err(e) => tracing::debug!("peer {address}: {e:#}"),
         }
@@ -143,11 +153,13 @@ impl Discovery {
                 .max_by_key(|b| b.generation)
                 .cloned()
                 .expect("not empty");
-            let freeipa = self
-                .answers
+            let vouched = vouched_for(&self.answers, &self.contested, &newest);
+            let freeipa = vouched
                 .iter()
-                .filter(|(node, (_, a))| others.contains(node) && a.node.role == Role::Core)
-                .filter_map(|(node, (address, a))| {
+                .filter(|(node, _)| others.contains(node))
+                .filter_map(|(node, address)| {
+                    let (_, a) = &self.answers[node];
+                    (a.node.role == Role::Core).then_some(())?;
                     Some(crate::state::FreeipaPeer {
                         node: node.clone(),
                         address: *address,
@@ -158,12 +170,8 @@ impl Discovery {
             return Some(Verdict::Restore {
                 freeipa,
                 cluster_exists: answered_core.iter().any(|a| a.etcd_data),
-                peers: self
-                    .answers
-                    .iter()
-                    .map(|(node, (address, _))| (node.clone(), *address))
-                    .collect(),
-                backup: newest,
+                peers: vouched,
+                backup: Box::new(newest),
             });
         }
         let fresh = answered_core
@@ -199,6 +207,51 @@ impl Discovery {
             answered.join(", ")
         )
     }
+}
+
+/// The answering peers a rebuilt bootstrap host may take for what they
+/// say they are, by where they answered from: a host the sealed copy
+/// registers counts only at its sealed address, and with a credential no
+/// older than the sealed generation (a stranger holding a copy of its
+/// user data answers from elsewhere, or with a retired credential); a
+/// host the copy does not know (a worker that joined after it was
+/// sealed) only if it answered from a single address. Silence changes
+/// nothing: a sealed host that did not answer keeps its sealed address.
+pub fn vouched_for(
+    answers: &BTreeMap<HostName, (Ipv4Addr, PeerAnswer)>,
+    contested: &BTreeSet<HostName>,
+    sealed: &CaBackup,
+) -> BTreeMap<HostName, Ipv4Addr> {
+    let mut vouched = BTreeMap::new();
+    for (node, (address, answer)) in answers {
+        let known = sealed.generations.get(node).copied().or_else(|| {
+            sealed
+                .registry
+                .contains_key(node)
+                .then_some(node_contract::Generation::FIRST)
+        });
+        if crate::join::protocol::check_generation(&answer.node, known).is_err() {
+            tracing::warn!(peer = %node, "{node} answered from {address} with a retired credential: ignored");
+            continue;
+        }
+        match sealed.registry.get(node) {
+            Some(at) if at == address => {
+                vouched.insert(node.clone(), *address);
+            }
+            Some(at) => tracing::warn!(
+                peer = %node,
+                "{node} answered from {address}, but the sealed registry has it at {at}: ignored"
+            ),
+            None if contested.contains(node) => tracing::warn!(
+                peer = %node,
+                "{node} answered from more than one address and the sealed registry does not know it: ignored"
+            ),
+            None => {
+                vouched.insert(node.clone(), *address);
+            }
+        }
+    }
+    vouched
 }
 
 /// What `ensure_ca` settled.
@@ -258,9 +311,8 @@ pub async fn ensure_ca(
             Settled {
                 ca,
                 registry: Registry {
-                    generation: 0,
-                    hosts: BTreeMap::new(),
                     admission_deadline: crate::status::now() + ADMISSION_WINDOW,
+                    ..Registry::default()
                 },
                 cluster_state: None,
                 restored: false,
@@ -300,7 +352,9 @@ pub async fn ensure_ca(
                 registry: Registry {
                     generation: backup.generation + 1,
                     hosts,
+                    generations: backup.generations.clone(),
                     admission_deadline: backup.admission_deadline,
+                    ..Registry::default()
                 },
                 cluster_state: cluster_exists.then_some(ClusterState::Existing),
                 restored: true,
@@ -388,7 +442,9 @@ pub async fn start(
         reporter,
         enroller: None,
     };
-    registrar.register(&config.node, own).await?;
+    registrar
+        .register(&config.node, own, config.identity.generation)
+        .await?;
     if settled_restored {
         tokio::spawn(announce(
             Site::of(config),

@@ -70,8 +70,9 @@ pub fn summary(path: &Path, config: &NodeConfig) -> String {
     );
     let _ = writeln!(
         out,
-        "identity   key {}, vouched for by the site key {}",
+        "identity   key {} (credential generation {}), vouched for by the site key {}",
         short(&config.signing_key().public_key().to_hex()),
+        config.identity.generation,
         short(&site.site_key.to_hex())
     );
     let _ = writeln!(

@@ -74,6 +74,11 @@ impl Paths {
     pub fn freeipa_rejoin(&self) -> PathBuf {
         self.state_dir().join("freeipa-rejoin.json")
     }
+    /// The newest credential generation this node has seen of each name
+    /// (`state::KnownGenerations`).
+    pub fn known_generations(&self) -> PathBuf {
+        self.state_dir().join("known-generations.json")
+    }
     /// Rebuilt peers' new addresses (`state::PeersMoved`).
     pub fn peers_moved(&self) -> PathBuf {
         self.state_dir().join("peers-moved.json")

@@ -174,6 +174,55 @@ impl PeersMoved {
     }
 }
 
+/// The newest credential generation this node has seen of each name that
+/// talks to it with a ticket (the bootstrap host, in its join, enrollment
+/// and peer messages): an older one is retired and refused (see
+/// `node_contract::Generation`). Raised only by a message the site's key
+/// vouched for, so nothing but the operator can retire a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownGenerations {
+    pub version: u32,
+    pub hosts: BTreeMap<HostName, node_contract::Generation>,
+}
+
+impl KnownGenerations {
+    pub const VERSION: u32 = 1;
+
+    /// The record; a missing one is empty. A damaged or newer one is an
+    /// error: read as empty it would let a retired credential back in.
+    pub fn load(path: &Path) -> Result<KnownGenerations> {
+        let known: Option<KnownGenerations> = crate::fsutil::read_json(path)?;
+        match known {
+            None => Ok(KnownGenerations {
+                version: KnownGenerations::VERSION,
+                hosts: BTreeMap::new(),
+            }),
+            Some(k) if k.version > KnownGenerations::VERSION => bail!(
+                "{} has version {}, but this firstboot reads up to version {}",
+                path.display(),
+                k.version,
+                KnownGenerations::VERSION
+            ),
+            Some(k) => Ok(k),
+        }
+    }
+
+    /// Take a verified `ticket`: refused if its generation is retired;
+    /// a newer generation is recorded (on disk before it counts).
+    pub fn admit(path: &Path, ticket: &node_contract::Ticket) -> Result<()> {
+        let mut known = KnownGenerations::load(path)?;
+        let seen = known.hosts.get(&ticket.node).copied();
+        crate::join::protocol::check_generation(ticket, seen)
+            .map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
+        if seen.is_none_or(|g| ticket.generation > g) {
+            known.hosts.insert(ticket.node.clone(), ticket.generation);
+            crate::fsutil::write_json(path, &known, 0o600)?;
+        }
+        Ok(())
+    }
+}
+
 /// What a rebuilt first server found of the site's FreeIPA among its
 /// peers (from their signed answers): it joins that deployment as a
 /// replica rather than installing a second one.
@@ -257,5 +306,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("damaged"));
+    }
+
+    #[test]
+    fn known_generations_only_rise_and_a_damaged_record_refuses() {
+        use node_contract::{DomainName, Generation, Role, Seed, SigningKey};
+        let site = SigningKey::from_seed(&Seed::from_bytes([9; 32]));
+        let node1 = HostName::parse("node1").unwrap();
+        let ticket = |g: Generation| {
+            site.ticket(
+                &DomainName::parse("lab.example.org").unwrap(),
+                &node1,
+                Role::Core,
+                g,
+                SigningKey::from_seed(&Seed::from_bytes([1; 32])).public_key(),
+            )
+        };
+        let (g1, g2) = (Generation::FIRST, Generation::FIRST.next());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known-generations.json");
+        KnownGenerations::admit(&path, &ticket(g1)).unwrap();
+        KnownGenerations::admit(&path, &ticket(g2)).unwrap();
+        let err = KnownGenerations::admit(&path, &ticket(g1)).unwrap_err();
+        assert!(err.to_string().contains("retired"), "{err:#}");
+        KnownGenerations::admit(&path, &ticket(g2)).unwrap();
+        assert_eq!(KnownGenerations::load(&path).unwrap().hosts[&node1], g2);
+        // Read as empty, a damaged record would let generation 1 back in.
+        std::fs::write(&path, "{garbage").unwrap();
+        assert!(KnownGenerations::admit(&path, &ticket(g1)).is_err());
+        std::fs::write(&path, r#"{"version": 9, "hosts": {}}"#).unwrap();
+        assert!(KnownGenerations::load(&path).is_err());
     }
 }

@@ -26,6 +26,7 @@ pub fn test_secrets() -> Secrets {
         freeipa_admin_password: "test-admin-password".into(),
         directory_manager_password: "test-dm-password".into(),
         join_secret: "test-join-secret".into(),
+        generations: Default::default(),
     }
 }
 

@@ -198,8 +198,42 @@ pub fn destroy(args: DestroyArgs) -> Result<()> {
         println!("nothing of {} to delete", site.domain);
         return Ok(());
     }
+    // The hosts whose droplet goes have their credential retired first,
+    // so that a failure after it leaves a relaunch that still works (a
+    // raised generation with the droplet still there changes nothing
+    // until it is launched again); the other order could leave a host
+    // that can never take its name back.
+    let retired: Vec<&crate::cloud::plan::DropletPlan> = plan
+        .droplets
+        .iter()
+        .filter(|d| survey.droplets.iter().any(|doomed| doomed.name == d.name))
+        .collect();
+    for d in &retired {
+        println!(
+            "retire   credential of {} (its user data will be refused)",
+            d.host
+        );
+    }
     if !args.yes {
         confirm(site.domain.as_str())?;
+    }
+    if !retired.is_empty() {
+        let (mut secrets, demo, vault) =
+            super::open_vault_for_change(&args.cloud.site, &args.cloud.vault).context(
+                "nothing was deleted: destroy retires each deleted host's credential in the \
+                 vault, so that a copy of its user data is refused once it is launched again",
+            )?;
+        for d in &retired {
+            let host = node_contract::HostName::parse(&d.host)
+                .map_err(|e| anyhow::anyhow!("host `{}`: {e}", d.host))?;
+            let generation = secrets.retire(&host);
+            info!(
+                "destroy: {host}'s credential retired; its next launch is generation {generation}"
+            );
+        }
+        vault
+            .write(&secrets, demo)
+            .context("nothing was deleted: the vault could not record the retired credentials")?;
     }
     runtime
         .block_on(destroy::execute(

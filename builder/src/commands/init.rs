@@ -163,6 +163,7 @@ pub fn run(args: InitArgs) -> Result<()> {
         freeipa_admin_password: admin,
         directory_manager_password: directory_manager,
         join_secret: vault::generate_password(43),
+        generations: Default::default(),
     };
     let passphrase = passphrase.for_creating()?;
 

@@ -8,7 +8,7 @@
 //! computed (each seed is an HMAC of the root secret, which no node has).
 
 use hmac::{Hmac, Mac};
-use node_contract::{DomainName, HostName, Role, Seed, SigningKey, Ticket};
+use node_contract::{DomainName, Generation, HostName, Role, Seed, SigningKey, Ticket};
 use sha2::Sha256;
 
 /// The keys of one site.
@@ -30,12 +30,31 @@ impl SiteKeys {
         self.site.public_key()
     }
 
-    /// One node's private key seed and the site's ticket for it.
-    pub fn node(&self, domain: &DomainName, node: &HostName, role: Role) -> (Seed, Ticket) {
-        let seed = derive(&self.root, b"node key", node.as_str().as_bytes());
+    /// One node's private key seed and the site's ticket for it, in its
+    /// `generation`: each generation has a key of its own, so retiring a
+    /// host's credential retires its key too.
+    pub fn node(
+        &self,
+        domain: &DomainName,
+        node: &HostName,
+        role: Role,
+        generation: Generation,
+    ) -> (Seed, Ticket) {
+        let mut name = node.as_str().as_bytes().to_vec();
+        name.push(0);
+        name.extend_from_slice(&generation.get().to_be_bytes());
+        let seed = derive(&self.root, b"node key", &name);
         let public = SigningKey::from_seed(&seed).public_key();
-        let ticket = self.site.ticket(domain, node, role, public);
+        let ticket = self.site.ticket(domain, node, role, generation, public);
         (seed, ticket)
+    }
+
+    /// The key the bootstrap host seals its temporary CAs' copy under.
+    /// It does not change with the bootstrap host's generation: a rebuilt
+    /// bootstrap host opens the copy its predecessor sealed (and peers
+    /// hand copies only to the bootstrap host's newest generation).
+    pub fn ca_backup(&self, bootstrap: &HostName) -> Seed {
+        derive(&self.root, b"ca backup key", bootstrap.as_str().as_bytes())
     }
 }
 
@@ -58,14 +77,21 @@ mod tests {
         let domain = DomainName::parse("example.com").unwrap();
         let ns1 = HostName::parse("ns1").unwrap();
         let ns2 = HostName::parse("ns2").unwrap();
+        let g1 = Generation::FIRST;
         let keys = SiteKeys::derive("root secret");
-        let (seed1, ticket1) = keys.node(&domain, &ns1, Role::Core);
-        let (seed1_again, _) = SiteKeys::derive("root secret").node(&domain, &ns1, Role::Core);
+        let (seed1, ticket1) = keys.node(&domain, &ns1, Role::Core, g1);
+        let (seed1_again, _) = SiteKeys::derive("root secret").node(&domain, &ns1, Role::Core, g1);
         assert_eq!(seed1, seed1_again);
-        let (seed2, _) = keys.node(&domain, &ns2, Role::Core);
+        let (seed2, _) = keys.node(&domain, &ns2, Role::Core, g1);
         assert_ne!(seed1, seed2);
-        let (other, _) = SiteKeys::derive("another root").node(&domain, &ns1, Role::Core);
+        let (other, _) = SiteKeys::derive("another root").node(&domain, &ns1, Role::Core, g1);
         assert_ne!(seed1, other);
+        let (retired, ticket2) = keys.node(&domain, &ns1, Role::Core, g1.next());
+        assert_ne!(seed1, retired, "a new generation keeps the old key");
+        assert_eq!(ticket2.generation, g1.next());
+        assert_eq!(ticket2.verify(&keys.site_public_key(), &domain), Ok(()));
+        assert_ne!(keys.ca_backup(&ns1), seed1);
+        assert_ne!(keys.ca_backup(&ns1), keys.ca_backup(&ns2));
         assert_eq!(ticket1.verify(&keys.site_public_key(), &domain), Ok(()));
         assert_eq!(
             ticket1.public_key,

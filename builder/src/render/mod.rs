@@ -160,7 +160,8 @@ pub fn node_config(site: &Site, secrets: &Secrets, host: &Host) -> Result<NodeCo
 
 fn contract(site: &Site, secrets: &Secrets, host: &Host, image: &images::Image) -> NodeConfig {
     let keys = keys::SiteKeys::derive(&secrets.join_secret);
-    let (seed, ticket) = keys.node(&site.domain, &host.name, host.role);
+    let generation = secrets.generation(&host.name);
+    let (seed, ticket) = keys.node(&site.domain, &host.name, host.role, generation);
     let bootstrap = site.bootstrap().name == host.name;
     NodeConfig {
         schema: SCHEMA_VERSION,
@@ -180,7 +181,9 @@ fn contract(site: &Site, secrets: &Secrets, host: &Host, image: &images::Image) 
         node: host.name.clone(),
         identity: Identity {
             key: seed,
+            generation,
             ticket_signature: ticket.signature,
+            ca_backup_key: bootstrap.then(|| keys.ca_backup(&host.name)),
         },
         join: JoinConfig {
             port: node_contract::JOIN_PORT,

@@ -10,6 +10,14 @@
 //! reader act as that node and no other, and the bootstrap host's config
 //! holds one public key whatever the size of the site.
 //!
+//! A ticket also carries the node's **generation**: 1 when the site is
+//! first launched, raised by the operator (`builder destroy --host`) each
+//! time the host's credential is retired. The generation is signed, and
+//! every service keeps the highest it has seen for a name and refuses any
+//! lower one, so a copy of a retired node's user data opens nothing, and
+//! a registered name moves only for a newer credential, never because the
+//! old address went silent (ARCHITECTURE §4).
+//!
 //! Every signed message is domain-separated: a label naming its purpose,
 //! then each part length-prefixed, so a signature made for one purpose
 //! can never be replayed as another.
@@ -104,11 +112,51 @@ impl fmt::Debug for Seed {
     }
 }
 
+/// How many times the operator has issued a host's credential: 1 at the
+/// first launch, raised each time the host is retired (destroyed to be
+/// launched again). Never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Generation(u32);
+
+impl Generation {
+    pub const FIRST: Generation = Generation(1);
+
+    pub fn new(n: u32) -> Result<Generation, String> {
+        if n == 0 {
+            Err("a generation counts from 1".into())
+        } else {
+            Ok(Generation(n))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The generation that retires this one.
+    pub fn next(self) -> Generation {
+        Generation(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Generation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Generation::new(u32::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// What a signature is for. Each purpose has its own label, so no
 /// signature can be taken for another purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// The site key vouching for a node (name, role, public key).
+    /// The site key vouching for a node (name, role, generation, public
+    /// key).
     Ticket,
     /// A node asking the join service to admit it or renew its
     /// certificates (the request body).
@@ -130,7 +178,7 @@ pub enum Purpose {
 impl Purpose {
     fn label(self) -> &'static [u8] {
         match self {
-            Purpose::Ticket => b"firstboot node ticket v2\0",
+            Purpose::Ticket => b"firstboot node ticket v3\0",
             Purpose::JoinRequest => b"firstboot join request v2\0",
             Purpose::JoinAnswer => b"firstboot join answer v2\0",
             Purpose::PeerRequest => b"firstboot peer request v2\0",
@@ -200,15 +248,16 @@ impl SigningKey {
         domain: &DomainName,
         node: &HostName,
         role: Role,
+        generation: Generation,
         node_key: PublicKey,
     ) -> Ticket {
-        let signature = self.sign(
-            Purpose::Ticket,
-            &ticket_parts(domain, node, role, &node_key),
-        );
+        let parts = ticket_parts(domain, node, role, generation, &node_key);
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let signature = self.sign(Purpose::Ticket, &parts);
         Ticket {
             node: node.clone(),
             role,
+            generation,
             public_key: node_key,
             signature,
         }
@@ -224,26 +273,30 @@ impl PublicKey {
     }
 }
 
-fn ticket_parts<'a>(
-    domain: &'a DomainName,
-    node: &'a HostName,
+fn ticket_parts(
+    domain: &DomainName,
+    node: &HostName,
     role: Role,
-    key: &'a PublicKey,
-) -> [&'a [u8]; 4] {
-    [
-        domain.as_str().as_bytes(),
-        node.as_str().as_bytes(),
-        role.as_str().as_bytes(),
-        key.as_bytes(),
+    generation: Generation,
+    key: &PublicKey,
+) -> Vec<Vec<u8>> {
+    vec![
+        domain.as_str().as_bytes().to_vec(),
+        node.as_str().as_bytes().to_vec(),
+        role.as_str().as_bytes().to_vec(),
+        generation.0.to_be_bytes().to_vec(),
+        key.as_bytes().to_vec(),
     ]
 }
 
-/// The site's word that `public_key` belongs to `node`, which has `role`.
+/// The site's word that `public_key` belongs to `node`, which has `role`,
+/// in the node's `generation`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ticket {
     pub node: HostName,
     pub role: Role,
+    pub generation: Generation,
     pub public_key: PublicKey,
     pub signature: Signature,
 }
@@ -273,7 +326,14 @@ impl std::error::Error for Forgery {}
 impl Ticket {
     /// Check the site's signature on this ticket.
     pub fn verify(&self, site_key: &PublicKey, domain: &DomainName) -> Result<(), Forgery> {
-        let parts = ticket_parts(domain, &self.node, self.role, &self.public_key);
+        let parts = ticket_parts(
+            domain,
+            &self.node,
+            self.role,
+            self.generation,
+            &self.public_key,
+        );
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         if site_key.verifies(Purpose::Ticket, &parts, &self.signature) {
             Ok(())
         } else {
@@ -313,15 +373,22 @@ mod tests {
         let ns2 = HostName::parse("ns2").unwrap();
         let site = SigningKey::from_seed(&seed(1));
         let node = SigningKey::from_seed(&seed(2));
-        let ticket = site.ticket(&domain, &ns2, Role::Core, node.public_key());
+        let g1 = Generation::FIRST;
+        let ticket = site.ticket(&domain, &ns2, Role::Core, g1, node.public_key());
         assert_eq!(ticket.verify(&site.public_key(), &domain), Ok(()));
+        let mut raised = ticket.clone();
+        raised.generation = g1.next();
+        assert!(
+            raised.verify(&site.public_key(), &domain).is_err(),
+            "a ticket's generation raised by its holder"
+        );
 
         let other_site = SigningKey::from_seed(&seed(3));
         assert!(ticket.verify(&other_site.public_key(), &domain).is_err());
         let other_domain = DomainName::parse("example.org").unwrap();
         assert!(ticket.verify(&site.public_key(), &other_domain).is_err());
 
-        let mut promoted = site.ticket(&domain, &ns2, Role::Worker, node.public_key());
+        let mut promoted = site.ticket(&domain, &ns2, Role::Worker, g1, node.public_key());
         promoted.role = Role::Core;
         assert!(promoted.verify(&site.public_key(), &domain).is_err());
         let mut renamed = ticket.clone();
@@ -341,6 +408,7 @@ mod tests {
             &domain,
             &HostName::parse("www").unwrap(),
             Role::Worker,
+            Generation::FIRST,
             node.public_key(),
         );
         let sig = node.sign(Purpose::JoinRequest, &[b"body"]);
@@ -354,6 +422,17 @@ mod tests {
         assert!(check(Purpose::JoinRequest, &[b"bo", b"dy"], &sig).is_err());
         let stranger = SigningKey::from_seed(&seed(7)).sign(Purpose::JoinRequest, &[b"body"]);
         assert!(check(Purpose::JoinRequest, &[b"body"], &stranger).is_err());
+    }
+
+    #[test]
+    fn generations_count_from_one() {
+        assert!(Generation::new(0).is_err());
+        assert!(serde_json::from_str::<Generation>("0").is_err());
+        assert!(serde_json::from_str::<Generation>("-1").is_err());
+        let g: Generation = serde_json::from_str("7").unwrap();
+        assert_eq!(g.get(), 7);
+        assert!(g.next() > g);
+        assert_eq!(serde_json::to_string(&g).unwrap(), "7");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod status;
 
 use serde::{Deserialize, Serialize};
 
-pub use identity::{PublicKey, Seed, Signature, SigningKey, Ticket};
+pub use identity::{Generation, PublicKey, Seed, Signature, SigningKey, Ticket};
 pub use names::{DomainName, HostName, Realm, Refusal, VpcRange};
 pub use status::Phase;
 
@@ -27,8 +27,10 @@ pub use status::Phase;
 pub const NODE_JSON_PATH: &str = "/etc/firstboot/node.json";
 
 /// The schema version this build writes and reads. Version 2 replaced the
-/// site join secret (version 1) with per-node keys and tickets.
-pub const SCHEMA_VERSION: u32 = 2;
+/// site join secret (version 1) with per-node keys and tickets; version 3
+/// signs a generation into each ticket (a retired credential is refused
+/// everywhere) and gives the bootstrap host a CA-copy key of its own.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// TCP port of the join service on the bootstrap host.
 pub const JOIN_PORT: u16 = 7443;
@@ -122,12 +124,21 @@ impl fmt::Display for Role {
 }
 
 /// This node's identity: its private key (made by builder for this node
-/// alone) and the site key's signature over its ticket.
+/// and generation alone) and the site key's signature over its ticket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
     pub key: Seed,
+    /// Which issue of this host's credential this is (see
+    /// [`Generation`]).
+    pub generation: Generation,
     pub ticket_signature: Signature,
+    /// The bootstrap host only: the key its temporary CAs' sealed copy is
+    /// sealed under (`firstboot::backup`). Not the node key, which changes
+    /// with each generation: a rebuilt bootstrap host must open the copy
+    /// its predecessor sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_backup_key: Option<Seed>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +278,7 @@ impl NodeConfig {
         Ticket {
             node: self.node.clone(),
             role: self.role(),
+            generation: self.identity.generation,
             public_key: self.signing_key().public_key(),
             signature: self.identity.ticket_signature,
         }
@@ -300,6 +312,17 @@ impl NodeConfig {
                  another node, role or site)",
                 self.node,
                 self.role()
+            ));
+        }
+        if self.is_bootstrap() != self.identity.ca_backup_key.is_some() {
+            return invalid(format!(
+                "`{}` {} the CA-copy key, which the bootstrap host alone holds",
+                self.node,
+                if self.is_bootstrap() {
+                    "lacks"
+                } else {
+                    "holds"
+                }
             ));
         }
         match (self.is_bootstrap(), &self.freeipa) {
@@ -339,7 +362,13 @@ mod tests {
         } else {
             Role::Core
         };
-        let ticket = key(100).ticket(&domain, &name(node), role, key(index).public_key());
+        let ticket = key(100).ticket(
+            &domain,
+            &name(node),
+            role,
+            Generation::FIRST,
+            key(index).public_key(),
+        );
         NodeConfig {
             schema: SCHEMA_VERSION,
             site: SiteInfo {
@@ -353,7 +382,9 @@ mod tests {
             node: name(node),
             identity: Identity {
                 key: Seed::from_bytes([index; 32]),
+                generation: Generation::FIRST,
                 ticket_signature: ticket.signature,
+                ca_backup_key: (node == "ns1").then(|| Seed::from_bytes([99; 32])),
             },
             join: JoinConfig {
                 port: JOIN_PORT,
@@ -383,30 +414,40 @@ mod tests {
         assert_eq!(config("ns3").role(), Role::Core);
     }
 
-    /// A node.json exactly as builder wrote it at schema 2, frozen: a
+    /// A node.json exactly as builder wrote it at schema 3, frozen: a
     /// later firstboot must keep reading it (or bump the schema).
-    const FROZEN_V2: &str = include_str!("../tests/node-v2.json");
+    const FROZEN_V3: &str = include_str!("../tests/node-v3.json");
 
     #[test]
-    fn the_frozen_version_2_file_loads() {
-        let c = NodeConfig::from_json(FROZEN_V2.as_bytes()).unwrap();
+    fn the_frozen_version_3_file_loads() {
+        let c = NodeConfig::from_json(FROZEN_V3.as_bytes()).unwrap();
         assert_eq!(c.node, "node2");
         assert_eq!(c.role(), Role::Core);
         assert_eq!(c.bootstrap_host().as_str(), "node1");
         assert_eq!(c.site.host_count, 4);
         assert!(c.freeipa.is_none());
+        assert_eq!(c.identity.generation, Generation::FIRST);
         assert_eq!(c.ticket().verify(&c.site.site_key, &c.site.domain), Ok(()));
+    }
+
+    #[test]
+    fn version_2_files_are_refused_as_such() {
+        // Version 2 tickets carry no generation: their signatures would
+        // not verify under version 3's rules, so the schema says it first.
+        let v2 = include_str!("../tests/node-v2.json");
+        let err = NodeConfig::from_json(v2.as_bytes()).unwrap_err();
+        assert!(matches!(err, ContractError::UnknownSchema(2)), "{err}");
     }
 
     #[test]
     fn unknown_schemas_are_refused_by_version_first() {
         let mut value: serde_json::Value =
             serde_json::from_slice(&config("ns2").to_json()).unwrap();
-        value["schema"] = 3.into();
+        value["schema"] = 4.into();
         value["a_field_from_the_future"] = true.into();
         let err = NodeConfig::from_json(value.to_string().as_bytes()).unwrap_err();
-        assert!(matches!(err, ContractError::UnknownSchema(3)), "{err}");
-        assert!(err.to_string().contains("reads only version 2"));
+        assert!(matches!(err, ContractError::UnknownSchema(4)), "{err}");
+        assert!(err.to_string().contains("reads only version 3"));
         // Version 1 (the site join secret) is refused the same way.
         let v1 = br#"{"schema": 1, "join": {"credential": "00", "site_secret": "s"}}"#;
         assert!(matches!(
@@ -446,13 +487,25 @@ mod tests {
         c.freeipa = None;
         refused(&c, "the bootstrap host without FreeIPA passwords");
 
+        let mut c = config("ns2");
+        c.identity.generation = Generation::FIRST.next();
+        refused(&c, "a generation the site key did not sign");
+
+        let mut c = config("ns2");
+        c.identity.ca_backup_key = config("ns1").identity.ca_backup_key;
+        refused(&c, "a replica with the CA-copy key");
+
+        let mut c = config("ns1");
+        c.identity.ca_backup_key = None;
+        refused(&c, "the bootstrap host without the CA-copy key");
+
         let mut c = config("ns1");
         c.site.host_count = 2;
         refused(&c, "fewer hosts than core hosts");
 
         for bad in [
             br#"{]"#.as_slice(),
-            br#"{"schema": 2, "node": "NS1"}"#.as_slice(),
+            br#"{"schema": 3, "node": "NS1"}"#.as_slice(),
         ] {
             assert!(matches!(
                 NodeConfig::from_json(bad),

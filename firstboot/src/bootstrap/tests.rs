@@ -1,5 +1,5 @@
 use super::*;
-use node_contract::{DomainName, Seed, SigningKey};
+use node_contract::{DomainName, Generation, Seed, SigningKey};
 
 fn name(s: &str) -> HostName {
     HostName::parse(s).unwrap()
@@ -20,12 +20,30 @@ fn backup(generation: u64) -> CaBackup {
         etcd_cert_pem: String::new(),
         etcd_key_pem: String::new(),
         registry: BTreeMap::new(),
+        generations: BTreeMap::new(),
         admission_deadline: 0,
     }
 }
 
 /// Record `node`'s answer (core unless named `node4`).
 fn answer(d: &mut Discovery, node: &str, octet: u8, etcd_data: bool, backup: Option<u64>) {
+    let address = Ipv4Addr::new(198, 18, 0, octet);
+    let answer = peer_answer(node, octet, Generation::FIRST, address, etcd_data, backup);
+    d.answers.insert(name(node), (address, answer));
+    if let Some(g) = backup {
+        d.backups.push(super::tests::backup(g));
+    }
+}
+
+/// `node`'s signed answer (key [octet; 32]) from `address`.
+fn peer_answer(
+    node: &str,
+    octet: u8,
+    generation: Generation,
+    address: Ipv4Addr,
+    etcd_data: bool,
+    backup: Option<u64>,
+) -> PeerAnswer {
     let site = SigningKey::from_seed(&Seed::from_bytes([9; 32]));
     let role = if node == "node4" {
         Role::Worker
@@ -36,25 +54,72 @@ fn answer(d: &mut Discovery, node: &str, octet: u8, etcd_data: bool, backup: Opt
         &DomainName::parse("lab.example.org").unwrap(),
         &name(node),
         role,
+        generation,
         SigningKey::from_seed(&Seed::from_bytes([octet; 32])).public_key(),
     );
-    let address = Ipv4Addr::new(198, 18, 0, octet);
-    d.answers.insert(
-        name(node),
-        (
-            address,
-            PeerAnswer {
-                node: ticket,
-                addresses: vec![address],
-                etcd_data,
-                ca_backup: backup.map(|g| format!("sealed {g}")),
-                freeipa_ca: None,
-            },
-        ),
-    );
-    if let Some(g) = backup {
-        d.backups.push(super::tests::backup(g));
+    PeerAnswer {
+        node: ticket,
+        addresses: vec![address],
+        etcd_data,
+        ca_backup: backup.map(|g| format!("sealed {g}")),
+        freeipa_ca: None,
     }
+}
+
+#[test]
+fn a_rebuilt_bootstrap_host_trusts_only_the_sealed_addresses() {
+    let at = |o| Ipv4Addr::new(198, 18, 0, o);
+    let g1 = Generation::FIRST;
+    let mut sealed = backup(4);
+    sealed.registry = [(name("node2"), at(11)), (name("node3"), at(12))].into();
+    sealed.generations = [(name("node3"), g1.next())].into();
+    let answers: BTreeMap<HostName, (Ipv4Addr, PeerAnswer)> = [
+        // node2's genuine credential, answering from a stranger's address.
+        (
+            name("node2"),
+            (at(50), peer_answer("node2", 2, g1, at(50), true, None)),
+        ),
+        // node3 with its retired credential, from its sealed address.
+        (
+            name("node3"),
+            (at(12), peer_answer("node3", 3, g1, at(12), true, None)),
+        ),
+        // A worker the copy does not know, from one address.
+        (
+            name("node4"),
+            (at(13), peer_answer("node4", 4, g1, at(13), false, None)),
+        ),
+        // Another unknown name, heard from two addresses.
+        (
+            name("node5"),
+            (at(14), peer_answer("node5", 5, g1, at(14), false, None)),
+        ),
+    ]
+    .into();
+    let contested = [name("node5")].into();
+    let vouched = vouched_for(&answers, &contested, &sealed);
+    assert_eq!(vouched, [(name("node4"), at(13))].into(), "{vouched:?}");
+
+    // From their sealed addresses, with their current credentials: taken.
+    let answers: BTreeMap<HostName, (Ipv4Addr, PeerAnswer)> = [
+        (
+            name("node2"),
+            (at(11), peer_answer("node2", 2, g1, at(11), true, None)),
+        ),
+        (
+            name("node3"),
+            (
+                at(12),
+                peer_answer("node3", 3, g1.next(), at(12), true, None),
+            ),
+        ),
+    ]
+    .into();
+    let vouched = vouched_for(&answers, &BTreeSet::new(), &sealed);
+    assert_eq!(
+        vouched,
+        [(name("node2"), at(11)), (name("node3"), at(12))].into()
+    );
 }
 
 #[test]

@@ -211,9 +211,12 @@ impl Enroller {
         if host.enrolled {
             // FreeIPA holds a keytab for this name, yet the node asks: it
             // has none (only a node without an enrollment asks), so it was
-            // rebuilt. The join service let it in at `address` only because
-            // its old address no longer answers as it, and it asks from
-            // there.
+            // rebuilt. The join service registered it at `address` only
+            // with a newer credential generation than the one it held
+            // (which the operator issues when relaunching a destroyed
+            // host), asks it to come from there, and refuses the retired
+            // generation: a copy of a running node's user data cannot get
+            // here from anywhere but that node.
             password = self.password(node, true).await?;
             readmit(&self.client, &fqdn, address, &password, role).await?;
             tracing::info!(host = %fqdn, "freeipa: {fqdn} was rebuilt; it enrolls again");

@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use node_contract::identity::Purpose;
 use node_contract::{NodeConfig, Role};
 
@@ -126,6 +126,10 @@ pub async fn enroll(
         etcd: if core { Some(etcd.csr(&fqdn)?) } else { None },
     };
     let answer = join(config, address, &[own], &csrs).await?;
+    // A retired bootstrap host (a thief of its old user data) is not
+    // followed; a newer one retires the one known.
+    crate::state::KnownGenerations::admit(&paths.known_generations(), &answer.bootstrap)
+        .with_context(|| format!("the join service at {address}"))?;
     identity.install(&answer.certificate_pem, &answer.ca_pem, &fqdn)?;
     if core {
         let certs = answer
@@ -206,5 +210,7 @@ pub async fn enrollment(
             answer.bootstrap.node
         );
     }
+    crate::state::KnownGenerations::admit(&paths.known_generations(), &answer.bootstrap)
+        .context("the enrollment answer")?;
     Ok(Some(answer))
 }

@@ -13,8 +13,10 @@ use node_contract::{NodeConfig, Seed, SigningKey, Ticket};
 pub struct Credentials {
     pub key: SigningKey,
     pub ticket: Ticket,
-    /// The key's seed: the bootstrap host seals the CA copy under it.
+    /// The key's seed.
     pub seed: Seed,
+    /// The bootstrap host's CA-copy key (`backup`); none elsewhere.
+    pub backup_key: Option<Seed>,
 }
 
 impl Clone for Credentials {
@@ -23,6 +25,7 @@ impl Clone for Credentials {
             key: SigningKey::from_seed(&self.seed),
             ticket: self.ticket.clone(),
             seed: self.seed.clone(),
+            backup_key: self.backup_key.clone(),
         }
     }
 }
@@ -33,6 +36,7 @@ impl Credentials {
             key: config.signing_key(),
             ticket: config.ticket(),
             seed: config.identity.key.clone(),
+            backup_key: config.identity.ca_backup_key.clone(),
         }
     }
 }

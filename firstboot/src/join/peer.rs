@@ -1,8 +1,8 @@
 //! The peer service, on every node from boot (`firstboot peer`). It
 //! answers the bootstrap host, and only it (its requests carry its ticket
 //! and its signature):
-//! - "who are you, and at which addresses": so the join service never
-//!   moves a registered node whose old address still answers as it;
+//! - "who are you, and at which addresses": announcements after a move
+//!   check that the node at a registered address is the one registered;
 //! - "does a cluster exist": a core host says whether it has etcd data and
 //!   hands back the sealed CA copy it keeps, so a rebuilt bootstrap host
 //!   rejoins the cluster instead of starting a second one.
@@ -19,6 +19,10 @@
 //! service moved it): a joined node pins that name to the new address in
 //! /etc/hosts, newest news first, as etcd checks a member's certificate
 //! against the address its name resolves to.
+//!
+//! A request from a retired generation of the bootstrap host's credential
+//! (older than one this node has seen, in a join answer or a request) is
+//! refused: a copy of its old user data asks nothing.
 //!
 //! Every answer is signed with this node's key over the request's nonce.
 
@@ -113,6 +117,15 @@ pub async fn main(paths: Paths) -> Result<()> {
                     "the request says it comes from {}, but it came from {}",
                     asked.address, request.source
                 ));
+                tracing::warn!(source = %request.source, "peer service: refused: {refusal}");
+                return Response::text(refusal.http_status(), &refusal.to_string());
+            }
+            // A retired bootstrap host (its old user data, wherever it
+            // is used) is refused; a newer one retires the one known.
+            if let Err(e) =
+                crate::state::KnownGenerations::admit(&paths.known_generations(), &asked.from)
+            {
+                let refusal = Refusal::NotAllowed(format!("{e:#}"));
                 tracing::warn!(source = %request.source, "peer service: refused: {refusal}");
                 return Response::text(refusal.http_status(), &refusal.to_string());
             }
@@ -297,7 +310,7 @@ mod tests {
     use crate::state::{BootstrapMoved, State};
 
     fn config() -> NodeConfig {
-        let text = include_str!("../../contract/tests/node-v2.json");
+        let text = include_str!("../../contract/tests/node-v3.json");
         NodeConfig::from_json(text.as_bytes()).unwrap()
     }
 

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use node_contract::identity::{Forgery, Purpose};
 use node_contract::{
-    DomainName, HostName, PublicKey, Role, Signature, SigningKey, Ticket, VpcRange,
+    DomainName, Generation, HostName, PublicKey, Role, Signature, SigningKey, Ticket, VpcRange,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,8 +32,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// How far a request's clock may be from ours, in seconds.
 pub const MAX_SKEW: u64 = 300;
 /// How long after the temporary CA is made a host that never joined may
-/// still join: the site assembles in minutes; a rebuilt host comes back
-/// through [`Decision::Move`] whatever the hour.
+/// still join: the site assembles in minutes; a rebuilt host (a newer
+/// generation) comes back through [`Decision::Rebuilt`] whatever the hour.
 pub const ADMISSION_WINDOW: u64 = 6 * 3600;
 
 /// A node asking to be admitted, or to have its certificates renewed.
@@ -80,9 +80,9 @@ pub struct JoinAnswer {
     /// hosts keep it for a rebuilt bootstrap host (see `backup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_backup: Option<String>,
-    /// This node was registered at another address before (its old one no
-    /// longer answers as it): it was rebuilt, and a core host rejoins the
-    /// etcd cluster it was a member of rather than forming one.
+    /// This node was registered before under an older generation of its
+    /// credential: it was rebuilt, and a core host rejoins the etcd
+    /// cluster it was a member of rather than forming one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rebuilt: bool,
 }
@@ -172,10 +172,19 @@ pub enum Refusal {
     Address(String),
     /// No more hosts that never joined are admitted.
     Closed(String),
-    /// The node is registered at another address, which still answers as it.
+    /// The node is registered at another address with this same
+    /// credential: only a newer generation moves a name.
     Taken {
         node: HostName,
         at: Ipv4Addr,
+        generation: Generation,
+    },
+    /// The credential is older than one the site has seen for this name:
+    /// the operator retired it.
+    Retired {
+        node: HostName,
+        shown: Generation,
+        known: Generation,
     },
     Csr(CsrRefusal),
 }
@@ -189,6 +198,7 @@ impl Refusal {
             | Refusal::NotAllowed(_)
             | Refusal::Stale { .. }
             | Refusal::Replayed
+            | Refusal::Retired { .. }
             | Refusal::Closed(_) => 403,
             Refusal::Taken { .. } => 409,
             Refusal::Address(_) | Refusal::Csr(_) => 422,
@@ -213,10 +223,21 @@ impl fmt::Display for Refusal {
                 f,
                 "the join service admits no new hosts ({why}); later hosts join through FreeIPA"
             ),
-            Refusal::Taken { node, at } => write!(
+            Refusal::Taken {
+                node,
+                at,
+                generation,
+            } => write!(
                 f,
-                "{node} is registered at {at}, which still answers as {node}; \
-                 destroy the old droplet before its replacement joins"
+                "{node} is registered at {at} with this credential (generation {generation}); \
+                 a name moves only for a newer one, whether {at} answers or not: a rebuilt \
+                 {node} is destroyed and launched again (`builder destroy --host {node}`, \
+                 then `builder launch`), which issues the next generation"
+            ),
+            Refusal::Retired { node, shown, known } => write!(
+                f,
+                "{node}'s credential of generation {shown} is retired: the site knows \
+                 generation {known}; this user data belongs to a destroyed droplet"
             ),
             Refusal::Csr(why) => write!(f, "CSR refused: {why}"),
         }
@@ -470,9 +491,24 @@ pub enum Decision {
     New,
     /// A registered host renewing its certificates from where it was.
     Renew,
-    /// A registered host coming from a new address (a rebuilt droplet):
-    /// allowed only if the old address no longer answers as it.
-    Move { from: Ipv4Addr },
+    /// A registered host with a newer credential than the registered one
+    /// (the operator destroyed and relaunched it): it takes its name back,
+    /// at `from` or at a new address. Never decided by the old address's
+    /// silence, which anything in the site can cause.
+    Rebuilt { from: Ipv4Addr },
+}
+
+/// Whether `shown` may act for its name, given the newest generation
+/// known for it: an older one is retired (refused everywhere).
+pub fn check_generation(ticket: &Ticket, known: Option<Generation>) -> Result<(), Refusal> {
+    match known {
+        Some(known) if ticket.generation < known => Err(Refusal::Retired {
+            node: ticket.node.clone(),
+            shown: ticket.generation,
+            known,
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl AdmissionRule {
@@ -487,20 +523,39 @@ impl AdmissionRule {
         }
     }
 
+    /// `registry`: where each joined host is; `generations`: the newest
+    /// credential generation seen for each (a host missing there, from a
+    /// registry older than generations, is at its first).
     pub fn decide(
         &self,
         registry: &BTreeMap<HostName, Ipv4Addr>,
-        node: &HostName,
+        generations: &BTreeMap<HostName, Generation>,
+        ticket: &Ticket,
         address: Ipv4Addr,
         now: u64,
     ) -> Result<Decision, Refusal> {
-        match registry.get(node) {
-            Some(&at) if at == address => Ok(Decision::Renew),
-            Some(&at) => Ok(Decision::Move { from: at }),
-            None => match self.closed_because(registry.len(), now) {
+        let node = &ticket.node;
+        let Some(&at) = registry.get(node) else {
+            // Never joined, or joined before a retirement it has not
+            // heard of: a retired generation stays retired.
+            check_generation(ticket, generations.get(node).copied())?;
+            return match self.closed_because(registry.len(), now) {
                 None => Ok(Decision::New),
                 Some(why) => Err(Refusal::Closed(why)),
-            },
+            };
+        };
+        let known = generations.get(node).copied().unwrap_or(Generation::FIRST);
+        check_generation(ticket, Some(known))?;
+        if ticket.generation > known {
+            Ok(Decision::Rebuilt { from: at })
+        } else if at == address {
+            Ok(Decision::Renew)
+        } else {
+            Err(Refusal::Taken {
+                node: node.clone(),
+                at,
+                generation: known,
+            })
         }
     }
 }

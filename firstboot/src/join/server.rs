@@ -1,7 +1,9 @@
 //! The join service on the bootstrap host: HTTPS on its VPC address. It
 //! admits nodes (signing their certificates) while admission is open,
 //! renews the certificates of registered nodes until handoff, and lets a
-//! rebuilt node take its name back only once its old address is silent.
+//! rebuilt node take its name back only with a newer credential generation
+//! than the registered one (never because the old address is silent),
+//! refusing the older credential from then on.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -11,13 +13,13 @@ use std::sync::Arc;
 use anyhow::Result;
 use node_contract::identity::Purpose;
 use node_contract::status::Admission;
-use node_contract::{HostName, Role};
+use node_contract::{Generation, HostName, Role};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::protocol::{
-    self, AdmissionRule, Decision, EnrollAnswer, EtcdCerts, JoinAnswer, Moved, Refusal,
-    ReplayGuard, Site, Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
+    self, check_generation, AdmissionRule, Decision, EnrollAnswer, EtcdCerts, JoinAnswer, Moved,
+    Refusal, ReplayGuard, Site, Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
 };
 use super::Credentials;
 use crate::backup::CaBackup;
@@ -29,23 +31,73 @@ use crate::pki::TempCa;
 use crate::status::Reporter;
 
 /// Who has joined, as the bootstrap host keeps it on disk.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registry {
+    /// The file's format: [`Registry::VERSION`] when written by this
+    /// build; files without it (version 1) load as they are.
+    #[serde(default = "Registry::first_version")]
+    pub version: u32,
     /// Raised at every change: the CA copy with the highest wins.
     pub generation: u64,
     pub hosts: BTreeMap<HostName, Ipv4Addr>,
+    /// The newest credential generation seen for each host (version 2;
+    /// a host missing here is at its first): older ones are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generations: BTreeMap<HostName, Generation>,
     /// Unix seconds after which no host that never joined is admitted.
     pub admission_deadline: u64,
 }
 
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            version: Registry::VERSION,
+            generation: 0,
+            hosts: BTreeMap::new(),
+            generations: BTreeMap::new(),
+            admission_deadline: 0,
+        }
+    }
+}
+
 impl Registry {
+    /// Version 2 added the hosts' credential generations.
+    pub const VERSION: u32 = 2;
+
+    fn first_version() -> u32 {
+        1
+    }
+
     pub fn load(path: &Path) -> Result<Option<Registry>> {
-        crate::fsutil::read_json(path)
+        let registry: Option<Registry> = crate::fsutil::read_json(path)?;
+        if let Some(r) = &registry {
+            if r.version > Registry::VERSION {
+                anyhow::bail!(
+                    "{} has registry version {}, but this firstboot reads up to version {}",
+                    path.display(),
+                    r.version,
+                    Registry::VERSION
+                );
+            }
+        }
+        Ok(registry)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::fsutil::write_json(path, self, 0o600)
+        let current = Registry {
+            version: Registry::VERSION,
+            ..self.clone()
+        };
+        crate::fsutil::write_json(path, &current, 0o600)
+    }
+
+    /// The newest generation known for `node`.
+    pub fn known_generation(&self, node: &HostName) -> Option<Generation> {
+        self.generations
+            .get(node)
+            .copied()
+            .or_else(|| self.hosts.contains_key(node).then_some(Generation::FIRST))
     }
 }
 
@@ -71,7 +123,10 @@ impl Registrar {
     /// The temporary CAs and registry sealed under this host's key.
     pub fn sealed_backup(&self) -> String {
         crate::backup::seal(
-            &self.me.seed,
+            self.me
+                .backup_key
+                .as_ref()
+                .expect("the join service runs on the bootstrap host, which has the CA-copy key"),
             &CaBackup {
                 generation: self.registry.generation,
                 root_cert_pem: self.ca.root.cert_pem().to_owned(),
@@ -79,17 +134,30 @@ impl Registrar {
                 etcd_cert_pem: self.ca.etcd.cert_pem().to_owned(),
                 etcd_key_pem: self.ca.etcd.key_pem(),
                 registry: self.registry.hosts.clone(),
+                generations: self.registry.generations.clone(),
                 admission_deadline: self.registry.admission_deadline,
             },
         )
     }
 
-    /// Record a node's address: on disk first, then in DNS.
-    pub async fn register(&mut self, node: &HostName, address: Ipv4Addr) -> Result<()> {
-        if self.registry.hosts.get(node) != Some(&address) {
-            self.registry.hosts.insert(node.clone(), address);
-            self.registry.generation += 1;
-            self.registry.save(&self.registry_file)?;
+    /// Record a node's address and credential generation: on disk first,
+    /// then in DNS.
+    pub async fn register(
+        &mut self,
+        node: &HostName,
+        address: Ipv4Addr,
+        generation: Generation,
+    ) -> Result<()> {
+        let known = self.registry.known_generation(node);
+        if self.registry.hosts.get(node) != Some(&address) || known != Some(generation) {
+            let mut next = self.registry.clone();
+            next.hosts.insert(node.clone(), address);
+            if generation > Generation::FIRST || next.generations.contains_key(node) {
+                next.generations.insert(node.clone(), generation);
+            }
+            next.generation += 1;
+            next.save(&self.registry_file)?;
+            self.registry = next;
         }
         self.dns.set_host(node, address).await?;
         self.report();
@@ -162,21 +230,29 @@ impl Registrar {
             now,
         )?;
         self.record_nonces()?;
-        let decision =
-            self.rule
-                .decide(&self.registry.hosts, verified.node(), verified.address, now)?;
+        let decision = self.rule.decide(
+            &self.registry.hosts,
+            &self.registry.generations,
+            &verified.request.ticket,
+            verified.address,
+            now,
+        )?;
         Ok((verified, decision))
     }
 
     /// Certificates, registration and the signed answer; `rebuilt`: the
-    /// node moved here from a registered address that no longer answers.
+    /// node came back with a newer credential generation.
     async fn admit(&mut self, verified: &Verified, rebuilt: bool) -> Response {
         let (certificate_pem, etcd_pem) =
             match protocol::certify(&self.ca, &self.site.domain, verified) {
                 Ok(certs) => certs,
                 Err(refusal) => return refuse(verified.address, &refusal),
             };
-        if let Err(e) = self.register(verified.node(), verified.address).await {
+        let generation = verified.request.ticket.generation;
+        if let Err(e) = self
+            .register(verified.node(), verified.address, generation)
+            .await
+        {
             tracing::error!("join service: cannot register {}: {e:#}", verified.node());
             return Response::text(503, "the bootstrap host cannot record the join; retry");
         }
@@ -218,32 +294,26 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
         );
     }
     let source = request.source;
-    let (verified, decision) = match registrar.lock().await.verify(&request) {
+    // One lock from the decision to the registration: two requests for
+    // one name cannot both pass a decision made on the same registry.
+    let mut r = registrar.lock().await;
+    let (verified, decision) = match r.verify(&request) {
         Ok(v) => v,
         Err(refusal) => return refuse(source, &refusal),
     };
-    let moved = if let Decision::Move { from } = decision {
-        // Outside the lock: asking the old address takes a moment.
-        let (site, me, own) = {
-            let r = registrar.lock().await;
-            (r.site.clone(), r.me.clone(), r.dns_address)
-        };
-        if let Ok(answer) = super::peer::ask(&site, &me, own, from, None).await {
-            if answer.node.node == *verified.node() {
-                let refusal = Refusal::Taken {
-                    node: verified.node().clone(),
-                    at: from,
-                };
-                return refuse(source, &refusal);
-            }
+    let (rebuilt, moved) = match decision {
+        Decision::Rebuilt { from } => {
+            tracing::warn!(
+                peer = %verified.node(),
+                "join service: {} comes back with credential generation {} (was at {from}, now {source}); the older generation is refused from now on",
+                verified.node(),
+                verified.request.ticket.generation
+            );
+            (true, from != source)
         }
-        tracing::info!(peer = %verified.node(), "join service: {} moves from {from} (silent there) to {source}", verified.node());
-        true
-    } else {
-        false
+        Decision::New | Decision::Renew => (false, false),
     };
-    let mut r = registrar.lock().await;
-    let response = r.admit(&verified, moved).await;
+    let response = r.admit(&verified, rebuilt).await;
     if moved && response.status == 200 {
         r.pass_on_move(verified.node(), verified.address);
     }
@@ -279,6 +349,21 @@ async fn enroll(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response 
             ));
             return refuse(source, &refusal);
         };
+        // Only the generation that joined: a retired one is refused, and a
+        // newer one joins first (which retires the registered one).
+        let known = r.registry.known_generation(&asked.ticket.node);
+        if let Err(refusal) = check_generation(&asked.ticket, known) {
+            return refuse(source, &refusal);
+        }
+        if Some(asked.ticket.generation) != known {
+            let refusal = Refusal::NotAllowed(format!(
+                "{} joined with credential generation {}; generation {} joins before it enrolls",
+                asked.ticket.node,
+                known.map_or_else(|| "?".into(), |g| g.to_string()),
+                asked.ticket.generation
+            ));
+            return refuse(source, &refusal);
+        }
         // Only from where it joined: a copy of its user data elsewhere
         // (which could sign) must not get a password for the name, or, for
         // a rebuilt client, disable the keytab of the node that runs.
@@ -316,4 +401,40 @@ async fn enroll(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response 
 fn refuse(source: Ipv4Addr, refusal: &Refusal) -> Response {
     tracing::warn!(source = %source, "join service: refused a request from {source}: {refusal}");
     Response::text(refusal.http_status(), &refusal.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_1_registries_as_written_load_and_save_as_version_2() {
+        // A registry exactly as firstboot wrote it before generations.
+        let v1 = r#"{"generation": 4, "hosts": {"node1": "198.18.0.10", "node2": "198.18.0.11"},
+            "admission_deadline": 1700000000}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        std::fs::write(&path, v1).unwrap();
+        let registry = Registry::load(&path).unwrap().unwrap();
+        assert_eq!(registry.version, 1);
+        let node2 = HostName::parse("node2").unwrap();
+        assert_eq!(registry.known_generation(&node2), Some(Generation::FIRST));
+        assert_eq!(
+            registry.known_generation(&HostName::parse("node9").unwrap()),
+            None
+        );
+        registry.save(&path).unwrap();
+        let again = Registry::load(&path).unwrap().unwrap();
+        assert_eq!(again.version, Registry::VERSION);
+        assert_eq!(again.hosts, registry.hosts);
+        std::fs::write(
+            &path,
+            r#"{"version": 9, "generation": 0, "hosts": {}, "admission_deadline": 0}"#,
+        )
+        .unwrap();
+        assert!(Registry::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("registry version 9"));
+    }
 }

@@ -14,6 +14,7 @@ fn context(root: &std::path::Path) -> Context {
         &domain,
         &node,
         node_contract::Role::Worker,
+        node_contract::Generation::FIRST,
         SigningKey::from_seed(&seed).public_key(),
     );
     let config = NodeConfig {
@@ -32,7 +33,9 @@ fn context(root: &std::path::Path) -> Context {
         node,
         identity: Identity {
             key: seed,
+            generation: node_contract::Generation::FIRST,
             ticket_signature: ticket.signature,
+            ca_backup_key: None,
         },
         join: JoinConfig {
             port: 7443,

@@ -22,9 +22,19 @@ fn node_key(n: u8) -> SigningKey {
     SigningKey::from_seed(&Seed::from_bytes([n; 32]))
 }
 
-/// The site's ticket for node `n` (key [n; 32]).
+/// The site's ticket for node `n` (key [n; 32]), first generation.
 fn ticket(node: &str, n: u8, role: Role) -> Ticket {
-    site_key().ticket(&domain(), &name(node), role, node_key(n).public_key())
+    ticket_of(node, n, role, Generation::FIRST)
+}
+
+fn ticket_of(node: &str, n: u8, role: Role, generation: Generation) -> Ticket {
+    site_key().ticket(
+        &domain(),
+        &name(node),
+        role,
+        generation,
+        node_key(n).public_key(),
+    )
 }
 
 fn site() -> Site {
@@ -127,6 +137,7 @@ fn forged_requests_are_refused() {
         &domain(),
         &name("node2"),
         Role::Core,
+        Generation::FIRST,
         node_key(2).public_key(),
     );
     assert!(matches!(
@@ -227,34 +238,115 @@ fn admission_closes_when_every_host_joined_or_the_deadline_passed() {
         deadline: NOW + 100,
     };
     let at = |o| Ipv4Addr::new(198, 18, 0, o);
+    let generations = BTreeMap::new();
+    let node = |n: &str| ticket(n, 2, Role::Core);
     let mut registry = BTreeMap::new();
     registry.insert(name("node1"), at(10));
     assert_eq!(
-        rule.decide(&registry, &name("node2"), at(11), NOW),
+        rule.decide(&registry, &generations, &node("node2"), at(11), NOW),
         Ok(Decision::New)
     );
     registry.insert(name("node2"), at(11));
     registry.insert(name("node3"), at(12));
-    // Everyone is in: no new host, but renewals and moves go on.
+    // Everyone is in: no new host, but renewals go on.
     assert!(matches!(
-        rule.decide(&registry, &name("node4"), at(13), NOW),
+        rule.decide(&registry, &generations, &node("node4"), at(13), NOW),
         Err(Refusal::Closed(why)) if why.contains("every host")
     ));
     assert_eq!(
-        rule.decide(&registry, &name("node2"), at(11), NOW),
+        rule.decide(&registry, &generations, &node("node2"), at(11), NOW),
         Ok(Decision::Renew)
-    );
-    assert_eq!(
-        rule.decide(&registry, &name("node2"), at(21), NOW),
-        Ok(Decision::Move { from: at(11) })
     );
     // Past the deadline, even with hosts missing.
     registry.remove(&name("node3"));
     assert!(matches!(
-        rule.decide(&registry, &name("node3"), at(12), NOW + 100),
+        rule.decide(&registry, &generations, &node("node3"), at(12), NOW + 100),
         Err(Refusal::Closed(why)) if why.contains("deadline")
     ));
     assert_eq!(rule.closed_because(1, NOW), None);
+}
+
+#[test]
+fn only_a_newer_generation_moves_a_name() {
+    let rule = AdmissionRule {
+        hosts: 3,
+        deadline: NOW + 100,
+    };
+    let at = |o| Ipv4Addr::new(198, 18, 0, o);
+    let g1 = Generation::FIRST;
+    let g2 = g1.next();
+    let registry: BTreeMap<_, _> = [(name("node2"), at(11))].into();
+    let mut generations = BTreeMap::new();
+
+    // The same credential from another address: taken, whether the old
+    // address answers or not (this decision never asks it).
+    assert!(matches!(
+        rule.decide(&registry, &generations, &ticket_of("node2", 2, Role::Core, g1), at(21), NOW),
+        Err(Refusal::Taken { at: a, generation, .. }) if a == at(11) && generation == g1
+    ));
+    // The next generation, from anywhere (even where the old one was),
+    // takes the name back, also after admission closed.
+    let late = NOW + 1000;
+    for address in [at(21), at(11)] {
+        assert_eq!(
+            rule.decide(
+                &registry,
+                &generations,
+                &ticket_of("node2", 2, Role::Core, g2),
+                address,
+                late
+            ),
+            Ok(Decision::Rebuilt { from: at(11) })
+        );
+    }
+    // Once generation 2 is registered, generation 1 is refused from the
+    // old address as from any other.
+    generations.insert(name("node2"), g2);
+    for address in [at(11), at(21)] {
+        let refused = rule.decide(
+            &registry,
+            &generations,
+            &ticket_of("node2", 2, Role::Core, g1),
+            address,
+            NOW,
+        );
+        assert!(
+            matches!(refused, Err(Refusal::Retired { shown, known, .. }) if shown == g1 && known == g2),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        rule.decide(
+            &registry,
+            &generations,
+            &ticket_of("node2", 2, Role::Core, g2),
+            at(11),
+            NOW
+        ),
+        Ok(Decision::Renew)
+    );
+    // A retirement known for a host that is not registered holds too.
+    let empty = BTreeMap::new();
+    let retired: BTreeMap<_, _> = [(name("node3"), g2)].into();
+    assert!(matches!(
+        rule.decide(
+            &empty,
+            &retired,
+            &ticket_of("node3", 3, Role::Core, g1),
+            at(12),
+            NOW
+        ),
+        Err(Refusal::Retired { .. })
+    ));
+    assert_eq!(
+        Refusal::Retired {
+            node: name("n"),
+            shown: g1,
+            known: g2
+        }
+        .http_status(),
+        403
+    );
 }
 
 #[test]
