@@ -19,9 +19,7 @@ use crate::backup::CaBackup;
 use crate::certs::Slot;
 use crate::dns::{DnsServer, ZoneData};
 use crate::join::peer::ask;
-use crate::join::protocol::{
-    AdmissionRule, Moved, PeerAnswer, ReplayGuard, Site, ADMISSION_WINDOW,
-};
+use crate::join::protocol::{AdmissionRule, Moved, PeerAnswer, Site, ADMISSION_WINDOW};
 use crate::join::server::{Registrar, Registry};
 use crate::join::Credentials;
 use crate::paths::Paths;
@@ -274,7 +272,7 @@ pub async fn ensure_ca(
     discovery: &mut Discovery,
     patience: Duration,
 ) -> Result<Settled> {
-    if let Some(ca) = TempCa::load(&paths.ca_dir())? {
+    if let Some(ca) = TempCa::load_current(&paths.ca_dir(), config.site.domain.as_str())? {
         let registry = Registry::load(&paths.registry_file())?.unwrap_or_else(|| Registry {
             admission_deadline: crate::status::now() + ADMISSION_WINDOW,
             ..Registry::default()
@@ -419,10 +417,11 @@ pub async fn start(
         etcd_members: config.site.core.clone(),
     };
     let dns = Arc::new(DnsServer::start(SocketAddr::new(own.into(), DNS_PORT), zone).await?);
-    let replay: ReplayGuard = std::fs::read(paths.nonces_file())
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
+    let replay = crate::join::replay::ReplayLog::open(
+        &paths.nonces_file(),
+        &paths.legacy_nonces_file(),
+        crate::status::now(),
+    )?;
     let rule = AdmissionRule {
         hosts: config.site.host_count,
         deadline: settled.registry.admission_deadline,
@@ -437,7 +436,6 @@ pub async fn start(
         registry: settled.registry,
         registry_file: paths.registry_file(),
         replay,
-        replay_file: paths.nonces_file(),
         rule,
         reporter,
         enroller: None,

@@ -6,8 +6,11 @@
 //! checks it once the answer's signature has told it which CA and name to
 //! expect.
 //!
-//! The server caps connections in flight, bounds every read and the whole
-//! exchange in time, and refuses bodies over its limit unread.
+//! The server caps connections in flight, and each source address's share
+//! of them, so that one address (anything on one node of the site) holding
+//! idle connections cannot shut the service for the others; it bounds the
+//! TLS handshake, every read and the whole exchange in time, and refuses
+//! bodies over its limit unread.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,6 +37,9 @@ use tokio::sync::Semaphore;
 pub struct Limits {
     /// Connections handled at once; more are closed at accept.
     pub connections: usize,
+    /// Connections handled at once from one source address; more from it
+    /// are closed at accept, while other sources are still served.
+    pub per_source: usize,
     /// A connection's whole life, TLS handshake included.
     pub timeout: Duration,
     /// Request bodies above this are refused unread (413).
@@ -41,10 +47,52 @@ pub struct Limits {
 }
 
 pub const LIMITS: Limits = Limits {
-    connections: 64,
+    connections: 256,
+    per_source: 8,
     timeout: Duration::from_secs(15),
     body: 64 * 1024,
 };
+
+/// A connection that does not finish its TLS handshake within this is
+/// closed: an honest client's handshake takes milliseconds.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connections in flight per source address.
+#[derive(Default)]
+struct Shares(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+/// One source's connection, counted until dropped.
+struct Share {
+    shares: Arc<Shares>,
+    source: IpAddr,
+}
+
+impl Shares {
+    fn take(self: &Arc<Shares>, source: IpAddr, limit: usize) -> Option<Share> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(source).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Share {
+            shares: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut counts = self.shares.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
 
 /// A request as a handler sees it: whole, and from whom.
 #[derive(Debug)]
@@ -137,6 +185,7 @@ where
     F: Future<Output = Response> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.connections));
+    let shares = Arc::new(Shares::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -145,6 +194,10 @@ where
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Some(share) = shares.take(peer.ip(), limits.per_source) else {
+            tracing::debug!(peer = %peer, "too many connections from {}: closed at once", peer.ip());
+            continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!(peer = %peer, "too many connections: closed at once");
@@ -159,11 +212,13 @@ where
         };
         let handler = handler.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, share);
             let exchange = async {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 // Probing joiners connect and hang up: not worth a log line.
-                let Ok(tls) = acceptor.accept(stream).await else {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                else {
                     return;
                 };
                 let source = match peer.ip() {
@@ -462,6 +517,7 @@ mod tests {
     async fn serves_whole_bodies_and_refuses_large_ones_unread() {
         let limits = Limits {
             connections: 4,
+            per_source: 4,
             timeout: Duration::from_secs(5),
             body: 1000,
         };
@@ -484,6 +540,7 @@ mod tests {
     async fn connections_beyond_the_cap_are_closed_at_once() {
         let limits = Limits {
             connections: 2,
+            per_source: 2,
             timeout: Duration::from_secs(10),
             body: 1000,
         };
@@ -504,6 +561,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_source_holding_its_share_leaves_the_others_served() {
+        let limits = Limits {
+            connections: 16,
+            per_source: 3,
+            timeout: Duration::from_secs(10),
+            body: 1000,
+        };
+        let address = server(limits).await;
+        // 127.0.0.2 holds idle connections (no TLS), as many as it can.
+        let flooder = std::net::SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), 0);
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(flooder).unwrap();
+            held.push(socket.connect(address).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Beyond its share, the flooder's connections were closed: reading
+        // one gives end of file at once.
+        let mut closed = 0;
+        for stream in &mut held {
+            let mut byte = [0u8; 1];
+            use tokio::io::AsyncReadExt as _;
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(Duration::from_millis(50), stream.read(&mut byte)).await
+            {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 7, "the flooder kept more than its share");
+        // Another source is served at once.
+        let answer = post(address, "/", &[], vec![], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+
+    #[tokio::test]
+    async fn a_handshake_that_never_comes_frees_its_slot() {
+        let limits = Limits {
+            connections: 1,
+            per_source: 1,
+            timeout: Duration::from_secs(60),
+            body: 1000,
+        };
+        let address = server(limits).await;
+        let _idle = TcpStream::connect(address).await.unwrap();
+        tokio::time::sleep(HANDSHAKE_TIMEOUT + Duration::from_millis(500)).await;
+        let answer = post(address, "/", &[], vec![], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+
+    #[tokio::test]
     async fn a_bound_port_that_nobody_serves_does_not_answer_tls() {
         let served = server(LIMITS).await;
         assert!(answers_tls(served, Duration::from_secs(2)).await);
@@ -520,6 +632,7 @@ mod tests {
     async fn a_silent_client_is_dropped_after_the_timeout() {
         let limits = Limits {
             connections: 1,
+            per_source: 1,
             timeout: Duration::from_millis(300),
             body: 1000,
         };

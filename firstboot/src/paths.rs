@@ -62,6 +62,11 @@ impl Paths {
     /// Join requests' nonces still inside the clock window (bootstrap host
     /// only): a restart of the join service must not forget them.
     pub fn nonces_file(&self) -> PathBuf {
+        self.state_dir().join("join-nonces.log")
+    }
+    /// The same as one JSON document, as firstboot kept it before the log
+    /// (`join::replay` takes it over).
+    pub fn legacy_nonces_file(&self) -> PathBuf {
         self.state_dir().join("join-nonces.json")
     }
     /// Where the bootstrap host moved to, as its own signed request said

@@ -40,10 +40,14 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// How long the temporary CAs last: far longer than any assembly takes
 /// (handoff to FreeIPA ends them), short enough that a forgotten one does
-/// not outlive the hardware.
+/// not outlive the hardware. Past two thirds of it the bootstrap host
+/// issues the CA certificates again under the same keys
+/// ([`TempCa::renewed_if_due`]), so no leaf ever depends on the CA's last
+/// third.
 pub const CA_LIFETIME: Duration = Duration::days(365);
 /// Node certificates are short-lived; their node renews them at two
-/// thirds of their life (see [`renewal_due`]).
+/// thirds of their life (see [`renewal_due`]). None outlives its CA: a
+/// leaf's end is its CA's end at the latest.
 pub const LEAF_LIFETIME: Duration = Duration::days(90);
 /// Starting validity in the past tolerates nodes whose clocks lag the
 /// bootstrap host's (they often have no NTP yet at first boot).
@@ -65,6 +69,9 @@ pub struct Ca {
     /// identifier in every leaf match the CA exactly, whether it was just
     /// created or loaded from disk.
     issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate's validity: nothing it signs ends later.
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
 }
 
 /// Deliberately omits the key: a CA that ends up in a log line must not leak it.
@@ -149,7 +156,13 @@ impl std::error::Error for CsrRefusal {}
 impl Ca {
     /// A CA certificate profile: ECDSA P-256, CA with `path_len`,
     /// keyCertSign+cRLSign, name-constrained to `domain`.
-    fn params(domain: &str, common_name: String, path_len: u8) -> CertificateParams {
+    fn params(
+        domain: &str,
+        common_name: String,
+        path_len: u8,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> CertificateParams {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
@@ -163,30 +176,69 @@ impl Ca {
         });
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + CA_LIFETIME;
+        params.not_before = not_before;
+        params.not_after = not_after;
         params
     }
 
-    /// The temporary root: path length 1, so it can sign the etcd CA and
-    /// nothing can hang below that.
-    fn create_root(domain: &str) -> anyhow::Result<Ca> {
+    /// The temporary root under `key`: path length 1, so it can sign the
+    /// etcd CA and nothing can hang below that. The same key and domain
+    /// give the same subject and key identifier, so a root issued again
+    /// (renewed) verifies every certificate the earlier one signed.
+    fn root_with(
+        domain: &str,
+        key: KeyPair,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> anyhow::Result<Ca> {
         check_host_name(domain).map_err(|e| anyhow!("cannot create a CA for {domain:?}: {e}"))?;
-        let key = new_key()?;
-        let cert = Self::params(domain, format!("{domain} temporary CA"), 1)
-            .self_signed(&key)
-            .context("self-signing the CA certificate")?;
+        let cert = Self::params(
+            domain,
+            format!("{domain} temporary CA"),
+            1,
+            not_before,
+            not_after,
+        )
+        .self_signed(&key)
+        .context("self-signing the CA certificate")?;
         Self::from_parts(cert.pem(), key)
     }
 
-    /// An intermediate under this CA (path length 0: it signs only leaves).
-    fn create_intermediate(&self, domain: &str, what: &str) -> anyhow::Result<Ca> {
-        let key = new_key()?;
-        let cert = Self::params(domain, format!("{domain} temporary {what} CA"), 0)
-            .signed_by(&key, &self.issuer)
-            .with_context(|| format!("signing the {what} CA"))?;
+    /// An intermediate under this CA with `key` (path length 0: it signs
+    /// only leaves), ending no later than this CA.
+    fn intermediate_with(
+        &self,
+        domain: &str,
+        what: &str,
+        key: KeyPair,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> anyhow::Result<Ca> {
+        let cert = Self::params(
+            domain,
+            format!("{domain} temporary {what} CA"),
+            0,
+            not_before.max(self.not_before),
+            not_after.min(self.not_after),
+        )
+        .signed_by(&key, &self.issuer)
+        .with_context(|| format!("signing the {what} CA"))?;
         Self::from_parts(cert.pem(), key)
+    }
+
+    /// This CA's own key, to issue its certificate again.
+    fn key_pair(&self) -> anyhow::Result<KeyPair> {
+        KeyPair::from_pem(&self.key_pem()).map_err(|e| anyhow!("the CA key: {e}"))
+    }
+
+    /// Whether this CA has lived two thirds of its life at `now`.
+    fn due(&self, now: OffsetDateTime) -> bool {
+        now >= self.not_before + (self.not_after - self.not_before) * 2 / 3
+    }
+
+    /// When this CA's certificate ends.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
     }
 
     /// A CA from PEM; checks that the pair is a usable CA, so a damaged or
@@ -210,9 +262,19 @@ impl Ca {
         if key.subject_public_key_info() != cert.public_key().raw {
             bail!("the key does not belong to the certificate");
         }
+        let validity = cert.validity();
+        let (not_before, not_after) = (
+            OffsetDateTime::from_unix_timestamp(validity.not_before.timestamp())?,
+            OffsetDateTime::from_unix_timestamp(validity.not_after.timestamp())?,
+        );
         let issuer = Issuer::from_ca_cert_der(&der, key)
             .map_err(|e| anyhow!("cannot use the certificate as issuer: {e}"))?;
-        Ok(Ca { cert_pem, issuer })
+        Ok(Ca {
+            cert_pem,
+            issuer,
+            not_before,
+            not_after,
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -318,7 +380,8 @@ impl Ca {
     /// The leaf profile, the same for every certificate this CA issues:
     /// CN=`fqdn`, SAN DNS=`fqdn` only, EKU serverAuth+clientAuth (etcd uses
     /// the same certificate to serve and to connect to peers),
-    /// KU digitalSignature+keyEncipherment, not a CA.
+    /// KU digitalSignature+keyEncipherment, not a CA. Its validity is what
+    /// was asked within this CA's own: it never outlives the CA.
     fn certify(
         &self,
         key: &impl PublicKeyData,
@@ -338,8 +401,11 @@ impl Ca {
         ];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        params.not_before = not_before;
-        params.not_after = not_after;
+        params.not_before = not_before.max(self.not_before);
+        params.not_after = not_after.min(self.not_after);
+        if params.not_after <= params.not_before {
+            bail!("the CA is no longer valid: it cannot sign for {fqdn}");
+        }
         let cert = params
             .signed_by(key, &self.issuer)
             .with_context(|| format!("signing a certificate for {fqdn}"))?;
@@ -361,9 +427,61 @@ const ETCD_KEY: &str = "etcd-ca.key";
 
 impl TempCa {
     pub fn create(domain: &str) -> anyhow::Result<TempCa> {
-        let root = Ca::create_root(domain)?;
-        let etcd = root.create_intermediate(domain, "etcd")?;
+        let now = OffsetDateTime::now_utc();
+        TempCa::create_valid(domain, now - BACKDATE, now + CA_LIFETIME)
+    }
+
+    /// New CAs valid from `not_before` to `not_after` (tests make CAs near
+    /// their end with it).
+    pub fn create_valid(
+        domain: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> anyhow::Result<TempCa> {
+        let root = Ca::root_with(domain, new_key()?, not_before, not_after)?;
+        let etcd = root.intermediate_with(domain, "etcd", new_key()?, not_before, not_after)?;
         Ok(TempCa { root, etcd })
+    }
+
+    /// The same CAs (same keys, subjects and key identifiers, so every
+    /// certificate signed before still verifies) issued again for a full
+    /// [`CA_LIFETIME`] from `now`, once either has lived two thirds of its
+    /// life; `None` while neither has. Nodes take the new CA certificates
+    /// with their next renewal; until handoff ends them, no leaf depends
+    /// on a CA's last third.
+    pub fn renewed_if_due(
+        &self,
+        domain: &str,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<Option<TempCa>> {
+        if !self.root.due(now) && !self.etcd.due(now) {
+            return Ok(None);
+        }
+        let (not_before, not_after) = (now - BACKDATE, now + CA_LIFETIME);
+        let root = Ca::root_with(domain, self.root.key_pair()?, not_before, not_after)?;
+        let etcd =
+            root.intermediate_with(domain, "etcd", self.etcd.key_pair()?, not_before, not_after)?;
+        Ok(Some(TempCa { root, etcd }))
+    }
+
+    /// [`TempCa::load`], then [`TempCa::renewed_if_due`], saved before it
+    /// is used: what the bootstrap host's services and renewal sign with.
+    pub fn load_current(dir: &Path, domain: &str) -> anyhow::Result<Option<TempCa>> {
+        let Some(ca) = TempCa::load(dir)? else {
+            return Ok(None);
+        };
+        match ca.renewed_if_due(domain, OffsetDateTime::now_utc())? {
+            None => Ok(Some(ca)),
+            Some(renewed) => {
+                renewed.save(dir)?;
+                tracing::warn!(
+                    "the temporary CAs had lived two thirds of their life: issued again under \
+                     the same keys, until {}",
+                    renewed.root.not_after
+                );
+                Ok(Some(renewed))
+            }
+        }
     }
 
     /// The CA that signs certificates for `purpose`.
@@ -569,6 +687,19 @@ pub fn verify(
     let anchor_der = pem_cert(anchor_pem).map_err(|e| invalid(format!("the CA: {e:#}")))?;
     let anchor = webpki::anchor_from_trusted_cert(&anchor_der)
         .map_err(|e| invalid(format!("the CA certificate is unusable: {e}")))?;
+    // webpki takes a trust anchor without its dates; ours have dates, and
+    // an expired (or not yet valid) CA vouches for nothing.
+    let anchor_validity = parse(&anchor_der)
+        .map_err(|e| invalid(format!("the CA: {e:#}")))?
+        .validity()
+        .clone();
+    let at = now as i64;
+    if at < anchor_validity.not_before.timestamp() {
+        return Err(invalid("its CA is not valid yet".into()));
+    }
+    if at > anchor_validity.not_after.timestamp() {
+        return Err(invalid("its CA has expired".into()));
+    }
     let leaf = webpki::EndEntityCert::try_from(&der)
         .map_err(|e| invalid(format!("the certificate is unusable: {e}")))?;
     let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));

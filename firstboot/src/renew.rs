@@ -33,7 +33,7 @@ pub async fn run(paths: &Paths) -> Result<Renewed> {
         return Ok(Renewed::NothingDue);
     }
     if config.is_bootstrap() {
-        let ca = crate::pki::TempCa::load(&paths.ca_dir())?
+        let ca = crate::pki::TempCa::load_current(&paths.ca_dir(), config.site.domain.as_str())?
             .context("the bootstrap host's temporary CA is gone")?;
         crate::bootstrap::ensure_own_certs(paths, &config, &ca)?;
         return Ok(Renewed::Renewed);

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod peer;
 pub mod protocol;
+pub mod replay;
 pub mod server;
 
 use node_contract::{NodeConfig, Seed, SigningKey, Ticket};

@@ -169,6 +169,11 @@ pub enum Refusal {
         skew: u64,
     },
     Replayed,
+    /// The nonces seen were lost: requests stamped before `since` are
+    /// refused until they could no longer pass the clock check.
+    FreshWindow {
+        since: u64,
+    },
     Address(String),
     /// No more hosts that never joined are admitted.
     Closed(String),
@@ -198,6 +203,7 @@ impl Refusal {
             | Refusal::NotAllowed(_)
             | Refusal::Stale { .. }
             | Refusal::Replayed
+            | Refusal::FreshWindow { .. }
             | Refusal::Retired { .. }
             | Refusal::Closed(_) => 403,
             Refusal::Taken { .. } => 409,
@@ -218,6 +224,11 @@ impl fmt::Display for Refusal {
                 "the request's clock is {skew} s off (at most {MAX_SKEW})"
             ),
             Refusal::Replayed => write!(f, "this request was seen before (replay)"),
+            Refusal::FreshWindow { since } => write!(
+                f,
+                "the bootstrap host lost its record of the requests it saw and refuses any \
+                 stamped before {since} (Unix seconds); a new request passes"
+            ),
             Refusal::Address(why) => write!(f, "address refused: {why}"),
             Refusal::Closed(why) => write!(
                 f,
@@ -361,17 +372,81 @@ pub fn sign_answer(key: &SigningKey, purpose: Purpose, nonce: &str, body: &[u8])
 
 /// Nonces seen within the clock window: a captured request cannot be
 /// played again while its timestamp is still acceptable. The join service
-/// keeps it on disk, so a restart forgets nothing.
+/// keeps it on disk (`join::replay`), so a restart forgets nothing.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayGuard {
     seen: HashMap<String, u64>,
+    /// A fresh window: requests stamped before this are refused (the
+    /// record of the nonces seen was lost; see `join::replay`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    not_before: u64,
+    /// When expired nonces were last dropped (our clock).
+    #[serde(skip)]
+    pruned_at: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Where a replay guard is kept: in memory (tests), or on disk as well.
+pub trait Replay {
+    /// Record `nonce`; a refusal if it was seen, or the clock is off.
+    fn check(&mut self, nonce: &str, timestamp: u64, now: u64) -> Result<(), Refusal>;
 }
 
 impl ReplayGuard {
-    /// Record `nonce`; a refusal if it was seen, or the clock is off.
-    pub fn check(&mut self, nonce: &str, timestamp: u64, now: u64) -> Result<(), Refusal> {
+    /// A guard that refuses every request stamped before `since`.
+    pub fn fresh_window(since: u64) -> ReplayGuard {
+        ReplayGuard {
+            not_before: since,
+            ..ReplayGuard::default()
+        }
+    }
+
+    /// Take a nonce seen before (from the record on disk).
+    pub fn remember(&mut self, nonce: &str, timestamp: u64) {
+        self.seen.insert(nonce.to_owned(), timestamp);
+    }
+
+    /// The nonces still inside the window at `now`, for a compacted record.
+    pub fn live(&self, now: u64) -> impl Iterator<Item = (&str, u64)> {
+        self.seen
+            .iter()
+            .filter(move |(_, t)| **t + MAX_SKEW >= now)
+            .map(|(n, t)| (n.as_str(), *t))
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    pub fn not_before(&self) -> u64 {
+        self.not_before
+    }
+}
+
+impl Replay for ReplayGuard {
+    fn check(&mut self, nonce: &str, timestamp: u64, now: u64) -> Result<(), Refusal> {
         check_clock(timestamp, now)?;
-        self.seen.retain(|_, t| now.abs_diff(*t) <= MAX_SKEW);
+        if timestamp < self.not_before {
+            return Err(Refusal::FreshWindow {
+                since: self.not_before,
+            });
+        }
+        // Drop a nonce only once its timestamp has left the window by our
+        // clock, never because our clock went back (a first boot's clock
+        // often jumps when time sync starts): what is dropped could no
+        // longer pass the clock check. At most once a second: a flood of
+        // requests does not rescan the set for each.
+        if now > self.pruned_at {
+            self.seen.retain(|_, t| *t + MAX_SKEW >= now);
+            self.pruned_at = now;
+        }
         if self.seen.insert(nonce.to_owned(), timestamp).is_some() {
             return Err(Refusal::Replayed);
         }
@@ -401,7 +476,7 @@ impl Site {
         source: Ipv4Addr,
         signature: Option<&str>,
         body: &[u8],
-        replay: &mut ReplayGuard,
+        replay: &mut impl Replay,
         now: u64,
     ) -> Result<Verified, Refusal> {
         let request: JoinRequest =
@@ -438,7 +513,7 @@ impl Site {
         &self,
         signature: Option<&str>,
         body: &[u8],
-        replay: &mut ReplayGuard,
+        replay: &mut impl Replay,
         now: u64,
     ) -> Result<EnrollRequest, Refusal> {
         let request: EnrollRequest = self.signed(

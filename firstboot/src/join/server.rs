@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 use super::protocol::{
     self, check_generation, AdmissionRule, Decision, EnrollAnswer, EtcdCerts, JoinAnswer, Moved,
-    Refusal, ReplayGuard, Site, Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
+    Refusal, Site, Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
 };
 use super::Credentials;
 use crate::backup::CaBackup;
@@ -111,8 +111,9 @@ pub struct Registrar {
     pub dns_address: Ipv4Addr,
     pub registry: Registry,
     pub registry_file: PathBuf,
-    pub replay: ReplayGuard,
-    pub replay_file: PathBuf,
+    /// The nonces seen, on disk before anything is answered: a request
+    /// captured now is refused after a restart too.
+    pub replay: super::replay::ReplayLog,
     pub rule: AdmissionRule,
     pub reporter: Reporter,
     /// FreeIPA enrollment, once this host's FreeIPA server is configured.
@@ -189,6 +190,30 @@ impl Registrar {
         ));
     }
 
+    /// The CAs issued again once they have lived two thirds of their life
+    /// (see `pki::TempCa::renewed_if_due`), on disk before they sign: the
+    /// join service runs for as long as the temporary CAs do.
+    fn refresh_ca(&mut self) {
+        let domain = self.site.domain.as_str();
+        match self
+            .ca
+            .renewed_if_due(domain, time::OffsetDateTime::now_utc())
+        {
+            Ok(None) => {}
+            Ok(Some(renewed)) => match renewed.save(&self.paths.ca_dir()) {
+                Ok(()) => {
+                    tracing::warn!(
+                        "join service: the temporary CAs were issued again, until {}",
+                        renewed.root.not_after()
+                    );
+                    self.ca = renewed;
+                }
+                Err(e) => tracing::error!("join service: cannot save the renewed CAs: {e:#}"),
+            },
+            Err(e) => tracing::error!("join service: cannot renew the temporary CAs: {e:#}"),
+        }
+    }
+
     /// The admission state, into the status file.
     pub fn report(&self) {
         let now = crate::status::now();
@@ -200,20 +225,6 @@ impl Registrar {
             hosts: self.rule.hosts,
             deadline: self.rule.deadline,
         });
-    }
-
-    /// The nonces seen, on disk before anything is answered: a request
-    /// captured now is refused after a restart too.
-    fn record_nonces(&self) -> Result<(), Refusal> {
-        crate::fsutil::write_atomic(
-            &self.replay_file,
-            &serde_json::to_vec(&self.replay).expect("serialises"),
-            0o600,
-        )
-        .map_err(|e| {
-            tracing::error!("join service: cannot record a nonce: {e:#}");
-            Refusal::Malformed("the bootstrap host cannot record the request; retry".into())
-        })
     }
 
     fn verify(&mut self, request: &Request) -> Result<(Verified, Decision), Refusal> {
@@ -229,7 +240,6 @@ impl Registrar {
             &mut self.replay,
             now,
         )?;
-        self.record_nonces()?;
         let decision = self.rule.decide(
             &self.registry.hosts,
             &self.registry.generations,
@@ -243,6 +253,7 @@ impl Registrar {
     /// Certificates, registration and the signed answer; `rebuilt`: the
     /// node came back with a newer credential generation.
     async fn admit(&mut self, verified: &Verified, rebuilt: bool) -> Response {
+        self.refresh_ca();
         let (certificate_pem, etcd_pem) =
             match protocol::certify(&self.ca, &self.site.domain, verified) {
                 Ok(certs) => certs,
@@ -339,9 +350,6 @@ async fn enroll(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response 
             Ok(asked) => asked,
             Err(refusal) => return refuse(source, &refusal),
         };
-        if let Err(refusal) = r.record_nonces() {
-            return refuse(source, &refusal);
-        }
         let Some(&address) = r.registry.hosts.get(&asked.ticket.node) else {
             let refusal = Refusal::NotAllowed(format!(
                 "{} has not joined; it enrolls in FreeIPA once it has",

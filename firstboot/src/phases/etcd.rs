@@ -208,7 +208,14 @@ async fn core_addresses(cx: &Context, dns: SocketAddr) -> Result<BTreeMap<HostNa
     for host in &cx.config.site.core {
         loop {
             let found = crate::dnsquery::lookup_a(dns, &cx.config.fqdn(host)).await?;
-            if let Some(&a) = found.first() {
+            // Only an address in the site's VPC goes to /etc/hosts: the
+            // answer is checked against the question (see `dnsquery`), and
+            // a core host is never elsewhere.
+            let vpc = &cx.config.site.vpc_range;
+            if let Some(outside) = found.iter().find(|a| !vpc.contains(**a)) {
+                tracing::warn!("the temporary DNS gave {host} the address {outside}, outside the VPC {vpc}: ignored");
+            }
+            if let Some(&a) = found.iter().find(|a| vpc.contains(**a)) {
                 peers.insert(host.clone(), a);
                 break;
             }

@@ -8,8 +8,11 @@ const DOMAIN: &str = "lab.example.org";
 const NODE2: &str = "node2.lab.example.org";
 const NODE3: &str = "node3.lab.example.org";
 
+/// CAs well inside their life: made a month ago, for a year from now, so
+/// the dates a test asks for a leaf are not cut short by the CA's.
 fn ca() -> TempCa {
-    TempCa::create(DOMAIN).unwrap()
+    let t = OffsetDateTime::now_utc();
+    TempCa::create_valid(DOMAIN, t - Duration::days(30), t + Duration::days(365)).unwrap()
 }
 
 fn now() -> u64 {
@@ -208,6 +211,102 @@ fn dates_decide_validity_and_renewal() {
         Err(Invalid("it is not valid yet".into()))
     );
     assert!(renewal_due("garbage", n));
+}
+
+fn not_after(pem: &str) -> i64 {
+    inspect(pem).unwrap().not_after
+}
+
+#[test]
+fn a_leaf_never_outlives_its_ca() {
+    let t = OffsetDateTime::now_utc();
+    let ca = TempCa::create_valid(DOMAIN, t - Duration::days(300), t + Duration::days(10)).unwrap();
+    let end = ca.root.not_after().unix_timestamp();
+    assert!(
+        not_after(ca.etcd.cert_pem()) <= end,
+        "the etcd CA outlives the root"
+    );
+    let (_, csr) = new_key_and_csr(NODE2).unwrap();
+    let leaf = ca.root.sign_csr(&csr, NODE2).unwrap();
+    assert_eq!(
+        not_after(&leaf),
+        end,
+        "90 days asked, 10 left: the CA's end"
+    );
+    let etcd = ca.etcd.sign_csr(&csr, NODE2).unwrap();
+    assert!(not_after(&etcd) <= not_after(ca.etcd.cert_pem()));
+    assert!(not_after(&ca.root.issue(NODE3).unwrap().cert_pem) <= end);
+    // Renewal of such a leaf is due at two thirds of its (short) life.
+    assert!(!renewal_due(&leaf, now()));
+    assert!(renewal_due(&leaf, now() + 8 * 86_400));
+
+    // A CA past its end signs nothing.
+    let old = TempCa::create_valid(DOMAIN, t - Duration::days(400), t - Duration::days(1)).unwrap();
+    let err = old.root.sign_csr(&csr, NODE2).unwrap_err();
+    assert!(err.to_string().contains("no longer valid"), "{err}");
+}
+
+#[test]
+fn an_expired_ca_vouches_for_nothing() {
+    let t = OffsetDateTime::now_utc();
+    let ca = TempCa::create_valid(DOMAIN, t - Duration::days(10), t + Duration::days(1)).unwrap();
+    let (_, csr) = new_key_and_csr(NODE2).unwrap();
+    let leaf = ca.root.sign_csr(&csr, NODE2).unwrap();
+    assert_eq!(
+        verify(&leaf, ca.root.cert_pem(), Some(NODE2), now()),
+        Ok(())
+    );
+    assert_eq!(
+        verify(&leaf, ca.root.cert_pem(), Some(NODE2), now() + 2 * 86_400),
+        Err(Invalid("its CA has expired".into()))
+    );
+    let future =
+        TempCa::create_valid(DOMAIN, t + Duration::days(1), t + Duration::days(9)).unwrap();
+    let leaf = future.root.sign_csr(&csr, NODE2).unwrap();
+    assert_eq!(
+        verify(&leaf, future.root.cert_pem(), Some(NODE2), now()),
+        Err(Invalid("its CA is not valid yet".into()))
+    );
+}
+
+#[test]
+fn a_ca_past_two_thirds_is_issued_again_under_the_same_keys() {
+    let t = OffsetDateTime::now_utc();
+    let fresh = ca();
+    assert!(fresh.renewed_if_due(DOMAIN, t).unwrap().is_none());
+
+    let old =
+        TempCa::create_valid(DOMAIN, t - Duration::days(300), t + Duration::days(60)).unwrap();
+    let (_, csr) = new_key_and_csr(NODE2).unwrap();
+    let before = old.root.sign_csr(&csr, NODE2).unwrap();
+    let etcd_before = old.etcd.sign_csr(&csr, NODE2).unwrap();
+    let renewed = old.renewed_if_due(DOMAIN, t).unwrap().expect("due");
+    assert_eq!(renewed.root.key_pem(), old.root.key_pem());
+    assert_eq!(renewed.etcd.key_pem(), old.etcd.key_pem());
+    let year = (t + CA_LIFETIME).unix_timestamp();
+    assert!((not_after(renewed.root.cert_pem()) - year).abs() < 60);
+    assert!(renewed.renewed_if_due(DOMAIN, t).unwrap().is_none());
+    // What the old CAs signed verifies under the renewed ones, and what
+    // the renewed ones sign verifies under the old (nodes that have not
+    // renewed yet), until the old ones end.
+    let n = now();
+    assert_eq!(
+        verify(&before, renewed.root.cert_pem(), Some(NODE2), n),
+        Ok(())
+    );
+    assert_eq!(
+        verify(&etcd_before, renewed.etcd.cert_pem(), Some(NODE2), n),
+        Ok(())
+    );
+    let after = renewed.root.sign_csr(&csr, NODE2).unwrap();
+    assert_eq!(verify(&after, old.root.cert_pem(), Some(NODE2), n), Ok(()));
+    // On disk: loading renews and saves.
+    let dir = tempfile::tempdir().unwrap();
+    old.save(dir.path()).unwrap();
+    let current = TempCa::load_current(dir.path(), DOMAIN).unwrap().unwrap();
+    assert!(not_after(current.root.cert_pem()) > not_after(old.root.cert_pem()));
+    let reloaded = TempCa::load(dir.path()).unwrap().unwrap();
+    assert_eq!(reloaded.root.cert_pem(), current.root.cert_pem());
 }
 
 #[test]
