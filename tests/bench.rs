@@ -490,3 +490,207 @@ fn bench_freeipa() {
         lab.teardown();
     }
 }
+
+/// The join service under a flood from inside the site (issue 15): 100
+/// workers join at once, each from its own address in one namespace,
+/// while one address holds as many idle connections to the join service
+/// as it can; then the same without the flood, in the same run. Time
+/// until all are admitted, p50/p99 of an answer, and the peak RSS of
+/// this process (the bootstrap host's join service and DNS run in it,
+/// with the joiners' clients). Root: it makes a network namespace.
+#[test]
+#[ignore = "a benchmark: run by `make bench`"]
+fn bench_join_flood() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: needs root (a network namespace)");
+        return;
+    }
+    let netns = format!("jbench-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["netns", "add", &netns]);
+    // Gone however the bench ends.
+    struct Namespace(String);
+    impl Drop for Namespace {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .output();
+        }
+    }
+    let _gone = Namespace(netns.clone());
+    ip(&["-n", &netns, "link", "set", "lo", "up"]);
+    // Every address of 198.18.0.0/24 is this namespace's own (AnyIP).
+    ip(&[
+        "-n",
+        &netns,
+        "route",
+        "add",
+        "local",
+        "198.18.0.0/24",
+        "dev",
+        "lo",
+    ]);
+    let mut lines = Vec::new();
+    for flood in [false, true] {
+        // The peak RSS counts from here (Linux: 5 into clear_refs).
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let netns = netns.clone();
+        lines.push(support::lab::in_netns(&netns, move || join_round(flood)));
+    }
+    println!("{}", lines.join("\n"));
+}
+
+/// One round: a bootstrap host's services at 198.18.0.1, 100 workers
+/// joining from 198.18.0.10.., and (`flood`) 198.18.0.250 holding idle
+/// connections. The figures, as a line.
+fn join_round(flood: bool) -> String {
+    use firstboot::join::protocol::{self, JoinRequest, SIGNATURE_HEADER};
+    use node_contract::identity::Purpose;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    const JOINERS: usize = 100;
+    // A lab site: its VPC range is the lab's test range, here all of it
+    // this namespace's own.
+    let site = Site::parse("bench", &support::lab::lab_site(JOINERS + 4)).unwrap();
+    let secrets = test_secrets();
+    let configs: Vec<node_contract::NodeConfig> = site
+        .hosts
+        .iter()
+        .map(|h| builder::render::node_config(&site, &secrets, h).unwrap())
+        .collect();
+    let root = tempfile::tempdir().unwrap();
+    let paths = firstboot::paths::Paths::under(root.path());
+    let own = Ipv4Addr::new(198, 18, 0, 1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let settled = firstboot::bootstrap::Settled {
+            ca: firstboot::pki::TempCa::create(site.domain.as_str()).unwrap(),
+            registry: firstboot::join::server::Registry {
+                admission_deadline: firstboot::status::now() + 3600,
+                ..Default::default()
+            },
+            cluster_state: None,
+            restored: false,
+        };
+        let reporter = firstboot::status::Reporter::new(paths.status_file());
+        let _services = firstboot::bootstrap::start(&paths, &configs[0], own, settled, reporter)
+            .await
+            .unwrap();
+        let service = SocketAddr::new(own.into(), 7443);
+
+        // The flood: idle TCP connections from one address, as many as
+        // the service lets stay open (it closes those beyond the share).
+        let mut held = Vec::new();
+        if flood {
+            for _ in 0..2000 {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket
+                    .bind(SocketAddr::new(Ipv4Addr::new(198, 18, 0, 250).into(), 0))
+                    .unwrap();
+                match tokio::time::timeout(Duration::from_secs(1), socket.connect(service)).await {
+                    Ok(Ok(stream)) => held.push(stream),
+                    _ => break,
+                }
+            }
+        }
+        let opened = held.len();
+
+        // The joiners: the workers, each from its own address.
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, config) in configs.iter().skip(3).take(JOINERS).enumerate() {
+            let config = config.clone();
+            let from = Ipv4Addr::new(198, 18, 0, 10 + i as u8);
+            tasks.spawn(async move {
+                let fqdn = config.fqdn(&config.node);
+                let (_, csr) = firstboot::pki::new_key_and_csr(&fqdn).unwrap();
+                let body = serde_json::to_vec(&JoinRequest {
+                    ticket: config.ticket(),
+                    addresses: vec![from],
+                    csr_pem: csr,
+                    etcd_csr_pem: None,
+                    timestamp: firstboot::status::now(),
+                    nonce: protocol::nonce(),
+                })
+                .unwrap();
+                let signature =
+                    protocol::sign_request(&config.signing_key(), Purpose::JoinRequest, &body);
+                // Retried as a joiner retries, bounded.
+                for _ in 0..20 {
+                    let asked = Instant::now();
+                    let answer = firstboot::https::post_from(
+                        Some(from.into()),
+                        service,
+                        protocol::JOIN_PATH,
+                        &[(SIGNATURE_HEADER, signature.clone())],
+                        body.clone(),
+                        Duration::from_secs(20),
+                    )
+                    .await;
+                    if let Ok(answer) = answer {
+                        assert_eq!(
+                            answer.status,
+                            200,
+                            "{}",
+                            String::from_utf8_lossy(&answer.body)
+                        );
+                        return asked.elapsed();
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                panic!("{} was never admitted", config.node);
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            answers.push(done.unwrap());
+        }
+        let all = start.elapsed();
+        answers.sort();
+        // Of the flood, what the service kept open.
+        let mut kept = 0;
+        for stream in &mut held {
+            let mut byte = [0u8; 1];
+            use tokio::io::AsyncReadExt as _;
+            if tokio::time::timeout(Duration::from_millis(5), stream.read(&mut byte))
+                .await
+                .is_err()
+            {
+                kept += 1;
+            }
+        }
+        let peak = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+            .unwrap_or_default();
+        format!(
+            "join, {JOINERS} workers{}: all admitted in {all:.2?}; answer p50 {:.2?}, p99 {:.2?}; \
+             process peak RSS {peak} kB",
+            if flood {
+                format!(
+                    " while one address held {opened} connections ({kept} still open at the end)"
+                )
+            } else {
+                String::from(", no flood")
+            },
+            answers[answers.len() / 2],
+            answers[answers.len() * 99 / 100],
+        )
+    })
+}

@@ -60,6 +60,7 @@ fn the_fake_stays_exact_to_the_spec() {
         images(&client, &fake).await;
         vpcs_volumes_droplets(&client, &fake).await;
         firewalls(&client, &fake).await;
+        tag_resources(&client, &fake).await;
         pagination(&client, &fake).await;
         faults(&client, &direct, &fake, &relay.base).await;
         kill_hook(&client, &fake).await;
@@ -629,6 +630,63 @@ async fn firewalls(client: &Client, fake: &FakeDo) {
     assert_eq!(refusal(client.get(&path).await).0, 404);
     assert_eq!(
         refusal(client.put(&path, &firewall_body("22")).await).0,
+        404
+    );
+}
+
+/// Tagging and untagging a droplet (`tags_assign_resources`,
+/// `tags_unassign_resources`): the tag shows on the droplet; an unknown
+/// tag or droplet is 404 and tags nothing.
+async fn tag_resources(client: &Client, fake: &FakeDo) {
+    fake.reset();
+    let id = fake.seed_droplet("node-1", &[TAG]);
+    client
+        .post("/v2/tags", &json!({"name": "public"}))
+        .await
+        .unwrap();
+    let body = json!({"resources": [{"resource_id": id.to_string(), "resource_type": "droplet"}]});
+    let tags = |droplet: Value| -> Vec<String> {
+        droplet["droplet"]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect()
+    };
+    client
+        .post_idempotent("/v2/tags/public/resources", &body)
+        .await
+        .unwrap();
+    let got = client.get(&format!("/v2/droplets/{id}")).await.unwrap();
+    assert_eq!(tags(got), [TAG, "public"]);
+    let listed = client
+        .list("/v2/droplets?tag_name=public", "droplets")
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    client
+        .delete_with_body("/v2/tags/public/resources", &body)
+        .await
+        .unwrap();
+    let got = client.get(&format!("/v2/droplets/{id}")).await.unwrap();
+    assert_eq!(tags(got), [TAG]);
+    assert_eq!(
+        refusal(
+            client
+                .post_idempotent("/v2/tags/absent/resources", &body)
+                .await
+        )
+        .0,
+        404
+    );
+    let stranger = json!({"resources": [{"resource_id": "999999", "resource_type": "droplet"}]});
+    assert_eq!(
+        refusal(
+            client
+                .post_idempotent("/v2/tags/public/resources", &stranger)
+                .await
+        )
+        .0,
         404
     );
 }

@@ -144,6 +144,8 @@ fn launch_status_and_destroy_through_prism() {
     eprintln!("kills: {:?}", t.elapsed());
     faults_on_every_endpoint_converge(&w, &clean);
     eprintln!("faults: {:?}", t.elapsed());
+    a_worker_gets_the_public_firewall(&w);
+    eprintln!("roles: {:?}", t.elapsed());
     // Last: destroying hosts retires their credentials in the vault, so
     // every launch after it renders other user data than `clean` holds.
     destroy_host_and_all_leave_foreign_resources(&w);
@@ -275,6 +277,81 @@ fn status_reports_every_host(w: &World) {
     let text = transcript(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("BUILDER_VAULT_PASSPHRASE"), "{text}");
+}
+
+/// A fourth host, a worker: the dry run shows the public firewall on it
+/// alone and FreeIPA on no host; launch creates it with the public tag;
+/// a worker droplet that lost the tag (launched before the firewall was
+/// split by role) gets it back from the next launch. The site file is
+/// three hosts again afterwards.
+fn a_worker_gets_the_public_firewall(w: &World) {
+    let three = std::fs::read_to_string(&w.site).unwrap();
+    std::fs::write(&w.site, format!("{three}  - node004\n")).unwrap();
+    let text = w.ok(&["launch", "--dry-run"]);
+    let public_tag = "site:lab-example-org:public";
+    assert!(
+        text.contains(&format!(
+            "lab-example-org-public for the tag {public_tag}: node004"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("lab-example-org-site for the tag site:lab-example-org: node001, node002, node003, node004"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FreeIPA (its web UI and API on 443 of the core hosts"),
+        "{text}"
+    );
+    w.fake.reset();
+    w.ok(&["launch"]);
+    let snapshot = w.fake.snapshot();
+    let tags_of = |snapshot: &Value, name: &str| -> Vec<String> {
+        snapshot["droplets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == format!("{name}.{DOMAIN}"))
+            .map(|d| serde_json::from_value(d["tags"].clone()).unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        tags_of(&snapshot, "node004"),
+        ["site:lab-example-org", public_tag]
+    );
+    assert_eq!(tags_of(&snapshot, "node001"), ["site:lab-example-org"]);
+    let firewalls = snapshot["firewalls"].as_array().unwrap();
+    assert_eq!(firewalls.len(), 2, "{firewalls:#?}");
+
+    // node004 loses the tag behind builder's back; the next launch puts
+    // it back, and changes nothing else.
+    let id = w.fake.droplet_id(&format!("node004.{DOMAIN}")).unwrap();
+    let body = serde_json::json!({"resources": [{"resource_id": id.to_string(), "resource_type": "droplet"}]});
+    let policy = builder::digitalocean::RetryPolicy {
+        attempts: 2,
+        first_backoff: std::time::Duration::from_millis(10),
+        max_backoff: std::time::Duration::from_millis(50),
+        deadline: std::time::Duration::from_secs(10),
+        request_timeout: std::time::Duration::from_secs(2),
+    };
+    let client = builder::digitalocean::Client::new(&w.fake.base, "test-token", policy).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(client.delete_with_body(&format!("/v2/tags/{public_tag}/resources"), &body))
+        .unwrap();
+    assert_eq!(
+        tags_of(&w.fake.snapshot(), "node004"),
+        ["site:lab-example-org"]
+    );
+    let text = w.ok(&["launch"]);
+    assert!(
+        text.contains(&format!("node004.{DOMAIN}: tagged {public_tag}")),
+        "{text}"
+    );
+    assert_eq!(w.fake.snapshot(), snapshot);
+    std::fs::write(&w.site, three).unwrap();
 }
 
 fn destroy_host_and_all_leave_foreign_resources(w: &World) {

@@ -16,9 +16,10 @@
 //!
 //! On both: every node's user data is `builder render`'s output byte for
 //! byte; `builder status --output json` (real SSH as `core`) shows every
-//! node done; from a host on the Internet SSH and the ports the firewall
-//! opens answer on every public address while the join service, the
-//! temporary DNS and etcd's ports do not, and from the VPC they do;
+//! node done; from a host on the Internet SSH answers on every public
+//! address and the web, mail and phone ports on the workers' only, while
+//! the join service, the temporary DNS, etcd's ports and FreeIPA's (443
+//! and the rest, on the core hosts) do not, and from the VPC they do;
 //! `builder destroy --all` leaves no node, loop device, file, namespace,
 //! mount or process. Each step prints a line with its time; a summary
 //! table ends the run.
@@ -449,10 +450,11 @@ fn probes(
     })
 }
 
-/// The public ports the site's firewall opens to the Internet (see
+/// What the site's firewalls open to the Internet on every host (see
 /// `builder launch --dry-run`), as (protocol, a port of each rule).
-const OPEN_TO_THE_INTERNET: &[(&str, u16)] = &[
-    ("tcp", 22),
+const OPEN_ON_EVERY_HOST: &[(&str, u16)] = &[("tcp", 22)];
+/// What they open on the hosts that serve the public (the workers) only.
+const OPEN_ON_WORKERS: &[(&str, u16)] = &[
     ("tcp", 80),
     ("tcp", 443),
     ("tcp", 25),
@@ -464,8 +466,16 @@ const OPEN_TO_THE_INTERNET: &[(&str, u16)] = &[
     ("udp", 10000),
     ("udp", 20000),
 ];
-/// What the site serves its own nodes only.
+/// What the site serves its own nodes only: its services, and FreeIPA's
+/// (the web UI and API on 443, LDAP, Kerberos, DNS) on the core hosts,
+/// where the FreeIPA simulator listens on them.
 const SITE_ONLY: &[(&str, u16)] = &[
+    ("tcp", 443),
+    ("tcp", 80),
+    ("tcp", 389),
+    ("tcp", 636),
+    ("tcp", 88),
+    ("tcp", 464),
     ("tcp", 7443),
     ("tcp", 7444),
     ("tcp", 53),
@@ -474,24 +484,36 @@ const SITE_ONLY: &[(&str, u16)] = &[
     ("tcp", 2380),
 ];
 
-/// From the Internet, every port the firewall opens answers (SSH is open)
-/// and the site's own services do not, on every node's public address;
-/// from the VPC (a node of the site) they answer where they run.
+/// From the Internet, on every node's public address, what the firewalls
+/// open answers (SSH is open), the workers' public service ports answer
+/// on workers only, and the site's own services (FreeIPA's on the core
+/// hosts among them) do not; from the VPC (a node of the site) they
+/// answer where they run.
 fn firewall_holds(op: &Operator, attacker: &str, rows: &[Value]) {
-    let public: Vec<Ipv4Addr> = rows
+    let core = &op.hosts[..3];
+    let public: Vec<(Ipv4Addr, bool)> = rows
         .iter()
-        .map(|r| r["public_ipv4"].as_str().unwrap().parse().unwrap())
+        .map(|r| {
+            let worker = !core.iter().any(|h| r["host"] == h.as_str());
+            (r["public_ipv4"].as_str().unwrap().parse().unwrap(), worker)
+        })
         .collect();
+    let workers: Vec<Ipv4Addr> = public.iter().filter(|p| p.1).map(|p| p.0).collect();
     let mut targets = Vec::new();
-    for &address in &public {
-        for &(protocol, port) in OPEN_TO_THE_INTERNET.iter().chain(SITE_ONLY) {
+    for &(address, _) in &public {
+        for &(protocol, port) in OPEN_ON_EVERY_HOST
+            .iter()
+            .chain(OPEN_ON_WORKERS)
+            .chain(SITE_ONLY)
+        {
             targets.push((address, protocol, port));
         }
     }
     let results = probes(attacker, targets);
     let mut wrong = Vec::new();
     for ((address, protocol, port), probe) in &results {
-        let open = OPEN_TO_THE_INTERNET.contains(&(*protocol, *port));
+        let open = OPEN_ON_EVERY_HOST.contains(&(*protocol, *port))
+            || (workers.contains(address) && OPEN_ON_WORKERS.contains(&(*protocol, *port)));
         if open != probe.answered() || (*port == 22 && *probe != Probe::Open) {
             wrong.push(format!("{address} {protocol}/{port}: {probe:?}"));
         }
@@ -507,7 +529,7 @@ fn firewall_holds(op: &Operator, attacker: &str, rows: &[Value]) {
     // ICMP is open too.
     let ping = std::process::Command::new("ip")
         .args(["netns", "exec", attacker, "ping", "-c", "1", "-W", "2"])
-        .arg(public[0].to_string())
+        .arg(public[0].0.to_string())
         .output()
         .unwrap();
     assert!(
@@ -541,6 +563,14 @@ fn firewall_holds(op: &Operator, attacker: &str, rows: &[Value]) {
             );
         }
     }
+}
+
+/// Whether the vault holds a retired credential (a host was destroyed).
+fn any_credential_retired(op: &Operator) -> bool {
+    let vault = op.site().with_extension("vault");
+    let text = std::fs::read_to_string(vault).unwrap();
+    let secrets = builder::vault::open(&text, PASSPHRASE, "vault").unwrap();
+    !secrets.generations.is_empty()
 }
 
 /// Each node's user data is render's output, byte for byte, and is what
@@ -769,6 +799,14 @@ fn site_run<'a>(world: &mut World<'a>, label: &str, hosts: usize, hooks: Hooks<'
         "[e2e {label}] from launch to every node done: {:.1} s",
         launched.elapsed().as_secs_f64()
     );
+    // A host destroyed and launched again while the site assembled has
+    // its next credential generation (destroy retired the first): what
+    // render gives now is what every droplet carries.
+    let rendered = if any_credential_retired(&op) {
+        op.render()
+    } else {
+        rendered
+    };
     steps.time(label, "check user data, metadata, Spaces", || {
         user_data_is_rendered(&op, &rendered);
         addresses_came_from_metadata(&op, &rows);
@@ -1049,7 +1087,7 @@ fn worker_rejoins(op: &Operator, worker: &str) {
     let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
     assert!(
         journal.contains(&format!(
-            "{worker} moves from {old} (silent there) to {new}"
+            "{worker} comes back with credential generation 2 (was at {old}, now {new})"
         )),
         "[{}] the bootstrap host did not move {worker}:\n{journal}",
         op.label

@@ -78,9 +78,18 @@ fn ignition_applies_a_rendered_config() {
     // The guard's rules, written for the platform's metadata address.
     let guard = root.read("/etc/firstboot/guard.nft");
     assert!(
-        guard.contains("ip daddr 169.254.169.254 meta skuid != 0"),
+        guard.contains("ip daddr 169.254.169.254 jump allow_firstboot_service")
+            && guard.contains("ip daddr 169.254.169.254 counter reject"),
         "{guard}"
     );
+    // The bootstrap host's firstboot takes its sockets from systemd; the
+    // platform agent reading the metadata service fills its guard chain.
+    assert!(root
+        .read("/etc/systemd/system/firstboot.service.d/50-bootstrap-sockets.conf")
+        .contains("Sockets=firstboot-join.socket firstboot-dns.socket"));
+    assert!(root
+        .read("/etc/systemd/system/afterburn-sshkeys@core.service.d/50-firstboot-guard.conf")
+        .contains("ExecStartPre=-/usr/local/bin/firstboot guard-allow"));
 
     assert_eq!(
         std::fs::read(root.path(render::FIRSTBOOT_PATH)).unwrap(),

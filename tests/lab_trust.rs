@@ -151,6 +151,58 @@ fn reads_metadata(lab: &Lab, node: &str, prefix: &str) -> bool {
     text.contains("stand-in for a droplet's user data")
 }
 
+/// The same GET, as root, from inside `unit`'s cgroup on `node`: the
+/// process is moved there from the host (where the lab's cgroup tree is
+/// writable) before it enters the node's namespaces, so the guard sees a
+/// socket of that unit.
+fn reads_metadata_in_unit(lab: &Lab, node: &str, unit: &str) -> bool {
+    let leader = lab.leader(node).unwrap();
+    let cgroup = std::fs::read_to_string(format!("/proc/{leader}/cgroup")).unwrap();
+    let init = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("the node's init has a cgroup v2");
+    let v2 = if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").is_file() {
+        "/sys/fs/cgroup/unified"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    // The node's own tree: where its init's scope is.
+    let tree = std::path::Path::new(v2)
+        .join(init.trim_start_matches('/'))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let procs = tree.join("system.slice").join(unit).join("cgroup.procs");
+    assert!(
+        procs.is_file(),
+        "{unit} is not running on {node}: no {}",
+        procs.display()
+    );
+    let metadata = site_lab::image::metadata_address().unwrap();
+    let probe = format!(
+        "timeout 10 bash -c 'exec 3<>/dev/tcp/{metadata}/80 && \
+         printf \"GET /metadata/v1/user-data HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3' 2>&1"
+    );
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "echo $$ > \"$1\" && exec nsenter -t \"$2\" -a -- /bin/sh -c \"$3\"",
+            "sh",
+        ])
+        .arg(&procs)
+        .arg(leader.to_string())
+        .arg(&probe)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "{node} root in {unit} reading the metadata stand-in: {}",
+        text.trim()
+    );
+    text.contains("stand-in for a droplet's user data")
+}
+
 #[test]
 fn a_running_site_keeps_its_trust() {
     let _one_lab_at_a_time = support::lab::exclusive();
@@ -163,18 +215,27 @@ fn a_running_site_keeps_its_trust() {
     let stranger = lab.add_stranger(STRANGER).unwrap();
     let bootstrap = address(&lab, "node1");
 
-    // 1. The metadata guard: root on the host reads its user data; a
-    // non-root process and a container's namespace do not.
-    // Root reads it (a few tries: the first read right after boot may
-    // race the stand-in server's start).
+    // 1. The metadata guard: firstboot's unit reads the user data; root
+    // in any other unit (etcd's, as root in a container on the host's
+    // network would be), root outside any unit, and a non-root process
+    // do not. (A few tries for the first: the read right after boot may
+    // race the stand-in server's start.)
     assert!(
         (0..5).any(|attempt| {
             std::thread::sleep(Duration::from_millis(500 * attempt));
-            reads_metadata(&lab, "node4", "")
+            reads_metadata_in_unit(&lab, "node1", "firstboot.service")
         }),
-        "root was refused"
+        "firstboot's own unit was refused"
     );
     let before = lab.metadata_hits();
+    assert!(
+        !reads_metadata_in_unit(&lab, "node1", "etcd.service"),
+        "root in etcd's unit read the metadata service"
+    );
+    assert!(
+        !reads_metadata(&lab, "node4", ""),
+        "root outside firstboot's unit read the metadata service"
+    );
     assert!(
         !reads_metadata(
             &lab,
@@ -542,14 +603,7 @@ fn a_running_site_keeps_its_trust() {
     assert_eq!(status, 200, "node3's renewal: {answer}");
     lab.sh("node1", "systemctl restart firstboot.service")
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sh_ok(&lab, "node1", "systemctl is-active -q firstboot.service") {
-        assert!(
-            Instant::now() < deadline,
-            "firstboot did not come back on node1"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    firstboot_active(&lab, "node1");
     let (status, answer) = post_from(
         &node3,
         bootstrap,
@@ -769,7 +823,119 @@ fn a_running_site_keeps_its_trust() {
         "node1's retired credential asks node2: {answer}"
     );
     assert!(answer.contains("retired"), "{answer}");
+
+    // 10. A guard that fails to load keeps the units that need it from
+    // starting: on node4, the peer service (which reads the network) does
+    // not come back while the guard cannot load, and does once it can.
+    lab.sh(
+        "node4",
+        "cp /etc/firstboot/guard.nft /run/guard.nft.good && echo 'this is not nft {' >> /etc/firstboot/guard.nft",
+    )
+    .unwrap();
+    assert!(
+        !sh_ok(&lab, "node4", "systemctl restart firstboot-guard.service"),
+        "a broken guard loaded"
+    );
+    assert!(
+        !sh_ok(&lab, "node4", "systemctl restart firstboot-peer.service"),
+        "the peer service started without its guard"
+    );
+    assert!(!sh_ok(
+        &lab,
+        "node4",
+        "systemctl is-active -q firstboot-peer.service"
+    ));
+    lab.sh(
+        "node4",
+        "cp /run/guard.nft.good /etc/firstboot/guard.nft && systemctl restart firstboot-guard.service \
+         && systemctl start firstboot-peer.service && systemctl is-active -q firstboot-peer.service",
+    )
+    .unwrap();
+
+    // 11. The services' ports are systemd's from boot: with the peer
+    // service stopped on node2, and firstboot (the join service and the
+    // temporary DNS) stopped on node1, a non-root process on the node
+    // binds none of them, on the wildcard or on the node's own address.
+    lab.sh("node2", "systemctl stop firstboot-peer.service")
+        .unwrap();
+    lab.sh("node1", "systemctl stop firstboot.service").unwrap();
+    for (node, ports) in [
+        ("node2", vec![("tcp", 7444)]),
+        ("node1", vec![("tcp", 7443), ("tcp", 5300), ("udp", 5300)]),
+    ] {
+        let squatted = squats(&lab, node, &ports);
+        assert!(
+            squatted.is_empty(),
+            "{node}: a non-root process took {squatted:?}"
+        );
+    }
+    lab.sh("node2", "systemctl start firstboot-peer.service")
+        .unwrap();
+    lab.sh("node1", "systemctl start --no-block firstboot.service")
+        .unwrap();
+    firstboot_active(&lab, "node1");
     drop(lab);
+}
+
+/// Wait (a minute at most) until firstboot.service is active on `node`.
+fn firstboot_active(lab: &Lab, node: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sh_ok(lab, node, "systemctl is-active -q firstboot.service") {
+        assert!(
+            Instant::now() < deadline,
+            "firstboot did not come back on {node}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// As `nobody` in `node`'s network namespace, try to bind each (protocol,
+/// port) on the wildcard and on the node's address: what it got.
+fn squats(lab: &Lab, node: &str, ports: &[(&str, u16)]) -> Vec<String> {
+    let netns = lab.node(node).unwrap().netns().to_owned();
+    let own = address(lab, node);
+    let mut script = String::from("import socket\ngot = []\n");
+    for (protocol, port) in ports {
+        let kind = if *protocol == "udp" {
+            "SOCK_DGRAM"
+        } else {
+            "SOCK_STREAM"
+        };
+        for host in ["0.0.0.0".to_owned(), own.to_string()] {
+            script.push_str(&format!(
+                "s = socket.socket(socket.AF_INET, socket.{kind})\n\
+                 try:\n    s.bind(('{host}', {port}))\n    got.append('{protocol} {host}:{port}')\n\
+                 except OSError:\n    pass\n"
+            ));
+        }
+    }
+    script.push_str("print('\\n'.join(got))\n");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            // Debian's, not a per-user shim `nobody` cannot read.
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]

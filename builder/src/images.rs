@@ -22,6 +22,9 @@ pub struct Platform {
     /// The metadata service's address: 169.254.169.254 on DigitalOcean, a
     /// lab address (never the real one) in the lab.
     pub metadata: std::net::Ipv4Addr,
+    /// The systemd services that may reach it (the guard matches their
+    /// cgroup): firstboot's, and the platform agent's that read it.
+    pub metadata_clients: Vec<String>,
 }
 
 /// The operating system an image starts from.
@@ -76,6 +79,20 @@ mod tests {
         for name in super::names() {
             let image = super::load(name).unwrap();
             assert_eq!(image.name, name);
+            assert!(
+                image
+                    .platform
+                    .metadata_clients
+                    .iter()
+                    .any(|c| c == "firstboot.service"),
+                "{name}: firstboot reads the metadata service"
+            );
+            for client in &image.platform.metadata_clients {
+                assert!(
+                    node_contract::guard::is_service_name(client),
+                    "{name}: `{client}` is not a service name"
+                );
+            }
             if let super::Base::FedoraCoreos {
                 sha256, artifact, ..
             } = &image.base

@@ -416,7 +416,13 @@ pub async fn start(
         hosts: settled.registry.hosts.clone(),
         etcd_members: config.site.core.clone(),
     };
-    let dns = Arc::new(DnsServer::start(SocketAddr::new(own.into(), DNS_PORT), zone).await?);
+    // The sockets systemd holds (see `sockets`), else bound here.
+    let mut passed = crate::sockets::Passed::from_env();
+    let dns = match (passed.udp("dns")?, passed.tcp("dns")?) {
+        (Some(udp), Some(tcp)) => DnsServer::start_on(udp, tcp, zone)?,
+        _ => DnsServer::start(SocketAddr::new(own.into(), DNS_PORT), zone).await?,
+    };
+    let dns = Arc::new(dns);
     let replay = crate::join::replay::ReplayLog::open(
         &paths.nonces_file(),
         &paths.legacy_nonces_file(),
@@ -452,9 +458,12 @@ pub async fn start(
             None,
         ));
     }
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(own.into(), config.join.port))
-        .await
-        .with_context(|| format!("cannot listen on {own}:{}", config.join.port))?;
+    let listener = crate::sockets::tcp_or_bind(
+        &mut passed,
+        "join",
+        SocketAddr::new(own.into(), config.join.port),
+    )
+    .await?;
     let slot = Slot::identity(paths);
     let identity = crate::https::Identity::Files {
         cert: slot.cert,

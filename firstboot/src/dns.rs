@@ -191,6 +191,12 @@ impl DnsServer {
     /// Names are lower-cased; an invalid name fails here rather than being
     /// silently left out of the zone.
     pub async fn start(addr: SocketAddr, zone: ZoneData) -> anyhow::Result<DnsServer> {
+        let (udp, tcp) = bind(addr).await?;
+        DnsServer::start_on(udp, tcp, zone)
+    }
+
+    /// The same on sockets bound already (the ones systemd holds).
+    pub fn start_on(udp: UdpSocket, tcp: TcpListener, zone: ZoneData) -> anyhow::Result<DnsServer> {
         let origin = zone.origin();
         let serial = initial_serial();
         let sets = record_sets(zone.records(serial), serial);
@@ -206,7 +212,6 @@ impl DnsServer {
             vec![handler.clone() as Arc<dyn ZoneHandler>],
         );
 
-        let (udp, tcp) = bind(addr).await?;
         let local_addr = udp.local_addr().context("DNS UDP socket address")?;
         let mut server = Server::new(catalog);
         server.register_socket(udp);

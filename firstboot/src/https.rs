@@ -308,8 +308,21 @@ pub async fn post(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Answer> {
+    post_from(None, address, path, headers, body, timeout).await
+}
+
+/// [`post`] from the local address `source` (the benchmark's joiners,
+/// each from its own address).
+pub async fn post_from(
+    source: Option<IpAddr>,
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Answer> {
     let name = ServerName::IpAddress(address.ip().into());
-    let exchange = post_unbounded(address, client_config()?, name, path, headers, body);
+    let exchange = post_unbounded(source, address, client_config()?, name, path, headers, body);
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| anyhow!("{address} did not answer within {}s", timeout.as_secs()))?
@@ -339,13 +352,14 @@ pub async fn post_verified(
         .with_no_client_auth();
     let server = ServerName::try_from(name.to_owned())
         .map_err(|_| anyhow!("`{name}` is not a server name"))?;
-    let exchange = post_unbounded(address, Arc::new(config), server, path, headers, body);
+    let exchange = post_unbounded(None, address, Arc::new(config), server, path, headers, body);
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| anyhow!("{address} did not answer within {}s", timeout.as_secs()))?
 }
 
 async fn post_unbounded(
+    source: Option<IpAddr>,
     address: SocketAddr,
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
@@ -353,9 +367,20 @@ async fn post_unbounded(
     headers: &[(&str, String)],
     body: Vec<u8>,
 ) -> Result<Answer> {
-    let stream = TcpStream::connect(address)
-        .await
-        .with_context(|| format!("cannot connect to {address}"))?;
+    let stream = match source {
+        None => TcpStream::connect(address).await,
+        Some(source) => {
+            let socket = match source {
+                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .with_context(|| format!("cannot send from {source}"))?;
+            socket.connect(address).await
+        }
+    }
+    .with_context(|| format!("cannot connect to {address}"))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let tls = connector
         .connect(name, stream)

@@ -56,6 +56,13 @@ enum Command {
     /// /var/lib/freeipa-client/ipa-client-install-options, and enables
     /// certmonger. Once enrolled, it does nothing.
     IpaClient,
+    /// Let the calling unit through the metadata guard (its ExecStartPre)
+    ///
+    /// Fills the guard's chain for the systemd service this runs in with
+    /// a match on that service's cgroup, so its sockets, and no other's,
+    /// reach the metadata service. Fails for a unit the guard does not
+    /// name, or outside a service.
+    GuardAllow,
 }
 
 fn main() -> ExitCode {
@@ -63,7 +70,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None if cli.check => firstboot::check::run(&cli.config).map(|summary| print!("{summary}")),
         None => Err(anyhow::anyhow!(
-            "nothing to do: give --check, `run`, `peer`, `renew`, `exec` or `ipa-client` (see --help)"
+            "nothing to do: give --check, `run`, `peer`, `renew`, `exec`, `ipa-client` or \
+             `guard-allow` (see --help)"
         )),
         Some(Command::Run) => {
             firstboot::logging::init();
@@ -83,6 +91,10 @@ fn main() -> ExitCode {
         Some(Command::IpaClient) => {
             firstboot::logging::init();
             firstboot::freeipa::host::main(&Paths::from_env())
+        }
+        Some(Command::GuardAllow) => {
+            firstboot::logging::init();
+            firstboot::guard::allow_self()
         }
     };
     match result {

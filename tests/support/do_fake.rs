@@ -1063,6 +1063,12 @@ fn route(s: &mut State, r: &Request) -> Answer {
         ("POST", ["v2", "tags"]) => parse_body(r).map(|b| s.create_tag(r, &b)),
         ("GET", ["v2", "tags", name]) => Ok(s.get_tag(r, name)),
         ("DELETE", ["v2", "tags", name]) => Ok(s.delete_tag(name)),
+        ("POST", ["v2", "tags", name, "resources"]) => {
+            parse_body(r).map(|b| s.tag_resources(name, &b, true))
+        }
+        ("DELETE", ["v2", "tags", name, "resources"]) => {
+            parse_body(r).map(|b| s.tag_resources(name, &b, false))
+        }
         ("GET", ["v2", "account", "keys"]) => Ok(s.list_keys(r)),
         ("POST", ["v2", "account", "keys"]) => parse_body(r).map(|b| s.create_key(&b)),
         ("GET", ["v2", "account", "keys", id]) => Ok(s.get_key(id)),
@@ -1287,6 +1293,53 @@ impl State {
         self.droplets.iter_mut().for_each(|d| keep(&mut d.tags));
         self.images.iter_mut().for_each(|i| keep(&mut i.tags));
         self.volumes.iter_mut().for_each(|v| keep(&mut v.tags));
+        self.changed(Change::FirewallsChanged);
+        (204, None)
+    }
+
+    /// Tag (`add`) or untag resources, as `tags_assign_resources` and
+    /// `tags_unassign_resources` do: the tag must exist (404), every
+    /// resource must be a known droplet, image or volume (404 names the
+    /// first that is not: nothing is tagged then), and 204 answers. Only
+    /// droplets are tagged here (what builder tags); another type is 422,
+    /// stricter than DigitalOcean.
+    fn tag_resources(&mut self, name: &str, body: &Value, add: bool) -> Answer {
+        if !self.tags.contains(name) {
+            return not_found();
+        }
+        let Some(resources) = body["resources"].as_array().filter(|r| !r.is_empty()) else {
+            return invalid("resources must be a non-empty array");
+        };
+        let mut ids = Vec::new();
+        for resource in resources {
+            let (Some(id), Some(kind)) = (
+                resource["resource_id"].as_str(),
+                resource["resource_type"].as_str(),
+            ) else {
+                return invalid(
+                    "each resource needs a resource_id and a resource_type, as strings",
+                );
+            };
+            if kind != "droplet" {
+                return invalid(&format!("this fake tags droplets only, not `{kind}`"));
+            }
+            match id
+                .parse::<u64>()
+                .ok()
+                .filter(|id| self.droplets.iter().any(|d| d.id == *id))
+            {
+                Some(id) => ids.push(id),
+                None => return not_found(),
+            }
+        }
+        for droplet in self.droplets.iter_mut().filter(|d| ids.contains(&d.id)) {
+            let has = droplet.tags.iter().any(|t| t == name);
+            if add && !has {
+                droplet.tags.push(name.to_owned());
+            } else if !add && has {
+                droplet.tags.retain(|t| t != name);
+            }
+        }
         self.changed(Change::FirewallsChanged);
         (204, None)
     }

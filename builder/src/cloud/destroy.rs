@@ -41,13 +41,14 @@ pub struct Doomed {
 pub struct Survey {
     pub droplets: Vec<Doomed>,
     pub volumes: Vec<Doomed>,
-    pub firewall: Option<Doomed>,
+    /// The site's firewalls, each applying to exactly its tag.
+    pub firewalls: Vec<Doomed>,
     pub vpc: Option<Doomed>,
     pub image: Option<Doomed>,
     /// Published firstboot objects to delete: (name, URL).
     pub objects: Vec<(String, String)>,
-    /// The site's tag, when it exists (deleted with `--all`).
-    pub tag: Option<String>,
+    /// The site's tags that exist (deleted with `--all`).
+    pub tags: Vec<String>,
     /// Resources with a site name that are not provably the site's, and
     /// what `destroy` cannot or must not touch.
     pub left_alone: Vec<String>,
@@ -57,11 +58,11 @@ impl Survey {
     pub fn is_empty(&self) -> bool {
         self.droplets.is_empty()
             && self.volumes.is_empty()
-            && self.firewall.is_none()
+            && self.firewalls.is_empty()
             && self.vpc.is_none()
             && self.image.is_none()
             && self.objects.is_empty()
-            && self.tag.is_none()
+            && self.tags.is_empty()
     }
 
     /// The lines shown before the operator confirms.
@@ -71,7 +72,7 @@ impl Survey {
             .droplets
             .iter()
             .chain(&self.volumes)
-            .chain(&self.firewall)
+            .chain(&self.firewalls)
             .chain(&self.vpc)
             .chain(&self.image);
         for d in all {
@@ -80,7 +81,7 @@ impl Survey {
         for (_, url) in &self.objects {
             lines.push(format!("delete object   {url}"));
         }
-        if let Some(tag) = &self.tag {
+        for tag in &self.tags {
             lines.push(format!("delete tag      {tag}"));
         }
         for l in &self.left_alone {
@@ -168,17 +169,16 @@ pub async fn survey(
 
     if all {
         let firewalls = client.list("/v2/firewalls", "firewalls").await?;
-        for f in firewalls
-            .iter()
-            .filter(|f| f["name"] == json!(plan.firewall.name))
-        {
-            if f["tags"] == json!([tag]) {
-                survey.firewall = Some(doomed("firewall", f));
-            } else {
-                survey.left_alone.push(format!(
-                    "firewall {} (id {}): it does not apply to exactly the tag {tag}",
-                    plan.firewall.name, f["id"]
-                ));
+        for wanted in &plan.firewalls {
+            for f in firewalls.iter().filter(|f| f["name"] == json!(wanted.name)) {
+                if f["tags"] == json!([wanted.tag]) {
+                    survey.firewalls.push(doomed("firewall", f));
+                } else {
+                    survey.left_alone.push(format!(
+                        "firewall {} (id {}): it does not apply to exactly the tag {}",
+                        wanted.name, f["id"], wanted.tag
+                    ));
+                }
             }
         }
         let vpcs = client.list("/v2/vpcs", "vpcs").await?;
@@ -227,10 +227,12 @@ pub async fn survey(
         }
         // A tag is deleted only if it is there: a DELETE of a tag already
         // gone would be a 404 for nothing.
-        match client.get(&format!("/v2/tags/{tag}")).await {
-            Ok(_) => survey.tag = Some(tag.clone()),
-            Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
-            Err(e) => return Err(e.into()),
+        for t in [&plan.public_tag, tag] {
+            match client.get(&format!("/v2/tags/{t}")).await {
+                Ok(_) => survey.tags.push(t.clone()),
+                Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(survey)
@@ -265,7 +267,7 @@ pub async fn execute(
         gone(client.delete(&format!("/v2/volumes/{}", v.id)).await)?;
         info!("deleted volume {}", v.name);
     }
-    if let Some(f) = &survey.firewall {
+    for f in &survey.firewalls {
         gone(client.delete(&format!("/v2/firewalls/{}", f.id)).await)?;
         info!("deleted firewall {}", f.name);
     }
@@ -284,7 +286,7 @@ pub async fn execute(
             .map_err(anyhow::Error::new)?;
         info!("{said}");
     }
-    if let Some(tag) = &survey.tag {
+    for tag in &survey.tags {
         gone(client.delete(&format!("/v2/tags/{tag}")).await)?;
         info!("deleted tag {tag}");
     }

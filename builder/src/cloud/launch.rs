@@ -202,9 +202,9 @@ impl Launch<'_> {
         }
     }
 
-    async fn find_tag(&self) -> Result<Option<Value>> {
+    async fn find_tag(&self, tag: &str) -> Result<Option<Value>> {
         let tags = self.client.list("/v2/tags", "tags").await?;
-        Ok(tags.into_iter().find(|t| t["name"] == json!(self.plan.tag)))
+        Ok(tags.into_iter().find(|t| t["name"] == json!(tag)))
     }
 
     async fn find_image(&self) -> Result<Option<Value>> {
@@ -251,11 +251,9 @@ impl Launch<'_> {
         Ok(found.into_iter().find(|v| v["name"] == json!(name)))
     }
 
-    async fn find_firewall(&self) -> Result<Option<Value>> {
+    async fn find_firewall(&self, name: &str) -> Result<Option<Value>> {
         let firewalls = self.client.list("/v2/firewalls", "firewalls").await?;
-        Ok(firewalls
-            .into_iter()
-            .find(|f| f["name"] == json!(self.plan.firewall.name)))
+        Ok(firewalls.into_iter().find(|f| f["name"] == json!(name)))
     }
 
     /// The site's droplets by name (only names of the plan): one listing
@@ -309,27 +307,45 @@ impl Launch<'_> {
         Ok(())
     }
 
+    /// The site's tag and the public one (the firewalls apply to them).
     async fn tag(&self, outcome: &mut Outcome) -> Result<()> {
-        let tag = &self.plan.tag;
-        if self.find_tag().await?.is_some() {
-            info!("{tag}: exists");
-        } else {
-            self.create("tag", "/v2/tags", &json!({"name": tag}), "tag", || {
-                self.find_tag()
-            })
-            .await?;
-            outcome.created.push(format!("tag {tag}"));
-            info!("{tag}: created");
+        // One listing for both.
+        let existing = self.client.list("/v2/tags", "tags").await?;
+        for tag in [&self.plan.tag, &self.plan.public_tag] {
+            if existing.iter().any(|t| t["name"] == json!(tag)) {
+                info!("{tag}: exists");
+            } else {
+                self.create("tag", "/v2/tags", &json!({"name": tag}), "tag", || {
+                    self.find_tag(tag)
+                })
+                .await?;
+                outcome.created.push(format!("tag {tag}"));
+                info!("{tag}: created");
+            }
         }
         Ok(())
     }
 
-    /// The firewall applies to the site's tag, so it protects every
-    /// droplet from the moment the droplet exists.
+    /// Each firewall applies to a tag, so it protects every droplet with
+    /// that tag from the moment the droplet exists.
     async fn firewall(&self, outcome: &mut Outcome) -> Result<()> {
-        let wanted = &self.plan.firewall;
+        // One listing for all.
+        let existing = self.client.list("/v2/firewalls", "firewalls").await?;
+        for wanted in &self.plan.firewalls {
+            let found = existing.iter().find(|f| f["name"] == json!(wanted.name));
+            self.one_firewall(wanted, found.cloned(), outcome).await?;
+        }
+        Ok(())
+    }
+
+    async fn one_firewall(
+        &self,
+        wanted: &plan::FirewallPlan,
+        found: Option<Value>,
+        outcome: &mut Outcome,
+    ) -> Result<()> {
         let tag = &self.plan.tag;
-        match self.find_firewall().await? {
+        match found {
             Some(existing) if wanted.matches(&existing, tag) => {
                 info!("{}: exists with the site's rules", wanted.name);
             }
@@ -351,13 +367,14 @@ impl Launch<'_> {
                     "/v2/firewalls",
                     &wanted.body(tag),
                     "firewall",
-                    || self.find_firewall(),
+                    || self.find_firewall(&wanted.name),
                 )
                 .await?;
                 outcome.created.push(format!("firewall {}", wanted.name));
                 info!(
-                    "{}: created for the tag {tag} ({} inbound, {} outbound rules)",
+                    "{}: created for the tag {} ({} inbound, {} outbound rules)",
                     wanted.name,
+                    wanted.tag,
                     wanted.inbound.len(),
                     wanted.outbound.len()
                 );
@@ -599,6 +616,7 @@ impl Launch<'_> {
                 if droplet["status"] != json!("active") {
                     starting.insert(name.clone());
                 }
+                self.retag(&name, id, &droplet, outcome).await?;
                 droplets.insert(name, id);
             }
         }
@@ -624,7 +642,7 @@ impl Launch<'_> {
                 json!({
                     "region": self.plan.region, "size": droplet.size, "image": known.image,
                     "ssh_keys": known.keys, "vpc_uuid": known.vpc, "user_data": user_data,
-                    "tags": [self.plan.tag], "volumes": volumes,
+                    "tags": droplet.tags, "volumes": volumes,
                     // The node image is a custom image, whose droplets
                     // can have neither (DigitalOcean's Custom Images Limits).
                     "monitoring": false, "ipv6": false,
@@ -683,6 +701,39 @@ impl Launch<'_> {
         }
         self.wait_droplets(starting).await?;
         Ok(droplets)
+    }
+
+    /// An existing droplet gets the public tag its role wants (the public
+    /// firewall applies by it), or loses it: a droplet launched before the
+    /// firewall was split by role, or whose host changed role.
+    async fn retag(
+        &self,
+        name: &str,
+        id: u64,
+        droplet: &Value,
+        outcome: &mut Outcome,
+    ) -> Result<()> {
+        let Some(planned) = self.plan.droplets.iter().find(|d| d.name == name) else {
+            return Ok(());
+        };
+        let public = &self.plan.public_tag;
+        let wanted = planned.tags.contains(public);
+        if wanted == has_tag(droplet, public) {
+            return Ok(());
+        }
+        let path = format!("/v2/tags/{public}/resources");
+        let body =
+            json!({"resources": [{"resource_id": id.to_string(), "resource_type": "droplet"}]});
+        if wanted {
+            self.client.post_idempotent(&path, &body).await?;
+            outcome.created.push(format!("tag {public} on {name}"));
+            info!("{name}: tagged {public} (the public firewall applies)");
+        } else {
+            self.client.delete_with_body(&path, &body).await?;
+            outcome.created.push(format!("tag {public} off {name}"));
+            info!("{name}: untagged {public} (it no longer serves the public)");
+        }
+        Ok(())
     }
 
     /// Poll the site's droplets with one listing a round until every one
@@ -802,31 +853,48 @@ pub fn dry_run(
     let mut lines = vec![
         format!("API: {api}"),
         "[1] GET /v2/account: check the token and the droplet limit".into(),
-        format!("[2] GET /v2/tags; POST /v2/tags {{\"name\": \"{tag}\"}} if absent"),
         format!(
-            "[3] GET /v2/firewalls; POST /v2/firewalls {} for the tag {tag} if absent, PUT if its \
-             rules differ (before any droplet exists, so none boots unprotected):",
-            plan.firewall.name
+            "[2] GET /v2/tags; POST /v2/tags {{\"name\": \"{tag}\"}} and {{\"name\": \"{}\"}} if absent",
+            plan.public_tag
         ),
+        "[3] GET /v2/firewalls; POST /v2/firewalls for each absent, PUT where its rules differ \
+         (before any droplet exists, so none boots unprotected):"
+            .into(),
     ];
-    for rule in &plan.firewall.inbound {
-        let from = match rule.peers {
-            plan::Peers::Anywhere => "anywhere",
-            plan::Peers::Site => "the site",
+    for firewall in &plan.firewalls {
+        let hosts = if firewall.hosts.is_empty() {
+            "no host yet".to_owned()
+        } else {
+            firewall.hosts.join(", ")
         };
         lines.push(format!(
-            "      in  {:<4} {:<11} from {from:<8} {}",
-            rule.protocol,
-            if rule.ports == "0" { "all" } else { rule.ports },
-            rule.reason
+            "    {} for the tag {}: {hosts}",
+            firewall.name, firewall.tag
         ));
+        for rule in &firewall.inbound {
+            let from = match rule.peers {
+                plan::Peers::Anywhere => "anywhere",
+                plan::Peers::Site => "the site",
+            };
+            lines.push(format!(
+                "      in  {:<4} {:<11} from {from:<8} {}",
+                rule.protocol,
+                if rule.ports == "0" { "all" } else { rule.ports },
+                rule.reason
+            ));
+        }
+        for rule in &firewall.outbound {
+            lines.push(format!(
+                "      out {:<4} {:<11} {}",
+                rule.protocol, "all", rule.reason
+            ));
+        }
     }
-    for rule in &plan.firewall.outbound {
-        lines.push(format!(
-            "      out {:<4} {:<11} {}",
-            rule.protocol, "all", rule.reason
-        ));
-    }
+    lines.push(
+        "    FreeIPA (its web UI and API on 443 of the core hosts, LDAP, Kerberos, DNS) \
+         reaches the Internet on no host: it serves the site's nodes only"
+            .into(),
+    );
     lines.push("[4] GET /v2/account/keys; for each key not on the account:".into());
     for key in &plan.keys {
         lines.push(format!(
@@ -860,10 +928,11 @@ pub fn dry_run(
     for d in &plan.droplets {
         let size = user_data.get(&d.host).map_or(0, String::len);
         lines.push(format!(
-            "      {} {} user data {size} bytes, volumes [{}]",
+            "      {} {} user data {size} bytes, volumes [{}], tags [{}]",
             d.name,
             d.size,
-            d.volumes.join(", ")
+            d.volumes.join(", "),
+            d.tags.join(", ")
         ));
     }
     lines.push(format!(

@@ -24,7 +24,12 @@ pub struct Plan {
     pub vpc: VpcPlan,
     pub volumes: Vec<VolumePlan>,
     pub droplets: Vec<DropletPlan>,
-    pub firewall: FirewallPlan,
+    /// The site's firewalls: one for every host, one for the hosts that
+    /// serve the public (the workers), each applying to a tag.
+    pub firewalls: Vec<FirewallPlan>,
+    /// The tag of the hosts that serve the public: the public firewall
+    /// applies to it.
+    pub public_tag: String,
 }
 
 #[derive(Debug, Clone)]
@@ -85,11 +90,18 @@ pub struct DropletPlan {
     /// Names of the volumes attached at creation, so that Ignition finds
     /// its disks on the first boot.
     pub volumes: Vec<String>,
+    /// Its tags: the site's, and the public one for a host that serves the
+    /// public (a worker). The firewalls apply by tag.
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FirewallPlan {
     pub name: String,
+    /// The tag it applies to.
+    pub tag: String,
+    /// Which hosts carry that tag, for `--dry-run`.
+    pub hosts: Vec<String>,
     pub inbound: Vec<Rule>,
     pub outbound: Vec<Rule>,
 }
@@ -114,14 +126,26 @@ pub enum Peers {
 
 const ANYWHERE: [&str; 2] = ["0.0.0.0/0", "::/0"];
 
-/// Inbound: what the site serves to the Internet, then everything between
-/// the site's own droplets. Each line says why.
-const PUBLIC_INBOUND: &[(&str, &str, &str)] = &[
+/// Inbound on every host: what the operator and the site's nodes need.
+/// Nothing of FreeIPA (its web UI and JSON-RPC API on 443 of every core
+/// host, LDAP, Kerberos, DNS) is here: it serves the site's nodes only.
+const EVERY_HOST_INBOUND: &[(&str, &str, &str)] = &[
     (
         "tcp",
         "22",
         "SSH as `core`: the operator, and `builder status` reading firstboot's progress",
     ),
+    (
+        "icmp",
+        "0",
+        "ICMP: path MTU discovery and diagnostics (ping, traceroute)",
+    ),
+];
+
+/// Inbound on the hosts that serve the public (the workers, where the
+/// site's web, mail and phone services run): each line says why. Core
+/// hosts never get these: FreeIPA holds 443 there.
+const PUBLIC_INBOUND: &[(&str, &str, &str)] = &[
     (
         "tcp",
         "80",
@@ -139,11 +163,6 @@ const PUBLIC_INBOUND: &[(&str, &str, &str)] = &[
     ("udp", "5060", "SIP signalling: the phone service"),
     ("tcp", "5061", "SIP over TLS: the phone service"),
     ("udp", "10000-20000", "RTP media of phone calls"),
-    (
-        "icmp",
-        "0",
-        "ICMP: path MTU discovery and diagnostics (ping, traceroute)",
-    ),
 ];
 
 const SITE_INBOUND: &[(&str, &str)] = &[
@@ -161,16 +180,35 @@ const OUTBOUND: &[(&str, &str)] = &[
     ("icmp", "to anywhere: path MTU discovery and diagnostics"),
 ];
 
+fn anywhere(rules: &[(&'static str, &'static str, &'static str)]) -> Vec<Rule> {
+    rules
+        .iter()
+        .map(|&(protocol, ports, reason)| Rule {
+            protocol,
+            ports,
+            peers: Peers::Anywhere,
+            reason,
+        })
+        .collect()
+}
+
+/// Every way out, as each firewall carries it.
+fn outbound() -> Vec<Rule> {
+    OUTBOUND
+        .iter()
+        .map(|&(protocol, reason)| Rule {
+            protocol,
+            ports: "0",
+            peers: Peers::Anywhere,
+            reason,
+        })
+        .collect()
+}
+
 impl FirewallPlan {
-    fn for_site(name: String) -> FirewallPlan {
-        let public = PUBLIC_INBOUND
-            .iter()
-            .map(|&(protocol, ports, reason)| Rule {
-                protocol,
-                ports,
-                peers: Peers::Anywhere,
-                reason,
-            });
+    /// Every host of the site: SSH and ICMP from anywhere, everything
+    /// between the site's droplets, every way out.
+    fn every_host(name: String, tag: &str, hosts: Vec<String>) -> FirewallPlan {
         let site = SITE_INBOUND.iter().map(|&(protocol, reason)| Rule {
             protocol,
             ports: "0",
@@ -179,25 +217,37 @@ impl FirewallPlan {
         });
         FirewallPlan {
             name,
-            inbound: public.chain(site).collect(),
-            outbound: OUTBOUND
-                .iter()
-                .map(|&(protocol, reason)| Rule {
-                    protocol,
-                    ports: "0",
-                    peers: Peers::Anywhere,
-                    reason,
-                })
+            tag: tag.to_owned(),
+            hosts,
+            inbound: anywhere(EVERY_HOST_INBOUND)
+                .into_iter()
+                .chain(site)
                 .collect(),
+            outbound: outbound(),
+        }
+    }
+
+    /// The hosts that serve the public: their services' ports from
+    /// anywhere. Its outbound rules are the site firewall's (DigitalOcean
+    /// allows what any firewall of a droplet allows); it repeats them,
+    /// as the API wants a rule on both sides.
+    fn public(name: String, public_tag: &str, hosts: Vec<String>) -> FirewallPlan {
+        FirewallPlan {
+            name,
+            tag: public_tag.to_owned(),
+            hosts,
+            inbound: anywhere(PUBLIC_INBOUND),
+            outbound: outbound(),
         }
     }
 
     /// The request body of a create or update: the rules apply to the
-    /// site's tagged droplets.
-    pub fn body(&self, tag: &str) -> Value {
+    /// droplets with this firewall's tag; `Peers::Site` is the droplets
+    /// with the site's tag (`site_tag`).
+    pub fn body(&self, site_tag: &str) -> Value {
         let target = |peers: &Peers| match peers {
             Peers::Anywhere => json!({"addresses": ANYWHERE}),
-            Peers::Site => json!({"tags": [tag]}),
+            Peers::Site => json!({"tags": [site_tag]}),
         };
         let inbound: Vec<Value> = self
             .inbound
@@ -209,13 +259,14 @@ impl FirewallPlan {
             .iter()
             .map(|r| json!({"protocol": r.protocol, "ports": r.ports, "destinations": target(&r.peers)}))
             .collect();
-        json!({"name": self.name, "inbound_rules": inbound, "outbound_rules": outbound, "tags": [tag]})
+        json!({"name": self.name, "inbound_rules": inbound, "outbound_rules": outbound,
+               "tags": [self.tag]})
     }
 
     /// Whether an existing firewall (as the API shows it) already has
-    /// exactly these rules and applies to exactly the site's tag.
-    pub fn matches(&self, existing: &Value, tag: &str) -> bool {
-        let wanted = self.body(tag);
+    /// exactly these rules and applies to exactly this firewall's tag.
+    pub fn matches(&self, existing: &Value, site_tag: &str) -> bool {
+        let wanted = self.body(site_tag);
         let rules = |v: &Value, key: &str, side: &str| -> Vec<String> {
             let mut rules: Vec<String> = v[key]
                 .as_array()
@@ -249,7 +300,7 @@ impl FirewallPlan {
         rules(existing, "inbound_rules", "sources") == rules(&wanted, "inbound_rules", "sources")
             && rules(existing, "outbound_rules", "destinations")
                 == rules(&wanted, "outbound_rules", "destinations")
-            && existing["tags"] == json!([tag])
+            && existing["tags"] == json!([self.tag])
     }
 }
 
@@ -258,6 +309,7 @@ impl Plan {
     pub fn new(site: &Site) -> Result<Plan> {
         let slug = site.domain.as_str().replace('.', "-");
         let tag = format!("site:{slug}");
+        let public_tag = format!("{tag}:public");
         let region = site.region.as_str().to_owned();
         let keys = site
             .ssh_keys
@@ -326,16 +378,33 @@ impl Plan {
                     });
                 }
             }
+            let mut tags = vec![tag.clone()];
+            if host.role == node_contract::Role::Worker {
+                tags.push(public_tag.clone());
+            }
             droplets.push(DropletPlan {
                 host: name.to_owned(),
                 name: format!("{name}.{}", site.domain),
                 size: host.size.as_str().to_owned(),
                 volumes: attached,
+                tags,
             });
         }
+        let carrying = |t: &str| -> Vec<String> {
+            droplets
+                .iter()
+                .filter(|d| d.tags.iter().any(|x| x == t))
+                .map(|d| d.host.clone())
+                .collect()
+        };
+        let firewalls = vec![
+            FirewallPlan::every_host(format!("{slug}-site"), &tag, carrying(&tag)),
+            FirewallPlan::public(format!("{slug}-public"), &public_tag, carrying(&public_tag)),
+        ];
 
         Ok(Plan {
-            firewall: FirewallPlan::for_site(format!("{slug}-site")),
+            firewalls,
+            public_tag,
             tag,
             region,
             keys,
@@ -451,8 +520,8 @@ mod tests {
 
     #[test]
     fn firewall_matching_ignores_order_and_spelling_of_all_ports() {
-        let plan = FirewallPlan::for_site("example-com-site".into());
         let tag = "site:example-com";
+        let plan = FirewallPlan::every_host("example-com-site".into(), tag, vec![]);
         let mut existing = plan.body(tag);
         assert!(plan.matches(&existing, tag));
         existing["inbound_rules"].as_array_mut().unwrap().reverse();
@@ -461,36 +530,75 @@ mod tests {
         existing["inbound_rules"][0]["ports"] = json!("2222");
         assert!(!plan.matches(&existing, tag));
         assert!(!plan.matches(&plan.body(tag), "site:other"));
+        // Applying to another tag is another firewall.
+        let mut elsewhere = plan.body(tag);
+        elsewhere["tags"] = json!(["site:example-com:public"]);
+        assert!(!plan.matches(&elsewhere, tag));
     }
 
+    fn site(hosts: usize) -> Site {
+        let mut text = String::from(
+            "domain_name: example.com\nssh_keys:\n  - ssh-ed25519 \
+             AAAAC3NzaC1lZDI1NTE5AAAAIBdn1ZXuEs9c6tnGpQUc3YXUDBklgj/+6uuPBcm7fkBn op@example\n\
+             publish:\n  base_url: https://dl.example.com/fb\ndefaults:\n  region: ams3\nhosts:\n",
+        );
+        for i in 1..=hosts {
+            text.push_str(&format!("  - node{i}\n"));
+        }
+        Site::parse("hosts.yaml", &text).unwrap()
+    }
+
+    /// What the Internet reaches on each host: SSH and ICMP on every
+    /// host; the web, mail and phone ports on the workers only; nothing
+    /// of FreeIPA (443 and the rest on core hosts) anywhere.
     #[test]
-    fn every_rule_says_why() {
-        let plan = FirewallPlan::for_site("x".into());
-        for rule in plan.inbound.iter().chain(&plan.outbound) {
+    fn the_internet_reaches_on_each_host_only_what_it_serves() {
+        let plan = Plan::new(&site(5)).unwrap();
+        for rule in plan
+            .firewalls
+            .iter()
+            .flat_map(|f| f.inbound.iter().chain(&f.outbound))
+        {
             assert!(rule.reason.len() > 10, "{rule:?}");
         }
-        // Nothing but SSH, web, mail, phone and ICMP is open to the Internet.
-        let public: Vec<&str> = plan
-            .inbound
-            .iter()
-            .filter(|r| r.peers == Peers::Anywhere)
-            .map(|r| r.ports)
-            .collect();
+        let open_on = |host: &str| -> Vec<&str> {
+            let droplet = plan.droplets.iter().find(|d| d.host == host).unwrap();
+            let mut ports: Vec<&str> = plan
+                .firewalls
+                .iter()
+                .filter(|f| droplet.tags.contains(&f.tag))
+                .flat_map(|f| &f.inbound)
+                .filter(|r| r.peers == Peers::Anywhere)
+                .map(|r| r.ports)
+                .collect();
+            ports.sort_unstable();
+            ports
+        };
+        let core: Vec<&str> = plan.droplets[..3].iter().map(|d| d.host.as_str()).collect();
+        for host in &core {
+            assert_eq!(open_on(host), ["0", "22"], "{host}: ICMP and SSH only");
+        }
+        let worker = &plan.droplets[3].host;
         assert_eq!(
-            public,
+            open_on(worker),
             [
+                "0",
+                "10000-20000",
                 "22",
-                "80",
-                "443",
                 "25",
+                "443",
                 "465",
-                "587",
-                "993",
                 "5060",
                 "5061",
-                "10000-20000",
-                "0"
+                "587",
+                "80",
+                "993"
             ]
         );
+        assert_eq!(
+            plan.firewalls[1].hosts,
+            [plan.droplets[3].host.clone(), plan.droplets[4].host.clone()]
+        );
+        assert_eq!(plan.firewalls[0].hosts.len(), 5);
     }
 }

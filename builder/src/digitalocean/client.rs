@@ -217,6 +217,20 @@ impl Client {
             .await
     }
 
+    /// A POST that does the same however often it is sent (tagging a
+    /// resource): safe to send again.
+    pub async fn post_idempotent(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        self.call(Method::POST, path, Some(body), Resend::Always)
+            .await
+    }
+
+    /// A DELETE that names what it removes in its body (untagging).
+    pub async fn delete_with_body(&self, path: &str, body: &Value) -> Result<(), ApiError> {
+        self.call(Method::DELETE, path, Some(body), Resend::Always)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
         self.call(Method::DELETE, path, None, Resend::Always)
             .await

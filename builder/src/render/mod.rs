@@ -107,6 +107,46 @@ pub fn render_host(
 ) -> Result<Rendered> {
     let image = images::load(&host.image)?;
     let contract = contract(site, secrets, host, &image);
+    let mut files = vec![
+        FileEntry {
+            path: node_contract::NODE_JSON_PATH.into(),
+            mode: 0o600,
+            contents: Contents::Compressed(contract.to_json()),
+        },
+        FileEntry {
+            path: guard::RULES_PATH.into(),
+            mode: 0o644,
+            contents: Contents::Compressed(
+                guard::rules(image.platform.metadata, &image.platform.metadata_clients)
+                    .into_bytes(),
+            ),
+        },
+        FileEntry {
+            path: FIRSTBOOT_PATH.into(),
+            mode: 0o755,
+            contents: Contents::Remote {
+                url: firstboot.url(&site.publish.base_url()),
+                sha512: firstboot.sha512.clone(),
+            },
+        },
+    ];
+    if site.bootstrap().name == host.name {
+        files.push(FileEntry {
+            path: units::BOOTSTRAP_DROPIN_PATH.into(),
+            mode: 0o644,
+            contents: Contents::Text(units::BOOTSTRAP_DROPIN.into()),
+        });
+    }
+    // The platform agent's metadata readers fill their guard chain too.
+    files.extend(
+        guard::dropin_paths(&image.platform.metadata_clients)
+            .into_iter()
+            .map(|path| FileEntry {
+                path,
+                mode: 0o644,
+                contents: Contents::Text(guard::DROPIN.into()),
+            }),
+    );
     let node = NodeIgnition {
         hostname: site.fqdn(host),
         user: LOGIN_USER.into(),
@@ -115,26 +155,7 @@ pub fn render_host(
             .iter()
             .map(|k| k.as_str().to_owned())
             .collect(),
-        files: vec![
-            FileEntry {
-                path: node_contract::NODE_JSON_PATH.into(),
-                mode: 0o600,
-                contents: Contents::Compressed(contract.to_json()),
-            },
-            FileEntry {
-                path: guard::RULES_PATH.into(),
-                mode: 0o644,
-                contents: Contents::Compressed(guard::rules(image.platform.metadata).into_bytes()),
-            },
-            FileEntry {
-                path: FIRSTBOOT_PATH.into(),
-                mode: 0o755,
-                contents: Contents::Remote {
-                    url: firstboot.url(&site.publish.base_url()),
-                    sha512: firstboot.sha512.clone(),
-                },
-            },
-        ],
+        files,
         units: node_units(site, host),
         filesystems: node_filesystems(site, host),
     };
@@ -208,10 +229,11 @@ fn contract(site: &Site, secrets: &Secrets, host: &Host, image: &images::Image) 
 }
 
 fn node_units(site: &Site, host: &Host) -> Vec<UnitEntry> {
-    let shipped = units::SHIPPED.iter().map(|u| UnitEntry {
+    let bootstrap = site.bootstrap().name == host.name;
+    let shipped = units::SHIPPED.iter().map(move |u| UnitEntry {
         name: u.name.into(),
         contents: u.contents.into(),
-        enabled: u.enabled,
+        enabled: u.enabled && (bootstrap || !u.bootstrap_only),
     });
     let volumes = units::volume_units(site, host)
         .into_iter()

@@ -4,53 +4,94 @@
 use crate::site::{Host, Site};
 
 /// The units in `units/`, built in. `enabled` ones start at boot; the rest
-/// are started by firstboot when their phase comes.
+/// are started by firstboot when their phase comes. `bootstrap_only` ones
+/// are enabled on the bootstrap host alone (its join service's and DNS's
+/// sockets).
 pub struct ShippedUnit {
     pub name: &'static str,
     pub contents: &'static str,
     pub enabled: bool,
+    pub bootstrap_only: bool,
 }
 
+/// What the bootstrap host's firstboot.service gets besides: the sockets
+/// systemd holds for its join service and temporary DNS.
+pub const BOOTSTRAP_DROPIN_PATH: &str =
+    "/etc/systemd/system/firstboot.service.d/50-bootstrap-sockets.conf";
+pub const BOOTSTRAP_DROPIN: &str =
+    "# Written by builder: the bootstrap host's join service and DNS take\n\
+                                    # their ports from the sockets systemd holds.\n\
+                                    [Unit]\n\
+                                    Requires=firstboot-join.socket firstboot-dns.socket\n\
+                                    [Service]\n\
+                                    Sockets=firstboot-join.socket firstboot-dns.socket\n";
+
 pub const SHIPPED: &[ShippedUnit] = &[
+    ShippedUnit {
+        name: "firstboot-peer.socket",
+        contents: include_str!("../../../units/firstboot-peer.socket"),
+        enabled: true,
+        bootstrap_only: false,
+    },
+    ShippedUnit {
+        name: "firstboot-join.socket",
+        contents: include_str!("../../../units/firstboot-join.socket"),
+        enabled: true,
+        bootstrap_only: true,
+    },
+    ShippedUnit {
+        name: "firstboot-dns.socket",
+        contents: include_str!("../../../units/firstboot-dns.socket"),
+        enabled: true,
+        bootstrap_only: true,
+    },
     ShippedUnit {
         name: "firstboot-guard.service",
         contents: include_str!("../../../units/firstboot-guard.service"),
         enabled: true,
+        bootstrap_only: false,
     },
     ShippedUnit {
         name: "firstboot.service",
         contents: include_str!("../../../units/firstboot.service"),
         enabled: true,
+        bootstrap_only: false,
     },
     ShippedUnit {
         name: "firstboot-peer.service",
         contents: include_str!("../../../units/firstboot-peer.service"),
         enabled: true,
+        bootstrap_only: false,
     },
     ShippedUnit {
         name: "firstboot-renew.service",
         contents: include_str!("../../../units/firstboot-renew.service"),
         enabled: false,
+        bootstrap_only: false,
     },
     ShippedUnit {
         name: "firstboot-renew.timer",
         contents: include_str!("../../../units/firstboot-renew.timer"),
         enabled: true,
+        bootstrap_only: false,
     },
     ShippedUnit {
         name: "etcd.service",
         contents: include_str!("../../../units/etcd.service"),
         enabled: true,
+        bootstrap_only: false,
     },
     ShippedUnit {
         name: "freeipa-server.service",
         contents: include_str!("../../../units/freeipa-server.service"),
         enabled: true,
+        bootstrap_only: false,
     },
     ShippedUnit {
         name: "freeipa-client.service",
         contents: include_str!("../../../units/freeipa-client.service"),
         enabled: true,
+        bootstrap_only: false,
     },
 ];
 

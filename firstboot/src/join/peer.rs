@@ -29,7 +29,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use node_contract::identity::Purpose;
 use node_contract::{NodeConfig, Role, PEER_PORT};
 
@@ -83,9 +83,14 @@ pub async fn main(paths: Paths) -> Result<()> {
         let own = crate::pki::self_signed(&config.fqdn(&config.node))?;
         Identity::Fixed(https::server_config(&own.cert_pem, &own.key_pem)?)
     };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(address.into(), PEER_PORT))
-        .await
-        .with_context(|| format!("cannot listen on {address}:{PEER_PORT}"))?;
+    // The socket systemd holds from boot (see `sockets`), else bound here.
+    let mut passed = crate::sockets::Passed::from_env();
+    let listener = crate::sockets::tcp_or_bind(
+        &mut passed,
+        "peer",
+        SocketAddr::new(address.into(), PEER_PORT),
+    )
+    .await?;
     tracing::info!("peer service on {address}:{PEER_PORT}");
     crate::status::notify("READY=1");
     let shared = std::sync::Arc::new((paths, config));

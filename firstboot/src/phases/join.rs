@@ -27,9 +27,17 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     if cx.config.is_bootstrap() {
         return bootstrap(cx, own).await;
     }
-    let candidates = find_join_service(cx, own).await?;
+    // Candidates in order; UNSPECIFIED stands for "probe the VPC now",
+    // after the known address (see `find_join_service`).
+    let mut queue: std::collections::VecDeque<Ipv4Addr> = find_join_service(cx, own).await?.into();
     let mut errors = Vec::new();
-    for candidate in candidates {
+    while let Some(candidate) = queue.pop_front() {
+        if candidate.is_unspecified() {
+            let tried = known_bootstrap(cx);
+            let probed = probe_join_service(cx, own).await?;
+            queue.extend(probed.into_iter().filter(|a| Some(*a) != tried));
+            continue;
+        }
         match enroll(&cx.paths, &cx.config, candidate, own).await {
             Ok(answer) => {
                 crate::resolver::route_site_domain(&cx.paths, answer.dns, &cx.config.site.domain)
@@ -56,13 +64,43 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     bail!("no join service admitted this node: {}", errors.join("; "))
 }
 
-/// Where the join service may be: the address given at launch, else the
-/// first address in the VPC that accepts on its port (where it was last
-/// time first, if that one answers in the same round).
+/// How long the bootstrap host this node knows of has to answer a TLS
+/// handshake before the VPC is probed.
+const KNOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// Where the join service may be: the address given at launch, else where
+/// this node knows the bootstrap host to be (where it joined, or where the
+/// bootstrap host said it moved) if it answers there, else the first
+/// address in the VPC that accepts on its port. Trying the known address
+/// first spares a joiner a stranger's listener on the port elsewhere in
+/// the VPC (it would be found out, but only after the exchange times out).
 async fn find_join_service(cx: &Context, own: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
     if let Some(given) = cx.config.join.address {
         return Ok(vec![given]);
     }
+    let port = cx.config.join.port;
+    if let Some(known) = known_bootstrap(cx) {
+        let service = std::net::SocketAddr::new(known.into(), port);
+        if crate::https::answers_tls(service, KNOWN_WAIT).await {
+            // The VPC is probed after it, should it fail.
+            return Ok(vec![known, Ipv4Addr::UNSPECIFIED]);
+        }
+        tracing::info!(
+            phase = "join",
+            "the bootstrap host does not answer at {known}: probing the VPC"
+        );
+    }
+    probe_join_service(cx, own).await
+}
+
+/// Where this node knows the bootstrap host to be, if anywhere.
+fn known_bootstrap(cx: &Context) -> Option<Ipv4Addr> {
+    crate::state::bootstrap_address(&cx.paths, &cx.state)
+}
+
+/// The first address in the VPC that accepts on the join port (where the
+/// bootstrap host was last time first, if it answers in the same round).
+async fn probe_join_service(cx: &Context, own: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
     let port = cx.config.join.port;
     let deadline = tokio::time::Instant::now() + ATTEMPT;
     loop {
