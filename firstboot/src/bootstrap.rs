@@ -222,12 +222,8 @@ pub fn vouched_for(
 ) -> BTreeMap<HostName, Ipv4Addr> {
     let mut vouched = BTreeMap::new();
     for (node, (address, answer)) in answers {
-        let known = sealed.generations.get(node).copied().or_else(|| {
-            sealed
-                .registry
-                .contains_key(node)
-                .then_some(node_contract::Generation::FIRST)
-        });
+        let known =
+            crate::join::protocol::known_generation(&sealed.registry, &sealed.generations, node);
         if crate::join::protocol::check_generation(&answer.node, known).is_err() {
             tracing::warn!(peer = %node, "{node} answered from {address} with a retired credential: ignored");
             continue;

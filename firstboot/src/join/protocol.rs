@@ -573,6 +573,22 @@ pub enum Decision {
     Rebuilt { from: Ipv4Addr },
 }
 
+/// The newest credential generation known for `node`, from a registry
+/// (`hosts`) and the generations recorded beside it: a registered host
+/// with none recorded (a registry older than generations, or never
+/// retired) is at its first; a host neither registered nor retired has
+/// none.
+pub fn known_generation(
+    hosts: &BTreeMap<HostName, Ipv4Addr>,
+    generations: &BTreeMap<HostName, Generation>,
+    node: &HostName,
+) -> Option<Generation> {
+    generations
+        .get(node)
+        .copied()
+        .or_else(|| hosts.contains_key(node).then_some(Generation::FIRST))
+}
+
 /// Whether `shown` may act for its name, given the newest generation
 /// known for it: an older one is retired (refused everywhere).
 pub fn check_generation(ticket: &Ticket, known: Option<Generation>) -> Result<(), Refusal> {
@@ -613,13 +629,13 @@ impl AdmissionRule {
         let Some(&at) = registry.get(node) else {
             // Never joined, or joined before a retirement it has not
             // heard of: a retired generation stays retired.
-            check_generation(ticket, generations.get(node).copied())?;
+            check_generation(ticket, known_generation(registry, generations, node))?;
             return match self.closed_because(registry.len(), now) {
                 None => Ok(Decision::New),
                 Some(why) => Err(Refusal::Closed(why)),
             };
         };
-        let known = generations.get(node).copied().unwrap_or(Generation::FIRST);
+        let known = known_generation(registry, generations, node).unwrap_or(Generation::FIRST);
         check_generation(ticket, Some(known))?;
         if ticket.generation > known {
             Ok(Decision::Rebuilt { from: at })

@@ -94,10 +94,7 @@ impl Registry {
 
     /// The newest generation known for `node`.
     pub fn known_generation(&self, node: &HostName) -> Option<Generation> {
-        self.generations
-            .get(node)
-            .copied()
-            .or_else(|| self.hosts.contains_key(node).then_some(Generation::FIRST))
+        protocol::known_generation(&self.hosts, &self.generations, node)
     }
 }
 
