@@ -149,6 +149,7 @@ fn launch_status_and_destroy_through_prism() {
     // Last: destroying hosts retires their credentials in the vault, so
     // every launch after it renders other user data than `clean` holds.
     destroy_host_and_all_leave_foreign_resources(&w);
+    a_foreign_vpc_is_neither_adopted_nor_deleted(&w);
     eprintln!("destroy: {:?}", t.elapsed());
 }
 
@@ -462,6 +463,45 @@ fn destroy_host_and_all_leave_foreign_resources(w: &World) {
         again.contains(&"GET /v2/tags/site:lab-example-org".to_owned()),
         "{again:#?}"
     );
+}
+
+/// A VPC with the site's VPC name that builder did not make (another
+/// description) is the operator's: launch refuses to put the site in it,
+/// and destroy leaves it. One rule, the VPC kind's, decides both.
+fn a_foreign_vpc_is_neither_adopted_nor_deleted(w: &World) {
+    w.fake.reset();
+    let site = std::fs::read_to_string(&w.site).unwrap();
+    let range = site
+        .lines()
+        .find_map(|l| l.strip_prefix("vpc_range: "))
+        .expect("the site file names its VPC range");
+    let id = w.fake.seed_vpc("lab-example-org-site", range);
+    let out = w.run(&["launch"]);
+    let text = transcript(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "a vpc named `lab-example-org-site` exists (id {id})"
+        )) && text.contains("its description is not the site's"),
+        "{text}"
+    );
+    assert!(
+        !w.fake
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("POST /v2/droplets")),
+        "{text}"
+    );
+    let text = w.ok(&["destroy", "--all", "--yes"]);
+    assert!(
+        text.contains(&format!(
+            "leave  vpc      lab-example-org-site (id {id}): its description"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("deleted vpc"), "{text}");
+    let deleted = format!("DELETE /v2/vpcs/{id}");
+    assert!(!w.fake.calls().contains(&deleted), "{text}");
 }
 
 /// Kill launch right after its k-th mutation reached the fake, for every

@@ -3,6 +3,7 @@
 //! (`destroy`). All of them find resources by the same names and tag.
 
 pub mod destroy;
+pub mod kinds;
 pub mod launch;
 pub mod plan;
 pub mod status;

@@ -6,7 +6,12 @@
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use crate::images::{self, Base};
+pub use super::kinds::droplet::DropletPlan;
+pub use super::kinds::firewall::{FirewallPlan, Peers, Rule};
+pub use super::kinds::image::ImagePlan;
+pub use super::kinds::key::{key_material, KeyPlan};
+pub use super::kinds::volume::VolumePlan;
+pub use super::kinds::vpc::VpcPlan;
 use crate::render::USER_DATA_LIMIT;
 use crate::site::Site;
 
@@ -32,278 +37,6 @@ pub struct Plan {
     pub public_tag: String,
 }
 
-#[derive(Debug, Clone)]
-pub struct KeyPlan {
-    pub name: String,
-    /// The whole `.pub` line.
-    pub public_key: String,
-}
-
-impl KeyPlan {
-    /// The key material (type and base64 blob), which identifies a key
-    /// whatever its comment.
-    pub fn material(&self) -> String {
-        key_material(&self.public_key)
-    }
-}
-
-/// The type and blob of an OpenSSH public key line, without the comment.
-pub fn key_material(line: &str) -> String {
-    line.split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-#[derive(Debug, Clone)]
-pub struct ImagePlan {
-    /// The image of the site file (`fedora-coreos`, or `lab`).
-    pub image: String,
-    pub name: String,
-    pub url: String,
-    pub distribution: String,
-    pub description: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct VpcPlan {
-    pub name: String,
-    pub ip_range: String,
-    pub description: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct VolumePlan {
-    pub name: String,
-    pub host: String,
-    pub size_gib: u32,
-    pub description: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct DropletPlan {
-    /// The host's short name, as in the site file.
-    pub host: String,
-    /// The droplet's name: the host's fully qualified name.
-    pub name: String,
-    pub size: String,
-    /// Names of the volumes attached at creation, so that Ignition finds
-    /// its disks on the first boot.
-    pub volumes: Vec<String>,
-    /// Its tags: the site's, and the public one for a host that serves the
-    /// public (a worker). The firewalls apply by tag.
-    pub tags: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct FirewallPlan {
-    pub name: String,
-    /// The tag it applies to.
-    pub tag: String,
-    /// Which hosts carry that tag, for `--dry-run`.
-    pub hosts: Vec<String>,
-    pub inbound: Vec<Rule>,
-    pub outbound: Vec<Rule>,
-}
-
-/// One firewall rule and why the site needs it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
-    pub protocol: &'static str,
-    /// A port, a range `a-b`, or `0` for all (DigitalOcean's spelling).
-    pub ports: &'static str,
-    pub peers: Peers,
-    pub reason: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Peers {
-    /// Anyone on the Internet.
-    Anywhere,
-    /// Droplets carrying the site's tag (over the VPC and public addresses).
-    Site,
-}
-
-const ANYWHERE: [&str; 2] = ["0.0.0.0/0", "::/0"];
-
-/// Inbound on every host: what the operator and the site's nodes need.
-/// Nothing of FreeIPA (its web UI and JSON-RPC API on 443 of every core
-/// host, LDAP, Kerberos, DNS) is here: it serves the site's nodes only.
-const EVERY_HOST_INBOUND: &[(&str, &str, &str)] = &[
-    (
-        "tcp",
-        "22",
-        "SSH as `core`: the operator, and `builder status` reading firstboot's progress",
-    ),
-    (
-        "icmp",
-        "0",
-        "ICMP: path MTU discovery and diagnostics (ping, traceroute)",
-    ),
-];
-
-/// Inbound on the hosts that serve the public (the workers, where the
-/// site's web, mail and phone services run): each line says why. Core
-/// hosts never get these: FreeIPA holds 443 there.
-const PUBLIC_INBOUND: &[(&str, &str, &str)] = &[
-    (
-        "tcp",
-        "80",
-        "HTTP: the web service, and ACME HTTP-01 challenges for public certificates",
-    ),
-    ("tcp", "443", "HTTPS: the web service"),
-    ("tcp", "25", "SMTP: mail from other servers"),
-    ("tcp", "465", "SMTP submission over TLS: mail from users"),
-    (
-        "tcp",
-        "587",
-        "SMTP submission with STARTTLS: mail from users",
-    ),
-    ("tcp", "993", "IMAP over TLS: users reading mail"),
-    ("udp", "5060", "SIP signalling: the phone service"),
-    ("tcp", "5061", "SIP over TLS: the phone service"),
-    ("udp", "10000-20000", "RTP media of phone calls"),
-];
-
-const SITE_INBOUND: &[(&str, &str)] = &[
-    ("tcp", "between the site's nodes: the join service (7443), the peer service (7444), etcd (2379-2380), FreeIPA (DNS, Kerberos, LDAP, CA) and Kubernetes; each is authenticated by TLS or Kerberos"),
-    ("udp", "between the site's nodes: DNS, Kerberos and the Kubernetes overlay network"),
-    ("icmp", "between the site's nodes: reachability checks"),
-];
-
-const OUTBOUND: &[(&str, &str)] = &[
-    (
-        "tcp",
-        "to anywhere: container images, Fedora packages (the FreeIPA client workers layer), the firstboot binary, ACME, mail delivery",
-    ),
-    ("udp", "to anywhere: DNS and NTP"),
-    ("icmp", "to anywhere: path MTU discovery and diagnostics"),
-];
-
-fn anywhere(rules: &[(&'static str, &'static str, &'static str)]) -> Vec<Rule> {
-    rules
-        .iter()
-        .map(|&(protocol, ports, reason)| Rule {
-            protocol,
-            ports,
-            peers: Peers::Anywhere,
-            reason,
-        })
-        .collect()
-}
-
-/// Every way out, as each firewall carries it.
-fn outbound() -> Vec<Rule> {
-    OUTBOUND
-        .iter()
-        .map(|&(protocol, reason)| Rule {
-            protocol,
-            ports: "0",
-            peers: Peers::Anywhere,
-            reason,
-        })
-        .collect()
-}
-
-impl FirewallPlan {
-    /// Every host of the site: SSH and ICMP from anywhere, everything
-    /// between the site's droplets, every way out.
-    fn every_host(name: String, tag: &str, hosts: Vec<String>) -> FirewallPlan {
-        let site = SITE_INBOUND.iter().map(|&(protocol, reason)| Rule {
-            protocol,
-            ports: "0",
-            peers: Peers::Site,
-            reason,
-        });
-        FirewallPlan {
-            name,
-            tag: tag.to_owned(),
-            hosts,
-            inbound: anywhere(EVERY_HOST_INBOUND)
-                .into_iter()
-                .chain(site)
-                .collect(),
-            outbound: outbound(),
-        }
-    }
-
-    /// The hosts that serve the public: their services' ports from
-    /// anywhere. Its outbound rules are the site firewall's (DigitalOcean
-    /// allows what any firewall of a droplet allows); it repeats them,
-    /// as the API wants a rule on both sides.
-    fn public(name: String, public_tag: &str, hosts: Vec<String>) -> FirewallPlan {
-        FirewallPlan {
-            name,
-            tag: public_tag.to_owned(),
-            hosts,
-            inbound: anywhere(PUBLIC_INBOUND),
-            outbound: outbound(),
-        }
-    }
-
-    /// The request body of a create or update: the rules apply to the
-    /// droplets with this firewall's tag; `Peers::Site` is the droplets
-    /// with the site's tag (`site_tag`).
-    pub fn body(&self, site_tag: &str) -> Value {
-        let target = |peers: &Peers| match peers {
-            Peers::Anywhere => json!({"addresses": ANYWHERE}),
-            Peers::Site => json!({"tags": [site_tag]}),
-        };
-        let inbound: Vec<Value> = self
-            .inbound
-            .iter()
-            .map(|r| json!({"protocol": r.protocol, "ports": r.ports, "sources": target(&r.peers)}))
-            .collect();
-        let outbound: Vec<Value> = self
-            .outbound
-            .iter()
-            .map(|r| json!({"protocol": r.protocol, "ports": r.ports, "destinations": target(&r.peers)}))
-            .collect();
-        json!({"name": self.name, "inbound_rules": inbound, "outbound_rules": outbound,
-               "tags": [self.tag]})
-    }
-
-    /// Whether an existing firewall (as the API shows it) already has
-    /// exactly these rules and applies to exactly this firewall's tag.
-    pub fn matches(&self, existing: &Value, site_tag: &str) -> bool {
-        let wanted = self.body(site_tag);
-        let rules = |v: &Value, key: &str, side: &str| -> Vec<String> {
-            let mut rules: Vec<String> = v[key]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    let ports = match r["ports"].as_str() {
-                        Some("all") | None => "0",
-                        Some(p) => p,
-                    };
-                    let mut addresses: Vec<&str> = r[side]["addresses"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
-                    addresses.sort_unstable();
-                    let mut tags: Vec<&str> = r[side]["tags"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
-                    tags.sort_unstable();
-                    format!("{} {ports} {addresses:?} {tags:?}", r["protocol"])
-                })
-                .collect();
-            rules.sort();
-            rules
-        };
-        rules(existing, "inbound_rules", "sources") == rules(&wanted, "inbound_rules", "sources")
-            && rules(existing, "outbound_rules", "destinations")
-                == rules(&wanted, "outbound_rules", "destinations")
-            && existing["tags"] == json!([self.tag])
-    }
-}
-
 impl Plan {
     /// The plan of a whole site.
     pub fn new(site: &Site) -> Result<Plan> {
@@ -321,36 +54,7 @@ impl Plan {
             })
             .collect();
 
-        let mut image_names = site.hosts.iter().map(|h| h.image.as_str());
-        let image_name = image_names.next().unwrap_or("fedora-coreos");
-        if let Some(other) = image_names.find(|n| *n != image_name) {
-            bail!(
-                "hosts use two images ({image_name} and {other}); a launch imports one: \
-                 give every host the same `image`"
-            );
-        }
-        let image = match images::load(image_name)?.base {
-            Base::FedoraCoreos {
-                release, artifact, ..
-            } => ImagePlan {
-                image: image_name.to_owned(),
-                name: format!("{image_name}-{release}"),
-                url: artifact,
-                distribution: "Fedora".into(),
-                description: format!("Fedora CoreOS {release}, imported by builder"),
-            },
-            // The lab image boots only in a lab cloud (tests/support/
-            // lab_cloud.rs), which has it and imports nothing; the URL
-            // names it in the `.invalid` domain, which resolves nowhere,
-            // and `launch` refuses it against DigitalOcean's API.
-            Base::Debian { suite, .. } => ImagePlan {
-                image: image_name.to_owned(),
-                name: format!("{image_name}-{suite}"),
-                url: format!("https://{image_name}.invalid/{image_name}-{suite}.img"),
-                distribution: "Debian".into(),
-                description: format!("the lab image (Debian {suite}), for a lab cloud only"),
-            },
-        };
+        let image = ImagePlan::for_site(site)?;
 
         let vpc = VpcPlan {
             name: format!("{slug}-site"),
@@ -455,7 +159,7 @@ pub fn create_requests(droplets: &[(String, Value)]) -> Result<Vec<Value>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn bodies(n: usize, shared: bool) -> Vec<(String, Value)> {
@@ -518,25 +222,8 @@ mod tests {
         assert_eq!(create_requests(&at_limit).unwrap().len(), 1);
     }
 
-    #[test]
-    fn firewall_matching_ignores_order_and_spelling_of_all_ports() {
-        let tag = "site:example-com";
-        let plan = FirewallPlan::every_host("example-com-site".into(), tag, vec![]);
-        let mut existing = plan.body(tag);
-        assert!(plan.matches(&existing, tag));
-        existing["inbound_rules"].as_array_mut().unwrap().reverse();
-        existing["outbound_rules"][0]["ports"] = json!("all");
-        assert!(plan.matches(&existing, tag));
-        existing["inbound_rules"][0]["ports"] = json!("2222");
-        assert!(!plan.matches(&existing, tag));
-        assert!(!plan.matches(&plan.body(tag), "site:other"));
-        // Applying to another tag is another firewall.
-        let mut elsewhere = plan.body(tag);
-        elsewhere["tags"] = json!(["site:example-com:public"]);
-        assert!(!plan.matches(&elsewhere, tag));
-    }
-
-    fn site(hosts: usize) -> Site {
+    /// A site of `hosts` hosts (three core hosts, then workers).
+    pub(crate) fn site(hosts: usize) -> Site {
         let mut text = String::from(
             "domain_name: example.com\nssh_keys:\n  - ssh-ed25519 \
              AAAAC3NzaC1lZDI1NTE5AAAAIBdn1ZXuEs9c6tnGpQUc3YXUDBklgj/+6uuPBcm7fkBn op@example\n\

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde::Serialize;
-use serde_json::{json, Value};
 
 use node_contract::status::Status;
 
+use super::kinds::droplet;
 use super::plan::Plan;
 use crate::digitalocean::Client;
 
@@ -34,49 +34,42 @@ pub struct Row {
     pub note: Option<String>,
 }
 
+impl Row {
+    /// A host with no droplet.
+    fn absent(host: &str) -> Row {
+        Row {
+            host: host.to_owned(),
+            droplet: None,
+            status: "absent".into(),
+            public_ipv4: None,
+            private_ipv4: None,
+            phase: None,
+            state: None,
+            note: Some("not launched".into()),
+        }
+    }
+}
+
 /// The droplets of the site, in site-file order.
 pub async fn rows(client: &Client, plan: &Plan) -> Result<Vec<Row>> {
-    let droplets = client
-        .list(&format!("/v2/droplets?tag_name={}", plan.tag), "droplets")
-        .await?;
+    let droplets = droplet::of_site(client, plan).await?;
     Ok(plan
         .droplets
         .iter()
-        .map(|wanted| {
-            let found = droplets.iter().find(|d| d["name"] == json!(wanted.name));
-            match found {
-                Some(d) => Row {
-                    host: wanted.host.clone(),
-                    droplet: d["id"].as_u64(),
-                    status: d["status"].as_str().unwrap_or("unknown").to_owned(),
-                    public_ipv4: address(d, "public"),
-                    private_ipv4: address(d, "private"),
-                    phase: None,
-                    state: None,
-                    note: None,
-                },
-                None => Row {
-                    host: wanted.host.clone(),
-                    droplet: None,
-                    status: "absent".into(),
-                    public_ipv4: None,
-                    private_ipv4: None,
-                    phase: None,
-                    state: None,
-                    note: Some("not launched".into()),
-                },
-            }
+        .map(|wanted| match droplets.get(&wanted.name) {
+            Some(d) => Row {
+                host: wanted.host.clone(),
+                droplet: Some(d.id),
+                status: d.status.clone(),
+                public_ipv4: d.address("public"),
+                private_ipv4: d.address("private"),
+                phase: None,
+                state: None,
+                note: None,
+            },
+            None => Row::absent(&wanted.host),
         })
         .collect())
-}
-
-fn address(droplet: &Value, kind: &str) -> Option<String> {
-    droplet["networks"]["v4"]
-        .as_array()?
-        .iter()
-        .find(|n| n["type"] == json!(kind))?["ip_address"]
-        .as_str()
-        .map(str::to_owned)
 }
 
 /// The command run on each node: the status file, else a word saying
@@ -336,16 +329,7 @@ mod tests {
                 state: Some("running".into()),
                 note: None,
             },
-            Row {
-                host: "mail".into(),
-                droplet: None,
-                status: "absent".into(),
-                public_ipv4: None,
-                private_ipv4: None,
-                phase: None,
-                state: None,
-                note: Some("not launched".into()),
-            },
+            Row::absent("mail"),
         ];
         let text = table(&rows);
         let lines: Vec<&str> = text.lines().collect();
