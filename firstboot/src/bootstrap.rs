@@ -323,7 +323,7 @@ pub async fn ensure_ca(
                     "the site's FreeIPA runs on {:?}: this host joins it as a replica",
                     freeipa.iter().map(|p| p.node.as_str()).collect::<Vec<_>>()
                 );
-                crate::state::FreeipaRejoin { servers: freeipa }.save(&paths.freeipa_rejoin())?;
+                crate::state::FreeipaRejoin::new(freeipa).save(&paths.freeipa_rejoin())?;
             }
             let ca = TempCa::from_pems(
                 &backup.root_cert_pem,

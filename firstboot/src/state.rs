@@ -110,6 +110,9 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootstrapMoved {
+    /// See [`RECORD_VERSION`].
+    #[serde(default = "first_version")]
+    pub version: u32,
     pub node: HostName,
     pub address: Ipv4Addr,
     /// The signed request's timestamp: an older request never moves it
@@ -118,11 +121,23 @@ pub struct BootstrapMoved {
 }
 
 impl BootstrapMoved {
-    /// The record, if any; a damaged one counts as none (the next signed
-    /// request writes it again).
+    /// The record, if any; a damaged or newer one counts as none, said in
+    /// the journal (the next signed request writes it again; until then
+    /// the address join found stands).
     pub fn load(path: &Path) -> Option<BootstrapMoved> {
-        let bytes = std::fs::read(path).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        read_record(path).unwrap_or_else(|e| {
+            tracing::warn!("{e:#}; the address join found stands until the next news");
+            None
+        })
+    }
+
+    pub fn new(node: HostName, address: Ipv4Addr, since: u64) -> BootstrapMoved {
+        BootstrapMoved {
+            version: RECORD_VERSION,
+            node,
+            address,
+            since,
+        }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -134,10 +149,22 @@ impl BootstrapMoved {
 /// [`crate::join::peer`]): each name's newest news wins, an older one
 /// never moves it back. Applied over what join learnt when /etc/hosts is
 /// written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeersMoved {
+    /// See [`RECORD_VERSION`].
+    #[serde(default = "first_version")]
+    pub version: u32,
     pub peers: BTreeMap<HostName, MovedTo>,
+}
+
+impl Default for PeersMoved {
+    fn default() -> PeersMoved {
+        PeersMoved {
+            version: RECORD_VERSION,
+            peers: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,12 +176,14 @@ pub struct MovedTo {
 }
 
 impl PeersMoved {
-    /// The record; a missing or damaged one counts as empty (the next
-    /// news writes it again).
+    /// The record; a missing, damaged or newer one counts as empty, said
+    /// in the journal (the next news writes it again).
     pub fn load(path: &Path) -> PeersMoved {
-        std::fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        read_record(path)
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e:#}; taken as no news of moved peers");
+                None
+            })
             .unwrap_or_default()
     }
 
@@ -229,6 +258,9 @@ impl KnownGenerations {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FreeipaRejoin {
+    /// See [`RECORD_VERSION`].
+    #[serde(default = "first_version")]
+    pub version: u32,
     pub servers: Vec<FreeipaPeer>,
 }
 
@@ -242,13 +274,53 @@ pub struct FreeipaPeer {
 }
 
 impl FreeipaRejoin {
+    pub fn new(servers: Vec<FreeipaPeer>) -> FreeipaRejoin {
+        FreeipaRejoin {
+            version: RECORD_VERSION,
+            servers,
+        }
+    }
+
+    /// The record, if any; a damaged or newer one is an error (read as
+    /// none, a rebuilt first server would install a second FreeIPA).
     pub fn load(path: &Path) -> Result<Option<FreeipaRejoin>> {
-        crate::fsutil::read_json(path)
+        read_record(path)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::fsutil::write_json(path, self, 0o644)
     }
+}
+
+/// The version the small records (`BootstrapMoved`, `PeersMoved`,
+/// `FreeipaRejoin`) are written at. They had none at first: a file
+/// without one was written in version 1's format, and reads as such.
+pub const RECORD_VERSION: u32 = 1;
+
+fn first_version() -> u32 {
+    1
+}
+
+/// A small record: `None` when missing; an error naming the file when it
+/// is damaged or newer than this firstboot reads.
+fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default = "first_version")]
+        version: u32,
+    }
+    let Some(v) = crate::fsutil::read_json::<Version>(path)? else {
+        return Ok(None);
+    };
+    if v.version > RECORD_VERSION {
+        bail!(
+            "{} has version {}, but this firstboot reads up to version {RECORD_VERSION}; was \
+             the node downgraded?",
+            path.display(),
+            v.version
+        );
+    }
+    crate::fsutil::read_json(path)
 }
 
 /// The bootstrap host's address: where it moved, else where join found it.
@@ -336,5 +408,73 @@ mod tests {
         assert!(KnownGenerations::admit(&path, &ticket(g1)).is_err());
         std::fs::write(&path, r#"{"version": 9, "hosts": {}}"#).unwrap();
         assert!(KnownGenerations::load(&path).is_err());
+    }
+
+    /// The small records as firstboot wrote them before they had a
+    /// version: kept here so every later version keeps loading them.
+    #[test]
+    fn unversioned_records_as_written_load_and_newer_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let moved = dir.path().join("bootstrap-moved.json");
+        std::fs::write(
+            &moved,
+            r#"{"node": "node1", "address": "198.18.0.31", "since": 1700000000}"#,
+        )
+        .unwrap();
+        let loaded = BootstrapMoved::load(&moved).unwrap();
+        assert_eq!(
+            loaded,
+            BootstrapMoved::new(
+                HostName::parse("node1").unwrap(),
+                Ipv4Addr::new(198, 18, 0, 31),
+                1_700_000_000
+            )
+        );
+        loaded.save(&moved).unwrap();
+        assert!(std::fs::read_to_string(&moved)
+            .unwrap()
+            .contains(r#""version": 1"#));
+
+        let peers = dir.path().join("peers-moved.json");
+        std::fs::write(
+            &peers,
+            r#"{"peers": {"node2": {"address": "198.18.0.32", "since": 1700000001}}}"#,
+        )
+        .unwrap();
+        let loaded = PeersMoved::load(&peers);
+        assert_eq!(loaded.version, RECORD_VERSION);
+        assert_eq!(
+            loaded.peers[&HostName::parse("node2").unwrap()].address,
+            Ipv4Addr::new(198, 18, 0, 32)
+        );
+
+        let rejoin = dir.path().join("freeipa-rejoin.json");
+        std::fs::write(
+            &rejoin,
+            r#"{"servers": [{"node": "node2", "address": "198.18.0.32", "ca_pem": "PEM"}]}"#,
+        )
+        .unwrap();
+        let loaded = FreeipaRejoin::load(&rejoin).unwrap().unwrap();
+        assert_eq!(loaded.version, RECORD_VERSION);
+        assert_eq!(loaded.servers[0].ca_pem, "PEM");
+
+        // A newer record: an error for what must not be forgotten, none
+        // (said in the journal) for news that comes again.
+        std::fs::write(&rejoin, r#"{"version": 2, "servers": [], "more": 1}"#).unwrap();
+        let err = FreeipaRejoin::load(&rejoin).unwrap_err().to_string();
+        assert!(
+            err.contains("version 2") && err.contains("freeipa-rejoin.json"),
+            "{err}"
+        );
+        std::fs::write(&moved, r#"{"version": 2, "node": "node1"}"#).unwrap();
+        assert_eq!(BootstrapMoved::load(&moved), None);
+        std::fs::write(&peers, r#"{"version": 2, "peers": {}}"#).unwrap();
+        assert_eq!(PeersMoved::load(&peers), PeersMoved::default());
+        // Damaged: the same.
+        std::fs::write(&rejoin, "{").unwrap();
+        assert!(FreeipaRejoin::load(&rejoin)
+            .unwrap_err()
+            .to_string()
+            .contains("damaged"));
     }
 }

@@ -205,12 +205,8 @@ pub fn record_move(
             config.site.vpc_range
         );
     }
-    crate::state::BootstrapMoved {
-        node: asked.from.node.clone(),
-        address: asked.address,
-        since: asked.timestamp,
-    }
-    .save(&moved_file)?;
+    crate::state::BootstrapMoved::new(asked.from.node.clone(), asked.address, asked.timestamp)
+        .save(&moved_file)?;
     crate::resolver::write_hosts(paths, &config.site.domain, &state.peers)?;
     Ok(Some(known))
 }

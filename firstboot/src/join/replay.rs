@@ -7,6 +7,10 @@
 //! with the nonces still inside the clock window only, once it holds more
 //! than twice as many lines as that.
 //!
+//! The record begins with the line `version 1` (records written before
+//! it have no such line, and read as version 1); a newer version is not
+//! guessed at, but treated as damage.
+//!
 //! A damaged record is never read as "no nonce seen": it is set aside and
 //! a fresh window begins, refusing every request stamped before it (the
 //! line `window <timestamp>` first in the new record, so a restart keeps
@@ -20,6 +24,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use super::protocol::{Refusal, Replay, ReplayGuard};
+
+/// The record's format, on its first line.
+const VERSION: u32 = 1;
 
 /// Below this many lines the record is never compacted.
 const COMPACT_AT: usize = 1024;
@@ -52,10 +59,23 @@ fn read(text: &str) -> Read {
         );
     }
     debug_assert!(complete || torn.is_some() || text.is_empty());
-    for (n, line) in all.iter().enumerate() {
+    // The version line, if any (records written before it have none).
+    let mut header = 0;
+    if let Some(first) = all.first().and_then(|l| l.strip_prefix("version ")) {
+        match first.parse::<u32>() {
+            Ok(v) if (1..=VERSION).contains(&v) => header = 1,
+            _ => {
+                return Read::Damaged(format!(
+                    "line 1: {:?}: this firstboot reads version {VERSION}",
+                    all[0]
+                ))
+            }
+        }
+    }
+    for (n, line) in all.iter().enumerate().skip(header) {
         let mut parts = line.split(' ');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some("window"), Some(since), None) if n == 0 => match since.parse() {
+            (Some("window"), Some(since), None) if n == header => match since.parse() {
                 Ok(since) => {
                     let seen = std::mem::take(&mut guard);
                     guard = ReplayGuard::fresh_window(since);
@@ -121,7 +141,7 @@ impl ReplayLog {
     /// Rewrite the record whole with what is still inside the window, and
     /// append from there.
     fn compact(&mut self, now: u64) -> Result<()> {
-        let mut text = String::new();
+        let mut text = format!("version {VERSION}\n");
         if self.guard.not_before() > 0 {
             text.push_str(&format!("window {}\n", self.guard.not_before()));
         }
@@ -284,6 +304,36 @@ mod tests {
         log.check(&format!("{:032x}", 1u64 << 61), later, later)
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 2, "{}", &text[..200.min(text.len())]);
+        assert_eq!(text.lines().count(), 3, "{}", &text[..200.min(text.len())]);
+        assert!(text.starts_with("version 1\n"), "{text}");
+    }
+
+    /// A record as firstboot wrote it before the version line (nonces,
+    /// after a fresh window) loads; one of a newer version is damage.
+    #[test]
+    fn a_record_without_a_version_line_loads_and_a_newer_one_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, legacy) = paths(dir.path());
+        std::fs::write(&path, format!("window {NOW}\n{NOW} {}\n", nonce(3))).unwrap();
+        let mut log = ReplayLog::open(&path, &legacy, NOW + 1).unwrap();
+        assert_eq!(log.guard().not_before(), NOW);
+        assert_eq!(log.check(&nonce(3), NOW, NOW + 1), Err(Refusal::Replayed));
+        drop(log);
+        // Rewritten with its version line, the window kept.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(&format!("version 1\nwindow {NOW}\n")),
+            "{text}"
+        );
+        let log = ReplayLog::open(&path, &legacy, NOW + 2).unwrap();
+        assert_eq!(log.guard().not_before(), NOW);
+        drop(log);
+
+        std::fs::write(&path, format!("version 2\n{NOW} {}\n", nonce(4))).unwrap();
+        let mut log = ReplayLog::open(&path, &legacy, NOW + 3).unwrap();
+        assert_eq!(
+            log.check(&nonce(4), NOW, NOW + 3),
+            Err(Refusal::FreshWindow { since: NOW + 3 })
+        );
     }
 }
