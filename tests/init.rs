@@ -15,17 +15,24 @@ fn init(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_builder"));
     cmd.arg("init")
         .arg(dir.join("site"))
-        .args(["--non-interactive", "--region", "fra1"])
+        .arg("--non-interactive")
+        .args(if extra.contains(&"--region") {
+            &[][..]
+        } else {
+            &["--region", "fra1"]
+        })
         .args(if extra.contains(&"--domain") {
             &[][..]
         } else {
             &["--domain", "example.net"]
         })
-        .args(if extra.contains(&"--publish-url") {
-            &[][..]
-        } else {
-            &["--publish-url", "https://dl.example.net/fb"]
-        })
+        .args(
+            if extra.contains(&"--publish-url") || extra.contains(&"--spaces-bucket") {
+                &[][..]
+            } else {
+                &["--publish-url", "https://dl.example.net/fb"]
+            },
+        )
         .arg("--ssh-key")
         .arg(&key)
         .args(extra)
@@ -164,13 +171,29 @@ fn problems_fail_clearly_and_write_nothing() {
             "wrote something despite: {stderr}"
         );
     }
+    // A region DigitalOcean does not have is refused, with the close ones.
+    let dir = tempfile::tempdir().unwrap();
+    let out = init(dir.path(), &["--region", "ams9"], &secrets_env());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--region `ams9`: not a DigitalOcean region; close to it: ams2, ams3"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("site").exists());
+}
+
+/// DNS names are case-insensitive: a domain in capitals is taken in
+/// lower case, and the change is said.
+#[test]
+fn a_domain_in_capitals_is_taken_in_lower_case() {
     let dir = tempfile::tempdir().unwrap();
     let out = init(dir.path(), &["--domain", "Example.NET"], &secrets_env());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--domain `Example.NET`: domain name `Example.NET` must be in lower case"),
-        "{stderr}"
-    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("taken as `example.net`"), "{stderr}");
+    let text = std::fs::read_to_string(dir.path().join("site/hosts.yaml")).unwrap();
+    assert!(text.contains("domain_name: example.net\n"), "{text}");
 }
 
 /// `builder init` with nothing but `--non-interactive`, and no key in
@@ -272,20 +295,38 @@ fn interactive_init_asks_again_instead_of_ending() {
     if Command::new("script").arg("--version").output().is_err() {
         return support::skip("skipping: `script` (util-linux) is not installed");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("id.pub");
-    std::fs::write(&key, format!("{SSH_KEY}\n")).unwrap();
+    let (ok, transcript, dir) = init_at_a_terminal(&format!(
+        "example.org\nams3\n2\nhttp://dl.example.org/fb\n/nonexistent/key.pub\n{{key}}\n\n{PASSPHRASE}\n{PASSPHRASE}\n"
+    ));
     let site = dir.path().join("site");
-    let answers = format!(
-        "example.org\nams3\nhttp://dl.example.org/fb\n/nonexistent/key.pub\n{}\n\n{PASSPHRASE}\n{PASSPHRASE}\n",
-        key.display()
+    assert!(ok, "{transcript}");
+    assert!(
+        transcript.contains("`/nonexistent/key.pub`: cannot read it")
+            && transcript.contains("try again"),
+        "{transcript}"
     );
+    let text = std::fs::read_to_string(site.join("hosts.yaml")).unwrap();
+    assert!(
+        text.contains("base_url: http://dl.example.org/fb"),
+        "{text}"
+    );
+    assert!(text.contains(SSH_KEY), "{text}");
+    let vault_text = std::fs::read_to_string(site.join("hosts.vault")).unwrap();
+    let secrets = builder::vault::open(&vault_text, PASSPHRASE, "v").unwrap();
+    assert_eq!(secrets.digitalocean_token, "");
+}
+
+/// Answers typed at a terminal (a pty from `script`), as `answers`; the
+/// transcript, the exit status and the site's directory.
+fn init_at_a_terminal(answers: &str) -> (bool, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("id.pub"), format!("{SSH_KEY}\n")).unwrap();
     let mut child = Command::new("script")
         .args(["-qec"])
         .arg(format!(
             "{} init {}",
             env!("CARGO_BIN_EXE_builder"),
-            site.display()
+            dir.path().join("site").display()
         ))
         .arg("/dev/null")
         .env("HOME", dir.path())
@@ -302,23 +343,82 @@ fn interactive_init_asks_again_instead_of_ending() {
         .stdin
         .take()
         .unwrap()
-        .write_all(answers.as_bytes())
+        .write_all(
+            answers
+                .replace("{key}", &dir.path().join("id.pub").display().to_string())
+                .as_bytes(),
+        )
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let transcript = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{transcript}");
-    assert!(
-        transcript.contains("`/nonexistent/key.pub`: cannot read it")
-            && transcript.contains("try again"),
-        "{transcript}"
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        dir,
+    )
+}
+
+/// A newcomer's session, typos included: the domain in capitals, a
+/// region that does not exist, Spaces chosen, a short passphrase, then a
+/// confirmation that differs. Nothing typed before is lost to a typo; the
+/// site written renders, and `launch --dry-run` accepts it.
+#[test]
+fn a_newcomer_at_a_terminal_loses_no_answer_to_a_typo() {
+    if Command::new("script").arg("--version").output().is_err() {
+        return support::skip("skipping: `script` (util-linux) is not installed");
+    }
+    let answers = format!(
+        "Example.COM\nams9\nams3\n1\nmy-site-fb\n\n{{key}}\n\nshort\n{PASSPHRASE}\nanother one here\n{PASSPHRASE}\n{PASSPHRASE}\n"
     );
-    let text = std::fs::read_to_string(site.join("hosts.yaml")).unwrap();
+    let (ok, transcript, dir) = init_at_a_terminal(&answers);
+    assert!(ok, "{transcript}");
+    for said in [
+        "(--domain)",
+        "taken as `example.com`",
+        "`ams9`: not a DigitalOcean region; close to it: ams2, ams3",
+        "(--spaces-bucket or --publish-url) [1]",
+        "SPACES_ACCESS_KEY_ID",
+        "Spaces region (--spaces-region) [ams3]",
+        "shorter than 12 characters",
+        "the two differ; once more",
+    ] {
+        assert!(transcript.contains(said), "`{said}` not in:\n{transcript}");
+    }
+    let site = dir.path().join("site/hosts.yaml");
+    let text = std::fs::read_to_string(&site).unwrap();
+    assert!(text.contains("domain_name: example.com\n"), "{text}");
     assert!(
-        text.contains("base_url: http://dl.example.org/fb"),
+        text.contains("  spaces:\n    bucket: my-site-fb\n    region: ams3\n"),
         "{text}"
     );
-    assert!(text.contains(SSH_KEY), "{text}");
-    let vault_text = std::fs::read_to_string(site.join("hosts.vault")).unwrap();
-    let secrets = builder::vault::open(&vault_text, PASSPHRASE, "v").unwrap();
-    assert_eq!(secrets.digitalocean_token, "");
+    let vault_text = std::fs::read_to_string(dir.path().join("site/hosts.vault")).unwrap();
+    builder::vault::open(&vault_text, PASSPHRASE, "v").unwrap();
+
+    let builder = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_builder"))
+            .args(args)
+            .env("BUILDER_VAULT_PASSPHRASE", PASSPHRASE)
+            .env("BUILDER_FIRSTBOOT", tiny_firstboot_path())
+            .env_remove("DIGITALOCEAN_ACCESS_TOKEN")
+            .env_remove("DIGITALOCEAN_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "builder {args:?}:\n{text}");
+        text
+    };
+    let rendered = dir.path().join("rendered");
+    builder(&[
+        "render",
+        site.to_str().unwrap(),
+        "--out",
+        rendered.to_str().unwrap(),
+    ]);
+    assert!(rendered.join("ns1.ign").exists());
+    let plan = builder(&["launch", site.to_str().unwrap(), "--dry-run"]);
+    assert!(plan.contains("my-site-fb"), "{plan}");
 }

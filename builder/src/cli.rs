@@ -120,9 +120,30 @@ pub struct InitArgs {
     )]
     pub ssh_keys: Vec<PathBuf>,
 
-    /// HTTP(S) base URL nodes fetch the firstboot binary from
-    #[arg(long, env = "BUILDER_PUBLISH_URL", value_name = "URL")]
+    /// HTTP(S) base URL of your own server, where you put the firstboot
+    /// binary and nodes fetch it from (or --spaces-bucket)
+    #[arg(
+        long,
+        env = "BUILDER_PUBLISH_URL",
+        value_name = "URL",
+        conflicts_with = "spaces_bucket"
+    )]
     pub publish_url: Option<String>,
+
+    /// A DigitalOcean Spaces bucket that `launch` uploads the firstboot
+    /// binary to (it reads SPACES_ACCESS_KEY_ID and
+    /// SPACES_SECRET_ACCESS_KEY); nodes fetch it from there
+    #[arg(long, env = "BUILDER_SPACES_BUCKET", value_name = "NAME")]
+    pub spaces_bucket: Option<String>,
+
+    /// The bucket's region [default: the site's region]
+    #[arg(
+        long,
+        env = "BUILDER_SPACES_REGION",
+        value_name = "SLUG",
+        requires = "spaces_bucket"
+    )]
+    pub spaces_region: Option<String>,
 
     /// Host names, at least three, first the three core hosts
     /// [default: ns1,ns2,ns3]

@@ -185,19 +185,33 @@ impl PassphraseSource {
     }
 
     /// The passphrase for a new vault: asked twice at a terminal.
+    /// The new vault's passphrase: given (file, environment), else asked
+    /// at the terminal twice. A short one, or a repetition that differs,
+    /// is asked again (a typo in an unrepeated passphrase would lock the
+    /// operator out of the vault; ending the run would lose every answer
+    /// before it).
     pub fn for_creating(&self) -> Result<String> {
         if let Some(p) = self.given()? {
             return Ok(p);
         }
-        let first = prompt("New vault passphrase: ")?;
-        if first.chars().count() < 12 {
-            bail!("the passphrase is shorter than 12 characters; choose a longer one");
+        for _ in 0..PASSPHRASE_TRIES {
+            let first = prompt("New vault passphrase: ")?;
+            if first.chars().count() < MIN_PASSPHRASE {
+                eprintln!(
+                    "  it is shorter than {MIN_PASSPHRASE} characters; choose a longer one \
+                     (or set {PASSPHRASE_ENV}, or pass --passphrase-file)"
+                );
+                continue;
+            }
+            if prompt("Repeat the passphrase: ")? == first {
+                return Ok(first);
+            }
+            eprintln!("  the two differ; once more");
         }
-        let again = prompt("Repeat the passphrase: ")?;
-        if first != again {
-            bail!("the two passphrases differ; nothing was written");
-        }
-        Ok(first)
+        bail!(
+            "no passphrase after {PASSPHRASE_TRIES} tries; nothing was written (set \
+             {PASSPHRASE_ENV} or pass --passphrase-file)"
+        )
     }
 
     fn given(&self) -> Result<Option<String>> {
@@ -213,6 +227,11 @@ impl PassphraseSource {
         Ok(self.env.clone())
     }
 }
+
+/// A new vault's passphrase is at least this long.
+const MIN_PASSPHRASE: usize = 12;
+/// Tries at a new passphrase before giving up.
+const PASSPHRASE_TRIES: usize = 5;
 
 fn prompt(message: &str) -> Result<String> {
     use std::io::IsTerminal;

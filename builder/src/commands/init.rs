@@ -15,7 +15,17 @@ use tracing::info;
 
 use crate::cli::InitArgs;
 use crate::fsutil;
-use crate::site::{BaseUrl, DomainName, HostName, Refusal, Site, Slug, SshKey};
+use crate::site::{BaseUrl, BucketName, DomainName, HostName, Refusal, Site, Slug, SshKey};
+
+/// Where nodes fetch firstboot, as init writes it.
+enum Publish {
+    BaseUrl(String),
+    /// A bucket, and its region when given (else the site's).
+    Spaces {
+        bucket: String,
+        region: Option<String>,
+    },
+}
 use crate::vault::{self, PassphraseSource, Secrets, PASSPHRASE_ENV};
 
 const TOKEN_ENVS: &[&str] = &["DIGITALOCEAN_ACCESS_TOKEN", "DIGITALOCEAN_TOKEN"];
@@ -54,6 +64,26 @@ const PUBLISH_URL: Question = Question {
     env: "BUILDER_PUBLISH_URL",
     prompt: "Base URL nodes fetch firstboot from (http:// or https://...)",
 };
+const PUBLISH: Question = Question {
+    flag: "--spaces-bucket or --publish-url",
+    what: "where nodes fetch firstboot from: a Spaces bucket launch uploads it to, or your own server's base URL",
+    env: "BUILDER_SPACES_BUCKET or $BUILDER_PUBLISH_URL",
+    prompt: "Where nodes fetch firstboot from:\n  1) a DigitalOcean Spaces bucket: `launch` uploads it, reading \
+             SPACES_ACCESS_KEY_ID and SPACES_SECRET_ACCESS_KEY (a Spaces key of the control panel)\n  \
+             2) your own web server: a base URL; you put the file there\nAnswer 1 or 2",
+};
+const SPACES_BUCKET: Question = Question {
+    flag: "--spaces-bucket",
+    what: "the Spaces bucket launch uploads firstboot to",
+    env: "BUILDER_SPACES_BUCKET",
+    prompt: "Spaces bucket name (created by launch if absent)",
+};
+const SPACES_REGION: Question = Question {
+    flag: "--spaces-region",
+    what: "the Spaces bucket's region",
+    env: "BUILDER_SPACES_REGION",
+    prompt: "Spaces region",
+};
 const SSH_KEY: Question = Question {
     flag: "--ssh-key",
     what: "an SSH public key file for the `core` user",
@@ -78,7 +108,27 @@ pub fn run(args: InitArgs) -> Result<()> {
     let mut problems = Vec::new();
     let mut domain = given(&DOMAIN, args.domain, check_domain, &mut problems);
     let mut region = given(&REGION, args.region, check_region, &mut problems);
-    let mut publish_url = given(&PUBLISH_URL, args.publish_url, check_url, &mut problems);
+    let publish_url = given(&PUBLISH_URL, args.publish_url, check_url, &mut problems);
+    let bucket = given(
+        &SPACES_BUCKET,
+        args.spaces_bucket,
+        check_bucket,
+        &mut problems,
+    );
+    let spaces_region = given(
+        &SPACES_REGION,
+        args.spaces_region,
+        check_region,
+        &mut problems,
+    );
+    let mut publish = match (publish_url, bucket) {
+        (Some(url), _) => Some(Publish::BaseUrl(url)),
+        (None, Some(bucket)) => Some(Publish::Spaces {
+            bucket,
+            region: spaces_region,
+        }),
+        (None, None) => None,
+    };
     let mut ssh_keys = Vec::new();
     for path in &args.ssh_keys {
         match read_key(path) {
@@ -105,9 +155,10 @@ pub fn run(args: InitArgs) -> Result<()> {
         for (missing, question) in [
             (domain.is_none(), &DOMAIN),
             (region.is_none(), &REGION),
-            (publish_url.is_none(), &PUBLISH_URL),
+            (publish.is_none(), &PUBLISH),
         ] {
-            if missing && !problems.iter().any(|p| p.starts_with(question.flag)) {
+            let refused = |p: &String| question.flag.split(" or ").any(|f| p.starts_with(f));
+            if missing && !problems.iter().any(refused) {
                 problems.push(format!(
                     "{} (or ${}) is missing: {}",
                     question.flag, question.env, question.what
@@ -136,15 +187,26 @@ pub fn run(args: InitArgs) -> Result<()> {
     if region.is_none() {
         region = Some(ask.value(&REGION, None, check_region)?);
     }
-    if publish_url.is_none() {
-        publish_url = Some(ask.value(&PUBLISH_URL, None, check_url)?);
+    if publish.is_none() {
+        publish = Some(
+            match ask.value(&PUBLISH, Some("1"), check_choice)?.as_str() {
+                "1" => Publish::Spaces {
+                    bucket: ask.value(&SPACES_BUCKET, None, check_bucket)?,
+                    region: Some(ask.value(&SPACES_REGION, region.as_deref(), check_region)?),
+                },
+                _ => Publish::BaseUrl(ask.value(&PUBLISH_URL, None, check_url)?),
+            },
+        );
     }
     if ssh_keys.is_empty() {
         ssh_keys.push(match (&default_key, interactive) {
             (Some(default), false) => read_key(default).map_err(|why| {
                 anyhow::anyhow!("the SSH key {}: {why}; pass --ssh-key", default.display())
             })?,
-            (default, _) => ask.value(&SSH_KEY, default.as_deref(), |s| read_key(Path::new(s)))?,
+            (default, _) => {
+                let default = default.as_ref().map(|d| d.display().to_string());
+                ask.value(&SSH_KEY, default.as_deref(), |s| read_key(Path::new(s)))?
+            }
         });
     }
     let token = match TOKEN_ENVS
@@ -167,12 +229,16 @@ pub fn run(args: InitArgs) -> Result<()> {
     };
     let passphrase = passphrase.for_creating()?;
 
-    let (domain, region, publish_url) = (
-        domain.unwrap_or_default(),
-        region.unwrap_or_default(),
-        publish_url.unwrap_or_default(),
-    );
-    let site_text = site_template(&domain, &region, &publish_url, &ssh_keys, &hosts);
+    let (domain, region) = (domain.unwrap_or_default(), region.unwrap_or_default());
+    let publish = match publish {
+        Some(Publish::Spaces { bucket, region: r }) => {
+            let r = r.unwrap_or_else(|| region.clone());
+            format!("  # launch uploads firstboot here; it reads SPACES_ACCESS_KEY_ID and\n  # SPACES_SECRET_ACCESS_KEY.\n  spaces:\n    bucket: {bucket}\n    region: {r}")
+        }
+        Some(Publish::BaseUrl(url)) => format!("  base_url: {url}"),
+        None => String::new(),
+    };
+    let site_text = site_template(&domain, &region, &publish, &ssh_keys, &hosts);
     // Every answer was checked above: a template that does not parse is
     // this builder's bug, not the operator's.
     if let Err(e) = Site::parse(&site_path.display().to_string(), &site_text) {
@@ -225,7 +291,10 @@ fn given(
 ) -> Option<String> {
     let value = value?;
     match check(value.trim()) {
-        Ok(v) => Some(v),
+        Ok(v) => {
+            taken_as(value.trim(), &v);
+            Some(v)
+        }
         Err(why) => {
             problems.push(format!("{} `{value}`: {why}", question.flag));
             None
@@ -241,14 +310,82 @@ fn said(refusal: Refusal) -> String {
     }
 }
 
+/// A domain in any case: DNS names are case-insensitive, so it is taken
+/// in lower case (and the change is said, see [`taken_as`]).
 fn check_domain(s: &str) -> Result<String, String> {
-    DomainName::parse(s).map(|d| d.to_string()).map_err(said)
+    DomainName::parse(&s.to_ascii_lowercase())
+        .map(|d| d.to_string())
+        .map_err(said)
 }
 
+/// The regions DigitalOcean's API specification documents for droplets
+/// (`DigitalOcean-public.v2.yaml`: the `region` enum of VPC NAT gateways,
+/// which lists every droplet region, and the databases' `ric1`).
+pub const REGIONS: &[&str] = &[
+    "ams2", "ams3", "atl1", "blr1", "fra1", "lon1", "nyc1", "nyc2", "nyc3", "ric1", "sfo1", "sfo2",
+    "sfo3", "sgp1", "syd1", "tor1",
+];
+
 fn check_region(s: &str) -> Result<String, String> {
-    Slug::parse(s, "region", "ams3")
-        .map(|s| s.to_string())
-        .map_err(said)
+    let slug = Slug::parse(&s.to_ascii_lowercase(), "region", "ams3").map_err(said)?;
+    if REGIONS.contains(&slug.as_str()) {
+        return Ok(slug.to_string());
+    }
+    let close = close_regions(slug.as_str());
+    let hint = if close.is_empty() {
+        String::new()
+    } else {
+        format!("; close to it: {}", close.join(", "))
+    };
+    Err(format!(
+        "not a DigitalOcean region{hint} (the regions: {}; a region opened since this builder \
+         was made can be written in hosts.yaml by hand)",
+        REGIONS.join(", ")
+    ))
+}
+
+/// Regions one edit from `slug`, or in the same city.
+fn close_regions(slug: &str) -> Vec<&'static str> {
+    REGIONS
+        .iter()
+        .copied()
+        .filter(|r| r.get(..3) == slug.get(..3) || edits(r, slug) <= 1)
+        .collect()
+}
+
+/// The edit distance of two short strings.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Say it when an answer was taken in lower case.
+fn taken_as(answer: &str, value: &str) {
+    if answer != value && answer.eq_ignore_ascii_case(value) {
+        eprintln!("  taken as `{value}`: DNS names and region slugs are case-insensitive");
+    }
+}
+
+fn check_bucket(s: &str) -> Result<String, String> {
+    BucketName::parse(s).map(|b| b.to_string()).map_err(said)
+}
+
+fn check_choice(s: &str) -> Result<String, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "spaces" => Ok("1".into()),
+        "2" | "url" | "base url" => Ok("2".into()),
+        _ => Err("answer 1 (a Spaces bucket) or 2 (your own server's base URL)".into()),
+    }
 }
 
 fn check_url(s: &str) -> Result<String, String> {
@@ -336,15 +473,13 @@ impl Asker {
     fn value(
         &mut self,
         question: &Question,
-        default: Option<&Path>,
+        default: Option<&str>,
         check: impl Fn(&str) -> Result<String, String>,
     ) -> Result<String> {
         let stdin = std::io::stdin();
-        let shown = default
-            .map(|d| format!(" [{}]", d.display()))
-            .unwrap_or_default();
+        let shown = default.map(|d| format!(" [{d}]")).unwrap_or_default();
         for _ in 0..TRIES {
-            eprint!("{}{shown}: ", question.prompt);
+            eprint!("{} ({}){shown}: ", question.prompt, question.flag);
             std::io::stderr().flush().ok();
             let mut line = String::new();
             if stdin.lock().read_line(&mut line)? == 0 {
@@ -354,11 +489,14 @@ impl Asker {
                 );
             }
             let answer = match (line.trim(), default) {
-                ("", Some(default)) => default.display().to_string(),
+                ("", Some(default)) => default.to_owned(),
                 (answer, _) => answer.to_owned(),
             };
             match check(&answer) {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    taken_as(&answer, &v);
+                    return Ok(v);
+                }
                 Err(why) => eprintln!("  `{answer}`: {why}; try again"),
             }
         }
@@ -376,7 +514,7 @@ impl Asker {
 fn site_template(
     domain: &str,
     region: &str,
-    publish_url: &str,
+    publish: &str,
     ssh_keys: &[String],
     hosts: &[String],
 ) -> String {
@@ -397,7 +535,7 @@ vpc_range: 172.30.0.0/24
 
 # Where nodes fetch the firstboot binary (checked by sha512).
 publish:
-  base_url: {publish_url}
+{publish}
 
 defaults:
   region: {region}
