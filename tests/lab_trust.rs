@@ -14,18 +14,22 @@ mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use builder::artifact::Firstboot;
 use builder::site::Site;
+use firstboot::freeipa::{Client, Config, Endpoint};
 use firstboot::https::{self, Response};
 use firstboot::join::protocol::{
     self, EnrollRequest, JoinRequest, PeerAnswer, PeerRequest, SIGNATURE_HEADER,
 };
+use firstboot::pki::NodeCert;
 use node_contract::identity::Purpose;
-use node_contract::{Generation, HostName, NodeConfig, Role, Seed, SigningKey, Ticket};
+use node_contract::{Generation, HostName, NodeConfig, Role, Seed, SigningKey, Ticket, PEER_PORT};
 use site_lab::Lab;
-use support::lab::{self, assert_cluster, etcdctl, in_netns, ready, runtime, serve_in};
+use support::lab::{self, assert_cluster, etcdctl, in_netns, ready, runtime, serve_in, Background};
 use support::site::test_secrets;
 
 const STRANGER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
@@ -957,6 +961,109 @@ fn squats(lab: &Lab, node: &str, ports: &[(&str, u16)]) -> Vec<String> {
         .collect()
 }
 
+/// A peer service on the stranger's address in `netns`, answering every
+/// request with `answer`, signed with `key` over the request's nonce; and
+/// how many requests it had.
+fn impostor_peer(
+    netns: &str,
+    answer: PeerAnswer,
+    key: SigningKey,
+) -> (Background, Arc<AtomicUsize>) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = asked.clone();
+    let serving = serve_in(netns, move || async move {
+        let listener = tokio::net::TcpListener::bind((STRANGER, PEER_PORT))
+            .await
+            .unwrap();
+        let own =
+            firstboot::pki::self_signed(&format!("{}.lab.example.org", answer.node.node)).unwrap();
+        let identity =
+            https::Identity::Fixed(https::server_config(&own.cert_pem, &own.key_pem).unwrap());
+        let body = serde_json::to_vec(&answer).unwrap();
+        let key = Arc::new(key);
+        https::serve(listener, identity, https::LIMITS, move |request| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let asked: PeerRequest = serde_json::from_slice(&request.body).unwrap();
+            let proof = protocol::sign_answer(&key, Purpose::PeerAnswer, &asked.nonce, &body);
+            let body = body.clone();
+            async move { Response::json(body).with_header(SIGNATURE_HEADER, proof) }
+        })
+        .await
+    });
+    (serving, asked)
+}
+
+/// A FreeIPA server on the stranger's address in `netns` (port 443),
+/// presenting `cert` and refusing every login; and every request it got,
+/// as its path and body.
+fn impostor_freeipa(netns: &str, cert: NodeCert) -> (Background, Arc<Mutex<Vec<String>>>) {
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let record = heard.clone();
+    let serving = serve_in(netns, move || async move {
+        let listener = tokio::net::TcpListener::bind((STRANGER, 443))
+            .await
+            .unwrap();
+        let identity =
+            https::Identity::Fixed(https::server_config(&cert.cert_pem, &cert.key_pem).unwrap());
+        https::serve(listener, identity, https::LIMITS, move |request| {
+            record.lock().unwrap().push(format!(
+                "{} {}",
+                request.path,
+                String::from_utf8_lossy(&request.body)
+            ));
+            async { Response::text(401, "no") }
+        })
+        .await
+    });
+    (serving, heard)
+}
+
+/// Drop what `node` sends that matches `matching` (nft, e.g. `ip daddr
+/// 198.18.0.12`), or (`None`) let everything through again.
+fn block_output(lab: &Lab, node: &str, matching: Option<&str>) {
+    let script = match matching {
+        Some(matching) => format!(
+            "nft add table inet labblock && nft 'add chain inet labblock out \
+             {{ type filter hook output priority filter; }}' && \
+             nft add rule inet labblock out {matching} drop"
+        ),
+        None => "nft delete table inet labblock".to_owned(),
+    };
+    let netns = lab.node(node).unwrap().netns().to_owned();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns, "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The etcd cluster's id, as each member reports it.
+fn cluster_ids(lab: &Lab) -> Vec<u64> {
+    lab::cluster_ids(lab, "node2", "node2.lab.example.org")
+}
+
+/// The site runs again after node1's rebuild, in the cluster it ran
+/// before (`before`: its members' ids), node1 with the restored CAs.
+fn assert_rejoined(lab: &Lab, site: &Site, before: &[u64]) {
+    assert_cluster(lab, site);
+    let after = cluster_ids(lab);
+    assert_eq!(after.len(), 3, "members after the rebuild: {after:?}");
+    assert!(
+        after.iter().all(|id| *id == before[0]),
+        "a second cluster: {before:?} then {after:?}"
+    );
+    let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
+    assert!(journal.contains("a cluster already exists"), "{journal}");
+    assert!(
+        !journal.contains("created the temporary CAs"),
+        "node1 made new CAs:\n{journal}"
+    );
+}
+
 #[test]
 fn a_rebuilt_bootstrap_host_waits_for_its_peers_and_rejoins() {
     let _one_lab_at_a_time = support::lab::exclusive();
@@ -966,70 +1073,34 @@ fn a_rebuilt_bootstrap_host_waits_for_its_peers_and_rejoins() {
     let (_dir, site, configs) = render(3, &firstboot);
     let mut lab = lab::start(&image, &firstboot, &bytes, &configs);
     assert_cluster(&lab, &site);
-    let cluster_id = |lab: &Lab| lab::cluster_ids(lab, "node2", "node2.lab.example.org");
-    let before = cluster_id(&lab);
+    let before = cluster_ids(&lab);
     assert_eq!(before.len(), 3);
 
     // A stranger answers as node2 with node2's genuine ticket, but signed
     // with a key of its own, and offers a CA copy.
     let stranger = lab.add_stranger(STRANGER).unwrap();
-    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = asked.clone();
     let node2 = contract(&site, "node2");
-    let _impostor = serve_in(&stranger, move || async move {
-        let listener = tokio::net::TcpListener::bind((STRANGER, 7444))
-            .await
-            .unwrap();
-        let own = firstboot::pki::self_signed("node2.lab.example.org").unwrap();
-        let identity =
-            https::Identity::Fixed(https::server_config(&own.cert_pem, &own.key_pem).unwrap());
-        let key = std::sync::Arc::new(SigningKey::from_seed(&Seed::from_bytes(rand::random())));
-        https::serve(listener, identity, https::LIMITS, move |request| {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let asked: PeerRequest = serde_json::from_slice(&request.body).unwrap();
-            let body = serde_json::to_vec(&PeerAnswer {
-                node: node2.ticket(),
-                addresses: vec![STRANGER],
-                etcd_data: true,
-                ca_backup: Some("00".repeat(64)),
-                freeipa_ca: None,
-            })
-            .unwrap();
-            let proof = protocol::sign_answer(&key, Purpose::PeerAnswer, &asked.nonce, &body);
-            async move { Response::json(body).with_header(SIGNATURE_HEADER, proof) }
-        })
-        .await
-    });
+    let (_impostor, asked) = impostor_peer(
+        &stranger,
+        PeerAnswer {
+            node: node2.ticket(),
+            addresses: vec![STRANGER],
+            etcd_data: true,
+            ca_backup: Some("00".repeat(64)),
+            freeipa_ca: None,
+        },
+        SigningKey::from_seed(&Seed::from_bytes(rand::random())),
+    );
 
     // node1's disk is lost; the droplet is rebuilt from the same user data
     // and boots while its real peers are unreachable for a minute.
-    let node1_ns = lab.node("node1").unwrap().netns().to_owned();
     let peers = format!(
-        "{{ {}, {} }}",
+        "ip daddr {{ {}, {} }}",
         address(&lab, "node2"),
         address(&lab, "node3")
     );
-    let block = |action: &str| {
-        let script = match action {
-            "add" => format!(
-                "nft add table inet labblock && nft 'add chain inet labblock out \
-                 {{ type filter hook output priority filter; }}' && \
-                 nft add rule inet labblock out ip daddr {peers} drop"
-            ),
-            _ => "nft delete table inet labblock".to_owned(),
-        };
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &node1_ns, "sh", "-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     lab.rebuild("node1", &configs[0].1).unwrap();
-    block("add");
+    block_output(&lab, "node1", Some(&peers));
     lab.boot("node1").unwrap();
     std::thread::sleep(Duration::from_secs(60));
     let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
@@ -1048,24 +1119,180 @@ fn a_rebuilt_bootstrap_host_waits_for_its_peers_and_rejoins() {
         asked.load(std::sync::atomic::Ordering::SeqCst) > 0,
         "the impostor was never asked: the check below would prove nothing"
     );
-    block("delete");
+    block_output(&lab, "node1", None);
 
-    assert_cluster(&lab, &site);
-    let after = cluster_id(&lab);
-    assert_eq!(after.len(), 3, "members after the rebuild: {after:?}");
-    assert!(
-        after.iter().all(|id| *id == before[0]),
-        "a second cluster: {before:?} then {after:?}"
-    );
-    let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
-    assert!(journal.contains("a cluster already exists"), "{journal}");
-    assert!(
-        !journal.contains("created the temporary CAs"),
-        "node1 made new CAs:\n{journal}"
-    );
+    assert_rejoined(&lab, &site, &before);
     // The impostor's answer was never written into DNS.
     let a = lab
         .sh("node3", "dig +short @127.0.0.53 node2.lab.example.org A")
         .unwrap();
     assert_eq!(a.trim(), address(&lab, "node2").to_string());
+}
+
+/// A stranger holding a copy of node2's user data answers the rebuilt
+/// bootstrap host as node2, signed with node2's genuine key and ticket,
+/// and offers a FreeIPA CA of its own, while node2's real peer service
+/// cannot be reached. node2 joined last, so node3's sealed copy (the only
+/// one node1 hears meanwhile) does not know it: node1 waits for node2's
+/// own copy rather than take the stranger's word, then takes node2 only
+/// at its sealed address. The stranger's address goes into no record, no
+/// /etc/hosts and no DNS answer, and no FreeIPA password goes to it.
+#[test]
+fn a_rebuilt_bootstrap_host_takes_nothing_from_a_stranger_with_a_peers_user_data() {
+    let _one_lab_at_a_time = support::lab::exclusive();
+    let Some((image, firstboot, bytes)) = ready() else {
+        return;
+    };
+    let (_dir, site, configs) = render(3, &firstboot);
+    let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
+    // node2 joins last: node3's copy is sealed before node2 registered.
+    // (node2 answers node1 all along, so node1 starts the site at once.)
+    let join_service = format!(
+        "ip daddr {} tcp dport {}",
+        address(&lab, "node1"),
+        contract(&site, "node1").join.port
+    );
+    block_output(&lab, "node2", Some(&join_service));
+    for node in ["node1", "node2", "node3"] {
+        lab.boot(node).unwrap();
+    }
+    let node3_copy = lab
+        .root("node3")
+        .unwrap()
+        .join("var/lib/firstboot/ca-backup");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !node3_copy.exists() {
+        assert!(Instant::now() < deadline, "node3 did not join");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    block_output(&lab, "node2", None);
+    assert_cluster(&lab, &site);
+    let before = cluster_ids(&lab);
+    assert_eq!(before.len(), 3);
+    let node2_at = address(&lab, "node2");
+    let seed = contract(&site, "node1").identity.ca_backup_key.unwrap();
+    let copy =
+        firstboot::backup::open(&seed, &std::fs::read_to_string(&node3_copy).unwrap()).unwrap();
+    assert!(
+        !copy
+            .registry
+            .contains_key(&HostName::parse("node2").unwrap()),
+        "node3's copy knows node2: the case below would not be shown ({:?})",
+        copy.registry
+    );
+
+    let stranger = lab.add_stranger(STRANGER).unwrap();
+    let node2 = contract(&site, "node2");
+    let fake_ipa = firstboot::pki::TempCa::create("lab.example.org").unwrap();
+    let fake_ipa_ca = fake_ipa.root.cert_pem().to_owned();
+    let (_impostor, asked) = impostor_peer(
+        &stranger,
+        PeerAnswer {
+            node: node2.ticket(),
+            addresses: vec![STRANGER],
+            etcd_data: true,
+            ca_backup: None,
+            freeipa_ca: Some(fake_ipa_ca.clone()),
+        },
+        node2.signing_key(),
+    );
+    let (_fake_ipa, heard) = impostor_freeipa(
+        &stranger,
+        fake_ipa.root.issue("node2.lab.example.org").unwrap(),
+    );
+    // The trap works: a host that took the stranger's FreeIPA CA would
+    // log in there, and the stranger would hear the password.
+    let refused = in_netns(&stranger, move || {
+        let endpoint = Endpoint::at(
+            "node2.lab.example.org",
+            SocketAddr::new(STRANGER.into(), 443),
+        );
+        let client = Client::new(Config::admin(endpoint, &fake_ipa_ca, "probe-password")).unwrap();
+        runtime().block_on(client.login())
+    });
+    assert!(refused.is_err());
+    let probe: Vec<String> = heard.lock().unwrap().drain(..).collect();
+    assert!(
+        probe.iter().any(|r| r.contains("probe-password")),
+        "the fake FreeIPA server heard no login: {probe:?}"
+    );
+
+    // node1 is rebuilt and boots while node2's real peer service is out
+    // of its reach: it hears the stranger as node2, and waits.
+    lab.rebuild("node1", &configs[0].1).unwrap();
+    let peer_service = format!("ip daddr {node2_at} tcp dport {PEER_PORT}");
+    block_output(&lab, "node1", Some(&peer_service));
+    lab.boot("node1").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while asked.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the impostor was never asked");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Well inside the two minutes a host saying it holds no copy is
+    // waited for.
+    std::thread::sleep(Duration::from_secs(10));
+    let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
+    let ca_key = lab
+        .root("node1")
+        .unwrap()
+        .join("var/lib/firstboot/ca/ca.key");
+    assert!(
+        !journal.contains("a cluster already exists") && !ca_key.exists(),
+        "node1 decided without node2's own answer:\n{journal}"
+    );
+    assert!(
+        asked.load(Ordering::SeqCst) > 1,
+        "node1 did not keep asking while it waited"
+    );
+
+    // node2 answers: node1 restores, and takes node2 only where sealed.
+    block_output(&lab, "node1", None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ca_key.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "node1 did not decide once node2 answered:\n{}",
+            lab.journal("node1", Some("firstboot.service")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Nothing of the stranger in node1's records or /etc/hosts, at once
+    // and once the site runs again; node2 is there at its own address.
+    let nothing_recorded = |lab: &Lab| {
+        let files = lab
+            .sh(
+                "node1",
+                &format!("grep -rlF {STRANGER} /var/lib/firstboot /etc/hosts || true"),
+            )
+            .unwrap();
+        assert_eq!(files.trim(), "", "the stranger's address is recorded");
+    };
+    nothing_recorded(&lab);
+    let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
+    assert!(
+        journal.contains(&format!(
+            "node2 answered from {STRANGER}, but the sealed registry has it at {node2_at}"
+        )),
+        "the stranger's answer was not weighed:\n{journal}"
+    );
+
+    assert_rejoined(&lab, &site, &before);
+    nothing_recorded(&lab);
+    for file in [
+        "/var/lib/firstboot/registry.json",
+        "/var/lib/firstboot/freeipa-rejoin.json",
+        "/etc/hosts",
+    ] {
+        let text = lab.sh("node1", &format!("cat {file}")).unwrap();
+        assert!(text.contains(&node2_at.to_string()), "{file}: {text}");
+    }
+    // DNS, on the rebuilt host and on a peer.
+    for node in ["node1", "node3"] {
+        let a = lab
+            .sh(node, "dig +short @127.0.0.53 node2.lab.example.org A")
+            .unwrap();
+        assert_eq!(a.trim(), node2_at.to_string(), "{node}");
+    }
+    // No login, nor anything else, went to the stranger's FreeIPA.
+    assert_eq!(*heard.lock().unwrap(), Vec::<String>::new());
 }

@@ -55,14 +55,20 @@ pub enum Verdict {
     },
 }
 
+/// Each name's authenticated answers, by the address each came from: a
+/// copy of a node's user data answers as well as the node, from elsewhere,
+/// and neither answer hides the other.
+pub type Answers = BTreeMap<HostName, BTreeMap<Ipv4Addr, PeerAnswer>>;
+
 /// The answers gathered so far, and since when a fresh majority holds.
 #[derive(Debug, Default)]
 pub struct Discovery {
-    answers: BTreeMap<HostName, (Ipv4Addr, PeerAnswer)>,
-    /// Names that answered from more than one address.
-    contested: BTreeSet<HostName>,
+    answers: Answers,
     backups: Vec<CaBackup>,
     fresh_majority_since: Option<Instant>,
+    /// Since when every core host the newest copy does not know has said
+    /// it holds no copy of its own.
+    unknown_copyless_since: Option<Instant>,
     rounds_with_backup: u32,
 }
 
@@ -82,7 +88,8 @@ impl Discovery {
         let mut asks = tokio::task::JoinSet::new();
         let mut probing = true;
         // Ask each peer as soon as it accepts; end the round once every
-        // other core host has answered, or nothing more is coming.
+        // other core host has answered beyond doubt, or nothing more is
+        // coming.
         while probing || !asks.is_empty() {
             tokio::select! {
                 next = found.recv(), if probing => match next {
@@ -95,7 +102,7 @@ impl Discovery {
                 },
                 Some(Ok((address, result))) = asks.join_next() => {
                     self.record(me, address, result);
-                    if others.iter().all(|c| self.answers.contains_key(*c)) {
+                    if others.iter().all(|c| self.settled(c)) {
                         break;
                     }
                 }
@@ -118,45 +125,114 @@ impl Discovery {
                     }
                 }
                 let node = answer.node.node.clone();
-                if let Some((before, _)) = self.answers.insert(node.clone(), (address, answer)) {
-                    if before != address {
-                        tracing::warn!(peer = %node, "{node} answered from {before} and from {address}");
-                        self.contested.insert(node);
-                    }
+                let heard = self.answers.entry(node.clone()).or_default();
+                if heard.insert(address, answer).is_none() && heard.len() > 1 {
+                    tracing::warn!(peer = %node, "{node} answered from {:?}", heard.keys().collect::<Vec<_>>());
                 }
             }
             Err(e) => tracing::debug!("peer {address}: {e:#}"),
         }
     }
 
+    /// The newest sealed copy heard.
+    fn newest(&self) -> Option<&CaBackup> {
+        self.backups.iter().max_by_key(|b| b.generation)
+    }
+
+    /// Whether core host `node` has answered beyond doubt: from the address
+    /// the newest copy registers for it; before any copy, from a single
+    /// address. Until every core host has, a round asks every address that
+    /// accepts, so the genuine node is heard beside a copy of its user data
+    /// answering elsewhere.
+    fn settled(&self, node: &HostName) -> bool {
+        let Some(heard) = self.answers.get(node) else {
+            return false;
+        };
+        match self.newest() {
+            Some(newest) => newest
+                .registry
+                .get(node)
+                .is_some_and(|at| heard.contains_key(at)),
+            None => heard.len() == 1,
+        }
+    }
+
+    /// Whether to wait for core hosts the newest copy does not know (they
+    /// joined after it was sealed): each one's own copy knows it, and a
+    /// copy of its user data answers as well as it does, from anywhere.
+    /// One that says it holds no copy (it has not joined, or lost its disk
+    /// as well) is waited for `GRACE`, then the rest goes ahead without
+    /// it: it joins through the join service like a new host, and is never
+    /// taken from what it answered here.
+    fn waiting_for_unknown_core(
+        &mut self,
+        others: &BTreeSet<&HostName>,
+        newest: &CaBackup,
+        now: Instant,
+    ) -> bool {
+        let unknown: Vec<&&HostName> = others
+            .iter()
+            .filter(|node| !newest.registry.contains_key(**node))
+            .collect();
+        if unknown.is_empty() {
+            self.unknown_copyless_since = None;
+            return false;
+        }
+        let copyless = unknown.iter().all(|node| {
+            self.answers.get(**node).is_some_and(|heard| {
+                heard
+                    .values()
+                    .any(|a| a.node.role == Role::Core && a.ca_backup.is_none())
+            })
+        });
+        if !copyless {
+            self.unknown_copyless_since = None;
+            return true;
+        }
+        let since = *self.unknown_copyless_since.get_or_insert(now);
+        now.duration_since(since) < GRACE
+    }
+
     /// Decide, if the answers allow it. `core` are the site's core hosts.
     pub fn verdict(&mut self, core: &[HostName], me: &HostName, now: Instant) -> Option<Verdict> {
         let others: BTreeSet<&HostName> = core.iter().filter(|c| *c != me).collect();
-        let answered_core: Vec<&PeerAnswer> = self
+        // Each other core host that answered, with all it said.
+        let answered_core: Vec<Vec<&PeerAnswer>> = self
             .answers
             .iter()
-            .filter(|(node, (_, a))| others.contains(node) && a.node.role == Role::Core)
-            .map(|(_, (_, a))| a)
+            .filter(|(node, _)| others.contains(node))
+            .map(|(_, heard)| {
+                heard
+                    .values()
+                    .filter(|a| a.node.role == Role::Core)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|said| !said.is_empty())
             .collect();
+        let answered = answered_core.len();
+        let cluster_exists = answered_core.iter().flatten().any(|a| a.etcd_data);
+        // Fresh only if all it said, from wherever, was fresh.
+        let fresh = answered_core
+            .iter()
+            .filter(|said| said.iter().all(|a| !a.etcd_data && a.ca_backup.is_none()))
+            .count();
         if !self.backups.is_empty() {
             // Give the others a round or two to answer too: the newest
             // copy wins, and every copy holds the same CAs.
             self.rounds_with_backup += 1;
-            if answered_core.len() < others.len() && self.rounds_with_backup < 3 {
+            if answered < others.len() && self.rounds_with_backup < 3 {
                 return None;
             }
-            let newest = self
-                .backups
-                .iter()
-                .max_by_key(|b| b.generation)
-                .cloned()
-                .expect("not empty");
-            let vouched = vouched_for(&self.answers, &self.contested, &newest);
+            let newest = self.newest().cloned().expect("not empty");
+            if self.waiting_for_unknown_core(&others, &newest, now) {
+                return None;
+            }
+            let vouched = vouched_for(&self.answers, &newest);
             let freeipa = vouched
                 .iter()
                 .filter(|(node, _)| others.contains(node))
                 .filter_map(|(node, address)| {
-                    let (_, a) = &self.answers[node];
+                    let a = &self.answers[node][address];
                     (a.node.role == Role::Core).then_some(())?;
                     Some(crate::state::FreeipaPeer {
                         node: node.clone(),
@@ -167,15 +243,11 @@ impl Discovery {
                 .collect();
             return Some(Verdict::Restore {
                 freeipa,
-                cluster_exists: answered_core.iter().any(|a| a.etcd_data),
+                cluster_exists,
                 peers: vouched,
                 backup: Box::new(newest),
             });
         }
-        let fresh = answered_core
-            .iter()
-            .filter(|a| !a.etcd_data && a.ca_backup.is_none())
-            .count();
         if fresh == others.len() {
             return Some(Verdict::Fresh);
         }
@@ -198,12 +270,27 @@ impl Discovery {
             .filter(|c| self.answers.contains_key(*c))
             .map(|c| c.as_str())
             .collect();
-        format!(
+        let mut line = format!(
             "{} of {} other core hosts answered ({})",
             answered.len(),
             core.len() - 1,
             answered.join(", ")
-        )
+        );
+        if let Some(newest) = self.newest() {
+            let unknown: Vec<&str> = core
+                .iter()
+                .filter(|c| !newest.registry.contains_key(*c))
+                .map(|c| c.as_str())
+                .collect();
+            if !unknown.is_empty() {
+                line.push_str(&format!(
+                    "; the newest CA copy (generation {}) does not know {}: waiting for their own",
+                    newest.generation,
+                    unknown.join(", ")
+                ));
+            }
+        }
+        line
     }
 }
 
@@ -212,36 +299,50 @@ impl Discovery {
 /// registers counts only at its sealed address, and with a credential no
 /// older than the sealed generation (a stranger holding a copy of its
 /// user data answers from elsewhere, or with a retired credential); a
-/// host the copy does not know (a worker that joined after it was
-/// sealed) only if it answered from a single address. Silence changes
+/// worker the copy does not know (it joined after the copy was sealed)
+/// only if it answered from a single address; a core host the copy does
+/// not know never (it joins through the join service). Silence changes
 /// nothing: a sealed host that did not answer keeps its sealed address.
-pub fn vouched_for(
-    answers: &BTreeMap<HostName, (Ipv4Addr, PeerAnswer)>,
-    contested: &BTreeSet<HostName>,
-    sealed: &CaBackup,
-) -> BTreeMap<HostName, Ipv4Addr> {
+pub fn vouched_for(answers: &Answers, sealed: &CaBackup) -> BTreeMap<HostName, Ipv4Addr> {
     let mut vouched = BTreeMap::new();
-    for (node, (address, answer)) in answers {
+    for (node, heard) in answers {
         let known =
             crate::join::protocol::known_generation(&sealed.registry, &sealed.generations, node);
-        if crate::join::protocol::check_generation(&answer.node, known).is_err() {
-            tracing::warn!(peer = %node, "{node} answered from {address} with a retired credential: ignored");
-            continue;
-        }
+        let current: BTreeMap<Ipv4Addr, &PeerAnswer> = heard
+            .iter()
+            .filter(|(address, answer)| {
+                let ok = crate::join::protocol::check_generation(&answer.node, known).is_ok();
+                if !ok {
+                    tracing::warn!(peer = %node, "{node} answered from {address} with a retired credential: ignored");
+                }
+                ok
+            })
+            .map(|(address, answer)| (*address, answer))
+            .collect();
         match sealed.registry.get(node) {
-            Some(at) if at == address => {
-                vouched.insert(node.clone(), *address);
+            Some(at) => {
+                for address in current.keys().filter(|a| *a != at) {
+                    tracing::warn!(
+                        peer = %node,
+                        "{node} answered from {address}, but the sealed registry has it at {at}: ignored"
+                    );
+                }
+                if current.contains_key(at) {
+                    vouched.insert(node.clone(), *at);
+                }
             }
-            Some(at) => tracing::warn!(
+            None if current.values().any(|a| a.node.role == Role::Core) => tracing::warn!(
                 peer = %node,
-                "{node} answered from {address}, but the sealed registry has it at {at}: ignored"
+                "{node} is a core host the sealed registry does not know: ignored"
             ),
-            None if contested.contains(node) => tracing::warn!(
+            None if current.len() > 1 => tracing::warn!(
                 peer = %node,
                 "{node} answered from more than one address and the sealed registry does not know it: ignored"
             ),
             None => {
-                vouched.insert(node.clone(), *address);
+                if let Some(address) = current.keys().next() {
+                    vouched.insert(node.clone(), *address);
+                }
             }
         }
     }

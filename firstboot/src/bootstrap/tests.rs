@@ -12,6 +12,12 @@ fn core() -> Vec<HostName> {
         .collect()
 }
 
+fn at(octet: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, octet)
+}
+
+/// A copy sealed once every core host had joined: node1 to node3 at .10
+/// to .12.
 fn backup(generation: u64) -> CaBackup {
     CaBackup {
         generation,
@@ -19,7 +25,12 @@ fn backup(generation: u64) -> CaBackup {
         root_key_pem: String::new(),
         etcd_cert_pem: String::new(),
         etcd_key_pem: String::new(),
-        registry: BTreeMap::new(),
+        registry: [
+            (name("node1"), at(10)),
+            (name("node2"), at(11)),
+            (name("node3"), at(12)),
+        ]
+        .into(),
         generations: BTreeMap::new(),
         admission_deadline: 0,
     }
@@ -29,7 +40,10 @@ fn backup(generation: u64) -> CaBackup {
 fn answer(d: &mut Discovery, node: &str, octet: u8, etcd_data: bool, backup: Option<u64>) {
     let address = Ipv4Addr::new(198, 18, 0, octet);
     let answer = peer_answer(node, octet, Generation::FIRST, address, etcd_data, backup);
-    d.answers.insert(name(node), (address, answer));
+    d.answers
+        .entry(name(node))
+        .or_default()
+        .insert(address, answer);
     if let Some(g) = backup {
         d.backups.push(super::tests::backup(g));
     }
@@ -66,60 +80,171 @@ fn peer_answer(
     }
 }
 
+/// Answers as `vouched_for` reads them: (name, key octet, generation,
+/// address) each.
+fn heard(answers: &[(&str, u8, Generation, u8)]) -> Answers {
+    let mut heard = Answers::new();
+    for (node, key, generation, address) in answers {
+        let answer = peer_answer(node, *key, *generation, at(*address), true, None);
+        heard
+            .entry(name(node))
+            .or_default()
+            .insert(at(*address), answer);
+    }
+    heard
+}
+
 #[test]
 fn a_rebuilt_bootstrap_host_trusts_only_the_sealed_addresses() {
-    let at = |o| Ipv4Addr::new(198, 18, 0, o);
     let g1 = Generation::FIRST;
     let mut sealed = backup(4);
     sealed.registry = [(name("node2"), at(11)), (name("node3"), at(12))].into();
     sealed.generations = [(name("node3"), g1.next())].into();
-    let answers: BTreeMap<HostName, (Ipv4Addr, PeerAnswer)> = [
+    let answers = heard(&[
         // node2's genuine credential, answering from a stranger's address.
-        (
-            name("node2"),
-            (at(50), peer_answer("node2", 2, g1, at(50), true, None)),
-        ),
+        ("node2", 2, g1, 50),
         // node3 with its retired credential, from its sealed address.
-        (
-            name("node3"),
-            (at(12), peer_answer("node3", 3, g1, at(12), true, None)),
-        ),
+        ("node3", 3, g1, 12),
         // A worker the copy does not know, from one address.
-        (
-            name("node4"),
-            (at(13), peer_answer("node4", 4, g1, at(13), false, None)),
-        ),
-        // Another unknown name, heard from two addresses.
-        (
-            name("node5"),
-            (at(14), peer_answer("node5", 5, g1, at(14), false, None)),
-        ),
-    ]
-    .into();
-    let contested = [name("node5")].into();
-    let vouched = vouched_for(&answers, &contested, &sealed);
+        ("node4", 4, g1, 13),
+        // A core host the copy does not know (it joined after the copy
+        // was sealed), from one address: a copy of its user data could
+        // answer from there as well as it.
+        ("node6", 6, g1, 16),
+    ]);
+    let vouched = vouched_for(&answers, &sealed);
     assert_eq!(vouched, [(name("node4"), at(13))].into(), "{vouched:?}");
 
-    // From their sealed addresses, with their current credentials: taken.
-    let answers: BTreeMap<HostName, (Ipv4Addr, PeerAnswer)> = [
-        (
-            name("node2"),
-            (at(11), peer_answer("node2", 2, g1, at(11), true, None)),
-        ),
-        (
-            name("node3"),
-            (
-                at(12),
-                peer_answer("node3", 3, g1.next(), at(12), true, None),
-            ),
-        ),
-    ]
-    .into();
-    let vouched = vouched_for(&answers, &BTreeSet::new(), &sealed);
+    // From their sealed addresses, with their current credentials: taken,
+    // whatever else answered in their name from elsewhere.
+    let answers = heard(&[
+        ("node2", 2, g1, 11),
+        ("node2", 2, g1, 50),
+        ("node3", 3, g1.next(), 12),
+        // Another worker the copy does not know, from two addresses.
+        ("node4", 4, g1, 13),
+        ("node4", 4, g1, 51),
+    ]);
+    let vouched = vouched_for(&answers, &sealed);
     assert_eq!(
         vouched,
         [(name("node2"), at(11)), (name("node3"), at(12))].into()
     );
+}
+
+/// A copy sealed when only `registered` (names, at .10 + their number)
+/// had joined.
+fn sealed_with(generation: u64, registered: &[u8]) -> CaBackup {
+    CaBackup {
+        registry: registered
+            .iter()
+            .map(|n| (name(&format!("node{n}")), at(9 + n)))
+            .collect(),
+        ..backup(generation)
+    }
+}
+
+/// Record `node`'s answer (key `key`) from `address`, carrying `copy`
+/// (opened) or, with `Some(None)`, a copy that does not open.
+fn answer_with(
+    d: &mut Discovery,
+    node: &str,
+    key: u8,
+    address: u8,
+    copy: Option<Option<CaBackup>>,
+) {
+    let mut answer = peer_answer(node, key, Generation::FIRST, at(address), true, None);
+    if let Some(copy) = copy {
+        answer.ca_backup = Some("sealed".into());
+        d.backups.extend(copy);
+    }
+    answer.freeipa_ca = Some(format!("{node} CA at {address}"));
+    d.answers
+        .entry(name(node))
+        .or_default()
+        .insert(at(address), answer);
+}
+
+#[test]
+fn a_core_host_the_copy_does_not_know_is_waited_for_never_taken_elsewhere() {
+    let now = Instant::now();
+    let me = name("node1");
+    // node3 joined before node2: its copy does not know node2. A stranger
+    // with node2's user data answers as node2 while node2 is silent.
+    let impostor = |copy| {
+        let mut d = Discovery::default();
+        answer_with(&mut d, "node3", 3, 12, Some(Some(sealed_with(2, &[1, 3]))));
+        answer_with(&mut d, "node2", 2, 50, copy);
+        d
+    };
+    // With a copy of its own (which does not open): waited for, however long.
+    let mut d = impostor(Some(None));
+    for minutes in [0, 2, 60] {
+        let later = now + Duration::from_secs(60 * minutes);
+        assert!(d.verdict(&core(), &me, later).is_none());
+    }
+    // Saying it holds none (as a host that has not joined would): waited
+    // for two minutes, then the restore goes ahead without it.
+    let mut d = impostor(None);
+    assert!(d.verdict(&core(), &me, now).is_none());
+    assert!(d
+        .verdict(&core(), &me, now + GRACE - Duration::from_secs(1))
+        .is_none());
+    let Some(Verdict::Restore { peers, freeipa, .. }) = d.verdict(&core(), &me, now + GRACE) else {
+        panic!("a restore was expected");
+    };
+    assert_eq!(peers, [(name("node3"), at(12))].into());
+    assert_eq!(
+        freeipa.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(),
+        ["node3"]
+    );
+
+    // The genuine node2 answers with its own copy, which knows it: at once,
+    // node2 at its sealed address, and only there.
+    let mut d = impostor(Some(None));
+    assert!(d.verdict(&core(), &me, now).is_none());
+    assert!(!d.settled(&name("node2")));
+    answer_with(
+        &mut d,
+        "node2",
+        2,
+        11,
+        Some(Some(sealed_with(3, &[1, 2, 3]))),
+    );
+    assert!(d.settled(&name("node2")));
+    let Some(Verdict::Restore {
+        peers,
+        freeipa,
+        backup,
+        ..
+    }) = d.verdict(&core(), &me, now)
+    else {
+        panic!("a restore was expected");
+    };
+    assert_eq!(backup.generation, 3);
+    assert_eq!(
+        peers,
+        [(name("node2"), at(11)), (name("node3"), at(12))].into()
+    );
+    assert!(freeipa.iter().all(|p| p.address != at(50)), "{freeipa:?}");
+}
+
+#[test]
+fn a_round_ends_early_only_once_each_core_host_answered_from_its_sealed_address() {
+    let mut d = Discovery::default();
+    // Before any copy: one address is enough, two are not.
+    answer_with(&mut d, "node2", 2, 50, None);
+    assert!(d.settled(&name("node2")));
+    answer_with(&mut d, "node2", 2, 11, None);
+    assert!(!d.settled(&name("node2")));
+    // With a copy: its sealed address, whoever else answered.
+    let mut d = Discovery::default();
+    answer_with(&mut d, "node3", 3, 12, Some(Some(backup(3))));
+    answer_with(&mut d, "node2", 2, 50, None);
+    assert!(d.settled(&name("node3")));
+    assert!(!d.settled(&name("node2")));
+    answer_with(&mut d, "node2", 2, 11, None);
+    assert!(d.settled(&name("node2")));
 }
 
 #[test]
@@ -217,7 +342,9 @@ fn a_restore_names_the_peers_that_run_freeipa_with_their_ca() {
     // node3 and the worker node4 say they run FreeIPA: only the core
     // host counts (a worker runs no server, whatever it says).
     for node in ["node3", "node4"] {
-        d.answers.get_mut(&name(node)).unwrap().1.freeipa_ca = Some(format!("{node} CA"));
+        for answer in d.answers.get_mut(&name(node)).unwrap().values_mut() {
+            answer.freeipa_ca = Some(format!("{node} CA"));
+        }
     }
     let Some(Verdict::Restore { freeipa, .. }) = d.verdict(&core(), &name("node1"), now) else {
         panic!("a restore was expected");
