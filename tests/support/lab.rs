@@ -132,12 +132,68 @@ pub fn start(
     lab
 }
 
-/// Labs in one test binary run one at a time: several at once on a
-/// 2-core machine starve each other's timeouts, and that would test the
-/// machine, not the code.
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+/// Labs run one at a time: several at once on a 2-core machine starve
+/// each other's timeouts (that would test the machine, not the code), and
+/// their nodes' machine names would clash. Within a test binary a mutex
+/// says so; across processes (two `cargo test` runs, a bench beside a
+/// test) a lock on a file does, waited for at most `LAB_WAIT`.
+pub fn exclusive() -> Exclusive {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    let one = ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let path = std::env::temp_dir().join("site-lab.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let start = std::time::Instant::now();
+    let mut said = false;
+    // flock(2) (std's File::try_lock is newer than the workspace's MSRV).
+    let try_lock = || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns for its call.
+        let rc =
+            unsafe { nix::libc::flock(file.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) };
+        match rc {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    loop {
+        match try_lock() {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < LAB_WAIT => {
+                if !said {
+                    eprintln!(
+                        "waiting for another process's lab to end (it holds {})",
+                        path.display()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            Err(e) => panic!(
+                "no lab after {:?}: another process holds {} ({e})",
+                start.elapsed(),
+                path.display()
+            ),
+        }
+    }
+    Exclusive {
+        _file: file,
+        _one: one,
+    }
+}
+
+/// How long a lab waits for another process's lab to end.
+const LAB_WAIT: std::time::Duration = std::time::Duration::from_secs(45 * 60);
+
+/// This process's turn at the lab, until dropped (the file's lock ends
+/// with it, or with the process).
+pub struct Exclusive {
+    _file: std::fs::File,
+    _one: std::sync::MutexGuard<'static, ()>,
 }
 
 pub const BOOT_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
