@@ -136,6 +136,7 @@ fn launch_status_and_destroy_through_prism() {
     let Some(w) = world() else { return };
 
     let t = std::time::Instant::now();
+    init_checks_the_region_against_the_account(&w);
     dry_run_sends_nothing(&w);
     let clean = clean_launch_then_nothing(&w);
     status_reports_every_host(&w);
@@ -151,6 +152,56 @@ fn launch_status_and_destroy_through_prism() {
     destroy_host_and_all_leave_foreign_resources(&w);
     a_foreign_vpc_is_neither_adopted_nor_deleted(&w);
     eprintln!("destroy: {:?}", t.elapsed());
+}
+
+/// With a token at hand, `builder init` checks the region against the
+/// account's (`GET /v2/regions`): a documented region the account does not
+/// offer is refused, with the ones it does.
+fn init_checks_the_region_against_the_account(w: &World) {
+    w.fake.reset();
+    let key = w.dir.path().join("init.pub");
+    std::fs::write(&key, format!("{}\n", site::SSH_KEY)).unwrap();
+    let init = |region: &str| {
+        let target = w.dir.path().join(format!("init-{region}"));
+        let out = w
+            .command(&[
+                "init",
+                target.to_str().unwrap(),
+                "--non-interactive",
+                "--domain",
+                "example.org",
+                "--region",
+                region,
+                "--ssh-key",
+                key.to_str().unwrap(),
+                "--publish-url",
+                "https://dl.example.org/fb",
+            ])
+            .output()
+            .unwrap();
+        (out.status.success(), transcript(&out), target)
+    };
+    // atl1 is documented, but the fake's account does not offer it.
+    let (ok, text, target) = init("atl1");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("--region `atl1`: not a DigitalOcean region")
+            && text
+                .contains("the regions your DigitalOcean account offers (GET /v2/regions): ams3,"),
+        "{text}"
+    );
+    assert!(!target.exists());
+    let (ok, text, target) = init("fra1");
+    assert!(ok, "{text}");
+    assert!(target.join("hosts.yaml").exists());
+    assert!(
+        w.fake
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("GET /v2/regions")),
+        "{:?}",
+        w.fake.calls()
+    );
 }
 
 fn dry_run_sends_nothing(w: &World) {

@@ -46,6 +46,10 @@ fn init(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     ] {
         cmd.env_remove(var);
     }
+    // A token in `env` makes init list the account's regions: from a
+    // closed port here, so it falls back to the documented ones (the
+    // account's are checked against the DigitalOcean fake in do_launch).
+    cmd.env("DIGITALOCEAN_API_URL", "http://127.0.0.1:9");
     cmd.envs(env.iter().copied());
     cmd.output().unwrap()
 }

@@ -1059,6 +1059,11 @@ fn route(s: &mut State, r: &Request) -> Answer {
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let result = match (r.method.as_str(), segments.as_slice()) {
         ("GET", ["v2", "account"]) => Ok(account()),
+        ("GET", ["v2", "regions"]) => Ok(paginate(
+            r,
+            "regions",
+            REGIONS.iter().map(|(slug, _)| region(slug)).collect(),
+        )),
         ("GET", ["v2", "tags"]) => Ok(s.list_tags(r)),
         ("POST", ["v2", "tags"]) => parse_body(r).map(|b| s.create_tag(r, &b)),
         ("GET", ["v2", "tags", name]) => Ok(s.get_tag(r, name)),

@@ -9,11 +9,13 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use tracing::info;
 
 use crate::cli::InitArgs;
+use crate::digitalocean::{Client, RetryPolicy, API_URL_ENV, DEFAULT_API_URL, TOKEN_ENVS};
 use crate::fsutil;
 use crate::site::{BaseUrl, BucketName, DomainName, HostName, Refusal, Site, Slug, SshKey};
 
@@ -28,7 +30,6 @@ enum Publish {
 }
 use crate::vault::{self, PassphraseSource, Secrets, PASSPHRASE_ENV};
 
-const TOKEN_ENVS: &[&str] = &["DIGITALOCEAN_ACCESS_TOKEN", "DIGITALOCEAN_TOKEN"];
 const ADMIN_ENV: &str = "BUILDER_FREEIPA_ADMIN_PASSWORD";
 const DM_ENV: &str = "BUILDER_DIRECTORY_MANAGER_PASSWORD";
 /// FreeIPA refuses passwords shorter than 8 characters.
@@ -107,6 +108,11 @@ pub fn run(args: InitArgs) -> Result<()> {
     // Everything given is checked before anything is asked.
     let mut problems = Vec::new();
     let mut domain = given(&DOMAIN, args.domain, check_domain, &mut problems);
+    let env_token = TOKEN_ENVS
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()));
+    let regions = Regions::find(env_token.as_deref());
+    let check_region = |s: &str| regions.check(s);
     let mut region = given(&REGION, args.region, check_region, &mut problems);
     let publish_url = given(&PUBLISH_URL, args.publish_url, check_url, &mut problems);
     let bucket = given(
@@ -209,10 +215,7 @@ pub fn run(args: InitArgs) -> Result<()> {
             }
         });
     }
-    let token = match TOKEN_ENVS
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
-    {
+    let token = match env_token {
         Some(token) => token,
         None if interactive => ask.optional_secret(
             "DigitalOcean API token (Enter to skip: launch then reads $DIGITALOCEAN_ACCESS_TOKEN)",
@@ -326,29 +329,90 @@ pub const REGIONS: &[&str] = &[
     "sfo3", "sgp1", "syd1", "tor1",
 ];
 
-fn check_region(s: &str) -> Result<String, String> {
-    let slug = Slug::parse(&s.to_ascii_lowercase(), "region", "ams3").map_err(said)?;
-    if REGIONS.contains(&slug.as_str()) {
-        return Ok(slug.to_string());
+/// The regions a slug is checked against, and where they come from.
+struct Regions {
+    slugs: Vec<String>,
+    from: &'static str,
+}
+
+impl Regions {
+    /// The account's regions from the API (`GET /v2/regions`, those
+    /// available) when a token is at hand; else, or when the API cannot
+    /// be read, the regions the specification documents (said so).
+    fn find(token: Option<&str>) -> Regions {
+        let documented = Regions {
+            slugs: REGIONS.iter().map(|r| (*r).to_owned()).collect(),
+            from: "DigitalOcean's documented regions",
+        };
+        let Some(token) = token else {
+            return documented;
+        };
+        let base = std::env::var(API_URL_ENV).unwrap_or_else(|_| DEFAULT_API_URL.to_owned());
+        // One question at the start of init: a short wait, not launch's.
+        let policy = RetryPolicy {
+            attempts: 2,
+            deadline: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(10),
+            ..RetryPolicy::digitalocean()
+        };
+        let listed = Client::new(&base, token, policy).and_then(|client| {
+            let runtime = crate::net::runtime()?;
+            Ok(runtime.block_on(client.list("/v2/regions", "regions"))?)
+        });
+        match listed {
+            Ok(regions) => {
+                let slugs: Vec<String> = regions
+                    .iter()
+                    .filter(|r| r["available"] == true)
+                    .filter_map(|r| r["slug"].as_str().map(str::to_owned))
+                    .collect();
+                if slugs.is_empty() {
+                    eprintln!(
+                        "note: DigitalOcean's API lists no available region; regions are \
+                         checked against the documented ones"
+                    );
+                    return documented;
+                }
+                Regions {
+                    slugs,
+                    from: "the regions your DigitalOcean account offers (GET /v2/regions)",
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "note: cannot list DigitalOcean's regions ({e:#}); regions are checked \
+                     against the documented ones"
+                );
+                documented
+            }
+        }
     }
-    let close = close_regions(slug.as_str());
-    let hint = if close.is_empty() {
-        String::new()
-    } else {
-        format!("; close to it: {}", close.join(", "))
-    };
-    Err(format!(
-        "not a DigitalOcean region{hint} (the regions: {}; a region opened since this builder \
-         was made can be written in hosts.yaml by hand)",
-        REGIONS.join(", ")
-    ))
+
+    fn check(&self, s: &str) -> Result<String, String> {
+        let slug = Slug::parse(&s.to_ascii_lowercase(), "region", "ams3").map_err(said)?;
+        if self.slugs.iter().any(|r| r == slug.as_str()) {
+            return Ok(slug.to_string());
+        }
+        let close = close_regions(&self.slugs, slug.as_str());
+        let hint = if close.is_empty() {
+            String::new()
+        } else {
+            format!("; close to it: {}", close.join(", "))
+        };
+        Err(format!(
+            "not a DigitalOcean region{hint} ({}: {}; a region opened since can be written in \
+             hosts.yaml by hand)",
+            self.from,
+            self.slugs.join(", ")
+        ))
+    }
 }
 
 /// Regions one edit from `slug`, or in the same city.
-fn close_regions(slug: &str) -> Vec<&'static str> {
-    REGIONS
+fn close_regions<'a>(regions: &'a [String], slug: &str) -> Vec<&'a str> {
+    regions
         .iter()
-        .copied()
+        .map(String::as_str)
         .filter(|r| r.get(..3) == slug.get(..3) || edits(r, slug) <= 1)
         .collect()
 }
