@@ -223,6 +223,44 @@ fn podman_accepts_the_command_line_of_every_catalog_service() {
         let got: Vec<String> =
             serde_json::from_value(inspect["Config"]["Cmd"].clone()).unwrap_or_default();
         assert_eq!(got, expected, "{service}");
+        // A container that runs systemd (the FreeIPA server's image
+        // init) is in systemd mode, with the signal that halts systemd;
+        // others keep podman's defaults.
+        let systemd = firstboot::exec::runs_systemd(command);
+        assert_eq!(systemd, service == "freeipa-server", "{service}");
+        let stop_signal = inspect["Config"]["StopSignal"].as_u64();
+        // SIGRTMIN+3 is 37 in podman's numbering (SIGRTMIN 34); SIGTERM 15.
+        assert_eq!(
+            stop_signal,
+            Some(if systemd { 37 } else { 15 }),
+            "{service}: {}",
+            inspect["Config"]
+        );
+        assert_eq!(
+            inspect["Config"]["SystemdMode"].as_bool().unwrap_or(false),
+            systemd,
+            "{service}: {}",
+            inspect["Config"]
+        );
+        // What the unit's ExecStop runs (`firstboot stop`): podman takes it,
+        // on the container as created and once it is gone (a unit whose
+        // container already ended stops cleanly).
+        let stop = firstboot::exec::stop_command(&service);
+        assert_eq!(stop.get_program(), "podman");
+        let stop_args: Vec<String> = stop
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        podman.run(&stop_args);
         podman.run(&["rm".to_owned(), service.clone()]);
+        podman.run(&stop_args);
     }
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/freeipa-server.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("\nExecStop=/usr/local/bin/firstboot stop freeipa-server\n"),
+        "{unit}"
+    );
 }

@@ -48,6 +48,15 @@ enum Command {
         /// A service of the image catalog, such as `etcd`
         service: String,
     },
+    /// Stop a service as its image expects (its unit's ExecStop)
+    ///
+    /// A container: `podman stop`, which sends the container's stop
+    /// signal (SIGRTMIN+3 for one that runs systemd) and kills it after
+    /// a while. A host binary: nothing (systemd's signal stops it).
+    Stop {
+        /// A service of the image catalog, such as `freeipa-server`
+        service: String,
+    },
     /// Enroll this host in the site's FreeIPA (the catalog's freeipa-client)
     ///
     /// Layers the `freeipa-client` package with rpm-ostree first where the
@@ -70,7 +79,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None if cli.check => firstboot::check::run(&cli.config).map(|summary| print!("{summary}")),
         None => Err(anyhow::anyhow!(
-            "nothing to do: give --check, `run`, `peer`, `renew`, `exec`, `ipa-client` or \
+            "nothing to do: give --check, `run`, `peer`, `renew`, `exec`, `stop`, `ipa-client` or \
              `guard-allow` (see --help)"
         )),
         Some(Command::Run) => {
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
             })
         }
         Some(Command::Exec { service }) => firstboot::exec::exec(&Paths::from_env(), &service),
+        Some(Command::Stop { service }) => firstboot::exec::stop(&Paths::from_env(), &service),
         Some(Command::IpaClient) => {
             firstboot::logging::init();
             firstboot::freeipa::host::main(&Paths::from_env())
