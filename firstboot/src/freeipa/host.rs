@@ -37,6 +37,8 @@ pub struct Host {
     pub rpm_ostree: PathBuf,
     pub tmpfiles: PathBuf,
     pub systemctl: PathBuf,
+    /// Asks the bus to reload its policy after a live apply.
+    pub busctl: PathBuf,
     /// The IPA CA that `ipa-client-install` leaves.
     pub ipa_ca: PathBuf,
     /// The host keytab that `ipa-client-install` leaves.
@@ -50,6 +52,7 @@ impl Host {
             rpm_ostree: "/usr/bin/rpm-ostree".into(),
             tmpfiles: "/usr/bin/systemd-tmpfiles".into(),
             systemctl: "/usr/bin/systemctl".into(),
+            busctl: "/usr/bin/busctl".into(),
             ipa_ca: "/etc/ipa/ca.crt".into(),
             keytab: "/etc/krb5.keytab".into(),
         }
@@ -185,13 +188,30 @@ fn layer_live(host: &Host) -> std::result::Result<(), Failure> {
     install_package(host, true)
 }
 
+/// The bus driver's own call to read its configuration (and policy) again.
+const RELOAD_BUS: [&str; 5] = [
+    "call",
+    "org.freedesktop.DBus",
+    "/org/freedesktop/DBus",
+    "org.freedesktop.DBus",
+    "ReloadConfig",
+];
+
 /// After a live apply: the new packages' tmpfiles.d entries, which
 /// create their directories under /var (rpm-ostree keeps /var out of
 /// deployments), are not run by the apply. ipa-client-install needs
 /// /var/lib/ipa-client/sysrestore.
+///
+/// Nor does it make the bus read the new packages' D-Bus policy
+/// (certmonger's, which lets it own its bus name): dbus-broker, Fedora's
+/// bus, reads policy at start and on `ReloadConfig` only, never on a file
+/// change (dbus-broker issue 69; rpm-ostree's live apply, `live.rs`,
+/// restarts nothing). Without it certmonger cannot start in this boot.
 fn finish_live(host: &Host) -> Result<()> {
     run(Command::new(&host.tmpfiles).arg("--create"))
         .map_err(|f| anyhow::anyhow!("systemd-tmpfiles --create {f}"))?;
+    run(Command::new(&host.busctl).args(RELOAD_BUS))
+        .map_err(|f| anyhow::anyhow!("busctl {} {f}", RELOAD_BUS.join(" ")))?;
     if !host.installer.exists() {
         bail!(
             "rpm-ostree applied {PACKAGE} live, but there is no {}",

@@ -33,6 +33,7 @@ impl Scratch {
             rpm_ostree: root.join("bin/rpm-ostree"),
             tmpfiles: root.join("bin/systemd-tmpfiles"),
             systemctl: root.join("bin/systemctl"),
+            busctl: root.join("bin/busctl"),
             ipa_ca: root.join("etc/ipa/ca.crt"),
             keytab: root.join("etc/krb5.keytab"),
         };
@@ -46,6 +47,7 @@ impl Scratch {
         };
         s.program("systemctl", "exit 0");
         s.program("systemd-tmpfiles", "exit 0");
+        s.program("busctl", "exit 0");
         s
     }
 
@@ -97,6 +99,10 @@ impl Scratch {
         self.state.join("enrolled")
     }
 }
+
+/// What the live apply is followed by, so certmonger may own its bus name.
+const RELOAD_BUS_CALL: &str =
+    "busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig";
 
 fn installer_call() -> String {
     format!(
@@ -151,6 +157,7 @@ fn a_host_without_the_client_layers_it_live_then_enrolls() {
             "rpm-ostree install -y --idempotent --allow-inactive --apply-live freeipa-client"
                 .to_owned(),
             "systemd-tmpfiles --create".to_owned(),
+            RELOAD_BUS_CALL.to_owned(),
             installer_call(),
             "systemctl enable --now certmonger.service".to_owned(),
         ]
@@ -283,6 +290,7 @@ fn preparing_layers_live_only_and_only_when_the_client_is_missing() {
         [
             "rpm-ostree install -y --idempotent --allow-inactive --apply-live freeipa-client",
             "systemd-tmpfiles --create",
+            RELOAD_BUS_CALL,
         ]
     );
 
