@@ -74,11 +74,17 @@ impl Kind {
     }
 }
 
-/// Options every kind of install shares: this host, the site's domain
-/// and realm, unattended, no NTP (the platform keeps time).
+/// Options every kind of install shares: the site's domain and realm,
+/// unattended, no NTP (the platform keeps time). Not `--hostname` for
+/// the server and its replicas: the container's README says not to pass
+/// it (podman's `--hostname` names the container), and with it
+/// `ipa-server-install` and the client install inside
+/// `ipa-replica-install` set the host name themselves (`set_hostname`,
+/// `hostnamectl`), which a container may not do (freeipa
+/// `ipaserver/install/server/install.py`, `ipaclient/install/client.py`;
+/// freeipa-container `README`). The host client takes it.
 fn common(config: &NodeConfig) -> Vec<String> {
     vec![
-        format!("--hostname={}", config.fqdn(&config.node)),
         format!("--domain={}", config.site.domain),
         format!("--realm={}", config.site.realm),
         "--no-ntp".into(),
@@ -100,6 +106,14 @@ pub fn secrets(config: &NodeConfig) -> Result<&node_contract::FreeIpaSecrets> {
 /// the passwords only this host's config holds.
 pub fn server_options(config: &NodeConfig, own: Ipv4Addr) -> Result<Vec<String>> {
     let secrets = secrets(config)?;
+    let problems = secrets.problems();
+    if !problems.is_empty() {
+        bail!(
+            "ipa-server-install would refuse this node's FreeIPA passwords: {} \
+             (builder init and render refuse them too: render the site again)",
+            problems.join("; ")
+        );
+    }
     let mut options = common(config);
     options.extend([
         format!("--ip-address={own}"),
@@ -131,15 +145,51 @@ pub fn replica_options(config: &NodeConfig, own: Ipv4Addr, server: &str, otp: &s
 
 /// A client's options: enrolled with a one-time password.
 pub fn client_options(config: &NodeConfig, server: &str, otp: &str) -> Vec<String> {
-    let mut options = common(config);
+    let mut options = vec![format!("--hostname={}", config.fqdn(&config.node))];
+    options.extend(common(config));
     options.extend([format!("--server={server}"), format!("--password={otp}")]);
     options
 }
 
-/// Write an options file (0600: it holds a password).
+/// Write an options file (0600: it holds a password), one option per
+/// line. The container hands the server's and a replica's to the
+/// installer through `xargs` (freeipa-container
+/// `ipa-server-configure-first`), which splits on blanks and reads
+/// quotes and backslashes: each option is quoted so that `xargs` gives it
+/// back whole ([`xargs_quote`]). The host client (`freeipa::host`) reads
+/// its own file line by line, which needs no quoting; a line break inside
+/// an option is refused for it.
 pub fn write_options(state: &Path, kind: Kind, options: &[String]) -> Result<()> {
-    let text = options.join("\n") + "\n";
+    let lines: Vec<String> = match kind {
+        Kind::Server | Kind::Replica => options.iter().map(|o| xargs_quote(o)).collect(),
+        Kind::Client => {
+            if let Some(odd) = options.iter().find(|o| o.contains('\n')) {
+                bail!(
+                    "an install option holds a line break: {:?}",
+                    odd.split('=').next()
+                );
+            }
+            options.to_vec()
+        }
+    };
+    let text = lines.join("\n") + "\n";
     crate::fsutil::write_atomic(&state.join(kind.options_file()), text.as_bytes(), 0o600)
+}
+
+/// `arg` as GNU `xargs` (without `-0` or `-d`) reads it back as one
+/// argument: a backslash before each character it would take as a
+/// separator or a quote (blanks, line breaks, `'`, `"`, `\`). Outside
+/// quotes, `xargs` keeps the character after a backslash, whatever it is
+/// (findutils `xargs/xargs.c`, `read_line`).
+pub fn xargs_quote(arg: &str) -> String {
+    let mut quoted = String::with_capacity(arg.len());
+    for c in arg.chars() {
+        if c.is_ascii_whitespace() || matches!(c, '\'' | '"' | '\\' | '\u{b}') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted
 }
 
 /// Remove an options file whose one-time password enrollment spent.
@@ -151,6 +201,34 @@ pub fn forget_options(state: &Path, kind: Kind) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Set a half-installed state directory aside, whole, and leave an empty
+/// one in its place (with the same mode): the directory it points to
+/// when it is a link onto the data volume. Only the last failed attempt
+/// is kept, so failures do not fill the volume. Where it went.
+pub fn set_aside(state: &Path) -> Result<PathBuf> {
+    let real = std::fs::canonicalize(state)
+        .with_context(|| format!("cannot resolve {}", state.display()))?;
+    let name = real
+        .file_name()
+        .with_context(|| format!("{} has no name", real.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let aside = real.with_file_name(format!("{name}.failed-install"));
+    let mode = std::fs::metadata(&real)
+        .with_context(|| format!("cannot read {}", real.display()))?
+        .permissions();
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("cannot remove the earlier {}", aside.display()))?;
+    }
+    std::fs::rename(&real, &aside)
+        .with_context(|| format!("cannot move {} to {}", real.display(), aside.display()))?;
+    std::fs::create_dir(&real).with_context(|| format!("cannot create {}", real.display()))?;
+    std::fs::set_permissions(&real, mode)
+        .with_context(|| format!("cannot set the mode of {}", real.display()))?;
+    Ok(aside)
 }
 
 /// The IPA CA as the installed service left it.

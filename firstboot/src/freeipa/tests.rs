@@ -101,13 +101,12 @@ async fn first_server(dir: &Path, api: Arc<Api>) -> Sim {
         "--domain=lab.example.org",
         "--ds-password=Secret123-dm",
         &format!("--admin-password={PASSWORD}"),
-        &format!("--hostname={IPA1}"),
         "--setup-dns",
         "--no-forwarders",
         "-U",
     ]);
     let (state, keytab) =
-        install::new_deployment(&options, "127.0.0.1:443".parse().unwrap()).unwrap();
+        install::new_deployment(&options, IPA1, "127.0.0.1:443".parse().unwrap()).unwrap();
     let calls = dir.join("calls.jsonl");
     let running = server::start(
         Options {
@@ -641,4 +640,101 @@ async fn a_server_leaves_only_when_the_rest_stay_connected_and_keep_a_ca() {
         Change::Unchanged
     );
     sim.running.unwrap().stop().await;
+}
+
+/// node1's config holding `admin` and `dm` as its FreeIPA passwords.
+fn bootstrap_config(admin: &str, dm: &str) -> node_contract::NodeConfig {
+    let mut config = crate::phases::tests::lab_config("node1");
+    config.freeipa = Some(node_contract::FreeIpaSecrets {
+        admin_password: admin.into(),
+        directory_manager_password: dm.into(),
+    });
+    config
+}
+
+#[test]
+fn options_files_carry_every_password_freeipa_takes_through_xargs() {
+    // Blanks, both quotes and `$`: what the container's xargs splits or
+    // strips when an options file holds them raw.
+    let admin = "it's a \"good\"  pa$$word";
+    let dm = "dm 'pass\" $HOME\ttab".replace('\t', " ");
+    let config = bootstrap_config(admin, &dm);
+    let own: Ipv4Addr = "198.18.0.11".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = site::server_options(&config, own).unwrap();
+    site::write_options(dir.path(), site::Kind::Server, &options).unwrap();
+    let file = dir.path().join(site::Kind::Server.options_file());
+    // The simulator reads it as xargs does, and the container takes it.
+    let read = InstallOptions::read(&file).unwrap();
+    assert_eq!(read.value("admin-password"), Some(admin));
+    assert_eq!(read.value("ds-password"), Some(dm.as_str()));
+    install::check_container_options(&read).unwrap();
+    install::check_password("admin-password", admin, false).unwrap();
+    // So does the real xargs, where this machine has it: the very
+    // arguments firstboot meant, in order.
+    if let Ok(out) = std::process::Command::new("xargs")
+        .arg("-a")
+        .arg(&file)
+        .args(["printf", "%s\\0"])
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let args: Vec<String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8(a.to_vec()).unwrap())
+            .collect();
+        assert_eq!(args, options);
+    }
+    // A replica's options, with its one-time password, the same way.
+    let replica = site::replica_options(&config, own, IPA1, "Abc23def");
+    site::write_options(dir.path(), site::Kind::Replica, &replica).unwrap();
+    let read = InstallOptions::read(&dir.path().join(site::Kind::Replica.options_file())).unwrap();
+    install::check_container_options(&read).unwrap();
+    assert_eq!(read.value("password"), Some("Abc23def"));
+}
+
+#[test]
+fn passwords_freeipa_refuses_are_refused_before_any_install() {
+    let own: Ipv4Addr = "198.18.0.11".parse().unwrap();
+    for (admin, dm, why) in [
+        ("back\\slash-admin", "good dm pass", "backslash"),
+        ("good admin pass", " leading-space", "space"),
+        ("short", "good dm pass", "at least 8"),
+        ("tab\there-admin", "good dm pass", "control"),
+    ] {
+        let e = site::server_options(&bootstrap_config(admin, dm), own).unwrap_err();
+        assert!(format!("{e:#}").contains(why), "{admin:?}/{dm:?}: {e:#}");
+        // The simulator's installer refuses them as ipa-server-install.
+        let refused = install::check_password("admin-password", admin, false)
+            .and_then(|()| install::check_password("ds-password", dm, true));
+        assert!(refused.is_err(), "{admin:?}/{dm:?}");
+    }
+}
+
+#[test]
+fn a_set_aside_volume_leaves_an_empty_one_and_only_the_last_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("volume/freeipa-server");
+    std::fs::create_dir_all(volume.join("etc/ipa")).unwrap();
+    std::fs::write(volume.join("etc/ipa/ca.crt"), "half").unwrap();
+    let link = dir.path().join("freeipa-server");
+    std::os::unix::fs::symlink(&volume, &link).unwrap();
+    let aside = site::set_aside(&link).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(aside.join("etc/ipa/ca.crt")).unwrap(),
+        "half"
+    );
+    assert!(link.is_dir());
+    assert_eq!(std::fs::read_dir(&link).unwrap().count(), 0);
+    std::fs::write(link.join("state.json"), "second").unwrap();
+    let again = site::set_aside(&link).unwrap();
+    assert_eq!(again, aside);
+    assert!(again.join("state.json").exists());
+    assert!(!again.join("etc/ipa/ca.crt").exists());
 }

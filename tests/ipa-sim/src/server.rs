@@ -337,6 +337,7 @@ impl Inner {
             "/ipa/session/login_password" => self.login(&request),
             "/ipa/session/json" => self.json(&request).await,
             "/ipa-sim/enroll" => self.enroll(&request).await,
+            "/ipa-sim/unenroll" => self.unenroll(&request),
             "/ipa-sim/replicate" => {
                 let (response, changed) = self.replicate(&request);
                 // A push can bring what this server's own pulls then find
@@ -589,6 +590,42 @@ impl Inner {
                         .into_bytes(),
                 )
             }
+        }
+    }
+
+    /// `ipa-join --unenroll` (freeipa `client/ipa-join.c`): the host,
+    /// proving its key, has its keys removed; its one-time password,
+    /// spent, does not come back.
+    fn unenroll(&self, request: &Request) -> Response {
+        let ask: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let host = ask["fqdn"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let keytab = ask["keytab"].as_str().unwrap_or_default();
+        let done = {
+            let mut state = lock(&self.state);
+            match state.get(Kind::Host, &host).cloned() {
+                Some(mut entry)
+                    if first(&entry, "_keytab").is_some_and(|h| h == sha256_hex(keytab)) =>
+                {
+                    entry.remove("_keytab");
+                    state.put(&self.options.fqdn, Kind::Host, &host, Some(entry));
+                    self.persist(&state);
+                    true
+                }
+                _ => false,
+            }
+        };
+        self.log(json!({"method": "unenroll", "params": {"fqdn": host}, "error": if done { Value::Null } else { json!(1201) }, "mutated": done}));
+        if done {
+            Response::text(200, "unenrolled")
+        } else {
+            Response::text(
+                401,
+                "only an enrolled host unenrolls itself, with its own key",
+            )
         }
     }
 
