@@ -738,3 +738,77 @@ fn a_set_aside_volume_leaves_an_empty_one_and_only_the_last_failure() {
     assert!(again.join("state.json").exists());
     assert!(!again.join("etc/ipa/ca.crt").exists());
 }
+
+#[tokio::test]
+async fn the_referer_is_checked_before_the_session_with_a_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, _client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let running = sim.running.as_ref().unwrap();
+    let body = json!({"method": "ping", "params": [[], {}], "id": 0}).to_string();
+    for referer in [
+        None,
+        Some("https://elsewhere.example.org/ipa".to_owned()),
+        Some(format!("http://{IPA1}/ipa")),
+        Some(format!("https://{IPA1}/other")),
+    ] {
+        let headers: Vec<(&str, String)> = referer.iter().map(|r| ("referer", r.clone())).collect();
+        // No session either: FreeIPA answers the Referer first.
+        let answer = crate::https::post(
+            running.address,
+            "/ipa/session/json",
+            &headers,
+            body.clone().into_bytes(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 400, "{referer:?}");
+    }
+    let good = crate::https::post(
+        running.address,
+        "/ipa/session/json",
+        &[("referer", format!("https://{IPA1}/ipa/ui"))],
+        body.into_bytes(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(good.status, 401, "a good Referer, no session");
+}
+
+#[tokio::test]
+async fn server_del_of_a_host_that_is_no_server_still_removes_its_principals() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let fqdn = host("node4");
+    client
+        .ensure_host(&HostSpec {
+            fqdn: fqdn.clone(),
+            address: Some("198.18.0.14".parse().unwrap()),
+            one_time_password: None,
+        })
+        .await
+        .unwrap();
+    let principal = format!("HTTP/{fqdn}@{REALM}");
+    client.ensure_service(&principal).await.unwrap();
+    client
+        .ensure_hostgroup_members(site::SERVERS_GROUP, std::slice::from_ref(&fqdn))
+        .await
+        .unwrap();
+    let e = client.call(&calls::server_del(&fqdn)).await.unwrap_err();
+    assert!(e.is(error::code::NOT_FOUND), "{e}");
+    for call in [calls::host_show(&fqdn), calls::service_show(&principal)] {
+        let e = client.call(&call).await.unwrap_err();
+        assert!(e.is(error::code::NOT_FOUND), "{e}");
+    }
+    // Nothing refers to the host any more (389-ds referential integrity).
+    let group = client
+        .call(&calls::hostgroup_show(site::SERVERS_GROUP))
+        .await
+        .unwrap();
+    assert!(!group.to_string().contains(&fqdn), "{group}");
+}

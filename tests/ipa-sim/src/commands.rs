@@ -457,7 +457,7 @@ fn host_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, Ipa
             }
             return Err(IpaError::not_found(host, "host"));
         }
-        state.put(ctx.server, Kind::Host, host, None);
+        delete_host(state, ctx, host);
         if call.flag("updatedns") {
             if let Some((name, zone)) = split_in_zone(state, host) {
                 state.put(ctx.server, Kind::DnsRecord, &format!("{zone}|{name}"), None);
@@ -1019,6 +1019,13 @@ fn server_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, I
     let mut deleted = Vec::new();
     for name in &names {
         let Some(server) = state.get(Kind::Server, name).cloned() else {
+            // FreeIPA's `pre_callback` runs before the entry is looked up:
+            // for a host that is no server it still destroys every
+            // Kerberos principal `*/<name>@REALM` (the host's own entry
+            // among them, `_remove_server_host_services`), and only the
+            // final delete finds no server (freeipa
+            // `ipaserver/plugins/server.py`).
+            remove_principals_of(state, ctx, name);
             if call.flag("continue") {
                 continue;
             }
@@ -1072,23 +1079,7 @@ fn server_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, I
         for key in segments {
             state.put(ctx.server, Kind::Segment, &key, None);
         }
-        let suffix = format!("/{name}@{}", state.realm).to_ascii_lowercase();
-        let services: Vec<String> = state
-            .all(Kind::Service)
-            .into_iter()
-            .map(|(k, _)| k.to_owned())
-            .filter(|k| k.to_ascii_lowercase().ends_with(&suffix))
-            .collect();
-        for key in services {
-            state.put(ctx.server, Kind::Service, &key, None);
-        }
-        state.put(ctx.server, Kind::Host, name, None);
-        if let Some(mut group) = state.get(Kind::HostGroup, IPASERVERS).cloned() {
-            let mut members = values(&group, "member_host");
-            members.retain(|m| !m.eq_ignore_ascii_case(name));
-            set(&mut group, "member_host", members);
-            state.put(ctx.server, Kind::HostGroup, IPASERVERS, Some(group));
-        }
+        remove_principals_of(state, ctx, name);
         state.put(ctx.server, Kind::Server, name, None);
         deleted.push(name.clone());
     }
@@ -1101,6 +1092,49 @@ fn server_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, I
         unchanged(result)
     } else {
         changed(result)
+    }
+}
+
+/// Every Kerberos principal of host `name`: its services and its host
+/// entry (FreeIPA's `_remove_server_host_services` deletes all entries
+/// with `krbprincipalname=*/<name>@REALM`).
+fn remove_principals_of(state: &mut State, ctx: &Ctx, name: &str) {
+    let suffix = format!("/{name}@{}", state.realm).to_ascii_lowercase();
+    let services: Vec<String> = state
+        .all(Kind::Service)
+        .into_iter()
+        .map(|(k, _)| k.to_owned())
+        .filter(|k| k.to_ascii_lowercase().ends_with(&suffix))
+        .collect();
+    for key in services {
+        state.put(ctx.server, Kind::Service, &key, None);
+    }
+    if state.exists(Kind::Host, name) {
+        delete_host(state, ctx, name);
+    }
+}
+
+/// A host entry goes, and with it every host group's reference to it:
+/// 389-ds's referential integrity plugin, which FreeIPA configures for
+/// `member` and the other membership attributes (freeipa
+/// `install/share/referint-conf.ldif`, `install/updates/25-referint.update`).
+fn delete_host(state: &mut State, ctx: &Ctx, name: &str) {
+    state.put(ctx.server, Kind::Host, name, None);
+    let groups: Vec<(String, Entry)> = state
+        .all(Kind::HostGroup)
+        .into_iter()
+        .filter(|(_, g)| {
+            values(g, "member_host")
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(name))
+        })
+        .map(|(k, g)| (k.to_owned(), g.clone()))
+        .collect();
+    for (key, mut group) in groups {
+        let mut members = values(&group, "member_host");
+        members.retain(|m| !m.eq_ignore_ascii_case(name));
+        set(&mut group, "member_host", members);
+        state.put(ctx.server, Kind::HostGroup, &key, Some(group));
     }
 }
 

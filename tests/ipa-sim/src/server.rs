@@ -446,26 +446,30 @@ impl Inner {
                 }
             };
         }
-        if !self.session_valid(request) {
-            self.log(json!({"method": null, "params": null, "error": 401, "mutated": false}));
-            return unauthorized();
-        }
+        // The Referer first, answered 400 whatever the session: freeipa
+        // `ipaserver/rpcserver.py`, `jsonserver_session.__call__` calls
+        // `check_referer` (scheme https, this server's name, a path under
+        // /ipa) before it looks for credentials, and `bad_request`
+        // answers "400 Bad Request" with an HTML page.
         let referer = request
             .headers
             .get("referer")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let wanted = format!("https://{}/ipa", self.options.fqdn);
-        if !referer.as_deref().is_some_and(|r| r.starts_with(&wanted)) {
-            let shown = referer.unwrap_or_else(|| "missing".into());
-            let error = IpaError::new(
-                911,
-                "RefererError",
-                format!("Missing or invalid HTTP Referer, {shown}"),
-                json!({ "referer": shown }),
+        if !referer
+            .as_deref()
+            .is_some_and(|r| referer_ok(r, &self.options.fqdn))
+        {
+            self.log(json!({"method": null, "params": null, "error": 400, "mutated": false}));
+            return Response::text(
+                400,
+                "<html><head><title>400 Bad Request</title></head><body><h1>Bad Request</h1>\
+                 <p><strong>denied</strong></p></body></html>",
             );
-            self.log(json!({"method": null, "params": null, "error": 911, "mutated": false}));
-            return self.answer(Value::Null, Some(&error), Value::Null);
+        }
+        if !self.session_valid(request) {
+            self.log(json!({"method": null, "params": null, "error": 401, "mutated": false}));
+            return unauthorized();
         }
         let (method, params, id) = match envelope(&request.body) {
             Ok(parts) => parts,
@@ -504,8 +508,12 @@ impl Inner {
         };
         let outcome = {
             let mut state = lock(&self.state);
+            let before = state.clone();
             let outcome = commands::run(&mut state, &ctx, &checked);
-            if matches!(&outcome, Ok(o) if o.mutated) {
+            // A command may change entries and still fail, as FreeIPA's
+            // `server_del` does for a host that is not a server: what it
+            // changed stays.
+            if matches!(&outcome, Ok(o) if o.mutated) || (outcome.is_err() && *state != before) {
                 self.persist(&state);
             }
             outcome
@@ -668,6 +676,29 @@ impl Inner {
             changed,
         )
     }
+}
+
+/// `check_referer` (freeipa `ipaserver/rpcserver.py`): one URL, https,
+/// naming this server, with the path /ipa or under /ipa/.
+fn referer_ok(referer: &str, fqdn: &str) -> bool {
+    if referer.matches("://").count() != 1 {
+        return false;
+    }
+    let Some(rest) = referer.strip_prefix("https://") else {
+        return false;
+    };
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .split(':')
+        .next()
+        .unwrap_or_default();
+    host.eq_ignore_ascii_case(fqdn) && (path == "/ipa" || path.starts_with("/ipa/"))
 }
 
 /// HMAC-SHA256 of `payload` under the one-time password: the answer comes
