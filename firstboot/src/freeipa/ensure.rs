@@ -34,6 +34,15 @@ pub struct HostSpec {
     pub one_time_password: Option<String>,
 }
 
+/// A server as `server_find` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyServer {
+    pub name: String,
+    /// The replication suffixes it manages: `domain`, and `ca` once it
+    /// has a CA.
+    pub suffixes: Vec<String>,
+}
+
 /// A host as FreeIPA has it after [`Client::ensure_host`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostState {
@@ -194,6 +203,20 @@ impl Client {
 
     /// The IPA servers' names.
     pub async fn servers(&self) -> Result<Vec<String>, Error> {
+        Ok(self
+            .topology_servers()
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect())
+    }
+
+    /// The IPA servers with the suffixes each manages (what
+    /// `server_find` lists by default): a replica is listed before its
+    /// CA clone is done, without `ca`, and FreeIPA refuses a `ca` segment
+    /// to it until then (freeipa `ipaserver/plugins/topology.py`,
+    /// `validate_nodes`).
+    pub async fn topology_servers(&self) -> Result<Vec<TopologyServer>, Error> {
         let result = self.call(&calls::server_find()).await?;
         let list = result
             .get("result")
@@ -202,7 +225,16 @@ impl Client {
                 method: "server_find".into(),
                 why: "no list of servers".into(),
             })?;
-        Ok(list.iter().flat_map(|e| values(e, "cn")).collect())
+        Ok(list
+            .iter()
+            .flat_map(|e| {
+                let suffixes = values(e, "iparepltopomanagedsuffix_topologysuffix");
+                values(e, "cn").into_iter().map(move |name| TopologyServer {
+                    name,
+                    suffixes: suffixes.clone(),
+                })
+            })
+            .collect())
     }
 
     /// The host exists (with its address in DNS when given) and, until it
@@ -450,12 +482,28 @@ impl Client {
                 continue;
             }
             let name = format!("{left}-to-{right}");
-            if self
+            match self
                 .write(&calls::topologysegment_add(suffix, &name, left, right))
-                .await?
-                == Change::Created
+                .await
             {
-                added += 1;
+                Ok(Change::Created) => added += 1,
+                Ok(_) => {}
+                // The topology plugin's "unwilling to perform" (4203)
+                // when the pair is joined under another name, which the
+                // listing missed (a segment replicated in since). 4203 is
+                // any refusal of the directory's, though: the pair is
+                // looked up again, and only a segment joining it counts.
+                Err(e) if e.is(code::DATABASE_ERROR) => {
+                    let again = self.call(&calls::topologysegment_find(suffix)).await?;
+                    let joined = again
+                        .get("result")
+                        .and_then(Value::as_array)
+                        .is_some_and(|list| list.iter().any(joins));
+                    if !joined {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(added)

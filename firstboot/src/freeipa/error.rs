@@ -7,6 +7,9 @@ pub mod code {
     pub const NOT_FOUND: u32 = 4001;
     pub const DUPLICATE_ENTRY: u32 = 4002;
     pub const EMPTY_MODLIST: u32 = 4202;
+    /// An LDAP error FreeIPA has no other name for (`DatabaseError`), such
+    /// as the topology plugin's "unwilling to perform".
+    pub const DATABASE_ERROR: u32 = 4203;
     /// `*_disable` of something already disabled.
     pub const ALREADY_INACTIVE: u32 = 4010;
     /// `dnsrecord_del` of a value the record does not hold.

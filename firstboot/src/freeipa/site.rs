@@ -329,10 +329,11 @@ impl Enroller {
     /// ring over the servers in name order, for both suffixes. Three
     /// listings when nothing is missing.
     pub async fn ensure_topology(&self) -> Result<Topology> {
-        let servers = self.client.servers().await?;
-        let added = connect_ring(&self.client, servers.clone()).await?;
+        let servers = self.client.topology_servers().await?;
+        let count = servers.len();
+        let added = connect_ring(&self.client, servers).await?;
         Ok(Topology {
-            servers: servers.len(),
+            servers: count,
             added,
         })
     }
@@ -343,15 +344,21 @@ impl Enroller {
     }
 }
 
-/// `servers` in a ring (in name order), for both suffixes: how many
-/// segments had to be added.
-pub async fn connect_ring(client: &Client, mut servers: Vec<String>) -> Result<usize> {
-    servers.sort();
-    let pairs = ring(&servers);
+/// For each suffix, the servers that manage it in a ring (in name
+/// order): how many segments had to be added. A replica whose CA clone
+/// is not done yet is in no `ca` ring until it is (FreeIPA would refuse
+/// the segment, 3009), so a pass adds what it can and never fails on it.
+pub async fn connect_ring(client: &Client, servers: Vec<super::TopologyServer>) -> Result<usize> {
     let mut added = 0;
     for suffix in [Suffix::Domain, Suffix::Ca] {
+        let mut names: Vec<String> = servers
+            .iter()
+            .filter(|s| s.suffixes.iter().any(|x| x == suffix.name()))
+            .map(|s| s.name.clone())
+            .collect();
+        names.sort();
         added += client
-            .ensure_segments(suffix, &pairs)
+            .ensure_segments(suffix, &ring(&names))
             .await
             .with_context(|| format!("cannot connect the servers ({} suffix)", suffix.name()))?;
     }

@@ -152,6 +152,18 @@ fn client_for(running: &Running, ca_pem: &str) -> Client {
     Client::new(config).unwrap()
 }
 
+/// `fqdn` at `address` as a FreeIPA host, with `otp` to enroll with.
+async fn add_host(client: &Client, fqdn: &str, address: [u8; 4], otp: Option<&str>) -> HostState {
+    client
+        .ensure_host(&HostSpec {
+            fqdn: fqdn.into(),
+            address: Some(Ipv4Addr::from(address)),
+            one_time_password: otp.map(str::to_owned),
+        })
+        .await
+        .unwrap()
+}
+
 fn log_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -406,14 +418,7 @@ async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
     let mut sim = first_server(dir.path(), api.clone()).await;
     let first = sim.running.as_ref().unwrap();
     let client = client_for(first, &sim.ca_pem);
-    let state = client
-        .ensure_host(&HostSpec {
-            fqdn: IPA2.into(),
-            address: Some(Ipv4Addr::new(198, 18, 0, 12)),
-            one_time_password: Some("otp-ipa2".into()),
-        })
-        .await
-        .unwrap();
+    let state = add_host(&client, IPA2, [198, 18, 0, 12], Some("otp-ipa2")).await;
     let otp = state.one_time_password.unwrap();
     // Not yet in ipaservers: promotion is refused.
     let refused = install::enroll(IPA1, first.address, IPA2, &otp, "replica", true, None).await;
@@ -444,7 +449,12 @@ async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
             peers: Default::default(),
         },
         api,
-        enrolled.state.unwrap(),
+        {
+            // What the replica's install does once its CA clone is done.
+            let mut state = enrolled.state.unwrap();
+            ipa_sim::commands::add_ca_clone(&mut state, IPA2, IPA1);
+            state
+        },
         enrolled.keytab,
     )
     .await
@@ -785,14 +795,7 @@ async fn server_del_of_a_host_that_is_no_server_still_removes_its_principals() {
         return;
     };
     let fqdn = host("node4");
-    client
-        .ensure_host(&HostSpec {
-            fqdn: fqdn.clone(),
-            address: Some("198.18.0.14".parse().unwrap()),
-            one_time_password: None,
-        })
-        .await
-        .unwrap();
+    add_host(&client, &fqdn, [198, 18, 0, 14], None).await;
     let principal = format!("HTTP/{fqdn}@{REALM}");
     client.ensure_service(&principal).await.unwrap();
     client
@@ -811,4 +814,54 @@ async fn server_del_of_a_host_that_is_no_server_still_removes_its_principals() {
         .await
         .unwrap();
     assert!(!group.to_string().contains(&fqdn), "{group}");
+}
+
+#[tokio::test]
+async fn a_replica_joins_the_ca_ring_only_once_its_ca_clone_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let first = sim.running.as_ref().unwrap();
+    add_host(&client, IPA2, [198, 18, 0, 12], Some("otp-ipa2")).await;
+    client
+        .ensure_hostgroup_members(site::SERVERS_GROUP, &[IPA2.to_owned()])
+        .await
+        .unwrap();
+    install::enroll(IPA1, first.address, IPA2, "otp-ipa2", "replica", true, None)
+        .await
+        .unwrap();
+    // Promoted, listed, but no CA yet: FreeIPA refuses a `ca` segment to
+    // it (3009), which a ring over every listed server asked for.
+    let servers = client.topology_servers().await.unwrap();
+    let ipa2 = servers.iter().find(|s| s.name == IPA2).unwrap();
+    assert_eq!(ipa2.suffixes, ["domain"]);
+    let e = client
+        .call(&calls::topologysegment_add(Suffix::Ca, "x", IPA1, IPA2))
+        .await
+        .unwrap_err();
+    assert!(e.is(3009), "{e}");
+    // The ring is kept over those that manage each suffix: nothing fails.
+    let added = site::connect_ring(&client, servers).await.unwrap();
+    assert_eq!(added, 0, "the install joined the domain suffix already");
+    // The same pair under another name: the topology plugin's 4203, not
+    // 4002, which only a name already taken gets; ensure_segment finds
+    // the pair joined either way.
+    let e = client
+        .call(&calls::topologysegment_add(
+            Suffix::Domain,
+            "other-name",
+            IPA2,
+            IPA1,
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.is(error::code::DATABASE_ERROR), "{e}");
+    assert_eq!(
+        client
+            .ensure_segment(Suffix::Domain, IPA2, IPA1)
+            .await
+            .unwrap(),
+        Change::Unchanged
+    );
 }

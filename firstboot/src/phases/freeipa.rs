@@ -156,7 +156,11 @@ async fn rejoin_options(
         // The surviving servers in a ring first: if this host died before
         // the ring was whole, they replicated only through it, and FreeIPA
         // rightly refuses a removal that leaves them apart.
-        let others = client.servers().await?.into_iter().filter(|s| *s != fqdn);
+        let others = client
+            .topology_servers()
+            .await?
+            .into_iter()
+            .filter(|s| s.name != fqdn);
         site::connect_ring(&client, others.collect())
             .await
             .with_context(|| format!("{server} cannot join the other servers"))?;

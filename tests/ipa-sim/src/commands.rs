@@ -954,21 +954,20 @@ fn segment_add(
 ) -> Result<Outcome, IpaError> {
     check_suffix(state, suffix)?;
     let key = format!("{suffix}|{name}");
-    if state.exists(Kind::Segment, &key) {
-        return Err(IpaError::duplicate(name, "segment"));
-    }
     let left = fqdn(call.str("iparepltoposegmentleftnode").unwrap_or_default());
     let right = fqdn(call.str("iparepltoposegmentrightnode").unwrap_or_default());
-    for node in [&left, &right] {
-        let manages = state.get(Kind::Server, node).is_some_and(|s| {
-            values(s, "iparepltopomanagedsuffix_topologysuffix")
-                .iter()
-                .any(|x| x == suffix)
-        });
-        if !manages {
-            return Err(IpaError::not_found_reason(format!(
-                "{node} is not a server of suffix {suffix}"
-            )));
+    // `validate_nodes` (freeipa `ipaserver/plugins/topology.py`), in the
+    // command's pre_callback: both ends are servers (3009 "is not a
+    // topology node"), not the same, and both manage the suffix (3009
+    // "does not support suffix"; a replica whose CA clone is not done
+    // yet is in server_find without `ca`).
+    for (side, node) in [("leftnode", &left), ("rightnode", &right)] {
+        let which = &side[..side.len() - 4];
+        if !state.exists(Kind::Server, node) {
+            return Err(IpaError::validation(
+                side,
+                format!("{which} node is not a topology node: {node}"),
+            ));
         }
     }
     if left == right {
@@ -977,6 +976,21 @@ fn segment_add(
             "left node and right node must not be the same",
         ));
     }
+    for (side, node) in [("leftnode", &left), ("rightnode", &right)] {
+        let which = &side[..side.len() - 4];
+        if !manages(state, node, suffix) {
+            return Err(IpaError::validation(
+                side,
+                format!("{which} node ({node}) does not support suffix '{suffix}'"),
+            ));
+        }
+    }
+    // Then the topology plugin, before the directory looks at the name
+    // (a pre-operation plugin): the same pair, in either direction, under
+    // any name, is LDAP "unwilling to perform", which FreeIPA answers as
+    // DatabaseError 4203 (freeipa `daemons/ipa-slapi-plugins/topology/
+    // topology_pre.c`, `ipa_topo_check_segment_is_valid`;
+    // `ipapython/ipaldap.py`, UNWILLING_TO_PERFORM).
     let prefix = format!("{suffix}|");
     let exists = state
         .all(Kind::Segment)
@@ -988,9 +1002,17 @@ fn segment_add(
             (l == left && r == right) || (l == right && r == left)
         });
     if exists {
-        return Err(IpaError::duplicate_message(format!(
-            "Segment already exists between {left} and {right}"
-        )));
+        let info = "Segment already exists in topology. Add rejected.";
+        return Err(IpaError::new(
+            4203,
+            "DatabaseError",
+            format!("Server is unwilling to perform: {info}"),
+            json!({"desc": "Server is unwilling to perform", "info": info}),
+        ));
+    }
+    // Only then the name: 4002.
+    if state.exists(Kind::Segment, &key) {
+        return Err(IpaError::duplicate(name, "segment"));
     }
     let direction = call.str("iparepltoposegmentdirection").unwrap_or("both");
     let entry = state::entry(&[
@@ -1221,28 +1243,55 @@ pub fn add_server(
     }
     if let Some(peer) = peer {
         for suffix in suffixes {
-            let peer_manages = state.get(Kind::Server, peer).is_some_and(|s| {
-                values(s, "iparepltopomanagedsuffix_topologysuffix")
-                    .iter()
-                    .any(|x| x == suffix)
-            });
-            if peer_manages {
-                let name = format!("{peer}-to-{server}");
-                let segment = state::entry(&[
-                    ("cn", &[name.as_str()]),
-                    ("iparepltoposegmentleftnode", &[peer]),
-                    ("iparepltoposegmentrightnode", &[server]),
-                    ("iparepltoposegmentdirection", &["both"]),
-                ]);
-                state.put(
-                    writer,
-                    Kind::Segment,
-                    &format!("{suffix}|{name}"),
-                    Some(segment),
-                );
-            }
+            add_install_segment(state, writer, suffix, peer, server);
         }
     }
+}
+
+/// Whether `server` manages `suffix` (a replica manages `ca` only once its
+/// CA clone is installed).
+fn manages(state: &State, server: &str, suffix: &str) -> bool {
+    state.get(Kind::Server, server).is_some_and(|s| {
+        values(s, "iparepltopomanagedsuffix_topologysuffix")
+            .iter()
+            .any(|x| x == suffix)
+    })
+}
+
+/// The segment an install makes between `peer` and `server` in `suffix`,
+/// when both manage it.
+fn add_install_segment(state: &mut State, writer: &str, suffix: &str, peer: &str, server: &str) {
+    if !manages(state, peer, suffix) || !manages(state, server, suffix) {
+        return;
+    }
+    let name = format!("{peer}-to-{server}");
+    let segment = state::entry(&[
+        ("cn", &[name.as_str()]),
+        ("iparepltoposegmentleftnode", &[peer]),
+        ("iparepltoposegmentrightnode", &[server]),
+        ("iparepltoposegmentdirection", &["both"]),
+    ]);
+    state.put(
+        writer,
+        Kind::Segment,
+        &format!("{suffix}|{name}"),
+        Some(segment),
+    );
+}
+
+/// A replica's CA clone is installed: from now on its server entry
+/// manages the `ca` suffix, with a segment to the server it was cloned
+/// from. Until then it is in `server_find` with the `domain` suffix only
+/// (freeipa `ipaserver/install/server/replicainstall.py` promotes the
+/// replica, and only then installs the CA, `ipaserver/install/ca.py`).
+pub fn add_ca_clone(state: &mut State, server: &str, from: &str) {
+    let Some(mut entry) = state.get(Kind::Server, server).cloned() else {
+        return;
+    };
+    if add_value(&mut entry, "iparepltopomanagedsuffix_topologysuffix", "ca") {
+        state.put(server, Kind::Server, server, Some(entry));
+    }
+    add_install_segment(state, server, "ca", from, server);
 }
 
 // ---- CAs and CA ACLs ---------------------------------------------------

@@ -318,6 +318,9 @@ async fn configure(
         let mut state = enrolled
             .state
             .ok_or_else(|| anyhow!("{first} sent no state to replicate"))?;
+        if options.flag("setup-ca") {
+            ipa_sim::commands::add_ca_clone(&mut state, &fqdn, &first);
+        }
         if options.flag("setup-dns") {
             install::add_server_records(&mut state, &fqdn, listen.ip(), false)?;
         }

@@ -749,12 +749,15 @@ pub fn enroll_host(
     state::set(&mut entry, "krbcanonicalname", vec![principal]);
     state.put(writer, Kind::Host, host, Some(entry));
     if replica {
+        // The `ca` suffix only once the replica's CA clone is done
+        // (`commands::add_ca_clone`, which the replica does).
+        let _ = setup_ca;
         commands::add_server(
             state,
             writer,
             host,
             address.unwrap_or_default(),
-            setup_ca,
+            false,
             Some(writer),
         );
     }
