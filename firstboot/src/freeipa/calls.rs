@@ -120,7 +120,18 @@ pub fn host_show(fqdn: &str) -> Call {
 
 /// `password`: Some = this one-time password, None = let the server
 /// generate one (`random`). `ip_address` also adds the A (and PTR) record.
-pub fn host_add(fqdn: &str, password: Option<&str>, ip_address: Option<Ipv4Addr>) -> Call {
+///
+/// `force`: skip FreeIPA's check that the name resolves
+/// (`verify_host_resolvable`, freeipa `ipaserver/plugins/host.py`), for a
+/// name whose record the caller has just put in FreeIPA's DNS: the check
+/// asks the server's resolver, which need not be FreeIPA's own DNS (a
+/// container started without `--dns`), nor have it yet.
+pub fn host_add(
+    fqdn: &str,
+    password: Option<&str>,
+    ip_address: Option<Ipv4Addr>,
+    force: bool,
+) -> Call {
     let mut options = Map::new();
     match password {
         Some(password) => options.insert("userpassword".into(), json!(password)),
@@ -128,6 +139,9 @@ pub fn host_add(fqdn: &str, password: Option<&str>, ip_address: Option<Ipv4Addr>
     };
     if let Some(ip) = ip_address {
         options.insert("ip_address".into(), json!(ip.to_string()));
+    }
+    if force {
+        options.insert("force".into(), json!(true));
     }
     Call::new("host_add", vec![json!(fqdn)], Value::Object(options), true)
 }
@@ -351,8 +365,9 @@ pub fn examples(csr_pem: &str) -> Vec<Call> {
     vec![
         ping(),
         host_show(fqdn),
-        host_add(fqdn, Some("otp-secret"), Some(ip)),
-        host_add(fqdn, None, None),
+        host_add(fqdn, Some("otp-secret"), Some(ip), false),
+        host_add(fqdn, None, None, false),
+        host_add(fqdn, Some("otp-secret"), None, true),
         host_mod_password(fqdn, "otp-secret"),
         host_disable(fqdn),
         hostgroup_show("etcd"),

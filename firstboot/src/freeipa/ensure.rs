@@ -250,7 +250,12 @@ impl Client {
         let found = self.lookup(&calls::host_show(&fqdn)).await?;
         let Some(found) = found else {
             let password = spec.one_time_password.as_deref();
-            let added = self.call(&calls::host_add(&fqdn, password, None)).await;
+            // The record was just ensured in FreeIPA's DNS: `force`, so
+            // that whatever the server resolves through does not matter.
+            let force = spec.address.is_some();
+            let added = self
+                .call(&calls::host_add(&fqdn, password, None, force))
+                .await;
             return match added {
                 Ok(result) => {
                     let entry = entry("host_add", &result)?;

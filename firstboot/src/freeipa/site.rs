@@ -231,6 +231,45 @@ pub fn set_aside(state: &Path) -> Result<PathBuf> {
     Ok(aside)
 }
 
+/// Note where a replica installs from: its container resolves through
+/// that server's DNS until its own runs ([`container_dns`]).
+pub fn record_install_server(paths: &crate::paths::Paths, address: Ipv4Addr) -> Result<()> {
+    crate::fsutil::write_atomic(
+        &paths.freeipa_install_server(),
+        format!("{address}\n").as_bytes(),
+        0o644,
+    )
+}
+
+/// The resolver the server container gets (podman's `--dns`): FreeIPA
+/// resolves its own names, so its own DNS, `127.0.0.1`, as the
+/// container's README and CI run the first server; a replica still
+/// installing has no DNS of its own yet and resolves through the server
+/// it installs from, as the container's CI runs replicas. Without it the
+/// container resolves through the host's stub, which sends the site
+/// domain to the temporary DNS, which lacks what FreeIPA adds (freeipa-
+/// container `README`, `ipa-server-configure-first`: "Is --dns=127.0.0.1
+/// set for the container?").
+pub fn container_dns(paths: &crate::paths::Paths, state: &Path) -> Result<String> {
+    let installing_replica = state.join(Kind::Replica.options_file()).exists()
+        && !state.join(Kind::Replica.done_marker()).exists();
+    if !installing_replica {
+        return Ok("127.0.0.1".into());
+    }
+    let file = paths.freeipa_install_server();
+    let text = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "cannot read {}, the server this replica installs from",
+            file.display()
+        )
+    })?;
+    let address: Ipv4Addr = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds no address", file.display()))?;
+    Ok(address.to_string())
+}
+
 /// The IPA CA as the installed service left it.
 pub fn ca_path(state: &Path) -> PathBuf {
     state.join("etc/ipa/ca.crt")
@@ -503,6 +542,28 @@ mod tests {
                 assert_eq!(reached.len(), n - 1, "losing {lost} of {n} splits the rest");
             }
         }
+    }
+
+    #[test]
+    fn freeipa_resolves_through_its_own_dns_once_it_has_one() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = crate::paths::Paths::under(root.path());
+        let state = root.path().join("freeipa-server");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(paths.state_dir()).unwrap();
+        // The first server: its own DNS from the start.
+        std::fs::write(state.join(Kind::Server.options_file()), "--setup-dns\n").unwrap();
+        assert_eq!(container_dns(&paths, &state).unwrap(), "127.0.0.1");
+        std::fs::remove_file(state.join(Kind::Server.options_file())).unwrap();
+        // A replica installing: the server it installs from, which must
+        // be on record.
+        std::fs::write(state.join(Kind::Replica.options_file()), "--setup-dns\n").unwrap();
+        assert!(container_dns(&paths, &state).is_err());
+        record_install_server(&paths, "198.18.0.11".parse().unwrap()).unwrap();
+        assert_eq!(container_dns(&paths, &state).unwrap(), "198.18.0.11");
+        // Configured: its own.
+        std::fs::write(state.join(Kind::Replica.done_marker()), "1\n").unwrap();
+        assert_eq!(container_dns(&paths, &state).unwrap(), "127.0.0.1");
     }
 
     #[test]

@@ -94,6 +94,10 @@ fn options_text(lines: &[&str]) -> InstallOptions {
 }
 
 async fn first_server(dir: &Path, api: Arc<Api>) -> Sim {
+    first_server_resolving(dir, api, server::Resolver::OwnZones).await
+}
+
+async fn first_server_resolving(dir: &Path, api: Arc<Api>, resolver: server::Resolver) -> Sim {
     let data = dir.join("ipa1");
     std::fs::create_dir_all(&data).unwrap();
     let options = options_text(&[
@@ -116,6 +120,7 @@ async fn first_server(dir: &Path, api: Arc<Api>) -> Sim {
             data: data.clone(),
             calls_log: calls.clone(),
             peers: Default::default(),
+            resolver,
         },
         api,
         state,
@@ -447,6 +452,7 @@ async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
             data: data2,
             calls_log: dir.path().join("calls2.jsonl"),
             peers: Default::default(),
+            resolver: server::Resolver::OwnZones,
         },
         api,
         {
@@ -864,4 +870,33 @@ async fn a_replica_joins_the_ca_ring_only_once_its_ca_clone_is_done() {
             .unwrap(),
         Change::Unchanged
     );
+}
+
+#[tokio::test]
+async fn a_host_whose_record_was_just_added_is_added_whatever_the_server_resolves() {
+    let Some(api) = load_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // The server resolves through a resolver that knows nothing (as a
+    // FreeIPA container without --dns=127.0.0.1 asks the host's stub,
+    // which sends the site domain to the temporary DNS): it never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let resolver = server::Resolver::Nameservers(vec![silent.local_addr().unwrap()]);
+    let sim = first_server_resolving(dir.path(), Arc::new(api), resolver).await;
+    let client = client_for(sim.running.as_ref().unwrap(), &sim.ca_pem);
+    let fqdn = host("node4");
+    client
+        .ensure_address(DOMAIN, "node4", Ipv4Addr::new(198, 18, 0, 14))
+        .await
+        .unwrap();
+    // Its record is in FreeIPA's DNS, yet host_add without `force` asks
+    // the resolver and fails (verify_host_resolvable, 4019): what the
+    // previous ensure_host sent.
+    let e = client
+        .call(&calls::host_add(&fqdn, Some("otp-4"), None, false))
+        .await
+        .unwrap_err();
+    assert!(e.is(4019), "{e}");
+    // ensure_host, which has just put the record there, sends `force`.
+    let added = add_host(&client, &fqdn, [198, 18, 0, 14], Some("otp-4")).await;
+    assert_eq!(added.change, Change::Created);
 }

@@ -98,6 +98,9 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                         )
                     })?;
                     if kind == Kind::Replica {
+                        let from = crate::state::bootstrap_address(&cx.paths, &cx.state)
+                            .context("join did not record the bootstrap host's address")?;
+                        site::record_install_server(&cx.paths, from)?;
                         site::replica_options(&cx.config, own, &answer.server, &otp)
                     } else {
                         site::client_options(&cx.config, &answer.server, &otp)
@@ -172,6 +175,7 @@ async fn rejoin_options(
             phase = "freeipa",
             "this host was rebuilt: it installs as a replica of {server}, in the site's FreeIPA"
         );
+        site::record_install_server(&cx.paths, peer.address)?;
         return Ok(site::replica_options(&cx.config, own, &server, &otp));
     }
     bail!(

@@ -2,6 +2,8 @@
 //! the API.txt checks, answering with the real server's result shapes and
 //! error codes (`ipaserver/plugins/*.py`).
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Map, Value};
 
 use crate::api::{parse_principal, Checked, Principal};
@@ -16,6 +18,22 @@ pub struct Ctx<'a> {
     /// The client's API version is 2.88 or later: DNS names go out as
     /// `{"__dns_name__": ...}`.
     pub dns_name_objects: bool,
+    /// What the server's resolver answers, where `verify_host_resolvable`
+    /// asks it (see [`Resolution`]).
+    pub resolution: Resolution<'a>,
+}
+
+/// How a server resolves host names for FreeIPA's resolvability checks
+/// (`verify_host_resolvable` in freeipa `ipalib/util.py`, through
+/// dnspython and the server's resolv.conf, never /etc/hosts).
+#[derive(Debug, Clone, Copy)]
+pub enum Resolution<'a> {
+    /// Through its own DNS: a container started with `--dns=127.0.0.1`.
+    OwnZones,
+    /// Through another resolver, whose answers for the names a command
+    /// checks were looked up before it ran: name -> whether it has an A
+    /// record there.
+    Looked(&'a BTreeMap<String, bool>),
 }
 
 /// A command's answer (`result` of the JSON-RPC reply) and whether it
@@ -305,9 +323,13 @@ fn host_out(state: &State, host: &str) -> Option<Value> {
     Some(Value::Object(out))
 }
 
-/// Whether `host` has an A record in a zone the server holds (what
-/// `verify_host_resolvable` finds through the server's own DNS).
-fn resolvable(state: &State, host: &str) -> bool {
+/// Whether `host` resolves where the server resolves names: its own
+/// DNS (an A or AAAA record in a zone it holds), or the answers its
+/// resolver gave.
+fn resolvable(state: &State, ctx: &Ctx, host: &str) -> bool {
+    if let Resolution::Looked(answers) = ctx.resolution {
+        return answers.get(host).copied().unwrap_or(false);
+    }
     let Some((name, zone)) = split_in_zone(state, host) else {
         return false;
     };
@@ -366,7 +388,7 @@ fn host_add(state: &mut State, ctx: &Ctx, host: &str, call: &Checked) -> Result<
                 "IP address {parsed} is already assigned in domain {domain}."
             )));
         }
-    } else if !call.flag("force") && !resolvable(state, host) {
+    } else if !call.flag("force") && !resolvable(state, ctx, host) {
         return Err(IpaError::new(
             4019,
             "DNSNotARecordError",
@@ -651,7 +673,7 @@ fn service_add(state: &mut State, ctx: &Ctx, text: &str) -> Result<Outcome, IpaE
     if !state.exists(Kind::Host, &host) {
         return Err(IpaError::not_found(&host, "host"));
     }
-    if !resolvable(state, &host) {
+    if !resolvable(state, ctx, &host) {
         return Err(IpaError::new(
             4019,
             "DNSNotARecordError",

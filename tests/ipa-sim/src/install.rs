@@ -264,6 +264,7 @@ pub fn add_server_records(
     let ctx = Ctx {
         server: fqdn,
         dns_name_objects: false,
+        resolution: commands::Resolution::OwnZones,
     };
     if create_zone && !state.exists(Kind::DnsZone, &zone) {
         let serial = "1".to_owned();

@@ -43,6 +43,12 @@ struct Serve {
         default_value = "/var/log/ipa-sim/calls.jsonl"
     )]
     calls: PathBuf,
+    /// The resolver FreeIPA's own checks use, as podman's --dns gives
+    /// the container: loopback is its own DNS (firstboot starts the
+    /// container so; the lab's catalog cannot say it), another address a
+    /// resolver elsewhere
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    dns: std::net::IpAddr,
     /// FreeIPA's API.txt [default: $FREEIPA_API_TXT or ../shared/specs/freeipa/API.txt]
     #[arg(long, value_name = "PATH")]
     api_txt: Option<PathBuf>,
@@ -367,8 +373,18 @@ async fn configure(
         data,
         calls_log: serve.calls,
         peers: Default::default(),
+        resolver: resolver(serve.dns),
     };
     serve_until_stopped(options, api, state, keytab).await
+}
+
+/// What `--dns` makes of the server's resolver.
+fn resolver(dns: std::net::IpAddr) -> server::Resolver {
+    if dns.is_loopback() {
+        server::Resolver::OwnZones
+    } else {
+        server::Resolver::Nameservers(vec![SocketAddr::new(dns, 53)])
+    }
 }
 
 /// A configured server starting again.
@@ -387,6 +403,7 @@ async fn resume(serve: Serve) -> anyhow::Result<()> {
         data,
         calls_log: serve.calls,
         peers: Default::default(),
+        resolver: resolver(serve.dns),
     };
     serve_until_stopped(options, api, state, keytab).await
 }

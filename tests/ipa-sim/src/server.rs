@@ -93,6 +93,43 @@ pub struct Options {
     pub calls_log: PathBuf,
     /// Where to reach servers by name, where DNS should not be asked.
     pub peers: BTreeMap<String, SocketAddr>,
+    /// Where the server resolves names for FreeIPA's checks.
+    pub resolver: Resolver,
+}
+
+/// The resolver a server's checks go through: what the container's
+/// resolv.conf names. Its own DNS when podman gave it `--dns=127.0.0.1`
+/// (firstboot does, `exec::podman_command`), else the host's resolver,
+/// which on a node sends the site domain to the temporary DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolver {
+    OwnZones,
+    Nameservers(Vec<SocketAddr>),
+}
+
+/// The names `method` checks through the resolver (host_add's host,
+/// service_add's host), each with whether the first nameserver that
+/// answers has an A record for it; a nameserver that does not answer
+/// counts as no record (FreeIPA's check fails the same way).
+async fn look_up(servers: &[SocketAddr], method: &str, params: &Value) -> BTreeMap<String, bool> {
+    let arg = params[0][0].as_str().unwrap_or_default();
+    let host = match method {
+        "host_add" => arg,
+        "service_add" => arg
+            .split_once('/')
+            .map(|(_, rest)| rest.split('@').next().unwrap_or_default())
+            .unwrap_or_default(),
+        _ => return BTreeMap::new(),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let mut found = false;
+    for server in servers {
+        if let Ok(addresses) = firstboot::dnsquery::resolve_a(*server, &host).await {
+            found = !addresses.is_empty();
+            break;
+        }
+    }
+    BTreeMap::from([(host, found)])
 }
 
 struct Inner {
@@ -502,9 +539,16 @@ impl Inner {
             .and_then(|v| v.split_once('.'))
             .and_then(|(_, minor)| minor.parse::<u32>().ok())
             .unwrap_or(257);
+        let looked = match &self.options.resolver {
+            Resolver::OwnZones => None,
+            Resolver::Nameservers(servers) => Some(look_up(servers, method, params).await),
+        };
         let ctx = Ctx {
             server: &self.options.fqdn,
             dns_name_objects: minor >= 88,
+            resolution: looked
+                .as_ref()
+                .map_or(commands::Resolution::OwnZones, commands::Resolution::Looked),
         };
         let outcome = {
             let mut state = lock(&self.state);
