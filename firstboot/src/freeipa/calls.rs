@@ -6,6 +6,7 @@
 //! still has; see [`API_VERSION`].
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
@@ -25,7 +26,16 @@ pub struct Call {
     pub options: Map<String, Value>,
     /// Whether the command changes anything when it succeeds.
     pub mutating: bool,
+    /// How long one exchange of this command may take, when longer than
+    /// the client's usual (a command that waits on the server's side).
+    pub timeout: Option<Duration>,
 }
+
+/// How long `server_del` may take: it waits for replication to remove
+/// the server's agreements, up to 90 rounds of 2 s (freeipa
+/// `ipaserver/plugins/server.py`, `wait_for_segment_removal`), after the
+/// removals before it; with room to spare.
+pub const SERVER_DEL_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 impl Call {
     fn new(method: &'static str, args: Vec<Value>, options: Value, mutating: bool) -> Call {
@@ -39,7 +49,13 @@ impl Call {
             args,
             options,
             mutating,
+            timeout: None,
         }
+    }
+
+    fn taking(mut self, timeout: Duration) -> Call {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// `[args, options]`.
@@ -266,7 +282,11 @@ pub fn server_find() -> Call {
 /// and its host entry. No option that overrides FreeIPA's own refusals
 /// (a topology it would disconnect, the last CA).
 pub fn server_del(fqdn: &str) -> Call {
-    Call::new("server_del", vec![json!([fqdn])], json!({}), true)
+    Call::new("server_del", vec![json!([fqdn])], json!({}), true).taking(SERVER_DEL_TIMEOUT)
+}
+
+pub fn server_show(fqdn: &str) -> Call {
+    Call::new("server_show", vec![json!(fqdn)], json!({}), false)
 }
 
 pub fn ca_show(name: &str) -> Call {
@@ -399,6 +419,7 @@ pub fn examples(csr_pem: &str) -> Vec<Call> {
         topologysegment_find(Suffix::Domain),
         topologysegment_add(Suffix::Ca, "a-to-b", fqdn, "node2.lab.example.org"),
         server_find(),
+        server_show("ipa1.example.com"),
         server_del(fqdn),
         ca_show("etcd"),
         ca_add("etcd", "CN=etcd CA,O=LAB.EXAMPLE.ORG", "etcd sub-CA"),

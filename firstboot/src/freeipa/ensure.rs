@@ -320,16 +320,31 @@ impl Client {
     /// `fqdn` is no FreeIPA server (any more): removed when it was one,
     /// with its agreements, principals and host entry. FreeIPA refuses
     /// (4033) when that would cut the other servers apart or leave no CA;
-    /// that error is returned.
+    /// that error is returned. `server_del` can take minutes (it waits
+    /// for replication); one that got no answer in time is not sent
+    /// again until `server_show` says the server is still there once the
+    /// first could have finished.
     pub async fn ensure_no_server(&self, fqdn: &str) -> Result<Change, Error> {
         let fqdn = fqdn.trim_end_matches('.').to_ascii_lowercase();
-        match self.call(&calls::server_del(&fqdn)).await {
-            Ok(_) => {
-                tracing::info!(host = %fqdn, "freeipa: server entry removed");
-                Ok(Change::Created)
+        let mut looked = false;
+        loop {
+            match self.call(&calls::server_del(&fqdn)).await {
+                Ok(_) => {
+                    tracing::info!(server = %fqdn, "freeipa: server removed");
+                    return Ok(Change::Created);
+                }
+                Err(e) if e.is(code::NOT_FOUND) => return Ok(Change::Unchanged),
+                Err(e @ Error::Unsettled { .. }) if !looked => {
+                    looked = true;
+                    tracing::warn!(server = %fqdn, "freeipa: {e}");
+                    if self.lookup(&calls::server_show(&fqdn)).await?.is_none() {
+                        return Ok(Change::Created);
+                    }
+                    // Still listed: the first may be running yet. It had
+                    // its whole time; one more, and only one.
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) if e.is(code::NOT_FOUND) => Ok(Change::Unchanged),
-            Err(e) => Err(e),
         }
     }
 

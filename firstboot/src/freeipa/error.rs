@@ -39,6 +39,14 @@ pub enum Error {
         attempts: u32,
         last: String,
     },
+    /// A command that changes things was sent and not answered in time:
+    /// it may have taken effect, or still be running. It is not sent
+    /// again blindly; the caller looks whether it took effect.
+    Unsettled {
+        server: String,
+        method: String,
+        why: String,
+    },
     /// A successful answer without what the command returns.
     Malformed { method: String, why: String },
     /// A membership command refused a member for a reason other than its
@@ -77,6 +85,15 @@ impl fmt::Display for Error {
             Error::Auth { server, why } => write!(
                 f,
                 "FreeIPA at {server} refused the login: {why}; check the admin password in the vault"
+            ),
+            Error::Unsettled {
+                server,
+                method,
+                why,
+            } => write!(
+                f,
+                "{method} was sent to FreeIPA at {server} and not answered ({why}); it may \
+                 have taken effect, so it is not sent again before a look"
             ),
             Error::Unavailable {
                 server,

@@ -900,3 +900,40 @@ async fn a_host_whose_record_was_just_added_is_added_whatever_the_server_resolve
     let added = add_host(&client, &fqdn, [198, 18, 0, 14], Some("otp-4")).await;
     assert_eq!(added.change, Change::Created);
 }
+
+#[tokio::test]
+async fn a_slow_call_is_sent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let sent = |method: &str| {
+        log_lines(&sim.calls)
+            .iter()
+            .filter(|c| c["method"] == method)
+            .count()
+    };
+    // The server answers 6 s late, past the client's 5 s exchange: a
+    // server_del, which FreeIPA lets take minutes, is waited for, and
+    // sent once (the previous client sent it again after 5 s).
+    server::inject_with_delay(&sim.data, Fault::Slow, 1, 6000).unwrap();
+    let change = client.ensure_no_server(&host("node9")).await.unwrap();
+    assert_eq!(change, Change::Unchanged);
+    assert_eq!(sent("server_del"), 1);
+    // Another change that is not answered in time is not sent again: the
+    // caller hears that it may have taken effect (here it did).
+    server::inject_with_delay(&sim.data, Fault::Slow, 1, 6000).unwrap();
+    let e = client
+        .call(&calls::hostgroup_add("slow", "answered late"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsettled { .. }), "{e}");
+    assert_eq!(sent("hostgroup_add"), 1);
+    assert_eq!(
+        client
+            .ensure_hostgroup("slow", "answered late")
+            .await
+            .unwrap(),
+        Change::Unchanged
+    );
+}

@@ -75,6 +75,9 @@ enum Command {
         #[arg(value_enum)]
         fault: FaultArg,
         count: u32,
+        /// How late a `slow` answer comes
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        delay_ms: u64,
     },
     /// Make the next COUNT installs on this host (server, replica or
     /// client) fail once after ipa-join, rolled back, the password spent
@@ -98,6 +101,7 @@ enum FaultArg {
     Http500,
     Unauthorized,
     ExpireSession,
+    Slow,
 }
 
 fn main() -> ExitCode {
@@ -196,14 +200,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serve,
             server_address,
         } => container(serve, server_address, true).await,
-        Command::Fault { data, fault, count } => {
+        Command::Fault {
+            data,
+            fault,
+            count,
+            delay_ms,
+        } => {
             let fault = match fault {
                 FaultArg::Garbage => Fault::Garbage,
                 FaultArg::Http500 => Fault::Http500,
                 FaultArg::Unauthorized => Fault::Unauthorized,
                 FaultArg::ExpireSession => Fault::ExpireSession,
+                FaultArg::Slow => Fault::Slow,
             };
-            server::inject(&data, fault, count)
+            server::inject_with_delay(&data, fault, count, delay_ms)
         }
         Command::InstallFault { root, count } => install::inject_install_faults(&root, count),
         Command::Check { method, params } => {

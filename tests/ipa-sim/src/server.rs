@@ -66,18 +66,40 @@ pub enum Fault {
     Unauthorized,
     /// Every session ends, then 401.
     ExpireSession,
+    /// The call runs, and its answer comes `delay_ms` later: a real
+    /// `server_del` waits for replication to remove the agreements, up
+    /// to some 180 s (freeipa `ipaserver/plugins/server.py`,
+    /// `wait_for_segment_removal`, 90 rounds of 2 s), and any call can
+    /// meet a busy server.
+    Slow,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct FaultFile {
     fault: Fault,
     count: u32,
+    #[serde(default)]
+    delay_ms: u64,
 }
 
 /// Make the next `count` JSON-RPC answers of the server whose data
 /// directory is `data` be `fault`.
 pub fn inject(data: &Path, fault: Fault, count: u32) -> anyhow::Result<()> {
-    let text = serde_json::to_vec(&FaultFile { fault, count })?;
+    inject_with_delay(data, fault, count, 0)
+}
+
+/// As [`inject`], with the delay a [`Fault::Slow`] answer takes.
+pub fn inject_with_delay(
+    data: &Path,
+    fault: Fault,
+    count: u32,
+    delay_ms: u64,
+) -> anyhow::Result<()> {
+    let text = serde_json::to_vec(&FaultFile {
+        fault,
+        count,
+        delay_ms,
+    })?;
     firstboot::fsutil::write_atomic(&data.join("faults.json"), &text, 0o600)
 }
 
@@ -420,7 +442,7 @@ impl Inner {
     }
 
     /// Take one fault from the control file, if any.
-    fn next_fault(&self) -> Option<Fault> {
+    fn next_fault(&self) -> Option<(Fault, Duration)> {
         let path = self.options.data.join("faults.json");
         let bytes = std::fs::read(&path).ok()?;
         let mut file: FaultFile = serde_json::from_slice(&bytes).ok()?;
@@ -429,7 +451,7 @@ impl Inner {
         }
         file.count -= 1;
         let _ = firstboot::fsutil::write_atomic(&path, &serde_json::to_vec(&file).ok()?, 0o600);
-        Some(file.fault)
+        Some((file.fault, Duration::from_millis(file.delay_ms)))
     }
 
     fn session_valid(&self, request: &Request) -> bool {
@@ -467,22 +489,41 @@ impl Inner {
     }
 
     async fn json(&self, request: &Request) -> Response {
-        if let Some(fault) = self.next_fault() {
-            let method = serde_json::from_slice::<Value>(&request.body)
-                .ok()
-                .and_then(|v| v.get("method").cloned())
-                .unwrap_or(Value::Null);
-            self.log(json!({"method": method, "params": null, "error": null, "mutated": false, "fault": fault}));
-            return match fault {
-                Fault::Garbage => Response::text(200, "<html>Service Unavailable</html>"),
-                Fault::Http500 => Response::text(500, "Internal Server Error"),
-                Fault::Unauthorized => unauthorized(),
-                Fault::ExpireSession => {
-                    lock(&self.sessions).clear();
-                    unauthorized()
-                }
-            };
+        let mut slow = None;
+        if let Some((fault, delay)) = self.next_fault() {
+            if fault == Fault::Slow {
+                slow = Some(delay);
+            } else {
+                return self.faulty(request, fault);
+            }
         }
+        let answer = self.json_call(request).await;
+        if let Some(delay) = slow {
+            self.log(json!({"method": null, "params": null, "error": null, "mutated": false, "fault": Fault::Slow, "delay_ms": delay.as_millis() as u64}));
+            tokio::time::sleep(delay).await;
+        }
+        answer
+    }
+
+    fn faulty(&self, request: &Request, fault: Fault) -> Response {
+        let method = serde_json::from_slice::<Value>(&request.body)
+            .ok()
+            .and_then(|v| v.get("method").cloned())
+            .unwrap_or(Value::Null);
+        self.log(json!({"method": method, "params": null, "error": null, "mutated": false, "fault": fault}));
+        match fault {
+            // (A slow call is run and answered late, never here.)
+            Fault::Garbage | Fault::Slow => Response::text(200, "<html>Service Unavailable</html>"),
+            Fault::Http500 => Response::text(500, "Internal Server Error"),
+            Fault::Unauthorized => unauthorized(),
+            Fault::ExpireSession => {
+                lock(&self.sessions).clear();
+                unauthorized()
+            }
+        }
+    }
+
+    async fn json_call(&self, request: &Request) -> Response {
         // The Referer first, answered 400 whatever the session: freeipa
         // `ipaserver/rpcserver.py`, `jsonserver_session.__call__` calls
         // `check_referer` (scheme https, this server's name, a path under
