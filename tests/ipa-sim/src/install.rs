@@ -475,3 +475,88 @@ async fn ask(
     }
     Ok(answer)
 }
+
+/// The container's own exit status for a refusal, with its message.
+#[derive(Debug)]
+pub struct ContainerExit(pub u8, pub String);
+
+impl std::fmt::Display for ContainerExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for ContainerExit {}
+
+/// Whether the data volume holds a configured server (`volume-version`),
+/// or none yet; a volume an install wrote into but never finished is
+/// refused as the container refuses it: `init-data` drops the configure
+/// step once `/etc/ipa/ca.crt` is there, and `ipa-server-configure-first`
+/// exits 11, "The FreeIPA server was already configured." (freeipa-
+/// container); stricter here, any state left counts.
+pub fn volume_configured(data: &Path) -> anyhow::Result<bool> {
+    if data.join("volume-version").exists() {
+        return Ok(true);
+    }
+    if crate::server::state_path(data).exists() || ca_path(data).exists() {
+        return Err(ContainerExit(
+            11,
+            format!(
+                "The FreeIPA server was already configured. ({} holds what an install that \
+                 did not finish left; it is never configured again: remove it or set it aside)",
+                data.display()
+            ),
+        )
+        .into());
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_half_installed_volume_is_never_configured_again() {
+        let data = tempfile::tempdir().unwrap();
+        assert!(!volume_configured(data.path()).unwrap());
+        std::fs::create_dir_all(data.path().join("etc/ipa")).unwrap();
+        std::fs::write(ca_path(data.path()), "half").unwrap();
+        let e = volume_configured(data.path()).unwrap_err();
+        assert_eq!(e.downcast_ref::<ContainerExit>().map(|x| x.0), Some(11));
+        std::fs::write(data.path().join("volume-version"), "1\n").unwrap();
+        assert!(volume_configured(data.path()).unwrap());
+    }
+
+    #[test]
+    fn installs_take_faults_only_as_many_times_as_asked() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(!take_install_fault(root.path()).unwrap());
+        inject_install_faults(root.path(), 2).unwrap();
+        assert!(take_install_fault(root.path()).unwrap());
+        assert!(take_install_fault(root.path()).unwrap());
+        assert!(!take_install_fault(root.path()).unwrap());
+    }
+
+    #[test]
+    fn the_installer_refuses_what_freeipa_refuses() {
+        for (password, dm) in [
+            ("short", false),
+            ("back\\slash pw", false),
+            ("tab\there pw", false),
+        ] {
+            assert!(
+                check_password("admin-password", password, dm).is_err(),
+                "{password:?}"
+            );
+        }
+        assert!(check_password("ds-password", " leading blank", true).is_err());
+        assert!(check_password("admin-password", " leading blank", false).is_ok());
+        assert!(check_password("admin-password", "it's a \"fine\" pa$$", false).is_ok());
+        let options = InstallOptions::parse("--hostname=a.b.c\n--domain=b.c\n").unwrap();
+        assert!(check_container_options(&options).is_err());
+        // An unquoted password with a blank splits: refused, not shown.
+        let e = InstallOptions::parse("--admin-password=secret words\n").unwrap_err();
+        assert!(!format!("{e:#}").contains("words"), "{e:#}");
+    }
+}

@@ -137,17 +137,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The container's own exit status for a refusal, with its message.
-#[derive(Debug)]
-struct Exit(u8, String);
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.1)
-    }
-}
-
-impl std::error::Error for Exit {}
+use install::ContainerExit as Exit;
 
 fn load_api(path: Option<PathBuf>) -> anyhow::Result<Arc<Api>> {
     Ok(Arc::new(Api::load(&path.unwrap_or_else(api_txt_path))?))
@@ -257,20 +247,8 @@ async fn container(
     server_address: Option<SocketAddr>,
     replica: bool,
 ) -> anyhow::Result<()> {
-    let data = serve.data.clone();
-    if data.join("volume-version").exists() {
+    if install::volume_configured(&serve.data)? {
         return resume(serve).await;
-    }
-    if server::state_path(&data).exists() || install::ca_path(&data).exists() {
-        return Err(Exit(
-            11,
-            format!(
-                "The FreeIPA server was already configured. ({} holds what an install that \
-                 did not finish left; it is never configured again: remove it or set it aside)",
-                data.display()
-            ),
-        )
-        .into());
     }
     let result = configure(serve, server_address, replica).await;
     if result.is_err() {
