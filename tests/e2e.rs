@@ -46,6 +46,11 @@ use support::lab_cloud::{self, LabCloud, ATTACKER};
 
 const REGION: &str = "ams3";
 const PASSPHRASE: &str = "e2e vault passphrase";
+/// The operator's own FreeIPA passwords, with what the container's
+/// `xargs` would split or strip (blanks, both quotes) and what a shell
+/// would expand (`$`). A backslash FreeIPA itself refuses (tests/init.rs).
+const ADMIN_PASSWORD: &str = "it's an \"admin\" pa$$ word";
+const DM_PASSWORD: &str = "dm 'pass\" $HOME word";
 /// From `builder launch` to every node done, at most.
 const ASSEMBLY_LIMIT: Duration = Duration::from_secs(300);
 
@@ -159,18 +164,23 @@ impl<'a> Operator<'a> {
         self.site_dir.join("hosts.yaml")
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    fn run_with(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
         let mut command = self.cloud.builder(&self.builder, self.home.path(), args);
         command
             .env("BUILDER_VAULT_PASSPHRASE", PASSPHRASE)
             .env("BUILDER_FIRSTBOOT", &self.firstboot)
             .env("BUILDER_POLL_MS", "200")
-            .env("BUILDER_API_BACKOFF_MS", "100");
+            .env("BUILDER_API_BACKOFF_MS", "100")
+            .envs(env.iter().copied());
         command.output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
+        self.ok_with(&[], args)
+    }
+
+    fn ok_with(&self, env: &[(&str, &str)], args: &[&str]) -> String {
+        let out = self.run_with(env, args);
         let text = transcript(&out);
         assert!(
             out.status.success(),
@@ -186,21 +196,27 @@ impl<'a> Operator<'a> {
     fn init(&self) {
         let key = self.home.path().join(".ssh/id_ed25519.pub");
         let hosts = self.hosts.join(",");
-        self.ok(&[
-            "init",
-            self.site_dir.to_str().unwrap(),
-            "--non-interactive",
-            "--domain",
-            &self.domain,
-            "--region",
-            REGION,
-            "--ssh-key",
-            key.to_str().unwrap(),
-            "--publish-url",
-            "https://downloads.example.org/site",
-            "--hosts",
-            &hosts,
-        ]);
+        self.ok_with(
+            &[
+                ("BUILDER_FREEIPA_ADMIN_PASSWORD", ADMIN_PASSWORD),
+                ("BUILDER_DIRECTORY_MANAGER_PASSWORD", DM_PASSWORD),
+            ],
+            &[
+                "init",
+                self.site_dir.to_str().unwrap(),
+                "--non-interactive",
+                "--domain",
+                &self.domain,
+                "--region",
+                REGION,
+                "--ssh-key",
+                key.to_str().unwrap(),
+                "--publish-url",
+                "https://downloads.example.org/site",
+                "--hosts",
+                &hosts,
+            ],
+        );
         let text = std::fs::read_to_string(self.site()).unwrap();
         let edited = replace_all(
             &text,

@@ -158,7 +158,27 @@ fn problems_fail_clearly_and_write_nothing() {
                 ("BUILDER_VAULT_PASSPHRASE", PASSPHRASE),
                 ("BUILDER_FREEIPA_ADMIN_PASSWORD", "short"),
             ],
-            "BUILDER_FREEIPA_ADMIN_PASSWORD is shorter than 8 characters",
+            "BUILDER_FREEIPA_ADMIN_PASSWORD (the FreeIPA admin password): it has 5 characters; \
+             FreeIPA needs at least 8",
+        ),
+        // FreeIPA's installer refuses a backslash in either password, and
+        // leading or trailing blanks in the Directory Manager's.
+        (
+            vec![
+                ("DIGITALOCEAN_TOKEN", "t"),
+                ("BUILDER_VAULT_PASSPHRASE", PASSPHRASE),
+                ("BUILDER_FREEIPA_ADMIN_PASSWORD", "back\\slash pass"),
+            ],
+            "BUILDER_FREEIPA_ADMIN_PASSWORD (the FreeIPA admin password): it holds a backslash",
+        ),
+        (
+            vec![
+                ("DIGITALOCEAN_TOKEN", "t"),
+                ("BUILDER_VAULT_PASSPHRASE", PASSPHRASE),
+                ("BUILDER_DIRECTORY_MANAGER_PASSWORD", "trailing space "),
+            ],
+            "BUILDER_DIRECTORY_MANAGER_PASSWORD (the Directory Manager password): it starts or \
+             ends with a space",
         ),
     ];
     for (env, expected) in cases {

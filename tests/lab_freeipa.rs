@@ -158,14 +158,58 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
     let dir = tempfile::tempdir().unwrap();
     let (site, configs) = lab::render_into(dir.path(), &lab::lab_site(5), &firstboot);
     let lab = lab::start(&image, &firstboot, &bytes, &configs);
+    // The first install on the first server fails half-way, and those of
+    // a replica and a worker fail after ipa-join spent their one-time
+    // passwords: each node tries again from clean, with no operator step.
+    for node in ["node1", "node2", "node4"] {
+        lab.sh(node, "/usr/local/bin/ipa-sim install-fault 1")
+            .unwrap();
+    }
     assert_cluster(&lab, &site);
     let nodes = ["node1", "node2", "node3", "node4", "node5"];
-    wait_done(&lab, &nodes, Duration::from_secs(240));
+    wait_done(&lab, &nodes, Duration::from_secs(300));
+    for node in ["node1", "node2", "node4"] {
+        let faults = std::fs::read_to_string(
+            lab.root(node)
+                .unwrap()
+                .join("var/lib/ipa-sim/install-faults.json"),
+        )
+        .unwrap();
+        assert!(faults.contains("\"after_join\":0"), "{node}: {faults}");
+        let journal = lab.journal(node, Some("firstboot.service")).unwrap();
+        let said = if node == "node4" {
+            "asks the bootstrap host for a one-time password again"
+        } else {
+            "set aside"
+        };
+        assert!(
+            journal.contains(said),
+            "{node} did not say `{said}`:\n{journal}"
+        );
+    }
+    // node2 and node4 enrolled, unenrolled, and enrolled again.
+    let unenrolled: Vec<String> = calls(&lab, "node1")
+        .iter()
+        .filter(|c| c["method"] == "unenroll" && c["error"].is_null())
+        .map(|c| c["params"]["fqdn"].as_str().unwrap().to_owned())
+        .collect();
+    for host in ["node2.lab.example.org", "node4.lab.example.org"] {
+        assert!(
+            unenrolled.iter().any(|h| h == host),
+            "{host} never unenrolled: {unenrolled:?}"
+        );
+    }
 
-    // The first server on the bootstrap host, replicas on the other core
-    // hosts, clients on the workers: each from its own install options.
+    // The first server forgot its options, which held the site's
+    // passwords; replicas on the other core hosts and clients on the
+    // workers installed from their own, with no --hostname for the
+    // containerised installers.
+    assert!(!lab
+        .root("node1")
+        .unwrap()
+        .join("var/lib/freeipa-server/ipa-server-install-options")
+        .exists());
     for (node, file) in [
-        ("node1", "var/lib/freeipa-server/ipa-server-install-options"),
         (
             "node2",
             "var/lib/freeipa-server/ipa-replica-install-options",
@@ -183,14 +227,13 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
         let secrets = test_secrets();
         let holds_passwords = options.contains(&secrets.freeipa_admin_password)
             || options.contains(&secrets.directory_manager_password);
-        assert_eq!(holds_passwords, node == "node1", "{node}: {options}");
-        if node != "node1" {
-            assert!(options.contains("--password="), "{node}: {options}");
-            assert!(
-                options.contains("--server=node1.lab.example.org"),
-                "{node}: {options}"
-            );
-        }
+        assert!(!holds_passwords, "{node}: {options}");
+        assert!(!options.contains("--hostname"), "{node}: {options}");
+        assert!(options.contains("--password="), "{node}: {options}");
+        assert!(
+            options.contains("--server=node1.lab.example.org"),
+            "{node}: {options}"
+        );
     }
     // The workers enrolled with the first server, and their one-time
     // passwords, spent, are gone from their disks.

@@ -147,6 +147,9 @@ fn podman_accepts_the_command_line_of_every_catalog_service() {
         if has_files {
             std::fs::create_dir_all(&files).unwrap();
         }
+        // FreeIPA resolves through its own DNS (`firstboot exec` gives
+        // what `freeipa::site::container_dns` says); etcd as the host.
+        let dns = (service == "freeipa-server").then_some("127.0.0.1");
         let mut cmd = firstboot::exec::podman_command(
             &paths,
             &service,
@@ -155,6 +158,7 @@ fn podman_accepts_the_command_line_of_every_catalog_service() {
             &state,
             data.as_deref(),
             hostname,
+            dns,
         );
         // What `firstboot exec` appends from the phase's argument file
         // (etcd's; FreeIPA reads its options from its state directory).
@@ -195,6 +199,9 @@ fn podman_accepts_the_command_line_of_every_catalog_service() {
         assert_eq!(inspect["HostConfig"]["NetworkMode"], "host", "{service}");
         assert_eq!(inspect["Config"]["Hostname"], hostname, "{service}");
         assert_eq!(inspect["HostConfig"]["AutoRemove"], true, "{service}");
+        let resolvers: Vec<String> =
+            serde_json::from_value(inspect["HostConfig"]["Dns"].clone()).unwrap_or_default();
+        assert_eq!(resolvers, dns.into_iter().collect::<Vec<_>>(), "{service}");
         let inside = data
             .clone()
             .unwrap_or_else(|| format!("/var/lib/{service}"));

@@ -162,6 +162,39 @@ fn configs_over_the_user_data_budget_are_refused() {
 }
 
 #[test]
+fn freeipa_passwords_freeipa_refuses_are_refused_before_rendering() {
+    // A vault from before builder init checked them, or edited since:
+    // what ipa-server-install's validators refuse never reaches a node.
+    let site = Site::parse("site", &generated_site(3, "https://example.org/fb")).unwrap();
+    for (admin, dm, expected) in [
+        (
+            "back\\slash admin",
+            "good dm password",
+            "the FreeIPA admin password: it holds a backslash",
+        ),
+        (
+            "good admin password",
+            "trailing dm ",
+            "the Directory Manager password: it starts or ends",
+        ),
+    ] {
+        let mut secrets = test_secrets();
+        secrets.freeipa_admin_password = admin.into();
+        secrets.directory_manager_password = dm.into();
+        let err = render::render_site(&site, &secrets, &tiny_firstboot(), None).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("the site's vault") && text.contains(expected),
+            "{text}"
+        );
+        assert!(
+            !text.contains(admin) && !text.contains(dm),
+            "a password in: {text}"
+        );
+    }
+}
+
+#[test]
 fn a_failed_render_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let site = dir.path().join("hosts.yaml");

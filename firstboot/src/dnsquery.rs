@@ -26,11 +26,26 @@ pub async fn lookup_a(server: SocketAddr, fqdn: &str) -> Result<Vec<Ipv4Addr>> {
     lookup_a_within(server, fqdn, TIMEOUT).await
 }
 
+/// The A records of `fqdn` through `resolver`, asked to recurse, as a
+/// stub resolver asks the server in its resolv.conf.
+pub async fn resolve_a(resolver: SocketAddr, fqdn: &str) -> Result<Vec<Ipv4Addr>> {
+    query_a(resolver, fqdn, TIMEOUT, true).await
+}
+
 async fn lookup_a_within(server: SocketAddr, fqdn: &str, limit: Duration) -> Result<Vec<Ipv4Addr>> {
+    query_a(server, fqdn, limit, false).await
+}
+
+async fn query_a(
+    server: SocketAddr,
+    fqdn: &str,
+    limit: Duration,
+    recursion: bool,
+) -> Result<Vec<Ipv4Addr>> {
     let name = Name::from_ascii(format!("{}.", fqdn.trim_end_matches('.')))
         .with_context(|| format!("`{fqdn}` is not a DNS name"))?;
     let mut query = Message::new(rand::random(), MessageType::Query, OpCode::Query);
-    query.metadata.recursion_desired = false;
+    query.metadata.recursion_desired = recursion;
     let question = Query::query(name.clone(), RecordType::A);
     query.add_query(question.clone());
     let bytes = query.to_bytes()?;

@@ -57,6 +57,12 @@ pub fn exec(paths: &Paths, service: &str) -> Result<()> {
             }
             let state = state_dir(paths, &config, service)?;
             let hostname = config.fqdn(&config.node);
+            let dns = match service {
+                crate::freeipa::site::SERVER => {
+                    Some(crate::freeipa::site::container_dns(paths, &state)?)
+                }
+                _ => None,
+            };
             podman_command(
                 paths,
                 service,
@@ -65,6 +71,7 @@ pub fn exec(paths: &Paths, service: &str) -> Result<()> {
                 &state,
                 data.as_deref(),
                 &hostname,
+                dns.as_deref(),
             )
         }
     };
@@ -197,8 +204,11 @@ pub fn state_dir(
 /// certificate, key and CA; never node.json, which holds this node's
 /// key) read-only, and its own state directory (never all of /var/lib),
 /// at `data` when the catalog says where, both relabelled for SELinux.
-/// It shares the host's network and carries the node's name. Its
-/// arguments come on the command line.
+/// It shares the host's network and carries the node's name; `dns`, when
+/// given, is the resolver its resolv.conf names (FreeIPA's, see
+/// `freeipa::site::container_dns`). Its arguments come on the command
+/// line.
+#[allow(clippy::too_many_arguments)]
 pub fn podman_command(
     paths: &Paths,
     service: &str,
@@ -207,6 +217,7 @@ pub fn podman_command(
     state: &std::path::Path,
     data: Option<&str>,
     hostname: &str,
+    dns: Option<&str>,
 ) -> std::process::Command {
     let mut c = std::process::Command::new("podman");
     c.args(["run", "--rm", "--replace", "--name", service, "--net=host"])
@@ -216,6 +227,9 @@ pub fn podman_command(
         // systemd mode (tmpfs /run and /tmp, a writable cgroup tree) and
         // the signal that halts systemd (see `stop`).
         c.args(["--systemd=always", "--stop-signal=SIGRTMIN+3"]);
+    }
+    if let Some(dns) = dns {
+        c.arg(format!("--dns={dns}"));
     }
     let files = paths.service_files(service);
     if files.is_dir() {
@@ -269,6 +283,7 @@ mod tests {
                 std::path::Path::new("/var/lib/freeipa-server"),
                 Some("/data"),
                 "node1.example.org",
+                None,
             )
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())

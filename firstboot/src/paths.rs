@@ -76,6 +76,11 @@ impl Paths {
     }
     /// The site's FreeIPA, as a rebuilt first server found it
     /// (`state::FreeipaRejoin`).
+    /// The address of the FreeIPA server a replica installs from, whose
+    /// DNS the installing container resolves through.
+    pub fn freeipa_install_server(&self) -> PathBuf {
+        self.state_dir().join("freeipa-install-server")
+    }
     pub fn freeipa_rejoin(&self) -> PathBuf {
         self.state_dir().join("freeipa-rejoin.json")
     }

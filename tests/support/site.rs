@@ -23,8 +23,9 @@ pub fn test_secrets() -> Secrets {
     Secrets {
         format: 1,
         digitalocean_token: "test-token".into(),
-        freeipa_admin_password: "test-admin-password".into(),
-        directory_manager_password: "test-dm-password".into(),
+        // What an options file must quote for the container's xargs.
+        freeipa_admin_password: "test 'admin' pa$$word".into(),
+        directory_manager_password: "test \"dm\" pa$$word".into(),
         join_secret: "test-join-secret".into(),
         generations: Default::default(),
     }

@@ -29,11 +29,10 @@ enum Publish {
     },
 }
 use crate::vault::{self, PassphraseSource, Secrets, PASSPHRASE_ENV};
+use node_contract::{freeipa_password_problem, FreeIpaPassword};
 
 const ADMIN_ENV: &str = "BUILDER_FREEIPA_ADMIN_PASSWORD";
 const DM_ENV: &str = "BUILDER_DIRECTORY_MANAGER_PASSWORD";
-/// FreeIPA refuses passwords shorter than 8 characters.
-const MIN_PASSWORD: usize = 8;
 /// A site needs three core hosts (etcd and FreeIPA quorum).
 const MIN_HOSTS: usize = 3;
 /// Tries at one question before giving up.
@@ -146,8 +145,9 @@ pub fn run(args: InitArgs) -> Result<()> {
         problems.push(why);
         Vec::new()
     });
-    let admin = password_from_env(ADMIN_ENV, &mut problems);
-    let directory_manager = password_from_env(DM_ENV, &mut problems);
+    let admin = password_from_env(ADMIN_ENV, FreeIpaPassword::Admin, &mut problems);
+    let directory_manager =
+        password_from_env(DM_ENV, FreeIpaPassword::DirectoryManager, &mut problems);
     let passphrase = PassphraseSource::from_env(args.passphrase_file.clone());
     if let Some(path) = &passphrase.file {
         if let Err(why) = first_line(path) {
@@ -488,16 +488,16 @@ fn check_hosts(names: &[String]) -> Result<Vec<String>, String> {
     }
 }
 
-fn password_from_env(name: &str, problems: &mut Vec<String>) -> String {
+fn password_from_env(name: &str, which: FreeIpaPassword, problems: &mut Vec<String>) -> String {
     match std::env::var(name).ok().filter(|v| !v.is_empty()) {
         None => vault::generate_password(24),
-        Some(p) if p.chars().count() < MIN_PASSWORD => {
-            problems.push(format!(
-                "{name} is shorter than {MIN_PASSWORD} characters, which FreeIPA refuses"
-            ));
-            String::new()
-        }
-        Some(p) => p,
+        Some(p) => match freeipa_password_problem(which, &p) {
+            Some(why) => {
+                problems.push(format!("{name} ({}): {why}", which.describe()));
+                String::new()
+            }
+            None => p,
+        },
     }
 }
 

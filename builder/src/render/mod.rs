@@ -73,6 +73,19 @@ pub fn render_site(
     firstboot: &Firstboot,
     only: Option<&str>,
 ) -> Result<Vec<Rendered>> {
+    let passwords = FreeIpaSecrets {
+        admin_password: secrets.freeipa_admin_password.clone(),
+        directory_manager_password: secrets.directory_manager_password.clone(),
+    };
+    let problems = passwords.problems();
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "the site's vault holds FreeIPA passwords that ipa-server-install refuses: {} \
+             (run `builder init` again with BUILDER_FREEIPA_ADMIN_PASSWORD and \
+             BUILDER_DIRECTORY_MANAGER_PASSWORD set to passwords FreeIPA takes)",
+            problems.join("; ")
+        );
+    }
     let hosts: Vec<&Host> = match only {
         None => site.hosts.iter().collect(),
         Some(name) => vec![site.host(name).ok_or_else(|| unknown_host(site, name))?],

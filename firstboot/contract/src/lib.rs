@@ -168,6 +168,75 @@ pub struct FreeIpaSecrets {
     pub directory_manager_password: String,
 }
 
+/// Which FreeIPA password a check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreeIpaPassword {
+    Admin,
+    DirectoryManager,
+}
+
+impl FreeIpaPassword {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FreeIpaPassword::Admin => "the FreeIPA admin password",
+            FreeIpaPassword::DirectoryManager => "the Directory Manager password",
+        }
+    }
+}
+
+/// Why `ipa-server-install` would refuse `password`, if it would: its
+/// knob validators `validate_admin_password` and `validate_dm_password`
+/// (freeipa `ipaserver/install/server/install.py`): at least 8
+/// characters, printable ASCII, no backslash (pkisilent mishandles it),
+/// and for the Directory Manager no leading or trailing whitespace.
+/// Spaces, quotes and `$` are fine: the options file quotes them.
+pub fn freeipa_password_problem(which: FreeIpaPassword, password: &str) -> Option<String> {
+    let chars = password.chars().count();
+    if chars < 8 {
+        return Some(format!(
+            "it has {chars} characters; FreeIPA needs at least 8"
+        ));
+    }
+    if password.chars().any(|c| (c as u32) < 0x20) {
+        return Some(
+            "it holds a control character (a tab or a line break), which FreeIPA refuses".into(),
+        );
+    }
+    if password.chars().any(|c| (c as u32) >= 0x7f) {
+        return Some("it holds a character outside printable ASCII, which FreeIPA refuses".into());
+    }
+    if password.contains('\\') {
+        return Some(
+            "it holds a backslash, which FreeIPA refuses (its CA installer mishandles it)".into(),
+        );
+    }
+    if which == FreeIpaPassword::DirectoryManager && password.trim() != password {
+        return Some(
+            "it starts or ends with a space, which FreeIPA refuses for the Directory Manager"
+                .into(),
+        );
+    }
+    None
+}
+
+impl FreeIpaSecrets {
+    /// What FreeIPA would refuse in these passwords, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        [
+            (FreeIpaPassword::Admin, &self.admin_password),
+            (
+                FreeIpaPassword::DirectoryManager,
+                &self.directory_manager_password,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(which, p)| {
+            freeipa_password_problem(which, p).map(|why| format!("{}: {why}", which.describe()))
+        })
+        .collect()
+    }
+}
+
 impl fmt::Debug for FreeIpaSecrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("FreeIpaSecrets { .. }")

@@ -6,6 +6,7 @@
 //! still has; see [`API_VERSION`].
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
@@ -25,7 +26,16 @@ pub struct Call {
     pub options: Map<String, Value>,
     /// Whether the command changes anything when it succeeds.
     pub mutating: bool,
+    /// How long one exchange of this command may take, when longer than
+    /// the client's usual (a command that waits on the server's side).
+    pub timeout: Option<Duration>,
 }
+
+/// How long `server_del` may take: it waits for replication to remove
+/// the server's agreements, up to 90 rounds of 2 s (freeipa
+/// `ipaserver/plugins/server.py`, `wait_for_segment_removal`), after the
+/// removals before it; with room to spare.
+pub const SERVER_DEL_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 impl Call {
     fn new(method: &'static str, args: Vec<Value>, options: Value, mutating: bool) -> Call {
@@ -39,7 +49,13 @@ impl Call {
             args,
             options,
             mutating,
+            timeout: None,
         }
+    }
+
+    fn taking(mut self, timeout: Duration) -> Call {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// `[args, options]`.
@@ -120,7 +136,18 @@ pub fn host_show(fqdn: &str) -> Call {
 
 /// `password`: Some = this one-time password, None = let the server
 /// generate one (`random`). `ip_address` also adds the A (and PTR) record.
-pub fn host_add(fqdn: &str, password: Option<&str>, ip_address: Option<Ipv4Addr>) -> Call {
+///
+/// `force`: skip FreeIPA's check that the name resolves
+/// (`verify_host_resolvable`, freeipa `ipaserver/plugins/host.py`), for a
+/// name whose record the caller has just put in FreeIPA's DNS: the check
+/// asks the server's resolver, which need not be FreeIPA's own DNS (a
+/// container started without `--dns`), nor have it yet.
+pub fn host_add(
+    fqdn: &str,
+    password: Option<&str>,
+    ip_address: Option<Ipv4Addr>,
+    force: bool,
+) -> Call {
     let mut options = Map::new();
     match password {
         Some(password) => options.insert("userpassword".into(), json!(password)),
@@ -128,6 +155,9 @@ pub fn host_add(fqdn: &str, password: Option<&str>, ip_address: Option<Ipv4Addr>
     };
     if let Some(ip) = ip_address {
         options.insert("ip_address".into(), json!(ip.to_string()));
+    }
+    if force {
+        options.insert("force".into(), json!(true));
     }
     Call::new("host_add", vec![json!(fqdn)], Value::Object(options), true)
 }
@@ -252,7 +282,11 @@ pub fn server_find() -> Call {
 /// and its host entry. No option that overrides FreeIPA's own refusals
 /// (a topology it would disconnect, the last CA).
 pub fn server_del(fqdn: &str) -> Call {
-    Call::new("server_del", vec![json!([fqdn])], json!({}), true)
+    Call::new("server_del", vec![json!([fqdn])], json!({}), true).taking(SERVER_DEL_TIMEOUT)
+}
+
+pub fn server_show(fqdn: &str) -> Call {
+    Call::new("server_show", vec![json!(fqdn)], json!({}), false)
 }
 
 pub fn ca_show(name: &str) -> Call {
@@ -351,8 +385,9 @@ pub fn examples(csr_pem: &str) -> Vec<Call> {
     vec![
         ping(),
         host_show(fqdn),
-        host_add(fqdn, Some("otp-secret"), Some(ip)),
-        host_add(fqdn, None, None),
+        host_add(fqdn, Some("otp-secret"), Some(ip), false),
+        host_add(fqdn, None, None, false),
+        host_add(fqdn, Some("otp-secret"), None, true),
         host_mod_password(fqdn, "otp-secret"),
         host_disable(fqdn),
         hostgroup_show("etcd"),
@@ -384,6 +419,7 @@ pub fn examples(csr_pem: &str) -> Vec<Call> {
         topologysegment_find(Suffix::Domain),
         topologysegment_add(Suffix::Ca, "a-to-b", fqdn, "node2.lab.example.org"),
         server_find(),
+        server_show("ipa1.example.com"),
         server_del(fqdn),
         ca_show("etcd"),
         ca_add("etcd", "CN=etcd CA,O=LAB.EXAMPLE.ORG", "etcd sub-CA"),

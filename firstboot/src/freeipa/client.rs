@@ -76,6 +76,9 @@ impl std::fmt::Debug for Client {
 enum Attempt {
     /// Try again after a pause.
     Transient(String),
+    /// A command that changes things got no answer in time: not sent
+    /// again (see [`Error::Unsettled`]).
+    Unsettled(String),
     /// The session is gone: log in again (once per call).
     Unauthorized,
     Fatal(Error),
@@ -120,7 +123,7 @@ impl Client {
                         why: "the server answered 401".into(),
                     })
                 }
-                Err(Attempt::Transient(why)) => {
+                Err(Attempt::Transient(why) | Attempt::Unsettled(why)) => {
                     if started.elapsed() + backoff >= self.config.deadline {
                         return Err(Error::Unavailable {
                             server: self.server().to_owned(),
@@ -190,6 +193,13 @@ impl Client {
     /// fresh login.
     pub async fn call(&self, call: &Call) -> Result<Value, Error> {
         let started = Instant::now();
+        // A command that waits on the server's side gets the exchange it
+        // needs, and the call room for one more after it.
+        let exchange = call.timeout.unwrap_or(self.config.attempt_timeout);
+        let deadline = self
+            .config
+            .deadline
+            .max(exchange + self.config.attempt_timeout);
         let mut attempts = 0;
         let mut relogged = false;
         let mut backoff = FIRST_BACKOFF;
@@ -198,10 +208,17 @@ impl Client {
             if self.session.lock().await.is_none() {
                 self.login().await?;
             }
-            let outcome = self.call_once(call).await;
+            let outcome = self.call_once(call, exchange).await;
             match outcome {
                 Ok(result) => return Ok(result),
                 Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Unsettled(why)) => {
+                    return Err(Error::Unsettled {
+                        server: self.server().to_owned(),
+                        method: call.method.to_owned(),
+                        why,
+                    })
+                }
                 Err(Attempt::Unauthorized) => {
                     *self.session.lock().await = None;
                     if relogged {
@@ -214,7 +231,7 @@ impl Client {
                     tracing::info!(server = %self.server(), method = call.method, "freeipa: session ended; logging in again");
                 }
                 Err(Attempt::Transient(why)) => {
-                    if started.elapsed() + backoff >= self.config.deadline {
+                    if started.elapsed() + backoff >= deadline {
                         return Err(Error::Unavailable {
                             server: self.server().to_owned(),
                             method: call.method.to_owned(),
@@ -230,7 +247,7 @@ impl Client {
         }
     }
 
-    async fn call_once(&self, call: &Call) -> Result<Value, Attempt> {
+    async fn call_once(&self, call: &Call, exchange: Duration) -> Result<Value, Attempt> {
         let cookie = self.session.lock().await.clone().unwrap_or_default();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let headers = [
@@ -245,10 +262,15 @@ impl Client {
             "/ipa/session/json",
             &headers,
             call.body(id),
-            self.config.attempt_timeout,
+            exchange,
         )
         .await
-        .map_err(|e| Attempt::Transient(format!("{e:#}")))?;
+        .map_err(|e| match e.downcast_ref::<transport::NoAnswer>() {
+            // Sent, perhaps acted on: a command that changes things is
+            // not sent again before a look at whether it took effect.
+            Some(_) if call.mutating => Attempt::Unsettled(format!("{e:#}")),
+            _ => Attempt::Transient(format!("{e:#}")),
+        })?;
         match answer.status {
             200 => {}
             401 => return Err(Attempt::Unauthorized),
@@ -335,6 +357,7 @@ fn form_encode(text: &str) -> String {
 pub(super) fn parse_for_tests(method: &str, body: &[u8]) -> Result<Value, String> {
     parse_answer(method, body).map_err(|e| match e {
         Attempt::Transient(why) => format!("transient: {why}"),
+        Attempt::Unsettled(why) => format!("unsettled: {why}"),
         Attempt::Unauthorized => "unauthorized".into(),
         Attempt::Fatal(e) => format!("fatal: {e}"),
     })

@@ -34,6 +34,15 @@ pub struct HostSpec {
     pub one_time_password: Option<String>,
 }
 
+/// A server as `server_find` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyServer {
+    pub name: String,
+    /// The replication suffixes it manages: `domain`, and `ca` once it
+    /// has a CA.
+    pub suffixes: Vec<String>,
+}
+
 /// A host as FreeIPA has it after [`Client::ensure_host`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostState {
@@ -194,6 +203,20 @@ impl Client {
 
     /// The IPA servers' names.
     pub async fn servers(&self) -> Result<Vec<String>, Error> {
+        Ok(self
+            .topology_servers()
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect())
+    }
+
+    /// The IPA servers with the suffixes each manages (what
+    /// `server_find` lists by default): a replica is listed before its
+    /// CA clone is done, without `ca`, and FreeIPA refuses a `ca` segment
+    /// to it until then (freeipa `ipaserver/plugins/topology.py`,
+    /// `validate_nodes`).
+    pub async fn topology_servers(&self) -> Result<Vec<TopologyServer>, Error> {
         let result = self.call(&calls::server_find()).await?;
         let list = result
             .get("result")
@@ -202,7 +225,16 @@ impl Client {
                 method: "server_find".into(),
                 why: "no list of servers".into(),
             })?;
-        Ok(list.iter().flat_map(|e| values(e, "cn")).collect())
+        Ok(list
+            .iter()
+            .flat_map(|e| {
+                let suffixes = values(e, "iparepltopomanagedsuffix_topologysuffix");
+                values(e, "cn").into_iter().map(move |name| TopologyServer {
+                    name,
+                    suffixes: suffixes.clone(),
+                })
+            })
+            .collect())
     }
 
     /// The host exists (with its address in DNS when given) and, until it
@@ -218,7 +250,12 @@ impl Client {
         let found = self.lookup(&calls::host_show(&fqdn)).await?;
         let Some(found) = found else {
             let password = spec.one_time_password.as_deref();
-            let added = self.call(&calls::host_add(&fqdn, password, None)).await;
+            // The record was just ensured in FreeIPA's DNS: `force`, so
+            // that whatever the server resolves through does not matter.
+            let force = spec.address.is_some();
+            let added = self
+                .call(&calls::host_add(&fqdn, password, None, force))
+                .await;
             return match added {
                 Ok(result) => {
                     let entry = entry("host_add", &result)?;
@@ -283,16 +320,31 @@ impl Client {
     /// `fqdn` is no FreeIPA server (any more): removed when it was one,
     /// with its agreements, principals and host entry. FreeIPA refuses
     /// (4033) when that would cut the other servers apart or leave no CA;
-    /// that error is returned.
+    /// that error is returned. `server_del` can take minutes (it waits
+    /// for replication); one that got no answer in time is not sent
+    /// again until `server_show` says the server is still there once the
+    /// first could have finished.
     pub async fn ensure_no_server(&self, fqdn: &str) -> Result<Change, Error> {
         let fqdn = fqdn.trim_end_matches('.').to_ascii_lowercase();
-        match self.call(&calls::server_del(&fqdn)).await {
-            Ok(_) => {
-                tracing::info!(host = %fqdn, "freeipa: server entry removed");
-                Ok(Change::Created)
+        let mut looked = false;
+        loop {
+            match self.call(&calls::server_del(&fqdn)).await {
+                Ok(_) => {
+                    tracing::info!(server = %fqdn, "freeipa: server removed");
+                    return Ok(Change::Created);
+                }
+                Err(e) if e.is(code::NOT_FOUND) => return Ok(Change::Unchanged),
+                Err(e @ Error::Unsettled { .. }) if !looked => {
+                    looked = true;
+                    tracing::warn!(server = %fqdn, "freeipa: {e}");
+                    if self.lookup(&calls::server_show(&fqdn)).await?.is_none() {
+                        return Ok(Change::Created);
+                    }
+                    // Still listed: the first may be running yet. It had
+                    // its whole time; one more, and only one.
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) if e.is(code::NOT_FOUND) => Ok(Change::Unchanged),
-            Err(e) => Err(e),
         }
     }
 
@@ -450,12 +502,28 @@ impl Client {
                 continue;
             }
             let name = format!("{left}-to-{right}");
-            if self
+            match self
                 .write(&calls::topologysegment_add(suffix, &name, left, right))
-                .await?
-                == Change::Created
+                .await
             {
-                added += 1;
+                Ok(Change::Created) => added += 1,
+                Ok(_) => {}
+                // The topology plugin's "unwilling to perform" (4203)
+                // when the pair is joined under another name, which the
+                // listing missed (a segment replicated in since). 4203 is
+                // any refusal of the directory's, though: the pair is
+                // looked up again, and only a segment joining it counts.
+                Err(e) if e.is(code::DATABASE_ERROR) => {
+                    let again = self.call(&calls::topologysegment_find(suffix)).await?;
+                    let joined = again
+                        .get("result")
+                        .and_then(Value::as_array)
+                        .is_some_and(|list| list.iter().any(joins));
+                    if !joined {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(added)

@@ -7,6 +7,9 @@ pub mod code {
     pub const NOT_FOUND: u32 = 4001;
     pub const DUPLICATE_ENTRY: u32 = 4002;
     pub const EMPTY_MODLIST: u32 = 4202;
+    /// An LDAP error FreeIPA has no other name for (`DatabaseError`), such
+    /// as the topology plugin's "unwilling to perform".
+    pub const DATABASE_ERROR: u32 = 4203;
     /// `*_disable` of something already disabled.
     pub const ALREADY_INACTIVE: u32 = 4010;
     /// `dnsrecord_del` of a value the record does not hold.
@@ -35,6 +38,14 @@ pub enum Error {
         method: String,
         attempts: u32,
         last: String,
+    },
+    /// A command that changes things was sent and not answered in time:
+    /// it may have taken effect, or still be running. It is not sent
+    /// again blindly; the caller looks whether it took effect.
+    Unsettled {
+        server: String,
+        method: String,
+        why: String,
     },
     /// A successful answer without what the command returns.
     Malformed { method: String, why: String },
@@ -74,6 +85,15 @@ impl fmt::Display for Error {
             Error::Auth { server, why } => write!(
                 f,
                 "FreeIPA at {server} refused the login: {why}; check the admin password in the vault"
+            ),
+            Error::Unsettled {
+                server,
+                method,
+                why,
+            } => write!(
+                f,
+                "{method} was sent to FreeIPA at {server} and not answered ({why}); it may \
+                 have taken effect, so it is not sent again before a look"
             ),
             Error::Unavailable {
                 server,

@@ -19,7 +19,9 @@ pub mod transport;
 
 pub use calls::{Call, Record, Suffix, API_VERSION};
 pub use client::{Client, Config};
-pub use ensure::{CaAclSpec, CaInfo, Change, HostSpec, HostState, IssuedCert, SERVICE_PROFILE};
+pub use ensure::{
+    CaAclSpec, CaInfo, Change, HostSpec, HostState, IssuedCert, TopologyServer, SERVICE_PROFILE,
+};
 pub use error::Error;
 pub use transport::Endpoint;
 

@@ -74,11 +74,17 @@ impl Kind {
     }
 }
 
-/// Options every kind of install shares: this host, the site's domain
-/// and realm, unattended, no NTP (the platform keeps time).
+/// Options every kind of install shares: the site's domain and realm,
+/// unattended, no NTP (the platform keeps time). Not `--hostname` for
+/// the server and its replicas: the container's README says not to pass
+/// it (podman's `--hostname` names the container), and with it
+/// `ipa-server-install` and the client install inside
+/// `ipa-replica-install` set the host name themselves (`set_hostname`,
+/// `hostnamectl`), which a container may not do (freeipa
+/// `ipaserver/install/server/install.py`, `ipaclient/install/client.py`;
+/// freeipa-container `README`). The host client takes it.
 fn common(config: &NodeConfig) -> Vec<String> {
     vec![
-        format!("--hostname={}", config.fqdn(&config.node)),
         format!("--domain={}", config.site.domain),
         format!("--realm={}", config.site.realm),
         "--no-ntp".into(),
@@ -100,6 +106,14 @@ pub fn secrets(config: &NodeConfig) -> Result<&node_contract::FreeIpaSecrets> {
 /// the passwords only this host's config holds.
 pub fn server_options(config: &NodeConfig, own: Ipv4Addr) -> Result<Vec<String>> {
     let secrets = secrets(config)?;
+    let problems = secrets.problems();
+    if !problems.is_empty() {
+        bail!(
+            "ipa-server-install would refuse this node's FreeIPA passwords: {} \
+             (builder init and render refuse them too: render the site again)",
+            problems.join("; ")
+        );
+    }
     let mut options = common(config);
     options.extend([
         format!("--ip-address={own}"),
@@ -131,15 +145,51 @@ pub fn replica_options(config: &NodeConfig, own: Ipv4Addr, server: &str, otp: &s
 
 /// A client's options: enrolled with a one-time password.
 pub fn client_options(config: &NodeConfig, server: &str, otp: &str) -> Vec<String> {
-    let mut options = common(config);
+    let mut options = vec![format!("--hostname={}", config.fqdn(&config.node))];
+    options.extend(common(config));
     options.extend([format!("--server={server}"), format!("--password={otp}")]);
     options
 }
 
-/// Write an options file (0600: it holds a password).
+/// Write an options file (0600: it holds a password), one option per
+/// line. The container hands the server's and a replica's to the
+/// installer through `xargs` (freeipa-container
+/// `ipa-server-configure-first`), which splits on blanks and reads
+/// quotes and backslashes: each option is quoted so that `xargs` gives it
+/// back whole ([`xargs_quote`]). The host client (`freeipa::host`) reads
+/// its own file line by line, which needs no quoting; a line break inside
+/// an option is refused for it.
 pub fn write_options(state: &Path, kind: Kind, options: &[String]) -> Result<()> {
-    let text = options.join("\n") + "\n";
+    let lines: Vec<String> = match kind {
+        Kind::Server | Kind::Replica => options.iter().map(|o| xargs_quote(o)).collect(),
+        Kind::Client => {
+            if let Some(odd) = options.iter().find(|o| o.contains('\n')) {
+                bail!(
+                    "an install option holds a line break: {:?}",
+                    odd.split('=').next()
+                );
+            }
+            options.to_vec()
+        }
+    };
+    let text = lines.join("\n") + "\n";
     crate::fsutil::write_atomic(&state.join(kind.options_file()), text.as_bytes(), 0o600)
+}
+
+/// `arg` as GNU `xargs` (without `-0` or `-d`) reads it back as one
+/// argument: a backslash before each character it would take as a
+/// separator or a quote (blanks, line breaks, `'`, `"`, `\`). Outside
+/// quotes, `xargs` keeps the character after a backslash, whatever it is
+/// (findutils `xargs/xargs.c`, `read_line`).
+pub fn xargs_quote(arg: &str) -> String {
+    let mut quoted = String::with_capacity(arg.len());
+    for c in arg.chars() {
+        if c.is_ascii_whitespace() || matches!(c, '\'' | '"' | '\\' | '\u{b}') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted
 }
 
 /// Remove an options file whose one-time password enrollment spent.
@@ -151,6 +201,73 @@ pub fn forget_options(state: &Path, kind: Kind) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Set a half-installed state directory aside, whole, and leave an empty
+/// one in its place (with the same mode): the directory it points to
+/// when it is a link onto the data volume. Only the last failed attempt
+/// is kept, so failures do not fill the volume. Where it went.
+pub fn set_aside(state: &Path) -> Result<PathBuf> {
+    let real = std::fs::canonicalize(state)
+        .with_context(|| format!("cannot resolve {}", state.display()))?;
+    let name = real
+        .file_name()
+        .with_context(|| format!("{} has no name", real.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let aside = real.with_file_name(format!("{name}.failed-install"));
+    let mode = std::fs::metadata(&real)
+        .with_context(|| format!("cannot read {}", real.display()))?
+        .permissions();
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("cannot remove the earlier {}", aside.display()))?;
+    }
+    std::fs::rename(&real, &aside)
+        .with_context(|| format!("cannot move {} to {}", real.display(), aside.display()))?;
+    std::fs::create_dir(&real).with_context(|| format!("cannot create {}", real.display()))?;
+    std::fs::set_permissions(&real, mode)
+        .with_context(|| format!("cannot set the mode of {}", real.display()))?;
+    Ok(aside)
+}
+
+/// Note where a replica installs from: its container resolves through
+/// that server's DNS until its own runs ([`container_dns`]).
+pub fn record_install_server(paths: &crate::paths::Paths, address: Ipv4Addr) -> Result<()> {
+    crate::fsutil::write_atomic(
+        &paths.freeipa_install_server(),
+        format!("{address}\n").as_bytes(),
+        0o644,
+    )
+}
+
+/// The resolver the server container gets (podman's `--dns`): FreeIPA
+/// resolves its own names, so its own DNS, `127.0.0.1`, as the
+/// container's README and CI run the first server; a replica still
+/// installing has no DNS of its own yet and resolves through the server
+/// it installs from, as the container's CI runs replicas. Without it the
+/// container resolves through the host's stub, which sends the site
+/// domain to the temporary DNS, which lacks what FreeIPA adds (freeipa-
+/// container `README`, `ipa-server-configure-first`: "Is --dns=127.0.0.1
+/// set for the container?").
+pub fn container_dns(paths: &crate::paths::Paths, state: &Path) -> Result<String> {
+    let installing_replica = state.join(Kind::Replica.options_file()).exists()
+        && !state.join(Kind::Replica.done_marker()).exists();
+    if !installing_replica {
+        return Ok("127.0.0.1".into());
+    }
+    let file = paths.freeipa_install_server();
+    let text = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "cannot read {}, the server this replica installs from",
+            file.display()
+        )
+    })?;
+    let address: Ipv4Addr = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds no address", file.display()))?;
+    Ok(address.to_string())
 }
 
 /// The IPA CA as the installed service left it.
@@ -251,10 +368,11 @@ impl Enroller {
     /// ring over the servers in name order, for both suffixes. Three
     /// listings when nothing is missing.
     pub async fn ensure_topology(&self) -> Result<Topology> {
-        let servers = self.client.servers().await?;
-        let added = connect_ring(&self.client, servers.clone()).await?;
+        let servers = self.client.topology_servers().await?;
+        let count = servers.len();
+        let added = connect_ring(&self.client, servers).await?;
         Ok(Topology {
-            servers: servers.len(),
+            servers: count,
             added,
         })
     }
@@ -265,15 +383,21 @@ impl Enroller {
     }
 }
 
-/// `servers` in a ring (in name order), for both suffixes: how many
-/// segments had to be added.
-pub async fn connect_ring(client: &Client, mut servers: Vec<String>) -> Result<usize> {
-    servers.sort();
-    let pairs = ring(&servers);
+/// For each suffix, the servers that manage it in a ring (in name
+/// order): how many segments had to be added. A replica whose CA clone
+/// is not done yet is in no `ca` ring until it is (FreeIPA would refuse
+/// the segment, 3009), so a pass adds what it can and never fails on it.
+pub async fn connect_ring(client: &Client, servers: Vec<super::TopologyServer>) -> Result<usize> {
     let mut added = 0;
     for suffix in [Suffix::Domain, Suffix::Ca] {
+        let mut names: Vec<String> = servers
+            .iter()
+            .filter(|s| s.suffixes.iter().any(|x| x == suffix.name()))
+            .map(|s| s.name.clone())
+            .collect();
+        names.sort();
         added += client
-            .ensure_segments(suffix, &pairs)
+            .ensure_segments(suffix, &ring(&names))
             .await
             .with_context(|| format!("cannot connect the servers ({} suffix)", suffix.name()))?;
     }
@@ -418,6 +542,28 @@ mod tests {
                 assert_eq!(reached.len(), n - 1, "losing {lost} of {n} splits the rest");
             }
         }
+    }
+
+    #[test]
+    fn freeipa_resolves_through_its_own_dns_once_it_has_one() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = crate::paths::Paths::under(root.path());
+        let state = root.path().join("freeipa-server");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(paths.state_dir()).unwrap();
+        // The first server: its own DNS from the start.
+        std::fs::write(state.join(Kind::Server.options_file()), "--setup-dns\n").unwrap();
+        assert_eq!(container_dns(&paths, &state).unwrap(), "127.0.0.1");
+        std::fs::remove_file(state.join(Kind::Server.options_file())).unwrap();
+        // A replica installing: the server it installs from, which must
+        // be on record.
+        std::fs::write(state.join(Kind::Replica.options_file()), "--setup-dns\n").unwrap();
+        assert!(container_dns(&paths, &state).is_err());
+        record_install_server(&paths, "198.18.0.11".parse().unwrap()).unwrap();
+        assert_eq!(container_dns(&paths, &state).unwrap(), "198.18.0.11");
+        // Configured: its own.
+        std::fs::write(state.join(Kind::Replica.done_marker()), "1\n").unwrap();
+        assert_eq!(container_dns(&paths, &state).unwrap(), "127.0.0.1");
     }
 
     #[test]

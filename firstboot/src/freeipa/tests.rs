@@ -94,6 +94,10 @@ fn options_text(lines: &[&str]) -> InstallOptions {
 }
 
 async fn first_server(dir: &Path, api: Arc<Api>) -> Sim {
+    first_server_resolving(dir, api, server::Resolver::OwnZones).await
+}
+
+async fn first_server_resolving(dir: &Path, api: Arc<Api>, resolver: server::Resolver) -> Sim {
     let data = dir.join("ipa1");
     std::fs::create_dir_all(&data).unwrap();
     let options = options_text(&[
@@ -101,13 +105,12 @@ async fn first_server(dir: &Path, api: Arc<Api>) -> Sim {
         "--domain=lab.example.org",
         "--ds-password=Secret123-dm",
         &format!("--admin-password={PASSWORD}"),
-        &format!("--hostname={IPA1}"),
         "--setup-dns",
         "--no-forwarders",
         "-U",
     ]);
     let (state, keytab) =
-        install::new_deployment(&options, "127.0.0.1:443".parse().unwrap()).unwrap();
+        install::new_deployment(&options, IPA1, "127.0.0.1:443".parse().unwrap()).unwrap();
     let calls = dir.join("calls.jsonl");
     let running = server::start(
         Options {
@@ -117,6 +120,7 @@ async fn first_server(dir: &Path, api: Arc<Api>) -> Sim {
             data: data.clone(),
             calls_log: calls.clone(),
             peers: Default::default(),
+            resolver,
         },
         api,
         state,
@@ -151,6 +155,18 @@ fn client_for(running: &Running, ca_pem: &str) -> Client {
     config.deadline = Duration::from_secs(20);
     config.attempt_timeout = Duration::from_secs(5);
     Client::new(config).unwrap()
+}
+
+/// `fqdn` at `address` as a FreeIPA host, with `otp` to enroll with.
+async fn add_host(client: &Client, fqdn: &str, address: [u8; 4], otp: Option<&str>) -> HostState {
+    client
+        .ensure_host(&HostSpec {
+            fqdn: fqdn.into(),
+            address: Some(Ipv4Addr::from(address)),
+            one_time_password: otp.map(str::to_owned),
+        })
+        .await
+        .unwrap()
 }
 
 fn log_lines(path: &Path) -> Vec<Value> {
@@ -407,14 +423,7 @@ async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
     let mut sim = first_server(dir.path(), api.clone()).await;
     let first = sim.running.as_ref().unwrap();
     let client = client_for(first, &sim.ca_pem);
-    let state = client
-        .ensure_host(&HostSpec {
-            fqdn: IPA2.into(),
-            address: Some(Ipv4Addr::new(198, 18, 0, 12)),
-            one_time_password: Some("otp-ipa2".into()),
-        })
-        .await
-        .unwrap();
+    let state = add_host(&client, IPA2, [198, 18, 0, 12], Some("otp-ipa2")).await;
     let otp = state.one_time_password.unwrap();
     // Not yet in ipaservers: promotion is refused.
     let refused = install::enroll(IPA1, first.address, IPA2, &otp, "replica", true, None).await;
@@ -443,9 +452,15 @@ async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
             data: data2,
             calls_log: dir.path().join("calls2.jsonl"),
             peers: Default::default(),
+            resolver: server::Resolver::OwnZones,
         },
         api,
-        enrolled.state.unwrap(),
+        {
+            // What the replica's install does once its CA clone is done.
+            let mut state = enrolled.state.unwrap();
+            ipa_sim::commands::add_ca_clone(&mut state, IPA2, IPA1);
+            state
+        },
         enrolled.keytab,
     )
     .await
@@ -641,4 +656,284 @@ async fn a_server_leaves_only_when_the_rest_stay_connected_and_keep_a_ca() {
         Change::Unchanged
     );
     sim.running.unwrap().stop().await;
+}
+
+/// node1's config holding `admin` and `dm` as its FreeIPA passwords.
+fn bootstrap_config(admin: &str, dm: &str) -> node_contract::NodeConfig {
+    let mut config = crate::phases::tests::lab_config("node1");
+    config.freeipa = Some(node_contract::FreeIpaSecrets {
+        admin_password: admin.into(),
+        directory_manager_password: dm.into(),
+    });
+    config
+}
+
+#[test]
+fn options_files_carry_every_password_freeipa_takes_through_xargs() {
+    // Blanks, both quotes and `$`: what the container's xargs splits or
+    // strips when an options file holds them raw.
+    let admin = "it's a \"good\"  pa$$word";
+    let dm = "dm 'pass\" $HOME\ttab".replace('\t', " ");
+    let config = bootstrap_config(admin, &dm);
+    let own: Ipv4Addr = "198.18.0.11".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = site::server_options(&config, own).unwrap();
+    site::write_options(dir.path(), site::Kind::Server, &options).unwrap();
+    let file = dir.path().join(site::Kind::Server.options_file());
+    // The simulator reads it as xargs does, and the container takes it.
+    let read = InstallOptions::read(&file).unwrap();
+    assert_eq!(read.value("admin-password"), Some(admin));
+    assert_eq!(read.value("ds-password"), Some(dm.as_str()));
+    install::check_container_options(&read).unwrap();
+    install::check_password("admin-password", admin, false).unwrap();
+    // So does the real xargs, where this machine has it: the very
+    // arguments firstboot meant, in order.
+    if let Ok(out) = std::process::Command::new("xargs")
+        .arg("-a")
+        .arg(&file)
+        .args(["printf", "%s\\0"])
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let args: Vec<String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8(a.to_vec()).unwrap())
+            .collect();
+        assert_eq!(args, options);
+    }
+    // A replica's options, with its one-time password, the same way.
+    let replica = site::replica_options(&config, own, IPA1, "Abc23def");
+    site::write_options(dir.path(), site::Kind::Replica, &replica).unwrap();
+    let read = InstallOptions::read(&dir.path().join(site::Kind::Replica.options_file())).unwrap();
+    install::check_container_options(&read).unwrap();
+    assert_eq!(read.value("password"), Some("Abc23def"));
+}
+
+#[test]
+fn passwords_freeipa_refuses_are_refused_before_any_install() {
+    let own: Ipv4Addr = "198.18.0.11".parse().unwrap();
+    for (admin, dm, why) in [
+        ("back\\slash-admin", "good dm pass", "backslash"),
+        ("good admin pass", " leading-space", "space"),
+        ("short", "good dm pass", "at least 8"),
+        ("tab\there-admin", "good dm pass", "control"),
+    ] {
+        let e = site::server_options(&bootstrap_config(admin, dm), own).unwrap_err();
+        assert!(format!("{e:#}").contains(why), "{admin:?}/{dm:?}: {e:#}");
+        // The simulator's installer refuses them as ipa-server-install.
+        let refused = install::check_password("admin-password", admin, false)
+            .and_then(|()| install::check_password("ds-password", dm, true));
+        assert!(refused.is_err(), "{admin:?}/{dm:?}");
+    }
+}
+
+#[test]
+fn a_set_aside_volume_leaves_an_empty_one_and_only_the_last_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("volume/freeipa-server");
+    std::fs::create_dir_all(volume.join("etc/ipa")).unwrap();
+    std::fs::write(volume.join("etc/ipa/ca.crt"), "half").unwrap();
+    let link = dir.path().join("freeipa-server");
+    std::os::unix::fs::symlink(&volume, &link).unwrap();
+    let aside = site::set_aside(&link).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(aside.join("etc/ipa/ca.crt")).unwrap(),
+        "half"
+    );
+    assert!(link.is_dir());
+    assert_eq!(std::fs::read_dir(&link).unwrap().count(), 0);
+    std::fs::write(link.join("state.json"), "second").unwrap();
+    let again = site::set_aside(&link).unwrap();
+    assert_eq!(again, aside);
+    assert!(again.join("state.json").exists());
+    assert!(!again.join("etc/ipa/ca.crt").exists());
+}
+
+#[tokio::test]
+async fn the_referer_is_checked_before_the_session_with_a_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, _client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let running = sim.running.as_ref().unwrap();
+    let body = json!({"method": "ping", "params": [[], {}], "id": 0}).to_string();
+    for referer in [
+        None,
+        Some("https://elsewhere.example.org/ipa".to_owned()),
+        Some(format!("http://{IPA1}/ipa")),
+        Some(format!("https://{IPA1}/other")),
+    ] {
+        let headers: Vec<(&str, String)> = referer.iter().map(|r| ("referer", r.clone())).collect();
+        // No session either: FreeIPA answers the Referer first.
+        let answer = crate::https::post(
+            running.address,
+            "/ipa/session/json",
+            &headers,
+            body.clone().into_bytes(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 400, "{referer:?}");
+    }
+    let good = crate::https::post(
+        running.address,
+        "/ipa/session/json",
+        &[("referer", format!("https://{IPA1}/ipa/ui"))],
+        body.into_bytes(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(good.status, 401, "a good Referer, no session");
+}
+
+#[tokio::test]
+async fn server_del_of_a_host_that_is_no_server_still_removes_its_principals() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let fqdn = host("node4");
+    add_host(&client, &fqdn, [198, 18, 0, 14], None).await;
+    let principal = format!("HTTP/{fqdn}@{REALM}");
+    client.ensure_service(&principal).await.unwrap();
+    client
+        .ensure_hostgroup_members(site::SERVERS_GROUP, std::slice::from_ref(&fqdn))
+        .await
+        .unwrap();
+    let e = client.call(&calls::server_del(&fqdn)).await.unwrap_err();
+    assert!(e.is(error::code::NOT_FOUND), "{e}");
+    for call in [calls::host_show(&fqdn), calls::service_show(&principal)] {
+        let e = client.call(&call).await.unwrap_err();
+        assert!(e.is(error::code::NOT_FOUND), "{e}");
+    }
+    // Nothing refers to the host any more (389-ds referential integrity).
+    let group = client
+        .call(&calls::hostgroup_show(site::SERVERS_GROUP))
+        .await
+        .unwrap();
+    assert!(!group.to_string().contains(&fqdn), "{group}");
+}
+
+#[tokio::test]
+async fn a_replica_joins_the_ca_ring_only_once_its_ca_clone_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let first = sim.running.as_ref().unwrap();
+    add_host(&client, IPA2, [198, 18, 0, 12], Some("otp-ipa2")).await;
+    client
+        .ensure_hostgroup_members(site::SERVERS_GROUP, &[IPA2.to_owned()])
+        .await
+        .unwrap();
+    install::enroll(IPA1, first.address, IPA2, "otp-ipa2", "replica", true, None)
+        .await
+        .unwrap();
+    // Promoted, listed, but no CA yet: FreeIPA refuses a `ca` segment to
+    // it (3009), which a ring over every listed server asked for.
+    let servers = client.topology_servers().await.unwrap();
+    let ipa2 = servers.iter().find(|s| s.name == IPA2).unwrap();
+    assert_eq!(ipa2.suffixes, ["domain"]);
+    let e = client
+        .call(&calls::topologysegment_add(Suffix::Ca, "x", IPA1, IPA2))
+        .await
+        .unwrap_err();
+    assert!(e.is(3009), "{e}");
+    // The ring is kept over those that manage each suffix: nothing fails.
+    let added = site::connect_ring(&client, servers).await.unwrap();
+    assert_eq!(added, 0, "the install joined the domain suffix already");
+    // The same pair under another name: the topology plugin's 4203, not
+    // 4002, which only a name already taken gets; ensure_segment finds
+    // the pair joined either way.
+    let e = client
+        .call(&calls::topologysegment_add(
+            Suffix::Domain,
+            "other-name",
+            IPA2,
+            IPA1,
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.is(error::code::DATABASE_ERROR), "{e}");
+    assert_eq!(
+        client
+            .ensure_segment(Suffix::Domain, IPA2, IPA1)
+            .await
+            .unwrap(),
+        Change::Unchanged
+    );
+}
+
+#[tokio::test]
+async fn a_host_whose_record_was_just_added_is_added_whatever_the_server_resolves() {
+    let Some(api) = load_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // The server resolves through a resolver that knows nothing (as a
+    // FreeIPA container without --dns=127.0.0.1 asks the host's stub,
+    // which sends the site domain to the temporary DNS): it never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let resolver = server::Resolver::Nameservers(vec![silent.local_addr().unwrap()]);
+    let sim = first_server_resolving(dir.path(), Arc::new(api), resolver).await;
+    let client = client_for(sim.running.as_ref().unwrap(), &sim.ca_pem);
+    let fqdn = host("node4");
+    client
+        .ensure_address(DOMAIN, "node4", Ipv4Addr::new(198, 18, 0, 14))
+        .await
+        .unwrap();
+    // Its record is in FreeIPA's DNS, yet host_add without `force` asks
+    // the resolver and fails (verify_host_resolvable, 4019): what the
+    // previous ensure_host sent.
+    let e = client
+        .call(&calls::host_add(&fqdn, Some("otp-4"), None, false))
+        .await
+        .unwrap_err();
+    assert!(e.is(4019), "{e}");
+    // ensure_host, which has just put the record there, sends `force`.
+    let added = add_host(&client, &fqdn, [198, 18, 0, 14], Some("otp-4")).await;
+    assert_eq!(added.change, Change::Created);
+}
+
+#[tokio::test]
+async fn a_slow_call_is_sent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let sent = |method: &str| {
+        log_lines(&sim.calls)
+            .iter()
+            .filter(|c| c["method"] == method)
+            .count()
+    };
+    // The server answers 6 s late, past the client's 5 s exchange: a
+    // server_del, which FreeIPA lets take minutes, is waited for, and
+    // sent once (the previous client sent it again after 5 s).
+    server::inject_with_delay(&sim.data, Fault::Slow, 1, 6000).unwrap();
+    let change = client.ensure_no_server(&host("node9")).await.unwrap();
+    assert_eq!(change, Change::Unchanged);
+    assert_eq!(sent("server_del"), 1);
+    // Another change that is not answered in time is not sent again: the
+    // caller hears that it may have taken effect (here it did).
+    server::inject_with_delay(&sim.data, Fault::Slow, 1, 6000).unwrap();
+    let e = client
+        .call(&calls::hostgroup_add("slow", "answered late"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsettled { .. }), "{e}");
+    assert_eq!(sent("hostgroup_add"), 1);
+    assert_eq!(
+        client
+            .ensure_hostgroup("slow", "answered late")
+            .await
+            .unwrap(),
+        Change::Unchanged
+    );
 }

@@ -99,13 +99,26 @@ pub async fn post(
     tokio::time::timeout(timeout, post_unbounded(endpoint, tls, path, headers, body))
         .await
         .map_err(|_| {
-            anyhow!(
+            anyhow::Error::new(NoAnswer(format!(
                 "{} did not answer within {} ms",
                 endpoint.fqdn,
                 timeout.as_millis()
-            )
+            )))
         })?
 }
+
+/// The request may have reached the server, which did not answer in
+/// time: whether it acted is not known.
+#[derive(Debug)]
+pub struct NoAnswer(pub String);
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
 
 async fn post_unbounded(
     endpoint: &Endpoint,

@@ -98,6 +98,9 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                         )
                     })?;
                     if kind == Kind::Replica {
+                        let from = crate::state::bootstrap_address(&cx.paths, &cx.state)
+                            .context("join did not record the bootstrap host's address")?;
+                        site::record_install_server(&cx.paths, from)?;
                         site::replica_options(&cx.config, own, &answer.server, &otp)
                     } else {
                         site::client_options(&cx.config, &answer.server, &otp)
@@ -106,9 +109,14 @@ pub async fn run(cx: &mut Context) -> Result<()> {
             };
             site::write_options(&state, install_kind, &options)?;
         }
-        install(cx, install_kind, &state).await?;
-        if install_kind == Kind::Client {
-            // Its one-time password is spent: nothing temporary stays.
+        if let Err(failed) = install(cx, install_kind, &state).await {
+            let next = start_clean(install_kind, &state).await?;
+            return Err(failed.context(next));
+        }
+        if matches!(install_kind, Kind::Client | Kind::Server) {
+            // A client's one-time password is spent; the server's options
+            // hold the site's passwords, which the installed server no
+            // longer reads: neither stays on disk.
             site::forget_options(&state, install_kind)?;
         }
     } else {
@@ -151,7 +159,11 @@ async fn rejoin_options(
         // The surviving servers in a ring first: if this host died before
         // the ring was whole, they replicated only through it, and FreeIPA
         // rightly refuses a removal that leaves them apart.
-        let others = client.servers().await?.into_iter().filter(|s| *s != fqdn);
+        let others = client
+            .topology_servers()
+            .await?
+            .into_iter()
+            .filter(|s| s.name != fqdn);
         site::connect_ring(&client, others.collect())
             .await
             .with_context(|| format!("{server} cannot join the other servers"))?;
@@ -163,6 +175,7 @@ async fn rejoin_options(
             phase = "freeipa",
             "this host was rebuilt: it installs as a replica of {server}, in the site's FreeIPA"
         );
+        site::record_install_server(&cx.paths, peer.address)?;
         return Ok(site::replica_options(&cx.config, own, &server, &otp));
     }
     bail!(
@@ -297,6 +310,54 @@ async fn enrollment(cx: &Context) -> Result<crate::join::protocol::EnrollAnswer>
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(ENROLL_POLL_MAX);
+    }
+}
+
+/// After a failed install, make the next attempt start from clean, and
+/// say how. The service is stopped first, so that systemd does not start
+/// it again with what failed. A client or replica install that failed
+/// after `ipa-join` rolled its enrollment back (`--unenroll`), and its
+/// one-time password is spent (freeipa `ipaclient/install/client.py`,
+/// the rollback; `ipaserver/install/server/replicainstall.py`,
+/// `preserve_enrollment_state`): its options go, so the next attempt
+/// asks the bootstrap host again, which arms the host with its password
+/// again (`Enroller::enroll`: a host with neither keytab nor password). A server or replica that failed half-way leaves a `/data` on
+/// which the container never runs its configure step again (freeipa-
+/// container `init-data` drops it once `/etc/ipa/ca.crt` is there;
+/// `ipa-server-configure-first` exits 11): that volume is set aside
+/// whole (the options with it). A volume that was configured (its
+/// `volume-version` is there) is never set aside.
+async fn start_clean(kind: Kind, state: &Path) -> Result<String> {
+    let unit = format!("{}.service", kind.service());
+    crate::system::systemctl(&["stop", &unit]).await?;
+    match kind {
+        Kind::Client => {
+            site::forget_options(state, kind)?;
+            Ok("the next attempt asks the bootstrap host for a one-time password again".into())
+        }
+        Kind::Server | Kind::Replica if state.join(kind.done_marker()).exists() => Ok(format!(
+            "{} is configured; the next attempt starts it again",
+            state.display()
+        )),
+        Kind::Server | Kind::Replica => {
+            let aside = site::set_aside(state)?;
+            tracing::warn!(
+                phase = "freeipa",
+                "{unit} failed before it was configured: its half-installed data is set aside \
+                 at {}",
+                aside.display()
+            );
+            Ok(format!(
+                "the half-installed data is set aside at {}; the next attempt installs \
+                 from clean{}",
+                aside.display(),
+                if kind == Kind::Replica {
+                    " and asks the bootstrap host for a one-time password again"
+                } else {
+                    ""
+                }
+            ))
+        }
     }
 }
 

@@ -196,4 +196,4 @@ pub async fn main(paths: Paths) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

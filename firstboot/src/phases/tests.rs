@@ -6,8 +6,22 @@ use node_contract::{
 
 /// A worker's context under a scratch root (no bootstrap services).
 fn context(root: &std::path::Path) -> Context {
+    let config = lab_config("node4");
+    let paths = Paths::under(root);
+    Context {
+        reporter: Reporter::new(paths.status_file()),
+        state: State::load(&paths.state_file()).unwrap(),
+        paths,
+        config,
+        services: None,
+        discovery: Discovery::default(),
+    }
+}
+
+/// `node`'s config in a lab site of three core hosts and a worker.
+pub(crate) fn lab_config(node: &str) -> NodeConfig {
     let domain = DomainName::parse("lab.example.org").unwrap();
-    let node = HostName::parse("node4").unwrap();
+    let node = HostName::parse(node).unwrap();
     let site = SigningKey::from_seed(&Seed::from_bytes([9; 32]));
     let seed = Seed::from_bytes([4; 32]);
     let ticket = site.ticket(
@@ -17,7 +31,7 @@ fn context(root: &std::path::Path) -> Context {
         node_contract::Generation::FIRST,
         SigningKey::from_seed(&seed).public_key(),
     );
-    let config = NodeConfig {
+    NodeConfig {
         schema: node_contract::SCHEMA_VERSION,
         site: SiteInfo {
             domain,
@@ -47,15 +61,6 @@ fn context(root: &std::path::Path) -> Context {
         catalog: Catalog::new(),
         freeipa: None,
         storage: Default::default(),
-    };
-    let paths = Paths::under(root);
-    Context {
-        reporter: Reporter::new(paths.status_file()),
-        state: State::load(&paths.state_file()).unwrap(),
-        paths,
-        config,
-        services: None,
-        discovery: Discovery::default(),
     }
 }
 

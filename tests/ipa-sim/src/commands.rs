@@ -2,6 +2,8 @@
 //! the API.txt checks, answering with the real server's result shapes and
 //! error codes (`ipaserver/plugins/*.py`).
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Map, Value};
 
 use crate::api::{parse_principal, Checked, Principal};
@@ -16,6 +18,22 @@ pub struct Ctx<'a> {
     /// The client's API version is 2.88 or later: DNS names go out as
     /// `{"__dns_name__": ...}`.
     pub dns_name_objects: bool,
+    /// What the server's resolver answers, where `verify_host_resolvable`
+    /// asks it (see [`Resolution`]).
+    pub resolution: Resolution<'a>,
+}
+
+/// How a server resolves host names for FreeIPA's resolvability checks
+/// (`verify_host_resolvable` in freeipa `ipalib/util.py`, through
+/// dnspython and the server's resolv.conf, never /etc/hosts).
+#[derive(Debug, Clone, Copy)]
+pub enum Resolution<'a> {
+    /// Through its own DNS: a container started with `--dns=127.0.0.1`.
+    OwnZones,
+    /// Through another resolver, whose answers for the names a command
+    /// checks were looked up before it ran: name -> whether it has an A
+    /// record there.
+    Looked(&'a BTreeMap<String, bool>),
 }
 
 /// A command's answer (`result` of the JSON-RPC reply) and whether it
@@ -305,9 +323,13 @@ fn host_out(state: &State, host: &str) -> Option<Value> {
     Some(Value::Object(out))
 }
 
-/// Whether `host` has an A record in a zone the server holds (what
-/// `verify_host_resolvable` finds through the server's own DNS).
-fn resolvable(state: &State, host: &str) -> bool {
+/// Whether `host` resolves where the server resolves names: its own
+/// DNS (an A or AAAA record in a zone it holds), or the answers its
+/// resolver gave.
+fn resolvable(state: &State, ctx: &Ctx, host: &str) -> bool {
+    if let Resolution::Looked(answers) = ctx.resolution {
+        return answers.get(host).copied().unwrap_or(false);
+    }
     let Some((name, zone)) = split_in_zone(state, host) else {
         return false;
     };
@@ -366,7 +388,7 @@ fn host_add(state: &mut State, ctx: &Ctx, host: &str, call: &Checked) -> Result<
                 "IP address {parsed} is already assigned in domain {domain}."
             )));
         }
-    } else if !call.flag("force") && !resolvable(state, host) {
+    } else if !call.flag("force") && !resolvable(state, ctx, host) {
         return Err(IpaError::new(
             4019,
             "DNSNotARecordError",
@@ -457,7 +479,7 @@ fn host_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, Ipa
             }
             return Err(IpaError::not_found(host, "host"));
         }
-        state.put(ctx.server, Kind::Host, host, None);
+        delete_host(state, ctx, host);
         if call.flag("updatedns") {
             if let Some((name, zone)) = split_in_zone(state, host) {
                 state.put(ctx.server, Kind::DnsRecord, &format!("{zone}|{name}"), None);
@@ -651,7 +673,7 @@ fn service_add(state: &mut State, ctx: &Ctx, text: &str) -> Result<Outcome, IpaE
     if !state.exists(Kind::Host, &host) {
         return Err(IpaError::not_found(&host, "host"));
     }
-    if !resolvable(state, &host) {
+    if !resolvable(state, ctx, &host) {
         return Err(IpaError::new(
             4019,
             "DNSNotARecordError",
@@ -954,21 +976,20 @@ fn segment_add(
 ) -> Result<Outcome, IpaError> {
     check_suffix(state, suffix)?;
     let key = format!("{suffix}|{name}");
-    if state.exists(Kind::Segment, &key) {
-        return Err(IpaError::duplicate(name, "segment"));
-    }
     let left = fqdn(call.str("iparepltoposegmentleftnode").unwrap_or_default());
     let right = fqdn(call.str("iparepltoposegmentrightnode").unwrap_or_default());
-    for node in [&left, &right] {
-        let manages = state.get(Kind::Server, node).is_some_and(|s| {
-            values(s, "iparepltopomanagedsuffix_topologysuffix")
-                .iter()
-                .any(|x| x == suffix)
-        });
-        if !manages {
-            return Err(IpaError::not_found_reason(format!(
-                "{node} is not a server of suffix {suffix}"
-            )));
+    // `validate_nodes` (freeipa `ipaserver/plugins/topology.py`), in the
+    // command's pre_callback: both ends are servers (3009 "is not a
+    // topology node"), not the same, and both manage the suffix (3009
+    // "does not support suffix"; a replica whose CA clone is not done
+    // yet is in server_find without `ca`).
+    for (side, node) in [("leftnode", &left), ("rightnode", &right)] {
+        let which = &side[..side.len() - 4];
+        if !state.exists(Kind::Server, node) {
+            return Err(IpaError::validation(
+                side,
+                format!("{which} node is not a topology node: {node}"),
+            ));
         }
     }
     if left == right {
@@ -977,6 +998,21 @@ fn segment_add(
             "left node and right node must not be the same",
         ));
     }
+    for (side, node) in [("leftnode", &left), ("rightnode", &right)] {
+        let which = &side[..side.len() - 4];
+        if !manages(state, node, suffix) {
+            return Err(IpaError::validation(
+                side,
+                format!("{which} node ({node}) does not support suffix '{suffix}'"),
+            ));
+        }
+    }
+    // Then the topology plugin, before the directory looks at the name
+    // (a pre-operation plugin): the same pair, in either direction, under
+    // any name, is LDAP "unwilling to perform", which FreeIPA answers as
+    // DatabaseError 4203 (freeipa `daemons/ipa-slapi-plugins/topology/
+    // topology_pre.c`, `ipa_topo_check_segment_is_valid`;
+    // `ipapython/ipaldap.py`, UNWILLING_TO_PERFORM).
     let prefix = format!("{suffix}|");
     let exists = state
         .all(Kind::Segment)
@@ -988,9 +1024,17 @@ fn segment_add(
             (l == left && r == right) || (l == right && r == left)
         });
     if exists {
-        return Err(IpaError::duplicate_message(format!(
-            "Segment already exists between {left} and {right}"
-        )));
+        let info = "Segment already exists in topology. Add rejected.";
+        return Err(IpaError::new(
+            4203,
+            "DatabaseError",
+            format!("Server is unwilling to perform: {info}"),
+            json!({"desc": "Server is unwilling to perform", "info": info}),
+        ));
+    }
+    // Only then the name: 4002.
+    if state.exists(Kind::Segment, &key) {
+        return Err(IpaError::duplicate(name, "segment"));
     }
     let direction = call.str("iparepltoposegmentdirection").unwrap_or("both");
     let entry = state::entry(&[
@@ -1019,6 +1063,13 @@ fn server_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, I
     let mut deleted = Vec::new();
     for name in &names {
         let Some(server) = state.get(Kind::Server, name).cloned() else {
+            // FreeIPA's `pre_callback` runs before the entry is looked up:
+            // for a host that is no server it still destroys every
+            // Kerberos principal `*/<name>@REALM` (the host's own entry
+            // among them, `_remove_server_host_services`), and only the
+            // final delete finds no server (freeipa
+            // `ipaserver/plugins/server.py`).
+            remove_principals_of(state, ctx, name);
             if call.flag("continue") {
                 continue;
             }
@@ -1072,23 +1123,7 @@ fn server_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, I
         for key in segments {
             state.put(ctx.server, Kind::Segment, &key, None);
         }
-        let suffix = format!("/{name}@{}", state.realm).to_ascii_lowercase();
-        let services: Vec<String> = state
-            .all(Kind::Service)
-            .into_iter()
-            .map(|(k, _)| k.to_owned())
-            .filter(|k| k.to_ascii_lowercase().ends_with(&suffix))
-            .collect();
-        for key in services {
-            state.put(ctx.server, Kind::Service, &key, None);
-        }
-        state.put(ctx.server, Kind::Host, name, None);
-        if let Some(mut group) = state.get(Kind::HostGroup, IPASERVERS).cloned() {
-            let mut members = values(&group, "member_host");
-            members.retain(|m| !m.eq_ignore_ascii_case(name));
-            set(&mut group, "member_host", members);
-            state.put(ctx.server, Kind::HostGroup, IPASERVERS, Some(group));
-        }
+        remove_principals_of(state, ctx, name);
         state.put(ctx.server, Kind::Server, name, None);
         deleted.push(name.clone());
     }
@@ -1101,6 +1136,49 @@ fn server_del(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, I
         unchanged(result)
     } else {
         changed(result)
+    }
+}
+
+/// Every Kerberos principal of host `name`: its services and its host
+/// entry (FreeIPA's `_remove_server_host_services` deletes all entries
+/// with `krbprincipalname=*/<name>@REALM`).
+fn remove_principals_of(state: &mut State, ctx: &Ctx, name: &str) {
+    let suffix = format!("/{name}@{}", state.realm).to_ascii_lowercase();
+    let services: Vec<String> = state
+        .all(Kind::Service)
+        .into_iter()
+        .map(|(k, _)| k.to_owned())
+        .filter(|k| k.to_ascii_lowercase().ends_with(&suffix))
+        .collect();
+    for key in services {
+        state.put(ctx.server, Kind::Service, &key, None);
+    }
+    if state.exists(Kind::Host, name) {
+        delete_host(state, ctx, name);
+    }
+}
+
+/// A host entry goes, and with it every host group's reference to it:
+/// 389-ds's referential integrity plugin, which FreeIPA configures for
+/// `member` and the other membership attributes (freeipa
+/// `install/share/referint-conf.ldif`, `install/updates/25-referint.update`).
+fn delete_host(state: &mut State, ctx: &Ctx, name: &str) {
+    state.put(ctx.server, Kind::Host, name, None);
+    let groups: Vec<(String, Entry)> = state
+        .all(Kind::HostGroup)
+        .into_iter()
+        .filter(|(_, g)| {
+            values(g, "member_host")
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(name))
+        })
+        .map(|(k, g)| (k.to_owned(), g.clone()))
+        .collect();
+    for (key, mut group) in groups {
+        let mut members = values(&group, "member_host");
+        members.retain(|m| !m.eq_ignore_ascii_case(name));
+        set(&mut group, "member_host", members);
+        state.put(ctx.server, Kind::HostGroup, &key, Some(group));
     }
 }
 
@@ -1187,28 +1265,55 @@ pub fn add_server(
     }
     if let Some(peer) = peer {
         for suffix in suffixes {
-            let peer_manages = state.get(Kind::Server, peer).is_some_and(|s| {
-                values(s, "iparepltopomanagedsuffix_topologysuffix")
-                    .iter()
-                    .any(|x| x == suffix)
-            });
-            if peer_manages {
-                let name = format!("{peer}-to-{server}");
-                let segment = state::entry(&[
-                    ("cn", &[name.as_str()]),
-                    ("iparepltoposegmentleftnode", &[peer]),
-                    ("iparepltoposegmentrightnode", &[server]),
-                    ("iparepltoposegmentdirection", &["both"]),
-                ]);
-                state.put(
-                    writer,
-                    Kind::Segment,
-                    &format!("{suffix}|{name}"),
-                    Some(segment),
-                );
-            }
+            add_install_segment(state, writer, suffix, peer, server);
         }
     }
+}
+
+/// Whether `server` manages `suffix` (a replica manages `ca` only once its
+/// CA clone is installed).
+fn manages(state: &State, server: &str, suffix: &str) -> bool {
+    state.get(Kind::Server, server).is_some_and(|s| {
+        values(s, "iparepltopomanagedsuffix_topologysuffix")
+            .iter()
+            .any(|x| x == suffix)
+    })
+}
+
+/// The segment an install makes between `peer` and `server` in `suffix`,
+/// when both manage it.
+fn add_install_segment(state: &mut State, writer: &str, suffix: &str, peer: &str, server: &str) {
+    if !manages(state, peer, suffix) || !manages(state, server, suffix) {
+        return;
+    }
+    let name = format!("{peer}-to-{server}");
+    let segment = state::entry(&[
+        ("cn", &[name.as_str()]),
+        ("iparepltoposegmentleftnode", &[peer]),
+        ("iparepltoposegmentrightnode", &[server]),
+        ("iparepltoposegmentdirection", &["both"]),
+    ]);
+    state.put(
+        writer,
+        Kind::Segment,
+        &format!("{suffix}|{name}"),
+        Some(segment),
+    );
+}
+
+/// A replica's CA clone is installed: from now on its server entry
+/// manages the `ca` suffix, with a segment to the server it was cloned
+/// from. Until then it is in `server_find` with the `domain` suffix only
+/// (freeipa `ipaserver/install/server/replicainstall.py` promotes the
+/// replica, and only then installs the CA, `ipaserver/install/ca.py`).
+pub fn add_ca_clone(state: &mut State, server: &str, from: &str) {
+    let Some(mut entry) = state.get(Kind::Server, server).cloned() else {
+        return;
+    };
+    if add_value(&mut entry, "iparepltopomanagedsuffix_topologysuffix", "ca") {
+        state.put(server, Kind::Server, server, Some(entry));
+    }
+    add_install_segment(state, server, "ca", from, server);
 }
 
 // ---- CAs and CA ACLs ---------------------------------------------------

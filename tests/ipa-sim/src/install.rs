@@ -19,6 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ca;
@@ -26,7 +27,8 @@ use crate::commands::{self, add_record_values, Ctx};
 use crate::server::{prove, random_token, sha256_hex};
 use crate::state::{self, Kind, State};
 
-/// An options file: `--name=value` or `--flag` per line.
+/// An options file: `--name=value` or `--flag` per argument, the
+/// arguments as `xargs` makes them of the file (see [`crate::xargs`]).
 #[derive(Debug, Clone, Default)]
 pub struct InstallOptions(pub BTreeMap<String, Option<String>>);
 
@@ -34,28 +36,46 @@ impl InstallOptions {
     pub fn read(path: &Path) -> anyhow::Result<InstallOptions> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
-                "cannot read {} (one install option per line)",
+                "cannot read {} (the install options, as xargs reads them)",
                 path.display()
             )
         })?;
         InstallOptions::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
+    /// The options in an options file, split as `xargs` splits it.
     pub fn parse(text: &str) -> anyhow::Result<InstallOptions> {
+        let args = crate::xargs::split(text).map_err(|e| anyhow!("xargs runs nothing: {e}"))?;
+        InstallOptions::from_args(&args)
+    }
+
+    /// Options from a command line. An argument that is not an option
+    /// (what a password with a blank becomes in an unquoted options file)
+    /// is refused without showing it: it may be part of a password.
+    pub fn from_args(args: &[String]) -> anyhow::Result<InstallOptions> {
         let mut map = BTreeMap::new();
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            let option = line
+        let mut previous = "the start";
+        for arg in args {
+            let option = arg
                 .strip_prefix("--")
-                .or_else(|| line.strip_prefix('-'))
-                .ok_or_else(|| anyhow!("`{line}` is not an option (write `--name=value`)"))?;
-            match option.split_once('=') {
-                Some((name, value)) => map.insert(name.to_owned(), Some(value.to_owned())),
-                None => map.insert(option.to_owned(), None),
+                .or_else(|| arg.strip_prefix('-'))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "an argument after {previous} is not an option (write `--name=value`; \
+                         a value with blanks or quotes must be quoted as xargs reads it)"
+                    )
+                })?;
+            let name = match option.split_once('=') {
+                Some((name, value)) => {
+                    map.insert(name.to_owned(), Some(value.to_owned()));
+                    name
+                }
+                None => {
+                    map.insert(option.to_owned(), None);
+                    option
+                }
             };
+            previous = name;
         }
         Ok(InstallOptions(map))
     }
@@ -120,15 +140,18 @@ pub fn node_address(options: &InstallOptions) -> anyhow::Result<IpAddr> {
 /// server's records.
 pub fn new_deployment(
     options: &InstallOptions,
+    fqdn: &str,
     address: SocketAddr,
 ) -> anyhow::Result<(State, String)> {
-    let fqdn = options.hostname()?;
+    let fqdn = fqdn.to_owned();
     let domain = options.domain()?;
     let realm = options.realm()?;
     let admin_password = options.required("admin-password")?;
-    if options.value("ds-password").is_none() {
-        bail!("the install options lack --ds-password=... (the Directory Manager password)");
-    }
+    check_password("admin-password", admin_password, false)?;
+    let ds_password = options.value("ds-password").ok_or_else(|| {
+        anyhow!("the install options lack --ds-password=... (the Directory Manager password)")
+    })?;
+    check_password("ds-password", ds_password, true)?;
     if !fqdn.ends_with(&format!(".{domain}")) {
         bail!("--hostname={fqdn} is not inside --domain={domain}");
     }
@@ -186,6 +209,49 @@ pub fn new_deployment(
     Ok((state, keytab))
 }
 
+/// What the container refuses in a server's or replica's options:
+/// `--hostname`. Its README says "Do not use the ipa-server-install
+/// --hostname ... argument" (freeipa-container `README`): podman's
+/// `--hostname` names the container, and given the option the installers
+/// set the host name themselves (`set_hostname` in freeipa
+/// `ipaserver/install/server/install.py`; the client install inside
+/// `ipaserver/install/server/replicainstall.py` runs hostnamectl,
+/// `ipaclient/install/client.py`), which an unprivileged container
+/// cannot do.
+pub fn check_container_options(options: &InstallOptions) -> anyhow::Result<()> {
+    if options.0.contains_key("hostname") {
+        bail!(
+            "--hostname: the containerised installers must not be given it (podman's \
+             --hostname names the container; the installer would run hostnamectl)"
+        );
+    }
+    Ok(())
+}
+
+/// `ipa-server-install`'s knob validators for its passwords (freeipa
+/// `ipaserver/install/server/install.py`, `validate_admin_password` and,
+/// `dm`, `validate_dm_password`): the install stops before it changes
+/// anything. The value is never shown.
+pub fn check_password(option: &str, password: &str, dm: bool) -> anyhow::Result<()> {
+    let refuse = |why: &str| Err(anyhow!("--{option}: {why}"));
+    if password.chars().count() < 8 {
+        return refuse("Password must be at least 8 characters long");
+    }
+    if password.chars().any(|c| (c as u32) < 0x20) {
+        return refuse("Password must not contain control characters");
+    }
+    if password.chars().any(|c| (c as u32) >= 0x7f) {
+        return refuse("Password must only contain ASCII characters");
+    }
+    if password.contains('\\') {
+        return refuse("Password must not contain these characters: \"\\\"");
+    }
+    if dm && password.trim() != password {
+        return refuse("Password must not start or end with whitespace.");
+    }
+    Ok(())
+}
+
 /// The domain zone (created if missing) with a server's A record and the
 /// service records clients look for.
 pub fn add_server_records(
@@ -198,6 +264,7 @@ pub fn add_server_records(
     let ctx = Ctx {
         server: fqdn,
         dns_name_objects: false,
+        resolution: commands::Resolution::OwnZones,
     };
     if create_zone && !state.exists(Kind::DnsZone, &zone) {
         let serial = "1".to_owned();
@@ -271,21 +338,7 @@ pub async fn enroll(
         "setup_ca": setup_ca,
         "address": own_address.map(|a| a.to_string()),
     });
-    let answer = firstboot::https::post(
-        address,
-        "/ipa-sim/enroll",
-        &[],
-        body.to_string().into_bytes(),
-        Duration::from_secs(30),
-    )
-    .await
-    .with_context(|| format!("cannot reach {server} at {address} to enroll"))?;
-    if answer.status != 200 {
-        bail!(
-            "{server} refused to enroll {fqdn}: {}",
-            String::from_utf8_lossy(&answer.body).trim()
-        );
-    }
+    let answer = ask(server, address, "enroll", fqdn, &body).await?;
     let outer: Value =
         serde_json::from_slice(&answer.body).context("the enrollment answer is not JSON")?;
     let payload = outer["payload"].as_str().unwrap_or_default();
@@ -342,4 +395,168 @@ pub fn save_enrollment(data: &Path, enrolled: &Enrolled) -> anyhow::Result<()> {
     firstboot::fsutil::write_atomic(&ca_path(data), enrolled.ca_pem.as_bytes(), 0o644)?;
     firstboot::fsutil::write_atomic(&data.join("keytab"), enrolled.keytab.as_bytes(), 0o600)?;
     Ok(())
+}
+
+/// A fault a test asks of the next installs on a host: each install that
+/// finds one fails once after `ipa-join` enrolled the host, as a real
+/// install that fails later does: it rolls the enrollment back
+/// (`ipa-join --unenroll`, freeipa `client/ipa-join.c`; the rollback in
+/// `ipaclient/install/client.py`, and `preserve_enrollment_state` in
+/// `ipaserver/install/server/replicainstall.py` for a replica) and the
+/// one-time password stays spent. The first server, which has no
+/// password to spend, fails half-way instead: its data directory keeps
+/// the IPA CA and state, as a real `/data` keeps what the installer
+/// wrote before it failed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InstallFaults {
+    pub after_join: u32,
+}
+
+/// Where a host's install faults are kept, under its root.
+pub const INSTALL_FAULTS: &str = "var/lib/ipa-sim/install-faults.json";
+
+/// Make the next `count` installs on the host whose root is `root` fail
+/// after `ipa-join`.
+pub fn inject_install_faults(root: &Path, count: u32) -> anyhow::Result<()> {
+    let text = serde_json::to_vec(&InstallFaults { after_join: count })?;
+    firstboot::fsutil::write_atomic(&root.join(INSTALL_FAULTS), &text, 0o600)
+}
+
+/// Whether this install takes one of the host's faults.
+pub fn take_install_fault(root: &Path) -> anyhow::Result<bool> {
+    let path = root.join(INSTALL_FAULTS);
+    let Some(mut faults) = firstboot::fsutil::read_json::<InstallFaults>(&path)? else {
+        return Ok(false);
+    };
+    if faults.after_join == 0 {
+        return Ok(false);
+    }
+    faults.after_join -= 1;
+    firstboot::fsutil::write_atomic(&path, &serde_json::to_vec(&faults)?, 0o600)?;
+    Ok(true)
+}
+
+/// `ipa-join --unenroll`: the host's keys go from its entry, proved with
+/// the keytab it got (freeipa `client/ipa-join.c`, `unenroll_host`).
+pub async fn unenroll(
+    server: &str,
+    address: SocketAddr,
+    fqdn: &str,
+    keytab: &str,
+) -> anyhow::Result<()> {
+    let body = json!({"fqdn": fqdn, "keytab": keytab});
+    ask(server, address, "unenroll", fqdn, &body).await?;
+    Ok(())
+}
+
+/// One of the simulator's own endpoints (`/ipa-sim/<what>`) at `server`,
+/// for host `fqdn`: its answer when it is 200.
+async fn ask(
+    server: &str,
+    address: SocketAddr,
+    what: &str,
+    fqdn: &str,
+    body: &Value,
+) -> anyhow::Result<firstboot::https::Answer> {
+    let answer = firstboot::https::post(
+        address,
+        &format!("/ipa-sim/{what}"),
+        &[],
+        body.to_string().into_bytes(),
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| format!("cannot reach {server} at {address} to {what}"))?;
+    if answer.status != 200 {
+        bail!(
+            "{server} refused to {what} {fqdn}: {}",
+            String::from_utf8_lossy(&answer.body).trim()
+        );
+    }
+    Ok(answer)
+}
+
+/// The container's own exit status for a refusal, with its message.
+#[derive(Debug)]
+pub struct ContainerExit(pub u8, pub String);
+
+impl std::fmt::Display for ContainerExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for ContainerExit {}
+
+/// Whether the data volume holds a configured server (`volume-version`),
+/// or none yet; a volume an install wrote into but never finished is
+/// refused as the container refuses it: `init-data` drops the configure
+/// step once `/etc/ipa/ca.crt` is there, and `ipa-server-configure-first`
+/// exits 11, "The FreeIPA server was already configured." (freeipa-
+/// container); stricter here, any state left counts.
+pub fn volume_configured(data: &Path) -> anyhow::Result<bool> {
+    if data.join("volume-version").exists() {
+        return Ok(true);
+    }
+    if crate::server::state_path(data).exists() || ca_path(data).exists() {
+        return Err(ContainerExit(
+            11,
+            format!(
+                "The FreeIPA server was already configured. ({} holds what an install that \
+                 did not finish left; it is never configured again: remove it or set it aside)",
+                data.display()
+            ),
+        )
+        .into());
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_half_installed_volume_is_never_configured_again() {
+        let data = tempfile::tempdir().unwrap();
+        assert!(!volume_configured(data.path()).unwrap());
+        std::fs::create_dir_all(data.path().join("etc/ipa")).unwrap();
+        std::fs::write(ca_path(data.path()), "half").unwrap();
+        let e = volume_configured(data.path()).unwrap_err();
+        assert_eq!(e.downcast_ref::<ContainerExit>().map(|x| x.0), Some(11));
+        std::fs::write(data.path().join("volume-version"), "1\n").unwrap();
+        assert!(volume_configured(data.path()).unwrap());
+    }
+
+    #[test]
+    fn installs_take_faults_only_as_many_times_as_asked() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(!take_install_fault(root.path()).unwrap());
+        inject_install_faults(root.path(), 2).unwrap();
+        assert!(take_install_fault(root.path()).unwrap());
+        assert!(take_install_fault(root.path()).unwrap());
+        assert!(!take_install_fault(root.path()).unwrap());
+    }
+
+    #[test]
+    fn the_installer_refuses_what_freeipa_refuses() {
+        for (password, dm) in [
+            ("short", false),
+            ("back\\slash pw", false),
+            ("tab\there pw", false),
+        ] {
+            assert!(
+                check_password("admin-password", password, dm).is_err(),
+                "{password:?}"
+            );
+        }
+        assert!(check_password("ds-password", " leading blank", true).is_err());
+        assert!(check_password("admin-password", " leading blank", false).is_ok());
+        assert!(check_password("admin-password", "it's a \"fine\" pa$$", false).is_ok());
+        let options = InstallOptions::parse("--hostname=a.b.c\n--domain=b.c\n").unwrap();
+        assert!(check_container_options(&options).is_err());
+        // An unquoted password with a blank splits: refused, not shown.
+        let e = InstallOptions::parse("--admin-password=secret words\n").unwrap_err();
+        assert!(!format!("{e:#}").contains("words"), "{e:#}");
+    }
 }

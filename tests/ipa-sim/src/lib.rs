@@ -14,3 +14,4 @@ pub use error::IpaError;
 pub mod dns;
 pub mod install;
 pub mod server;
+pub mod xargs;

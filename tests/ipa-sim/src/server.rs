@@ -66,18 +66,40 @@ pub enum Fault {
     Unauthorized,
     /// Every session ends, then 401.
     ExpireSession,
+    /// The call runs, and its answer comes `delay_ms` later: a real
+    /// `server_del` waits for replication to remove the agreements, up
+    /// to some 180 s (freeipa `ipaserver/plugins/server.py`,
+    /// `wait_for_segment_removal`, 90 rounds of 2 s), and any call can
+    /// meet a busy server.
+    Slow,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct FaultFile {
     fault: Fault,
     count: u32,
+    #[serde(default)]
+    delay_ms: u64,
 }
 
 /// Make the next `count` JSON-RPC answers of the server whose data
 /// directory is `data` be `fault`.
 pub fn inject(data: &Path, fault: Fault, count: u32) -> anyhow::Result<()> {
-    let text = serde_json::to_vec(&FaultFile { fault, count })?;
+    inject_with_delay(data, fault, count, 0)
+}
+
+/// As [`inject`], with the delay a [`Fault::Slow`] answer takes.
+pub fn inject_with_delay(
+    data: &Path,
+    fault: Fault,
+    count: u32,
+    delay_ms: u64,
+) -> anyhow::Result<()> {
+    let text = serde_json::to_vec(&FaultFile {
+        fault,
+        count,
+        delay_ms,
+    })?;
     firstboot::fsutil::write_atomic(&data.join("faults.json"), &text, 0o600)
 }
 
@@ -93,6 +115,43 @@ pub struct Options {
     pub calls_log: PathBuf,
     /// Where to reach servers by name, where DNS should not be asked.
     pub peers: BTreeMap<String, SocketAddr>,
+    /// Where the server resolves names for FreeIPA's checks.
+    pub resolver: Resolver,
+}
+
+/// The resolver a server's checks go through: what the container's
+/// resolv.conf names. Its own DNS when podman gave it `--dns=127.0.0.1`
+/// (firstboot does, `exec::podman_command`), else the host's resolver,
+/// which on a node sends the site domain to the temporary DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolver {
+    OwnZones,
+    Nameservers(Vec<SocketAddr>),
+}
+
+/// The names `method` checks through the resolver (host_add's host,
+/// service_add's host), each with whether the first nameserver that
+/// answers has an A record for it; a nameserver that does not answer
+/// counts as no record (FreeIPA's check fails the same way).
+async fn look_up(servers: &[SocketAddr], method: &str, params: &Value) -> BTreeMap<String, bool> {
+    let arg = params[0][0].as_str().unwrap_or_default();
+    let host = match method {
+        "host_add" => arg,
+        "service_add" => arg
+            .split_once('/')
+            .map(|(_, rest)| rest.split('@').next().unwrap_or_default())
+            .unwrap_or_default(),
+        _ => return BTreeMap::new(),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let mut found = false;
+    for server in servers {
+        if let Ok(addresses) = firstboot::dnsquery::resolve_a(*server, &host).await {
+            found = !addresses.is_empty();
+            break;
+        }
+    }
+    BTreeMap::from([(host, found)])
 }
 
 struct Inner {
@@ -337,6 +396,7 @@ impl Inner {
             "/ipa/session/login_password" => self.login(&request),
             "/ipa/session/json" => self.json(&request).await,
             "/ipa-sim/enroll" => self.enroll(&request).await,
+            "/ipa-sim/unenroll" => self.unenroll(&request),
             "/ipa-sim/replicate" => {
                 let (response, changed) = self.replicate(&request);
                 // A push can bring what this server's own pulls then find
@@ -382,7 +442,7 @@ impl Inner {
     }
 
     /// Take one fault from the control file, if any.
-    fn next_fault(&self) -> Option<Fault> {
+    fn next_fault(&self) -> Option<(Fault, Duration)> {
         let path = self.options.data.join("faults.json");
         let bytes = std::fs::read(&path).ok()?;
         let mut file: FaultFile = serde_json::from_slice(&bytes).ok()?;
@@ -391,7 +451,7 @@ impl Inner {
         }
         file.count -= 1;
         let _ = firstboot::fsutil::write_atomic(&path, &serde_json::to_vec(&file).ok()?, 0o600);
-        Some(file.fault)
+        Some((file.fault, Duration::from_millis(file.delay_ms)))
     }
 
     fn session_valid(&self, request: &Request) -> bool {
@@ -429,42 +489,65 @@ impl Inner {
     }
 
     async fn json(&self, request: &Request) -> Response {
-        if let Some(fault) = self.next_fault() {
-            let method = serde_json::from_slice::<Value>(&request.body)
-                .ok()
-                .and_then(|v| v.get("method").cloned())
-                .unwrap_or(Value::Null);
-            self.log(json!({"method": method, "params": null, "error": null, "mutated": false, "fault": fault}));
-            return match fault {
-                Fault::Garbage => Response::text(200, "<html>Service Unavailable</html>"),
-                Fault::Http500 => Response::text(500, "Internal Server Error"),
-                Fault::Unauthorized => unauthorized(),
-                Fault::ExpireSession => {
-                    lock(&self.sessions).clear();
-                    unauthorized()
-                }
-            };
+        let mut slow = None;
+        if let Some((fault, delay)) = self.next_fault() {
+            if fault == Fault::Slow {
+                slow = Some(delay);
+            } else {
+                return self.faulty(request, fault);
+            }
         }
-        if !self.session_valid(request) {
-            self.log(json!({"method": null, "params": null, "error": 401, "mutated": false}));
-            return unauthorized();
+        let answer = self.json_call(request).await;
+        if let Some(delay) = slow {
+            self.log(json!({"method": null, "params": null, "error": null, "mutated": false, "fault": Fault::Slow, "delay_ms": delay.as_millis() as u64}));
+            tokio::time::sleep(delay).await;
         }
+        answer
+    }
+
+    fn faulty(&self, request: &Request, fault: Fault) -> Response {
+        let method = serde_json::from_slice::<Value>(&request.body)
+            .ok()
+            .and_then(|v| v.get("method").cloned())
+            .unwrap_or(Value::Null);
+        self.log(json!({"method": method, "params": null, "error": null, "mutated": false, "fault": fault}));
+        match fault {
+            // (A slow call is run and answered late, never here.)
+            Fault::Garbage | Fault::Slow => Response::text(200, "<html>Service Unavailable</html>"),
+            Fault::Http500 => Response::text(500, "Internal Server Error"),
+            Fault::Unauthorized => unauthorized(),
+            Fault::ExpireSession => {
+                lock(&self.sessions).clear();
+                unauthorized()
+            }
+        }
+    }
+
+    async fn json_call(&self, request: &Request) -> Response {
+        // The Referer first, answered 400 whatever the session: freeipa
+        // `ipaserver/rpcserver.py`, `jsonserver_session.__call__` calls
+        // `check_referer` (scheme https, this server's name, a path under
+        // /ipa) before it looks for credentials, and `bad_request`
+        // answers "400 Bad Request" with an HTML page.
         let referer = request
             .headers
             .get("referer")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let wanted = format!("https://{}/ipa", self.options.fqdn);
-        if !referer.as_deref().is_some_and(|r| r.starts_with(&wanted)) {
-            let shown = referer.unwrap_or_else(|| "missing".into());
-            let error = IpaError::new(
-                911,
-                "RefererError",
-                format!("Missing or invalid HTTP Referer, {shown}"),
-                json!({ "referer": shown }),
+        if !referer
+            .as_deref()
+            .is_some_and(|r| referer_ok(r, &self.options.fqdn))
+        {
+            self.log(json!({"method": null, "params": null, "error": 400, "mutated": false}));
+            return Response::text(
+                400,
+                "<html><head><title>400 Bad Request</title></head><body><h1>Bad Request</h1>\
+                 <p><strong>denied</strong></p></body></html>",
             );
-            self.log(json!({"method": null, "params": null, "error": 911, "mutated": false}));
-            return self.answer(Value::Null, Some(&error), Value::Null);
+        }
+        if !self.session_valid(request) {
+            self.log(json!({"method": null, "params": null, "error": 401, "mutated": false}));
+            return unauthorized();
         }
         let (method, params, id) = match envelope(&request.body) {
             Ok(parts) => parts,
@@ -497,14 +580,25 @@ impl Inner {
             .and_then(|v| v.split_once('.'))
             .and_then(|(_, minor)| minor.parse::<u32>().ok())
             .unwrap_or(257);
+        let looked = match &self.options.resolver {
+            Resolver::OwnZones => None,
+            Resolver::Nameservers(servers) => Some(look_up(servers, method, params).await),
+        };
         let ctx = Ctx {
             server: &self.options.fqdn,
             dns_name_objects: minor >= 88,
+            resolution: looked
+                .as_ref()
+                .map_or(commands::Resolution::OwnZones, commands::Resolution::Looked),
         };
         let outcome = {
             let mut state = lock(&self.state);
+            let before = state.clone();
             let outcome = commands::run(&mut state, &ctx, &checked);
-            if matches!(&outcome, Ok(o) if o.mutated) {
+            // A command may change entries and still fail, as FreeIPA's
+            // `server_del` does for a host that is not a server: what it
+            // changed stays.
+            if matches!(&outcome, Ok(o) if o.mutated) || (outcome.is_err() && *state != before) {
                 self.persist(&state);
             }
             outcome
@@ -592,6 +686,42 @@ impl Inner {
         }
     }
 
+    /// `ipa-join --unenroll` (freeipa `client/ipa-join.c`): the host,
+    /// proving its key, has its keys removed; its one-time password,
+    /// spent, does not come back.
+    fn unenroll(&self, request: &Request) -> Response {
+        let ask: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let host = ask["fqdn"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let keytab = ask["keytab"].as_str().unwrap_or_default();
+        let done = {
+            let mut state = lock(&self.state);
+            match state.get(Kind::Host, &host).cloned() {
+                Some(mut entry)
+                    if first(&entry, "_keytab").is_some_and(|h| h == sha256_hex(keytab)) =>
+                {
+                    entry.remove("_keytab");
+                    state.put(&self.options.fqdn, Kind::Host, &host, Some(entry));
+                    self.persist(&state);
+                    true
+                }
+                _ => false,
+            }
+        };
+        self.log(json!({"method": "unenroll", "params": {"fqdn": host}, "error": if done { Value::Null } else { json!(1201) }, "mutated": done}));
+        if done {
+            Response::text(200, "unenrolled")
+        } else {
+            Response::text(
+                401,
+                "only an enrolled host unenrolls itself, with its own key",
+            )
+        }
+    }
+
     /// The answer, and whether the asker's state changed ours.
     fn replicate(&self, request: &Request) -> (Response, bool) {
         let ask: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
@@ -631,6 +761,29 @@ impl Inner {
             changed,
         )
     }
+}
+
+/// `check_referer` (freeipa `ipaserver/rpcserver.py`): one URL, https,
+/// naming this server, with the path /ipa or under /ipa/.
+fn referer_ok(referer: &str, fqdn: &str) -> bool {
+    if referer.matches("://").count() != 1 {
+        return false;
+    }
+    let Some(rest) = referer.strip_prefix("https://") else {
+        return false;
+    };
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .split(':')
+        .next()
+        .unwrap_or_default();
+    host.eq_ignore_ascii_case(fqdn) && (path == "/ipa" || path.starts_with("/ipa/"))
 }
 
 /// HMAC-SHA256 of `payload` under the one-time password: the answer comes
@@ -681,12 +834,15 @@ pub fn enroll_host(
     state::set(&mut entry, "krbcanonicalname", vec![principal]);
     state.put(writer, Kind::Host, host, Some(entry));
     if replica {
+        // The `ca` suffix only once the replica's CA clone is done
+        // (`commands::add_ca_clone`, which the replica does).
+        let _ = setup_ca;
         commands::add_server(
             state,
             writer,
             host,
             address.unwrap_or_default(),
-            setup_ca,
+            false,
             Some(writer),
         );
     }
