@@ -854,12 +854,24 @@ fn site_run<'a>(world: &mut World<'a>, label: &str, hosts: usize, hooks: Hooks<'
 #[test]
 #[ignore = "`make e2e` runs it (root, minutes)"]
 fn e2e_builder_launch_assembles_sites_in_the_lab_cloud() {
+    let labels = ["e2e3", "e2e5"];
+    // `SITE_E2E_ONLY=e2e5` runs one site (while working on it). A label
+    // that names no site is an error, not a test that runs nothing; under
+    // CI every site runs, whatever the environment says.
+    let only = std::env::var("SITE_E2E_ONLY")
+        .ok()
+        .filter(|_| !support::in_ci());
+    if let Some(only) = &only {
+        assert!(
+            labels.contains(&only.as_str()),
+            "SITE_E2E_ONLY={only} names no site; the sites are {labels:?}"
+        );
+    }
     let _one_lab_at_a_time = support::lab::exclusive();
     let Some((image, firstboot)) = lab_cloud::ready() else {
         return;
     };
     let mut steps = Steps::default();
-    let labels = ["e2e3", "e2e5"];
     let buckets: Vec<(String, &str)> = labels.iter().map(|l| (bucket(l), REGION)).collect();
     let buckets: Vec<(&str, &str)> = buckets.iter().map(|(b, r)| (b.as_str(), *r)).collect();
     let cloud = steps.time("cloud", "start the lab cloud (lab, Prism, moto)", || {
@@ -873,9 +885,13 @@ fn e2e_builder_launch_assembles_sites_in_the_lab_cloud() {
         firstboot,
     };
 
-    // `SITE_E2E_ONLY=e2e5` runs one site (while working on it).
-    let only = std::env::var("SITE_E2E_ONLY").ok();
-    let wanted = |label: &str| only.as_deref().is_none_or(|o| o == label);
+    let wanted = |label: &str| {
+        assert!(
+            labels.contains(&label),
+            "{label} is not a site of this test"
+        );
+        only.as_deref().is_none_or(|o| o == label)
+    };
 
     // 3 hosts, launched through API faults.
     if wanted("e2e3") {

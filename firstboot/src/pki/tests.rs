@@ -599,12 +599,9 @@ fn openssl_agrees() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !present {
-        let reason = "skipping: openssl is not installed (apt-get install openssl)";
-        if std::env::var_os("CI").is_some() {
-            panic!("{reason} (CI is set, so this test must run)");
-        }
-        eprintln!("{reason}");
-        return;
+        return site_test_skip::skip(
+            "skipping: openssl is not installed (apt-get install openssl)",
+        );
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -146,10 +146,7 @@ pub fn load_for_tests() -> Option<Api> {
              from the freeipa/freeipa repository root to ../shared/specs/freeipa/)",
             path.display()
         );
-        if std::env::var_os("CI").is_some() {
-            panic!("{reason} (CI is set, so this test must run)");
-        }
-        eprintln!("{reason}");
+        site_test_skip::skip(&reason);
         return None;
     }
     Some(Api::load(&path).unwrap_or_else(|e| panic!("{e:#}")))

@@ -263,9 +263,8 @@ mod tests {
     /// can be had here, as root).
     #[test]
     fn rules_load_into_nftables() {
-        if crate::skip_reason().is_some() {
-            eprintln!("skipping: needs root and nft");
-            return;
+        if let Some(reason) = crate::skip_reason() {
+            return site_test_skip::skip(&reason);
         }
         let rules = render(&[firewall()], &droplets()).unwrap();
         let ns = format!("sitelab-fwtest-{}", std::process::id());
