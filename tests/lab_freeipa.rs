@@ -23,12 +23,16 @@ use support::site::test_secrets;
 
 const SIM_DATA: &str = "var/lib/freeipa-server";
 
-/// Every call a node's simulator received, as it logged them.
+/// Every call a node's simulator received, as it logged them (none when
+/// it has logged nothing yet; any other failure to read is the test's).
 fn calls(lab: &Lab, node: &str) -> Vec<Value> {
     let path = lab.root(node).unwrap().join("var/log/ipa-sim/calls.jsonl");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => panic!("{node}: cannot read {}: {e}", path.display()),
+    };
+    text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
@@ -326,9 +330,13 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
         std::thread::sleep(Duration::from_secs(2));
     }
 
-    // Every call any node's firstboot made fits FreeIPA's API.
+    // Every call any node's firstboot made fits FreeIPA's API. firstboot
+    // sends most to node1's simulator; the loop says how many it checked
+    // where, so it cannot pass by checking nothing.
+    let mut checked = Vec::new();
     for node in ["node1", "node2", "node3"] {
         let calls = calls(&lab, node);
+        checked.push((node, calls.len()));
         for call in &calls {
             let code = call["error"].as_i64();
             assert!(
@@ -345,6 +353,12 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
         }
     }
 
+    eprintln!("calls checked against API.txt, by server: {checked:?}");
+    assert!(
+        checked.iter().map(|(_, n)| n).sum::<usize>() > 10,
+        "{checked:?}"
+    );
+
     // Running the phase again on every node makes no change.
     let before: BTreeMap<&str, usize> = ["node1", "node2", "node3"]
         .iter()
@@ -354,6 +368,16 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
     for (node, before) in nodes.iter().zip(runs) {
         wait_rerun(&lab, node, before, Duration::from_secs(180));
     }
+    // The rerun asked FreeIPA something (it looks before it changes), so
+    // "no change" below is about calls that were made.
+    let fresh_total: usize = before
+        .iter()
+        .map(|(node, from)| calls(&lab, node).len() - from)
+        .sum();
+    assert!(
+        fresh_total > 0,
+        "the rerun made no call to any server: nothing was checked"
+    );
     for (node, from) in &before {
         let fresh = &calls(&lab, node)[*from..];
         let mutated: Vec<&Value> = fresh
