@@ -398,26 +398,55 @@ fn a_running_site_keeps_its_trust() {
 
     // 3. etcd trusts its members alone: a worker's identity certificate is
     // refused as client and as peer; a core host's etcd certificate works.
+    // Whether etcdctl got an answer, and what it said.
     let as_client = |node: &str, dir: &str, cert: &str, key: &str| {
-        sh_ok(
-            &lab,
-            node,
-            &format!(
-                "ETCDCTL_API=3 etcdctl --endpoints=https://node2.lab.example.org:2379 \
-                 --insecure-skip-tls-verify --cert=/etc/firstboot/{dir}/{cert} \
-                 --key=/etc/firstboot/{dir}/{key} --command-timeout=5s endpoint health"
-            ),
+        let out = lab
+            .exec(
+                node,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    &format!(
+                        "ETCDCTL_API=3 etcdctl --endpoints=https://node2.lab.example.org:2379 \
+                         --insecure-skip-tls-verify --cert=/etc/firstboot/{dir}/{cert} \
+                         --key=/etc/firstboot/{dir}/{key} --command-timeout=5s endpoint health 2>&1"
+                    ),
+                ],
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    assert!(as_client("node3", "etcd", "member.crt", "member.key"));
-    assert!(
-        !as_client("node4", "tls", "node.crt", "node.key"),
-        "etcd took a worker's certificate as a client"
-    );
-    assert!(
-        !as_client("node3", "tls", "node.crt", "node.key"),
-        "etcd took an identity certificate (not an etcd one) as a client"
-    );
+    // Refused for its certificate, not for anything else (a DNS failure,
+    // a stopped etcd): etcdctl only says it timed out, so node2's etcd says
+    // why, logging the handshake it rejected from that address.
+    let rejections = |from: Ipv4Addr| -> Vec<String> {
+        lab.journal("node2", Some("etcd.service"))
+            .unwrap_or_else(|e| panic!("node2's etcd journal: {e:#}"))
+            .lines()
+            .filter(|l| l.contains("rejected connection") && l.contains(&format!("{from}:")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (ok, said) = as_client("node3", "etcd", "member.crt", "member.key");
+    assert!(ok, "{said}");
+    for (node, dir, why) in [
+        ("node4", "tls", "a worker's certificate"),
+        ("node3", "tls", "an identity certificate (not an etcd one)"),
+    ] {
+        let before = rejections(address(&lab, node)).len();
+        let (ok, said) = as_client(node, dir, "node.crt", "node.key");
+        assert!(!ok, "etcd took {why} as a client: {said}");
+        let after = rejections(address(&lab, node));
+        assert!(
+            after.len() > before,
+            "{why} was refused, but node2's etcd rejected no handshake from {node} \
+             (refused for something else?): {said}\n{after:#?}"
+        );
+    }
     let as_peer = |node: &str, cert: &str, key: &str| {
         let root = lab.root(node).unwrap();
         std::process::Command::new("ip")
@@ -452,6 +481,7 @@ fn a_running_site_keeps_its_trust() {
         "200",
         "{core_peer:?}"
     );
+    let rejected_before = rejections(address(&lab, "node4")).len();
     let worker_peer = as_peer(
         "node4",
         "etc/firstboot/tls/node.crt",
@@ -462,6 +492,16 @@ fn a_running_site_keeps_its_trust() {
         "200",
         "etcd took a worker's certificate as a peer"
     );
+    // curl sees only a closed connection (TLS 1.3 checks the client's
+    // certificate after the client's side of the handshake): node2's etcd
+    // says it rejected the handshake.
+    let rejected = rejections(address(&lab, "node4"));
+    assert!(
+        rejected.len() > rejected_before,
+        "the worker's peer request failed, but node2's etcd rejected no handshake from \
+         node4: {}\n{rejected:#?}",
+        String::from_utf8_lossy(&worker_peer.stderr)
+    );
 
     // 4. The peer service hands the sealed CA copy to the bootstrap host
     // alone: a stranger, a worker and another core host are refused.
@@ -469,23 +509,29 @@ fn a_running_site_keeps_its_trust() {
     let (forged, forged_key) = forged_ticket("node1");
     for core in ["node2", "node3"] {
         let to = address(&lab, core);
-        for (who, ticket, key) in [
-            ("a stranger", forged.clone(), &forged_key),
+        // Each refused for its own reason: a ticket the site never issued
+        // is forged; a genuine one that is not the bootstrap host's is
+        // not allowed to ask.
+        for (who, ticket, key, why) in [
+            ("a stranger", forged.clone(), &forged_key, "forged request"),
             (
                 "the worker",
                 node("node4").ticket(),
                 &node("node4").signing_key(),
+                "only the bootstrap host node1 asks peers; node4 may not",
             ),
             (
                 "another core host",
                 node("node3").ticket(),
                 &node("node3").signing_key(),
+                "only the bootstrap host node1 asks peers; node3 may not",
             ),
         ] {
             let (body, signature) = peer_request(&ticket, key, STRANGER);
             let (status, answer) =
                 post_from(&stranger, to, 7444, protocol::PEER_PATH, body, signature);
             assert_eq!(status, 403, "{core} answered {who}: {answer}");
+            assert!(answer.contains(why), "{core} refused {who}, but: {answer}");
             assert!(
                 !answer.contains("ca_backup"),
                 "{core} gave {who} the CA copy"
@@ -498,6 +544,10 @@ fn a_running_site_keeps_its_trust() {
         let (body, signature) = peer_request(&me.ticket(), &me.signing_key(), node1);
         let (status, answer) = post_from(&stranger, to, 7444, protocol::PEER_PATH, body, signature);
         assert_eq!(status, 403, "{core} answered a relayed request: {answer}");
+        assert!(
+            answer.contains(&format!("it came from {STRANGER}")),
+            "{core} refused the relayed request, but: {answer}"
+        );
         assert!(!answer.contains("ca_backup"), "{core}: {answer}");
         // From the bootstrap host itself it is answered, with the copy.
         let (body, signature) = peer_request(&me.ticket(), &me.signing_key(), node1);
@@ -555,6 +605,10 @@ fn a_running_site_keeps_its_trust() {
         signature,
     );
     assert_eq!(status, 403, "a forged ticket: {answer}");
+    assert!(
+        answer.contains("forged request"),
+        "a forged ticket: {answer}"
+    );
 
     for attempt in ["answering", "silent"] {
         if attempt == "silent" {
