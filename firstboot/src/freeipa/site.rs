@@ -203,10 +203,13 @@ pub fn forget_options(state: &Path, kind: Kind) -> Result<()> {
     }
 }
 
-/// Set a half-installed state directory aside, whole, and leave an empty
-/// one in its place (with the same mode): the directory it points to
-/// when it is a link onto the data volume. Only the last failed attempt
-/// is kept, so failures do not fill the volume. Where it went.
+/// Set a half-installed state directory aside, whole but for its install
+/// options, and leave an empty one in its place (with the same mode): the
+/// directory it points to when it is a link onto the data volume. Only
+/// the last failed attempt is kept, so failures do not fill the volume.
+/// The options hold the site's passwords (or a spent one-time password):
+/// the next attempt writes its own, and a copy kept for diagnosis would
+/// outlive its purpose. Where it went.
 pub fn set_aside(state: &Path) -> Result<PathBuf> {
     let real = std::fs::canonicalize(state)
         .with_context(|| format!("cannot resolve {}", state.display()))?;
@@ -225,6 +228,9 @@ pub fn set_aside(state: &Path) -> Result<PathBuf> {
     }
     std::fs::rename(&real, &aside)
         .with_context(|| format!("cannot move {} to {}", real.display(), aside.display()))?;
+    for kind in [Kind::Server, Kind::Replica] {
+        forget_options(&aside, kind)?;
+    }
     std::fs::create_dir(&real).with_context(|| format!("cannot create {}", real.display()))?;
     std::fs::set_permissions(&real, mode)
         .with_context(|| format!("cannot set the mode of {}", real.display()))?;

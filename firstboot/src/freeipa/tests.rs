@@ -739,9 +739,16 @@ fn a_set_aside_volume_leaves_an_empty_one_and_only_the_last_failure() {
     let volume = dir.path().join("volume/freeipa-server");
     std::fs::create_dir_all(volume.join("etc/ipa")).unwrap();
     std::fs::write(volume.join("etc/ipa/ca.crt"), "half").unwrap();
+    std::fs::write(
+        volume.join("ipa-server-install-options"),
+        "--ds-password=x\n",
+    )
+    .unwrap();
     let link = dir.path().join("freeipa-server");
     std::os::unix::fs::symlink(&volume, &link).unwrap();
     let aside = site::set_aside(&link).unwrap();
+    // Kept for diagnosis, but not the passwords.
+    assert!(!aside.join("ipa-server-install-options").exists());
     assert_eq!(
         std::fs::read_to_string(aside.join("etc/ipa/ca.crt")).unwrap(),
         "half"
