@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use builder::artifact::Firstboot;
 use builder::render;
 use builder::site::Site;
+use firstboot::certs::CertPurpose;
 use support::site::{generated_site, test_secrets, tiny_firstboot};
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -587,9 +588,10 @@ fn join_round(flood: bool) -> String {
             restored: false,
         };
         let reporter = firstboot::status::Reporter::new(paths.status_file());
-        let _services = firstboot::bootstrap::start(&paths, &configs[0], own, settled, reporter)
-            .await
-            .unwrap();
+        let _services =
+            firstboot::temporary::Services::start(&paths, &configs[0], own, settled, reporter)
+                .await
+                .unwrap();
         let service = SocketAddr::new(own.into(), 7443);
 
         // The flood: idle TCP connections from one address, as many as
@@ -621,8 +623,7 @@ fn join_round(flood: bool) -> String {
                 let body = serde_json::to_vec(&JoinRequest {
                     ticket: config.ticket(),
                     addresses: vec![from],
-                    csr_pem: csr,
-                    etcd_csr_pem: None,
+                    csrs: [(CertPurpose::Identity, csr)].into(),
                     timestamp: firstboot::status::now(),
                     nonce: protocol::nonce(),
                 })

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use builder::artifact::Firstboot;
 use builder::site::Site;
+use firstboot::certs::CertPurpose;
 use firstboot::freeipa::{Client, Config, Endpoint};
 use firstboot::https::{self, Response};
 use firstboot::join::protocol::{
@@ -105,8 +106,10 @@ fn join_request(config: &NodeConfig, from: Ipv4Addr) -> (Vec<u8>, String) {
     let body = serde_json::to_vec(&JoinRequest {
         ticket: config.ticket(),
         addresses: vec![from],
-        csr_pem: csr.clone(),
-        etcd_csr_pem: (config.role() == Role::Core).then_some(csr),
+        // A CSR for every certificate of the plan the node holds.
+        csrs: firstboot::certs::plan::held_by(config.role())
+            .map(|row| (row.purpose, csr.clone()))
+            .collect(),
         timestamp: firstboot::status::now(),
         nonce: protocol::nonce(),
     })
@@ -587,10 +590,13 @@ fn a_running_site_keeps_its_trust() {
     let body = serde_json::to_vec(&JoinRequest {
         ticket: forged,
         addresses: vec![STRANGER],
-        csr_pem: firstboot::pki::new_key_and_csr("node2.lab.example.org")
-            .unwrap()
-            .1,
-        etcd_csr_pem: None,
+        csrs: [(
+            CertPurpose::Identity,
+            firstboot::pki::new_key_and_csr("node2.lab.example.org")
+                .unwrap()
+                .1,
+        )]
+        .into(),
         timestamp: firstboot::status::now(),
         nonce: protocol::nonce(),
     })
@@ -746,15 +752,19 @@ fn a_running_site_keeps_its_trust() {
     let ns2 = lab.node("node2").unwrap().netns().to_owned();
     let refused = in_netns(&ns2, move || {
         let fqdn = node2.fqdn(&node2.node);
-        let csrs = firstboot::join::client::Csrs {
-            identity: firstboot::pki::new_key_and_csr(&fqdn).unwrap().1,
-            etcd: Some(firstboot::pki::new_key_and_csr(&fqdn).unwrap().1),
-        };
+        let csrs = firstboot::certs::plan::held_by(node2.role())
+            .map(|row| {
+                (
+                    row.purpose,
+                    firstboot::pki::new_key_and_csr(&fqdn).unwrap().1,
+                )
+            })
+            .collect();
         runtime().block_on(firstboot::join::client::join(
             &node2,
             STRANGER,
             &[node2_address],
-            &csrs,
+            csrs,
         ))
     });
     assert_eq!(

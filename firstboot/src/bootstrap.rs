@@ -1,37 +1,27 @@
-//! The bootstrap host's temporary services: the CAs (their keys made here,
-//! never in user data), the DNS for the site zone, the join service; and
-//! the split-brain guard that decides, before any CA exists, whether this
-//! is the site's first boot or a rebuild of a host whose cluster lives on.
+//! The bootstrap host's temporary CAs (their keys made here, never in
+//! user data), settled by the split-brain guard that decides, before any
+//! CA exists, whether this is the site's first boot or a rebuild of a
+//! host whose cluster lives on. The services that sign with them are
+//! `temporary`'s.
 //!
 //! Nothing here knows the phase engine: it takes the pieces it needs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use node_contract::{HostName, NodeConfig, Role, PEER_PORT};
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::backup::CaBackup;
-use crate::certs::Slot;
-use crate::dns::{DnsServer, ZoneData};
 use crate::join::peer::ask;
-use crate::join::protocol::{AdmissionRule, Moved, PeerAnswer, Site, ADMISSION_WINDOW};
-use crate::join::server::{Registrar, Registry};
+use crate::join::protocol::{PeerAnswer, Site, ADMISSION_WINDOW};
+use crate::join::server::Registry;
 use crate::join::Credentials;
 use crate::paths::Paths;
 use crate::pki::TempCa;
 use crate::state::ClusterState;
-use crate::status::Reporter;
-
-/// The temporary DNS's port. Not 53: FreeIPA's own DNS takes that on the
-/// same host (the first server is the bootstrap host) before handoff
-/// moves the site's names to it; nodes reach the temporary one through
-/// systemd-resolved, which takes a port with a server's address.
-pub const DNS_PORT: u16 = 5300;
 
 /// How long a majority of core hosts must have said "no cluster here"
 /// before the bootstrap host starts one without hearing from the rest: a
@@ -461,188 +451,6 @@ pub async fn ensure_ca(
     settled.registry.save(&paths.registry_file())?;
     settled.ca.save(&paths.ca_dir())?;
     Ok(settled)
-}
-
-/// The temporary services, running.
-pub struct Services {
-    registrar: Arc<Mutex<Registrar>>,
-    join_task: tokio::task::JoinHandle<()>,
-}
-
-impl Services {
-    pub async fn peers(&self) -> BTreeMap<HostName, Ipv4Addr> {
-        self.registrar.lock().await.registry.hosts.clone()
-    }
-
-    /// Let joined nodes enroll in FreeIPA through the join service.
-    pub async fn set_enroller(&self, enroller: Arc<crate::freeipa::site::Enroller>) {
-        self.registrar.lock().await.enroller = Some(enroller);
-    }
-
-    pub async fn enroller(&self) -> Option<Arc<crate::freeipa::site::Enroller>> {
-        self.registrar.lock().await.enroller.clone()
-    }
-
-    /// Until the join service stops (it does not, short of a crash).
-    pub async fn wait(self) {
-        let _ = self.join_task.await;
-    }
-}
-
-/// This host's own certificates from its CAs, when due.
-pub fn ensure_own_certs(paths: &Paths, config: &NodeConfig, ca: &TempCa) -> Result<()> {
-    let fqdn = config.fqdn(&config.node);
-    Slot::identity(paths).ensure_from(&ca.root, &fqdn)?;
-    Slot::etcd(paths).ensure_from(&ca.etcd, &fqdn)?;
-    Ok(())
-}
-
-/// Start the DNS and the join service on `own`, with the CAs settled.
-pub async fn start(
-    paths: &Paths,
-    config: &NodeConfig,
-    own: Ipv4Addr,
-    settled: Settled,
-    reporter: Reporter,
-) -> Result<Services> {
-    ensure_own_certs(paths, config, &settled.ca)?;
-    let settled_restored = settled.restored;
-    let zone = ZoneData {
-        domain: config.site.domain.clone(),
-        ns_host: config.node.clone(),
-        hosts: settled.registry.hosts.clone(),
-        etcd_members: config.site.core.clone(),
-    };
-    // The sockets systemd holds (see `sockets`), else bound here.
-    let mut passed = crate::sockets::Passed::from_env();
-    let dns = match (passed.udp("dns")?, passed.tcp("dns")?) {
-        (Some(udp), Some(tcp)) => DnsServer::start_on(udp, tcp, zone)?,
-        _ => DnsServer::start(SocketAddr::new(own.into(), DNS_PORT), zone).await?,
-    };
-    let dns = Arc::new(dns);
-    let replay = crate::join::replay::ReplayLog::open(
-        &paths.nonces_file(),
-        &paths.legacy_nonces_file(),
-        crate::status::now(),
-    )?;
-    let rule = AdmissionRule {
-        hosts: config.site.host_count,
-        deadline: settled.registry.admission_deadline,
-    };
-    let mut registrar = Registrar {
-        paths: paths.clone(),
-        site: Site::of(config),
-        me: Credentials::of(config),
-        ca: settled.ca,
-        dns,
-        dns_address: own,
-        registry: settled.registry,
-        registry_file: paths.registry_file(),
-        replay,
-        rule,
-        reporter,
-        enroller: None,
-    };
-    registrar
-        .register(&config.node, own, config.identity.generation)
-        .await?;
-    if settled_restored {
-        tokio::spawn(announce(
-            Site::of(config),
-            Credentials::of(config),
-            own,
-            registrar.registry.hosts.clone(),
-            None,
-        ));
-    }
-    let listener = crate::sockets::tcp_or_bind(
-        &mut passed,
-        "join",
-        SocketAddr::new(own.into(), config.join.port),
-    )
-    .await?;
-    let slot = Slot::identity(paths);
-    let identity = crate::https::Identity::Files {
-        cert: slot.cert,
-        key: slot.key,
-    };
-    let registrar = Arc::new(Mutex::new(registrar));
-    let shared = registrar.clone();
-    let join_task = tokio::spawn(crate::https::serve(
-        listener,
-        identity,
-        crate::https::LIMITS,
-        move |request| crate::join::server::handle(request, shared.clone()),
-    ));
-    tracing::info!(
-        "serving the join service on {own}:{} and DNS for {} on {own}:{DNS_PORT}",
-        config.join.port,
-        config.site.domain
-    );
-    Ok(Services {
-        registrar,
-        join_task,
-    })
-}
-
-/// How many times a rebuilt bootstrap host tells each registered node
-/// where it is now, and the pause between rounds.
-const ANNOUNCE_ROUNDS: u32 = 5;
-const ANNOUNCE_PAUSE: Duration = Duration::from_secs(3);
-
-/// After a rebuild: ask every registered node's peer service from the new
-/// address, so each follows this host there (its /etc/hosts and DNS
-/// route; see `join::peer`). The core hosts heard it during discovery;
-/// the workers hear it here. With `moved` (a node rebuilt elsewhere and
-/// moved by the join service), the others hear where it is now. Bounded:
-/// a node that never answers keeps the old address until it next renews
-/// through the join service.
-pub async fn announce(
-    site: Site,
-    me: Credentials,
-    own: Ipv4Addr,
-    hosts: BTreeMap<HostName, Ipv4Addr>,
-    moved: Option<Moved>,
-) {
-    let mut waiting: BTreeMap<HostName, Ipv4Addr> = hosts
-        .into_iter()
-        .filter(|(node, _)| *node != me.ticket.node)
-        .filter(|(node, _)| moved.as_ref().is_none_or(|m| m.node != *node))
-        .collect();
-    for round in 0..ANNOUNCE_ROUNDS {
-        if waiting.is_empty() {
-            break;
-        }
-        if round > 0 {
-            tokio::time::sleep(ANNOUNCE_PAUSE).await;
-        }
-        let mut asks = tokio::task::JoinSet::new();
-        for (node, address) in &waiting {
-            let (site, me, node, address) = (site.clone(), me.clone(), node.clone(), *address);
-            let moved = moved.clone();
-            asks.spawn(async move { (node, ask(&site, &me, own, address, moved).await) });
-        }
-        while let Some(Ok((node, result))) = asks.join_next().await {
-            match result {
-                Ok(answer) if answer.node.node == node => {
-                    waiting.remove(&node);
-                }
-                Ok(answer) => tracing::warn!(
-                    "{} answered at {node}'s registered address",
-                    answer.node.node
-                ),
-                Err(e) => tracing::debug!("announce to {node}: {e:#}"),
-            }
-        }
-    }
-    if waiting.is_empty() {
-        tracing::info!("every registered node knows this host at {own}");
-    } else {
-        tracing::warn!(
-            "not told of this host's new address {own}: {:?}",
-            waiting.keys().map(|h| h.as_str()).collect::<Vec<_>>()
-        );
-    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,12 @@ use node_contract::{DomainName, HostName};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Mutex;
 
+/// The temporary DNS's port. Not 53: FreeIPA's own DNS takes that on the
+/// same host (the first server is the bootstrap host) before handoff
+/// moves the site's names to it; nodes reach the temporary one through
+/// systemd-resolved, which takes a port with a server's address.
+pub const DNS_PORT: u16 = 5300;
+
 /// Short, because records change while the site assembles: a node that joins
 /// (or gets a new address) must become visible to caches within seconds.
 pub const TTL: u32 = 30;

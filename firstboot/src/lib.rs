@@ -25,3 +25,4 @@ pub mod sockets;
 pub mod state;
 pub mod status;
 pub mod system;
+pub mod temporary;

@@ -53,12 +53,13 @@ pub const LEAF_LIFETIME: Duration = Duration::days(90);
 /// bootstrap host's (they often have no NTP yet at first boot).
 const BACKDATE: Duration = Duration::hours(1);
 
-/// Which CA signs a certificate, and so what it opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// A node's identity: every node has one.
-    Node,
-    /// An etcd member's certificate (server, peer and client): core hosts only.
+/// Which temporary CA signs a certificate, and so what it opens (the
+/// certificate plan, `certs::plan`, says which for each certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Signer {
+    /// The temporary root: nodes' identities.
+    Root,
+    /// The etcd CA, an intermediate under the root: etcd members only.
     Etcd,
 }
 
@@ -484,11 +485,11 @@ impl TempCa {
         }
     }
 
-    /// The CA that signs certificates for `purpose`.
-    pub fn signer(&self, purpose: Purpose) -> &Ca {
-        match purpose {
-            Purpose::Node => &self.root,
-            Purpose::Etcd => &self.etcd,
+    /// The CA `signer` names.
+    pub fn signer(&self, signer: Signer) -> &Ca {
+        match signer {
+            Signer::Root => &self.root,
+            Signer::Etcd => &self.etcd,
         }
     }
 

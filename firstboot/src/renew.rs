@@ -6,9 +6,8 @@
 //! whole; etcd reads them at every new connection, so nothing restarts.
 
 use anyhow::{Context, Result};
-use node_contract::{Phase, Role};
+use node_contract::Phase;
 
-use crate::certs::Slot;
 use crate::paths::Paths;
 use crate::state::State;
 
@@ -26,16 +25,13 @@ pub async fn run(paths: &Paths) -> Result<Renewed> {
     if !state.is_done(Phase::Join) {
         return Ok(Renewed::NotJoined);
     }
-    let fqdn = config.fqdn(&config.node);
-    let core = config.role() == Role::Core;
-    let due = Slot::identity(paths).due(&fqdn) || (core && Slot::etcd(paths).due(&fqdn));
-    if !due {
+    if !crate::certs::any_due(paths, &config) {
         return Ok(Renewed::NothingDue);
     }
     if config.is_bootstrap() {
         let ca = crate::pki::TempCa::load_current(&paths.ca_dir(), config.site.domain.as_str())?
             .context("the bootstrap host's temporary CA is gone")?;
-        crate::bootstrap::ensure_own_certs(paths, &config, &ca)?;
+        crate::certs::ensure_from_temporary(paths, &config, &ca)?;
         return Ok(Renewed::Renewed);
     }
     let own = state

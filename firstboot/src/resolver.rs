@@ -65,7 +65,7 @@ async fn systemd_version() -> Result<u32> {
 /// Route `domain` to the DNS at `dns`; systemd-resolved rereads its
 /// configuration. Changing nothing when it is already in place.
 pub async fn route_site_domain(paths: &Paths, dns: Ipv4Addr, domain: &DomainName) -> Result<()> {
-    let dns = SocketAddr::new(dns.into(), crate::bootstrap::DNS_PORT);
+    let dns = SocketAddr::new(dns.into(), crate::dns::DNS_PORT);
     let (path, text, other) = if systemd_version().await? >= DELEGATES_SINCE {
         (
             paths.dns_delegate(),

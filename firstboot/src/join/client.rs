@@ -1,5 +1,6 @@
 //! Asking the join service: to be admitted, or to renew certificates.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -8,15 +9,10 @@ use node_contract::identity::Purpose;
 use node_contract::{NodeConfig, Role};
 
 use super::protocol::{self, JoinAnswer, JoinRequest, Site, JOIN_PATH, SIGNATURE_HEADER};
+use crate::certs::plan::{self, CertPurpose};
 use crate::https::{self, Answer};
 
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The CSRs a node sends: identity always, etcd for core hosts.
-pub struct Csrs {
-    pub identity: String,
-    pub etcd: Option<String>,
-}
 
 /// One signed request to the join service at `address`; the answer counts
 /// only if the site's bootstrap host signed it over this request's nonce,
@@ -27,13 +23,12 @@ pub async fn join(
     config: &NodeConfig,
     address: Ipv4Addr,
     own_addresses: &[Ipv4Addr],
-    csrs: &Csrs,
+    csrs: BTreeMap<CertPurpose, String>,
 ) -> Result<JoinAnswer> {
     let request = JoinRequest {
         ticket: config.ticket(),
         addresses: own_addresses.to_vec(),
-        csr_pem: csrs.identity.clone(),
-        etcd_csr_pem: csrs.etcd.clone(),
+        csrs,
         timestamp: crate::status::now(),
         nonce: protocol::nonce(),
     };
@@ -74,9 +69,12 @@ pub async fn join(
         .map(https::to_pem)
         .ok_or_else(|| anyhow!("the join service at {address} presented no certificate"))?;
     let bootstrap_fqdn = config.fqdn(&site.bootstrap);
+    let identity = answer
+        .issued(CertPurpose::Identity)
+        .map_err(|e| anyhow!("the answer from {address}: {e}"))?;
     crate::pki::verify(
         &presented,
-        &answer.ca_pem,
+        &identity.ca_pem,
         Some(&bootstrap_fqdn),
         crate::status::now(),
     )
@@ -107,36 +105,39 @@ pub async fn send(
     .await
 }
 
-/// Ask the join service at `address` for this node's certificates (its
-/// first join, or a renewal: the keys stay, the certificates are new) and
-/// install them; a core host also keeps the sealed CA copy (0600).
+/// Ask the join service at `address` for this node's certificates, every
+/// row of the plan its role holds (its first join, or a renewal: the keys
+/// stay, the certificates are new), and install them; a core host also
+/// keeps the sealed CA copy (0600).
 pub async fn enroll(
     paths: &crate::paths::Paths,
     config: &NodeConfig,
     address: Ipv4Addr,
     own: Ipv4Addr,
 ) -> Result<JoinAnswer> {
-    use crate::certs::Slot;
     let fqdn = config.fqdn(&config.node);
-    let core = config.role() == Role::Core;
-    let identity = Slot::identity(paths);
-    let etcd = Slot::etcd(paths);
-    let csrs = Csrs {
-        identity: identity.csr(&fqdn)?,
-        etcd: if core { Some(etcd.csr(&fqdn)?) } else { None },
-    };
-    let answer = join(config, address, &[own], &csrs).await?;
+    let mut csrs = BTreeMap::new();
+    for row in plan::held_by(config.role()) {
+        csrs.insert(row.purpose, row.slot(paths).csr(&fqdn)?);
+    }
+    let answer = join(config, address, &[own], csrs).await?;
     // A retired bootstrap host (a thief of its old user data) is not
     // followed; a newer one retires the one known.
     crate::state::KnownGenerations::admit(&paths.known_generations(), &answer.bootstrap)
         .with_context(|| format!("the join service at {address}"))?;
-    identity.install(&answer.certificate_pem, &answer.ca_pem, &fqdn)?;
-    if core {
-        let certs = answer
-            .etcd
-            .as_ref()
-            .ok_or_else(|| anyhow!("the answer holds no etcd certificate for this core host"))?;
-        etcd.install(&certs.certificate_pem, &certs.ca_pem, &fqdn)?;
+    // Every certificate is checked before any is installed: a node never
+    // holds a mix of an answer it refused and the certificates before it.
+    let mut install = Vec::new();
+    for row in plan::held_by(config.role()) {
+        let issued = answer
+            .issued(row.purpose)
+            .map_err(|e| anyhow!("the answer from {address}: {e}"))?;
+        install.push((row.slot(paths), issued));
+    }
+    for (slot, issued) in install {
+        slot.install(&issued.certificate_pem, &issued.ca_pem, &fqdn)?;
+    }
+    if config.role() == Role::Core {
         let sealed = answer
             .ca_backup
             .as_ref()
@@ -163,7 +164,7 @@ pub async fn enrollment(
     };
     let body = serde_json::to_vec(&request)?;
     let signature = protocol::sign_request(&config.signing_key(), Purpose::EnrollRequest, &body);
-    let ca = std::fs::read_to_string(crate::certs::Slot::identity(paths).ca).map_err(|e| {
+    let ca = std::fs::read_to_string(plan::IDENTITY.slot(paths).ca).map_err(|e| {
         anyhow!("this node has no temporary CA to check the bootstrap host with: {e}")
     })?;
     let site = Site::of(config);

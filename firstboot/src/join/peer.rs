@@ -26,12 +26,13 @@
 //!
 //! Every answer is signed with this node's key over the request's nonce.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use node_contract::identity::Purpose;
-use node_contract::{NodeConfig, Role, PEER_PORT};
+use node_contract::{HostName, NodeConfig, Role, PEER_PORT};
 
 use super::protocol::{
     self, Moved, PeerAnswer, PeerRequest, Refusal, Site, PEER_PATH, SIGNATURE_HEADER,
@@ -303,6 +304,66 @@ pub async fn ask(
         );
     }
     Ok(answer)
+}
+
+/// How many times a rebuilt bootstrap host tells each registered node
+/// where it is now, and the pause between rounds.
+const ANNOUNCE_ROUNDS: u32 = 5;
+const ANNOUNCE_PAUSE: Duration = Duration::from_secs(3);
+
+/// After a rebuild: ask every registered node's peer service from the new
+/// address, so each follows this host there (its /etc/hosts and DNS
+/// route; see `join::peer`). The core hosts heard it during discovery;
+/// the workers hear it here. With `moved` (a node rebuilt elsewhere and
+/// moved by the join service), the others hear where it is now. Bounded:
+/// a node that never answers keeps the old address until it next renews
+/// through the join service.
+pub async fn announce(
+    site: Site,
+    me: Credentials,
+    own: Ipv4Addr,
+    hosts: BTreeMap<HostName, Ipv4Addr>,
+    moved: Option<Moved>,
+) {
+    let mut waiting: BTreeMap<HostName, Ipv4Addr> = hosts
+        .into_iter()
+        .filter(|(node, _)| *node != me.ticket.node)
+        .filter(|(node, _)| moved.as_ref().is_none_or(|m| m.node != *node))
+        .collect();
+    for round in 0..ANNOUNCE_ROUNDS {
+        if waiting.is_empty() {
+            break;
+        }
+        if round > 0 {
+            tokio::time::sleep(ANNOUNCE_PAUSE).await;
+        }
+        let mut asks = tokio::task::JoinSet::new();
+        for (node, address) in &waiting {
+            let (site, me, node, address) = (site.clone(), me.clone(), node.clone(), *address);
+            let moved = moved.clone();
+            asks.spawn(async move { (node, ask(&site, &me, own, address, moved).await) });
+        }
+        while let Some(Ok((node, result))) = asks.join_next().await {
+            match result {
+                Ok(answer) if answer.node.node == node => {
+                    waiting.remove(&node);
+                }
+                Ok(answer) => tracing::warn!(
+                    "{} answered at {node}'s registered address",
+                    answer.node.node
+                ),
+                Err(e) => tracing::debug!("announce to {node}: {e:#}"),
+            }
+        }
+    }
+    if waiting.is_empty() {
+        tracing::info!("every registered node knows this host at {own}");
+    } else {
+        tracing::warn!(
+            "not told of this host's new address {own}: {:?}",
+            waiting.keys().map(|h| h.as_str()).collect::<Vec<_>>()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use node_contract::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::certs::plan::{self, CertPurpose};
 use crate::pki::{CsrRefusal, TempCa};
 
 pub const JOIN_PATH: &str = "/v2/join";
@@ -42,21 +43,20 @@ pub const ADMISSION_WINDOW: u64 = 6 * 3600;
 pub struct JoinRequest {
     pub ticket: Ticket,
     pub addresses: Vec<Ipv4Addr>,
-    /// For the node's identity certificate.
-    pub csr_pem: String,
-    /// For its etcd certificate: core hosts only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etcd_csr_pem: Option<String>,
+    /// A CSR for each certificate of the plan the node holds
+    /// (`certs::plan::held_by` its role), keyed by purpose.
+    pub csrs: BTreeMap<CertPurpose, String>,
     /// Unix seconds.
     pub timestamp: u64,
     /// 32 hex digits, fresh for every request.
     pub nonce: String,
 }
 
-/// An etcd certificate and the CA etcd trusts.
+/// A certificate the join service signed, and its issuer's certificate
+/// (what the plan row's trust file holds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EtcdCerts {
+pub struct Issued {
     pub certificate_pem: String,
     pub ca_pem: String,
 }
@@ -67,11 +67,8 @@ pub struct EtcdCerts {
 pub struct JoinAnswer {
     /// Who answers: must be the site's bootstrap host.
     pub bootstrap: Ticket,
-    pub certificate_pem: String,
-    /// The temporary root.
-    pub ca_pem: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etcd: Option<EtcdCerts>,
+    /// One for each CSR of the request.
+    pub certificates: BTreeMap<CertPurpose, Issued>,
     /// Every node registered so far, this one included.
     pub peers: BTreeMap<HostName, Ipv4Addr>,
     /// The temporary DNS server.
@@ -85,6 +82,16 @@ pub struct JoinAnswer {
     /// cluster it was a member of rather than forming one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rebuilt: bool,
+}
+
+impl JoinAnswer {
+    /// The certificate issued for `purpose`, or an error saying it is
+    /// missing.
+    pub fn issued(&self, purpose: CertPurpose) -> Result<&Issued, String> {
+        self.certificates
+            .get(&purpose)
+            .ok_or_else(|| format!("the answer holds no {purpose} certificate"))
+    }
 }
 
 /// The bootstrap host asking a peer about itself and its cluster.
@@ -495,9 +502,20 @@ impl Site {
                 "{outside} is outside the site VPC"
             )));
         }
-        if request.ticket.role == Role::Worker && request.etcd_csr_pem.is_some() {
+        let role = request.ticket.role;
+        if let Some(purpose) = request
+            .csrs
+            .keys()
+            .find(|p| !plan::row(**p).holders.include(role))
+        {
             return Err(Refusal::NotAllowed(format!(
-                "{} is a worker: etcd certificates are for core hosts only",
+                "{} is a {role}: {purpose} certificates are not for its role",
+                request.ticket.node
+            )));
+        }
+        if request.csrs.is_empty() {
+            return Err(Refusal::NotAllowed(format!(
+                "{} asks for no certificate",
                 request.ticket.node
             )));
         }
@@ -651,23 +669,29 @@ impl AdmissionRule {
     }
 }
 
-/// Certificates for a verified request: identity always, etcd for core
-/// hosts that asked. Each CSR must name the requester and only it.
+/// Certificates for a verified request, one per CSR, each signed by its
+/// plan row's temporary CA (`verify_join` refused purposes the
+/// requester's role does not hold). Each CSR must name the requester and
+/// only it.
 pub fn certify(
     ca: &TempCa,
     domain: &DomainName,
     verified: &Verified,
-) -> Result<(String, Option<String>), Refusal> {
+) -> Result<BTreeMap<CertPurpose, Issued>, Refusal> {
     let fqdn = domain.fqdn(verified.node());
-    let identity = ca
-        .root
-        .sign_csr(&verified.request.csr_pem, &fqdn)
-        .map_err(Refusal::Csr)?;
-    let etcd = match (&verified.request.etcd_csr_pem, verified.request.ticket.role) {
-        (Some(csr), Role::Core) => Some(ca.etcd.sign_csr(csr, &fqdn).map_err(Refusal::Csr)?),
-        _ => None,
-    };
-    Ok((identity, etcd))
+    let mut issued = BTreeMap::new();
+    for (purpose, csr) in &verified.request.csrs {
+        let signer = ca.signer(plan::row(*purpose).issuer.temporary);
+        let certificate_pem = signer.sign_csr(csr, &fqdn).map_err(Refusal::Csr)?;
+        issued.insert(
+            *purpose,
+            Issued {
+                certificate_pem,
+                ca_pem: signer.cert_pem().to_owned(),
+            },
+        );
+    }
+    Ok(issued)
 }
 
 #[cfg(test)]

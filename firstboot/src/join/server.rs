@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::protocol::{
-    self, check_generation, AdmissionRule, Decision, EnrollAnswer, EtcdCerts, JoinAnswer, Moved,
-    Refusal, Site, Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
+    self, check_generation, AdmissionRule, Decision, EnrollAnswer, JoinAnswer, Moved, Refusal,
+    Site, Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
 };
 use super::Credentials;
 use crate::backup::CaBackup;
@@ -104,7 +104,8 @@ pub struct Registrar {
     pub site: Site,
     pub me: Credentials,
     pub ca: TempCa,
-    pub dns: Arc<DnsServer>,
+    /// The temporary DNS, until `temporary::Services::stop` takes it.
+    pub dns: Option<DnsServer>,
     pub dns_address: Ipv4Addr,
     pub registry: Registry,
     pub registry_file: PathBuf,
@@ -157,7 +158,9 @@ impl Registrar {
             next.save(&self.registry_file)?;
             self.registry = next;
         }
-        self.dns.set_host(node, address).await?;
+        if let Some(dns) = &self.dns {
+            dns.set_host(node, address).await?;
+        }
         self.report();
         Ok(())
     }
@@ -175,7 +178,7 @@ impl Registrar {
                 tracing::warn!("join service: cannot pin {node} to {address}: {e:#}");
             }
         }
-        tokio::spawn(crate::bootstrap::announce(
+        tokio::spawn(super::peer::announce(
             self.site.clone(),
             self.me.clone(),
             self.dns_address,
@@ -251,11 +254,10 @@ impl Registrar {
     /// node came back with a newer credential generation.
     async fn admit(&mut self, verified: &Verified, rebuilt: bool) -> Response {
         self.refresh_ca();
-        let (certificate_pem, etcd_pem) =
-            match protocol::certify(&self.ca, &self.site.domain, verified) {
-                Ok(certs) => certs,
-                Err(refusal) => return refuse(verified.address, &refusal),
-            };
+        let certificates = match protocol::certify(&self.ca, &self.site.domain, verified) {
+            Ok(certificates) => certificates,
+            Err(refusal) => return refuse(verified.address, &refusal),
+        };
         let generation = verified.request.ticket.generation;
         if let Err(e) = self
             .register(verified.node(), verified.address, generation)
@@ -267,12 +269,7 @@ impl Registrar {
         let core = verified.request.ticket.role == Role::Core;
         let answer = JoinAnswer {
             bootstrap: self.me.ticket.clone(),
-            certificate_pem,
-            ca_pem: self.ca.root.cert_pem().to_owned(),
-            etcd: etcd_pem.map(|certificate_pem| EtcdCerts {
-                certificate_pem,
-                ca_pem: self.ca.etcd.cert_pem().to_owned(),
-            }),
+            certificates,
             peers: self.registry.hosts.clone(),
             dns: self.dns_address,
             ca_backup: core.then(|| self.sealed_backup()),

@@ -18,7 +18,7 @@ use anyhow::{bail, Context as _, Result};
 use node_contract::{HostName, Role};
 
 use super::Context;
-use crate::certs::Slot;
+use crate::certs::plan;
 use crate::paths::Paths;
 use crate::state::ClusterState;
 use crate::system::JournalWatch;
@@ -45,7 +45,7 @@ pub fn etcd_args(
     cluster_state: ClusterState,
 ) -> Vec<String> {
     let fqdn = format!("{node}.{domain}");
-    let slot = Slot::etcd(paths);
+    let slot = plan::ETCD.slot(paths);
     let file = |path: &std::path::Path| path.display().to_string();
     let args: Vec<(&str, String)> = vec![
         ("--name", node.to_owned()),
@@ -95,7 +95,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         crate::state::bootstrap_address(&cx.paths, &cx.state)
             .context("join did not record the DNS server")?
             .into(),
-        crate::bootstrap::DNS_PORT,
+        crate::dns::DNS_PORT,
     );
     let fqdn = cx.config.fqdn(&cx.config.node);
     // Already healthy (a resumed run)? Only ask etcdctl when something
@@ -297,7 +297,7 @@ async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()
 }
 
 async fn etcdctl(paths: &Paths, endpoints: &str, args: &[&str]) -> Result<Vec<u8>> {
-    let slot = Slot::etcd(paths);
+    let slot = plan::ETCD.slot(paths);
     let out = crate::system::bounded(
         tokio::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")

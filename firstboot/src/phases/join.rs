@@ -12,6 +12,7 @@ use node_contract::Role;
 use super::Context;
 use crate::join::client::enroll;
 use crate::state::ClusterState;
+use crate::temporary::Services;
 
 /// How long one attempt probes: the engine retries beyond that.
 const ATTEMPT: Duration = Duration::from_secs(30);
@@ -132,23 +133,33 @@ async fn probe_join_service(cx: &Context, own: Ipv4Addr) -> Result<Vec<Ipv4Addr>
 
 async fn bootstrap(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
     if cx.services.is_none() {
-        let settled =
-            crate::bootstrap::ensure_ca(&cx.paths, &cx.config, own, &mut cx.discovery, ATTEMPT)
-                .await?;
-        if let Some(cluster_state) = settled.cluster_state {
-            cx.state.etcd_cluster_state = Some(cluster_state);
-            cx.state.save(&cx.paths.state_file())?;
-        }
-        cx.services = Some(
-            crate::bootstrap::start(&cx.paths, &cx.config, own, settled, cx.reporter.clone())
-                .await?,
-        );
+        start_services(cx, own).await?;
     }
     let peers = cx.services.as_ref().expect("started above").peers().await;
     crate::resolver::route_site_domain(&cx.paths, own, &cx.config.site.domain).await?;
     crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &peers)?;
     cx.state.bootstrap_address = Some(own);
     cx.state.peers = peers;
+    Ok(())
+}
+
+/// The temporary services, started with the CAs settled; a rebuilt
+/// bootstrap host that found a cluster to rejoin records so first.
+async fn start_services(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
+    let (services, cluster_state) = Services::settle_and_start(
+        &cx.paths,
+        &cx.config,
+        own,
+        &mut cx.discovery,
+        ATTEMPT,
+        cx.reporter.clone(),
+    )
+    .await?;
+    if let Some(cluster_state) = cluster_state {
+        cx.state.etcd_cluster_state = Some(cluster_state);
+        cx.state.save(&cx.paths.state_file())?;
+    }
+    cx.services = Some(services);
     Ok(())
 }
 
@@ -168,10 +179,5 @@ pub async fn resume_services(cx: &mut Context) -> Result<()> {
             cx.paths.ca_dir().display()
         );
     }
-    let settled =
-        crate::bootstrap::ensure_ca(&cx.paths, &cx.config, own, &mut cx.discovery, ATTEMPT).await?;
-    cx.services = Some(
-        crate::bootstrap::start(&cx.paths, &cx.config, own, settled, cx.reporter.clone()).await?,
-    );
-    Ok(())
+    start_services(cx, own).await
 }

@@ -15,10 +15,11 @@ use node_contract::status::State as Progress;
 use node_contract::{NodeConfig, Phase};
 use tracing::Instrument;
 
-use crate::bootstrap::{Discovery, Services};
+use crate::bootstrap::Discovery;
 use crate::paths::Paths;
 use crate::state::State;
 use crate::status::{notify, Reporter};
+use crate::temporary::Services;
 
 pub use etcd::{etcd_args, etcdctl_health};
 
@@ -181,6 +182,7 @@ pub async fn main(paths: Paths) -> Result<()> {
         cx.reporter.set(last, Progress::Serving, 1, None);
         notify("READY=1\nSTATUS=serving the join service and temporary DNS");
         tracing::info!("all phases done; serving the join service and temporary DNS");
+        let mut services = services;
         services.wait().await;
         bail!("the join service stopped");
     }

@@ -139,8 +139,8 @@ fn signs_csr_for_own_name() {
 fn what_etcd_trusts_is_not_what_identifies_a_node() {
     let ca = ca();
     let (_key, csr) = new_key_and_csr(NODE2).unwrap();
-    let identity = ca.signer(Purpose::Node).sign_csr(&csr, NODE2).unwrap();
-    let member = ca.signer(Purpose::Etcd).sign_csr(&csr, NODE2).unwrap();
+    let identity = ca.signer(Signer::Root).sign_csr(&csr, NODE2).unwrap();
+    let member = ca.signer(Signer::Etcd).sign_csr(&csr, NODE2).unwrap();
     // etcd trusts the etcd CA alone: an identity certificate does not
     // chain to it, an etcd certificate does.
     assert!(verify(&identity, ca.etcd.cert_pem(), None, now()).is_err());

@@ -70,11 +70,14 @@ impl Req {
     fn body(&self) -> Vec<u8> {
         let fqdn = format!("{}.{DOMAIN}", self.csr_for);
         let (_, csr) = pki::new_key_and_csr(&fqdn).unwrap();
+        let mut csrs = BTreeMap::from([(CertPurpose::Identity, csr.clone())]);
+        if self.etcd {
+            csrs.insert(CertPurpose::Etcd, csr);
+        }
         serde_json::to_vec(&JoinRequest {
             ticket: self.ticket.clone(),
             addresses: self.addresses.clone(),
-            csr_pem: csr.clone(),
-            etcd_csr_pem: self.etcd.then_some(csr),
+            csrs,
             timestamp: self.timestamp,
             nonce: self.nonce.clone(),
         })
@@ -208,14 +211,47 @@ fn a_worker_gets_no_etcd_certificate() {
     // An honest worker: identity only.
     let ca = TempCa::create(DOMAIN).unwrap();
     let verified = judge(&req("node4", 4, Role::Worker).body(), 4, &mut replay).unwrap();
-    let (identity, etcd) = certify(&ca, &domain(), &verified).unwrap();
-    assert!(etcd.is_none());
-    assert!(pki::issued_by(&identity, ca.root.cert_pem()));
-    assert!(!pki::issued_by(&identity, ca.etcd.cert_pem()));
-    // A core host: both, each from its own CA.
+    let issued = certify(&ca, &domain(), &verified).unwrap();
+    assert_eq!(issued.keys().collect::<Vec<_>>(), [&CertPurpose::Identity]);
+    let identity = &issued[&CertPurpose::Identity];
+    assert!(pki::issued_by(
+        &identity.certificate_pem,
+        ca.root.cert_pem()
+    ));
+    assert!(!pki::issued_by(
+        &identity.certificate_pem,
+        ca.etcd.cert_pem()
+    ));
+    assert_eq!(identity.ca_pem, ca.root.cert_pem());
+    // A core host: both, each from its own CA, with that CA to trust.
     let verified = judge(&req("node2", 2, Role::Core).body(), 2, &mut replay).unwrap();
-    let (_, etcd) = certify(&ca, &domain(), &verified).unwrap();
-    assert!(pki::issued_by(&etcd.unwrap(), ca.etcd.cert_pem()));
+    let issued = certify(&ca, &domain(), &verified).unwrap();
+    let etcd = &issued[&CertPurpose::Etcd];
+    assert!(pki::issued_by(&etcd.certificate_pem, ca.etcd.cert_pem()));
+    assert!(!pki::issued_by(&etcd.certificate_pem, ca.root.cert_pem()));
+    assert_eq!(etcd.ca_pem, ca.etcd.cert_pem());
+}
+
+#[test]
+fn a_request_for_no_certificate_is_refused() {
+    let mut replay = ReplayGuard::default();
+    let mut empty = req("node2", 2, Role::Core);
+    empty.etcd = false;
+    let body: serde_json::Value = serde_json::from_slice(&empty.body()).unwrap();
+    let mut body = body;
+    body["csrs"] = serde_json::json!({});
+    let body = serde_json::to_vec(&body).unwrap();
+    assert!(matches!(
+        judge(&body, 2, &mut replay),
+        Err(Refusal::NotAllowed(why)) if why.contains("no certificate")
+    ));
+    // A purpose the plan does not know is not read at all.
+    let mut unknown: serde_json::Value = serde_json::from_slice(&empty.body()).unwrap();
+    unknown["csrs"]["kubernetes"] = serde_json::json!("CSR");
+    assert!(matches!(
+        judge(&serde_json::to_vec(&unknown).unwrap(), 2, &mut replay),
+        Err(Refusal::Malformed(_))
+    ));
 }
 
 #[test]

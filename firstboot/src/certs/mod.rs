@@ -1,10 +1,7 @@
-//! This node's certificates on disk: where they live, making keys and
-//! CSRs, installing what the CA signed, and knowing when to renew.
-//!
-//! - identity: `/etc/firstboot/tls/{node.key,node.crt,ca.crt}` (every node;
-//!   `ca.crt` is the temporary root);
-//! - etcd: `/etc/firstboot/etcd/{member.key,member.crt,ca.crt}` (core
-//!   hosts; `ca.crt` is the etcd CA, all that etcd trusts).
+//! This node's certificates on disk: making keys and CSRs, installing
+//! what the CA signed, and knowing when to renew. Which certificates a
+//! node holds, and where, is the certificate plan ([`plan`]); a [`Slot`]
+//! is one row's files on this node.
 //!
 //! A key is made once and kept: renewal certifies the same key again, so
 //! a certificate file is always replaced whole and never disagrees with
@@ -15,39 +12,42 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use rcgen::{KeyPair, PublicKeyData};
 
-use crate::paths::Paths;
-use crate::pki::{self, Ca, Purpose};
+use node_contract::NodeConfig;
 
-/// One certificate's files.
+use crate::paths::Paths;
+use crate::pki::{self, Ca, TempCa};
+
+pub mod plan;
+
+pub use plan::CertPurpose;
+
+/// One certificate's files (a plan row's, on this node).
 #[derive(Debug, Clone)]
 pub struct Slot {
-    pub purpose: Purpose,
+    pub purpose: CertPurpose,
     pub key: PathBuf,
     pub cert: PathBuf,
     pub ca: PathBuf,
 }
 
+/// Whether any certificate this node holds is due (see [`Slot::due`]).
+pub fn any_due(paths: &Paths, config: &NodeConfig) -> bool {
+    let fqdn = config.fqdn(&config.node);
+    plan::held_by(config.role()).any(|row| row.slot(paths).due(&fqdn))
+}
+
+/// The bootstrap host's own certificates, every row of the plan it holds,
+/// from the temporary CAs, where due.
+pub fn ensure_from_temporary(paths: &Paths, config: &NodeConfig, ca: &TempCa) -> Result<()> {
+    let fqdn = config.fqdn(&config.node);
+    for row in plan::held_by(config.role()) {
+        row.slot(paths)
+            .ensure_from(ca.signer(row.issuer.temporary), &fqdn)?;
+    }
+    Ok(())
+}
+
 impl Slot {
-    pub fn identity(paths: &Paths) -> Slot {
-        let dir = paths.tls_dir();
-        Slot {
-            purpose: Purpose::Node,
-            key: dir.join("node.key"),
-            cert: dir.join("node.crt"),
-            ca: dir.join("ca.crt"),
-        }
-    }
-
-    pub fn etcd(paths: &Paths) -> Slot {
-        let dir = paths.etcd_dir();
-        Slot {
-            purpose: Purpose::Etcd,
-            key: dir.join("member.key"),
-            cert: dir.join("member.crt"),
-            ca: dir.join("ca.crt"),
-        }
-    }
-
     /// This slot's key, made (0600) if there is none yet.
     pub fn key(&self) -> Result<KeyPair> {
         if let Ok(pem) = std::fs::read_to_string(&self.key) {
@@ -70,11 +70,15 @@ impl Slot {
     /// Install a certificate the CA signed, after checking that it is good
     /// now under `ca_pem`, names `fqdn`, and certifies this slot's key.
     pub fn install(&self, cert_pem: &str, ca_pem: &str, fqdn: &str) -> Result<()> {
-        pki::verify(cert_pem, ca_pem, Some(fqdn), crate::status::now())
-            .with_context(|| format!("the certificate for {fqdn} is not usable"))?;
+        pki::verify(cert_pem, ca_pem, Some(fqdn), crate::status::now()).with_context(|| {
+            format!("the {} certificate for {fqdn} is not usable", self.purpose)
+        })?;
         let key = self.key()?;
         if pki::inspect(cert_pem)?.spki != key.subject_public_key_info() {
-            bail!("the certificate for {fqdn} is not for this node's key");
+            bail!(
+                "the {} certificate for {fqdn} is not for this node's key",
+                self.purpose
+            );
         }
         crate::fsutil::write_atomic(&self.ca, ca_pem.as_bytes(), 0o644)?;
         crate::fsutil::write_atomic(&self.cert, cert_pem.as_bytes(), 0o644)?;
@@ -123,7 +127,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::under(dir.path());
         let ca = pki::TempCa::create("lab.example.org").unwrap();
-        let slot = Slot::etcd(&paths);
+        let slot = plan::ETCD.slot(&paths);
         let fqdn = "node1.lab.example.org";
         assert!(slot.due(fqdn));
         assert!(slot.ensure_from(&ca.etcd, fqdn).unwrap());
@@ -145,7 +149,8 @@ mod tests {
         assert_eq!(mode, 0o600);
         // A certificate for another key is refused.
         let stranger = ca.root.issue(fqdn).unwrap();
-        assert!(Slot::identity(&paths)
+        assert!(plan::IDENTITY
+            .slot(&paths)
             .install(&stranger.cert_pem, ca.root.cert_pem(), fqdn)
             .is_err());
     }

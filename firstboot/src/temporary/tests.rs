@@ -1,0 +1,58 @@
+use std::time::Duration;
+
+use super::*;
+use crate::join::server::Registry;
+use crate::pki::TempCa;
+
+/// A loopback address of this test's own (all of 127.0.0.0/8 is local on
+/// Linux), so the fixed ports cannot clash with another test's.
+fn own_loopback() -> Ipv4Addr {
+    let pid = std::process::id();
+    Ipv4Addr::new(127, 91, (pid >> 8) as u8, (pid as u8).max(2))
+}
+
+#[tokio::test]
+async fn the_services_start_with_the_plan_s_certificates_and_stop_for_good() {
+    let root = tempfile::tempdir().unwrap();
+    let paths = Paths::under(root.path());
+    let config = crate::phases::tests::lab_config("node1");
+    let own = own_loopback();
+    let ca = TempCa::create(config.site.domain.as_str()).unwrap();
+    let settled = Settled {
+        ca,
+        registry: Registry {
+            admission_deadline: crate::status::now() + 3600,
+            ..Registry::default()
+        },
+        cluster_state: None,
+        restored: false,
+    };
+    let services = Services::start(
+        &paths,
+        &config,
+        own,
+        settled,
+        Reporter::new(paths.status_file()),
+    )
+    .await
+    .unwrap();
+
+    // The bootstrap host holds every row of the plan a core host holds,
+    // each under its own temporary CA.
+    let fqdn = config.fqdn(&config.node);
+    for row in plan::held_by(config.role()) {
+        assert!(!row.slot(&paths).due(&fqdn), "{} not issued", row.purpose);
+    }
+    // The DNS answers for the site and the join service takes TLS.
+    let dns = SocketAddr::new(own.into(), DNS_PORT);
+    assert_eq!(crate::dnsquery::lookup_a(dns, &fqdn).await.unwrap(), [own]);
+    let join = SocketAddr::new(own.into(), config.join.port);
+    assert!(crate::https::answers_tls(join, Duration::from_secs(5)).await);
+    assert_eq!(services.peers().await.get(&config.node), Some(&own));
+
+    services.stop().await;
+    // Both ports are free again: nothing of the services listens.
+    std::net::TcpListener::bind(join).expect("the join port is still held");
+    std::net::UdpSocket::bind(dns).expect("the DNS UDP port is still held");
+    std::net::TcpListener::bind(dns).expect("the DNS TCP port is still held");
+}
