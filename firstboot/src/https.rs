@@ -358,6 +358,47 @@ pub async fn post_verified(
         .map_err(|_| anyhow!("{address} did not answer within {}s", timeout.as_secs()))?
 }
 
+/// A client configuration that checks the server against `ca_pem` (one
+/// or more CA certificates) and presents `cert_pem` (with its chain) and
+/// `key_pem`: mutual TLS, as etcd asks of its clients.
+pub fn mtls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.context("the CA is not PEM")?)
+            .context("the CA is not usable")?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("the client certificate is not PEM")?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("the client key is not PEM")?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("the client certificate does not fit its key")?;
+    Ok(Arc::new(config))
+}
+
+/// One POST over TLS with `config` to `address`, whose certificate must
+/// name `name`, bounded by `timeout`.
+pub async fn post_with(
+    config: Arc<ClientConfig>,
+    address: SocketAddr,
+    name: &str,
+    path: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Answer> {
+    let server = ServerName::try_from(name.to_owned())
+        .map_err(|_| anyhow!("`{name}` is not a server name"))?;
+    let exchange = post_unbounded(None, address, config, server, path, &[], body);
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow!("{address} did not answer within {}s", timeout.as_secs()))?
+}
+
 async fn post_unbounded(
     source: Option<IpAddr>,
     address: SocketAddr,

@@ -68,8 +68,24 @@ impl Slot {
     }
 
     /// Install a certificate the CA signed, after checking that it is good
-    /// now under `ca_pem`, names `fqdn`, and certifies this slot's key.
+    /// now under `ca_pem`, names `fqdn`, and certifies this slot's key;
+    /// `ca_pem` becomes what the slot trusts.
     pub fn install(&self, cert_pem: &str, ca_pem: &str, fqdn: &str) -> Result<()> {
+        self.check(cert_pem, ca_pem, fqdn)?;
+        crate::fsutil::write_atomic(&self.ca, ca_pem.as_bytes(), 0o644)?;
+        crate::fsutil::write_atomic(&self.cert, cert_pem.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    /// The same checks, for a certificate from a new issuer (`issuer_pem`)
+    /// while the trust file stays as it is: handoff's middle step, when
+    /// the slot trusts the old and the new issuer together.
+    pub fn install_leaf(&self, cert_pem: &str, issuer_pem: &str, fqdn: &str) -> Result<()> {
+        self.check(cert_pem, issuer_pem, fqdn)?;
+        crate::fsutil::write_atomic(&self.cert, cert_pem.as_bytes(), 0o644)
+    }
+
+    fn check(&self, cert_pem: &str, ca_pem: &str, fqdn: &str) -> Result<()> {
         pki::verify(cert_pem, ca_pem, Some(fqdn), crate::status::now()).with_context(|| {
             format!("the {} certificate for {fqdn} is not usable", self.purpose)
         })?;
@@ -80,8 +96,6 @@ impl Slot {
                 self.purpose
             );
         }
-        crate::fsutil::write_atomic(&self.ca, ca_pem.as_bytes(), 0o644)?;
-        crate::fsutil::write_atomic(&self.cert, cert_pem.as_bytes(), 0o644)?;
         Ok(())
     }
 

@@ -19,6 +19,7 @@ use node_contract::{HostName, Role};
 
 use super::Context;
 use crate::certs::plan;
+use crate::etcd;
 use crate::paths::Paths;
 use crate::state::ClusterState;
 use crate::system::JournalWatch;
@@ -98,15 +99,15 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         crate::dns::DNS_PORT,
     );
     let fqdn = cx.config.fqdn(&cx.config.node);
-    // Already healthy (a resumed run)? Only ask etcdctl when something
-    // listens: against a closed port it waits out its whole timeout.
+    // Already healthy (a resumed run)? Only ask when something listens:
+    // against a closed port the exchange waits out its whole timeout.
     let client = SocketAddr::new(address.into(), CLIENT_PORT);
     let connect = tokio::net::TcpStream::connect(client);
     let listening = matches!(
         tokio::time::timeout(Duration::from_secs(1), connect).await,
         Ok(Ok(_))
     );
-    if listening && etcdctl_health(&cx.paths, &fqdn).await.is_ok() {
+    if listening && member_health(&cx.paths, &fqdn, address).await.is_ok() {
         return Ok(());
     }
 
@@ -145,7 +146,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
 
     let deadline = tokio::time::Instant::now() + HEALTH_WAIT;
     loop {
-        let health = etcdctl_health(&cx.paths, &fqdn).await;
+        let health = member_health(&cx.paths, &fqdn, address).await;
         // Only lines logged since the last look: one refusal while a peer
         // was still coming up does not fail every later check.
         let mismatch = journal
@@ -228,16 +229,18 @@ async fn core_addresses(cx: &Context, dns: SocketAddr) -> Result<BTreeMap<HostNa
     Ok(peers)
 }
 
-/// `etcdctl endpoint health` on this node's own endpoint, over TLS with
-/// this node's etcd certificate as the client certificate.
-pub async fn etcdctl_health(paths: &Paths, fqdn: &str) -> Result<()> {
-    etcdctl(
+/// This node's own member is healthy: a linearizable read through it
+/// succeeds (so it has a leader and a quorum), as `etcdctl endpoint
+/// health` checks, over TLS with this node's etcd certificate.
+pub async fn member_health(paths: &Paths, fqdn: &str, address: Ipv4Addr) -> Result<()> {
+    let client = etcd::Client::for_node(
         paths,
-        &format!("https://{fqdn}:{CLIENT_PORT}"),
-        &["endpoint", "health"],
-    )
-    .await
-    .map(|_| ())
+        vec![etcd::Endpoint {
+            name: fqdn.to_owned(),
+            address: SocketAddr::new(address.into(), CLIENT_PORT),
+        }],
+    )?;
+    client.get(b"health").await.map(|_| ())
 }
 
 /// A rebuilt member rejoins the cluster its peers still run: its old
@@ -246,44 +249,27 @@ pub async fn etcdctl_health(paths: &Paths, fqdn: &str) -> Result<()> {
 async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()> {
     let me = &cx.config.node;
     let endpoints = peers
-        .keys()
-        .filter(|n| *n != me)
-        .map(|n| format!("https://{}:{CLIENT_PORT}", cx.config.fqdn(n)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let list = etcdctl(&cx.paths, &endpoints, &["member", "list", "-w", "json"]).await?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&list).context("etcdctl member list: not JSON")?;
+        .iter()
+        .filter(|(n, _)| *n != me)
+        .map(|(n, a)| etcd::Endpoint {
+            name: cx.config.fqdn(n),
+            address: SocketAddr::new((*a).into(), CLIENT_PORT),
+        })
+        .collect();
+    let client = etcd::Client::for_node(&cx.paths, endpoints)?;
     let peer_url = format!("https://{}:{PEER_PORT}", cx.config.fqdn(me));
-    for member in value["members"].as_array().cloned().unwrap_or_default() {
-        let stale = member["name"].as_str() == Some(me.as_str())
-            || member["peerURLs"]
-                .as_array()
-                .is_some_and(|u| u.iter().any(|u| u.as_str() == Some(&peer_url)));
-        if let (true, Some(id)) = (stale, member["ID"].as_u64()) {
-            etcdctl(
-                &cx.paths,
-                &endpoints,
-                &["member", "remove", &format!("{id:x}")],
-            )
-            .await?;
+    for member in client.member_list().await? {
+        let stale = member.name == me.as_str() || member.peer_urls.contains(&peer_url);
+        if stale {
+            client.member_remove(member.id).await?;
             tracing::info!(
                 phase = "etcd",
-                "removed this node's old etcd membership {id:x}"
+                "removed this node's old etcd membership {:x}",
+                member.id
             );
         }
     }
-    etcdctl(
-        &cx.paths,
-        &endpoints,
-        &[
-            "member",
-            "add",
-            me.as_str(),
-            &format!("--peer-urls={peer_url}"),
-        ],
-    )
-    .await?;
+    client.member_add(&peer_url).await?;
     let data = cx.paths.etcd_data();
     if data.exists() {
         std::fs::remove_dir_all(&data)
@@ -294,27 +280,4 @@ async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()
         "rejoining the existing etcd cluster as a new member"
     );
     Ok(())
-}
-
-async fn etcdctl(paths: &Paths, endpoints: &str, args: &[&str]) -> Result<Vec<u8>> {
-    let slot = plan::ETCD.slot(paths);
-    let out = crate::system::bounded(
-        tokio::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoints}"))
-            .arg(format!("--cacert={}", slot.ca.display()))
-            .arg(format!("--cert={}", slot.cert.display()))
-            .arg(format!("--key={}", slot.key.display()))
-            .arg("--command-timeout=10s")
-            .args(args),
-    )
-    .await?;
-    if !out.status.success() {
-        bail!(
-            "etcdctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
 }
