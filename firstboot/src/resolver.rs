@@ -28,26 +28,74 @@ use crate::paths::Paths;
 /// The first systemd-resolved with DNS delegates.
 pub const DELEGATES_SINCE: u32 = 258;
 
+/// Where the site's names are asked, in order: systemd-resolved asks the
+/// first and moves on to the next when one fails, so one server down
+/// changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SiteDns {
+    /// The bootstrap host's temporary DNS, until handoff.
+    Temporary(Ipv4Addr),
+    /// FreeIPA's servers (port 53), with the temporary DNS last while it
+    /// still serves: handoff's first step, until FreeIPA answers for
+    /// every name; then FreeIPA's alone.
+    Freeipa {
+        servers: Vec<Ipv4Addr>,
+        fallback: Option<Ipv4Addr>,
+    },
+}
+
+impl SiteDns {
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        match self {
+            SiteDns::Temporary(dns) => vec![SocketAddr::new((*dns).into(), crate::dns::DNS_PORT)],
+            SiteDns::Freeipa { servers, fallback } => servers
+                .iter()
+                .map(|a| SocketAddr::new((*a).into(), 53))
+                .chain(fallback.map(|a| SocketAddr::new(a.into(), crate::dns::DNS_PORT)))
+                .collect(),
+        }
+    }
+
+    fn says(&self) -> &'static str {
+        match self {
+            SiteDns::Temporary(_) => "its temporary DNS",
+            SiteDns::Freeipa {
+                fallback: Some(_), ..
+            } => "its FreeIPA servers, the temporary DNS last",
+            SiteDns::Freeipa { fallback: None, .. } => "its FreeIPA servers",
+        }
+    }
+
+    fn line(&self) -> String {
+        let servers: Vec<String> = self.servers().iter().map(|s| s.to_string()).collect();
+        format!("DNS={}", servers.join(" "))
+    }
+}
+
 /// The delegate's text (systemd 258 and later).
-pub fn delegate(dns: SocketAddr, domain: &DomainName) -> String {
+pub fn delegate(dns: &SiteDns, domain: &DomainName) -> String {
     format!(
-        "# Written by firstboot: the site's names go to its temporary DNS,\n\
+        "# Written by firstboot: the site's names go to {},\n\
          # and no other name does.\n\
          [Delegate]\n\
-         DNS={dns}\n\
+         {}\n\
          Domains={domain}\n\
-         DefaultRoute=no\n"
+         DefaultRoute=no\n",
+        dns.says(),
+        dns.line()
     )
 }
 
 /// The drop-in's text (older systemd).
-pub fn dropin(dns: SocketAddr, domain: &DomainName) -> String {
+pub fn dropin(dns: &SiteDns, domain: &DomainName) -> String {
     format!(
-        "# Written by firstboot: the site's names go to its temporary DNS,\n\
+        "# Written by firstboot: the site's names go to {},\n\
          # every other name to the resolvers this node had before.\n\
          [Resolve]\n\
-         DNS={dns}\n\
-         Domains=~{domain}\n"
+         {}\n\
+         Domains=~{domain}\n",
+        dns.says(),
+        dns.line()
     )
 }
 
@@ -62,10 +110,9 @@ async fn systemd_version() -> Result<u32> {
         .with_context(|| format!("cannot read systemd's version from `{}`", text.trim()))
 }
 
-/// Route `domain` to the DNS at `dns`; systemd-resolved rereads its
-/// configuration. Changing nothing when it is already in place.
-pub async fn route_site_domain(paths: &Paths, dns: Ipv4Addr, domain: &DomainName) -> Result<()> {
-    let dns = SocketAddr::new(dns.into(), crate::dns::DNS_PORT);
+/// Route `domain` to `dns`; systemd-resolved rereads its configuration.
+/// Changing nothing when it is already in place.
+pub async fn route_site_domain(paths: &Paths, dns: &SiteDns, domain: &DomainName) -> Result<()> {
     let (path, text, other) = if systemd_version().await? >= DELEGATES_SINCE {
         (
             paths.dns_delegate(),
@@ -89,7 +136,10 @@ pub async fn route_site_domain(paths: &Paths, dns: Ipv4Addr, domain: &DomainName
     crate::system::systemctl(&["restart", "systemd-resolved.service"])
         .await
         .context("systemd-resolved must run: firstboot routes the site domain through it")?;
-    tracing::info!("resolving {domain} through {dns}; every other name as before");
+    tracing::info!(
+        "resolving {domain} through {}; every other name as before",
+        dns.line()
+    );
     Ok(())
 }
 
@@ -139,17 +189,45 @@ mod tests {
     #[test]
     fn both_forms_route_only_the_site_domain() {
         let domain = DomainName::parse("lab.example.org").unwrap();
-        let dns = SocketAddr::new(Ipv4Addr::new(198, 18, 0, 10).into(), 5300);
-        let text = dropin(dns, &domain);
+        let dns = SiteDns::Temporary(Ipv4Addr::new(198, 18, 0, 10));
+        let text = dropin(&dns, &domain);
         assert!(text.contains("[Resolve]\nDNS=198.18.0.10:5300\n"));
         assert!(text.contains("Domains=~lab.example.org\n"));
         assert!(
             !text.contains("~.\n"),
             "a default route would take every name"
         );
-        let text = delegate(dns, &domain);
+        let text = delegate(&dns, &domain);
         assert!(text.contains("[Delegate]\nDNS=198.18.0.10:5300\nDomains=lab.example.org\n"));
         assert!(text.contains("DefaultRoute=no\n"));
+    }
+
+    #[test]
+    fn after_handoff_every_freeipa_server_is_asked_and_the_temporary_dns_last() {
+        let domain = DomainName::parse("lab.example.org").unwrap();
+        let at = |o| Ipv4Addr::new(198, 18, 0, o);
+        let both = SiteDns::Freeipa {
+            servers: vec![at(10), at(11), at(12)],
+            fallback: Some(at(10)),
+        };
+        let text = delegate(&both, &domain);
+        assert!(
+            text.contains("\nDNS=198.18.0.10:53 198.18.0.11:53 198.18.0.12:53 198.18.0.10:5300\n"),
+            "{text}"
+        );
+        assert!(text.contains("temporary DNS last"), "{text}");
+        let alone = SiteDns::Freeipa {
+            servers: vec![at(10), at(11), at(12)],
+            fallback: None,
+        };
+        let text = dropin(&alone, &domain);
+        assert!(
+            text.contains(
+                "\nDNS=198.18.0.10:53 198.18.0.11:53 198.18.0.12:53\nDomains=~lab.example.org\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("5300"), "{text}");
     }
 
     #[test]

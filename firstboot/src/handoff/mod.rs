@@ -1,4 +1,40 @@
 //! Phase 6's pieces: what moves the site from its temporary CA and DNS
-//! to FreeIPA (ARCHITECTURE §5).
+//! to FreeIPA (ARCHITECTURE §5), done by the nodes themselves.
+//!
+//! Built so far:
+//! - [`recertify`]: etcd moved from one CA to another, one member at a
+//!   time, agreed through etcd, never losing quorum or a write;
+//! - `resolver::SiteDns`: the site domain routed to every FreeIPA server,
+//!   the temporary DNS last while it serves;
+//! - `temporary::Services::stop`: the join service and DNS stopped;
+//! - `certs::plan`: which issuer each certificate moves to.
+//!
+//! The plan for the phase itself (issue 17), so each piece above fits:
+//! 1. The bootstrap host (FreeIPA's first server, which holds the admin
+//!    password) ensures, idempotently: every registered host's A and PTR
+//!    records and the etcd SRV records in FreeIPA's zone; the `etcd`,
+//!    `kubernetes` and `containers` sub-CAs, each with its own CA ACL;
+//!    an `etcd/<fqdn>` service principal per core host, managed by that
+//!    host. It records "FreeIPA ready" in etcd.
+//! 2. Every node routes the site domain to FreeIPA's servers, the
+//!    temporary DNS last, once FreeIPA answers its own name from each
+//!    server it lists (a worker cannot read etcd; it asks DNS itself).
+//! 3. Every core host re-certifies its etcd member ([`recertify`]) with
+//!    certificates from the `etcd` sub-CA: on Fedora CoreOS certmonger
+//!    requests and tracks them (`getcert request -c IPA -X etcd -K
+//!    etcd/<fqdn>`, the host's keytab authenticating); in the lab the
+//!    simulator cannot speak Kerberos, so certmonger's `IPA` helper is a
+//!    stand-in that authenticates with the keytab the simulator wrote at
+//!    enrollment, and the `getcert` command line stays the same. A
+//!    replica answering 13031 (the sub-CA's key not replicated yet) is
+//!    "not yet", bounded.
+//! 4. Once every node has moved (core hosts record it in etcd; workers
+//!    tell the join service, signed, as they told it everything else), the
+//!    bootstrap host stops the temporary services, destroys the temporary
+//!    CA keys, and the core hosts destroy their sealed copies; the join
+//!    service then admits a later host by pointing it at FreeIPA.
+//!    The peer service keeps answering "does a cluster exist" (without a
+//!    sealed copy): a rebuilt bootstrap host must still learn that the
+//!    site lives on, and silence never tells it.
 
 pub mod recertify;

@@ -41,8 +41,12 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         }
         match enroll(&cx.paths, &cx.config, candidate, own).await {
             Ok(answer) => {
-                crate::resolver::route_site_domain(&cx.paths, answer.dns, &cx.config.site.domain)
-                    .await?;
+                crate::resolver::route_site_domain(
+                    &cx.paths,
+                    &crate::resolver::SiteDns::Temporary(answer.dns),
+                    &cx.config.site.domain,
+                )
+                .await?;
                 crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &answer.peers)?;
                 tracing::info!(phase = "join", peer = %candidate, "joined through {candidate}; {} peers known", answer.peers.len());
                 cx.state.bootstrap_address = Some(candidate);
@@ -136,7 +140,12 @@ async fn bootstrap(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
         start_services(cx, own).await?;
     }
     let peers = cx.services.as_ref().expect("started above").peers().await;
-    crate::resolver::route_site_domain(&cx.paths, own, &cx.config.site.domain).await?;
+    crate::resolver::route_site_domain(
+        &cx.paths,
+        &crate::resolver::SiteDns::Temporary(own),
+        &cx.config.site.domain,
+    )
+    .await?;
     crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &peers)?;
     cx.state.bootstrap_address = Some(own);
     cx.state.peers = peers;
