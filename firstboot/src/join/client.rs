@@ -35,6 +35,14 @@ pub async fn join(
     let body = serde_json::to_vec(&request)?;
     let signature = protocol::sign_request(&config.signing_key(), Purpose::JoinRequest, &body);
     let reply = send(address, config.join.port, body, signature).await?;
+    if reply.status == 404 {
+        bail!(
+            "the join service at {address} does not serve {JOIN_PATH} (it answered 404: {}): \
+             the bootstrap host runs another firstboot release; render every host's config \
+             with the same builder",
+            String::from_utf8_lossy(&reply.body).trim()
+        );
+    }
     if reply.status != 200 {
         bail!(
             "the join service at {address} refused: {} {}",

@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::certs::plan::{self, CertPurpose};
 use crate::pki::{CsrRefusal, TempCa};
 
-pub const JOIN_PATH: &str = "/v2/join";
+/// v3: CSRs and certificates keyed by the certificate plan's purposes.
+pub const JOIN_PATH: &str = "/v3/join";
+/// The join paths of earlier firstboot releases, refused with a reason.
+pub const EARLIER_JOIN_PATHS: &[&str] = &["/v2/join", "/v1/join"];
 pub const PEER_PATH: &str = "/v2/peer";
 pub const ENROLL_PATH: &str = "/v2/enroll";
 /// Header carrying a message's signature (hex).

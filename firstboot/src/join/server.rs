@@ -292,6 +292,15 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
     if request.method == hyper::Method::POST && request.path == ENROLL_PATH {
         return enroll(request, registrar).await;
     }
+    if protocol::EARLIER_JOIN_PATHS.contains(&request.path.as_str()) {
+        return Response::text(
+            404,
+            &format!(
+                "this join service speaks {JOIN_PATH}; the node asking runs an older firstboot \
+                 (render its config with the same builder as the bootstrap host's)"
+            ),
+        );
+    }
     if request.path != JOIN_PATH || request.method != hyper::Method::POST {
         return Response::text(
             404,

@@ -49,6 +49,19 @@ async fn the_services_start_with_the_plan_s_certificates_and_stop_for_good() {
     let join = SocketAddr::new(own.into(), config.join.port);
     assert!(crate::https::answers_tls(join, Duration::from_secs(5)).await);
     assert_eq!(services.peers().await.get(&config.node), Some(&own));
+    // A node of an earlier firstboot release is told why it is not heard.
+    let old = crate::https::post(
+        join,
+        "/v2/join",
+        &[],
+        b"{}".to_vec(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(old.status, 404);
+    let why = String::from_utf8_lossy(&old.body);
+    assert!(why.contains("older firstboot"), "{why}");
 
     services.stop().await;
     // Both ports are free again: nothing of the services listens.
