@@ -22,12 +22,18 @@
 //! 3. Every core host re-certifies its etcd member ([`recertify`]) with
 //!    certificates from the `etcd` sub-CA: on Fedora CoreOS certmonger
 //!    requests and tracks them (`getcert request -c IPA -X etcd -K
-//!    etcd/<fqdn>`, the host's keytab authenticating); in the lab the
-//!    simulator cannot speak Kerberos, so certmonger's `IPA` helper is a
-//!    stand-in that authenticates with the keytab the simulator wrote at
-//!    enrollment, and the `getcert` command line stays the same. A
+//!    etcd/<fqdn>`, the host's keytab authenticating; certmonger's `IPA`
+//!    CA runs `/usr/libexec/certmonger/ipa-submit`, which speaks XML-RPC
+//!    with Kerberos, certmonger-ipa-submit(8)). The simulator speaks
+//!    neither, so the lab binds ipa-sim over that helper path in its
+//!    nodes (as it binds it over `/usr/sbin/ipa-client-install`; the lab
+//!    image already carries certmonger): it answers certmonger's helper
+//!    protocol (exit 0 issued, 1 wait, 2 rejected, 3 unreachable) and
+//!    authenticates with the keytab stand-in it wrote at enrollment, so
+//!    firstboot's `getcert` command line is the production one. A
 //!    replica answering 13031 (the sub-CA's key not replicated yet) is
-//!    "not yet", bounded.
+//!    "not yet", bounded. `getcert` gets no `-F` for etcd: the trust file
+//!    is [`recertify`]'s (the bundle until its last step).
 //! 4. Once every node has moved (core hosts record it in etcd; workers
 //!    tell the join service, signed, as they told it everything else), the
 //!    bootstrap host stops the temporary services, destroys the temporary
