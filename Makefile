@@ -17,10 +17,11 @@ FIRSTBOOT  := $(OUT)/firstboot
 # the lab. The lab cloud (make e2e) also needs xfsprogs (Ignition's disks
 # stage formats volumes), ssh (builder status logs in to the nodes) and
 # ping (the firewall lets ICMP through). etcd-server: firstboot's etcd
-# client is tested against a real etcd on loopback.
+# client is tested against a real etcd on loopback; certmonger: its
+# certmonger requests against a private certmonger daemon.
 APT_DEPS   := ignition systemd-container debootstrap iproute2 python3-venv \
               bind9-dnsutils openssl curl nftables podman xfsprogs \
-              openssh-client iputils-ping freeipa-client etcd-server
+              openssh-client iputils-ping freeipa-client etcd-server certmonger
 # Prism checks the DigitalOcean client and fake against the official spec.
 PRISM_VERSION := 5.16.0
 PRISM      := target/tools/prism/node_modules/.bin/prism

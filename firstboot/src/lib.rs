@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod bootstrap;
+pub mod certmonger;
 pub mod certs;
 pub mod check;
 pub mod dns;

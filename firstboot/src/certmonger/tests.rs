@@ -1,0 +1,291 @@
+//! Against the real certmonger (Debian's, as the lab image carries it):
+//! a private daemon of the test's own (`certmonger -n -L -P`, its state
+//! in a scratch directory), whose built-in `IPA` CA gets a helper that
+//! signs with a scratch CA (certmonger's helper protocol: the CSR in
+//! `CERTMONGER_CSR`, the certificate on stdout and exit 0, exit 2 for a
+//! refusal with its reason on stdout; certmonger-ipa-submit(8)), as the
+//! lab will stand in for FreeIPA's `ipa-submit`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::*;
+
+/// The daemon, ended by its PID when dropped.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn address(&self) -> String {
+        format!("unix:path={}", self.dir.path().join("sock").display())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// What the helper was asked, one line per SUBMIT.
+    fn submits(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("submits.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The helper: signs with `ca.crt`/`ca.key` beside it, with the usages
+/// FreeIPA's caIPAserviceCert profile gives whatever the CSR asks
+/// (digitalSignature, keyEncipherment; serverAuth, clientAuth), or
+/// refuses when `refuse` exists beside it, saying what that file says.
+const HELPER: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+case "$CERTMONGER_OPERATION" in SUBMIT|POLL) ;; *) exit 6;; esac
+echo "principal=$CERTMONGER_REQ_PRINCIPAL issuer=$CERTMONGER_CA_ISSUER profile=$CERTMONGER_CA_PROFILE" >> "$dir/submits.log"
+if [ -f "$dir/refuse" ]; then cat "$dir/refuse"; exit 2; fi
+printf '%s\n' "$CERTMONGER_CSR" > "$dir/req.csr"
+printf 'keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n' > "$dir/profile.ext"
+exec openssl x509 -req -in "$dir/req.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -set_serial "0x$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" -days 1 -copy_extensions copy -extfile "$dir/profile.ext" 2>>"$dir/helper.err"
+"#;
+
+fn tool_missing(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+}
+
+/// A private certmonger whose `IPA` CA signs with a scratch CA; None
+/// (skipped) without certmonger or openssl.
+async fn daemon() -> Option<Daemon> {
+    for (tool, package) in [
+        ("certmonger", "certmonger"),
+        ("getcert", "certmonger"),
+        ("openssl", "openssl"),
+    ] {
+        if tool_missing(tool) {
+            site_test_skip::skip(&format!(
+                "skipping: {tool} is not installed (apt-get install {package})"
+            ));
+            return None;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["cas", "requests", "tmp"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("ca.key"))
+        .arg("-out")
+        .arg(dir.path().join("ca.crt"))
+        .args(["-days", "2", "-subj", "/CN=etcd CA/O=LAB.EXAMPLE.ORG"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl could not make the scratch CA");
+    let helper = dir.path().join("helper");
+    std::fs::write(&helper, HELPER).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let child = Command::new("certmonger")
+        .args(["-n", "-L", "-P"])
+        .arg(dir.path().join("sock"))
+        .env("CERTMONGER_CAS_DIR", dir.path().join("cas"))
+        .env("CERTMONGER_REQUESTS_DIR", dir.path().join("requests"))
+        .env("CERTMONGER_TMPDIR", dir.path().join("tmp"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon { child, dir };
+    let certmonger = Certmonger::private(&daemon.address());
+    // Until it listens (bounded), then the built-in IPA CA gets the helper.
+    let mut listening = false;
+    for _ in 0..100 {
+        if certmonger
+            .getcert(&["list-cas"])
+            .await
+            .is_ok_and(|o| o.status.success())
+        {
+            listening = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listening, "certmonger did not start");
+    let helper = helper.display().to_string();
+    let out = certmonger
+        .getcert(&["modify-ca", "-c", IPA, "-e", &helper])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(daemon)
+}
+
+fn request(dir: &Path, id: &str) -> Request {
+    Request {
+        id: id.to_owned(),
+        ca: IPA.to_owned(),
+        issuer: Some("etcd".to_owned()),
+        profile: Some("caIPAserviceCert".to_owned()),
+        principal: "etcd/node1.lab.example.org@LAB.EXAMPLE.ORG".to_owned(),
+        dns: "node1.lab.example.org".to_owned(),
+        subject: "CN=node1.lab.example.org".to_owned(),
+        key: dir.join("member.key"),
+        cert: dir.join("member.crt"),
+    }
+}
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
+
+#[tokio::test]
+async fn certmonger_certifies_the_slot_s_own_key_once_and_tracks_it() {
+    let Some(daemon) = daemon().await else {
+        return;
+    };
+    let certmonger = Certmonger::private(&daemon.address());
+    let files = tempfile::tempdir().unwrap();
+    // The slot's key, made as firstboot makes it.
+    let slot = crate::certs::Slot {
+        purpose: crate::certs::CertPurpose::Etcd,
+        key: files.path().join("member.key"),
+        cert: files.path().join("member.crt"),
+        ca: files.path().join("ca.crt"),
+    };
+    let key = slot.key().unwrap();
+    let key_pem = std::fs::read_to_string(&slot.key).unwrap();
+    let wanted = request(files.path(), "etcd");
+
+    let tracked = certmonger.ensure(&wanted, PATIENCE, POLL).await.unwrap();
+    assert!(tracked.issued(), "{tracked:?}");
+    assert_eq!(tracked.ca, IPA);
+    assert!(tracked.issuer.contains("CN=etcd CA"), "{tracked:?}");
+    // FreeIPA hears the sub-CA, the profile and the principal.
+    assert_eq!(
+        daemon.submits(),
+        ["principal=etcd/node1.lab.example.org@LAB.EXAMPLE.ORG issuer=etcd profile=caIPAserviceCert"]
+    );
+    // The certificate is for the slot's key, which certmonger kept.
+    let cert = std::fs::read_to_string(&slot.cert).unwrap();
+    use rcgen::PublicKeyData;
+    assert_eq!(
+        crate::pki::inspect(&cert).unwrap().spki,
+        key.subject_public_key_info()
+    );
+    assert_eq!(std::fs::read_to_string(&slot.key).unwrap(), key_pem);
+    let ca = std::fs::read_to_string(daemon.path("ca.crt")).unwrap();
+    assert!(crate::pki::issued_by(&cert, &ca));
+    // No trust file: handoff writes that itself.
+    assert!(!slot.ca.exists());
+
+    // Asked again: it is tracked, nothing is sent.
+    let again = certmonger.ensure(&wanted, PATIENCE, POLL).await.unwrap();
+    assert!(again.issued());
+    assert_eq!(daemon.submits().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_is_asked_again_once_and_then_reported_with_the_ca_s_reason() {
+    let Some(daemon) = daemon().await else {
+        return;
+    };
+    let certmonger = Certmonger::private(&daemon.address());
+    std::fs::write(
+        daemon.path("refuse"),
+        "Insufficient access: principal etcd/node1 is not allowed by CA ACL etcd\n",
+    )
+    .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let wanted = request(files.path(), "etcd");
+    let err = format!(
+        "{:#}",
+        certmonger
+            .ensure(&wanted, PATIENCE, POLL)
+            .await
+            .unwrap_err()
+    );
+    assert!(err.contains("CA_REJECTED"), "{err}");
+    assert!(err.contains("not allowed by CA ACL etcd"), "{err}");
+    assert_eq!(daemon.submits().len(), 2, "{:?}", daemon.submits());
+
+    // Mended: the next ensure resubmits and gets it.
+    std::fs::remove_file(daemon.path("refuse")).unwrap();
+    let tracked = certmonger.ensure(&wanted, PATIENCE, POLL).await.unwrap();
+    assert!(tracked.issued(), "{tracked:?}");
+    assert_eq!(daemon.submits().len(), 3);
+}
+
+#[test]
+fn the_request_is_the_one_freeipa_documents() {
+    let r = request(Path::new("/etc/firstboot/etcd"), "firstboot-etcd");
+    assert_eq!(
+        r.args().join(" "),
+        "request -I firstboot-etcd -c IPA -X etcd -T caIPAserviceCert \
+         -K etcd/node1.lab.example.org@LAB.EXAMPLE.ORG -D node1.lab.example.org \
+         -N CN=node1.lab.example.org -k /etc/firstboot/etcd/member.key \
+         -f /etc/firstboot/etcd/member.crt -r"
+    );
+}
+
+/// `getcert list -i ID` as Debian's certmonger 0.79 wrote it.
+#[test]
+fn getcert_list_is_read_as_certmonger_writes_it() {
+    let issued = "Number of certificates and requests being tracked: 1.\n\
+        Request ID 'etcd':\n\tstatus: MONITORING\n\tstuck: no\n\
+        \tkey pair storage: type=FILE,location='/tmp/cm/out/member.key'\n\
+        \tcertificate: type=FILE,location='/tmp/cm/out/member.crt'\n\tCA: IPA\n\
+        \tissuer: CN=test CA\n\tsubject: CN=node1.lab.example.org\n\
+        \tissued: 2026-12-05 02:31:49 UTC\n\texpires: 2026-12-06 02:31:49 UTC\n\
+        \tdns: node1.lab.example.org\n\tprincipal name: etcd/node1.lab.example.org@LAB.EXAMPLE.ORG\n\
+        \ttrack: yes\n\tauto-renew: yes\n";
+    let tracked = parse_list(issued).unwrap();
+    assert_eq!(
+        (
+            tracked.status.as_str(),
+            tracked.ca.as_str(),
+            tracked.issuer.as_str()
+        ),
+        ("MONITORING", "IPA", "CN=test CA")
+    );
+    assert!(tracked.issued() && !tracked.needs_resubmit());
+    let refused = "Number of certificates and requests being tracked: 2.\n\
+        Request ID 'rej':\n\tstatus: CA_REJECTED\n\
+        \tca-error: the etcd CA ACL does not allow this principal\n\tstuck: yes\n\
+        \tCA: REJ\n\tissuer: \n";
+    let tracked = parse_list(refused).unwrap();
+    assert_eq!(
+        tracked.ca_error.as_deref(),
+        Some("the etcd CA ACL does not allow this principal")
+    );
+    assert!(tracked.needs_resubmit() && !tracked.issued());
+    assert_eq!(
+        parse_list("No request found with specified nickname.\n"),
+        None
+    );
+}
