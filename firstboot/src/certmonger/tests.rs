@@ -289,3 +289,31 @@ fn getcert_list_is_read_as_certmonger_writes_it() {
         None
     );
 }
+
+/// Handoff's issuer for etcd asks certmonger for the slot's key under
+/// the `etcd` sub-CA, as the service's principal, and leaves the trust
+/// file to the roll.
+#[tokio::test]
+async fn handoff_asks_certmonger_for_the_etcd_slot() {
+    use crate::handoff::recertify::{FromFreeipa, Issue};
+    let Some(daemon) = daemon().await else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let slot = crate::certs::plan::ETCD.slot(&crate::paths::Paths::under(root.path()));
+    let issue = FromFreeipa {
+        certmonger: Certmonger::private(&daemon.address()),
+        sub_ca: "etcd".to_owned(),
+        principal: "etcd/node2.lab.example.org@LAB.EXAMPLE.ORG".to_owned(),
+        patience: PATIENCE,
+    };
+    issue.certify(&slot, "node2.lab.example.org").await.unwrap();
+    let cert = std::fs::read_to_string(&slot.cert).unwrap();
+    let ca = std::fs::read_to_string(daemon.path("ca.crt")).unwrap();
+    slot.check(&cert, &ca, "node2.lab.example.org").unwrap();
+    assert!(!slot.ca.exists());
+    assert_eq!(
+        daemon.submits(),
+        ["principal=etcd/node2.lab.example.org@LAB.EXAMPLE.ORG issuer=etcd profile=caIPAserviceCert"]
+    );
+}

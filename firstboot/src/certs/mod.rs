@@ -85,7 +85,9 @@ impl Slot {
         crate::fsutil::write_atomic(&self.cert, cert_pem.as_bytes(), 0o644)
     }
 
-    fn check(&self, cert_pem: &str, ca_pem: &str, fqdn: &str) -> Result<()> {
+    /// Whether `cert_pem` is good now under `ca_pem`, names `fqdn`, and
+    /// certifies this slot's key.
+    pub fn check(&self, cert_pem: &str, ca_pem: &str, fqdn: &str) -> Result<()> {
         pki::verify(cert_pem, ca_pem, Some(fqdn), crate::status::now()).with_context(|| {
             format!("the {} certificate for {fqdn} is not usable", self.purpose)
         })?;

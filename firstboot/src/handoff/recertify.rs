@@ -93,11 +93,45 @@ impl Restart for SystemdEtcd {
     }
 }
 
-/// Who signs the new certificates: a certificate for `fqdn` over the
-/// CSR, PEM, chaining to the new CA.
+/// Who certifies this member's key under the new CA: puts a certificate
+/// for the slot's own key into the slot's certificate file (whole), and
+/// leaves its trust file alone. The roll then checks it.
 #[allow(async_fn_in_trait)]
 pub trait Issue {
-    async fn issue(&self, csr_pem: &str, fqdn: &str) -> Result<String>;
+    async fn certify(&self, slot: &Slot, fqdn: &str) -> Result<()>;
+}
+
+/// certmonger, from FreeIPA's sub-CA for the service, which then keeps
+/// renewing it (the certificate plan's renewal after handoff).
+pub struct FromFreeipa {
+    pub certmonger: crate::certmonger::Certmonger,
+    /// The sub-CA (`etcd`).
+    pub sub_ca: String,
+    /// The service's principal for this host: `etcd/<fqdn>@<REALM>`.
+    pub principal: String,
+    pub patience: Duration,
+}
+
+impl Issue for FromFreeipa {
+    async fn certify(&self, slot: &Slot, fqdn: &str) -> Result<()> {
+        // The key first, so certmonger certifies it instead of making one.
+        slot.key()?;
+        let request = crate::certmonger::Request {
+            id: format!("firstboot-{}", slot.purpose),
+            ca: crate::certmonger::IPA.to_owned(),
+            issuer: Some(self.sub_ca.clone()),
+            profile: Some("caIPAserviceCert".to_owned()),
+            principal: self.principal.clone(),
+            dns: fqdn.to_owned(),
+            subject: format!("CN={fqdn}"),
+            key: slot.key.clone(),
+            cert: slot.cert.clone(),
+        };
+        self.certmonger
+            .ensure(&request, self.patience, Duration::from_secs(2))
+            .await
+            .map(|_| ())
+    }
 }
 
 /// How patient each wait is.
@@ -240,13 +274,13 @@ impl<R: Restart, I: Issue> Roll<R, I> {
     }
 
     /// A certificate from the new CA for this member's own key, checked
-    /// under the new CA and installed whole; the trust file is left as
-    /// it is (the bundle).
+    /// under the new CA once it is in place; the trust file is left as it
+    /// is (the bundle).
     async fn new_leaf(&self) -> Result<()> {
         let fqdn = &self.own.name;
-        let csr = self.slot.csr(fqdn)?;
-        let cert = self.issuer.issue(&csr, fqdn).await?;
-        self.slot.install_leaf(&cert, &self.new_ca, fqdn)
+        self.issuer.certify(&self.slot, fqdn).await?;
+        let cert = std::fs::read_to_string(&self.slot.cert)?;
+        self.slot.check(&cert, &self.new_ca, fqdn)
     }
 
     /// Restart this member while holding the restart lock, with the

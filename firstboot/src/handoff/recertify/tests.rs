@@ -105,9 +105,13 @@ impl Restart for Killed {
 struct SignedBy(Arc<Ca>, Duration);
 
 impl Issue for SignedBy {
-    async fn issue(&self, csr_pem: &str, fqdn: &str) -> Result<String> {
+    async fn certify(&self, slot: &Slot, fqdn: &str) -> Result<()> {
         tokio::time::sleep(self.1).await;
-        self.0.sign_csr(csr_pem, fqdn).map_err(|e| anyhow!("{e}"))
+        let cert = self
+            .0
+            .sign_csr(&slot.csr(fqdn)?, fqdn)
+            .map_err(|e| anyhow!("{e}"))?;
+        slot.install_leaf(&cert, self.0.cert_pem(), fqdn)
     }
 }
 
