@@ -121,6 +121,7 @@ async fn first_server_resolving(dir: &Path, api: Arc<Api>, resolver: server::Res
             calls_log: calls.clone(),
             peers: Default::default(),
             resolver,
+            lwca_key_delay: server::DEFAULT_LWCA_KEY_DELAY,
         },
         api,
         state,
@@ -453,6 +454,7 @@ async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
             calls_log: dir.path().join("calls2.jsonl"),
             peers: Default::default(),
             resolver: server::Resolver::OwnZones,
+            lwca_key_delay: server::DEFAULT_LWCA_KEY_DELAY,
         },
         api,
         {

@@ -99,6 +99,13 @@ impl State {
         self.objects.get(&storage_key(kind, key))?.entry.as_ref()
     }
 
+    /// The server that wrote an object's latest version.
+    pub fn writer(&self, kind: Kind, key: &str) -> Option<&str> {
+        self.objects
+            .get(&storage_key(kind, key))
+            .map(|stamped| stamped.stamp.1.as_str())
+    }
+
     pub fn exists(&self, kind: Kind, key: &str) -> bool {
         self.get(kind, key).is_some()
     }
