@@ -811,7 +811,10 @@ fn reverse_of(state: &State, ip: &str) -> Option<(String, String)> {
         .map(|(zone, _)| zone.to_owned())
         .filter(|zone| full.ends_with(&format!(".{zone}")))
         .max_by_key(String::len)
-        .map(|zone| (full[..full.len() - zone.len() - 1].to_owned(), zone))
+        .map(|zone| {
+            let name = full[..full.len() - zone.len() - 1].to_owned();
+            (zone, name)
+        })
 }
 
 fn dnszone_add(
@@ -966,7 +969,9 @@ fn check_ptr_name(zone: &str, name: &str) -> Result<(), IpaError> {
         } else {
             name.split('.').count()
         };
-        if zone.contains('/') || zone.contains('-') || name.contains('/') || name.contains('-') {
+        // Classless delegations (`0/25.0.0.10.in-addr.arpa.`) are not
+        // checked.
+        if inner.contains(['/', '-']) || name.contains(['/', '-']) {
             return Ok(());
         }
         let given = zone_labels.count() + name_labels;
