@@ -366,6 +366,9 @@ impl Client {
         let deadline = Instant::now() + within;
         let mut pause = FIRST_BACKOFF;
         let mut waits = 0u32;
+        // A 4301 right after the key arrived is asked again once; any
+        // other 4301 (a disabled CA, say) is the answer.
+        let mut was_not_yet = false;
         let issued = loop {
             let asked = self
                 .request_certificate(&principal, csr_pem, ca.name(), SERVICE_PROFILE)
@@ -373,8 +376,13 @@ impl Client {
             match asked {
                 Ok(issued) => break issued,
                 Err(e) if e.is(code::CERTIFICATE_OPERATION) => {
-                    if !matches!(self.show_ca(ca.name()).await?, Shown::NotYet) {
-                        return Err(e);
+                    match self.show_ca(ca.name()).await? {
+                        Shown::NotYet => was_not_yet = true,
+                        Shown::Ready { .. } if was_not_yet => {
+                            was_not_yet = false;
+                            continue;
+                        }
+                        _ => return Err(e),
                     }
                     if Instant::now() + pause > deadline {
                         return Err(self.not_yet(ca.name(), within, waits));

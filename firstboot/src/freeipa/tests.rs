@@ -1064,6 +1064,21 @@ async fn each_service_ca_issues_to_its_own_service_principals_only() {
         .ensure_service_principal(ServiceCa::Kubernetes, &node1, REALM)
         .await
         .unwrap();
+    // `cert_request --add` makes the service principal first, as
+    // `lookup_or_add_principal` does; the CA ACL then refuses it all the
+    // same.
+    let (_, csr2) = crate::pki::new_key_and_csr(&node2).unwrap();
+    let added = format!("kubernetes/{node2}@{REALM}");
+    let refused = client
+        .call(&calls::raw_for_tests(
+            "cert_request",
+            vec![json!(csr2)],
+            json!({"principal": added, "cacn": "kubernetes", "add": true}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(refused.is(error::code::ACI), "{refused}");
+    client.call(&calls::service_show(&added)).await.unwrap();
     // A host FreeIPA does not have gets no principal.
     let stranger = client
         .ensure_service_principal(ServiceCa::Etcd, &host("node9"), REALM)
