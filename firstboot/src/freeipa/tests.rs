@@ -1253,6 +1253,19 @@ async fn a_replica_says_not_yet_until_the_sub_ca_key_arrives_then_issues() {
     let shown = on_replica.call(&calls::ca_show("etcd")).await.unwrap();
     assert_eq!(shown["messages"][0]["code"], json!(13031), "{shown}");
     assert!(shown["result"].get("certificate").is_none(), "{shown}");
+    let listed = on_replica
+        .call(&calls::raw_for_tests(
+            "ca_find",
+            vec![],
+            json!({"all": true}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["messages"][0]["data"]["ca"],
+        json!("etcd"),
+        "{listed}"
+    );
     let (_, csr) = crate::pki::new_key_and_csr(&node1).unwrap();
     let refused = on_replica
         .request_certificate(&principal, &csr, "etcd", SERVICE_PROFILE)

@@ -222,17 +222,7 @@ pub fn run(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, IpaE
         "server_del" => server_del(state, ctx, call),
         "ca_add" => ca_add(state, ctx, &arg(0), call),
         "ca_show" => ca_show(state, ctx, &arg(0)),
-        "ca_find" => {
-            let criteria = args.first().map(|s| s.to_ascii_lowercase());
-            let found: Vec<Value> = state
-                .all(Kind::Ca)
-                .into_iter()
-                .filter(|(k, _)| criteria.as_deref().is_none_or(|c| k.contains(c)))
-                .filter(|(k, _)| call.str("cn").is_none_or(|cn| cn.eq_ignore_ascii_case(k)))
-                .map(|(_, e)| Value::Object(public(e)))
-                .collect();
-            unchanged(find_answer(found, "CA"))
-        }
+        "ca_find" => ca_find(state, ctx, args.first(), call),
         "caacl_add" => caacl_add(state, ctx, &arg(0), call),
         "caacl_show" => {
             let entry = shown(state, Kind::CaAcl, &arg(0), "CA ACL")?;
@@ -1477,6 +1467,40 @@ fn ca_show(state: &State, ctx: &Ctx, name: &str) -> Result<Outcome, IpaError> {
         answer["messages"] = json!([lwca_not_available(&cn)]);
     }
     answer["result"] = entry;
+    unchanged(answer)
+}
+
+/// `ca_find` (freeipa `ipaserver/plugins/ca.py`): the entries, and with
+/// `all` each one's certificate as `ca_show` reads it, message 13031 for
+/// each CA whose key is not here yet.
+fn ca_find(
+    state: &State,
+    ctx: &Ctx,
+    criteria: Option<&String>,
+    call: &Checked,
+) -> Result<Outcome, IpaError> {
+    let criteria = criteria.map(|s| s.to_ascii_lowercase());
+    let mut found = Vec::new();
+    let mut messages = Vec::new();
+    for (key, entry) in state.all(Kind::Ca) {
+        let matches = criteria.as_deref().is_none_or(|c| key.contains(c))
+            && call.str("cn").is_none_or(|cn| cn.eq_ignore_ascii_case(key));
+        if !matches {
+            continue;
+        }
+        if !call.flag("all") {
+            found.push(Value::Object(public(entry)));
+        } else if ctx.unready_cas.contains(key) {
+            found.push(Value::Object(public(entry)));
+            messages.push(lwca_not_available(key));
+        } else {
+            found.push(ca_out(state, key)?);
+        }
+    }
+    let mut answer = find_answer(found, "CA");
+    if !messages.is_empty() {
+        answer["messages"] = Value::Array(messages);
+    }
     unchanged(answer)
 }
 
