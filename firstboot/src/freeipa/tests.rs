@@ -1085,6 +1085,17 @@ async fn each_service_ca_issues_to_its_own_service_principals_only() {
         .await
         .unwrap_err();
     assert!(matches!(stranger, Error::Invalid(_)), "{stranger}");
+    // Nor one whose name does not resolve (FreeIPA's own check, 4019).
+    let unresolved = host("node8");
+    client
+        .call(&calls::host_add(&unresolved, Some("otp"), None, true))
+        .await
+        .unwrap();
+    let refused = client
+        .ensure_service_principal(ServiceCa::Etcd, &unresolved, REALM)
+        .await
+        .unwrap_err();
+    assert!(refused.is(4019), "{refused}");
     // The ACL lets exactly the etcd principals use the etcd CA; the
     // default ACL was not touched.
     let acl = client
