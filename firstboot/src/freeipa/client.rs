@@ -54,8 +54,8 @@ impl Config {
 }
 
 /// First wait between attempts; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Client {
     config: Config,

@@ -92,7 +92,7 @@ fn absolute(name: &str) -> String {
 }
 
 /// Text values of an attribute of an entry (DNS names decoded).
-fn values(entry: &Value, attribute: &str) -> Vec<String> {
+pub(super) fn values(entry: &Value, attribute: &str) -> Vec<String> {
     let one = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) => o.get("__dns_name__")?.as_str().map(str::to_owned),
@@ -105,11 +105,11 @@ fn values(entry: &Value, attribute: &str) -> Vec<String> {
     }
 }
 
-fn contains(list: &[String], wanted: &str) -> bool {
+pub(super) fn contains(list: &[String], wanted: &str) -> bool {
     list.iter().any(|v| v.eq_ignore_ascii_case(wanted))
 }
 
-fn entry<'a>(method: &str, result: &'a Value) -> Result<&'a Value, Error> {
+pub(super) fn entry<'a>(method: &str, result: &'a Value) -> Result<&'a Value, Error> {
     result
         .get("result")
         .filter(|e| e.is_object())
@@ -120,7 +120,7 @@ fn entry<'a>(method: &str, result: &'a Value) -> Result<&'a Value, Error> {
 }
 
 /// `certificate` (base64 DER) of a result entry as PEM.
-fn certificate(method: &str, entry: &Value) -> Result<String, Error> {
+pub(super) fn certificate(method: &str, entry: &Value) -> Result<String, Error> {
     let text = values(entry, "certificate")
         .into_iter()
         .next()
@@ -168,7 +168,7 @@ fn check_members(method: &str, result: &Value) -> Result<Change, Error> {
 }
 
 /// The host's zone: its name without the first label.
-fn zone_of(fqdn: &str) -> Result<(String, String), Error> {
+pub(super) fn zone_of(fqdn: &str) -> Result<(String, String), Error> {
     let (host, domain) = fqdn
         .trim_end_matches('.')
         .split_once('.')
@@ -178,7 +178,7 @@ fn zone_of(fqdn: &str) -> Result<(String, String), Error> {
 
 impl Client {
     /// The result of a lookup, or None for 4001.
-    async fn lookup(&self, call: &calls::Call) -> Result<Option<Value>, Error> {
+    pub(super) async fn lookup(&self, call: &calls::Call) -> Result<Option<Value>, Error> {
         match self.call(call).await {
             Ok(result) => Ok(Some(result)),
             Err(e) if e.is(code::NOT_FOUND) => Ok(None),
@@ -187,7 +187,7 @@ impl Client {
     }
 
     /// A write whose "already so" answers count as success.
-    async fn write(&self, call: &calls::Call) -> Result<Change, Error> {
+    pub(super) async fn write(&self, call: &calls::Call) -> Result<Change, Error> {
         match self.call(call).await {
             Ok(_) => Ok(Change::Created),
             Err(e) if e.is(code::DUPLICATE_ENTRY) || e.is(code::EMPTY_MODLIST) => {

@@ -15,6 +15,9 @@ pub mod code {
     /// `dnsrecord_del` of a value the record does not hold.
     pub const ATTR_VALUE_NOT_FOUND: u32 = 4026;
     pub const ACI: u32 = 2100;
+    /// Dogtag could not do it (`CertificateOperationError`): among others,
+    /// a sub-CA whose key has not reached this server yet.
+    pub const CERTIFICATE_OPERATION: u32 = 4301;
     pub const REFERER: u32 = 911;
     pub const VERSION: u32 = 901;
 }
@@ -58,6 +61,9 @@ pub enum Error {
     },
     /// The request cannot be made as asked (a bad name, an unusable CA file).
     Invalid(String),
+    /// Something FreeIPA replicates has not reached this server within
+    /// the time allowed (a sub-CA's key: 13031).
+    NotYet { server: String, what: String },
 }
 
 impl Error {
@@ -114,6 +120,9 @@ impl fmt::Display for Error {
                 why,
             } => write!(f, "FreeIPA refused {member} in {method}: {why}"),
             Error::Invalid(why) => f.write_str(why),
+            Error::NotYet { server, what } => {
+                write!(f, "FreeIPA at {server} does not have {what}")
+            }
         }
     }
 }

@@ -14,7 +14,9 @@ pub mod client;
 pub mod ensure;
 pub mod error;
 pub mod host;
+pub mod service_ca;
 pub mod site;
+pub mod site_records;
 pub mod transport;
 
 pub use calls::{Call, Record, Suffix, API_VERSION};
@@ -23,6 +25,8 @@ pub use ensure::{
     CaAclSpec, CaInfo, Change, HostSpec, HostState, IssuedCert, TopologyServer, SERVICE_PROFILE,
 };
 pub use error::Error;
+pub use service_ca::{ServiceCa, ServiceCaInfo, ServiceCert};
+pub use site_records::NodeAddress;
 pub use transport::Endpoint;
 
 #[cfg(test)]

@@ -121,6 +121,7 @@ async fn first_server_resolving(dir: &Path, api: Arc<Api>, resolver: server::Res
             calls_log: calls.clone(),
             peers: Default::default(),
             resolver,
+            lwca_key_delay: server::DEFAULT_LWCA_KEY_DELAY,
         },
         api,
         state,
@@ -415,6 +416,41 @@ async fn certificates_need_a_ca_acl() {
     sim.running.unwrap().stop().await;
 }
 
+/// IPA2 serving as a replica of IPA1, from what its enrollment brought,
+/// with its CA clone done; sub-CAs made elsewhere reach it `lwca_key_delay`
+/// after their entries.
+async fn start_replica(
+    dir: &Path,
+    api: Arc<Api>,
+    enrolled: install::Enrolled,
+    lwca_key_delay: Duration,
+) -> Running {
+    let data2 = dir.join("ipa2");
+    std::fs::create_dir_all(&data2).unwrap();
+    server::start(
+        Options {
+            fqdn: IPA2.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            dns_listen: None,
+            data: data2,
+            calls_log: dir.join("calls2.jsonl"),
+            peers: Default::default(),
+            resolver: server::Resolver::OwnZones,
+            lwca_key_delay,
+        },
+        api,
+        {
+            // What the replica's install does once its CA clone is done.
+            let mut state = enrolled.state.unwrap();
+            ipa_sim::commands::add_ca_clone(&mut state, IPA2, IPA1);
+            state
+        },
+        enrolled.keytab,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
     let Some(api) = load_for_tests() else { return };
@@ -442,29 +478,7 @@ async fn a_replica_answers_and_issues_when_the_first_server_is_gone() {
             .await
             .is_err()
     );
-    let data2 = dir.path().join("ipa2");
-    std::fs::create_dir_all(&data2).unwrap();
-    let replica = server::start(
-        Options {
-            fqdn: IPA2.into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            dns_listen: None,
-            data: data2,
-            calls_log: dir.path().join("calls2.jsonl"),
-            peers: Default::default(),
-            resolver: server::Resolver::OwnZones,
-        },
-        api,
-        {
-            // What the replica's install does once its CA clone is done.
-            let mut state = enrolled.state.unwrap();
-            ipa_sim::commands::add_ca_clone(&mut state, IPA2, IPA1);
-            state
-        },
-        enrolled.keytab,
-    )
-    .await
-    .unwrap();
+    let replica = start_replica(dir.path(), api, enrolled, server::DEFAULT_LWCA_KEY_DELAY).await;
     // Written on the first server, seen on the replica.
     client
         .ensure_hostgroup("late", "made after the replica")
@@ -943,4 +957,482 @@ async fn a_slow_call_is_sent_once() {
             .unwrap(),
         Change::Unchanged
     );
+}
+
+/// A CSR for a fresh key with common name `cn` and these subject
+/// alternative names: what a node asking for more than its own name sends.
+fn csr_naming(cn: &str, dns: &[String], ips: &[Ipv4Addr]) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    let mut subject = rcgen::DistinguishedName::new();
+    subject.push(rcgen::DnType::CommonName, cn);
+    params.distinguished_name = subject;
+    params.subject_alt_names = dns
+        .iter()
+        .map(|d| rcgen::SanType::DnsName(d.as_str().try_into().unwrap()))
+        .chain(ips.iter().map(|ip| rcgen::SanType::IpAddress((*ip).into())))
+        .collect();
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// The nodes of the CA tests, in FreeIPA with their records.
+async fn add_nodes(client: &Client, names: &[(&str, [u8; 4])]) -> Vec<NodeAddress> {
+    let nodes: Vec<NodeAddress> = names
+        .iter()
+        .map(|(name, ip)| NodeAddress {
+            fqdn: host(name),
+            address: Ipv4Addr::from(*ip),
+        })
+        .collect();
+    let members: Vec<String> = nodes.iter().map(|n| n.fqdn.clone()).collect();
+    client
+        .ensure_site_records(DOMAIN, &nodes, &members)
+        .await
+        .unwrap();
+    for node in &nodes {
+        add_host(client, &node.fqdn, node.address.octets(), Some("otp")).await;
+    }
+    nodes
+}
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// Whether `cert_pem` chains to `ca_pem` (trusted alone, as etcd trusts
+/// its CA file) and names `fqdn`, now.
+fn certifies(ca_pem: &str, cert_pem: &str, fqdn: &str) -> bool {
+    crate::pki::verify(cert_pem, ca_pem, Some(fqdn), crate::status::now()).is_ok()
+}
+
+#[tokio::test]
+async fn each_service_ca_issues_to_its_own_service_principals_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let (node1, node2) = (host("node1"), host("node2"));
+    add_nodes(
+        &client,
+        &[("node1", [198, 18, 0, 11]), ("node2", [198, 18, 0, 12])],
+    )
+    .await;
+    // An ACL someone made for everyone is not taken over.
+    client
+        .call(&calls::raw_for_tests(
+            "caacl_add",
+            vec![json!(ServiceCa::Containers.acl())],
+            json!({"hostcategory": "all"}),
+        ))
+        .await
+        .unwrap();
+    let taken = client
+        .ensure_service_ca(ServiceCa::Containers, REALM, WITHIN)
+        .await
+        .unwrap_err();
+    assert!(taken.to_string().contains("hostcategory=all"), "{taken}");
+    // And FreeIPA itself refuses hosts in it (4303).
+    let mixed = client
+        .call(&calls::caacl_add_host(
+            &ServiceCa::Containers.acl(),
+            std::slice::from_ref(&node1),
+            &[],
+        ))
+        .await
+        .unwrap_err();
+    assert!(mixed.is(4303), "{mixed}");
+    let mut cas = Vec::new();
+    for ca in [ServiceCa::Etcd, ServiceCa::Kubernetes] {
+        let info = client.ensure_service_ca(ca, REALM, WITHIN).await.unwrap();
+        assert_eq!(info.change, Change::Created);
+        let again = client.ensure_service_ca(ca, REALM, WITHIN).await.unwrap();
+        assert_eq!(
+            (again.change, &again.cert_pem),
+            (Change::Unchanged, &info.cert_pem)
+        );
+        cas.push(info);
+    }
+    let (etcd_ca, kubernetes_ca) = (&cas[0].cert_pem, &cas[1].cert_pem);
+    for node in [&node1, &node2] {
+        assert_eq!(
+            client
+                .ensure_service_principal(ServiceCa::Etcd, node, REALM)
+                .await
+                .unwrap(),
+            Change::Created
+        );
+    }
+    client
+        .ensure_service_principal(ServiceCa::Kubernetes, &node1, REALM)
+        .await
+        .unwrap();
+    // `cert_request --add` makes the service principal first, as
+    // `lookup_or_add_principal` does; the CA ACL then refuses it all the
+    // same.
+    let (_, csr2) = crate::pki::new_key_and_csr(&node2).unwrap();
+    let added = format!("kubernetes/{node2}@{REALM}");
+    let refused = client
+        .call(&calls::raw_for_tests(
+            "cert_request",
+            vec![json!(csr2)],
+            json!({"principal": added, "cacn": "kubernetes", "add": true}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(refused.is(error::code::ACI), "{refused}");
+    client.call(&calls::service_show(&added)).await.unwrap();
+    // A host FreeIPA does not have gets no principal.
+    let stranger = client
+        .ensure_service_principal(ServiceCa::Etcd, &host("node9"), REALM)
+        .await
+        .unwrap_err();
+    assert!(matches!(stranger, Error::Invalid(_)), "{stranger}");
+    // Nor one whose name does not resolve (FreeIPA's own check, 4019).
+    let unresolved = host("node8");
+    client
+        .call(&calls::host_add(&unresolved, Some("otp"), None, true))
+        .await
+        .unwrap();
+    let refused = client
+        .ensure_service_principal(ServiceCa::Etcd, &unresolved, REALM)
+        .await
+        .unwrap_err();
+    assert!(refused.is(4019), "{refused}");
+    // The ACL lets exactly the etcd principals use the etcd CA; the
+    // default ACL was not touched.
+    let acl = client
+        .call(&calls::caacl_show(&ServiceCa::Etcd.acl()))
+        .await
+        .unwrap();
+    let acl = &acl["result"];
+    let mut services = ensure::values_for_tests(acl, "memberservice_service");
+    services.sort();
+    assert_eq!(
+        services,
+        vec![
+            format!("etcd/{node1}@{REALM}"),
+            format!("etcd/{node2}@{REALM}")
+        ]
+    );
+    for attribute in ["hostcategory", "servicecategory", "memberhost_host"] {
+        assert!(acl.get(attribute).is_none(), "{attribute} in {acl}");
+    }
+    let default = client
+        .call(&calls::caacl_show("hosts_services_caIPAserviceCert"))
+        .await
+        .unwrap();
+    assert!(
+        default["result"].get("ipamemberca_ca").is_none(),
+        "{default}"
+    );
+
+    let (_, csr) = crate::pki::new_key_and_csr(&node1).unwrap();
+    let issued = client
+        .request_service_certificate(ServiceCa::Etcd, &node1, REALM, &csr, WITHIN)
+        .await
+        .unwrap();
+    assert!(certifies(etcd_ca, &issued.cert_pem, &node1));
+    assert_eq!(issued.ca_pem, *etcd_ca);
+    assert_eq!(issued.chain_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    // Not from the IPA root directly, and not from the kubernetes CA.
+    assert!(!certifies(&sim.ca_pem, &issued.cert_pem, &node1));
+    assert!(!certifies(kubernetes_ca, &issued.cert_pem, &node1));
+    let kubernetes = client
+        .request_service_certificate(ServiceCa::Kubernetes, &node1, REALM, &csr, WITHIN)
+        .await
+        .unwrap();
+    assert!(certifies(kubernetes_ca, &kubernetes.cert_pem, &node1));
+    assert!(
+        !certifies(etcd_ca, &kubernetes.cert_pem, &node1),
+        "a kubernetes certificate must not pass for an etcd one"
+    );
+
+    // The host's own principal, and another service's principal, may not
+    // use the etcd CA.
+    for principal in [
+        format!("host/{node1}@{REALM}"),
+        format!("kubernetes/{node1}@{REALM}"),
+    ] {
+        let refused = client
+            .request_certificate(&principal, &csr, "etcd", SERVICE_PROFILE)
+            .await
+            .unwrap_err();
+        assert!(refused.is(error::code::ACI), "{principal}: {refused}");
+        assert!(refused
+            .to_string()
+            .contains("not permitted to use CA 'etcd'"));
+    }
+    // A name of another host in the request: refused, whether that host
+    // has an etcd principal (not managed by node1) or none at all.
+    let principal = format!("etcd/{node1}@{REALM}");
+    let with_node2 = csr_naming(&node1, &[node1.clone(), node2.clone()], &[]);
+    let refused = client
+        .request_certificate(&principal, &with_node2, "etcd", SERVICE_PROFILE)
+        .await
+        .unwrap_err();
+    assert!(refused.is(error::code::ACI), "{refused}");
+    assert!(
+        refused.to_string().contains("subject alt name"),
+        "{refused}"
+    );
+    let with_node9 = csr_naming(&node1, &[node1.clone(), host("node9")], &[]);
+    let refused = client
+        .request_certificate(&principal, &with_node9, "etcd", SERVICE_PROFILE)
+        .await
+        .unwrap_err();
+    assert!(refused.is(error::code::NOT_FOUND), "{refused}");
+    // A common name that is not the principal's host.
+    let other_cn = csr_naming(&node2, std::slice::from_ref(&node1), &[]);
+    let refused = client
+        .request_certificate(&principal, &other_cn, "etcd", SERVICE_PROFILE)
+        .await
+        .unwrap_err();
+    assert!(refused.is(3009), "{refused}");
+    // An address is taken only where DNS loops back to the name: node1's
+    // own (A and PTR) passes, node2's does not.
+    let own_ip = csr_naming(
+        &node1,
+        std::slice::from_ref(&node1),
+        &[Ipv4Addr::new(198, 18, 0, 11)],
+    );
+    client
+        .request_certificate(&principal, &own_ip, "etcd", SERVICE_PROFILE)
+        .await
+        .unwrap();
+    let other_ip = csr_naming(
+        &node1,
+        std::slice::from_ref(&node1),
+        &[Ipv4Addr::new(198, 18, 0, 12)],
+    );
+    let refused = client
+        .request_certificate(&principal, &other_ip, "etcd", SERVICE_PROFILE)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("unreachable from DNS names"),
+        "{refused}"
+    );
+    sim.running.unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_says_not_yet_until_the_sub_ca_key_arrives_then_issues() {
+    let Some(api) = load_for_tests() else { return };
+    let api = Arc::new(api);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = first_server(dir.path(), api.clone()).await;
+    let first = sim.running.as_ref().unwrap();
+    let client = client_for(first, &sim.ca_pem);
+    let otp = add_host(&client, IPA2, [198, 18, 0, 2], Some("otp-ipa2"))
+        .await
+        .one_time_password
+        .unwrap();
+    client
+        .ensure_hostgroup_members("ipaservers", &[IPA2.to_owned()])
+        .await
+        .unwrap();
+    let enrolled = install::enroll(IPA1, first.address, IPA2, &otp, "replica", true, None)
+        .await
+        .unwrap();
+    let replica = start_replica(dir.path(), api, enrolled, Duration::from_secs(3)).await;
+    let on_replica = client_for(&replica, &sim.ca_pem);
+    let node1 = host("node1");
+    add_nodes(&client, &[("node1", [198, 18, 0, 11])]).await;
+    let etcd = client
+        .ensure_service_ca(ServiceCa::Etcd, REALM, WITHIN)
+        .await
+        .unwrap();
+    client
+        .ensure_service_principal(ServiceCa::Etcd, &node1, REALM)
+        .await
+        .unwrap();
+    // Wait for the entries (not the key) to reach the replica.
+    let principal = format!("etcd/{node1}@{REALM}");
+    let mut arrived = false;
+    for _ in 0..100 {
+        if on_replica
+            .call(&calls::service_show(&principal))
+            .await
+            .is_ok()
+        {
+            arrived = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(arrived, "the principal never reached the replica");
+    // The CA is there, its key is not: 13031 from ca_show, 4301 from
+    // cert_request.
+    let shown = on_replica.call(&calls::ca_show("etcd")).await.unwrap();
+    assert_eq!(shown["messages"][0]["code"], json!(13031), "{shown}");
+    assert!(shown["result"].get("certificate").is_none(), "{shown}");
+    let listed = on_replica
+        .call(&calls::raw_for_tests(
+            "ca_find",
+            vec![],
+            json!({"all": true}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["messages"][0]["data"]["ca"],
+        json!("etcd"),
+        "{listed}"
+    );
+    let (_, csr) = crate::pki::new_key_and_csr(&node1).unwrap();
+    let refused = on_replica
+        .request_certificate(&principal, &csr, "etcd", SERVICE_PROFILE)
+        .await
+        .unwrap_err();
+    assert!(refused.is(error::code::CERTIFICATE_OPERATION), "{refused}");
+    // With no time to wait it is a clear "not yet".
+    let not_yet = on_replica
+        .request_service_certificate(ServiceCa::Etcd, &node1, REALM, &csr, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(matches!(not_yet, Error::NotYet { .. }), "{not_yet}");
+    assert!(not_yet.to_string().contains("13031"), "{not_yet}");
+    // With time, it is retried until the key is there.
+    let issued = on_replica
+        .request_service_certificate(ServiceCa::Etcd, &node1, REALM, &csr, WITHIN)
+        .await
+        .unwrap();
+    assert!(certifies(&etcd.cert_pem, &issued.cert_pem, &node1));
+    let replica_calls = log_lines(&dir.path().join("calls2.jsonl"));
+    let requests: Vec<Value> = replica_calls
+        .iter()
+        .filter(|l| l["method"] == json!("cert_request"))
+        .map(|l| l["error"].clone())
+        .collect();
+    assert!(
+        requests.len() >= 3 && requests.last() == Some(&Value::Null),
+        "{requests:?}"
+    );
+    assert!(
+        requests[..requests.len() - 1]
+            .iter()
+            .all(|e| *e == json!(4301)),
+        "{requests:?}"
+    );
+    replica.stop().await;
+    sim.running.unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn the_site_records_are_in_freeipa_dns_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let nodes = vec![
+        NodeAddress {
+            fqdn: host("node1"),
+            address: Ipv4Addr::new(198, 18, 0, 11),
+        },
+        NodeAddress {
+            fqdn: host("node2"),
+            address: Ipv4Addr::new(198, 18, 1, 12),
+        },
+    ];
+    let members = vec![host("node1"), host("node2")];
+    assert_eq!(
+        client
+            .ensure_site_records(DOMAIN, &nodes, &members)
+            .await
+            .unwrap(),
+        Change::Created
+    );
+    let mark = log_lines(&sim.calls).len();
+    assert_eq!(
+        client
+            .ensure_site_records(DOMAIN, &nodes, &members)
+            .await
+            .unwrap(),
+        Change::Unchanged
+    );
+    let later = &log_lines(&sim.calls)[mark..];
+    assert!(
+        later.iter().all(|l| l["mutated"] == json!(false)),
+        "{later:?}"
+    );
+    for (owner, port) in site_records::ETCD_SRV {
+        let shown = client
+            .call(&calls::dnsrecord_show(DOMAIN, owner))
+            .await
+            .unwrap();
+        let mut srv = ensure::values_for_tests(&shown["result"], "srvrecord");
+        srv.sort();
+        assert_eq!(
+            srv,
+            vec![
+                format!("0 0 {port} {}.", host("node1")),
+                format!("0 0 {port} {}.", host("node2"))
+            ]
+        );
+    }
+    // Each address in its own /24 reverse zone.
+    let ptr = client
+        .call(&calls::dnsrecord_show("1.18.198.in-addr.arpa.", "12"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ensure::values_for_tests(&ptr["result"], "ptrrecord"),
+        vec![format!("{}.", host("node2"))]
+    );
+    // A member that is not among the nodes changes nothing.
+    let before = log_lines(&sim.calls).len();
+    let stray = client
+        .ensure_site_records(DOMAIN, &nodes, &[host("node3")])
+        .await
+        .unwrap_err();
+    assert!(matches!(stray, Error::Invalid(_)), "{stray}");
+    assert_eq!(log_lines(&sim.calls).len(), before);
+    // FreeIPA refuses a malformed SRV value and a PTR name that is not
+    // the rest of an address.
+    let short = client
+        .call(&calls::raw_for_tests(
+            "dnsrecord_add",
+            vec![json!(format!("{DOMAIN}.")), json!("_etcd-server-ssl._tcp")],
+            json!({"srvrecord": ["0 0 2380"]}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(short.is(3009), "{short}");
+    let wide = client
+        .call(&calls::raw_for_tests(
+            "dnsrecord_add",
+            vec![json!(format!("{DOMAIN}.")), json!("_etcd-server-ssl._tcp")],
+            json!({"srvrecord": [format!("0 0 70000 {}.", host("node1"))]}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(wide.is(3009), "{wide}");
+    let ptr_name = client
+        .call(&calls::raw_for_tests(
+            "dnsrecord_add",
+            vec![json!("1.18.198.in-addr.arpa."), json!("12.5")],
+            json!({"ptrrecord": [format!("{}.", host("node2"))]}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(ptr_name.is(3009), "{ptr_name}");
+    sim.running.unwrap().stop().await;
+}
+
+#[test]
+fn an_acl_that_allows_more_than_its_service_is_refused() {
+    let check = |acl: Value| service_ca::check_acl_for_tests(ServiceCa::Etcd, &acl);
+    let principal = format!("etcd/node1.{DOMAIN}@{REALM}");
+    assert!(
+        check(json!({"ipamemberca_ca": ["etcd"], "memberservice_service": [principal]})).is_ok()
+    );
+    for bad in [
+        json!({"servicecategory": ["all"]}),
+        json!({"hostcategory": ["all"]}),
+        json!({"ipacacategory": ["all"]}),
+        json!({"memberhost_hostgroup": ["etcd"]}),
+        json!({"memberhost_host": [format!("node1.{DOMAIN}")]}),
+        json!({"ipamemberca_ca": ["etcd", "ipa"]}),
+        json!({"memberservice_service": [format!("kubernetes/node1.{DOMAIN}@{REALM}")]}),
+    ] {
+        assert!(check(bad.clone()).is_err(), "{bad}");
+    }
 }

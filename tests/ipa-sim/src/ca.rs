@@ -84,14 +84,25 @@ fn ca_params(rdns: &[(String, String)]) -> anyhow::Result<CertificateParams> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    set_serial_and_validity(&mut params, Duration::hours(1), CA_LIFETIME, None);
+    Ok(params)
+}
+
+/// A random positive serial, and a validity from `backdate` ago for
+/// `lifetime`, never past `end`; with the authority key identifier.
+fn set_serial_and_validity(
+    params: &mut CertificateParams,
+    backdate: Duration,
+    lifetime: Duration,
+    end: Option<OffsetDateTime>,
+) {
     params.use_authority_key_identifier_extension = true;
     let mut serial: [u8; 8] = rand::random();
     serial[0] &= 0x7f;
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::hours(1);
-    params.not_after = now + CA_LIFETIME;
-    Ok(params)
+    params.not_before = now - backdate;
+    params.not_after = end.map_or(now + lifetime, |end| (now + lifetime).min(end));
 }
 
 fn new_key() -> anyhow::Result<KeyPair> {
@@ -103,14 +114,119 @@ pub fn server_certificate(ca: &CaPems, fqdn: &str) -> anyhow::Result<pki::NodeCe
     pki::Ca::from_pems(&ca.cert_pem, &ca.key_pem)?.issue(fqdn)
 }
 
-/// Sign `csr` (PEM or base64 DER) for `fqdn` with `ca`: the request must
-/// name `fqdn` and nothing else.
-pub fn sign(ca: &CaPems, csr: &str, fqdn: &str) -> Result<String, pki::CsrRefusal> {
-    let der = csr_der(csr).map_err(pki::CsrRefusal::Malformed)?;
-    let pem = pem("CERTIFICATE REQUEST", &der);
-    let signer = pki::Ca::from_pems(&ca.cert_pem, &ca.key_pem)
-        .map_err(|e| pki::CsrRefusal::Malformed(format!("{e:#}")))?;
-    signer.sign_csr(&pem, fqdn)
+/// What a CSR asks for, read as `cert_request` reads it (freeipa
+/// `ipaserver/plugins/cert.py`): the subject's most specific common
+/// name and the subject alternative names by type. Its signature has been
+/// verified (rcgen's `from_der` checks it with x509-parser before it
+/// returns anything).
+pub struct CsrRequest {
+    /// The last CN of the subject ("most specific is end of list").
+    pub common_name: Option<String>,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    /// SAN types FreeIPA forbids for hosts and services, by name.
+    pub forbidden: Vec<&'static str>,
+    request: rcgen::CertificateSigningRequestParams,
+}
+
+/// Read a CSR given as PEM or bare base64 DER.
+pub fn read_csr(text: &str) -> Result<CsrRequest, String> {
+    let der = csr_der(text)?;
+    let request = rcgen::CertificateSigningRequestParams::from_der(&der.as_slice().into())
+        .map_err(|e| format!("{e}"))?;
+    let (_, raw) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+        .map_err(|e| format!("{e}"))?;
+    // rcgen rebuilds the key from the signature algorithm: it must be the
+    // key that was asked for.
+    if rcgen::PublicKeyData::subject_public_key_info(&request.public_key)
+        != raw.certification_request_info.subject_pki.raw
+    {
+        return Err("its public key is of a type this CA does not take".into());
+    }
+    let mut common_name = None;
+    for cn in raw.certification_request_info.subject.iter_common_name() {
+        common_name = Some(
+            cn.as_str()
+                .map_err(|_| "its common name is not text".to_owned())?
+                .to_owned(),
+        );
+    }
+    let mut out = CsrRequest {
+        common_name,
+        dns_names: Vec::new(),
+        ip_addresses: Vec::new(),
+        forbidden: Vec::new(),
+        request,
+    };
+    for san in &out.request.params.subject_alt_names {
+        match san {
+            rcgen::SanType::DnsName(name) => out.dns_names.push(name.as_str().to_owned()),
+            rcgen::SanType::IpAddress(ip) => out.ip_addresses.push(*ip),
+            rcgen::SanType::Rfc822Name(_) => out.forbidden.push("RFC822Name"),
+            rcgen::SanType::URI(_) => out.forbidden.push("UniformResourceIdentifier"),
+            _ => out.forbidden.push("OtherName"),
+        }
+    }
+    Ok(out)
+}
+
+/// Certificates of the `caIPAserviceCert` profile live 731 days.
+const SERVICE_CERT_LIFETIME: Duration = Duration::days(731);
+
+/// Issue `request` with `ca` as the `caIPAserviceCert` profile does
+/// (freeipa `install/share/profiles/caIPAserviceCert.cfg`): subject
+/// `CN=<the request's CN>,O=<REALM>`, the request's subject alternative
+/// names copied (`userExtensionDefaultImpl` for 2.5.29.17), key usage
+/// digitalSignature, nonRepudiation, keyEncipherment, dataEncipherment,
+/// extended key usage serverAuth and clientAuth, 731 days, never past the
+/// CA's own end. The names were checked by the caller, as `cert.py`
+/// checks them before it hands the request to Dogtag.
+pub fn issue(ca: &CaPems, request: &CsrRequest, realm: &str) -> anyhow::Result<String> {
+    let cn = request
+        .common_name
+        .clone()
+        .ok_or_else(|| anyhow!("the request has no common name"))?;
+    let key = KeyPair::from_pem(&ca.key_pem).context("the CA key")?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, key)
+        .map_err(|e| anyhow!("the CA certificate: {e}"))?;
+    let ca_end = {
+        let der = pem_to_der(&ca.cert_pem)?;
+        let (_, cert) = X509Certificate::from_der(&der)
+            .map_err(|e| anyhow!("cannot read the CA certificate: {e}"))?;
+        OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())?
+    };
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, realm);
+    dn.push(DnType::CommonName, cn.as_str());
+    params.distinguished_name = dn;
+    params
+        .subject_alt_names
+        .clone_from(&request.request.params.subject_alt_names);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::ContentCommitment,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::DataEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    set_serial_and_validity(
+        &mut params,
+        Duration::minutes(5),
+        SERVICE_CERT_LIFETIME,
+        Some(ca_end),
+    );
+    let signed = rcgen::CertificateSigningRequestParams {
+        params,
+        public_key: request.request.public_key.clone(),
+    }
+    .signed_by(&issuer)
+    .with_context(|| format!("signing a certificate for {cn}"))?;
+    Ok(signed.pem())
 }
 
 /// The DER of a CSR given as PEM or as bare base64, checked to parse.
@@ -285,10 +401,31 @@ mod tests {
         assert_eq!(facts.subject, "CN=etcd CA,O=LAB.EXAMPLE.ORG");
         assert_eq!(facts.issuer, "CN=Certificate Authority,O=LAB.EXAMPLE.ORG");
         let (_, csr) = pki::new_key_and_csr("node1.lab.example.org").unwrap();
-        let leaf = sign(&etcd, &csr, "node1.lab.example.org").unwrap();
+        let request = read_csr(&csr).unwrap();
+        assert_eq!(
+            request.common_name.as_deref(),
+            Some("node1.lab.example.org")
+        );
+        assert_eq!(request.dns_names, vec!["node1.lab.example.org".to_owned()]);
+        let leaf = issue(&etcd, &request, "LAB.EXAMPLE.ORG").unwrap();
         assert!(pki::issued_by(&leaf, &etcd.cert_pem));
         assert!(!pki::issued_by(&leaf, &root.cert_pem));
-        assert!(sign(&etcd, &csr, "node2.lab.example.org").is_err());
+        pki::verify(
+            &leaf,
+            &etcd.cert_pem,
+            Some("node1.lab.example.org"),
+            firstboot::status::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            super::facts(&leaf).unwrap().subject,
+            "CN=node1.lab.example.org,O=LAB.EXAMPLE.ORG"
+        );
+        // A request whose signature does not verify is no request.
+        let mut der = csr_der(&csr).unwrap();
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        assert!(read_csr(&pem("CERTIFICATE REQUEST", &der)).is_err());
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Ctx<'a> {
     /// What the server's resolver answers, where `verify_host_resolvable`
     /// asks it (see [`Resolution`]).
     pub resolution: Resolution<'a>,
+    /// Lightweight CAs (lower-case names) whose signing key has not
+    /// reached this server yet (see [`crate::server::Options`]).
+    pub unready_cas: &'a std::collections::BTreeSet<String>,
 }
 
 /// How a server resolves host names for FreeIPA's resolvability checks
@@ -218,21 +221,8 @@ pub fn run(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, IpaE
         }
         "server_del" => server_del(state, ctx, call),
         "ca_add" => ca_add(state, ctx, &arg(0), call),
-        "ca_show" => {
-            let entry = ca_out(state, &arg(0))?;
-            unchanged(json!({"result": entry, "summary": null, "value": arg(0)}))
-        }
-        "ca_find" => {
-            let criteria = args.first().map(|s| s.to_ascii_lowercase());
-            let found: Vec<Value> = state
-                .all(Kind::Ca)
-                .into_iter()
-                .filter(|(k, _)| criteria.as_deref().is_none_or(|c| k.contains(c)))
-                .filter(|(k, _)| call.str("cn").is_none_or(|cn| cn.eq_ignore_ascii_case(k)))
-                .map(|(_, e)| Value::Object(public(e)))
-                .collect();
-            unchanged(find_answer(found, "CA"))
-        }
+        "ca_show" => ca_show(state, ctx, &arg(0)),
+        "ca_find" => ca_find(state, ctx, args.first(), call),
         "caacl_add" => caacl_add(state, ctx, &arg(0), call),
         "caacl_show" => {
             let entry = shown(state, Kind::CaAcl, &arg(0), "CA ACL")?;
@@ -648,6 +638,21 @@ fn service_key(state: &State, text: &str) -> String {
 }
 
 fn service_add(state: &mut State, ctx: &Ctx, text: &str) -> Result<Outcome, IpaError> {
+    let key = add_service_entry(state, ctx, text, true)?;
+    let mut result = shown(state, Kind::Service, &key, "service")?;
+    result["has_keytab"] = json!(false);
+    changed(json!({"result": result, "summary": format!("Added service \"{key}\""), "value": key}))
+}
+
+/// A service entry for principal `text`, managed by its host (freeipa
+/// `ipaserver/plugins/service.py`, `service_add`); `check_resolvable`
+/// false is its `force` (as `cert_request --add` calls it). The key.
+fn add_service_entry(
+    state: &mut State,
+    ctx: &Ctx,
+    text: &str,
+    check_resolvable: bool,
+) -> Result<String, IpaError> {
     let principal = parse_principal(text).ok_or_else(|| {
         IpaError::validation("canonical_principal", "Service principal is required")
     })?;
@@ -665,6 +670,18 @@ fn service_add(state: &mut State, ctx: &Ctx, text: &str) -> Result<Outcome, IpaE
             json!({}),
         ));
     }
+    if principal
+        .realm
+        .as_deref()
+        .is_some_and(|realm| realm != state.realm)
+    {
+        return Err(IpaError::new(
+            4005,
+            "RealmMismatch",
+            "The realm for the principal does not match the realm for this IPA server",
+            json!({}),
+        ));
+    }
     let host = fqdn(&principal.name);
     let key = service_key(state, text);
     if state.exists(Kind::Service, &key) {
@@ -673,7 +690,7 @@ fn service_add(state: &mut State, ctx: &Ctx, text: &str) -> Result<Outcome, IpaE
     if !state.exists(Kind::Host, &host) {
         return Err(IpaError::not_found(&host, "host"));
     }
-    if !resolvable(state, ctx, &host) {
+    if check_resolvable && !resolvable(state, ctx, &host) {
         return Err(IpaError::new(
             4019,
             "DNSNotARecordError",
@@ -692,9 +709,7 @@ fn service_add(state: &mut State, ctx: &Ctx, text: &str) -> Result<Outcome, IpaE
     ]);
     entry.insert("dn".into(), json!(dn));
     state.put(ctx.server, Kind::Service, &key, Some(entry));
-    let mut result = shown(state, Kind::Service, &key, "service")?;
-    result["has_keytab"] = json!(false);
-    changed(json!({"result": result, "summary": format!("Added service \"{key}\""), "value": key}))
+    Ok(key)
 }
 
 // ---- DNS ---------------------------------------------------------------
@@ -786,7 +801,10 @@ fn reverse_of(state: &State, ip: &str) -> Option<(String, String)> {
         .map(|(zone, _)| zone.to_owned())
         .filter(|zone| full.ends_with(&format!(".{zone}")))
         .max_by_key(String::len)
-        .map(|zone| (full[..full.len() - zone.len() - 1].to_owned(), zone))
+        .map(|zone| {
+            let name = full[..full.len() - zone.len() - 1].to_owned();
+            (zone, name)
+        })
 }
 
 fn dnszone_add(
@@ -873,6 +891,93 @@ fn normalise_value(attribute: &str, value: &str) -> String {
     }
 }
 
+/// A record value as freeipa `ipaserver/plugins/dns.py` validates it
+/// before anything is written: an A record is an IPv4 address
+/// (`ARecord`), an SRV record four parts "priority weight port target",
+/// the three numbers 0 to 65535 (`SRVRecord`), and names are DNS names.
+/// ValidationError 3009 otherwise.
+fn check_record_value(attribute: &str, value: &str) -> Result<(), IpaError> {
+    let name_ok = |name: &str| {
+        let name = name.trim_end_matches('.');
+        !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            })
+    };
+    let invalid = |error: String| Err(IpaError::validation(attribute, error));
+    match attribute {
+        "arecord" if value.parse::<std::net::Ipv4Addr>().is_err() => {
+            return invalid("invalid IP address format".into());
+        }
+        "srvrecord" => {
+            let parts: Vec<&str> = value.split_whitespace().collect();
+            let [priority, weight, port, target] = parts.as_slice() else {
+                return invalid(
+                    "format must be specified as \"priority weight port target\" (see RFC \
+                     2782 for details)"
+                        .into(),
+                );
+            };
+            for (part, text) in [("priority", priority), ("weight", weight), ("port", port)] {
+                match text.parse::<i64>() {
+                    Ok(n) if (0..=65535).contains(&n) => {}
+                    Ok(n) if n < 0 => return invalid(format!("{part}: must be at least 0")),
+                    Ok(_) => return invalid(format!("{part}: must be at most 65535")),
+                    Err(_) => return invalid(format!("{part}: must be an integer")),
+                }
+            }
+            if *target != "." && !name_ok(target) {
+                return invalid(format!("target: invalid domain-name: {target}"));
+            }
+        }
+        "ptrrecord" | "cnamerecord" | "nsrecord" if !name_ok(value) => {
+            return invalid(format!("invalid domain-name: {value}"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `_ptrrecord_pre_callback` (freeipa `ipaserver/plugins/dns.py`): in a
+/// zone under in-addr.arpa. the record's name and the zone's labels
+/// together are the four parts of an address (ip6.arpa.: 32 nibbles).
+fn check_ptr_name(zone: &str, name: &str) -> Result<(), IpaError> {
+    for (suffix, count) in [("in-addr.arpa.", 4), ("ip6.arpa.", 32)] {
+        let Some(inner) = zone.strip_suffix(suffix) else {
+            continue;
+        };
+        let zone_labels = inner
+            .trim_end_matches('.')
+            .split('.')
+            .filter(|l| !l.is_empty());
+        let name_labels = if name == "@" {
+            0
+        } else {
+            name.split('.').count()
+        };
+        // Classless delegations (`0/25.0.0.10.in-addr.arpa.`) are not
+        // checked.
+        if inner.contains(['/', '-']) || name.contains(['/', '-']) {
+            return Ok(());
+        }
+        let given = zone_labels.count() + name_labels;
+        if given != count {
+            return Err(IpaError::validation(
+                "ptrrecord",
+                format!(
+                    "Reverse zone {suffix} requires exactly {count} IP address components, \
+                     {given} given"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn dnsrecord_add(
     state: &mut State,
     ctx: &Ctx,
@@ -882,6 +987,14 @@ fn dnsrecord_add(
 ) -> Result<Outcome, IpaError> {
     let (zone, name) = record_key(state, zone, name)?;
     let options = record_options(call);
+    for (attribute, list) in &options {
+        for value in list {
+            check_record_value(attribute, value)?;
+        }
+        if attribute == "ptrrecord" {
+            check_ptr_name(&zone, &name)?;
+        }
+    }
     let mut added = false;
     for (attribute, list) in &options {
         let list: Vec<String> = list.iter().map(|v| normalise_value(attribute, v)).collect();
@@ -1335,6 +1448,73 @@ fn ca_out(state: &State, name: &str) -> Result<Value, IpaError> {
     Ok(Value::Object(out))
 }
 
+/// `ca_show` (freeipa `ipaserver/plugins/ca.py`): the entry with the CA's
+/// certificate, read from Dogtag on this server. Where the key (and with
+/// it the certificate) of a lightweight CA has not reached this server
+/// yet, Dogtag answers 404 and `set_certificate_attrs` leaves the
+/// certificate out and adds message 13031,
+/// `LightweightCACertificateNotAvailable` (freeipa `ipalib/messages.py`),
+/// of type "error", to an answer that is otherwise a success.
+fn ca_show(state: &State, ctx: &Ctx, name: &str) -> Result<Outcome, IpaError> {
+    let mut entry = ca_out(state, name)?;
+    let mut answer = json!({"summary": null, "value": name});
+    let cn = first(state.get(Kind::Ca, name).unwrap_or(&Entry::new()), "cn")
+        .unwrap_or_else(|| name.to_owned());
+    if ctx.unready_cas.contains(&name.to_ascii_lowercase()) {
+        if let Some(map) = entry.as_object_mut() {
+            map.remove("certificate");
+        }
+        answer["messages"] = json!([lwca_not_available(&cn)]);
+    }
+    answer["result"] = entry;
+    unchanged(answer)
+}
+
+/// `ca_find` (freeipa `ipaserver/plugins/ca.py`): the entries, and with
+/// `all` each one's certificate as `ca_show` reads it, message 13031 for
+/// each CA whose key is not here yet.
+fn ca_find(
+    state: &State,
+    ctx: &Ctx,
+    criteria: Option<&String>,
+    call: &Checked,
+) -> Result<Outcome, IpaError> {
+    let criteria = criteria.map(|s| s.to_ascii_lowercase());
+    let mut found = Vec::new();
+    let mut messages = Vec::new();
+    for (key, entry) in state.all(Kind::Ca) {
+        let matches = criteria.as_deref().is_none_or(|c| key.contains(c))
+            && call.str("cn").is_none_or(|cn| cn.eq_ignore_ascii_case(key));
+        if !matches {
+            continue;
+        }
+        if !call.flag("all") {
+            found.push(Value::Object(public(entry)));
+        } else if ctx.unready_cas.contains(key) {
+            found.push(Value::Object(public(entry)));
+            messages.push(lwca_not_available(key));
+        } else {
+            found.push(ca_out(state, key)?);
+        }
+    }
+    let mut answer = find_answer(found, "CA");
+    if !messages.is_empty() {
+        answer["messages"] = Value::Array(messages);
+    }
+    unchanged(answer)
+}
+
+/// Message 13031 for CA `ca`.
+pub fn lwca_not_available(ca: &str) -> Value {
+    json!({
+        "type": "error",
+        "name": "LightweightCACertificateNotAvailable",
+        "message": format!("The certificate for {ca} is not available on this server."),
+        "code": 13031,
+        "data": {"ca": ca},
+    })
+}
+
 /// The CA's certificate and key, as held in the state.
 pub fn ca_pems(state: &State, name: &str) -> Option<ca::CaPems> {
     let entry = state.get(Kind::Ca, name)?;
@@ -1434,6 +1614,10 @@ fn caacl_add(
 
 /// `caacl_add_*`: members go to `<group>_<option>` attributes; failures are
 /// reported under `failed.<group>.<option>`, never as an error.
+///
+/// Members cannot be added where the ACL's category for them is `all`
+/// (the `pre_callback` of each `caacl_add_*`, freeipa
+/// `ipaserver/plugins/caacl.py`: MutuallyExclusiveError 4303).
 fn caacl_add_members(
     state: &mut State,
     ctx: &Ctx,
@@ -1445,6 +1629,20 @@ fn caacl_add_members(
         .get(Kind::CaAcl, name)
         .cloned()
         .ok_or_else(|| IpaError::not_found(name, "CA ACL"))?;
+    let (category, what, label) = match group {
+        "memberhost" => ("hostcategory", "hosts", "host"),
+        "memberservice" => ("servicecategory", "services", "service"),
+        "ipamemberca" => ("ipacacategory", "CAs", "CA"),
+        _ => ("ipacertprofilecategory", "profiles", "profile"),
+    };
+    if first(&entry, category).is_some_and(|c| c.eq_ignore_ascii_case("all")) {
+        return Err(IpaError::new(
+            4303,
+            "MutuallyExclusiveError",
+            format!("{what} cannot be added when {label} category='all'"),
+            json!({"reason": format!("{what} cannot be added when {label} category='all'")}),
+        ));
+    }
     let mut completed = 0;
     let mut failed = Map::new();
     for (option, kind, list) in members {
@@ -1524,13 +1722,90 @@ fn acl_allows(state: &State, principal: &Principal, ca: &str, profile: &str) -> 
     })
 }
 
+/// The host names a principal's entry answers to (`_dns_name_matches_principal`
+/// in freeipa `ipaserver/plugins/cert.py`): the host part of each of its
+/// Kerberos names with the same service and realm (a host's own name
+/// counts whether or not it has enrolled).
+fn principal_host_names(state: &State, principal: &Principal, entry: &Entry) -> Vec<String> {
+    let mut names = Vec::new();
+    if principal.service.as_deref() == Some("host") {
+        names.push(fqdn(&principal.name));
+    }
+    for alias in values(entry, "krbprincipalname") {
+        let Some(alias) = parse_principal(&alias) else {
+            continue;
+        };
+        let same_service = alias
+            .service
+            .as_deref()
+            .zip(principal.service.as_deref())
+            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b));
+        let same_realm = alias.realm.as_deref().unwrap_or(&state.realm)
+            == principal.realm.as_deref().unwrap_or(&state.realm);
+        if same_service && same_realm {
+            names.push(fqdn(&alias.name));
+        }
+    }
+    names
+}
+
+/// Where a host or service principal is kept: its kind and key.
+fn principal_key(state: &State, principal: &Principal) -> Option<(Kind, String)> {
+    match principal.service.as_deref() {
+        Some("host") => Some((Kind::Host, fqdn(&principal.name))),
+        Some(_) => Some((Kind::Service, principal.text(&state.realm))),
+        None => None,
+    }
+}
+
+/// `caacl_check` (freeipa `ipaserver/plugins/cert.py`): 2100 unless an
+/// enabled CA ACL lets `principal` use `ca` with `profile`.
+fn caacl_check(
+    state: &State,
+    principal: &Principal,
+    ca: &str,
+    profile: &str,
+) -> Result<(), IpaError> {
+    if acl_allows(state, principal, ca, profile) {
+        return Ok(());
+    }
+    Err(IpaError::aci(format!(
+        "Principal '{}' is not permitted to use CA '{ca}' with profile '{profile}' for \
+         certificate issuance.",
+        principal.text(&state.realm)
+    )))
+}
+
+/// The message Dogtag's refusal to sign with a lightweight CA whose key
+/// has not reached this server yet reaches the client in: `ensureReady`
+/// (dogtag `CertificateAuthority.java`) throws `CAMissingKeyException`,
+/// which FreeIPA's `request_certificate` (freeipa
+/// `ipaserver/plugins/dogtag.py`) turns into CertificateOperationError.
+pub const LWCA_KEY_MISSING: &str =
+    "Authority does not yet have signing key and cert in local NSSDB";
+
+/// `cert_request` as freeipa `ipaserver/plugins/cert.py` runs it, in its
+/// order: the CA (`ca_show`, so a wrong name says so before any ACL), the
+/// principal (`lookup_or_add_principal`), `caacl_check` for it, the
+/// subject's most specific CN against the principal, each SAN DNS name
+/// (the principal's own, or another principal of the same service whose
+/// entry it may write, and which `caacl_check` lets use the CA too),
+/// the SAN IP addresses (`_validate_san_ips`), then Dogtag, which refuses
+/// while this server lacks the CA's key.
+///
+/// Stricter than FreeIPA: the simulator's caller is always `admin`, who
+/// may write every entry; a SAN naming another principal is taken only
+/// when that principal is managed by the requester's host, which is what
+/// FreeIPA asks of a host binding with its keytab (certmonger's path; the
+/// ACI "Hosts can modify service userCertificate"). User principals get
+/// nothing.
 fn cert_request(
     state: &mut State,
     ctx: &Ctx,
     csr: &str,
     call: &Checked,
 ) -> Result<Outcome, IpaError> {
-    let ca_name = call.str("cacn").unwrap_or("ipa").to_owned();
+    let ca_name = call.str("cacn").unwrap_or("ipa").to_ascii_lowercase();
     let pems = ca_pems(state, &ca_name)
         .ok_or_else(|| IpaError::not_found(&ca_name, "Certificate Authority"))?;
     let profile = call.str("profile_id").unwrap_or(DEFAULT_PROFILE).to_owned();
@@ -1541,52 +1816,107 @@ fn cert_request(
     let principal = parse_principal(text).ok_or_else(|| {
         IpaError::validation("principal", format!("Malformed principal: '{text}'"))
     })?;
-    let realm = principal
-        .realm
-        .clone()
-        .unwrap_or_else(|| state.realm.clone());
     let principal = Principal {
         name: fqdn(&principal.name),
-        realm: Some(realm),
+        realm: Some(principal.realm.unwrap_or_else(|| state.realm.clone())),
         ..principal
     };
     let principal_text = principal.text(&state.realm);
-    let (kind, key) = match principal.service.as_deref() {
-        Some("host") => (Kind::Host, principal.name.clone()),
-        Some(_) => (Kind::Service, principal_text.clone()),
-        None => {
-            return Err(IpaError::aci(format!(
-                "Principal '{principal_text}' is not permitted to use CA '{ca_name}' with \
-                 profile '{profile}' for certificate issuance."
-            )))
-        }
-    };
-    if !state.exists(kind, &key) {
-        return Err(IpaError::not_found_reason(format!(
-            "The principal for {principal_text} does not exist"
-        )));
-    }
-    if !acl_allows(state, &principal, &ca_name, &profile) {
+    let Some((kind, key)) = principal_key(state, &principal) else {
         return Err(IpaError::aci(format!(
             "Principal '{principal_text}' is not permitted to use CA '{ca_name}' with \
              profile '{profile}' for certificate issuance."
         )));
+    };
+    if !state.exists(kind, &key) {
+        if !(call.flag("add") && kind == Kind::Service) {
+            return Err(IpaError::not_found_reason(format!(
+                "The principal for {principal_text} does not exist"
+            )));
+        }
+        // `lookup_or_add_principal`: `service_add(force=True)`.
+        add_service_entry(state, ctx, &principal_text, false)?;
     }
-    let cert_pem = ca::sign(&pems, csr, &principal.name).map_err(|refusal| match refusal {
-        firstboot::pki::CsrRefusal::ForeignName { asked, .. } => IpaError::validation(
+    caacl_check(state, &principal, &ca_name, &profile)?;
+    let request = ca::read_csr(csr).map_err(|e| {
+        IpaError::new(
+            3008,
+            "ConversionError",
+            format!("invalid 'csr': Failure decoding Certificate Signing Request: {e}"),
+            json!({"name": "csr", "error": e}),
+        )
+    })?;
+    let cn = request.common_name.clone().ok_or_else(|| {
+        IpaError::validation("csr", "No Common Name was found in subject of request.")
+    })?;
+    let entry = state.get(kind, &key).cloned().unwrap_or_default();
+    let own_names = principal_host_names(state, &principal, &entry);
+    let matches = |names: &[String], name: &str| names.iter().any(|n| n.eq_ignore_ascii_case(name));
+    if !matches(&own_names, &cn) {
+        return Err(IpaError::validation(
             "csr",
             format!(
-                "hostname in subject of request '{}' does not match name or aliases of \
-                 principal '{principal_text}'",
-                asked.join(", ")
+                "hostname in subject of request '{cn}' does not match name or aliases of \
+                 principal '{principal_text}'"
             ),
-        ),
-        other => IpaError::new(
+        ));
+    }
+    let requester_host = fqdn(&principal.name);
+    let mut qualified = Vec::new();
+    for name in &request.dns_names {
+        if matches(&own_names, name) {
+            qualified.push(name.clone());
+            continue;
+        }
+        let alt = Principal {
+            name: fqdn(name),
+            ..principal.clone()
+        };
+        let alt_entry = principal_key(state, &alt)
+            .and_then(|(kind, key)| state.get(kind, &key).cloned())
+            .ok_or_else(|| {
+                IpaError::not_found_reason(format!(
+                    "The service principal for subject alt name {name} in certificate \
+                     request does not exist"
+                ))
+            })?;
+        if matches(&principal_host_names(state, &alt, &alt_entry), name) {
+            qualified.push(name.clone());
+        }
+        let managed = values(&alt_entry, "managedby_host")
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&requester_host));
+        if !managed {
+            return Err(IpaError::aci(format!(
+                "Insufficient privilege to create a certificate with subject alt name \
+                 '{name}'."
+            )));
+        }
+        caacl_check(state, &alt, &ca_name, &profile)?;
+    }
+    if let Some(kind) = request.forbidden.first() {
+        return Err(IpaError::aci(format!(
+            "Subject alt name type {kind} is forbidden"
+        )));
+    }
+    if !request.ip_addresses.is_empty() {
+        validate_san_ips(state, &request.ip_addresses, &qualified)?;
+    }
+    if ca_name != "ipa" && ctx.unready_cas.contains(&ca_name) {
+        return Err(IpaError::new(
             4301,
             "CertificateOperationError",
-            format!("Certificate operation cannot be completed: {other}"),
-            json!({ "error": other.to_string() }),
-        ),
+            format!("Certificate operation cannot be completed: {LWCA_KEY_MISSING}"),
+            json!({ "error": LWCA_KEY_MISSING }),
+        ));
+    }
+    let cert_pem = ca::issue(&pems, &request, &state.realm).map_err(|e| {
+        IpaError::new(
+            4301,
+            "CertificateOperationError",
+            format!("Certificate operation cannot be completed: {e:#}"),
+            json!({ "error": format!("{e:#}") }),
+        )
     })?;
     let facts = ca::facts(&cert_pem).map_err(|e| {
         tracing::error!("cert_request: {e:#}");
@@ -1607,6 +1937,102 @@ fn cert_request(
     let mut result = ca::cert_entry(&facts, &ca_name);
     result["request_id"] = json!(facts.serial);
     changed(json!({"result": result, "summary": null, "value": facts.serial}))
+}
+
+/// `_validate_san_ips` (freeipa `ipaserver/plugins/cert.py`): every IP
+/// address in the request is reached from one of its qualified DNS names
+/// through an A/AAAA record (or one CNAME), has a PTR record, and every
+/// PTR of it names one of the names that reach it; all in this
+/// deployment's own DNS.
+fn validate_san_ips(
+    state: &State,
+    ips: &[std::net::IpAddr],
+    names: &[String],
+) -> Result<(), IpaError> {
+    let mut reachable: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in names {
+        reach(state, &mut reachable, name, 1);
+    }
+    let refuse = |error: String| Err(IpaError::validation("csr", error));
+    let unreachable: Vec<String> = ips
+        .iter()
+        .map(|ip| ip.to_string())
+        .filter(|ip| !reachable.contains_key(ip))
+        .collect();
+    if !unreachable.is_empty() {
+        return refuse(format!(
+            "IP address in subjectAltName ({}) unreachable from DNS names",
+            unreachable.join(", ")
+        ));
+    }
+    let mut ptrs_by_ip = BTreeMap::new();
+    let mut missing = Vec::new();
+    for ip in ips {
+        let ip = ip.to_string();
+        let ptrs: Vec<String> = reverse_of(state, &ip)
+            .and_then(|(zone, name)| state.get(Kind::DnsRecord, &format!("{zone}|{name}")))
+            .map(|e| values(e, "ptrrecord"))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| fqdn(&p))
+            .collect();
+        if ptrs.is_empty() {
+            missing.push(ip);
+        } else {
+            ptrs_by_ip.insert(ip, ptrs);
+        }
+    }
+    if !missing.is_empty() {
+        return refuse(format!(
+            "IP address in subjectAltName ({}) does not have PTR record",
+            missing.join(", ")
+        ));
+    }
+    for (ip, ptrs) in ptrs_by_ip {
+        let reaching = reachable.get(&ip).cloned().unwrap_or_default();
+        if ptrs.iter().any(|p| !reaching.contains(p)) {
+            return refuse(format!(
+                "PTR record for SAN IP ({ip}) does not match A/AAAA records"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `_san_ip_update_reachable`: the addresses `name` has in this
+/// deployment's zones, following at most `cname_depth` CNAMEs.
+fn reach(
+    state: &State,
+    reachable: &mut BTreeMap<String, Vec<String>>,
+    name: &str,
+    cname_depth: u32,
+) {
+    let Some((relative, zone)) = split_in_zone(state, name) else {
+        return;
+    };
+    let Some(record) = state.get(Kind::DnsRecord, &format!("{zone}|{relative}")) else {
+        return;
+    };
+    for ip in values(record, "arecord")
+        .into_iter()
+        .chain(values(record, "aaaarecord"))
+    {
+        let names = reachable.entry(ip).or_default();
+        let name = fqdn(name);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if cname_depth > 0 {
+        for cname in values(record, "cnamerecord") {
+            let target = if cname.ends_with('.') {
+                cname
+            } else {
+                format!("{cname}.{zone}")
+            };
+            reach(state, reachable, &target, cname_depth - 1);
+        }
+    }
 }
 
 fn cert_show(state: &State, serial: &str, call: &Checked) -> Result<Outcome, IpaError> {

@@ -265,6 +265,7 @@ pub fn add_server_records(
         server: fqdn,
         dns_name_objects: false,
         resolution: commands::Resolution::OwnZones,
+        unready_cas: &Default::default(),
     };
     if create_zone && !state.exists(Kind::DnsZone, &zone) {
         let serial = "1".to_owned();

@@ -52,6 +52,11 @@ struct Serve {
     /// FreeIPA's API.txt [default: $FREEIPA_API_TXT or ../shared/specs/freeipa/API.txt]
     #[arg(long, value_name = "PATH")]
     api_txt: Option<PathBuf>,
+    /// How long a sub-CA made on another server stays unusable here
+    /// (its key replicating): ca_show answers message 13031, cert_request
+    /// 4301
+    #[arg(long, value_name = "MS", default_value_t = server::DEFAULT_LWCA_KEY_DELAY.as_millis() as u64)]
+    lwca_key_delay_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,6 +367,7 @@ async fn configure(
         calls_log: serve.calls,
         peers: Default::default(),
         resolver: resolver(serve.dns),
+        lwca_key_delay: std::time::Duration::from_millis(serve.lwca_key_delay_ms),
     };
     serve_until_stopped(options, api, state, keytab).await
 }
@@ -392,6 +398,7 @@ async fn resume(serve: Serve) -> anyhow::Result<()> {
         calls_log: serve.calls,
         peers: Default::default(),
         resolver: resolver(serve.dns),
+        lwca_key_delay: std::time::Duration::from_millis(serve.lwca_key_delay_ms),
     };
     serve_until_stopped(options, api, state, keytab).await
 }

@@ -117,7 +117,20 @@ pub struct Options {
     pub peers: BTreeMap<String, SocketAddr>,
     /// Where the server resolves names for FreeIPA's checks.
     pub resolver: Resolver,
+    /// How long a lightweight CA made on another server stays unusable
+    /// here after its entry arrived: its key follows the entry on its
+    /// own (Dogtag's `AuthorityMonitor` sees the entry, then its key
+    /// retriever, FreeIPA's `ipa-pki-retrieve-key`, fetches the key
+    /// through Custodia; freeipa `ipaserver/plugins/ca.py`,
+    /// `set_certificate_attrs`: "lightweight CA key replication delay").
+    /// Until then `ca_show` answers without its certificate and with
+    /// message 13031, and `cert_request` with 4301.
+    pub lwca_key_delay: Duration,
 }
+
+/// The key delay a server has unless told otherwise: long enough that
+/// a client asking a replica right after `ca_add` meets it.
+pub const DEFAULT_LWCA_KEY_DELAY: Duration = Duration::from_secs(5);
 
 /// The resolver a server's checks go through: what the container's
 /// resolv.conf names. Its own DNS when podman gave it `--dns=127.0.0.1`
@@ -162,6 +175,9 @@ struct Inner {
     /// This server's host key (its "keytab").
     keytab: String,
     zones: Mutex<Option<dns::Zones>>,
+    /// When each lightweight CA made elsewhere (by `ipacaid`) has its
+    /// key here.
+    lwca_keys: Mutex<HashMap<String, Instant>>,
 }
 
 /// A running server; dropping it stops nothing, [`Running::stop`] does.
@@ -286,6 +302,7 @@ pub async fn start(
         sessions: Mutex::new(HashMap::new()),
         keytab,
         zones: Mutex::new(zones),
+        lwca_keys: Mutex::new(HashMap::new()),
     });
     let handler_inner = inner.clone();
     let serving = tokio::spawn(https::serve(listener, identity, LIMITS, move |request| {
@@ -402,6 +419,7 @@ impl Inner {
                 // A push can bring what this server's own pulls then find
                 // nothing new in: its DNS must follow either way.
                 if changed {
+                    self.unready_cas();
                     self.refresh_dns().await;
                 }
                 response
@@ -439,6 +457,39 @@ impl Inner {
             )],
             body: Vec::new(),
         }
+    }
+
+    /// The lightweight CAs whose key is not here yet: those whose entry
+    /// another server wrote, for [`Options::lwca_key_delay`] after this
+    /// server first saw them (a restarted server waits again, which is
+    /// stricter than Dogtag, whose database keeps a key it has).
+    fn unready_cas(&self) -> std::collections::BTreeSet<String> {
+        let cas: Vec<(String, String, bool)> = {
+            let state = lock(&self.state);
+            state
+                .all(Kind::Ca)
+                .into_iter()
+                .filter(|(name, _)| *name != "ipa")
+                .map(|(name, entry)| {
+                    let id = first(entry, "ipacaid").unwrap_or_else(|| name.to_owned());
+                    let here = state.writer(Kind::Ca, name) == Some(self.options.fqdn.as_str());
+                    (name.to_owned(), id, here)
+                })
+                .collect()
+        };
+        let now = Instant::now();
+        let mut keys = lock(&self.lwca_keys);
+        cas.into_iter()
+            .filter(|(_, id, here)| {
+                let ready_at = *keys.entry(id.clone()).or_insert(if *here {
+                    now
+                } else {
+                    now + self.options.lwca_key_delay
+                });
+                now < ready_at
+            })
+            .map(|(name, _, _)| name)
+            .collect()
     }
 
     /// Take one fault from the control file, if any.
@@ -584,12 +635,14 @@ impl Inner {
             Resolver::OwnZones => None,
             Resolver::Nameservers(servers) => Some(look_up(servers, method, params).await),
         };
+        let unready_cas = self.unready_cas();
         let ctx = Ctx {
             server: &self.options.fqdn,
             dns_name_objects: minor >= 88,
             resolution: looked
                 .as_ref()
                 .map_or(commands::Resolution::OwnZones, commands::Resolution::Looked),
+            unready_cas: &unready_cas,
         };
         let outcome = {
             let mut state = lock(&self.state);
@@ -610,13 +663,15 @@ impl Inner {
                 }
                 let mut result = outcome.result;
                 if version.is_none() {
-                    result["messages"] = json!([{
+                    let mut messages = result["messages"].as_array().cloned().unwrap_or_default();
+                    messages.push(json!({
                         "type": "warning",
                         "name": "VersionMissing",
                         "message": format!("API Version number was not sent, forward compatibility not guaranteed. Assuming server's API version, {}", crate::api::SERVER_API_VERSION),
                         "code": 13001,
                         "data": {"server_version": crate::api::SERVER_API_VERSION},
-                    }]);
+                    }));
+                    result["messages"] = Value::Array(messages);
                 }
                 (result, None, outcome.mutated)
             }
@@ -939,6 +994,8 @@ async fn replicate_forever(inner: Arc<Inner>) {
             }
         }
         if changed {
+            // The clock of a sub-CA's key starts when its entry arrives.
+            inner.unready_cas();
             inner.refresh_dns().await;
         }
     }

@@ -99,6 +99,13 @@ impl State {
         self.objects.get(&storage_key(kind, key))?.entry.as_ref()
     }
 
+    /// The server that wrote an object's latest version.
+    pub fn writer(&self, kind: Kind, key: &str) -> Option<&str> {
+        self.objects
+            .get(&storage_key(kind, key))
+            .map(|stamped| stamped.stamp.1.as_str())
+    }
+
     pub fn exists(&self, kind: Kind, key: &str) -> bool {
         self.get(kind, key).is_some()
     }
@@ -136,6 +143,7 @@ impl State {
         }
         for (key, theirs) in &other.objects {
             let newer = match self.objects.get(key) {
+                Some(ours) if same_name_added_twice(key, ours, theirs) => theirs.stamp < ours.stamp,
                 Some(ours) => theirs.stamp > ours.stamp,
                 None => true,
             };
@@ -161,6 +169,24 @@ impl State {
             }
         }
         copy
+    }
+}
+
+/// Two servers each added a CA of this name before either saw the
+/// other's (each with its own `ipacaid`, and its own key in Dogtag): for
+/// an add on both sides 389-ds keeps the entry added first and renames the
+/// later one into a conflict entry (`nsds5ReplConflict`) that FreeIPA's
+/// commands do not show (389-ds `ldap/servers/plugins/replication/urp.c`,
+/// add-add conflicts). The later CA's certificates then chain to a CA no
+/// one shows any more: whoever adds a sub-CA must be the only one adding
+/// it. Other kinds keep the simulator's last-writer-wins.
+fn same_name_added_twice(key: &str, ours: &Stamped, theirs: &Stamped) -> bool {
+    if !key.starts_with(&format!("{}:", Kind::Ca.prefix())) {
+        return false;
+    }
+    match (&ours.entry, &theirs.entry) {
+        (Some(a), Some(b)) => first(a, "ipacaid") != first(b, "ipacaid"),
+        _ => false,
     }
 }
 
@@ -243,5 +269,27 @@ mod tests {
         assert!(a.exists(Kind::Host, "N2"));
         assert!(!a.merge(&b), "nothing new the second time");
         assert_eq!(a.all(Kind::Host).len(), 1);
+    }
+
+    #[test]
+    fn a_ca_added_on_two_servers_keeps_the_first_everywhere() {
+        let ca = |id: &str| Some(entry(&[("cn", &["etcd"]), ("ipacaid", &[id])]));
+        let mut a = State::new("LAB.EXAMPLE.ORG", "lab.example.org");
+        a.put("ipa1", Kind::Ca, "etcd", ca("first"));
+        let mut b = State::new("LAB.EXAMPLE.ORG", "lab.example.org");
+        b.clock = 5;
+        b.put("ipa2", Kind::Ca, "etcd", ca("second"));
+        let id = |s: &State| first(s.get(Kind::Ca, "etcd").unwrap(), "ipacaid");
+        let mut b_merged = b.clone();
+        b_merged.merge(&a);
+        assert_eq!(id(&b_merged).as_deref(), Some("first"));
+        a.merge(&b);
+        assert_eq!(id(&a).as_deref(), Some("first"));
+        // A later write of the same CA (same id) is taken as usual.
+        let mut renamed = ca("first").unwrap();
+        set(&mut renamed, "description", vec!["etcd CA".into()]);
+        b_merged.put("ipa2", Kind::Ca, "etcd", Some(renamed));
+        assert!(a.merge(&b_merged));
+        assert!(values(a.get(Kind::Ca, "etcd").unwrap(), "description").len() == 1);
     }
 }
