@@ -27,6 +27,7 @@ use node_contract::Role;
 use serde::{Deserialize, Serialize};
 
 use super::Slot;
+use crate::freeipa::ServiceCa;
 use crate::paths::Paths;
 use crate::pki::Signer;
 
@@ -76,8 +77,8 @@ pub enum FreeipaIssuer {
     HostCa,
     /// A lightweight sub-CA of FreeIPA's, for the service principal
     /// `<service>/<fqdn>`; its own CA ACL lets only that service's
-    /// principals use it.
-    SubCa(&'static str),
+    /// principals use it (`freeipa::ServiceCa`).
+    SubCa(ServiceCa),
 }
 
 /// Who signs: before handoff, after.
@@ -182,7 +183,7 @@ pub const ETCD: Row = Row {
     holders: Holders::CoreOnly,
     issuer: Issuer {
         temporary: Signer::Etcd,
-        freeipa: FreeipaIssuer::SubCa("etcd"),
+        freeipa: FreeipaIssuer::SubCa(ServiceCa::Etcd),
     },
     names: Names::NodeFqdn,
     files: Files {
@@ -197,11 +198,6 @@ pub const ETCD: Row = Row {
 
 /// The plan, in the order a node makes its keys.
 pub const PLAN: &[Row] = &[IDENTITY, ETCD];
-
-/// The sub-CAs FreeIPA gets at handoff: one per service whose
-/// certificates must open nothing else. `kubernetes` and `containers`
-/// have no rows yet; their issues add them.
-pub const SUB_CAS: &[&str] = &["etcd", "kubernetes", "containers"];
 
 /// The rows a node of `role` holds.
 pub fn held_by(role: Role) -> impl Iterator<Item = &'static Row> {
@@ -289,8 +285,8 @@ mod tests {
     #[test]
     fn every_freeipa_sub_ca_of_a_row_is_one_handoff_creates() {
         for row in PLAN {
-            if let FreeipaIssuer::SubCa(name) = row.issuer.freeipa {
-                assert!(SUB_CAS.contains(&name), "{name}");
+            if let FreeipaIssuer::SubCa(ca) = row.issuer.freeipa {
+                assert!(ServiceCa::ALL.contains(&ca), "{ca:?}");
             }
         }
     }
