@@ -30,4 +30,4 @@ pub use site_records::NodeAddress;
 pub use transport::Endpoint;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

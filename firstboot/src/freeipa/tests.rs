@@ -82,10 +82,10 @@ fn answers_are_parsed_without_trusting_them() {
     ));
 }
 
-struct Sim {
+pub(crate) struct Sim {
     running: Option<Running>,
     data: PathBuf,
-    calls: PathBuf,
+    pub(crate) calls: PathBuf,
     ca_pem: String,
 }
 
@@ -140,7 +140,7 @@ async fn first_server_resolving(dir: &Path, api: Arc<Api>, resolver: server::Res
 
 /// A first server and its admin's client; None when API.txt is missing
 /// (the skip is recorded).
-async fn first_server_and_client(dir: &Path) -> Option<(Sim, Client)> {
+pub(crate) async fn first_server_and_client(dir: &Path) -> Option<(Sim, Client)> {
     let api = load_for_tests()?;
     let sim = first_server(dir, Arc::new(api)).await;
     let client = client_for(sim.running.as_ref().unwrap(), &sim.ca_pem);
@@ -159,7 +159,12 @@ fn client_for(running: &Running, ca_pem: &str) -> Client {
 }
 
 /// `fqdn` at `address` as a FreeIPA host, with `otp` to enroll with.
-async fn add_host(client: &Client, fqdn: &str, address: [u8; 4], otp: Option<&str>) -> HostState {
+pub(crate) async fn add_host(
+    client: &Client,
+    fqdn: &str,
+    address: [u8; 4],
+    otp: Option<&str>,
+) -> HostState {
     client
         .ensure_host(&HostSpec {
             fqdn: fqdn.into(),
@@ -170,7 +175,7 @@ async fn add_host(client: &Client, fqdn: &str, address: [u8; 4], otp: Option<&st
         .unwrap()
 }
 
-fn log_lines(path: &Path) -> Vec<Value> {
+pub(crate) fn log_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()

@@ -43,4 +43,5 @@
 //!    sealed copy): a rebuilt bootstrap host must still learn that the
 //!    site lives on, and silence never tells it.
 
+pub mod prepare;
 pub mod recertify;

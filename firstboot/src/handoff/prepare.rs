@@ -1,0 +1,95 @@
+//! Handoff's first step, on the bootstrap host (FreeIPA's first server,
+//! the one node with the admin password): FreeIPA is given everything the
+//! temporary services give, before anything moves to it.
+//! - DNS: every registered node's A and PTR records and the etcd SRV
+//!   records, the names the temporary DNS serves (`crate::dns`);
+//! - CAs: one lightweight sub-CA per service with a CA ACL of its own
+//!   (`freeipa::ServiceCa`), and the `etcd/<fqdn>` principal of every
+//!   core host, which that ACL lets use the `etcd` sub-CA and nothing
+//!   else does.
+//!
+//! Idempotent: run again, it finds everything and changes nothing. It
+//! waits for no absent host: a core host that has not joined (has no
+//! address on record) is an error naming it, and the phase asks again.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use node_contract::{HostName, NodeConfig};
+
+use crate::freeipa::{Client, NodeAddress, ServiceCa, ServiceCaInfo};
+
+/// What FreeIPA now holds that the nodes need: each sub-CA's
+/// certificate, which its service's peers trust alone.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub sub_cas: Vec<ServiceCaInfo>,
+}
+
+impl Prepared {
+    /// The certificate of `ca`, PEM.
+    pub fn sub_ca(&self, ca: ServiceCa) -> Option<&str> {
+        self.sub_cas
+            .iter()
+            .find(|info| info.ca == ca)
+            .map(|info| info.cert_pem.as_str())
+    }
+}
+
+/// Ensure FreeIPA has the site's names and service CAs. `registered` is
+/// the join service's registry: every node that joined, at its address.
+pub async fn prepare(
+    client: &Client,
+    config: &NodeConfig,
+    registered: &BTreeMap<HostName, Ipv4Addr>,
+    within: Duration,
+) -> Result<Prepared> {
+    let domain = config.site.domain.as_str();
+    let realm = config.site.realm.as_str();
+    let missing: Vec<&str> = config
+        .site
+        .core
+        .iter()
+        .filter(|core| !registered.contains_key(*core))
+        .map(|core| core.as_str())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "core hosts {} have not joined: FreeIPA cannot have their records yet",
+            missing.join(", ")
+        );
+    }
+    let nodes: Vec<NodeAddress> = registered
+        .iter()
+        .map(|(node, address)| NodeAddress {
+            fqdn: config.fqdn(node),
+            address: *address,
+        })
+        .collect();
+    let members: Vec<String> = config.site.core.iter().map(|c| config.fqdn(c)).collect();
+    client
+        .ensure_site_records(domain, &nodes, &members)
+        .await
+        .context("the site's records in FreeIPA's DNS")?;
+    let mut sub_cas = Vec::new();
+    for ca in ServiceCa::ALL {
+        sub_cas.push(
+            client
+                .ensure_service_ca(ca, realm, within)
+                .await
+                .with_context(|| format!("FreeIPA's {} sub-CA", ca.name()))?,
+        );
+    }
+    for core in &config.site.core {
+        client
+            .ensure_service_principal(ServiceCa::Etcd, &config.fqdn(core), realm)
+            .await
+            .with_context(|| format!("the etcd principal of {core}"))?;
+    }
+    Ok(Prepared { sub_cas })
+}
+
+#[cfg(test)]
+mod tests;

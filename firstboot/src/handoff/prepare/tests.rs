@@ -1,0 +1,105 @@
+//! Against the simulator (FreeIPA's CA and DNS side, as issue 17 taught
+//! it: sub-CAs, CA ACLs checked as cert.py does, records validated as
+//! dns.py does), with the lab site's three core hosts and a worker.
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::freeipa::tests::{add_host, first_server_and_client, log_lines};
+use crate::freeipa::{calls, Change};
+
+fn config() -> NodeConfig {
+    let mut config = crate::phases::tests::lab_config("node1");
+    config.site.realm = node_contract::Realm::parse("LAB.EXAMPLE.ORG").unwrap();
+    config
+}
+
+fn registered(names: &[(&str, u8)]) -> BTreeMap<HostName, Ipv4Addr> {
+    names
+        .iter()
+        .map(|(n, o)| (HostName::parse(n).unwrap(), Ipv4Addr::new(198, 18, 0, *o)))
+        .collect()
+}
+
+#[tokio::test]
+async fn freeipa_gets_the_site_s_names_and_one_sub_ca_per_service_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let config = config();
+    let hosts = registered(&[("node1", 10), ("node2", 11), ("node3", 12), ("node4", 13)]);
+    // A core host that has not joined: nothing is asked of FreeIPA.
+    let before = log_lines(&sim.calls).len();
+    let partial = registered(&[("node1", 10), ("node3", 12)]);
+    let err = format!(
+        "{:#}",
+        prepare(&client, &config, &partial, Duration::from_secs(30))
+            .await
+            .unwrap_err()
+    );
+    assert!(err.contains("node2"), "{err}");
+    assert_eq!(log_lines(&sim.calls).len(), before);
+
+    // FreeIPA has the hosts (the freeipa phase enrolled them).
+    for (node, address) in &hosts {
+        add_host(&client, &config.fqdn(node), address.octets(), None).await;
+    }
+    let prepared = prepare(&client, &config, &hosts, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // One sub-CA per service, each its own certificate.
+    let pems: Vec<&str> = ServiceCa::ALL
+        .iter()
+        .map(|ca| prepared.sub_ca(*ca).expect("every service has its sub-CA"))
+        .collect();
+    for (i, pem) in pems.iter().enumerate() {
+        assert!(pem.contains("BEGIN CERTIFICATE"));
+        assert!(!pems[i + 1..].contains(pem), "two services share a CA");
+    }
+    // The etcd ACL names the core hosts' etcd principals, and only them.
+    let acl = client
+        .call(&calls::caacl_show(&ServiceCa::Etcd.acl()))
+        .await
+        .unwrap();
+    let mut allowed: Vec<String> = acl["result"]["memberservice_service"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    allowed.sort();
+    assert_eq!(
+        allowed,
+        ["node1", "node2", "node3"].map(|n| format!("etcd/{n}.lab.example.org@LAB.EXAMPLE.ORG"))
+    );
+    assert!(acl["result"].get("hostcategory").is_none(), "{acl}");
+    // The worker's address is in FreeIPA's DNS like every node's.
+    let a = client
+        .call(&calls::dnsrecord_show("lab.example.org", "node4"))
+        .await
+        .unwrap();
+    assert_eq!(a["result"]["arecord"], json!(["198.18.0.13"]));
+
+    // Again: found, nothing changed.
+    let mark = log_lines(&sim.calls).len();
+    let again = prepare(&client, &config, &hosts, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(again
+        .sub_cas
+        .iter()
+        .all(|info| info.change == Change::Unchanged));
+    let later = &log_lines(&sim.calls)[mark..];
+    assert!(!later.is_empty());
+    let mutated: Vec<&Value> = later
+        .iter()
+        .filter(|l| l["mutated"] == json!(true))
+        .collect();
+    assert!(
+        mutated.is_empty(),
+        "the second run changed FreeIPA: {mutated:?}"
+    );
+}
