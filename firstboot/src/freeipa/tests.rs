@@ -175,6 +175,18 @@ pub(crate) async fn add_host(
         .unwrap()
 }
 
+/// No call of `calls` changed the simulator's state.
+pub(crate) fn assert_nothing_mutated(calls: &[Value]) {
+    let mutated: Vec<&Value> = calls
+        .iter()
+        .filter(|l| l["mutated"] == json!(true))
+        .collect();
+    assert!(
+        mutated.is_empty(),
+        "the second run changed state: {mutated:?}"
+    );
+}
+
 pub(crate) fn log_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -280,14 +292,7 @@ async fn every_ensure_twice_the_second_run_changes_nothing() {
     assert!(second.iter().all(|c| *c == Change::Unchanged), "{second:?}");
     let later = &log_lines(&sim.calls)[mark..];
     assert!(later.len() >= 9, "{later:?}");
-    let mutated: Vec<&Value> = later
-        .iter()
-        .filter(|l| l["mutated"] == json!(true))
-        .collect();
-    assert!(
-        mutated.is_empty(),
-        "the second run changed state: {mutated:?}"
-    );
+    assert_nothing_mutated(later);
     // And it never needed an error to get there.
     let errors: Vec<&Value> = later
         .iter()

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::freeipa::tests::{add_host, first_server_and_client, log_lines};
+use crate::freeipa::tests::{add_host, assert_nothing_mutated, first_server_and_client, log_lines};
 use crate::freeipa::{calls, Change};
 
 fn config() -> NodeConfig {
@@ -94,12 +94,5 @@ async fn freeipa_gets_the_site_s_names_and_one_sub_ca_per_service_once() {
         .all(|info| info.change == Change::Unchanged));
     let later = &log_lines(&sim.calls)[mark..];
     assert!(!later.is_empty());
-    let mutated: Vec<&Value> = later
-        .iter()
-        .filter(|l| l["mutated"] == json!(true))
-        .collect();
-    assert!(
-        mutated.is_empty(),
-        "the second run changed FreeIPA: {mutated:?}"
-    );
+    assert_nothing_mutated(later);
 }
