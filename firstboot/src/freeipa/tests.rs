@@ -1446,3 +1446,43 @@ fn an_acl_that_allows_more_than_its_service_is_refused() {
         assert!(check(bad.clone()).is_err(), "{bad}");
     }
 }
+
+/// certmonger's own request (`getcert request -K etcd/node1...@REALM`,
+/// made by certmonger 0.79 on this project's machine) carries the
+/// principal as a UPN and a KRB5PrincipalName: FreeIPA issues it for that
+/// principal and refuses it for another (cert.py).
+#[tokio::test]
+async fn certmonger_s_request_is_issued_for_its_own_principal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let node1 = host("node1");
+    add_nodes(&client, &[("node1", [198, 18, 0, 11])]).await;
+    for ca in [ServiceCa::Etcd, ServiceCa::Kubernetes] {
+        client.ensure_service_ca(ca, REALM, WITHIN).await.unwrap();
+        client
+            .ensure_service_principal(ca, &node1, REALM)
+            .await
+            .unwrap();
+    }
+    let csr = include_str!("../../../tests/ipa-sim/testdata/certmonger-etcd-node1.csr");
+    let issued = client
+        .request_service_certificate(ServiceCa::Etcd, &node1, REALM, csr, WITHIN)
+        .await
+        .unwrap();
+    assert!(certifies(&issued.ca_pem, &issued.cert_pem, &node1));
+    // The same request for kubernetes/node1: its principal names are
+    // etcd's, so it is refused, though the CA ACL would allow it.
+    let refused = client
+        .request_service_certificate(ServiceCa::Kubernetes, &node1, REALM, csr, WITHIN)
+        .await
+        .unwrap_err();
+    assert!(refused.is(2100), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("does not match requested principal"),
+        "{refused}"
+    );
+}

@@ -117,34 +117,41 @@ pub fn server_certificate(ca: &CaPems, fqdn: &str) -> anyhow::Result<pki::NodeCe
 /// What a CSR asks for, read as `cert_request` reads it (freeipa
 /// `ipaserver/plugins/cert.py`): the subject's most specific common
 /// name and the subject alternative names by type. Its signature has been
-/// verified (rcgen's `from_der` checks it with x509-parser before it
-/// returns anything).
+/// verified. Read with x509-parser alone: certmonger's requests carry
+/// Kerberos principal names (`getcert -K`) and a basic-constraints
+/// request, which rcgen's CSR reader does not take and FreeIPA does.
 pub struct CsrRequest {
     /// The last CN of the subject ("most specific is end of list").
     pub common_name: Option<String>,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<std::net::IpAddr>,
+    /// Kerberos principal names (KRB5PrincipalName and UPN other names),
+    /// `service/host@REALM`: `cert_request` requires each to be the
+    /// principal asked for.
+    pub principal_names: Vec<String>,
     /// SAN types FreeIPA forbids for hosts and services, by name.
     pub forbidden: Vec<&'static str>,
-    request: rcgen::CertificateSigningRequestParams,
+    public_key: rcgen::SubjectPublicKeyInfo,
 }
+
+/// OIDs of the other names cert.py reads (`pkcs10.SAN_OTHERNAME_UPN`,
+/// `SAN_OTHERNAME_KRB5PRINCIPALNAME`).
+const UPN: &str = "1.3.6.1.4.1.311.20.2.3";
+const KRB5_PRINCIPAL_NAME: &str = "1.3.6.1.5.2.2";
 
 /// Read a CSR given as PEM or bare base64 DER.
 pub fn read_csr(text: &str) -> Result<CsrRequest, String> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::extensions::ParsedExtension;
     let der = csr_der(text)?;
-    let request = rcgen::CertificateSigningRequestParams::from_der(&der.as_slice().into())
-        .map_err(|e| format!("{e}"))?;
-    let (_, raw) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
-        .map_err(|e| format!("{e}"))?;
-    // rcgen rebuilds the key from the signature algorithm: it must be the
-    // key that was asked for.
-    if rcgen::PublicKeyData::subject_public_key_info(&request.public_key)
-        != raw.certification_request_info.subject_pki.raw
-    {
-        return Err("its public key is of a type this CA does not take".into());
-    }
+    let (_, raw) = X509CertificationRequest::from_der(&der).map_err(|e| format!("{e}"))?;
+    raw.verify_signature()
+        .map_err(|e| format!("its signature does not verify: {e}"))?;
+    let info = &raw.certification_request_info;
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
+        .map_err(|_| "its public key is of a type this CA does not take".to_owned())?;
     let mut common_name = None;
-    for cn in raw.certification_request_info.subject.iter_common_name() {
+    for cn in info.subject.iter_common_name() {
         common_name = Some(
             cn.as_str()
                 .map_err(|_| "its common name is not text".to_owned())?
@@ -155,19 +162,106 @@ pub fn read_csr(text: &str) -> Result<CsrRequest, String> {
         common_name,
         dns_names: Vec::new(),
         ip_addresses: Vec::new(),
+        principal_names: Vec::new(),
         forbidden: Vec::new(),
-        request,
+        public_key,
     };
-    for san in &out.request.params.subject_alt_names {
-        match san {
-            rcgen::SanType::DnsName(name) => out.dns_names.push(name.as_str().to_owned()),
-            rcgen::SanType::IpAddress(ip) => out.ip_addresses.push(*ip),
-            rcgen::SanType::Rfc822Name(_) => out.forbidden.push("RFC822Name"),
-            rcgen::SanType::URI(_) => out.forbidden.push("UniformResourceIdentifier"),
-            _ => out.forbidden.push("OtherName"),
+    for extension in raw.requested_extensions().into_iter().flatten() {
+        let ParsedExtension::SubjectAlternativeName(san) = extension else {
+            continue;
+        };
+        for name in &san.general_names {
+            match name {
+                GeneralName::DNSName(n) => out.dns_names.push((*n).to_owned()),
+                GeneralName::IPAddress(bytes) => out.ip_addresses.push(ip_of(bytes)?),
+                GeneralName::OtherName(oid, value) => match oid.to_id_string().as_str() {
+                    UPN => out.principal_names.push(upn(value)?),
+                    KRB5_PRINCIPAL_NAME => out.principal_names.push(krb5_principal_name(value)?),
+                    _ => out.forbidden.push("OtherName"),
+                },
+                GeneralName::RFC822Name(_) => out.forbidden.push("RFC822Name"),
+                GeneralName::URI(_) => out.forbidden.push("UniformResourceIdentifier"),
+                GeneralName::DirectoryName(_) => out.forbidden.push("DirectoryName"),
+                _ => out.forbidden.push("OtherName"),
+            }
         }
     }
     Ok(out)
+}
+
+fn ip_of(bytes: &[u8]) -> Result<std::net::IpAddr, String> {
+    match bytes.len() {
+        4 => Ok(std::net::IpAddr::from(
+            <[u8; 4]>::try_from(bytes).expect("4 bytes"),
+        )),
+        16 => Ok(std::net::IpAddr::from(
+            <[u8; 16]>::try_from(bytes).expect("16 bytes"),
+        )),
+        n => Err(format!("an IP address of {n} bytes")),
+    }
+}
+
+/// One DER element: (tag byte, contents, what follows). Definite lengths
+/// only, as DER has.
+fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
+    let bad = || "a malformed other name".to_owned();
+    let (&tag, rest) = input.split_first().ok_or_else(bad)?;
+    let (&first, rest) = rest.split_first().ok_or_else(bad)?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return Err(bad());
+        }
+        let len = rest[..n].iter().fold(0usize, |l, b| (l << 8) | *b as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return Err(bad());
+    }
+    Ok((tag, &rest[..len], &rest[len..]))
+}
+
+/// `[0] EXPLICIT UTF8String`.
+fn upn(value: &[u8]) -> Result<String, String> {
+    let (tag, inner, _) = tlv(value)?;
+    let (string_tag, text, _) = tlv(inner)?;
+    if tag != 0xa0 || string_tag != 0x0c {
+        return Err("a UPN other name that is not a UTF8String".into());
+    }
+    String::from_utf8(text.to_vec()).map_err(|_| "a UPN that is not UTF-8".into())
+}
+
+/// `[0] EXPLICIT KRB5PrincipalName`, RFC 4556 §3.2.2: `SEQUENCE { realm
+/// [0] Realm, principalName [1] SEQUENCE { name-type [0] Int32,
+/// name-string [1] SEQUENCE OF KerberosString } }`, as
+/// `component/component@REALM`.
+fn krb5_principal_name(value: &[u8]) -> Result<String, String> {
+    let bad = || "a malformed Kerberos principal name".to_owned();
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| bad());
+    let (tag, explicit, _) = tlv(value)?;
+    let (seq, fields, _) = tlv(explicit)?;
+    if tag != 0xa0 || seq != 0x30 {
+        return Err(bad());
+    }
+    let (realm_tag, realm, rest) = tlv(fields)?;
+    let (_, realm, _) = tlv(realm)?;
+    let (name_tag, principal, _) = tlv(rest)?;
+    let (_, principal, _) = tlv(principal)?; // the SEQUENCE
+    let (_, _name_type, strings) = tlv(principal)?; // [0] name-type
+    let (strings_tag, strings, _) = tlv(strings)?; // [1]
+    let (_, mut strings, _) = tlv(strings)?; // SEQUENCE OF
+    if realm_tag != 0xa0 || name_tag != 0xa1 || strings_tag != 0xa1 {
+        return Err(bad());
+    }
+    let mut components = Vec::new();
+    while !strings.is_empty() {
+        let (_, component, rest) = tlv(strings)?;
+        components.push(text(component)?);
+        strings = rest;
+    }
+    Ok(format!("{}@{}", components.join("/"), text(realm)?))
 }
 
 /// Certificates of the `caIPAserviceCert` profile live 731 days.
@@ -200,9 +294,24 @@ pub fn issue(ca: &CaPems, request: &CsrRequest, realm: &str) -> anyhow::Result<S
     dn.push(DnType::OrganizationName, realm);
     dn.push(DnType::CommonName, cn.as_str());
     params.distinguished_name = dn;
-    params
-        .subject_alt_names
-        .clone_from(&request.request.params.subject_alt_names);
+    // The DNS and IP names; the principal names are left out (FreeIPA
+    // copies them too; nothing of the site reads them from a certificate).
+    params.subject_alt_names = request
+        .dns_names
+        .iter()
+        .map(|n| {
+            n.as_str()
+                .try_into()
+                .map(rcgen::SanType::DnsName)
+                .map_err(|e| anyhow!("{n:?} as a DNS name: {e}"))
+        })
+        .chain(
+            request
+                .ip_addresses
+                .iter()
+                .map(|ip| Ok(rcgen::SanType::IpAddress(*ip))),
+        )
+        .collect::<anyhow::Result<_>>()?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -220,12 +329,9 @@ pub fn issue(ca: &CaPems, request: &CsrRequest, realm: &str) -> anyhow::Result<S
         SERVICE_CERT_LIFETIME,
         Some(ca_end),
     );
-    let signed = rcgen::CertificateSigningRequestParams {
-        params,
-        public_key: request.request.public_key.clone(),
-    }
-    .signed_by(&issuer)
-    .with_context(|| format!("signing a certificate for {cn}"))?;
+    let signed = params
+        .signed_by(&request.public_key, &issuer)
+        .with_context(|| format!("signing a certificate for {cn}"))?;
     Ok(signed.pem())
 }
 
@@ -392,6 +498,36 @@ pub fn encode_json(value: &Value) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request certmonger 0.79 made (`getcert request -K
+    /// etcd/node1.lab.example.org@LAB.EXAMPLE.ORG -D node1... -N CN=node1...`
+    /// on this project's machine): read as FreeIPA reads it.
+    #[test]
+    fn a_certmonger_request_is_read_with_its_principal_names() {
+        let text = include_str!("../testdata/certmonger-etcd-node1.csr");
+        let request = read_csr(text).unwrap();
+        assert_eq!(
+            request.common_name.as_deref(),
+            Some("node1.lab.example.org")
+        );
+        assert_eq!(request.dns_names, ["node1.lab.example.org"]);
+        // As a UPN and as a KRB5PrincipalName.
+        assert_eq!(
+            request.principal_names,
+            ["etcd/node1.lab.example.org@LAB.EXAMPLE.ORG"; 2]
+        );
+        assert!(request.forbidden.is_empty());
+        let root = create_root("LAB.EXAMPLE.ORG").unwrap();
+        let etcd = create_sub_ca(&root, "CN=etcd CA,O=LAB.EXAMPLE.ORG").unwrap();
+        let leaf = issue(&etcd, &request, "LAB.EXAMPLE.ORG").unwrap();
+        pki::verify(
+            &leaf,
+            &etcd.cert_pem,
+            Some("node1.lab.example.org"),
+            firstboot::status::now(),
+        )
+        .unwrap();
+    }
 
     #[test]
     fn sub_cas_chain_to_the_root_and_leaves_to_their_ca() {

@@ -1894,6 +1894,18 @@ fn cert_request(
         }
         caacl_check(state, &alt, &ca_name, &profile)?;
     }
+    // A Kerberos principal name (certmonger's `-K`) must be the
+    // principal asked for (cert.py, SAN_OTHERNAME_KRB5PRINCIPALNAME and
+    // SAN_OTHERNAME_UPN).
+    if let Some(other) = request
+        .principal_names
+        .iter()
+        .find(|n| **n != principal_text)
+    {
+        return Err(IpaError::aci(format!(
+            "Principal '{other}' in subject alt name does not match requested principal"
+        )));
+    }
     if let Some(kind) = request.forbidden.first() {
         return Err(IpaError::aci(format!(
             "Subject alt name type {kind} is forbidden"
