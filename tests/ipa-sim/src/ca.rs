@@ -519,14 +519,20 @@ mod tests {
         assert!(request.forbidden.is_empty());
         let root = create_root("LAB.EXAMPLE.ORG").unwrap();
         let etcd = create_sub_ca(&root, "CN=etcd CA,O=LAB.EXAMPLE.ORG").unwrap();
-        let leaf = issue(&etcd, &request, "LAB.EXAMPLE.ORG").unwrap();
+        issued_for_node1(&etcd, &request);
+    }
+
+    /// A leaf for node1 from `ca`, good now under it alone.
+    fn issued_for_node1(ca: &CaPems, request: &CsrRequest) -> String {
+        let leaf = issue(ca, request, "LAB.EXAMPLE.ORG").unwrap();
         pki::verify(
             &leaf,
-            &etcd.cert_pem,
+            &ca.cert_pem,
             Some("node1.lab.example.org"),
             firstboot::status::now(),
         )
         .unwrap();
+        leaf
     }
 
     #[test]
@@ -543,16 +549,8 @@ mod tests {
             Some("node1.lab.example.org")
         );
         assert_eq!(request.dns_names, vec!["node1.lab.example.org".to_owned()]);
-        let leaf = issue(&etcd, &request, "LAB.EXAMPLE.ORG").unwrap();
-        assert!(pki::issued_by(&leaf, &etcd.cert_pem));
+        let leaf = issued_for_node1(&etcd, &request);
         assert!(!pki::issued_by(&leaf, &root.cert_pem));
-        pki::verify(
-            &leaf,
-            &etcd.cert_pem,
-            Some("node1.lab.example.org"),
-            firstboot::status::now(),
-        )
-        .unwrap();
         assert_eq!(
             super::facts(&leaf).unwrap().subject,
             "CN=node1.lab.example.org,O=LAB.EXAMPLE.ORG"
