@@ -36,6 +36,11 @@ pub const IPA_SIM_IN_NODE: &str = "/usr/local/bin/ipa-sim";
 /// The simulator again, as the FreeIPA client's installer: `firstboot
 /// ipa-client` runs it there, as on Fedora CoreOS.
 pub const IPA_CLIENT_INSTALL_IN_NODE: &str = "/usr/sbin/ipa-client-install";
+/// The simulator once more, as certmonger's helper for its `IPA` CA
+/// (Debian's path; Fedora's is /usr/libexec/certmonger/ipa-submit):
+/// firstboot's `getcert request -c IPA` reaches the simulator through
+/// the real certmonger, as on Fedora CoreOS it reaches FreeIPA.
+pub const IPA_SUBMIT_IN_NODE: &str = "/usr/lib/certmonger/ipa-submit";
 pub const API_TXT_IN_NODE: &str = "/usr/local/share/ipa-sim/API.txt";
 
 /// The FreeIPA simulator (`BUILDER_TEST_IPA_SIM`, else the workspace's
@@ -106,6 +111,7 @@ pub fn provision(
     let (sim, api) = freeipa_simulator().expect("ready() checked it");
     lab.bind_into_nodes(&sim, IPA_SIM_IN_NODE);
     lab.bind_into_nodes(&sim, IPA_CLIENT_INSTALL_IN_NODE);
+    lab.bind_into_nodes(&sim, IPA_SUBMIT_IN_NODE);
     lab.bind_into_nodes(&api, API_TXT_IN_NODE);
     lab.serve(vec![(
         format!("/{}", firstboot.object_name()),

@@ -151,6 +151,7 @@ impl LabCloud {
         let (sim, api) = super::lab::freeipa_simulator().expect("ready() checked it");
         lab.bind_into_nodes(&sim, super::lab::IPA_SIM_IN_NODE);
         lab.bind_into_nodes(&sim, super::lab::IPA_CLIENT_INSTALL_IN_NODE);
+        lab.bind_into_nodes(&sim, super::lab::IPA_SUBMIT_IN_NODE);
         lab.bind_into_nodes(&api, super::lab::API_TXT_IN_NODE);
         lab.enable_internet().unwrap();
         let operator = lab.add_internet_host(OPERATOR).unwrap();

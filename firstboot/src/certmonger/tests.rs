@@ -134,9 +134,14 @@ async fn daemon() -> Option<Daemon> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(listening, "certmonger did not start");
-    let helper = helper.display().to_string();
+    set_ipa_helper(&certmonger, &helper.display().to_string()).await;
+    Some(daemon)
+}
+
+/// certmonger's built-in `IPA` CA runs `helper` from now on.
+async fn set_ipa_helper(certmonger: &Certmonger, helper: &str) {
     let out = certmonger
-        .getcert(&["modify-ca", "-c", IPA, "-e", &helper])
+        .getcert(&["modify-ca", "-c", IPA, "-e", helper])
         .await
         .unwrap();
     assert!(
@@ -144,7 +149,6 @@ async fn daemon() -> Option<Daemon> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(daemon)
 }
 
 fn request(dir: &Path, id: &str) -> Request {
@@ -315,5 +319,123 @@ async fn handoff_asks_certmonger_for_the_etcd_slot() {
     assert_eq!(
         daemon.submits(),
         ["principal=etcd/node2.lab.example.org@LAB.EXAMPLE.ORG issuer=etcd profile=caIPAserviceCert"]
+    );
+}
+
+/// The production path end to end, as far as this machine can run it:
+/// firstboot's request to the real certmonger, whose `IPA` CA runs the
+/// simulator's stand-in for `ipa-submit` (the lab binds it there), which
+/// logs in as the enrolled host with the keytab the simulator gave it and
+/// asks for the certificate, which FreeIPA's rules then allow or refuse.
+#[tokio::test]
+async fn certmonger_gets_the_etcd_certificate_from_the_simulator_as_the_host() {
+    use crate::freeipa::tests::{add_host, first_server_and_client, IPA1};
+    use crate::freeipa::ServiceCa;
+    use crate::handoff::recertify::{FromFreeipa, Issue};
+    let Some(helper) = std::env::var_os("BUILDER_TEST_IPA_SIM").map(PathBuf::from) else {
+        site_test_skip::skip(
+            "skipping: BUILDER_TEST_IPA_SIM is not set (cargo build -p ipa-sim; make test sets it)",
+        );
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(scratch.path()).await else {
+        return;
+    };
+    let root = scratch.path().join("node1");
+    let Some(daemon) = daemon().await else {
+        return;
+    };
+    let node1 = "node1.lab.example.org";
+    let node2 = "node2.lab.example.org";
+    let realm = "LAB.EXAMPLE.ORG";
+    // node1 enrolled with its one-time password: it has a keytab.
+    add_host(&client, node1, [198, 18, 0, 11], Some("otp-node1")).await;
+    let running = sim.running.as_ref().unwrap();
+    let enrolled = ipa_sim::install::enroll(
+        IPA1,
+        running.address,
+        node1,
+        "otp-node1",
+        "client",
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let write = |path: &str, text: &str| {
+        crate::fsutil::write_atomic(&root.join(path), text.as_bytes(), 0o600).unwrap()
+    };
+    write("etc/ipa/ca.crt", &enrolled.ca_pem);
+    write("etc/krb5.keytab", &enrolled.keytab);
+    write(
+        "etc/ipa/default.conf",
+        &format!(
+            "[global]\nhost = {node1}\nserver = {IPA1}\nrealm = {realm}\n\
+             xmlrpc_uri = https://{}/ipa/xml\n",
+            running.address
+        ),
+    );
+    // Handoff's first step gave FreeIPA the sub-CA and node1's principal.
+    let etcd = client
+        .ensure_service_ca(ServiceCa::Etcd, realm, Duration::from_secs(30))
+        .await
+        .unwrap();
+    add_host(&client, node2, [198, 18, 0, 12], None).await;
+    for node in [node1, node2] {
+        client
+            .ensure_service_principal(ServiceCa::Etcd, node, realm)
+            .await
+            .unwrap();
+    }
+    // certmonger's IPA helper is the simulator's ipa-submit, in node1's root.
+    let submit = daemon.path("ipa-submit");
+    std::os::unix::fs::symlink(&helper, &submit).unwrap();
+    let certmonger = Certmonger::private(&daemon.address());
+    set_ipa_helper(
+        &certmonger,
+        &format!("{} --root {}", submit.display(), root.display()),
+    )
+    .await;
+
+    let slot = crate::certs::plan::ETCD.slot(&crate::paths::Paths::under(&root));
+    let issue = FromFreeipa {
+        certmonger: certmonger.clone(),
+        sub_ca: "etcd".to_owned(),
+        principal: format!("etcd/{node1}@{realm}"),
+        patience: PATIENCE,
+    };
+    issue.certify(&slot, node1).await.unwrap();
+    let cert = std::fs::read_to_string(&slot.cert).unwrap();
+    slot.check(&cert, &etcd.cert_pem, node1).unwrap();
+    assert!(!crate::pki::issued_by(&cert, &sim.ca_pem));
+    // The simulator saw node1's host log in, not the admin.
+    let calls = crate::freeipa::tests::log_lines(&sim.calls);
+    assert!(
+        calls.iter().any(|c| c["method"] == "login_kerberos"
+            && c["params"]["host"] == node1
+            && c["error"].is_null()),
+        "{calls:?}"
+    );
+
+    // node1 asking for node2's principal, which it does not manage, is
+    // refused, and certmonger says why.
+    let other = Request {
+        id: "other".into(),
+        principal: format!("etcd/{node2}@{realm}"),
+        dns: node2.into(),
+        subject: format!("CN={node2}"),
+        key: root.join("other.key"),
+        cert: root.join("other.crt"),
+        ..request(&root, "other")
+    };
+    let refused = format!(
+        "{:#}",
+        certmonger.ensure(&other, PATIENCE, POLL).await.unwrap_err()
+    );
+    assert!(refused.contains("CA_REJECTED"), "{refused}");
+    assert!(
+        refused.contains("may not write the certificate"),
+        "{refused}"
     );
 }

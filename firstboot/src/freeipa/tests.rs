@@ -15,7 +15,7 @@ use super::*;
 
 const DOMAIN: &str = "lab.example.org";
 const REALM: &str = "LAB.EXAMPLE.ORG";
-const IPA1: &str = "ipa1.lab.example.org";
+pub(crate) const IPA1: &str = "ipa1.lab.example.org";
 const IPA2: &str = "ipa2.lab.example.org";
 const PASSWORD: &str = "Secret123-admin";
 
@@ -83,10 +83,10 @@ fn answers_are_parsed_without_trusting_them() {
 }
 
 pub(crate) struct Sim {
-    running: Option<Running>,
+    pub(crate) running: Option<Running>,
     data: PathBuf,
     pub(crate) calls: PathBuf,
-    ca_pem: String,
+    pub(crate) ca_pem: String,
 }
 
 fn options_text(lines: &[&str]) -> InstallOptions {
@@ -1485,4 +1485,89 @@ async fn certmonger_s_request_is_issued_for_its_own_principal_only() {
             .contains("does not match requested principal"),
         "{refused}"
     );
+}
+
+/// One POST to the simulator's `path`, over TLS checked against its CA.
+async fn post_to_sim(
+    sim: &Sim,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> crate::https::Answer {
+    let running = sim.running.as_ref().unwrap();
+    crate::https::post_verified(
+        running.address,
+        &sim.ca_pem,
+        IPA1,
+        path,
+        headers,
+        body,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+/// The stand-in for Kerberos: a host logs in with the keytab the
+/// simulator gave it at enrollment, and nothing else does; its session
+/// may only do what certmonger's helper does.
+#[tokio::test]
+async fn a_host_logs_in_with_its_keytab_and_may_only_ask_for_certificates() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let node1 = host("node1");
+    add_host(&client, &node1, [198, 18, 0, 11], Some("otp-node1")).await;
+    let address = sim.running.as_ref().unwrap().address;
+    let enrolled =
+        ipa_sim::install::enroll(IPA1, address, &node1, "otp-node1", "client", false, None)
+            .await
+            .unwrap();
+    let negotiate = |keytab: &str| {
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(json!({"host": node1, "keytab": keytab}).to_string());
+        [("authorization", format!("Negotiate {token}"))]
+    };
+    let login = "/ipa/session/login_kerberos";
+    let refused = post_to_sim(&sim, login, &negotiate("not the keytab"), Vec::new()).await;
+    assert_eq!(refused.status, 401);
+    let answer = post_to_sim(&sim, login, &negotiate(&enrolled.keytab), Vec::new()).await;
+    assert_eq!(answer.status, 200);
+    let cookie = answer.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let session = [
+        ("cookie", cookie),
+        ("referer", format!("https://{IPA1}/ipa")),
+    ];
+    let version = crate::freeipa::API_VERSION;
+    let call = |method: &str, params: Value| {
+        json!({"method": method, "params": params, "id": 0})
+            .to_string()
+            .into_bytes()
+    };
+    let json_path = "/ipa/session/json";
+    let ping = post_to_sim(
+        &sim,
+        json_path,
+        &session,
+        call("ping", json!([[], {"version": version}])),
+    )
+    .await;
+    let ping: Value = serde_json::from_slice(&ping.body).unwrap();
+    assert!(ping["error"].is_null(), "{ping}");
+    assert_eq!(ping["principal"], json!(format!("host/{node1}@{REALM}")));
+    let add = call(
+        "host_add",
+        json!([["node9.lab.example.org"], {"force": true, "version": version}]),
+    );
+    let add: Value =
+        serde_json::from_slice(&post_to_sim(&sim, json_path, &session, add).await.body).unwrap();
+    assert_eq!(add["error"]["code"], json!(2100), "{add}");
 }

@@ -24,6 +24,34 @@ pub struct Ctx<'a> {
     /// Lightweight CAs (lower-case names) whose signing key has not
     /// reached this server yet (see [`crate::server::Options`]).
     pub unready_cas: &'a std::collections::BTreeSet<String>,
+    /// Who is calling: the admin, or a host with its keytab.
+    pub caller: &'a Caller,
+}
+
+/// Who a session belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// `admin`, logged in with its password: may do everything.
+    Admin,
+    /// An enrolled host (`host/<fqdn>`), logged in with its keytab, as
+    /// certmonger's `ipa-submit` binds (the stand-in for Kerberos: see
+    /// `server`'s `login_kerberos`).
+    Host(String),
+}
+
+/// What a host may call. FreeIPA's ACIs let a host read a good deal
+/// more; the simulator lets it do only what certmonger's helper does,
+/// so a host session that strays is seen.
+const HOST_METHODS: &[&str] = &["cert_request", "ca_show", "ping"];
+
+impl Caller {
+    /// The session's principal, as FreeIPA's answers name it.
+    pub fn principal(&self, realm: &str) -> String {
+        match self {
+            Caller::Admin => format!("admin@{realm}"),
+            Caller::Host(fqdn) => format!("host/{fqdn}@{realm}"),
+        }
+    }
 }
 
 /// How a server resolves host names for FreeIPA's resolvability checks
@@ -119,6 +147,16 @@ pub fn run(state: &mut State, ctx: &Ctx, call: &Checked) -> Result<Outcome, IpaE
         .filter_map(|a| call.str(&a.name).map(str::to_owned))
         .collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    if let Caller::Host(host) = ctx.caller {
+        if !HOST_METHODS.contains(&call.command.name.as_str()) {
+            return Err(IpaError::aci(format!(
+                "Insufficient access: host/{host} may not call {} here (the simulator lets \
+                 a host call only {})",
+                call.command.name,
+                HOST_METHODS.join(", ")
+            )));
+        }
+    }
     match call.command.name.as_str() {
         "ping" => unchanged(json!({
             "summary": "IPA server version 4.13.0. API version 2.257",
@@ -1850,6 +1888,22 @@ fn cert_request(
         IpaError::validation("csr", "No Common Name was found in subject of request.")
     })?;
     let entry = state.get(kind, &key).cloned().unwrap_or_default();
+    // A host binding with its keytab writes only its own entry and the
+    // services it manages (the ACI "Hosts can modify service
+    // userCertificate"; cert.py's `ldap.can_write(dn, "usercertificate")`).
+    if let Caller::Host(host) = ctx.caller {
+        let own = kind == Kind::Host && key.eq_ignore_ascii_case(host);
+        let manages = kind == Kind::Service
+            && values(&entry, "managedby_host")
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host));
+        if !own && !manages {
+            return Err(IpaError::aci(format!(
+                "Insufficient access: host/{host} may not write the certificate of \
+                 {principal_text}"
+            )));
+        }
+    }
     let own_names = principal_host_names(state, &principal, &entry);
     let matches = |names: &[String], name: &str| names.iter().any(|n| n.eq_ignore_ascii_case(name));
     if !matches(&own_names, &cn) {

@@ -266,6 +266,7 @@ pub fn add_server_records(
         dns_name_objects: false,
         resolution: commands::Resolution::OwnZones,
         unready_cas: &Default::default(),
+        caller: &commands::Caller::Admin,
     };
     if create_zone && !state.exists(Kind::DnsZone, &zone) {
         let serial = "1".to_owned();

@@ -14,6 +14,7 @@ use ipa_sim::install::{self, InstallOptions};
 use ipa_sim::server::{self, Fault, Options};
 
 mod client_install;
+mod submit;
 
 /// A FreeIPA simulator: JSON-RPC checked against API.txt, its own CA and
 /// DNS, replicas and enrollment with one-time passwords.
@@ -125,9 +126,16 @@ fn main() -> ExitCode {
     // is that program: what `firstboot ipa-client` runs on a worker.
     let mut args = std::env::args_os();
     let called = args.next().map(PathBuf::from);
-    if called.as_deref().and_then(Path::file_name) == Some("ipa-client-install".as_ref()) {
+    let name = called.as_deref().and_then(Path::file_name);
+    if name == Some("ipa-client-install".as_ref()) {
         let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
         return ExitCode::from(runtime.block_on(client_install::run(&args, Path::new("/"))));
+    }
+    // Called as certmonger's ipa-submit (bound there in the lab's nodes),
+    // it is that helper: what certmonger runs for `getcert -c IPA`.
+    if name == Some("ipa-submit".as_ref()) {
+        let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+        return ExitCode::from(runtime.block_on(submit::run(&submit::root(&args))));
     }
     let cli = Cli::parse();
     match runtime.block_on(run(cli)) {

@@ -42,7 +42,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::api::Api;
-use crate::commands::{self, Ctx};
+use base64::Engine as _;
+
+use crate::commands::{self, Caller, Ctx};
 use crate::error::IpaError;
 use crate::state::{self, first, values, Kind, State};
 use crate::{ca, dns};
@@ -171,7 +173,8 @@ struct Inner {
     options: Options,
     api: Arc<Api>,
     state: Mutex<State>,
-    sessions: Mutex<HashMap<String, Instant>>,
+    /// Session tokens: when each was last used, and whose it is.
+    sessions: Mutex<HashMap<String, (Instant, Caller)>>,
     /// This server's host key (its "keytab").
     keytab: String,
     zones: Mutex<Option<dns::Zones>>,
@@ -411,6 +414,7 @@ impl Inner {
         }
         match request.path.as_str() {
             "/ipa/session/login_password" => self.login(&request),
+            "/ipa/session/login_kerberos" => self.login_kerberos(&request),
             "/ipa/session/json" => self.json(&request).await,
             "/ipa-sim/enroll" => self.enroll(&request).await,
             "/ipa-sim/unenroll" => self.unenroll(&request),
@@ -447,8 +451,59 @@ impl Inner {
                 .push(("x-ipa-rejection-reason", "invalid-password".into()));
             return response;
         }
+        self.open_session(Caller::Admin)
+    }
+
+    /// `/ipa/session/login_kerberos`, the stand-in for Kerberos: FreeIPA
+    /// takes a GSSAPI `Negotiate` token there (mod_auth_gssapi) from a
+    /// host holding its keytab; the simulator has no KDC, so the token is
+    /// the host's name and the keytab secret it wrote at enrollment
+    /// (`Negotiate base64({"host": fqdn, "keytab": secret})`), checked
+    /// against the host entry as the KDC checks the key. A host without a
+    /// keytab (never enrolled, or disabled) gets nothing.
+    fn login_kerberos(&self, request: &Request) -> Response {
+        let asked: Option<(String, String)> = request
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Negotiate "))
+            .and_then(|token| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(token.trim())
+                    .ok()
+            })
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .and_then(|v| {
+                Some((
+                    v["host"]
+                        .as_str()?
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase(),
+                    v["keytab"].as_str()?.to_owned(),
+                ))
+            });
+        let host = asked.as_ref().map(|(h, _)| h.clone()).unwrap_or_default();
+        let ok = asked.as_ref().is_some_and(|(host, keytab)| {
+            lock(&self.state)
+                .get(Kind::Host, host)
+                .and_then(|e| first(e, "_keytab"))
+                .is_some_and(|hash| hash == sha256_hex(keytab))
+        });
+        self.log(json!({"method": "login_kerberos", "params": {"host": host}, "error": if ok { Value::Null } else { json!(1201) }, "mutated": false}));
+        if !ok {
+            let mut response = Response::text(401, "Unauthorized");
+            response
+                .headers
+                .push(("www-authenticate", "Negotiate".into()));
+            return response;
+        }
+        self.open_session(Caller::Host(host))
+    }
+
+    /// A session for `caller`, in its cookie.
+    fn open_session(&self, caller: Caller) -> Response {
         let token = random_token();
-        lock(&self.sessions).insert(token.clone(), Instant::now());
+        lock(&self.sessions).insert(token.clone(), (Instant::now(), caller));
         Response {
             status: 200,
             headers: vec![(
@@ -505,35 +560,40 @@ impl Inner {
         Some((file.fault, Duration::from_millis(file.delay_ms)))
     }
 
-    fn session_valid(&self, request: &Request) -> bool {
-        let Some(cookies) = request.headers.get("cookie").and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
+    fn session_caller(&self, request: &Request) -> Option<Caller> {
+        let cookies = request
+            .headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())?;
         let token = cookies.split(';').find_map(|c| {
             c.trim()
                 .strip_prefix("ipa_session=")
                 .map(|v| v.strip_prefix("MagBearerToken=").unwrap_or(v).to_owned())
         });
-        let Some(token) = token else {
-            return false;
-        };
+        let token = token?;
         let mut sessions = lock(&self.sessions);
         match sessions.get_mut(&token) {
-            Some(used) if used.elapsed() < SESSION_IDLE => {
+            Some((used, caller)) if used.elapsed() < SESSION_IDLE => {
                 *used = Instant::now();
-                true
+                Some(caller.clone())
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    fn answer(&self, result: Value, error: Option<&IpaError>, id: Value) -> Response {
+    fn answer(
+        &self,
+        result: Value,
+        error: Option<&IpaError>,
+        id: Value,
+        caller: &Caller,
+    ) -> Response {
         let realm = lock(&self.state).realm.clone();
         let body = json!({
             "result": if error.is_some() { Value::Null } else { result },
             "error": error.map(IpaError::to_json),
             "id": id,
-            "principal": format!("admin@{realm}"),
+            "principal": caller.principal(&realm),
             "version": PRODUCT_VERSION,
         });
         Response::json(ca::encode_json(&body))
@@ -596,31 +656,36 @@ impl Inner {
                  <p><strong>denied</strong></p></body></html>",
             );
         }
-        if !self.session_valid(request) {
+        let Some(caller) = self.session_caller(request) else {
             self.log(json!({"method": null, "params": null, "error": 401, "mutated": false}));
             return unauthorized();
-        }
+        };
         let (method, params, id) = match envelope(&request.body) {
             Ok(parts) => parts,
             Err(error) => {
                 self.log(
                     json!({"method": null, "params": null, "error": error.code, "mutated": false}),
                 );
-                return self.answer(Value::Null, Some(&error), Value::Null);
+                return self.answer(Value::Null, Some(&error), Value::Null, &caller);
             }
         };
-        let (result, error, mutated) = self.execute(&method, &params).await;
+        let (result, error, mutated) = self.execute(&method, &params, &caller).await;
         self.log(json!({
             "method": method,
             "params": masked(&params),
             "error": error.as_ref().map(|e| e.code),
             "mutated": mutated,
         }));
-        self.answer(result, error.as_ref(), id)
+        self.answer(result, error.as_ref(), id, &caller)
     }
 
     /// Check, then run; the answer, its error, whether it changed state.
-    async fn execute(&self, method: &str, params: &Value) -> (Value, Option<IpaError>, bool) {
+    async fn execute(
+        &self,
+        method: &str,
+        params: &Value,
+        caller: &Caller,
+    ) -> (Value, Option<IpaError>, bool) {
         let checked = match self.api.validate(method, params) {
             Ok(checked) => checked,
             Err(e) => return (Value::Null, Some(e), false),
@@ -643,6 +708,7 @@ impl Inner {
                 .as_ref()
                 .map_or(commands::Resolution::OwnZones, commands::Resolution::Looked),
             unready_cas: &unready_cas,
+            caller,
         };
         let outcome = {
             let mut state = lock(&self.state);

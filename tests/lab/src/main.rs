@@ -103,6 +103,7 @@ fn up(dir: &Path, firstboot: &Path) -> Result<()> {
     }
     lab.bind_into_nodes(&sim, "/usr/local/bin/ipa-sim");
     lab.bind_into_nodes(&sim, "/usr/sbin/ipa-client-install");
+    lab.bind_into_nodes(&sim, "/usr/lib/certmonger/ipa-submit");
     lab.bind_into_nodes(&api, "/usr/local/share/ipa-sim/API.txt");
     lab.serve(vec![(path, bytes)])?;
     for config in &configs {
