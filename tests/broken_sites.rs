@@ -218,6 +218,103 @@ fn builder_render_refuses_every_broken_site() {
     report(cases().iter().filter_map(check_cli).collect());
 }
 
+/// The replacement an error's help offers for what its position points
+/// at, if it offers one (`write `X``, `did you mean `X`?`, `use `X` or
+/// larger`, `remove the quotes: write `X``, `write the number alone:
+/// `X``). Advice to add or rearrange lines is not a replacement.
+fn offered_fix(help: &str) -> Option<&str> {
+    let rest = [
+        "write `",
+        "did you mean `",
+        "use `",
+        "remove the quotes: write `",
+        "write the number alone: `",
+    ]
+    .iter()
+    .find_map(|prefix| help.strip_prefix(prefix))?;
+    rest.split_once('`').map(|(fix, _)| fix)
+}
+
+/// `text` with the scalar that starts at `line`:`col` (1-based, in
+/// characters) replaced by `with`: a quoted scalar up to its closing
+/// quote, else up to a blank, `,`, `]`, `}`, `#` or a `:` that ends a key.
+fn replace_at(text: &str, line: usize, col: usize, with: &str) -> String {
+    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    let chars: Vec<char> = lines[line - 1].chars().collect();
+    let start = col - 1;
+    let end = match chars[start] {
+        quote @ ('"' | '\'') => {
+            start + 1 + chars[start + 1..].iter().position(|c| *c == quote).unwrap() + 1
+        }
+        _ => (start..chars.len())
+            .find(|&i| {
+                let c = chars[i];
+                c.is_whitespace()
+                    || matches!(c, ',' | ']' | '}' | '#')
+                    || (c == ':' && chars.get(i + 1).is_none_or(|n| n.is_whitespace()))
+            })
+            .unwrap_or(chars.len()),
+    };
+    let mended: String = chars[..start]
+        .iter()
+        .chain(with.chars().collect::<Vec<_>>().iter())
+        .chain(chars[end..].iter())
+        .collect();
+    lines[line - 1] = mended;
+    lines.join("\n")
+}
+
+/// README: "Errors ... say how to fix it; a fix offered is one that
+/// passes". Every error of the corpus whose help offers a replacement has
+/// it applied where the error points: that error is gone and no other
+/// appears.
+#[test]
+fn every_fix_offered_passes() {
+    let mut checked = Vec::new();
+    let mut failures = Vec::new();
+    for case in cases() {
+        let Ok(text) = std::str::from_utf8(&case.source) else {
+            continue;
+        };
+        let Err(errors) = Site::parse(&case.name, text) else {
+            continue;
+        };
+        let before: Vec<&str> = errors.0.iter().map(|e| e.message.as_str()).collect();
+        for error in &errors.0 {
+            let Some(fix) = error.help.as_deref().and_then(offered_fix) else {
+                continue;
+            };
+            let mended = replace_at(text, error.pos.line, error.pos.col, fix);
+            let after: Vec<String> = match Site::parse(&case.name, &mended) {
+                Ok(_) => Vec::new(),
+                Err(errors) => errors.0.iter().map(|e| e.message.clone()).collect(),
+            };
+            let what = format!(
+                "case `{}`, {}: {} -> `{fix}`",
+                case.name, error.pos, error.message
+            );
+            if after.contains(&error.message) {
+                failures.push(format!("{what}: the error remains"));
+            } else if let Some(new) = after.iter().find(|m| !before.contains(&m.as_str())) {
+                failures.push(format!("{what}: now `{new}`"));
+            }
+            checked.push(what);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "fixes that do not pass:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        checked.len() >= 20,
+        "only {} fixes checked:\n{}",
+        checked.len(),
+        checked.join("\n")
+    );
+    eprintln!("{} fixes offered, each passes", checked.len());
+}
+
 #[test]
 fn the_corpus_is_large_enough() {
     let n = cases().len();

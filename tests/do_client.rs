@@ -196,9 +196,8 @@ fn an_unresolvable_host_is_not_retried_and_says_so_once() {
     // so no query leaves this machine.
     let host = format!("{}.invalid", "a".repeat(70));
     let client = client(&format!("http://{host}"));
-    let started = std::time::Instant::now();
+    // Not retried: the one request counted below, not a clock.
     let err = runtime().block_on(client.get("/v2/account")).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2), "retried");
     assert!(matches!(err, ApiError::Unreachable { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
@@ -213,10 +212,11 @@ fn an_unresolvable_host_is_not_retried_and_says_so_once() {
 
 #[test]
 fn a_refused_connection_is_retried_then_named() {
-    let port = {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    // Bound and never listened on: a connection is refused, and no other
+    // process can take the port while the test holds it.
+    let unserved = tokio::net::TcpSocket::new_v4().unwrap();
+    unserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = unserved.local_addr().unwrap().port();
     let client = client(&format!("http://127.0.0.1:{port}"));
     let err = runtime().block_on(client.get("/v2/account")).unwrap_err();
     assert_eq!(client.sent().requests, 4);

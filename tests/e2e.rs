@@ -9,10 +9,10 @@
 //! - 5 hosts (3 core, 2 workers): a worker destroyed half-way through
 //!   assembly and launched again rejoins.
 //!
-//! The bootstrap host destroyed once etcd formed and launched again must
-//! rejoin the same cluster: that test is quarantined (see
-//! `quarantined_rebuilt_bootstrap_host_rejoins_its_cluster`) until
-//! firstboot re-pins a core host whose address changed.
+//! A third site (`e2e_rebuilt_bootstrap_host_rejoins_its_cluster`, run
+//! by `make e2e` like the first) loses its bootstrap host once etcd
+//! formed: launched again at a new address, it rejoins the same etcd
+//! cluster and the site's FreeIPA, and its peers follow it.
 //!
 //! On both: every node's user data is `builder render`'s output byte for
 //! byte; `builder status --output json` (real SSH as `core`) shows every

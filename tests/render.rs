@@ -163,6 +163,48 @@ fn configs_over_the_user_data_budget_are_refused() {
     assert!(err.downcast_ref::<render::TooLarge>().is_some());
 }
 
+/// README: "Each config must stay 4 KiB under DigitalOcean's 64 KiB
+/// user-data limit", at its edge: with the most SSH keys that fit, the
+/// largest config is within a key of 60 KiB; one key more is refused
+/// though that config is still under 64 KiB, which DigitalOcean would
+/// take.
+#[test]
+fn the_user_data_margin_is_kept_at_its_edge() {
+    let edge = render::USER_DATA_LIMIT - render::SAFETY_MARGIN;
+    assert_eq!(edge, 60 * 1024);
+    let render_with = |keys: usize| {
+        let site = Site::parse("big", &site_with_keys(keys)).unwrap();
+        render::render_site(&site, &test_secrets(), &tiny_firstboot(), None)
+    };
+    // Bisect the key count: `fits` renders, `refused` does not.
+    let (mut fits, mut refused) = (1, 800);
+    assert!(render_with(fits).is_ok() && render_with(refused).is_err());
+    while refused - fits > 1 {
+        let middle = (fits + refused) / 2;
+        match render_with(middle) {
+            Ok(_) => fits = middle,
+            Err(_) => refused = middle,
+        }
+    }
+    let largest = render_with(fits)
+        .unwrap()
+        .iter()
+        .map(|c| c.bytes.len())
+        .max()
+        .unwrap();
+    let over = render_with(refused).unwrap_err();
+    let over = over.downcast_ref::<render::TooLarge>().unwrap();
+    assert!(
+        largest <= edge && largest > edge - 200,
+        "{fits} keys: the largest config is {largest} bytes, the edge {edge}"
+    );
+    assert!(
+        over.size > edge && over.size < render::USER_DATA_LIMIT,
+        "{refused} keys: a config of {} bytes refused",
+        over.size
+    );
+}
+
 #[test]
 fn freeipa_passwords_freeipa_refuses_are_refused_before_rendering() {
     // A vault from before builder init checked them, or edited since:

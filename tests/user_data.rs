@@ -4,7 +4,8 @@
 //!
 //! - no config holds anything from which another node's key (or any
 //!   node's ticket) can be made: not the vault's root secret, not the site
-//!   signing key, not another node's key;
+//!   signing key's seed (each searched for in every decoded file, as
+//!   bytes, hex and base64), not another node's key;
 //! - only the bootstrap host's config holds the FreeIPA passwords;
 //! - the bootstrap host's config does not grow with the site.
 
@@ -16,10 +17,10 @@ use builder::site::Site;
 use node_contract::{Generation, NodeConfig, Role, Seed, SigningKey};
 use support::site::{generated_site, test_secrets, tiny_firstboot};
 
-/// Every string a config carries, with its gzip'd and base64'd files
+/// Every byte a config carries, with its gzip'd and base64'd files
 /// opened: what a reader of the user data sees.
-fn everything_in(config: &[u8]) -> String {
-    let mut text = String::from_utf8(config.to_vec()).unwrap();
+fn every_byte_in(config: &[u8]) -> Vec<u8> {
+    let mut all = config.to_vec();
     let value: serde_json::Value = serde_json::from_slice(config).unwrap();
     for file in value["storage"]["files"].as_array().unwrap() {
         let source = file["contents"]["source"].as_str().unwrap_or_default();
@@ -35,10 +36,38 @@ fn everything_in(config: &[u8]) -> String {
             } else {
                 bytes
             };
-            text.push_str(&String::from_utf8_lossy(&plain));
+            all.extend_from_slice(&plain);
         }
     }
-    text
+    all
+}
+
+/// [`every_byte_in`] as text.
+fn everything_in(config: &[u8]) -> String {
+    String::from_utf8_lossy(&every_byte_in(config)).into_owned()
+}
+
+/// The forms a secret of these bytes could be written in: itself, hex
+/// (either case), base64 (standard and URL-safe, padded or not).
+fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut forms = vec![
+        secret.to_vec(),
+        hex.clone().into_bytes(),
+        hex.to_uppercase().into_bytes(),
+    ];
+    for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(secret).into_bytes());
+    }
+    forms
+}
+
+/// Whether `haystack` holds `secret` in any of its [`forms`].
+fn holds_any_form(haystack: &[u8], secret: &[u8]) -> bool {
+    forms(secret)
+        .iter()
+        .any(|form| haystack.windows(form.len()).any(|w| w == form.as_slice()))
 }
 
 fn contract_of(config: &[u8]) -> NodeConfig {
@@ -70,15 +99,44 @@ fn no_config_holds_what_makes_another_nodes_credential() {
         })
         .collect();
     let backup_key = keys.ca_backup(&site.bootstrap().name);
+    let site_seed = keys.site_seed();
+    // The checks below can see a secret: the bootstrap host's own seed is
+    // found in its config in one of these forms.
+    let (own, _) = keys.node(
+        &site.domain,
+        &site.bootstrap().name,
+        site.bootstrap().role,
+        Generation::FIRST,
+    );
+    let bootstrap = configs
+        .iter()
+        .find(|c| c.host == site.bootstrap().name.as_str())
+        .unwrap();
+    assert!(holds_any_form(
+        &every_byte_in(&bootstrap.bytes),
+        own.as_bytes()
+    ));
     for config in &configs {
+        let bytes = every_byte_in(&config.bytes);
         let text = everything_in(&config.bytes);
+        // Every decoded config, in every form a secret could take: the
+        // vault's root secret and the site signing key's seed.
         assert!(
-            !text.contains(&secrets.join_secret),
+            !holds_any_form(&bytes, secrets.join_secret.as_bytes()),
             "{}: the vault's root secret",
             config.host
         );
-        // The site signing key: its seed is derived in builder only. No
-        // config may hold a key whose public half is the site key.
+        assert!(
+            !holds_any_form(&bytes, site_seed.as_bytes()),
+            "{}: the site signing key's seed",
+            config.host
+        );
+        assert_eq!(
+            SigningKey::from_seed(&site_seed).public_key(),
+            contract_of(&config.bytes).site.site_key,
+            "the seed searched for is not the site's signing key"
+        );
+        // No config may hold a key whose public half is the site key.
         let contract = contract_of(&config.bytes);
         assert_ne!(
             SigningKey::from_seed(&contract.identity.key).public_key(),

@@ -12,8 +12,9 @@ use clap::{Args, Parser, Subcommand};
     term_width = 80,
     about = "Turn a short hosts.yaml into a self-assembling site on DigitalOcean",
     long_about = "Turn a short hosts.yaml into a self-assembling site on DigitalOcean: \
-                  an etcd cluster, FreeIPA (DNS, Kerberos, CA) with replicas, and \
-                  Kubernetes, assembled peer to peer by `firstboot` on each node.\n\n\
+                  an etcd cluster and FreeIPA (DNS, Kerberos, CA) with replicas, \
+                  assembled peer to peer by `firstboot` on each node; Kubernetes \
+                  on top is planned, not built yet.\n\n\
                   Start with `builder init mysite`, edit mysite/hosts.yaml, then \
                   `builder render mysite/hosts.yaml`.",
     after_help = "Try the bundled example: builder render examples/hosts.yaml --out rendered"
@@ -294,5 +295,26 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Each sentence of `text` that names Kubernetes, which is not built
+    /// yet, must say it is planned.
+    fn unbuilt_said_planned(what: &str, text: &str) {
+        for sentence in text.split(". ").filter(|s| s.contains("Kubernetes")) {
+            assert!(
+                sentence.contains("planned"),
+                "{what} promises Kubernetes, which is not built: {sentence:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn help_and_readme_say_kubernetes_is_planned() {
+        let help = super::Cli::command().render_long_help().to_string();
+        assert!(help.contains("Kubernetes"), "{help}");
+        unbuilt_said_planned("builder --help", &help.replace('\n', " "));
+        let readme = include_str!("../../README.md");
+        let first = readme.split("\n\n").nth(1).unwrap().replace('\n', " ");
+        unbuilt_said_planned("README's first paragraph", &first);
     }
 }

@@ -559,24 +559,59 @@ pub fn to_pem(der: &CertificateDer<'_>) -> String {
 mod tests {
     use super::*;
 
-    async fn server(limits: Limits) -> SocketAddr {
+    /// Holds `/hold` exchanges inside the handler until the test lets them
+    /// go, and counts those that got there: a test waits on what the
+    /// server did, not on a clock.
+    struct Gate {
+        entered: tokio::sync::Semaphore,
+        release: tokio::sync::Semaphore,
+    }
+
+    /// How long a test waits for something the server must do at once
+    /// before it fails (a bound, never a pause).
+    const BOUND: Duration = Duration::from_secs(20);
+
+    async fn server(limits: Limits) -> (SocketAddr, Arc<Gate>) {
         let cert = crate::pki::self_signed("svc.lab.example.org").unwrap();
         let identity = Identity::Fixed(server_config(&cert.cert_pem, &cert.key_pem).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let gate = Arc::new(Gate {
+            entered: tokio::sync::Semaphore::new(0),
+            release: tokio::sync::Semaphore::new(0),
+        });
+        let held = gate.clone();
         tokio::spawn(serve(
             listener,
             identity,
             limits,
-            |request: Request| async move {
-                if request.path == "/slow" {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                }
-                Response::json(format!("{} {}", request.body.len(), request.source).into_bytes())
+            move |request: Request| {
+                let gate = held.clone();
+                async move {
+                    if request.path == "/hold" {
+                        gate.entered.add_permits(1);
+                        gate.release.acquire().await.unwrap().forget();
+                    }
+                    Response::json(
+                        format!("{} {}", request.body.len(), request.source).into_bytes(),
+                    )
                     .with_header("x-test", "yes".into())
+                }
             },
         ));
-        address
+        (address, gate)
+    }
+
+    /// Waits until the server closes `stream` (end of file or an error),
+    /// within [`BOUND`].
+    async fn closed_by_server(stream: &mut TcpStream) {
+        use tokio::io::AsyncReadExt as _;
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(BOUND, stream.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(_)) => panic!("the server sent bytes on a connection that sent none"),
+            Err(_) => panic!("the server did not close the connection within {BOUND:?}"),
+        }
     }
 
     #[tokio::test]
@@ -587,7 +622,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             body: 1000,
         };
-        let address = server(limits).await;
+        let (address, _) = server(limits).await;
         let answer = post(address, "/", &[], vec![b'x'; 1000], Duration::from_secs(5))
             .await
             .unwrap();
@@ -610,14 +645,19 @@ mod tests {
             timeout: Duration::from_secs(10),
             body: 1000,
         };
-        let address = server(limits).await;
-        // Two slow exchanges hold both slots; a third is closed, and once
-        // they end a new one is served again.
-        let slow = move |_| post(address, "/slow", &[], vec![], Duration::from_secs(10));
-        let held = tokio::spawn(async move { tokio::join!(slow(0), slow(1)) });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (address, gate) = server(limits).await;
+        // Two exchanges held in the handler take both slots; a third is
+        // closed, and once they end a new one is served again.
+        let hold = move |_| post(address, "/hold", &[], vec![], BOUND);
+        let held = tokio::spawn(async move { tokio::join!(hold(0), hold(1)) });
+        tokio::time::timeout(BOUND, gate.entered.acquire_many(2))
+            .await
+            .expect("both held exchanges reach the handler")
+            .unwrap()
+            .forget();
         let refused = post(address, "/", &[], vec![], Duration::from_secs(5)).await;
         assert!(refused.is_err(), "{refused:?}");
+        gate.release.add_permits(2);
         let (a, b) = held.await.unwrap();
         assert_eq!((a.unwrap().status, b.unwrap().status), (200, 200));
         let again = post(address, "/", &[], vec![], Duration::from_secs(5))
@@ -634,7 +674,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             body: 1000,
         };
-        let address = server(limits).await;
+        let (address, _) = server(limits).await;
         // 127.0.0.2 holds idle connections (no TLS), as many as it can.
         let flooder = std::net::SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), 0);
         let mut held = Vec::new();
@@ -643,25 +683,44 @@ mod tests {
             socket.bind(flooder).unwrap();
             held.push(socket.connect(address).await.unwrap());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // Beyond its share, the flooder's connections were closed: reading
-        // one gives end of file at once.
-        let mut closed = 0;
-        for stream in &mut held {
-            let mut byte = [0u8; 1];
-            use tokio::io::AsyncReadExt as _;
-            if let Ok(Ok(0)) =
-                tokio::time::timeout(Duration::from_millis(50), stream.read(&mut byte)).await
-            {
-                closed += 1;
-            }
+        // Beyond its share, the flooder's connections are closed at accept:
+        // wait for 7 of them to see end of file (the 3 it keeps stay open
+        // until the handshake times out).
+        let (closed, mut closes) = tokio::sync::mpsc::unbounded_channel();
+        let mut readers = Vec::new();
+        for (i, mut stream) in held.into_iter().enumerate() {
+            let closed = closed.clone();
+            readers.push(tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut byte = [0u8; 1];
+                if let Ok(0) | Err(_) = stream.read(&mut byte).await {
+                    let _ = closed.send(i);
+                }
+            }));
         }
-        assert_eq!(closed, 7, "the flooder kept more than its share");
+        for _ in 0..7 {
+            tokio::time::timeout(BOUND, closes.recv())
+                .await
+                .expect("the flooder's connections beyond its share are closed")
+                .unwrap();
+        }
+        // All ten were accepted by now (in order); the flooder's share is
+        // full, so one more of its connections is closed at once: the
+        // three left are held, not merely unaccepted.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(flooder).unwrap();
+        let mut one_more = socket.connect(address).await.unwrap();
+        closed_by_server(&mut one_more).await;
+        assert!(
+            closes.try_recv().is_err(),
+            "the flooder kept fewer than its share"
+        );
         // Another source is served at once.
         let answer = post(address, "/", &[], vec![], Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(answer.status, 200);
+        readers.iter().for_each(|r| r.abort());
     }
 
     #[tokio::test]
@@ -672,9 +731,14 @@ mod tests {
             timeout: Duration::from_secs(60),
             body: 1000,
         };
-        let address = server(limits).await;
-        let _idle = TcpStream::connect(address).await.unwrap();
-        tokio::time::sleep(HANDSHAKE_TIMEOUT + Duration::from_millis(500)).await;
+        let (address, _) = server(limits).await;
+        // The idle connection, accepted first, holds the one slot: another
+        // is closed at accept; once the handshake times out (the exchange's
+        // own 60 s are far off), the server closes it and serves again.
+        let mut idle = TcpStream::connect(address).await.unwrap();
+        let refused = post(address, "/", &[], vec![], Duration::from_secs(5)).await;
+        assert!(refused.is_err(), "{refused:?}");
+        closed_by_server(&mut idle).await;
         let answer = post(address, "/", &[], vec![], Duration::from_secs(5))
             .await
             .unwrap();
@@ -683,7 +747,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bound_port_that_nobody_serves_does_not_answer_tls() {
-        let served = server(LIMITS).await;
+        let (served, _) = server(LIMITS).await;
         assert!(answers_tls(served, Duration::from_secs(2)).await);
         // Bound and listening, but nothing accepts: the kernel completes
         // the TCP handshake, TLS never answers.
@@ -702,9 +766,9 @@ mod tests {
             timeout: Duration::from_millis(300),
             body: 1000,
         };
-        let address = server(limits).await;
-        let _silent = TcpStream::connect(address).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (address, _) = server(limits).await;
+        let mut silent = TcpStream::connect(address).await.unwrap();
+        closed_by_server(&mut silent).await;
         let answer = post(address, "/", &[], vec![], Duration::from_secs(5))
             .await
             .unwrap();

@@ -163,6 +163,40 @@ pub fn parse_interface(mac: &str, address: &str, netmask: &str) -> Result<Privat
     })
 }
 
+/// A metadata service on a loopback port answering `values` (paths
+/// under `/metadata/v1/`), 500 for `broken` and 404 for the rest.
+#[cfg(test)]
+pub async fn stub(values: &[(&str, &str)]) -> Metadata {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let values: Vec<(String, String)> = values
+        .iter()
+        .map(|(path, value)| (format!("GET {ROOT}/{path} "), value.to_string()))
+        .collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = stream.read(&mut buf).await.unwrap();
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let (status, body) = match values.iter().find(|(p, _)| request.starts_with(p)) {
+                Some((_, value)) => ("200 OK", value.as_str()),
+                None if request.starts_with(&format!("GET {ROOT}/broken ")) => {
+                    ("500 Internal Server Error", "no")
+                }
+                None => ("404 Not Found", ""),
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    Metadata { address }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,40 +216,12 @@ mod tests {
     /// that is retried until it gives up.
     #[tokio::test(flavor = "current_thread")]
     async fn answers_none_and_failures() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let mut buf = vec![0u8; 4096];
-                let n = stream.read(&mut buf).await.unwrap();
-                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let (status, body) = if request
-                    .starts_with("GET /metadata/v1/interfaces/private/0/mac ")
-                {
-                    ("200 OK", "02:00:00:00:02:01")
-                } else if request.starts_with("GET /metadata/v1/interfaces/private/0/ipv4/address ")
-                {
-                    ("200 OK", "198.18.0.2")
-                } else if request.starts_with("GET /metadata/v1/interfaces/private/0/ipv4/netmask ")
-                {
-                    ("200 OK", "255.255.255.0")
-                } else if request.starts_with("GET /metadata/v1/broken ") {
-                    ("500 Internal Server Error", "no")
-                } else {
-                    ("404 Not Found", "")
-                };
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            }
-        });
-        let metadata = Metadata {
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
+        let metadata = stub(&[
+            ("interfaces/private/0/mac", "02:00:00:00:02:01"),
+            ("interfaces/private/0/ipv4/address", "198.18.0.2"),
+            ("interfaces/private/0/ipv4/netmask", "255.255.255.0"),
+        ])
+        .await;
         let interface = metadata.private_interface().await.unwrap().unwrap();
         assert_eq!(
             interface,

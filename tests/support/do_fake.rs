@@ -48,6 +48,12 @@ pub enum Fault {
     Reset,
     /// Sleep, then close without answering.
     Stall(Duration),
+    /// Process the request (the state changes, as DigitalOcean did the
+    /// work), then close without answering: the answer is lost on the way
+    /// back, as when a connection breaks after the server acted. Through
+    /// Prism the client sees Prism's 500, which for a create means "it
+    /// may have been made".
+    LoseAnswer,
 }
 
 /// What changed in the fake that a backend (the lab cloud) acts on: sent
@@ -389,6 +395,10 @@ pub struct State {
     mutations: usize,
     /// POST/PUT/DELETE processed (not faulted), what `kill_after_mutation` counts.
     processed: usize,
+    /// POST/PUT/DELETE requests being handled right now, and the most
+    /// there ever were at once (since `reset`).
+    in_flight: usize,
+    most_in_flight: usize,
     latency: Duration,
     faults: Vec<(String, Fault, u32)>,
     every_kind: Option<(Fault, BTreeSet<String>)>,
@@ -423,6 +433,8 @@ impl Default for State {
             calls: Vec::new(),
             mutations: 0,
             processed: 0,
+            in_flight: 0,
+            most_in_flight: 0,
             latency: Duration::ZERO,
             faults: Vec::new(),
             every_kind: None,
@@ -506,6 +518,12 @@ impl FakeDo {
     /// POST, PUT and DELETE requests received, faulted ones included.
     pub fn mutations(&self) -> usize {
         self.lock().mutations
+    }
+
+    /// The most POST, PUT and DELETE requests handled at once since
+    /// `start` or `reset` (each from its arrival to its answer).
+    pub fn most_mutations_at_once(&self) -> usize {
+        self.lock().most_in_flight
     }
 
     /// Sleep this long before answering each request.
@@ -832,6 +850,7 @@ fn connection(stream: TcpStream, state: &Mutex<State>) {
             let id = s.request_id();
             (s.take_fault(&kind), s.latency, id)
         };
+        let _counted = request.mutating().then(|| InFlight::enter(state));
         if !latency.is_zero() {
             thread::sleep(latency);
         }
@@ -863,7 +882,7 @@ fn connection(stream: TcpStream, state: &Mutex<State>) {
                 "The service is temporarily unavailable; try again later.",
                 &request_id,
             ),
-            None => {
+            None | Some(Fault::LoseAnswer) => {
                 let mut s = lock();
                 let mut answer = route(&mut s, &request);
                 if let Some(Value::Object(error)) = answer.1.as_mut() {
@@ -885,6 +904,9 @@ fn connection(stream: TcpStream, state: &Mutex<State>) {
                         }
                     }
                 }
+                if fault == Some(Fault::LoseAnswer) {
+                    return;
+                }
                 answer
             }
         };
@@ -901,6 +923,26 @@ fn connection(stream: TcpStream, state: &Mutex<State>) {
         if response.write_to(&mut writer, true).is_err() {
             return;
         }
+    }
+}
+
+/// One mutating request in flight, counted until dropped (answered, or
+/// its connection closed).
+struct InFlight<'a>(&'a Mutex<State>);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a Mutex<State>) -> InFlight<'a> {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        s.in_flight += 1;
+        s.most_in_flight = s.most_in_flight.max(s.in_flight);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.in_flight = s.in_flight.saturating_sub(1);
     }
 }
 

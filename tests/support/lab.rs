@@ -44,8 +44,8 @@ pub const IPA_SUBMIT_IN_NODE: &str = "/usr/lib/certmonger/ipa-submit";
 pub const API_TXT_IN_NODE: &str = "/usr/local/share/ipa-sim/API.txt";
 
 /// The FreeIPA simulator (`BUILDER_TEST_IPA_SIM`, else the workspace's
-/// debug build) and FreeIPA's API.txt (`FREEIPA_API_TXT`, else
-/// ../shared/specs): what the lab's nodes run where Fedora CoreOS runs the
+/// debug build) and FreeIPA's API.txt (`FREEIPA_API_TXT`, else in
+/// `$SITE_SPECS` or ../shared/specs): what the lab's nodes run where Fedora CoreOS runs the
 /// FreeIPA container. `None` after saying why not (failing in CI).
 pub fn freeipa_simulator() -> Option<(PathBuf, PathBuf)> {
     let sim = std::env::var_os("BUILDER_TEST_IPA_SIM")
@@ -63,7 +63,7 @@ pub fn freeipa_simulator() -> Option<(PathBuf, PathBuf)> {
     if !api.is_file() {
         super::skip(&format!(
             "skipping: the FreeIPA simulator checks calls against API.txt, not found at {} \
-             (it is in ../shared/specs/freeipa; or set FREEIPA_API_TXT)",
+             (it is in ../shared/specs/freeipa; or set FREEIPA_API_TXT or SITE_SPECS)",
             api.display()
         ));
         return None;
@@ -146,6 +146,15 @@ pub fn start(
 pub fn exclusive() -> Exclusive {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let one = ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // A lab that cannot run here (no root, a tool missing) takes no turn:
+    // the test skips right after, without waiting for another process's
+    // lab or failing on a lock file root made.
+    if site_lab::skip_reason().is_some() {
+        return Exclusive {
+            _file: None,
+            _one: one,
+        };
+    }
     let path = std::env::temp_dir().join("site-lab.lock");
     let file = std::fs::File::options()
         .create(true)
@@ -187,7 +196,7 @@ pub fn exclusive() -> Exclusive {
         }
     }
     Exclusive {
-        _file: file,
+        _file: Some(file),
         _one: one,
     }
 }
@@ -198,7 +207,7 @@ const LAB_WAIT: std::time::Duration = std::time::Duration::from_secs(45 * 60);
 /// This process's turn at the lab, until dropped (the file's lock ends
 /// with it, or with the process).
 pub struct Exclusive {
-    _file: std::fs::File,
+    _file: Option<std::fs::File>,
     _one: std::sync::MutexGuard<'static, ()>,
 }
 

@@ -689,7 +689,10 @@ fn serve_spaces(
 ) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    // A droplet's Ignition may read slowly on a loaded machine (five of
+    // them write their disks at once): a real front keeps a slow reader,
+    // so the answer is not cut off after a few seconds' stall.
+    stream.set_write_timeout(Some(Duration::from_secs(120)))?;
     let mut stream = stream;
     let mut acceptor = rustls::server::Acceptor::default();
     let accepted = loop {
@@ -739,5 +742,10 @@ fn serve_spaces(
     response.write_to(&mut tls, request.method != "HEAD")?;
     tls.conn.send_close_notify();
     tls.flush()?;
+    // Not a plain close: anything the client sent that is still unread
+    // would make it a reset, which drops the end of the answer the client
+    // is still reading (Ignition does not fetch again once the headers
+    // came: coreos/ignition internal/resource/http.go, url.go).
+    site_lab::http::close_gracefully(&tls.sock);
     Ok(())
 }

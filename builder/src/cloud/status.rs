@@ -74,10 +74,23 @@ pub async fn rows(client: &Client, plan: &Plan) -> Result<Vec<Row>> {
 
 /// The command run on each node: the status file, else a word saying
 /// whether firstboot finished (the status file lives in /run, gone after
-/// a reboot; the done marker stays) or never started.
-const REMOTE: &str = "cat /run/firstboot/status.json 2>/dev/null || \
-     { test -e /var/lib/firstboot/done && echo firstboot-done; } || \
-     echo firstboot-not-started";
+/// a reboot; the done marker stays), is not on the node at all (Ignition
+/// did not write it), or never started.
+const REMOTE: &str = "if cat /run/firstboot/status.json 2>/dev/null; then :; \
+     elif test -e /var/lib/firstboot/done; then echo firstboot-done; \
+     elif ! test -x /usr/local/bin/firstboot; then echo firstboot-missing; \
+     else echo firstboot-not-started; fi";
+
+/// What an active droplet that does not answer SSH means, said plainly:
+/// Ignition runs before the OS starts and stops the boot when it fails,
+/// and it does not fetch a file again once the server's headers came
+/// (coreos/ignition internal/resource/http.go retries only until the
+/// headers, url.go's FetchFromHTTP copies the body once), so a download
+/// of firstboot cut off leaves a droplet that never boots and never runs
+/// firstboot.
+const NO_SSH: &str = "its OS is not up; if this lasts minutes after the droplet \
+     became active, Ignition failed before boot (such as firstboot's download cut off) and \
+     firstboot never runs: see the droplet's console, then destroy and launch the host again";
 
 /// What a node said of firstboot.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +101,9 @@ pub enum NodeReport {
     Done,
     /// firstboot has not written anything yet.
     NotStarted,
+    /// The node runs, but its firstboot binary is not there: Ignition
+    /// did not write it, so firstboot never runs.
+    Missing,
 }
 
 impl NodeReport {
@@ -97,6 +113,7 @@ impl NodeReport {
         match text.trim() {
             "firstboot-done" => Ok(NodeReport::Done),
             "firstboot-not-started" => Ok(NodeReport::NotStarted),
+            "firstboot-missing" => Ok(NodeReport::Missing),
             json => Status::from_json(json.as_bytes())
                 .map(NodeReport::Status)
                 .map_err(|e| format!("unreadable status file ({e})")),
@@ -130,6 +147,15 @@ impl NodeReport {
             }
             NodeReport::Done => (Some("all".into()), Some("done".into()), None),
             NodeReport::NotStarted => (Some("none".into()), Some("not started".into()), None),
+            NodeReport::Missing => (
+                Some("none".into()),
+                Some("never runs".into()),
+                Some(format!(
+                    "{} is not on this node: its Ignition did not write it (see `journalctl \
+                     -t ignition` there); destroy and launch the host again",
+                    crate::render::FIRSTBOOT_PATH
+                )),
+            ),
         }
     }
 }
@@ -154,7 +180,7 @@ pub fn read_phases(rows: &mut [Row], ssh: &str) {
         for (row, handle) in rows.iter_mut().zip(handles) {
             match handle.join().ok().flatten() {
                 Some(Ok(report)) => (row.phase, row.state, row.note) = report.cells(),
-                Some(Err(why)) => row.note = Some(why),
+                Some(Err(why)) => row.note = Some(format!("{why}: {NO_SSH}")),
                 None => {}
             }
         }
@@ -302,6 +328,16 @@ mod tests {
             NodeReport::parse("firstboot-not-started").unwrap(),
             NodeReport::NotStarted
         );
+        let missing = NodeReport::parse("firstboot-missing\n").unwrap();
+        assert_eq!(missing, NodeReport::Missing);
+        let (phase, state, note) = missing.cells();
+        assert_eq!(
+            (phase.as_deref(), state.as_deref()),
+            (Some("none"), Some("never runs"))
+        );
+        assert!(note
+            .unwrap()
+            .contains("/usr/local/bin/firstboot is not on this node"));
         for bad in [
             "",
             "{}",
@@ -340,5 +376,70 @@ mod tests {
         assert!(lines[2].ends_with("not launched"));
         let col = lines[0].find("STATUS").unwrap();
         assert_eq!(&lines[2][col..col + 6], "absent");
+    }
+
+    /// The words [`REMOTE`] prints, run by a real shell over a node's
+    /// root: a node whose Ignition never wrote firstboot says so, one
+    /// that has it but has not started says that.
+    #[test]
+    fn the_remote_command_tells_a_missing_firstboot_from_one_not_started() {
+        let root = tempfile::tempdir().unwrap();
+        let remote = |root: &std::path::Path| {
+            let command = REMOTE
+                .replace("/run/", &format!("{}/run/", root.display()))
+                .replace("/var/", &format!("{}/var/", root.display()))
+                .replace("/usr/", &format!("{}/usr/", root.display()));
+            let out = Command::new("sh").args(["-c", &command]).output().unwrap();
+            NodeReport::parse(&String::from_utf8(out.stdout).unwrap()).unwrap()
+        };
+        assert_eq!(remote(root.path()), NodeReport::Missing);
+        let bin = root.path().join("usr/local/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("firstboot"), "").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            bin.join("firstboot"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        assert_eq!(remote(root.path()), NodeReport::NotStarted);
+        let done = root.path().join("var/lib/firstboot");
+        std::fs::create_dir_all(&done).unwrap();
+        std::fs::write(done.join("done"), "").unwrap();
+        assert_eq!(remote(root.path()), NodeReport::Done);
+    }
+
+    /// An active droplet whose SSH does not answer (here an `ssh` that
+    /// fails as a refused connection does) is said plainly to be a node
+    /// whose OS is not up, and what that means if it lasts.
+    #[test]
+    fn an_active_droplet_without_ssh_says_firstboot_may_never_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = dir.path().join("ssh");
+        std::fs::write(
+            &ssh,
+            "#!/bin/sh\necho 'ssh: connect to host 203.0.113.10 port 22: Connection refused' >&2\n\
+             exit 255\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut rows = vec![Row {
+            host: "ns1".into(),
+            droplet: Some(42),
+            status: "active".into(),
+            public_ipv4: Some("203.0.113.10".into()),
+            private_ipv4: None,
+            phase: None,
+            state: None,
+            note: None,
+        }];
+        read_phases(&mut rows, ssh.to_str().unwrap());
+        let note = rows[0].note.clone().unwrap();
+        assert!(note.contains("Connection refused"), "{note}");
+        assert!(
+            note.contains("Ignition failed before boot") && note.contains("firstboot never runs"),
+            "{note}"
+        );
     }
 }

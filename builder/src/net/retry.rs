@@ -4,7 +4,10 @@
 //! it knows what may be sent again (see [`super::Resend`]).
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, which a test can pause: the waits below are then exact.
+use tokio::time::Instant;
 
 /// How hard to try before giving up.
 #[derive(Debug, Clone)]
@@ -145,6 +148,22 @@ mod tests {
         super::super::runtime().unwrap().block_on(f)
     }
 
+    /// On a paused clock, which moves only by the loop's own waits: the
+    /// time it returns is exactly what the loop waited, whatever the
+    /// machine's load.
+    fn run_paused<T>(f: impl Future<Output = T>) -> (T, Duration) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let started = Instant::now();
+            let value = f.await;
+            (value, started.elapsed())
+        })
+    }
+
     #[test]
     fn retries_until_done_within_the_attempts() {
         let calls = Cell::new(0);
@@ -192,8 +211,7 @@ mod tests {
     #[test]
     fn a_wait_past_the_deadline_gives_up_at_once() {
         let calls = Cell::new(0);
-        let started = Instant::now();
-        let result: Result<(), Error<()>> = run(retry(&policy(10, 200), "t", || {
+        let (result, waited) = run_paused(retry(&policy(10, 200), "t", || {
             calls.set(calls.get() + 1);
             async {
                 Step::Retry {
@@ -202,25 +220,32 @@ mod tests {
                 }
             }
         }));
+        let result: Result<(), Error<()>> = result;
         assert!(matches!(
             result,
             Err(Error::GaveUp(GaveUp { attempts: 1, .. }))
         ));
         assert_eq!(calls.get(), 1);
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(waited, Duration::ZERO, "it waited before giving up");
     }
 
     #[test]
     fn the_deadline_bounds_many_short_retries() {
-        let started = Instant::now();
-        let result: Result<(), Error<()>> = run(retry(&policy(1_000, 100), "t", || async {
+        // Backoffs of 5, 10, 20, 20... ms: 5 + 10 + 20 * 4 = 95 ms fit in
+        // the 100 ms deadline, the next 20 would not, so it gives up after
+        // 7 attempts having waited 95 ms, never past the deadline.
+        let (result, waited) = run_paused(retry(&policy(1_000, 100), "t", || async {
             Step::Retry {
                 why: "busy".into(),
                 wait: None,
             }
         }));
-        assert!(matches!(result, Err(Error::GaveUp(_))));
-        assert!(started.elapsed() < Duration::from_millis(150));
+        let result: Result<(), Error<()>> = result;
+        match result {
+            Err(Error::GaveUp(g)) => assert_eq!(g.attempts, 7, "{g}"),
+            _ => panic!("did not give up"),
+        }
+        assert_eq!(waited, Duration::from_millis(95));
     }
 
     #[test]

@@ -30,6 +30,12 @@ impl SiteKeys {
         self.site.public_key()
     }
 
+    /// The site signing key's seed: it never leaves the operator's
+    /// machine (tests search every rendered config for it).
+    pub fn site_seed(&self) -> Seed {
+        derive(&self.root, b"site signing key", b"")
+    }
+
     /// One node's private key seed and the site's ticket for it, in its
     /// `generation`: each generation has a key of its own, so retiring a
     /// host's credential retires its key too.

@@ -1571,3 +1571,134 @@ async fn a_host_logs_in_with_its_keytab_and_may_only_ask_for_certificates() {
         serde_json::from_slice(&post_to_sim(&sim, json_path, &session, add).await.body).unwrap();
     assert_eq!(add["error"]["code"], json!(2100), "{add}");
 }
+
+/// THREATS: "only core hosts (by their ticket's role) are put in
+/// `ipaservers`" and each node's one-time password is "for that node's own
+/// host entry". Through the bootstrap host's enroller, against the
+/// simulator (which refuses as FreeIPA's ipa-join and replica install
+/// do): a core host and two workers get three different passwords; a
+/// worker is in no `ipaservers`, first time or rebuilt, so its password
+/// cannot make it a replica; each password opens only its own host entry
+/// (tried on the others first, then on its own, which it opens).
+#[tokio::test]
+async fn a_worker_is_never_a_server_and_each_password_opens_only_its_host() {
+    use node_contract::{HostName, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let server = sim.running.as_ref().unwrap().address;
+    let config = crate::phases::tests::lab_config("node1");
+    let enroller = site::Enroller::new(
+        client_for(sim.running.as_ref().unwrap(), &sim.ca_pem),
+        IPA1.into(),
+        dir.path().join("passwords.json"),
+        &config,
+    )
+    .unwrap();
+    let nodes = [
+        ("node2", Role::Core, 12),
+        ("node4", Role::Worker, 14),
+        ("node5", Role::Worker, 15),
+    ];
+    let mut passwords = Vec::new();
+    for (name, role, octet) in nodes {
+        let node = HostName::parse(name).unwrap();
+        let password = enroller
+            .enroll(&node, role, Ipv4Addr::new(198, 18, 0, octet))
+            .await
+            .unwrap();
+        passwords.push(password);
+    }
+    let members = || async {
+        let shown = client
+            .call(&calls::hostgroup_show("ipaservers"))
+            .await
+            .unwrap();
+        ensure::values_for_tests(&shown["result"], "member_host")
+    };
+    let servers = members().await;
+    assert!(servers.contains(&host("node2")), "{servers:?}");
+    assert!(
+        !servers.contains(&host("node4")) && !servers.contains(&host("node5")),
+        "a worker in ipaservers: {servers:?}"
+    );
+    let mut distinct = passwords.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "passwords shared between nodes");
+
+    // Each password on every other node's entry: refused, whichever way
+    // it asks; then on its own: opened, as the node's role allows.
+    for (i, (name, role, _)) in nodes.iter().enumerate() {
+        for (j, (other, _, _)) in nodes.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            for (kind, promote) in [("client", false), ("replica", true)] {
+                let opened = install::enroll(
+                    IPA1,
+                    server,
+                    &host(other),
+                    &passwords[i],
+                    kind,
+                    promote,
+                    None,
+                )
+                .await;
+                assert!(
+                    opened.is_err(),
+                    "{name}'s password opened {other}'s entry as a {kind}"
+                );
+            }
+        }
+        if *role == Role::Worker {
+            // A worker's own password does not make it a replica.
+            let promoted = install::enroll(
+                IPA1,
+                server,
+                &host(name),
+                &passwords[i],
+                "replica",
+                true,
+                None,
+            )
+            .await;
+            let refused = format!("{:#}", promoted.unwrap_err());
+            assert!(refused.contains("ipaservers"), "{name}: {refused}");
+        }
+        let (kind, promote) = match role {
+            Role::Core => ("replica", true),
+            Role::Worker => ("client", false),
+        };
+        install::enroll(
+            IPA1,
+            server,
+            &host(name),
+            &passwords[i],
+            kind,
+            promote,
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}'s own password: {e:#}"));
+    }
+
+    // node4 rebuilt: it enrolls again, with a new password, and is still
+    // no server.
+    let again = enroller
+        .enroll(
+            &HostName::parse("node4").unwrap(),
+            Role::Worker,
+            Ipv4Addr::new(198, 18, 0, 24),
+        )
+        .await
+        .unwrap();
+    assert!(!passwords.contains(&again));
+    let servers = members().await;
+    assert!(
+        !servers.contains(&host("node4")),
+        "a rebuilt worker in ipaservers: {servers:?}"
+    );
+    sim.running.unwrap().stop().await;
+}

@@ -527,4 +527,78 @@ mod tests {
             "{text}"
         );
     }
+
+    /// `ask` refuses an answer that claims another address, for that
+    /// alone: the same genuine answer (signed by the node its ticket
+    /// names, over the asker's nonce, under the site's key) is taken when
+    /// it claims the address it came from.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_claiming_another_address_is_refused() {
+        use node_contract::{Generation, HostName, Seed, SigningKey};
+        let config = config();
+        let site_key = SigningKey::from_seed(&Seed::from_bytes([3; 32]));
+        let site = Site {
+            site_key: site_key.public_key(),
+            ..Site::of(&config)
+        };
+        let credentials = |node: &HostName, seed: u8| {
+            let seed = Seed::from_bytes([seed; 32]);
+            let key = SigningKey::from_seed(&seed);
+            let ticket = site_key.ticket(
+                &site.domain,
+                node,
+                Role::Core,
+                Generation::FIRST,
+                key.public_key(),
+            );
+            Credentials {
+                key,
+                ticket,
+                seed,
+                backup_key: None,
+            }
+        };
+        let me = credentials(&site.bootstrap, 5);
+        let peer = credentials(&HostName::parse("node2").unwrap(), 7);
+        // A loopback address of its own for the peer service's fixed port:
+        // a bind that fails says so, nothing is assumed free.
+        let address = Ipv4Addr::new(127, 19, 44, 2);
+        let listener = tokio::net::TcpListener::bind((address, PEER_PORT))
+            .await
+            .unwrap_or_else(|e| panic!("cannot listen on {address}:{PEER_PORT}: {e}"));
+        let cert = crate::pki::self_signed("node2.lab.example.org").unwrap();
+        let identity =
+            Identity::Fixed(https::server_config(&cert.cert_pem, &cert.key_pem).unwrap());
+        let claimed = std::sync::Arc::new(std::sync::Mutex::new(address));
+        let claim = claimed.clone();
+        let ticket = peer.ticket.clone();
+        let key = std::sync::Arc::new(peer.key);
+        tokio::spawn(https::serve(
+            listener,
+            identity,
+            https::LIMITS,
+            move |request| {
+                let asked: PeerRequest = serde_json::from_slice(&request.body).unwrap();
+                let body = serde_json::to_vec(&PeerAnswer {
+                    node: ticket.clone(),
+                    addresses: vec![*claim.lock().unwrap()],
+                    etcd_data: true,
+                    ca_backup: None,
+                    freeipa_ca: None,
+                })
+                .unwrap();
+                let proof = protocol::sign_answer(&key, Purpose::PeerAnswer, &asked.nonce, &body);
+                async move { Response::json(body).with_header(SIGNATURE_HEADER, proof) }
+            },
+        ));
+        let own = Ipv4Addr::new(127, 19, 44, 1);
+        let answer = ask(&site, &me, own, address, None).await.unwrap();
+        assert_eq!(answer.addresses, vec![address]);
+        *claimed.lock().unwrap() = Ipv4Addr::new(127, 19, 44, 3);
+        let refused = ask(&site, &me, own, address, None).await.unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "node2 answered from 127.19.44.2, which it does not claim ([127.19.44.3])"
+        );
+    }
 }

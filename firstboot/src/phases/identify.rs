@@ -29,7 +29,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     let vpc = cx.config.site.vpc_range;
     let address = match crate::net::own_addresses(&vpc)?.first() {
         Some(&address) => address,
-        None => match from_metadata(&vpc, cx.config.platform.metadata).await {
+        None => match from_metadata(&vpc, &Metadata::at(cx.config.platform.metadata)).await {
             Ok(Some(address)) => address,
             Ok(None) => {
                 tracing::info!(
@@ -60,8 +60,8 @@ pub async fn run(cx: &mut Context) -> Result<()> {
 
 /// The VPC address the metadata service gives this droplet, configured
 /// on the interface with the MAC it names; `None` if it names none.
-async fn from_metadata(vpc: &VpcRange, service: Ipv4Addr) -> Result<Option<Ipv4Addr>> {
-    let Some(interface) = Metadata::at(service).private_interface().await? else {
+async fn from_metadata(vpc: &VpcRange, service: &Metadata) -> Result<Option<Ipv4Addr>> {
+    let Some(interface) = service.private_interface().await? else {
         return Ok(None);
     };
     if !vpc.contains(interface.address) {
@@ -177,4 +177,44 @@ async fn command(program: &str, args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metadata service's answer for a private interface whose MAC no
+    /// interface here has.
+    async fn metadata_saying(address: &str) -> Metadata {
+        crate::metadata::stub(&[
+            ("interfaces/private/0/mac", "02:00:5e:10:19:01"),
+            ("interfaces/private/0/ipv4/address", address),
+            ("interfaces/private/0/ipv4/netmask", "255.255.255.0"),
+        ])
+        .await
+    }
+
+    /// An address outside the site's VPC is refused for that alone: the
+    /// same answer with an address inside goes past the check (and stops
+    /// only at the MAC, which no interface here has), so nothing else
+    /// refused the first.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_metadata_address_outside_the_vpc_is_refused() {
+        let vpc: VpcRange = "198.18.0.0/24".parse().unwrap();
+        let mut refusals = Vec::new();
+        for address in ["198.19.0.5", "198.18.0.5"] {
+            let refused = from_metadata(&vpc, &metadata_saying(address).await).await;
+            refusals.push(format!("{:#}", refused.unwrap_err()));
+        }
+        assert!(
+            refusals[0].contains("198.19.0.5, outside the site's VPC 198.18.0.0/24"),
+            "{}",
+            refusals[0]
+        );
+        assert!(
+            refusals[1].contains("no network interface has the MAC 02:00:5e:10:19:01"),
+            "{}",
+            refusals[1]
+        );
+    }
 }

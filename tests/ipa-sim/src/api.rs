@@ -126,14 +126,17 @@ impl Checked<'_> {
     }
 }
 
-/// Where `API.txt` is: `$FREEIPA_API_TXT`, else `../shared/specs/freeipa/API.txt`
-/// beside the repository root.
+/// Where `API.txt` is: `$FREEIPA_API_TXT`, else `freeipa/API.txt` in the
+/// specs folder, `$SITE_SPECS` (as for the DigitalOcean spec) or
+/// `../shared/specs` beside the repository root.
 pub fn api_txt_path() -> PathBuf {
     if let Some(path) = std::env::var_os("FREEIPA_API_TXT") {
         return PathBuf::from(path);
     }
-    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    repo_root.join("../shared/specs/freeipa/API.txt")
+    let specs = std::env::var_os("SITE_SPECS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/specs"));
+    specs.join("freeipa/API.txt")
 }
 
 /// For tests: the API, or None with a line saying how to get it. Under
@@ -142,8 +145,8 @@ pub fn load_for_tests() -> Option<Api> {
     let path = api_txt_path();
     if !path.exists() {
         let reason = format!(
-            "skipping: FreeIPA's API.txt is not at {} (set FREEIPA_API_TXT, or copy API.txt \
-             from the freeipa/freeipa repository root to ../shared/specs/freeipa/)",
+            "skipping: FreeIPA's API.txt is not at {} (set FREEIPA_API_TXT or SITE_SPECS, or \
+             copy API.txt from the freeipa/freeipa repository root to ../shared/specs/freeipa/)",
             path.display()
         );
         site_test_skip::skip(&reason);

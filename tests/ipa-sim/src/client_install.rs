@@ -14,6 +14,7 @@
 //! the keytab and the IPA CA. There is no Kerberos, SSSD or certmonger
 //! request here.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use ipa_sim::install::{self, InstallOptions};
@@ -32,7 +33,13 @@ enum Failure {
 /// Run as `ipa-client-install ARGS` on a host whose root is `root`; the
 /// exit status the real program gives.
 pub async fn run(args: &[String], root: &Path) -> u8 {
-    match install(args, root).await {
+    run_at(args, root, None).await
+}
+
+/// [`run`], asking the server at `at` (else `--server`'s address, port
+/// 443).
+async fn run_at(args: &[String], root: &Path, at: Option<SocketAddr>) -> u8 {
+    match install(args, root, at).await {
         Ok(true) => {
             println!("Client configuration complete.");
             println!("The ipa-client-install command was successful");
@@ -57,7 +64,7 @@ pub async fn run(args: &[String], root: &Path) -> u8 {
 }
 
 /// Ok(false): enrolled already, nothing done.
-async fn install(args: &[String], root: &Path) -> Result<bool, Failure> {
+async fn install(args: &[String], root: &Path, at: Option<SocketAddr>) -> Result<bool, Failure> {
     let options = parse(args).map_err(Failure::Usage)?;
     let default_conf = root.join("etc/ipa/default.conf");
     if default_conf.exists() {
@@ -69,7 +76,7 @@ async fn install(args: &[String], root: &Path) -> Result<bool, Failure> {
         let password = options.required("password")?;
         let realm = options.required("realm")?;
         let domain = options.required("domain")?;
-        let address = install::server_address(server, None)?;
+        let address = install::server_address(server, at)?;
         let enrolled =
             install::enroll(server, address, &hostname, password, "client", false, None).await?;
         if install::take_install_fault(root)? {
@@ -149,19 +156,24 @@ mod tests {
             dir.path(),
         ));
         assert_eq!(code, 3);
-        // A server that cannot be reached (nothing listens on this
-        // machine's port 443): 1, and nothing written.
+        // A server that cannot be reached: 1, and nothing written. The
+        // port is bound and never listened on, so a connection to it is
+        // refused, and no other process can take it meanwhile.
         std::fs::remove_file(dir.path().join("etc/ipa/default.conf")).unwrap();
-        let code = runtime.block_on(run(
+        let unserved = tokio::net::TcpSocket::new_v4().unwrap();
+        unserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = unserved.local_addr().unwrap();
+        let code = runtime.block_on(run_at(
             &args(&[
                 "--hostname=node4.example.invalid",
                 "--domain=example.invalid",
                 "--realm=EXAMPLE.INVALID",
-                "--server=localhost",
+                "--server=ipa.example.invalid",
                 "--password=x",
                 "--unattended",
             ]),
             dir.path(),
+            Some(at),
         ));
         assert_eq!(code, 1);
         assert!(!dir.path().join("etc/krb5.keytab").exists());

@@ -567,6 +567,28 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Close a connection whose answer was written the way a web server
+/// does (Apache's lingering close): say we are done (FIN), then read and
+/// drop what the client still sends until it closes too, within a bound.
+/// Closing a socket with unread input makes the kernel send a reset
+/// instead (RFC 1122 4.2.2.13, RFC 2525 2.17), which discards the answer
+/// the client has not read yet: a download cut off as `connection reset
+/// by peer`.
+pub fn close_gracefully(stream: &TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut sink = [0u8; 4096];
+    let mut reader = stream;
+    let mut drained = 0usize;
+    // At most 1 MiB: a client that keeps sending is reset after all.
+    while drained < 1 << 20 {
+        match reader.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,5 +698,54 @@ mod tests {
         let to_end = b"HTTP/1.0 500 Oops\r\n\r\nall of it";
         assert_eq!(parse_response(to_end).unwrap().text(), "all of it");
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+    }
+
+    /// An answer the client has not read yet, from a server that did not
+    /// read all the client sent: a plain close resets the connection and
+    /// the client loses the answer (the control), while
+    /// [`close_gracefully`] lets it read every byte.
+    #[test]
+    fn a_graceful_close_never_resets_an_answer_being_read() {
+        // Fits in loopback's socket buffers: written whole before the
+        // client reads a byte.
+        let answer = vec![b'x'; 64 << 10];
+        let read_all = |graceful: bool| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = listener.local_addr().unwrap();
+            let body = answer.clone();
+            let (closed, was_closed) = std::sync::mpsc::channel();
+            let server = thread::spawn(move || {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut first = [0u8; 4];
+                stream.read_exact(&mut first).unwrap();
+                // The rest of what the client sent stays unread.
+                stream.write_all(&body).unwrap();
+                if graceful {
+                    // The answer is out and the write side shut: the
+                    // client reads now, then closes, which ends the drain.
+                    let _ = closed.send(());
+                    close_gracefully(&stream);
+                } else {
+                    drop(stream);
+                    let _ = closed.send(());
+                }
+            });
+            let mut client = TcpStream::connect(address).unwrap();
+            client
+                .write_all(b"GET and more the server never reads")
+                .unwrap();
+            was_closed.recv().unwrap();
+            let mut got = Vec::new();
+            let result = client.read_to_end(&mut got);
+            drop(client);
+            server.join().unwrap();
+            result.map(|_| got.len()).map_err(|e| e.kind())
+        };
+        assert_eq!(
+            read_all(false),
+            Err(io::ErrorKind::ConnectionReset),
+            "the control"
+        );
+        assert_eq!(read_all(true), Ok(answer.len()));
     }
 }
