@@ -392,32 +392,45 @@ async fn post_unbounded(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|c| c.clone().into_owned());
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-    let driver = tokio::spawn(connection);
     let mut request = hyper::Request::post(path)
         .header("host", address.ip().to_string())
         .header("content-type", "application/json");
     for (name, value) in headers {
         request = request.header(*name, value);
     }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::from(body)))?)
-        .await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = Limited::new(response.into_body(), MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(|e| anyhow!("cannot read the answer: {e}"))?
-        .to_bytes()
-        .to_vec();
-    driver.abort();
+    let request = request.body(Full::new(Bytes::from(body)))?;
+    let (status, headers, body) = exchange(TokioIo::new(tls), request, MAX_ANSWER).await?;
     Ok(Answer {
         status,
         headers,
         body,
         server_certificate,
     })
+}
+
+/// One HTTP/1.1 exchange on a connection made by the caller (plain or
+/// TLS): the status, headers and a body of at most `limit` bytes.
+pub async fn exchange<IO>(
+    io: IO,
+    request: hyper::Request<Full<Bytes>>,
+    limit: usize,
+) -> Result<(u16, HeaderMap, Vec<u8>)>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("cannot read the answer: {e}"))?
+        .to_bytes()
+        .to_vec();
+    driver.abort();
+    Ok((status, headers, body))
 }
 
 /// Whether a TLS server at `address` answers a handshake within `limit`

@@ -8,6 +8,7 @@ pub mod check;
 pub mod dns;
 pub mod dnsquery;
 pub mod exec;
+pub mod fleetlock;
 pub mod freeipa;
 pub mod fsutil;
 pub mod guard;
