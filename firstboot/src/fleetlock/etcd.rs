@@ -18,8 +18,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -122,30 +121,10 @@ impl Etcd {
     /// etcd CA and their names, this node's etcd certificate as client
     /// certificate (etcd trusts its members and clients only).
     pub fn tls(endpoints: Vec<Endpoint>, slot: &Slot) -> Result<Etcd> {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&read(&slot.ca)?) {
-            roots
-                .add(cert.context("the etcd CA is not PEM")?)
-                .context("the etcd CA is not usable")?;
-        }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(&read(&slot.cert)?)
-                .collect::<Result<_, _>>()
-                .context("the etcd certificate is not PEM")?;
-        let key =
-            PrivateKeyDer::from_pem_slice(&read(&slot.key)?).context("the etcd key is not PEM")?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
+        let config = crate::https::client_config_from(slot)?;
         Ok(Etcd {
             endpoints,
-            tls: Some(Arc::new(config)),
+            tls: Some(config),
         })
     }
 

@@ -15,7 +15,9 @@
 pub mod etcd;
 pub mod gates;
 pub mod protocol;
+pub mod relay;
 pub mod server;
+pub mod service;
 pub mod store;
 
 #[cfg(test)]

@@ -85,6 +85,8 @@ pub mod kind {
     pub const NODE_UNHEALTHY: &str = "node_unhealthy";
     /// The lock's state could not be read or written.
     pub const STORE_UNAVAILABLE: &str = "lock_store_unavailable";
+    /// The relay reached no lock server (or the node has not joined yet).
+    pub const LOCK_SERVER_UNREACHABLE: &str = "lock_server_unreachable";
 }
 
 impl Refusal {

@@ -2,6 +2,8 @@
 //! the id and group are its own, whether the site is assembled, and the
 //! health gates around the semaphore.
 
+use std::net::Ipv4Addr;
+
 use node_contract::{HostName, Role};
 
 use super::etcd::Etcd;
@@ -14,14 +16,13 @@ use super::store::{self, Holder, NodeRecord};
 pub struct Caller {
     pub node: HostName,
     pub role: Role,
+    /// The address its connection came from.
+    pub address: Ipv4Addr,
 }
 
 /// The reboot groups: one per role, each with its own slots.
 pub fn group_of(role: Role) -> &'static str {
-    match role {
-        Role::Core => "core",
-        Role::Worker => "workers",
-    }
+    node_contract::fleetlock::group(role)
 }
 
 /// How many nodes of a group may reboot at once. Core hosts: one, always
@@ -80,6 +81,14 @@ impl<P: Probes> LockServer<P> {
                 403,
                 kind::FORBIDDEN,
                 format!("{} has not registered its Zincati id yet", caller.node),
+            )),
+            Some(record) if record.address != caller.address => Err(Refusal::new(
+                403,
+                kind::FORBIDDEN,
+                format!(
+                    "{} registered from {}, and this request comes from {}",
+                    caller.node, record.address, caller.address
+                ),
             )),
             Some(record) if record.id != id => Err(Refusal::new(
                 403,
@@ -166,16 +175,27 @@ impl<P: Probes> LockServer<P> {
         self.probes.freeipa(node).await.map_err(unhealthy)
     }
 
-    /// A node registers its id and whether it is assembled.
-    pub async fn register(&self, caller: &Caller, record: &NodeRecord) -> Result<(), Refusal> {
-        if !is_app_id(&record.id) {
+    /// A node registers its id and whether it is assembled, from the
+    /// address it asks from.
+    pub async fn register(
+        &self,
+        caller: &Caller,
+        id: &str,
+        assembled: bool,
+    ) -> Result<(), Refusal> {
+        if !is_app_id(id) {
             return Err(Refusal::new(
                 400,
                 kind::BAD_REQUEST,
                 "the id is not 32 lower-case hex digits",
             ));
         }
-        store::register(&self.etcd, &caller.node, record)
+        let record = NodeRecord {
+            id: id.to_owned(),
+            assembled,
+            address: caller.address,
+        };
+        store::register(&self.etcd, &caller.node, &record)
             .await
             .map_err(|e| Refusal::new(503, kind::STORE_UNAVAILABLE, format!("{e:#}")))
     }

@@ -47,6 +47,9 @@ pub struct NodeRecord {
     pub id: String,
     /// Whether every firstboot phase is done on the node.
     pub assembled: bool,
+    /// The address it registered from: its lock requests must come from
+    /// there too.
+    pub address: std::net::Ipv4Addr,
 }
 
 fn semaphore_key(group: &str) -> String {

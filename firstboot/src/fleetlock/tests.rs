@@ -12,7 +12,7 @@ use super::etcd::{Endpoint, Etcd, Member, MemberStatus};
 use super::gates::{self, MemberView, Probes};
 use super::protocol::{kind, ClientParams, LockRequest, Operation};
 use super::server::{Caller, LockServer, Site};
-use super::store::{self, Holder, NodeRecord};
+use super::store::{self, Holder};
 
 /// A single etcd member on loopback, killed (by its pid) when dropped.
 struct TestEtcd {
@@ -388,6 +388,7 @@ async fn the_server_binds_ids_refuses_during_assembly_and_gates_core_hosts() {
     let core = |n: u8| Caller {
         node: host(&format!("node{n}")),
         role: if n <= 3 { Role::Core } else { Role::Worker },
+        address: std::net::Ipv4Addr::new(198, 18, 0, 10 + n),
     };
     let pre = |n: u8| {
         request(
@@ -410,21 +411,11 @@ async fn the_server_binds_ids_refuses_during_assembly_and_gates_core_hosts() {
     assert!(refused.value.contains("not registered"), "{refused:?}");
 
     for n in 1..=4 {
-        let record = NodeRecord {
-            id: app_id(n),
-            assembled: n != 4,
-        };
-        server.register(&core(n), &record).await.unwrap();
+        server.register(&core(n), &app_id(n), n != 4).await.unwrap();
     }
     assert_eq!(
         server
-            .register(
-                &core(1),
-                &NodeRecord {
-                    id: "NOT-HEX".into(),
-                    assembled: true
-                }
-            )
+            .register(&core(1), "NOT-HEX", true)
             .await
             .unwrap_err()
             .kind,
@@ -436,6 +427,12 @@ async fn the_server_binds_ids_refuses_during_assembly_and_gates_core_hosts() {
         .await
         .unwrap_err();
     assert_eq!(other.kind, kind::FORBIDDEN);
+    // node1's own id from another address: refused.
+    let mut elsewhere = core(1);
+    elsewhere.address = std::net::Ipv4Addr::new(198, 18, 0, 99);
+    let moved = server.decide(&elsewhere, &pre(1)).await.unwrap_err();
+    assert_eq!(moved.kind, kind::FORBIDDEN);
+    assert!(moved.value.contains("198.18.0.99"), "{moved:?}");
     let group = server
         .decide(&core(4), &request(Operation::PreReboot, &app_id(4), "core"))
         .await
@@ -446,16 +443,7 @@ async fn the_server_binds_ids_refuses_during_assembly_and_gates_core_hosts() {
     assert_eq!(assembling.kind, kind::SITE_ASSEMBLING);
     assert!(assembling.value.contains("3 of 4") && assembling.value.contains("node4"));
     server.decide(&core(1), &steady(1)).await.unwrap();
-    server
-        .register(
-            &core(4),
-            &NodeRecord {
-                id: app_id(4),
-                assembled: true,
-            },
-        )
-        .await
-        .unwrap();
+    server.register(&core(4), &app_id(4), true).await.unwrap();
 
     // etcd down a member: refused, with the reason.
     let mut views = three_healthy();
@@ -509,4 +497,176 @@ async fn the_server_binds_ids_refuses_during_assembly_and_gates_core_hosts() {
         .unwrap()
         .is_empty());
     server.decide(&core(2), &pre(2)).await.unwrap();
+}
+
+/// A node's identity files under `root`, as join leaves them.
+fn identity_files(root: &std::path::Path, ca: &crate::pki::TempCa, fqdn: &str) {
+    let paths = crate::paths::Paths::under(root);
+    let slot = crate::certs::Slot::identity(&paths);
+    let cert = ca.signer(crate::pki::Purpose::Node).issue(fqdn).unwrap();
+    std::fs::create_dir_all(paths.tls_dir()).unwrap();
+    std::fs::write(&slot.cert, &cert.cert_pem).unwrap();
+    std::fs::write(&slot.key, &cert.key_pem).unwrap();
+    std::fs::write(&slot.ca, ca.signer(crate::pki::Purpose::Node).cert_pem()).unwrap();
+}
+
+/// One plain-HTTP POST to the relay, as Zincati makes it (the header and
+/// body written here from the protocol document).
+async fn zincati(relay: std::net::SocketAddr, path: &str, id: &str, group: &str) -> (u16, String) {
+    let body = format!(r#"{{"client_params": {{"id": "{id}", "group": "{group}"}}}}"#);
+    post_plain(relay, path, Some("true"), body).await
+}
+
+/// One plain-HTTP POST, with the protocol's header when given.
+async fn post_plain(
+    relay: std::net::SocketAddr,
+    path: &str,
+    header: Option<&str>,
+    body: String,
+) -> (u16, String) {
+    let mut request = hyper::Request::post(path).header("host", "127.0.0.1");
+    if let Some(value) = header {
+        request = request.header("fleet-lock-protocol", value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(relay).await.unwrap();
+    let (status, _, body) =
+        crate::https::exchange(hyper_util::rt::TokioIo::new(stream), request, 1 << 16)
+            .await
+            .unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn a_worker_reaches_the_lock_server_through_its_relay_with_its_certificate() {
+    let Some((_server, etcd)) = etcd().await else {
+        return;
+    };
+    let ca = crate::pki::TempCa::create("lab.example.org").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (server_root, worker_root, stranger_root) = (
+        root.path().join("node2"),
+        root.path().join("node4"),
+        root.path().join("x"),
+    );
+    identity_files(&server_root, &ca, "node2.lab.example.org");
+    identity_files(&worker_root, &ca, "node4.lab.example.org");
+    // A certificate for node4 from another CA: refused at the handshake.
+    let other_ca = crate::pki::TempCa::create("lab.example.org").unwrap();
+    identity_files(&stranger_root, &other_ca, "node4.lab.example.org");
+    for dir in [&worker_root, &stranger_root] {
+        std::fs::write(
+            dir.join("etc/machine-id"),
+            "3d1219c7c4c5404aaa1f6d2a48adfda4\n",
+        )
+        .unwrap();
+    }
+    let own_id = "975228d46dc94622b9bbe16671e2b58d";
+
+    // node2's lock server on loopback, its TLS asking for client
+    // certificates under the site's CA.
+    let server_paths = crate::paths::Paths::under(&server_root);
+    let slot = crate::certs::Slot::identity(&server_paths);
+    let lock = std::sync::Arc::new(site_server(etcd.clone()));
+    let config = std::sync::Arc::new(crate::phases::tests::lab_config("node2"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lock_address = listener.local_addr().unwrap();
+    let tls = crate::https::Identity::FilesWithClients {
+        cert: slot.cert.clone(),
+        key: slot.key.clone(),
+        clients_ca: slot.ca.clone(),
+    };
+    let (served, served_config) = (lock.clone(), config.clone());
+    tokio::spawn(crate::https::serve(
+        listener,
+        tls,
+        crate::https::LIMITS,
+        move |request| {
+            let (lock, config) = (served.clone(), served_config.clone());
+            async move { super::service::respond(&lock, &config, request).await }
+        },
+    ));
+
+    // node4's relay: node1 is down (nothing listens at its address), node2
+    // answers, so the relay finds the lock server on the second try.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down = closed.local_addr().unwrap();
+    drop(closed);
+    let relay_for = |root: &std::path::Path| {
+        let relay = super::relay::Relay::new(
+            crate::paths::Paths::under(root),
+            std::sync::Arc::new(crate::phases::tests::lab_config("node4")),
+        )
+        .with_address("node1.lab.example.org", down)
+        .with_address("node2.lab.example.org", lock_address)
+        .with_address("node3.lab.example.org", down);
+        std::sync::Arc::new(relay)
+    };
+    let relay = relay_for(&worker_root);
+    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_address = relay_listener.local_addr().unwrap();
+    tokio::spawn(super::relay::serve(relay_listener, relay.clone()));
+
+    // Not registered yet: the lock server says so, through the relay.
+    let (status, body) = zincati(relay_address, "/v1/steady-state", own_id, "workers").await;
+    assert_eq!(status, 403, "{body}");
+    let refusal: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refusal["kind"], "forbidden");
+    assert!(refusal["value"]
+        .as_str()
+        .unwrap()
+        .contains("node4 has not registered"));
+
+    let register = |relay: std::sync::Arc<super::relay::Relay>| async move {
+        let body = serde_json::json!({"id": own_id, "assembled": true}).to_string();
+        relay
+            .forward(super::service::REGISTER_PATH, body.into_bytes())
+            .await
+    };
+    assert_eq!(register(relay.clone()).await.unwrap().0, 200);
+    let record = store::node(&etcd, &host("node4")).await.unwrap().unwrap();
+    assert_eq!(record.id, own_id);
+    assert!(record.assembled);
+
+    // The stranger's certificate opens nothing: no TLS session at all.
+    let stranger = relay_for(&stranger_root);
+    let refused = register(stranger).await.unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("no lock server answered"),
+        "{refused:#}"
+    );
+
+    // Another node's id is refused by the relay already.
+    let (status, body) = zincati(relay_address, "/v1/pre-reboot", &app_id(2), "workers").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("speaks for node4 only"), "{body}");
+    // The site is still assembling (one of four nodes registered).
+    let (status, body) = zincati(relay_address, "/v1/pre-reboot", own_id, "workers").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("site_assembling"), "{body}");
+    for n in 1..=3 {
+        let caller = Caller {
+            node: host(&format!("node{n}")),
+            role: Role::Core,
+            address: std::net::Ipv4Addr::LOCALHOST,
+        };
+        lock.register(&caller, &app_id(n), true).await.unwrap();
+    }
+    let (status, body) = zincati(relay_address, "/v1/pre-reboot", own_id, "workers").await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    assert_eq!(
+        store::holders(&etcd, "workers").await.unwrap()[0]
+            .node
+            .as_str(),
+        "node4"
+    );
+    let (status, _) = zincati(relay_address, "/v1/steady-state", own_id, "workers").await;
+    assert_eq!(status, 200);
+    assert!(store::holders(&etcd, "workers").await.unwrap().is_empty());
+    // Without the header the relay refuses, as the document asks.
+    let body = format!(r#"{{"client_params": {{"id": "{own_id}", "group": "workers"}}}}"#);
+    let (status, _) = post_plain(relay_address, "/v1/pre-reboot", None, body).await;
+    assert_eq!(status, 400);
 }

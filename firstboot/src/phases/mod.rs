@@ -20,7 +20,7 @@ use crate::paths::Paths;
 use crate::state::State;
 use crate::status::{notify, Reporter};
 
-pub use etcd::{etcd_args, etcdctl_health};
+pub use etcd::{etcd_args, etcdctl_health, CLIENT_PORT as ETCD_CLIENT_PORT};
 
 /// Everything a phase reads and writes.
 pub struct Context {
