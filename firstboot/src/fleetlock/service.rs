@@ -73,13 +73,52 @@ fn refused(refusal: &Refusal) -> Response {
     }
 }
 
+/// Whether a request from `caller` comes from the address the site has on
+/// record for it: its name's A record in the site's DNS, which only join
+/// moves (for a newer credential). Who holds a node's certificate and key
+/// elsewhere gets nothing.
+async fn on_record(config: &NodeConfig, caller: &Caller) -> Result<(), Refusal> {
+    let fqdn = config.fqdn(&caller.node);
+    let addresses: Vec<std::net::IpAddr> = tokio::net::lookup_host((fqdn.as_str(), 0))
+        .await
+        .map(|found| found.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    if addresses.contains(&caller.address.into()) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        403,
+        kind::FORBIDDEN,
+        format!(
+            "{} is at {addresses:?} on record, and this request comes from {}",
+            caller.node, caller.address
+        ),
+    ))
+}
+
+/// Where the caller's address is checked: against the site's records on a
+/// node, not at all in tests on loopback (where no name resolves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addresses {
+    OnRecord,
+    Unchecked,
+}
+
 /// Answer one request to the lock server.
 pub async fn respond<P: Probes>(
     server: &LockServer<P>,
     config: &NodeConfig,
+    addresses: Addresses,
     request: https::Request,
 ) -> Response {
-    let caller = match caller_of(config, request.client_certificate.as_ref(), request.source) {
+    let caller = caller_of(config, request.client_certificate.as_ref(), request.source);
+    let caller = match caller {
+        Ok(caller) if addresses == Addresses::OnRecord => {
+            on_record(config, &caller).await.map(|()| caller)
+        }
+        other => other,
+    };
+    let caller = match caller {
         Ok(caller) => caller,
         Err(refusal) => {
             tracing::warn!(source = %request.source, "fleetlock: refused: {}", refusal.value);
@@ -224,7 +263,7 @@ async fn lock_server(paths: Paths, config: Arc<NodeConfig>) -> Result<()> {
     };
     https::serve(listener, tls, https::LIMITS, move |request| {
         let (server, config) = (server.clone(), config.clone());
-        async move { respond(&server, &config, request).await }
+        async move { respond(&server, &config, Addresses::OnRecord, request).await }
     })
     .await;
     Ok(())

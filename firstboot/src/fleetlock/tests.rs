@@ -585,7 +585,15 @@ async fn a_worker_reaches_the_lock_server_through_its_relay_with_its_certificate
         crate::https::LIMITS,
         move |request| {
             let (lock, config) = (served.clone(), served_config.clone());
-            async move { super::service::respond(&lock, &config, request).await }
+            async move {
+                super::service::respond(
+                    &lock,
+                    &config,
+                    super::service::Addresses::Unchecked,
+                    request,
+                )
+                .await
+            }
         },
     ));
 
