@@ -190,6 +190,14 @@ pub async fn main(paths: Paths) -> Result<()> {
     }
 }
 
+/// Whether every phase is done on this node (the bootstrap host, which
+/// then serves the join service until handoff, writes no done marker: the
+/// phase state says it). A state that cannot be read says no.
+pub fn assembled(paths: &Paths) -> bool {
+    crate::state::State::load(&paths.state_file())
+        .is_ok_and(|state| node_contract::Phase::ALL.iter().all(|p| state.is_done(*p)))
+}
+
 /// Register this node's Zincati id and whether it is assembled, again
 /// whenever either changes, until a lock server has taken it.
 async fn register_loop(paths: Paths, relay: Arc<Relay>) -> Result<()> {
@@ -197,7 +205,7 @@ async fn register_loop(paths: Paths, relay: Arc<Relay>) -> Result<()> {
     loop {
         match relay.own_id() {
             Ok(id) => {
-                let assembled = paths.done_marker().exists();
+                let assembled = assembled(&paths);
                 let now = Some((id.clone(), assembled));
                 if now != registered {
                     let body = serde_json::json!({"id": id, "assembled": assembled});
