@@ -124,6 +124,15 @@ fn zincati(lab: &Lab, node: &str, operation: &str, id: &str, group: &str) -> Ans
     }
 }
 
+/// Ask once; the answer must be a grant.
+fn granted(lab: &Lab, node: &str, operation: &str, id: &str, group: &str) {
+    let answer = zincati(lab, node, operation, id, group);
+    assert!(
+        matches!(answer, Answer::Granted),
+        "{node} {operation}: {answer:?}"
+    );
+}
+
 /// Ask until the answer is `want` (a kind, or "granted"), while it is
 /// one of `meanwhile`; bounded by `limit`.
 #[allow(clippy::too_many_arguments)]
@@ -269,10 +278,7 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
         &waiting,
         Duration::from_secs(90),
     );
-    assert!(matches!(
-        zincati(&lab, "node4", "steady-state", &id("node4"), "workers"),
-        Answer::Granted
-    ));
+    granted(&lab, "node4", "steady-state", &id("node4"), "workers");
 
     // Assembling again (node3 says it is not done): every reboot refused,
     // with the reason.
@@ -309,13 +315,7 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
         asked.elapsed()
     );
     let asked = Instant::now();
-    assert!(
-        matches!(
-            zincati(&lab, "node1", "pre-reboot", &id("node1"), "core"),
-            Answer::Granted
-        ),
-        "recursive"
-    );
+    granted(&lab, "node1", "pre-reboot", &id("node1"), "core");
     println!(
         "pre-reboot to grant (node1 again, recursive): {:?}",
         asked.elapsed()
@@ -407,10 +407,7 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
 
     // The lock survives the death of the core host that answered: node4's
     // relay asks node1 first; node1 dies; node2 answers the same.
-    assert!(matches!(
-        zincati(&lab, "node4", "pre-reboot", &id("node4"), "workers"),
-        Answer::Granted
-    ));
+    granted(&lab, "node4", "pre-reboot", &id("node4"), "workers");
     let answered = lab
         .journal("node1", Some("firstboot-fleetlock.service"))
         .unwrap();
@@ -420,10 +417,7 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
     );
     lab.kill("node1").unwrap();
     let asked = Instant::now();
-    assert!(matches!(
-        zincati(&lab, "node4", "pre-reboot", &id("node4"), "workers"),
-        Answer::Granted
-    ));
+    granted(&lab, "node4", "pre-reboot", &id("node4"), "workers");
     println!(
         "pre-reboot to grant with node1 dead (relay tries node1 first): {:?}",
         asked.elapsed()
@@ -432,10 +426,7 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
     // With node1's member gone, no other core host may go.
     let quorum = zincati(&lab, "node3", "pre-reboot", &id("node3"), "core");
     assert_eq!(quorum.kind(), "etcd_unhealthy", "{quorum:?}");
-    assert!(matches!(
-        zincati(&lab, "node4", "steady-state", &id("node4"), "workers"),
-        Answer::Granted
-    ));
+    granted(&lab, "node4", "steady-state", &id("node4"), "workers");
     assert!(!holders(&lab, "node2", "workers").contains("node4"));
 }
 

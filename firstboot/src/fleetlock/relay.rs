@@ -38,6 +38,11 @@ pub struct Relay {
     /// Lock servers at addresses other than their name's and the lock
     /// port (tests on loopback); empty on a node.
     addresses: BTreeMap<String, SocketAddr>,
+    /// Each core host's address as the site's DNS last gave it: until the
+    /// handoff to FreeIPA the temporary DNS runs on the bootstrap host
+    /// alone, and with it down the others must still be found. (The
+    /// server's certificate, not the address, says who answers.)
+    resolved: std::sync::Mutex<BTreeMap<String, SocketAddr>>,
 }
 
 impl Relay {
@@ -46,6 +51,7 @@ impl Relay {
             paths,
             config,
             addresses: BTreeMap::new(),
+            resolved: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -69,6 +75,34 @@ impl Relay {
     fn tls(&self) -> Result<Arc<rustls::ClientConfig>> {
         crate::https::client_config_from(&Slot::identity(&self.paths))
             .context("this node has no usable identity certificate (has it joined its site?)")
+    }
+
+    /// A core host's lock server address: from the DNS, else as it last
+    /// gave it.
+    async fn resolve(&self, fqdn: &str) -> Result<SocketAddr> {
+        let found = tokio::net::lookup_host((fqdn, LOCK_PORT))
+            .await
+            .map(|mut found| found.next());
+        let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        match found {
+            Ok(Some(address)) => {
+                resolved.insert(fqdn.to_owned(), address);
+                Ok(address)
+            }
+            Ok(None) => bail!("{fqdn} has no address"),
+            Err(e) => resolved
+                .get(fqdn)
+                .copied()
+                .with_context(|| format!("cannot resolve {fqdn}: {e}")),
+        }
+    }
+
+    /// Look every core host up, so that each is known before the DNS
+    /// goes down.
+    pub async fn refresh_addresses(&self) {
+        for host in &self.config.site.core {
+            let _ = self.resolve(&self.config.fqdn(host)).await;
+        }
     }
 
     /// POST `body` to `path` of the first core host whose lock server
@@ -107,13 +141,9 @@ impl Relay {
         path: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>)> {
-        let address: SocketAddr = match self.addresses.get(fqdn) {
+        let address = match self.addresses.get(fqdn) {
             Some(address) => *address,
-            None => tokio::net::lookup_host((fqdn, LOCK_PORT))
-                .await
-                .with_context(|| format!("cannot resolve {fqdn}"))?
-                .next()
-                .with_context(|| format!("{fqdn} has no address"))?,
+            None => self.resolve(fqdn).await?,
         };
         let stream = tokio::net::TcpStream::connect(address)
             .await

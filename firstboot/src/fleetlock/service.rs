@@ -77,12 +77,24 @@ fn refused(refusal: &Refusal) -> Response {
 /// record for it: its name's A record in the site's DNS, which only join
 /// moves (for a newer credential). Who holds a node's certificate and key
 /// elsewhere gets nothing.
-async fn on_record(config: &NodeConfig, caller: &Caller) -> Result<(), Refusal> {
+///
+/// A registration needs the DNS's word. A lock request whose name the DNS
+/// does not answer for now (until the handoff to FreeIPA, the temporary
+/// DNS runs on the bootstrap host alone, which may be the core host that
+/// is down) is held to the address the node registered from, which the
+/// DNS vouched for then: silence moves nothing.
+async fn on_record(config: &NodeConfig, caller: &Caller, registering: bool) -> Result<(), Refusal> {
     let fqdn = config.fqdn(&caller.node);
-    let addresses: Vec<std::net::IpAddr> = tokio::net::lookup_host((fqdn.as_str(), 0))
-        .await
-        .map(|found| found.map(|a| a.ip()).collect())
-        .unwrap_or_default();
+    let addresses: Vec<std::net::IpAddr> = match tokio::net::lookup_host((fqdn.as_str(), 0)).await {
+        Ok(found) => found.map(|a| a.ip()).collect(),
+        Err(e) if !registering => {
+            tracing::debug!(
+                "fleetlock: {fqdn} does not resolve now ({e}): its registered address decides"
+            );
+            return Ok(());
+        }
+        Err(_) => Vec::new(),
+    };
     if addresses.contains(&caller.address.into()) {
         return Ok(());
     }
@@ -114,7 +126,10 @@ pub async fn respond<P: Probes>(
     let caller = caller_of(config, request.client_certificate.as_ref(), request.source);
     let caller = match caller {
         Ok(caller) if addresses == Addresses::OnRecord => {
-            on_record(config, &caller).await.map(|()| caller)
+            let registering = request.path == REGISTER_PATH;
+            on_record(config, &caller, registering)
+                .await
+                .map(|()| caller)
         }
         other => other,
     };
@@ -203,6 +218,7 @@ pub fn assembled(paths: &Paths) -> bool {
 async fn register_loop(paths: Paths, relay: Arc<Relay>) -> Result<()> {
     let mut registered: Option<(String, bool)> = None;
     loop {
+        relay.refresh_addresses().await;
         match relay.own_id() {
             Ok(id) => {
                 let assembled = assembled(&paths);
