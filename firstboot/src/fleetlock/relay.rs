@@ -27,6 +27,9 @@ use crate::paths::Paths;
 
 /// How long one core host has to answer before the next is tried.
 const HOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A name lookup that takes longer than this is taken as unanswered (a
+/// resolver waits for a dead server far longer).
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Zincati's requests are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
 /// A local connection's whole life.
@@ -80,9 +83,11 @@ impl Relay {
     /// A core host's lock server address: from the DNS, else as it last
     /// gave it.
     async fn resolve(&self, fqdn: &str) -> Result<SocketAddr> {
-        let found = tokio::net::lookup_host((fqdn, LOCK_PORT))
-            .await
-            .map(|mut found| found.next());
+        let lookup = tokio::net::lookup_host((fqdn, LOCK_PORT));
+        let found = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+            Ok(found) => found.map(|mut found| found.next()),
+            Err(_) => Err(std::io::Error::other("the DNS did not answer")),
+        };
         let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
         match found {
             Ok(Some(address)) => {

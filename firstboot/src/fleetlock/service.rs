@@ -85,7 +85,12 @@ fn refused(refusal: &Refusal) -> Response {
 /// DNS vouched for then: silence moves nothing.
 async fn on_record(config: &NodeConfig, caller: &Caller, registering: bool) -> Result<(), Refusal> {
     let fqdn = config.fqdn(&caller.node);
-    let addresses: Vec<std::net::IpAddr> = match tokio::net::lookup_host((fqdn.as_str(), 0)).await {
+    let lookup = tokio::net::lookup_host((fqdn.as_str(), 0));
+    let found = match tokio::time::timeout(super::relay::LOOKUP_TIMEOUT, lookup).await {
+        Ok(found) => found,
+        Err(_) => Err(std::io::Error::other("the DNS did not answer")),
+    };
+    let addresses: Vec<std::net::IpAddr> = match found {
         Ok(found) => found.map(|a| a.ip()).collect(),
         Err(e) if !registering => {
             tracing::debug!(
