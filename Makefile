@@ -13,7 +13,8 @@ FIRSTBOOT  := $(OUT)/firstboot
 # bind9-dnsutils (dig) and openssl cross-check firstboot's DNS server and
 # CA; curl and nftables attack lab sites from outside their nodes; podman
 # checks firstboot's container command line; freeipa-client's
-# ipa-client-install checks a worker's enrollment options; the rest run
+# ipa-client-install checks a worker's enrollment options; etcd-server is
+# the real etcd the FleetLock server's tests run on loopback; the rest run
 # the lab. The lab cloud (make e2e) also needs xfsprogs (Ignition's disks
 # stage formats volumes), ssh (builder status logs in to the nodes) and
 # ping (the firewall lets ICMP through). etcd-server: firstboot's etcd

@@ -107,11 +107,16 @@ fn ignition_applies_a_rendered_config() {
     assert!(root
         .read(&format!("/etc/systemd/system/{swap}"))
         .contains("[Swap]"));
+    // Zincati's drop-in: the real Ignition writes it where Zincati reads.
+    let zincati = root.read(node_contract::fleetlock::ZINCATI_DROPIN_PATH);
+    assert!(zincati.contains("strategy = \"fleet_lock\""), "{zincati}");
     let presets = root.read("/etc/systemd/system-preset/20-ignition.preset");
     for enabled in [
         "firstboot-guard.service",
         "firstboot.service",
         "firstboot-peer.service",
+        "firstboot-fleetlock.socket",
+        "firstboot-fleetlock.service",
         "firstboot-renew.timer",
         "var-lib-data.mount",
         swap,

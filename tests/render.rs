@@ -357,3 +357,96 @@ fn help_fits_in_80_columns() {
         }
     }
 }
+
+/// The Zincati drop-in of every host, read back as Zincati reads it: a
+/// TOML fragment with the keys its documentation gives (coreos/zincati
+/// `docs/usage/updates-strategy.md`: `[updates] strategy = "fleet_lock"`
+/// and `[updates.fleet_lock] base_url`, a non-empty string;
+/// `docs/usage/agent-identity.md`: `[identity] group`;
+/// `docs/development/fleetlock/protocol.md`: the group matches
+/// `^[a-zA-Z0-9.-]+$`), and nothing else. Zincati joins `v1/pre-reboot` to
+/// the base URL (`src/fleet_lock/mod.rs`), so it must end with `/` for the
+/// path to land on the relay's endpoint.
+#[test]
+fn the_zincati_dropin_is_zincatis_documented_format() {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Fragment {
+        updates: Updates,
+        identity: IdentityFragment,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Updates {
+        strategy: String,
+        fleet_lock: FleetLock,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FleetLock {
+        base_url: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct IdentityFragment {
+        group: String,
+    }
+    let site = Site::parse("site", &generated_site(5, "https://dl.example.org/fb")).unwrap();
+    let configs = render::render_site(&site, &test_secrets(), &tiny_firstboot(), None).unwrap();
+    let mut groups = Vec::new();
+    for (host, config) in site.hosts.iter().zip(&configs) {
+        let value: serde_json::Value = serde_json::from_slice(&config.bytes).unwrap();
+        let file = value["storage"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == node_contract::fleetlock::ZINCATI_DROPIN_PATH)
+            .unwrap_or_else(|| panic!("{}: no Zincati drop-in", host.name));
+        assert!(
+            node_contract::fleetlock::ZINCATI_DROPIN_PATH.starts_with("/etc/zincati/config.d/")
+                && node_contract::fleetlock::ZINCATI_DROPIN_PATH.ends_with(".toml"),
+            "Zincati reads only .toml files of its config.d directories"
+        );
+        let source = file["contents"]["source"].as_str().unwrap();
+        let text = percent_decode(source.strip_prefix("data:,").expect("a text data URL"));
+        let fragment: Fragment = toml::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: not Zincati's format: {e}\n{text}", host.name));
+        assert_eq!(fragment.updates.strategy, "fleet_lock");
+        let base = url::Url::parse(&fragment.updates.fleet_lock.base_url).unwrap();
+        assert_eq!(
+            base.join("v1/pre-reboot").unwrap().as_str(),
+            "http://127.0.0.1:7446/v1/pre-reboot",
+            "{}",
+            host.name
+        );
+        let group = fragment.identity.group;
+        assert!(
+            !group.is_empty()
+                && group
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'),
+            "{group}"
+        );
+        assert_eq!(group, node_contract::fleetlock::group(host.role));
+        // The comments explain the choice.
+        assert!(text.contains("`immediate`, reboots as soon as an update is staged"));
+        groups.push(group);
+    }
+    assert_eq!(groups, ["core", "core", "core", "workers", "workers"]);
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}

@@ -103,6 +103,9 @@ pub struct Request {
     pub body: Bytes,
     /// The TCP peer's IPv4 address.
     pub source: Ipv4Addr,
+    /// The client's certificate, verified during the handshake: only
+    /// with [`Identity::FilesWithClients`], None otherwise.
+    pub client_certificate: Option<CertificateDer<'static>>,
 }
 
 /// An answer: status, extra headers, body.
@@ -158,8 +161,19 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>>
 /// connection, so a renewed certificate is served without a restart.
 #[derive(Clone)]
 pub enum Identity {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     Fixed(Arc<ServerConfig>),
+    /// As `Files`, and every client must present a certificate that
+    /// chains to `clients_ca` (read again per connection too), for
+    /// client authentication (its extended key usage says so).
+    FilesWithClients {
+        cert: PathBuf,
+        key: PathBuf,
+        clients_ca: PathBuf,
+    },
 }
 
 impl Identity {
@@ -172,6 +186,38 @@ impl Identity {
                 &std::fs::read_to_string(key)
                     .with_context(|| format!("cannot read {}", key.display()))?,
             ),
+            Identity::FilesWithClients {
+                cert,
+                key,
+                clients_ca,
+            } => {
+                let read = |path: &PathBuf| {
+                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+                };
+                let mut roots = rustls::RootCertStore::empty();
+                for ca in CertificateDer::pem_slice_iter(&read(clients_ca)?) {
+                    roots
+                        .add(ca.context("the clients' CA is not PEM")?)
+                        .context("the clients' CA is not usable")?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .context("the clients' CA")?;
+                let certs: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(&read(cert)?)
+                        .collect::<Result<_, _>>()
+                        .context("the service certificate is not PEM")?;
+                let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+                    .context("the service key is not PEM")?;
+                let config = ServerConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()?
+                    .with_client_cert_verifier(verifier)
+                    .with_single_cert(certs, key)?;
+                Ok(Arc::new(config))
+            }
         }
     }
 }
@@ -225,10 +271,19 @@ where
                     IpAddr::V4(v4) => v4,
                     IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
                 };
+                // Verified by the handshake when the identity asks for it.
+                let client_certificate = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|c| c.clone().into_owned());
                 let service = hyper::service::service_fn(move |request| {
                     let handler = handler.clone();
+                    let client_certificate = client_certificate.clone();
                     async move {
-                        let response = respond(request, source, limits, handler).await;
+                        let response =
+                            respond(request, source, client_certificate, limits, handler).await;
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
@@ -247,6 +302,7 @@ where
 async fn respond<H, F>(
     request: hyper::Request<hyper::body::Incoming>,
     source: Ipv4Addr,
+    client_certificate: Option<CertificateDer<'static>>,
     limits: Limits,
     handler: H,
 ) -> hyper::Response<Full<Bytes>>
@@ -263,6 +319,7 @@ where
                 headers: parts.headers,
                 body: collected.to_bytes(),
                 source,
+                client_certificate,
             })
             .await
         }
@@ -433,32 +490,69 @@ async fn post_unbounded(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|c| c.clone().into_owned());
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-    let driver = tokio::spawn(connection);
     let mut request = hyper::Request::post(path)
         .header("host", address.ip().to_string())
         .header("content-type", "application/json");
     for (name, value) in headers {
         request = request.header(*name, value);
     }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::from(body)))?)
-        .await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = Limited::new(response.into_body(), MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(|e| anyhow!("cannot read the answer: {e}"))?
-        .to_bytes()
-        .to_vec();
-    driver.abort();
+    let request = request.body(Full::new(Bytes::from(body)))?;
+    let (status, headers, body) = exchange(TokioIo::new(tls), request, MAX_ANSWER).await?;
     Ok(Answer {
         status,
         headers,
         body,
         server_certificate,
     })
+}
+
+/// One HTTP/1.1 exchange on a connection made by the caller (plain or
+/// TLS): the status, headers and a body of at most `limit` bytes.
+pub async fn exchange<IO>(
+    io: IO,
+    request: hyper::Request<Full<Bytes>>,
+    limit: usize,
+) -> Result<(u16, HeaderMap, Vec<u8>)>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("cannot read the answer: {e}"))?
+        .to_bytes()
+        .to_vec();
+    driver.abort();
+    Ok((status, headers, body))
+}
+
+/// A TLS client that checks servers against `slot`'s CA and their names,
+/// and presents `slot`'s certificate (read now: renewal replaces it).
+pub fn client_config_from(slot: &crate::certs::Slot) -> Result<Arc<ClientConfig>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&read(&slot.ca)?) {
+        roots
+            .add(cert.with_context(|| format!("{} is not PEM", slot.ca.display()))?)
+            .with_context(|| format!("{} is not a usable CA", slot.ca.display()))?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&slot.cert)?)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not PEM", slot.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&slot.key)?)
+        .with_context(|| format!("{} is not PEM", slot.key.display()))?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(Arc::new(config))
 }
 
 /// Whether a TLS server at `address` answers a handshake within `limit`

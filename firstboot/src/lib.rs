@@ -10,6 +10,7 @@ pub mod dns;
 pub mod dnsquery;
 pub mod etcd;
 pub mod exec;
+pub mod fleetlock;
 pub mod freeipa;
 pub mod fsutil;
 pub mod guard;

@@ -41,6 +41,15 @@ enum Command {
     Run,
     /// Answer the bootstrap host (what firstboot-peer.service starts)
     Peer,
+    /// Zincati's lock server relay, and on core hosts the lock server
+    /// (what firstboot-fleetlock.service starts)
+    ///
+    /// Every node: a relay on 127.0.0.1:7446 (Zincati's fleet_lock
+    /// base_url) that forwards a request about this node to a core host's
+    /// lock server over TLS with this node's identity certificate, and
+    /// registers this node's Zincati id. Core hosts: the lock server on
+    /// the VPC address, port 7445, its state in etcd.
+    Fleetlock,
     /// Renew this node's certificates when due (firstboot-renew.timer)
     Renew,
     /// Start a service as this node's image runs it (what its unit starts)
@@ -79,7 +88,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None if cli.check => firstboot::check::run(&cli.config).map(|summary| print!("{summary}")),
         None => Err(anyhow::anyhow!(
-            "nothing to do: give --check, `run`, `peer`, `renew`, `exec`, `stop`, `ipa-client` or \
+            "nothing to do: give --check, `run`, `peer`, `fleetlock`, `renew`, `exec`, `stop`, `ipa-client` or \
              `guard-allow` (see --help)"
         )),
         Some(Command::Run) => {
@@ -89,6 +98,10 @@ fn main() -> ExitCode {
         Some(Command::Peer) => {
             firstboot::logging::init();
             block_on(firstboot::join::peer::main(Paths::from_env()))
+        }
+        Some(Command::Fleetlock) => {
+            firstboot::logging::init();
+            block_on(firstboot::fleetlock::service::main(Paths::from_env()))
         }
         Some(Command::Renew) => {
             firstboot::logging::init();

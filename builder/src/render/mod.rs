@@ -5,6 +5,7 @@ pub mod guard;
 pub mod ignition;
 pub mod keys;
 pub mod units;
+pub mod zincati;
 
 use std::fmt;
 
@@ -143,6 +144,13 @@ pub fn render_host(
             },
         },
     ];
+    // Zincati (Fedora CoreOS's update agent) asks the site's lock server
+    // before it reboots; an image without Zincati ignores the file.
+    files.push(FileEntry {
+        path: node_contract::fleetlock::ZINCATI_DROPIN_PATH.into(),
+        mode: 0o644,
+        contents: Contents::Text(zincati::dropin(host.role)),
+    });
     if site.bootstrap().name == host.name {
         files.push(FileEntry {
             path: units::BOOTSTRAP_DROPIN_PATH.into(),

@@ -64,6 +64,18 @@ pub const SHIPPED: &[ShippedUnit] = &[
         bootstrap_only: false,
     },
     ShippedUnit {
+        name: "firstboot-fleetlock.socket",
+        contents: include_str!("../../../units/firstboot-fleetlock.socket"),
+        enabled: true,
+        bootstrap_only: false,
+    },
+    ShippedUnit {
+        name: "firstboot-fleetlock.service",
+        contents: include_str!("../../../units/firstboot-fleetlock.service"),
+        enabled: true,
+        bootstrap_only: false,
+    },
+    ShippedUnit {
         name: "firstboot-renew.service",
         contents: include_str!("../../../units/firstboot-renew.service"),
         enabled: false,

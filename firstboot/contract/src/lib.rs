@@ -13,6 +13,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 pub mod files;
+pub mod fleetlock;
 pub mod guard;
 pub mod identity;
 pub mod names;

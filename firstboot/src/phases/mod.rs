@@ -21,7 +21,7 @@ use crate::state::State;
 use crate::status::{notify, Reporter};
 use crate::temporary::Services;
 
-pub use etcd::{etcd_args, member_health};
+pub use etcd::{etcd_args, member_health, CLIENT_PORT as ETCD_CLIENT_PORT};
 
 /// Everything a phase reads and writes.
 pub struct Context {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 /// Bump when the build steps below change: it is part of the cache key.
-const RECIPE: &str = "lab-image recipe 5";
+const RECIPE: &str = "lab-image recipe 6";
 /// debootstrap here takes about two minutes; a stalled mirror must not hang.
 const BUILD_LIMIT: Duration = Duration::from_secs(900);
 
@@ -167,6 +167,17 @@ fn build(base: &Base, rootfs: &Path) -> Result<()> {
     // Each node's first boot must be a first boot, so that systemd applies
     // the presets Ignition wrote, as on Fedora CoreOS.
     fs::write(rootfs.join("etc/machine-id"), "uninitialized\n")?;
+    // And each node's machine id its own, as on Fedora CoreOS: systemd
+    // takes D-Bus's machine id first when it makes one (systemd
+    // `src/shared/machine-id-setup.c`, `generate_machine_id`), and Debian's
+    // dbus left the build machine's there, which every node would share
+    // (and with it Zincati's node id). Fedora links it to /etc/machine-id,
+    // which systemd skips: each node then gets nspawn's random one.
+    let dbus = rootfs.join("var/lib/dbus/machine-id");
+    let _ = fs::remove_file(&dbus);
+    if dbus.parent().is_some_and(|d| d.is_dir()) {
+        std::os::unix::fs::symlink("/etc/machine-id", &dbus)?;
+    }
     // Ignition writes each node's own.
     let _ = fs::remove_file(rootfs.join("etc/hostname"));
     if !base.disable.is_empty() {
