@@ -396,7 +396,7 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
     // node2's own certificate and key, from another address in the VPC,
     // straight to node1's lock server: refused.
     let stranger = lab.add_stranger("198.18.0.200".parse().unwrap()).unwrap();
-    let (_keys, config) = stolen(&lab, "node2", firstboot::pki::Purpose::Node);
+    let (_keys, config) = stolen(&lab, "node2", firstboot::certs::CertPurpose::Identity);
     let node1 = lab.node("node1").unwrap().address;
     let body = client_params(&id("node2"), "core");
     let (status, answer) = in_netns(&stranger, move || {
@@ -445,22 +445,22 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
 fn stolen(
     lab: &Lab,
     node: &str,
-    purpose: firstboot::pki::Purpose,
+    purpose: firstboot::certs::CertPurpose,
 ) -> (tempfile::TempDir, std::sync::Arc<rustls::ClientConfig>) {
-    let (dir, cert, key) = match purpose {
-        firstboot::pki::Purpose::Node => ("etc/firstboot/tls", "node.crt", "node.key"),
-        firstboot::pki::Purpose::Etcd => ("etc/firstboot/etcd", "member.crt", "member.key"),
-    };
+    // The node's files for that row of the certificate plan.
+    let on_node = firstboot::certs::plan::row(purpose)
+        .slot(&firstboot::paths::Paths::under(&lab.root(node).unwrap()));
     let keys = tempfile::tempdir().unwrap();
-    let from = lab.root(node).unwrap().join(dir);
-    for file in [cert, key, "ca.crt"] {
-        std::fs::copy(from.join(file), keys.path().join(file)).unwrap();
-    }
+    let copy = |from: &std::path::Path| {
+        let to = keys.path().join(from.file_name().unwrap());
+        std::fs::copy(from, &to).unwrap();
+        to
+    };
     let slot = firstboot::certs::Slot {
         purpose,
-        key: keys.path().join(key),
-        cert: keys.path().join(cert),
-        ca: keys.path().join("ca.crt"),
+        key: copy(&on_node.key),
+        cert: copy(&on_node.cert),
+        ca: copy(&on_node.ca),
     };
     let config = firstboot::https::client_config_from(&slot).unwrap();
     (keys, config)
@@ -544,7 +544,7 @@ fn core_hosts_reboot_in_the_order_the_lock_grants_and_no_write_is_lost() {
     // The writer: a stranger in the VPC holding node1's etcd client
     // certificate, writing to any member that answers.
     let stranger = lab.add_stranger("198.18.0.201".parse().unwrap()).unwrap();
-    let (_keys, config) = stolen(&lab, "node1", firstboot::pki::Purpose::Etcd);
+    let (_keys, config) = stolen(&lab, "node1", firstboot::certs::CertPurpose::Etcd);
     let members: Vec<(String, std::net::Ipv4Addr)> = core
         .iter()
         .map(|n| (format!("{n}.lab.example.org"), lab.node(n).unwrap().address))

@@ -22,7 +22,6 @@ use rustls::pki_types::ServerName;
 use super::protocol::{self, kind, Refusal};
 use super::server::group_of;
 use super::service::LOCK_PORT;
-use crate::certs::Slot;
 use crate::paths::Paths;
 
 /// How long one core host has to answer before the next is tried.
@@ -76,7 +75,7 @@ impl Relay {
     /// TLS to a lock server: the site's CA, this node's certificate (read
     /// each time: it is renewed).
     fn tls(&self) -> Result<Arc<rustls::ClientConfig>> {
-        crate::https::client_config_from(&Slot::identity(&self.paths))
+        crate::https::client_config_from(&crate::certs::plan::IDENTITY.slot(&self.paths))
             .context("this node has no usable identity certificate (has it joined its site?)")
     }
 

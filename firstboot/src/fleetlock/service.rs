@@ -16,7 +16,6 @@ use super::gates::{Probes, SiteProbes};
 use super::protocol::{self, kind, Refusal};
 use super::relay::Relay;
 use super::server::{Caller, LockServer, Site};
-use crate::certs::Slot;
 use crate::https::{self, Identity, Response};
 use crate::paths::Paths;
 use crate::phases::ETCD_CLIENT_PORT as CLIENT_PORT;
@@ -255,8 +254,8 @@ async fn register_loop(paths: Paths, relay: Arc<Relay>) -> Result<()> {
 /// The lock server, once this core host has its identity and etcd
 /// certificates and its VPC address.
 async fn lock_server(paths: Paths, config: Arc<NodeConfig>) -> Result<()> {
-    let identity = Slot::identity(&paths);
-    let etcd_slot = Slot::etcd(&paths);
+    let identity = crate::certs::plan::IDENTITY.slot(&paths);
+    let etcd_slot = crate::certs::plan::ETCD.slot(&paths);
     while !(identity.cert.is_file() && etcd_slot.cert.is_file()) {
         tokio::time::sleep(FILES_POLL).await;
     }

@@ -502,12 +502,12 @@ async fn the_server_binds_ids_refuses_during_assembly_and_gates_core_hosts() {
 /// A node's identity files under `root`, as join leaves them.
 fn identity_files(root: &std::path::Path, ca: &crate::pki::TempCa, fqdn: &str) {
     let paths = crate::paths::Paths::under(root);
-    let slot = crate::certs::Slot::identity(&paths);
-    let cert = ca.signer(crate::pki::Purpose::Node).issue(fqdn).unwrap();
+    let slot = crate::certs::plan::IDENTITY.slot(&paths);
+    let cert = ca.signer(crate::pki::Signer::Root).issue(fqdn).unwrap();
     std::fs::create_dir_all(paths.tls_dir()).unwrap();
     std::fs::write(&slot.cert, &cert.cert_pem).unwrap();
     std::fs::write(&slot.key, &cert.key_pem).unwrap();
-    std::fs::write(&slot.ca, ca.signer(crate::pki::Purpose::Node).cert_pem()).unwrap();
+    std::fs::write(&slot.ca, ca.signer(crate::pki::Signer::Root).cert_pem()).unwrap();
 }
 
 /// One plain-HTTP POST to the relay, as Zincati makes it (the header and
@@ -568,7 +568,7 @@ async fn a_worker_reaches_the_lock_server_through_its_relay_with_its_certificate
     // node2's lock server on loopback, its TLS asking for client
     // certificates under the site's CA.
     let server_paths = crate::paths::Paths::under(&server_root);
-    let slot = crate::certs::Slot::identity(&server_paths);
+    let slot = crate::certs::plan::IDENTITY.slot(&server_paths);
     let lock = std::sync::Arc::new(site_server(etcd.clone()));
     let config = std::sync::Arc::new(crate::phases::tests::lab_config("node2"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
