@@ -222,15 +222,6 @@ impl Row {
             ca: dir.join(self.files.trust),
         }
     }
-
-    /// Who renews it now.
-    pub fn renewer(&self, handed_off: bool) -> Renewer {
-        if handed_off {
-            self.renewal.after_handoff
-        } else {
-            self.renewal.before_handoff
-        }
-    }
 }
 
 #[cfg(test)]

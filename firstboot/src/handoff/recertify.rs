@@ -352,9 +352,12 @@ impl Gate {
                 Err(e) => return Err(format!("{} does not answer: {e:#}", endpoint.name)),
             }
         }
+        let Some((first, _)) = statuses.first() else {
+            return Err("no member to ask".into());
+        };
         let leader = statuses[0].1.leader;
         if leader == 0 {
-            return Err(format!("{} knows no leader", statuses[0].0.name));
+            return Err(format!("{} knows no leader", first.name));
         }
         if let Some((e, s)) = statuses.iter().find(|(_, s)| s.leader != leader) {
             return Err(format!("{} names another leader ({:x})", e.name, s.leader));

@@ -140,7 +140,9 @@ pub async fn enroll(
         let issued = answer
             .issued(row.purpose)
             .map_err(|e| anyhow!("the answer from {address}: {e}"))?;
-        install.push((row.slot(paths), issued));
+        let slot = row.slot(paths);
+        slot.check(&issued.certificate_pem, &issued.ca_pem, &fqdn)?;
+        install.push((slot, issued));
     }
     for (slot, issued) in install {
         slot.install(&issued.certificate_pem, &issued.ca_pem, &fqdn)?;
