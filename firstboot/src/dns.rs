@@ -1,8 +1,9 @@
 //! Temporary authoritative DNS for the site zone.
 //!
-//! etcd forms its cluster through SRV discovery and its peers present
-//! certificates that carry names only, so the members must resolve each other
-//! by name before FreeIPA (the zone's real, long-term server) exists. The
+//! etcd's members reach each other by name (hostname peer URLs) and present
+//! certificates that carry names only, so they must resolve each other by
+//! name before FreeIPA (the zone's real, long-term server) exists; clients
+//! find them through the SRV records. The
 //! bootstrap host answers for the site zone until then. It is authoritative
 //! only: anything outside the zone is REFUSED rather than recursed, so nobody
 //! comes to depend on it as a resolver.

@@ -1,7 +1,17 @@
-//! Phase 4: etcd on the core hosts, formed by SRV discovery over TLS with
-//! name-only certificates (ARCHITECTURE §8: hostname peer URLs, peer and
-//! client certificate auth; a member's SRV target resolves to its own
-//! address).
+//! Phase 4: etcd on the core hosts, over TLS with name-only certificates
+//! (ARCHITECTURE §8: hostname peer URLs, peer and client certificate auth;
+//! a member's name resolves to its own address).
+//!
+//! The initial cluster is the site file's core list, given whole
+//! (`--initial-cluster`), not found by SRV discovery: etcd's discovery
+//! skips, without a word, every SRV target that does not resolve at that
+//! moment and forms a cluster of those that did (etcd-io/etcd
+//! `pkg/srv/srv.go`, `GetCluster`: `if terr != nil { continue }`). One
+//! name missing from a resolver's cache for a second (the lab saw a
+//! negative answer cached from before the peer joined) made the bootstrap
+//! host a cluster of one beside its peers' cluster of two. Which members
+//! the cluster has is the site's decision; DNS only says where they are.
+//! The SRV records stay, for clients (`_etcd-client-ssl`).
 //!
 //! etcd trusts the etcd CA alone, which signs for core hosts only: a
 //! worker's identity certificate is refused as client and as peer. The
@@ -36,22 +46,28 @@ const PEERS_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 const HEALTH_POLL: Duration = Duration::from_millis(250);
 
-/// etcd's arguments for this node (the command itself comes from the
-/// image catalog: a host binary in the lab, a container on Fedora CoreOS).
+/// etcd's arguments for this node, a member of `members` (the site's
+/// core hosts); the command itself comes from the image catalog: a host
+/// binary in the lab, a container on Fedora CoreOS.
 pub fn etcd_args(
     paths: &Paths,
     domain: &str,
     node: &str,
+    members: &[HostName],
     address: Ipv4Addr,
     cluster_state: ClusterState,
 ) -> Vec<String> {
     let fqdn = format!("{node}.{domain}");
+    let initial_cluster: Vec<String> = members
+        .iter()
+        .map(|m| format!("{m}=https://{m}.{domain}:{PEER_PORT}"))
+        .collect();
     let slot = plan::ETCD.slot(paths);
     let file = |path: &std::path::Path| path.display().to_string();
     let args: Vec<(&str, String)> = vec![
         ("--name", node.to_owned()),
         ("--data-dir", paths.etcd_data().display().to_string()),
-        ("--discovery-srv", domain.to_owned()),
+        ("--initial-cluster", initial_cluster.join(",")),
         (
             "--initial-advertise-peer-urls",
             format!("https://{fqdn}:{PEER_PORT}"),
@@ -111,8 +127,9 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         return Ok(());
     }
 
-    // SRV discovery resolves every member at start: wait until all core
-    // hosts have joined and resolve, then pin them in /etc/hosts too.
+    // etcd resolves every member's name as it starts and at every peer
+    // connection: wait until all core hosts have joined and resolve, then
+    // pin them in /etc/hosts too.
     let peers = core_addresses(cx, dns).await?;
     cx.state.peers.extend(peers.clone());
     crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &cx.state.peers)?;
@@ -127,6 +144,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         &cx.paths,
         cx.config.site.domain.as_str(),
         cx.config.node.as_str(),
+        &cx.config.site.core,
         address,
         cluster_state,
     );
@@ -280,4 +298,46 @@ async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()
         "rejoining the existing etcd cluster as a new member"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arg<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.iter()
+            .filter_map(|a| a.strip_prefix(flag)?.strip_prefix('='))
+            .collect()
+    }
+
+    /// The members come from the site, every one of them, whatever DNS
+    /// answers when etcd starts; the member's own URL is among them.
+    #[test]
+    fn the_initial_cluster_is_every_core_host_of_the_site() {
+        let members: Vec<HostName> = ["ns1", "ns2", "ns3"]
+            .iter()
+            .map(|n| HostName::parse(n).unwrap())
+            .collect();
+        let args = etcd_args(
+            &Paths::under(std::path::Path::new("/")),
+            "example.org",
+            "ns2",
+            &members,
+            Ipv4Addr::new(10, 0, 0, 2),
+            ClusterState::New,
+        );
+        assert_eq!(
+            arg(&args, "--initial-cluster"),
+            [
+                "ns1=https://ns1.example.org:2380,ns2=https://ns2.example.org:2380,\
+              ns3=https://ns3.example.org:2380"
+            ]
+        );
+        assert_eq!(
+            arg(&args, "--initial-advertise-peer-urls"),
+            ["https://ns2.example.org:2380"]
+        );
+        assert!(arg(&args, "--discovery-srv").is_empty(), "{args:?}");
+        assert_eq!(arg(&args, "--initial-cluster-state"), ["new"]);
+    }
 }
