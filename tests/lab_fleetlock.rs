@@ -172,6 +172,34 @@ fn until(
     }
 }
 
+/// Once etcd is healthy again, core host `node` gets the lock (refused
+/// meanwhile for etcd's health alone, within `limit`) and releases it.
+fn once_healthy_takes_and_releases(lab: &Lab, node: &str, id: &str, limit: Duration) {
+    let meanwhile = ["etcd_unhealthy"];
+    until(
+        lab,
+        node,
+        "pre-reboot",
+        id,
+        "core",
+        "granted",
+        &meanwhile,
+        limit,
+    );
+    let meanwhile = ["node_unhealthy"];
+    let back = Duration::from_secs(60);
+    until(
+        lab,
+        node,
+        "steady-state",
+        id,
+        "core",
+        "granted",
+        &meanwhile,
+        back,
+    );
+}
+
 /// Every phase done on `node` (the bootstrap host then serves on, with
 /// no done marker): its phase state says so.
 fn done(lab: &Lab, node: &str) -> bool {
@@ -304,6 +332,24 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
         Duration::from_secs(30),
     );
     assert!(assembling.value().contains("node3"), "{assembling:?}");
+    // The node keeps that answer where `builder status` reads it (its
+    // status column shows it; builder's own tests show the reading).
+    let kept = lab
+        .sh(
+            "node1",
+            &format!("cat {}", node_contract::fleetlock::UPDATES_PATH),
+        )
+        .unwrap();
+    let kept = node_contract::fleetlock::LastAnswer::from_json(kept.as_bytes()).unwrap();
+    assert_eq!(
+        (kept.request.as_str(), kept.granted, kept.kind.as_deref()),
+        ("pre-reboot", false, Some("site_assembling")),
+        "{kept:?}"
+    );
+    assert!(
+        kept.reason.as_deref().is_some_and(|r| r.contains("node3")),
+        "{kept:?}"
+    );
     // (granted meanwhile: released again before going on)
     let _ = zincati(&lab, "node1", "steady-state", &id("node1"), "core");
     set_assembled(&lab, "node3", true);
@@ -372,26 +418,56 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
     );
     assert!(down.value().contains("node3"), "{down:?}");
     lab.sh("node3", "systemctl start etcd").unwrap();
-    until(
-        &lab,
-        "node2",
-        "pre-reboot",
-        &id("node2"),
-        "core",
-        "granted",
-        &["etcd_unhealthy"],
-        Duration::from_secs(60),
-    );
-    until(
-        &lab,
-        "node2",
-        "steady-state",
-        &id("node2"),
-        "core",
-        "granted",
-        &["node_unhealthy"],
-        Duration::from_secs(60),
-    );
+    once_healthy_takes_and_releases(&lab, "node2", &id("node2"), Duration::from_secs(60));
+
+    // An etcd member that answers but lags (its peer traffic slowed while
+    // node1 writes as fast as it can): no core host may go, and the
+    // refusal says which member is how far behind.
+    lab.throttle("node3", 2380, Some("128kbit")).unwrap();
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    let lagging = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let value = "x".repeat(1000);
+            let mut written = 0;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) && written < 3000 {
+                lab::etcdctl(
+                    &lab,
+                    "node1",
+                    "node1.lab.example.org",
+                    &format!("put /lab/lag/{written} {value}"),
+                );
+                written += 1;
+            }
+            written
+        });
+        // Granted while node3 still keeps up (released at once), or
+        // refused for another reason on the way (said): asked again.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let answer = loop {
+            let answer = zincati(&lab, "node2", "pre-reboot", &id("node2"), "core");
+            match answer.kind() {
+                "etcd_unhealthy" if answer.value().contains("behind") => break answer,
+                "granted" => granted(&lab, "node2", "steady-state", &id("node2"), "core"),
+                "etcd_unhealthy" => println!("lagging member: meanwhile {answer:?}"),
+                _ => panic!("node2 pre-reboot with node3 lagging: {answer:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node3 never counted as lagging: {answer:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "lagging member: refused after {} writes: {}",
+            writer.join().unwrap(),
+            answer.value()
+        );
+        answer
+    });
+    assert!(lagging.value().contains("node3"), "{lagging:?}");
+    lab.throttle("node3", 2380, None).unwrap();
+    once_healthy_takes_and_releases(&lab, "node2", &id("node2"), Duration::from_secs(120));
 
     // node2's own certificate and key, from another address in the VPC,
     // straight to node1's lock server: refused.

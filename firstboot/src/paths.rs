@@ -97,6 +97,10 @@ impl Paths {
     pub fn status_file(&self) -> PathBuf {
         self.at(node_contract::status::STATUS_PATH)
     }
+    /// The lock servers' last answer to Zincati (the FleetLock relay's).
+    pub fn updates_file(&self) -> PathBuf {
+        self.at(node_contract::fleetlock::UPDATES_PATH)
+    }
     /// This node's identity: certificate (temporary root), key, the root.
     pub fn tls_dir(&self) -> PathBuf {
         self.at("/etc/firstboot/tls")

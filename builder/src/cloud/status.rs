@@ -32,6 +32,9 @@ pub struct Row {
     pub state: Option<String>,
     /// Why the phase is unknown, or firstboot's last error.
     pub note: Option<String>,
+    /// The lock servers' last answer to the node's Zincati (an OS update's
+    /// reboot granted, or refused and why), when it asked.
+    pub updates: Option<String>,
 }
 
 impl Row {
@@ -46,6 +49,7 @@ impl Row {
             phase: None,
             state: None,
             note: Some("not launched".into()),
+            updates: None,
         }
     }
 }
@@ -66,6 +70,7 @@ pub async fn rows(client: &Client, plan: &Plan) -> Result<Vec<Row>> {
                 phase: None,
                 state: None,
                 note: None,
+                updates: None,
             },
             None => Row::absent(&wanted.host),
         })
@@ -75,11 +80,43 @@ pub async fn rows(client: &Client, plan: &Plan) -> Result<Vec<Row>> {
 /// The command run on each node: the status file, else a word saying
 /// whether firstboot finished (the status file lives in /run, gone after
 /// a reboot; the done marker stays), is not on the node at all (Ignition
-/// did not write it), or never started.
+/// did not write it), or never started; then, after the line
+/// [`UPDATES_MARK`], the lock servers' last answer to Zincati, if any.
 const REMOTE: &str = "if cat /run/firstboot/status.json 2>/dev/null; then :; \
      elif test -e /var/lib/firstboot/done; then echo firstboot-done; \
      elif ! test -x /usr/local/bin/firstboot; then echo firstboot-missing; \
-     else echo firstboot-not-started; fi";
+     else echo firstboot-not-started; fi; \
+     echo; echo firstboot-updates; cat /run/firstboot/updates.json 2>/dev/null; true";
+
+/// The line between the two parts of [`REMOTE`]'s answer.
+const UPDATES_MARK: &str = "\nfirstboot-updates\n";
+
+/// A node's whole answer to [`REMOTE`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remote {
+    pub report: NodeReport,
+    pub updates: Option<node_contract::fleetlock::LastAnswer>,
+}
+
+impl Remote {
+    /// Both parts; either unreadable is an error saying which.
+    pub fn parse(text: &str) -> Result<Remote, String> {
+        let (report, updates) = text
+            .split_once(UPDATES_MARK)
+            .ok_or_else(|| "its answer lacks the updates part (an older node?)".to_owned())?;
+        let updates = match updates.trim() {
+            "" => None,
+            json => Some(
+                node_contract::fleetlock::LastAnswer::from_json(json.as_bytes())
+                    .map_err(|e| format!("unreadable updates file ({e})"))?,
+            ),
+        };
+        Ok(Remote {
+            report: NodeReport::parse(report)?,
+            updates,
+        })
+    }
+}
 
 /// What an active droplet that does not answer SSH means, said plainly:
 /// Ignition runs before the OS starts and stops the boot when it fails,
@@ -179,7 +216,13 @@ pub fn read_phases(rows: &mut [Row], ssh: &str) {
             .collect();
         for (row, handle) in rows.iter_mut().zip(handles) {
             match handle.join().ok().flatten() {
-                Some(Ok(report)) => (row.phase, row.state, row.note) = report.cells(),
+                Some(Ok(remote)) => {
+                    (row.phase, row.state, row.note) = remote.report.cells();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    row.updates = remote.updates.map(|u| u.summary(now));
+                }
                 Some(Err(why)) => row.note = Some(format!("{why}: {NO_SSH}")),
                 None => {}
             }
@@ -187,7 +230,7 @@ pub fn read_phases(rows: &mut [Row], ssh: &str) {
     });
 }
 
-fn phase_of(ssh: &str, address: &str) -> Result<NodeReport, String> {
+fn phase_of(ssh: &str, address: &str) -> Result<Remote, String> {
     let mut child = Command::new(ssh)
         .args([
             "-o",
@@ -236,7 +279,7 @@ fn phase_of(ssh: &str, address: &str) -> Result<NodeReport, String> {
         let last = err.lines().last().unwrap_or("").trim();
         return Err(format!("ssh core@{address} failed: {last}"));
     }
-    NodeReport::parse(&out).map_err(|e| format!("core@{address}: {e}"))
+    Remote::parse(&out).map_err(|e| format!("core@{address}: {e}"))
 }
 
 /// The table for a terminal.
@@ -256,6 +299,10 @@ pub fn table(rows: &[Row]) -> String {
             (Some(p), Some(s), Some(n)) => format!("{p}: {s} ({n})"),
             (_, _, Some(n)) => n.clone(),
             _ => dash(),
+        };
+        let phase = match &row.updates {
+            Some(u) => format!("{phase}; {u}"),
+            None => phase,
         };
         lines.push([
             row.host.clone(),
@@ -364,6 +411,7 @@ mod tests {
                 phase: Some("etcd".into()),
                 state: Some("running".into()),
                 note: None,
+                updates: None,
             },
             Row::absent("mail"),
         ];
@@ -390,9 +438,9 @@ mod tests {
                 .replace("/var/", &format!("{}/var/", root.display()))
                 .replace("/usr/", &format!("{}/usr/", root.display()));
             let out = Command::new("sh").args(["-c", &command]).output().unwrap();
-            NodeReport::parse(&String::from_utf8(out.stdout).unwrap()).unwrap()
+            Remote::parse(&String::from_utf8(out.stdout).unwrap()).unwrap()
         };
-        assert_eq!(remote(root.path()), NodeReport::Missing);
+        assert_eq!(remote(root.path()).report, NodeReport::Missing);
         let bin = root.path().join("usr/local/bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::write(bin.join("firstboot"), "").unwrap();
@@ -402,11 +450,52 @@ mod tests {
             std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        assert_eq!(remote(root.path()), NodeReport::NotStarted);
+        assert_eq!(remote(root.path()).report, NodeReport::NotStarted);
         let done = root.path().join("var/lib/firstboot");
         std::fs::create_dir_all(&done).unwrap();
         std::fs::write(done.join("done"), "").unwrap();
-        assert_eq!(remote(root.path()), NodeReport::Done);
+        assert_eq!(remote(root.path()).report, NodeReport::Done);
+        assert_eq!(remote(root.path()).updates, None);
+
+        // The relay's record of the last answer comes after the status,
+        // refusal reason and all, and reaches the table.
+        let run = root.path().join("run/firstboot");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            run.join("status.json"),
+            r#"{"version":2,"phase":"freeipa","state":"done","since":1,"attempt":1}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            run.join("updates.json"),
+            r#"{"at":1000,"request":"pre-reboot","granted":false,"kind":"site_assembling","reason":"the site is still assembling: 4 of 5 nodes"}"#,
+        )
+        .unwrap();
+        let answer = remote(root.path());
+        assert_eq!(answer.report.cells().0.as_deref(), Some("freeipa"));
+        let updates = answer.updates.unwrap();
+        assert_eq!(updates.kind.as_deref(), Some("site_assembling"));
+        let mut row = Row::absent("ns1");
+        row.note = None;
+        row.updates = Some(updates.summary(1010));
+        assert!(
+            table(&[row]).contains(
+                "update: reboot for an update refused 10 s ago \
+                 (site_assembling): the site is still assembling: 4 of 5 nodes"
+            ),
+            "{}",
+            table(&[])
+        );
+        // A broken record is said to be one.
+        std::fs::write(run.join("updates.json"), "{\"at\":").unwrap();
+        let command = REMOTE.replace("/run/", &format!("{}/run/", root.path().display()));
+        let out = Command::new("sh").args(["-c", &command]).output().unwrap();
+        let error = Remote::parse(&String::from_utf8(out.stdout).unwrap()).unwrap_err();
+        assert!(error.starts_with("unreadable updates file"), "{error}");
+        // And an answer without the updates part (a node of an older
+        // builder) says what is missing.
+        let error = Remote::parse("firstboot-done\n").unwrap_err();
+        assert!(error.contains("lacks the updates part"), "{error}");
     }
 
     /// An active droplet whose SSH does not answer (here an `ssh` that
@@ -433,6 +522,7 @@ mod tests {
             phase: None,
             state: None,
             note: None,
+            updates: None,
         }];
         read_phases(&mut rows, ssh.to_str().unwrap());
         let note = rows[0].note.clone().unwrap();

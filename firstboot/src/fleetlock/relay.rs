@@ -183,12 +183,45 @@ impl Relay {
             Err(refusal) => return (refusal.status, refusal.body()),
         };
         let body = protocol::request_body(&lock.params);
-        match self.forward(lock.operation.path(), body).await {
+        let (status, answer) = match self.forward(lock.operation.path(), body).await {
             Ok(answer) => answer,
             Err(e) => {
                 let refusal = Refusal::new(503, kind::LOCK_SERVER_UNREACHABLE, format!("{e:#}"));
                 (refusal.status, refusal.body())
             }
+        };
+        self.record(lock.operation, status, &answer);
+        (status, answer)
+    }
+
+    /// Keep the answer to this node's own request where `builder status`
+    /// reads it (only requests that speak for this node: another local
+    /// process cannot make the file say anything else). A file that
+    /// cannot be written costs the report, never the answer.
+    fn record(&self, operation: protocol::Operation, status: u16, answer: &[u8]) {
+        let refusal = (status != 200).then(|| serde_json::from_slice::<Refusal>(answer).ok());
+        let last = node_contract::fleetlock::LastAnswer {
+            at: crate::status::now(),
+            request: operation.path().trim_start_matches("/v1/").to_owned(),
+            granted: status == 200,
+            kind: refusal.clone().map(|r| match r {
+                Some(r) => r.kind,
+                None => format!("status {status}"),
+            }),
+            reason: refusal.map(|r| match r {
+                Some(r) => r.value,
+                None => String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned(),
+            }),
+        };
+        let path = self.paths.updates_file();
+        let written = serde_json::to_vec(&last)
+            .map_err(anyhow::Error::from)
+            .and_then(|json| crate::fsutil::write_atomic(&path, &json, 0o644));
+        if let Err(e) = written {
+            tracing::warn!(
+                "fleetlock relay: cannot record the answer in {}: {e:#}",
+                path.display()
+            );
         }
     }
 

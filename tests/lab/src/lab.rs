@@ -645,6 +645,42 @@ impl Lab {
         ])
     }
 
+    /// Slow down what reaches a node on one TCP port (as source or
+    /// destination port: both directions of its connections), to `rate`
+    /// (tc's units, such as `256kbit`); None lifts it. Everything else
+    /// passes at full speed. On the host side of the node's cable, so the
+    /// node itself sees nothing but a slow link: HTB with a u32 filter
+    /// (this kernel has no netem).
+    pub fn throttle(&self, name: &str, port: u16, rate: Option<&str>) -> Result<()> {
+        let node = self.node(name)?;
+        let (ns, cable) = (self.netns(), node.cable(&self.id));
+        let tc = |args: &[&str]| {
+            proc::check(Command::new("tc").args(["-n", &ns]).args(args), STEP).map(|_| ())
+        };
+        let Some(rate) = rate else {
+            return tc(&["qdisc", "del", "dev", &cable, "root"]);
+        };
+        tc(&[
+            "qdisc", "add", "dev", &cable, "root", "handle", "1:", "htb", "default", "10",
+        ])?;
+        tc(&[
+            "class", "add", "dev", &cable, "parent", "1:", "classid", "1:10", "htb", "rate",
+            "10gbit",
+        ])?;
+        tc(&[
+            "class", "add", "dev", &cable, "parent", "1:", "classid", "1:20", "htb", "rate", rate,
+            "ceil", rate,
+        ])?;
+        let port = port.to_string();
+        for direction in ["sport", "dport"] {
+            tc(&[
+                "filter", "add", "dev", &cable, "parent", "1:", "protocol", "ip", "prio", "1",
+                "u32", "match", "ip", direction, &port, "0xffff", "flowid", "1:20",
+            ])?;
+        }
+        Ok(())
+    }
+
     /// The node's root as seen from the host (its overlay).
     pub fn root(&self, name: &str) -> Result<PathBuf> {
         Ok(self.node(name)?.merged())
