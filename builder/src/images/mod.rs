@@ -1,5 +1,11 @@
 //! Node images (`images/<name>/image.json`), built into this binary so a
-//! rendered config always matches the catalog it was rendered with.
+//! rendered config always matches the catalog it was rendered with; and
+//! the Fedora CoreOS release a launch imports (`release`, `stream`,
+//! `fcos_streams`).
+
+pub mod fcos_streams;
+pub mod release;
+pub mod stream;
 
 use anyhow::{Context, Result};
 use node_contract::Catalog;
@@ -51,9 +57,9 @@ pub enum Base {
 const DEFINITIONS: &[(&str, &str)] = &[
     (
         "fedora-coreos",
-        include_str!("../../images/fedora-coreos/image.json"),
+        include_str!("../../../images/fedora-coreos/image.json"),
     ),
-    ("lab", include_str!("../../images/lab/image.json")),
+    ("lab", include_str!("../../../images/lab/image.json")),
 ];
 
 /// The image of lab nodes, which boot on one machine instead of DigitalOcean.
