@@ -334,13 +334,10 @@ fn bench_launch() {
     println!("builder: {}", builder.display());
     use support::do_fake::FakeDo;
     let fake = FakeDo::start();
-    let firstboot = tiny_firstboot();
-    let bytes = std::fs::read(support::site::tiny_firstboot_path()).unwrap();
-    let files = site_lab::http::FileServer::start(vec![(
-        format!("/fb/{}", firstboot.object_name()),
-        bytes,
-    )])
-    .unwrap();
+    let files = support::site::firstboot_server();
+    let streams = support::fcos_streams::StreamServer::start(&support::fcos_streams::document(
+        support::fcos_streams::RELEASE,
+    ));
     let dir = tempfile::tempdir().unwrap();
     let vault = builder::vault::seal(&test_secrets(), "bench passphrase", Some(2), false).unwrap();
     println!(
@@ -358,6 +355,7 @@ fn bench_launch() {
             let out = std::process::Command::new(&builder)
                 .args(["launch", site.to_str().unwrap()])
                 .env("DIGITALOCEAN_API_URL", &fake.base)
+                .env("BUILDER_FCOS_STREAMS_URL", streams.base())
                 .env("DIGITALOCEAN_ACCESS_TOKEN", "bench")
                 .env("BUILDER_VAULT_PASSPHRASE", "bench passphrase")
                 .env("BUILDER_FIRSTBOOT", support::site::tiny_firstboot_path())

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::do_fake::{FakeDo, Fault};
+use support::fcos_streams::{self, StreamServer};
 use support::prism::{self, Prism};
 use support::site;
 
@@ -27,6 +28,8 @@ struct World {
     dir: tempfile::TempDir,
     site: PathBuf,
     _files: site_lab::http::FileServer,
+    /// The stream metadata launch reads its release from.
+    streams: StreamServer,
 }
 
 impl World {
@@ -37,6 +40,7 @@ impl World {
         command
             .args(args)
             .env("DIGITALOCEAN_API_URL", &self.prism.base)
+            .env("BUILDER_FCOS_STREAMS_URL", self.streams.base())
             .env("DIGITALOCEAN_ACCESS_TOKEN", "test-token")
             .env("BUILDER_VAULT_PASSPHRASE", "test passphrase")
             .env("BUILDER_FIRSTBOOT", site::tiny_firstboot_path())
@@ -108,13 +112,7 @@ fn world() -> Option<World> {
     }
     let fake = FakeDo::start();
     let prism = Prism::start(&fake.base);
-    let firstboot = site::tiny_firstboot();
-    let bytes = std::fs::read(site::tiny_firstboot_path()).unwrap();
-    let files = site_lab::http::FileServer::start(vec![(
-        format!("/fb/{}", firstboot.object_name()),
-        bytes,
-    )])
-    .unwrap();
+    let files = site::firstboot_server();
     let dir = tempfile::tempdir().unwrap();
     let site_text = site::generated_site(3, &files.url("/fb"));
     let site = dir.path().join("hosts.yaml");
@@ -128,6 +126,7 @@ fn world() -> Option<World> {
         dir,
         site,
         _files: files,
+        streams: StreamServer::start(&fcos_streams::document(fcos_streams::RELEASE)),
     })
 }
 
@@ -209,12 +208,22 @@ fn init_checks_the_region_against_the_account(w: &World) {
 
 fn dry_run_sends_nothing(w: &World) {
     w.fake.reset();
+    let read = w.streams.hits();
     let text = w.ok(&["launch", "--dry-run"]);
     assert!(w.fake.calls().is_empty(), "{:?}", w.fake.calls());
     assert!(
         text.contains("POST /v2/droplets") && text.contains("no call was made"),
         "{text}"
     );
+    // The image is the current release of the stream metadata, read once.
+    assert!(
+        text.contains(&format!(
+            "POST /v2/images fedora-coreos-{}",
+            fcos_streams::RELEASE
+        )),
+        "{text}"
+    );
+    assert_eq!(w.streams.hits(), read + 1, "{text}");
     for host in ["node001", "node002", "node003"] {
         assert!(text.contains(&format!("{host}.{DOMAIN}")), "{text}");
     }

@@ -417,9 +417,13 @@ fn a_newcomer_at_a_terminal_loses_no_answer_to_a_typo() {
     let vault_text = std::fs::read_to_string(dir.path().join("site/hosts.vault")).unwrap();
     builder::vault::open(&vault_text, PASSPHRASE, "v").unwrap();
 
+    let streams = support::fcos_streams::StreamServer::start(&support::fcos_streams::document(
+        support::fcos_streams::RELEASE,
+    ));
     let builder = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_builder"))
             .args(args)
+            .env("BUILDER_FCOS_STREAMS_URL", streams.base())
             .env("BUILDER_VAULT_PASSPHRASE", PASSPHRASE)
             .env("BUILDER_FIRSTBOOT", tiny_firstboot_path())
             .env_remove("DIGITALOCEAN_ACCESS_TOKEN")

@@ -203,6 +203,11 @@ pub struct CloudArgs {
 /// a few at a time. Running it again changes nothing; an interrupted
 /// launch run again completes it.
 ///
+/// The image is the current release of its Fedora CoreOS stream, read
+/// from the stream metadata with the checksum it publishes, unless the
+/// site file pins one (`defaults.release`); --dry-run says which and why.
+/// A release is imported once, as an image named after it.
+///
 /// The API token comes from $DIGITALOCEAN_ACCESS_TOKEN or
 /// $DIGITALOCEAN_TOKEN, else from the vault. Spaces keys come from
 /// $SPACES_ACCESS_KEY_ID and $SPACES_SECRET_ACCESS_KEY.
@@ -220,6 +225,12 @@ pub struct LaunchArgs {
     /// Print the calls launch would make, and make none
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Where Fedora CoreOS's stream metadata is read, as <URL><stream>.json
+    /// (tests point it at a local server)
+    /// [default: https://builds.coreos.fedoraproject.org/streams/]
+    #[arg(long, env = "BUILDER_FCOS_STREAMS_URL", value_name = "URL")]
+    pub fcos_streams_url: Option<String>,
 }
 
 /// Show each host's droplet, addresses and firstboot phase

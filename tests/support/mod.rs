@@ -12,6 +12,7 @@ pub use site_test_skip::{in_ci, skip};
 
 pub mod child;
 pub mod do_fake;
+pub mod fcos_streams;
 pub mod lab;
 pub mod lab_cloud;
 pub mod moto;

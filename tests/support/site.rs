@@ -19,6 +19,18 @@ pub fn tiny_firstboot() -> Firstboot {
     Firstboot::locate(Some(&tiny_firstboot_path())).expect("fixture is a static ELF")
 }
 
+/// A loopback server of the tiny firstboot under `/fb/`, as a site's
+/// `publish.base_url` (`server.url("/fb")`) serves it to nodes: `launch`
+/// checks it is there.
+pub fn firstboot_server() -> site_lab::http::FileServer {
+    let bytes = std::fs::read(tiny_firstboot_path()).unwrap();
+    site_lab::http::FileServer::start(vec![(
+        format!("/fb/{}", tiny_firstboot().object_name()),
+        bytes,
+    )])
+    .unwrap()
+}
+
 pub fn test_secrets() -> Secrets {
     Secrets {
         format: 1,

@@ -105,6 +105,8 @@ pub struct Known {
 pub struct Launch<'a> {
     pub client: &'a Client,
     pub plan: &'a Plan,
+    /// The image to import, its release already chosen.
+    pub image: &'a image::Import,
     /// Each host's user data: its rendered config, exactly as `render`
     /// writes it.
     pub user_data: &'a BTreeMap<String, String>,
@@ -275,6 +277,7 @@ impl Launch<'_> {
 /// The calls a launch would make, for `--dry-run`: nothing is sent.
 pub fn dry_run(
     plan: &Plan,
+    image: &image::Import,
     user_data: &BTreeMap<String, String>,
     publisher: &Publisher,
     api: &str,
@@ -287,7 +290,7 @@ pub fn dry_run(
         tag::describe(plan),
         firewall::describe(plan),
         key::describe(plan),
-        image::describe(plan),
+        image::describe(plan, image),
         vpc::describe(plan),
         firstboot,
         volume::describe(plan),

@@ -16,9 +16,11 @@ use tracing::info;
 use crate::artifact::Firstboot;
 use crate::cli::{CloudArgs, DestroyArgs, LaunchArgs, Output, StatusArgs};
 use crate::cloud::destroy::{self, Scope};
+use crate::cloud::kinds::image::{Choice, Import};
 use crate::cloud::launch::{self, Launch, Pace};
 use crate::cloud::{status, Plan};
 use crate::digitalocean::{Client, RetryPolicy, API_URL_ENV, DEFAULT_API_URL, TOKEN_ENVS};
+use crate::images::fcos_streams::StreamsClient;
 use crate::log::elapsed;
 use crate::publish::Publisher;
 use crate::render;
@@ -83,13 +85,17 @@ fn client(args: &CloudArgs, vault: Option<&(Secrets, bool)>, plan: &Plan) -> Res
              secret are published. Run `builder init` for a vault of your own"
         );
     }
-    Client::new(api.as_str(), token.trim(), policy_from_env())
+    Client::new(
+        api.as_str(),
+        token.trim(),
+        policy_from_env(RetryPolicy::digitalocean()),
+    )
 }
 
-/// The retry policy, with test knobs: `BUILDER_API_TIMEOUT_MS` (one
-/// request) and `BUILDER_API_BACKOFF_MS` (the first backoff).
-fn policy_from_env() -> RetryPolicy {
-    let mut policy = RetryPolicy::digitalocean();
+/// A retry policy with the test knobs applied: `BUILDER_API_TIMEOUT_MS`
+/// (one request) and `BUILDER_API_BACKOFF_MS` (the first backoff), for the
+/// DigitalOcean API and the stream metadata alike.
+fn policy_from_env(mut policy: RetryPolicy) -> RetryPolicy {
     let ms = |name: &str| {
         std::env::var(name)
             .ok()?
@@ -111,6 +117,24 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     crate::net::runtime().context("cannot start the async runtime")
 }
 
+/// The image launch imports, its release chosen: a pinned release and the
+/// lab image read nothing; otherwise the stream's metadata is read (under
+/// `streams_url` when given, else where the image says), and a failure to
+/// read it is an error that says how to pin a release, never a silent
+/// fall back to an older one.
+fn choose_image(plan: &Plan, streams_url: Option<&str>) -> Result<Import> {
+    match plan.image.choice() {
+        Choice::Known(import) => Ok(import),
+        Choice::Current { metadata, .. } => {
+            let streams = StreamsClient::new(
+                streams_url.unwrap_or(metadata),
+                policy_from_env(StreamsClient::policy()),
+            )?;
+            runtime()?.block_on(plan.image.choose(&streams))
+        }
+    }
+}
+
 pub fn launch(args: LaunchArgs) -> Result<()> {
     let (site, plan) = open_site(&args.cloud)?;
     let firstboot = Firstboot::locate(args.firstboot.as_deref())?;
@@ -122,18 +146,24 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         .map(|r| Ok((r.host.clone(), String::from_utf8(r.bytes)?)))
         .collect::<Result<BTreeMap<_, _>>>()?;
     let publisher = Publisher::new(&site.publish)?;
+    let streams_url = args.fcos_streams_url.as_deref();
     if args.dry_run {
-        for line in launch::dry_run(&plan, &user_data, &publisher, &args.cloud.api_url) {
+        let image = choose_image(&plan, streams_url)?;
+        for line in launch::dry_run(&plan, &image, &user_data, &publisher, &args.cloud.api_url) {
             println!("{line}");
         }
-        println!("(dry run: no call was made)");
+        println!("(dry run: no call was made to DigitalOcean)");
         return Ok(());
     }
+    // The refusals of a lab site and a demo vault come before anything is
+    // read; the release is chosen before anything is created.
     let client = client(&args.cloud, Some(&vault), &plan)?;
+    let image = choose_image(&plan, streams_url)?;
     let started = Instant::now();
     let run = Launch {
         client: &client,
         plan: &plan,
+        image: &image,
         user_data: &user_data,
         publisher: &publisher,
         firstboot: &firstboot,

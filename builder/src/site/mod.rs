@@ -21,6 +21,9 @@ pub struct Site {
     pub ssh_keys: Vec<SshKey>,
     pub vpc_range: VpcRange,
     pub region: Slug,
+    /// The Fedora CoreOS release the site file pins (`defaults.release`);
+    /// without one, `launch` imports the stream's current release.
+    pub release: Option<crate::images::release::Release>,
     pub publish: Publish,
     /// In site-file order; the first core host is the bootstrap host.
     pub hosts: Vec<Host>,

@@ -10,6 +10,7 @@ use super::names::{
 };
 use super::yaml::{self, Key, Node, Pos, ScalarKind, Value};
 use super::{Host, Publish, Role, Site, Volumes};
+use crate::images::{self, release::Release, Base};
 
 const TOP_KEYS: &[&str] = &[
     "domain_name",
@@ -20,7 +21,7 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "hosts",
 ];
-const DEFAULT_KEYS: &[&str] = &["size", "region", "image", "volumes"];
+const DEFAULT_KEYS: &[&str] = &["size", "region", "image", "release", "volumes"];
 const HOST_KEYS: &[&str] = &["name", "role", "size", "volumes"];
 const VOLUME_KEYS: &[&str] = &["data_gib", "swap_gib"];
 const PUBLISH_KEYS: &[&str] = &["base_url", "spaces"];
@@ -338,12 +339,14 @@ impl Cx<'_> {
             self.check_roles(hosts, hosts_key_pos);
         }
 
+        let defaults = defaults?;
         Some(Site {
             domain: domain?,
             realm: realm?,
             ssh_keys: ssh_keys?,
             vpc_range: vpc_range?,
-            region: defaults?.region,
+            region: defaults.region,
+            release: defaults.release,
             publish: publish?,
             hosts: hosts?.into_iter().map(|(_, h)| h).collect(),
         })
@@ -443,6 +446,10 @@ impl Cx<'_> {
             Some(n) => self.checked(n, "`defaults.image`", check_image),
             None => Some(DEFAULT_IMAGE.to_owned()),
         };
+        let release = match fields.get("release") {
+            Some(n) => self.release(n, image.as_deref()).map(Some),
+            None => Some(None),
+        };
         let volumes = match fields.get("volumes") {
             Some(n) => self.volumes(
                 n,
@@ -462,8 +469,52 @@ impl Cx<'_> {
             size_pos: fields.get("size").map(|n| n.pos),
             region: region?,
             image: image?,
+            release: release?,
             volumes: volumes?,
         })
+    }
+
+    /// `defaults.release`: a release of the image's stream. Any scalar is
+    /// read as text, so that `44.20260707` is told what it lacks rather
+    /// than that it is a number.
+    fn release(&mut self, node: &Node, image: Option<&str>) -> Option<Release> {
+        let what = "`defaults.release`";
+        let Value::Scalar { text, .. } = &node.value else {
+            self.wrong_type(node, what, "a release such as `44.20260707.3.1`");
+            return None;
+        };
+        if text.trim().is_empty() {
+            self.error(
+                node.pos,
+                format!("{what} is empty"),
+                Some(
+                    "write a release such as `44.20260707.3.1`, or remove the line to launch \
+                     the stream's current release",
+                ),
+            );
+            return None;
+        }
+        // An image already refused is reported where it stands; the
+        // release is then checked for its shape alone.
+        let checked = match image.map(images::load) {
+            Some(Ok(loaded)) => match loaded.base {
+                Base::FedoraCoreos { stream, .. } => Release::parse_for_stream(text, &stream),
+                Base::Debian { .. } => Err(Refusal::new(format!(
+                    "{what} pins a Fedora CoreOS release, but the `{}` image has none: it \
+                     boots only in a lab cloud",
+                    loaded.name
+                ))
+                .help("remove `release`, or set `image: fedora-coreos`")),
+            },
+            _ => Release::parse(text),
+        };
+        match checked {
+            Ok(release) => Some(release),
+            Err(refusal) => {
+                self.refused(node.pos, refusal);
+                None
+            }
+        }
     }
 
     fn volumes(&mut self, node: &Node, what: &str, base: Volumes) -> Option<Volumes> {
@@ -666,6 +717,8 @@ struct Defaults {
     size_pos: Option<Pos>,
     region: Slug,
     image: String,
+    /// The Fedora CoreOS release pinned, if one is.
+    release: Option<Release>,
     volumes: Volumes,
 }
 
@@ -678,6 +731,7 @@ impl Defaults {
             size_pos: None,
             region: slug("ams3"),
             image: DEFAULT_IMAGE.to_owned(),
+            release: None,
             volumes: Volumes {
                 data_gib: 0,
                 swap_gib: 0,
@@ -691,7 +745,8 @@ fn explain_misplaced(what: &str, key: &str) -> Option<&'static str> {
     match (what, key) {
         ("a host", "region") => Some("a DigitalOcean VPC lives in one region, so every host of a site shares `defaults.region`"),
         ("a host", "image") => Some("every host of a site runs the same image: set `defaults.image`"),
-        ("the site file", "size" | "region" | "image" | "volumes") => Some("this setting belongs under `defaults:`"),
+        ("a host", "release") => Some("every host of a site runs the same release: set `defaults.release`"),
+        ("the site file", "size" | "region" | "image" | "release" | "volumes") => Some("this setting belongs under `defaults:`"),
         _ => None,
     }
 }
@@ -723,6 +778,36 @@ fn check_image(name: &str) -> Result<String, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SITE: &str = "domain_name: example.com\nssh_keys:\n  - ssh-ed25519 \
+        AAAAC3NzaC1lZDI1NTE5AAAAIBdn1ZXuEs9c6tnGpQUc3YXUDBklgj/+6uuPBcm7fkBn op@example\n\
+        publish:\n  base_url: https://dl.example.com/fb\ndefaults:\n  region: ams3\n";
+
+    /// `defaults.release` is optional; written, it is the checked release.
+    #[test]
+    fn a_release_is_pinned_under_defaults_or_not_at_all() {
+        let hosts = "hosts: [ns1, ns2, ns3]\n";
+        let unpinned = super::site("s", &format!("{SITE}{hosts}")).unwrap();
+        assert_eq!(unpinned.release, None);
+        let pinned =
+            super::site("s", &format!("{SITE}  release: 44.20260707.3.1\n{hosts}")).unwrap();
+        assert_eq!(
+            pinned.release.map(|r| r.to_string()).as_deref(),
+            Some("44.20260707.3.1")
+        );
+        for (release, why) in [
+            ("\"\"", "is empty"),
+            ("[44]", "must be a release"),
+            ("44.20260707.3.1.0", "5 dot-separated parts"),
+        ] {
+            let errors = super::site("s", &format!("{SITE}  release: {release}\n{hosts}"))
+                .unwrap_err()
+                .0;
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].pos.line, 8, "{errors:?}");
+            assert!(errors[0].message.contains(why), "{errors:?}");
+        }
+    }
 
     #[test]
     fn suggestions_find_near_names() {

@@ -257,16 +257,27 @@ mod tests {
         let image = |name: &str, tags: Value| -> image::Image {
             read(json!({"id": 3, "name": name, "status": "available", "tags": tags}))
         };
-        let image_name = plan.image.name.clone();
-        ours(image(&image_name, json!([tag])).not_the_sites(&plan));
-        not(
-            image(&image_name, json!([])).not_the_sites(&plan),
-            "lacks the tag",
-        );
-        not(
-            image("other", json!([tag])).not_the_sites(&plan),
-            "not the site's image",
-        );
+        // Every release the site imported is its own; a name that is not
+        // `fedora-coreos-<release>` is not.
+        for release in ["44.20260707.3.1", "44.20261101.3.0"] {
+            let name = format!("fedora-coreos-{release}");
+            ours(image(&name, json!([tag])).not_the_sites(&plan));
+            not(
+                image(&name, json!([])).not_the_sites(&plan),
+                "lacks the tag",
+            );
+        }
+        for name in [
+            "other",
+            "fedora-coreos-",
+            "fedora-coreos-latest",
+            "lab-bookworm",
+        ] {
+            not(
+                image(name, json!([tag])).not_the_sites(&plan),
+                "not the site's image",
+            );
+        }
 
         let vpc = |description: &str| -> vpc::Vpc {
             read(json!({"id": "u", "name": plan.vpc.name, "region": "ams3",

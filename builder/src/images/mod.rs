@@ -1,5 +1,11 @@
 //! Node images (`images/<name>/image.json`), built into this binary so a
-//! rendered config always matches the catalog it was rendered with.
+//! rendered config always matches the catalog it was rendered with; and
+//! the Fedora CoreOS release a launch imports (`release`, `stream`,
+//! `fcos_streams`).
+
+pub mod fcos_streams;
+pub mod release;
+pub mod stream;
 
 use anyhow::{Context, Result};
 use node_contract::Catalog;
@@ -31,13 +37,18 @@ pub struct Platform {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "os", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Base {
-    /// A Fedora CoreOS release, imported into DigitalOcean as a custom image.
+    /// A release of a Fedora CoreOS stream, imported into DigitalOcean as
+    /// a custom image: the stream's current release, from its metadata,
+    /// unless the site file pins one.
     FedoraCoreos {
+        /// `stable`, `testing` or `next`.
         stream: String,
-        release: String,
-        artifact: String,
-        sha256: String,
-        source: String,
+        /// Where the stream metadata is read: `<metadata><stream>.json`.
+        metadata: String,
+        /// Where every disk of the stream lies: a location the metadata
+        /// gives elsewhere is refused, and a pinned release's disk is
+        /// `<artifacts><stream>/builds/<release>/x86_64/…`.
+        artifacts: String,
     },
     /// A debootstrapped Debian root: the lab's nodes.
     Debian {
@@ -51,9 +62,9 @@ pub enum Base {
 const DEFINITIONS: &[(&str, &str)] = &[
     (
         "fedora-coreos",
-        include_str!("../../images/fedora-coreos/image.json"),
+        include_str!("../../../images/fedora-coreos/image.json"),
     ),
-    ("lab", include_str!("../../images/lab/image.json")),
+    ("lab", include_str!("../../../images/lab/image.json")),
 ];
 
 /// The image of lab nodes, which boot on one machine instead of DigitalOcean.
@@ -94,13 +105,40 @@ mod tests {
                 );
             }
             if let super::Base::FedoraCoreos {
-                sha256, artifact, ..
+                stream,
+                metadata,
+                artifacts,
             } = &image.base
             {
-                assert_eq!(sha256.len(), 64);
-                assert!(artifact.starts_with("https://"));
+                for base in [metadata, artifacts] {
+                    assert!(
+                        base.starts_with("https://") && base.ends_with('/'),
+                        "{name}: `{base}` is not an https base ending in /"
+                    );
+                    url::Url::parse(base).unwrap();
+                }
+                assert_eq!(stream, "stable", "{name}: production follows stable");
             }
         }
+    }
+
+    /// `launch --help` names the stream metadata's default where the
+    /// image says it is.
+    #[test]
+    fn the_help_names_the_images_stream_metadata() {
+        use clap::CommandFactory;
+        let super::Base::FedoraCoreos { metadata, .. } = super::load("fedora-coreos").unwrap().base
+        else {
+            panic!("fedora-coreos is not a Fedora CoreOS image");
+        };
+        let launch = crate::cli::Cli::command();
+        let help = launch
+            .find_subcommand("launch")
+            .and_then(|c| c.get_arguments().find(|a| a.get_id() == "fcos_streams_url"))
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string().replace('\n', " "))
+            .unwrap_or_default();
+        assert!(help.contains(&format!("[default: {metadata}]")), "{help}");
     }
 
     /// Every service a shipped unit starts (`firstboot exec SERVICE`) is
