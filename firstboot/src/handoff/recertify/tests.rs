@@ -76,6 +76,18 @@ struct Killed {
 
 impl Restart for Killed {
     async fn restart(&self) -> Result<()> {
+        // Each restart waits for a write acknowledged since the last one
+        // (bounded): writes going on through the roll are then shown by
+        // the order of events, not by how fast this machine is (under
+        // load a roll once finished between two of the writer's writes).
+        // Writes that stall while members restart fail the test below.
+        let last = self.seen.lock().unwrap().last().copied().unwrap_or(0);
+        for _ in 0..1200 {
+            if self.written.load(Ordering::SeqCst) > last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.seen
             .lock()
             .unwrap()
@@ -325,8 +337,8 @@ async fn every_member_moves_to_the_new_ca_without_losing_a_write() {
     assert_eq!(restarts_at.len(), 6, "{restarts_at:?}");
     assert!(restarts_at[0] > 0, "no write before the first restart");
     assert!(
-        restarts_at[5] > restarts_at[0],
-        "no write during the roll: {restarts_at:?}"
+        restarts_at.windows(2).all(|w| w[1] > w[0]),
+        "no write between two restarts of the roll (in a minute): {restarts_at:?}"
     );
     assert!(written > restarts_at[5], "no write after the last restart");
     assert_eq!(stored.len(), written as usize);
