@@ -398,15 +398,15 @@ fn sim_calls(lab: &site_lab::Lab, node: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Whether `node`'s firstboot reports phase freeipa finished (done, or
-/// serving enrollment on the bootstrap host).
+/// Whether `node`'s firstboot reports its last phase finished (done, or
+/// serving enrollment on the bootstrap host): freeipa and then handoff.
 fn freeipa_done(lab: &site_lab::Lab, node: &str) -> bool {
     use node_contract::status::{State, Status};
     lab.sh(node, "cat /run/firstboot/status.json")
         .ok()
         .and_then(|s| Status::from_json(s.as_bytes()).ok())
         .is_some_and(|s| {
-            s.phase == Some(node_contract::Phase::Freeipa)
+            s.phase == node_contract::Phase::ALL.last().copied()
                 && matches!(s.state, State::Done | State::Serving)
         })
 }
@@ -439,7 +439,7 @@ fn bench_freeipa() {
             while !freeipa_done(&lab, name) {
                 assert!(
                     start.elapsed() < Duration::from_secs(600),
-                    "{name} did not finish phase freeipa in 10 minutes:\n{}",
+                    "{name} did not finish its last phase in 10 minutes:\n{}",
                     lab.journal(name, Some("firstboot.service"))
                         .unwrap_or_default()
                 );

@@ -1311,7 +1311,7 @@ struct Timeline {
     done: Option<f64>,
 }
 
-const PHASES: [&str; 5] = ["identify", "storage", "join", "etcd", "freeipa"];
+const PHASES: [&str; 6] = ["identify", "storage", "join", "etcd", "freeipa", "handoff"];
 
 fn timeline(cloud: &LabCloud, host: &str, t0: std::time::SystemTime) -> Timeline {
     let journal = cloud
@@ -1398,8 +1398,8 @@ fn report(
 ) -> f64 {
     let mut last: f64 = 0.0;
     let mut out = format!(
-        "{what}\n| node | created | booted | firstboot starts | identify | storage | join | etcd | freeipa | done |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        "{what}\n| node | created | booted | firstboot starts | identify | storage | join | etcd | freeipa | handoff | done |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     );
     for host in hosts {
         let line = timeline(cloud, host, t0);
@@ -1413,7 +1413,7 @@ fn report(
         let at =
             |m: &BTreeMap<String, f64>| m.get(host).map_or("-".to_owned(), |t| format!("{t:.2}"));
         out.push_str(&format!(
-            "| {host} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {done:.2} |\n",
+            "| {host} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {done:.2} |\n",
             at(created),
             at(booted),
             line.started.unwrap_or(f64::NAN),
@@ -1422,6 +1422,7 @@ fn report(
             phase("join"),
             phase("etcd"),
             phase("freeipa"),
+            phase("handoff"),
         ));
     }
     eprintln!("{out}(seconds from the start; phases: from their first attempt to done)\n");

@@ -92,7 +92,7 @@ fn done(lab: &Lab, node: &str) -> bool {
         .ok()
         .and_then(|s| node_contract::status::Status::from_json(s.as_bytes()).ok())
         .is_some_and(|s| {
-            s.phase == Some(node_contract::Phase::Freeipa)
+            s.phase == node_contract::Phase::ALL.last().copied()
                 && matches!(
                     s.state,
                     node_contract::status::State::Done | node_contract::status::State::Serving
@@ -106,7 +106,7 @@ fn wait_done(lab: &Lab, nodes: &[&str], limit: Duration) {
         while !done(lab, node) {
             assert!(
                 Instant::now() < deadline,
-                "{node} did not finish phase freeipa:\n{}",
+                "{node} did not finish its last phase:\n{}",
                 lab.journal(node, Some("firstboot.service"))
                     .unwrap_or_default()
             );
@@ -401,7 +401,64 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
         let journal = lab.journal(node, Some("firstboot.service")).unwrap();
         assert!(journal.contains("phase freeipa: done"), "{node}: {journal}");
     }
+    handoff_dns_is_freeipas(&lab, &nodes);
     drop(lab);
+}
+
+/// Handoff's DNS step (issue 17): every node routes the site domain to
+/// every FreeIPA server (the core hosts), the temporary DNS last; with
+/// the temporary DNS unreachable and one FreeIPA server down, every node
+/// still resolves every node's name through its own resolver.
+fn handoff_dns_is_freeipas(lab: &Lab, nodes: &[&str]) {
+    use firstboot::resolver::SiteDns;
+    let servers: Vec<Ipv4Addr> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| address(lab, n))
+        .collect();
+    for node in nodes {
+        let journal = lab.journal(node, Some("firstboot.service")).unwrap();
+        assert!(journal.contains("phase handoff: done"), "{node}: {journal}");
+        let paths = firstboot::paths::Paths::under(&lab.root(node).unwrap());
+        assert_eq!(
+            firstboot::resolver::saved(&paths),
+            Some(SiteDns::Freeipa {
+                servers: servers.clone(),
+                fallback: Some(address(lab, "node1")),
+            }),
+            "{node}'s route for the site domain"
+        );
+    }
+    // The temporary DNS unreachable (node1 drops its port), one FreeIPA
+    // server stopped.
+    lab.sh(
+        "node1",
+        "nft add table inet labtest && \
+         nft add chain inet labtest input '{ type filter hook input priority -10; }' && \
+         nft add rule inet labtest input udp dport 5300 drop && \
+         nft add rule inet labtest input tcp dport 5300 drop",
+    )
+    .unwrap();
+    lab.sh("node2", "systemctl stop freeipa-server").unwrap();
+    for node in nodes {
+        lab.sh(node, "resolvectl flush-caches").unwrap();
+        for other in nodes {
+            let fqdn = format!("{other}.lab.example.org");
+            let answer = lab
+                .sh(
+                    node,
+                    &format!("dig +short +time=3 +tries=2 @127.0.0.53 {fqdn} A"),
+                )
+                .unwrap();
+            assert_eq!(
+                answer.trim(),
+                address(lab, other).to_string(),
+                "{node} resolving {fqdn} with node2's FreeIPA down and the temporary DNS \
+                 unreachable"
+            );
+        }
+    }
+    lab.sh("node2", "systemctl start freeipa-server").unwrap();
+    lab.sh("node1", "nft delete table inet labtest").unwrap();
 }
 
 #[test]

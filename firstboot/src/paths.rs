@@ -124,6 +124,10 @@ impl Paths {
     pub fn dns_delegate(&self) -> PathBuf {
         self.at("/etc/systemd/dns-delegate.d/firstboot-site.dns-delegate")
     }
+    /// The site's DNS route as firstboot last set it (`resolver::saved`).
+    pub fn site_dns(&self) -> PathBuf {
+        self.state_dir().join("site-dns.json")
+    }
     /// The same for older systemd-resolved: a drop-in of its global scope.
     pub fn resolved_dropin(&self) -> PathBuf {
         self.at("/etc/systemd/resolved.conf.d/firstboot-site.conf")

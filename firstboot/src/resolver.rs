@@ -31,7 +31,8 @@ pub const DELEGATES_SINCE: u32 = 258;
 /// Where the site's names are asked, in order: systemd-resolved asks the
 /// first and moves on to the next when one fails, so one server down
 /// changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SiteDns {
     /// The bootstrap host's temporary DNS, until handoff.
     Temporary(Ipv4Addr),
@@ -53,6 +54,18 @@ impl SiteDns {
                 .map(|a| SocketAddr::new((*a).into(), 53))
                 .chain(fallback.map(|a| SocketAddr::new(a.into(), crate::dns::DNS_PORT)))
                 .collect(),
+        }
+    }
+
+    /// The same route with the temporary DNS at `temporary` (a rebuilt
+    /// bootstrap host's new address): FreeIPA's servers stay first.
+    pub fn with_temporary(&self, temporary: Ipv4Addr) -> SiteDns {
+        match self {
+            SiteDns::Temporary(_) => SiteDns::Temporary(temporary),
+            SiteDns::Freeipa { servers, .. } => SiteDns::Freeipa {
+                servers: servers.clone(),
+                fallback: Some(temporary),
+            },
         }
     }
 
@@ -110,9 +123,26 @@ async fn systemd_version() -> Result<u32> {
         .with_context(|| format!("cannot read systemd's version from `{}`", text.trim()))
 }
 
+/// The route [`route_site_domain`] last set on this node, if any (a file
+/// that cannot be read counts as none: the caller then routes to the
+/// temporary DNS, as before handoff).
+pub fn saved(paths: &Paths) -> Option<SiteDns> {
+    let bytes = std::fs::read(paths.site_dns()).ok()?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| tracing::warn!("{}: {e}", paths.site_dns().display()))
+        .ok()
+}
+
 /// Route `domain` to `dns`; systemd-resolved rereads its configuration.
-/// Changing nothing when it is already in place.
+/// Changing nothing when it is already in place. The route is kept
+/// ([`saved`]) so that what changes one part of it keeps the rest.
 pub async fn route_site_domain(paths: &Paths, dns: &SiteDns, domain: &DomainName) -> Result<()> {
+    route(paths, dns, domain).await?;
+    let json = serde_json::to_vec(dns).context("the route as JSON")?;
+    crate::fsutil::write_atomic(&paths.site_dns(), &json, 0o644)
+}
+
+async fn route(paths: &Paths, dns: &SiteDns, domain: &DomainName) -> Result<()> {
     let (path, text, other) = if systemd_version().await? >= DELEGATES_SINCE {
         (
             paths.dns_delegate(),
@@ -185,6 +215,42 @@ pub fn write_hosts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A route kept and read back; a rebuilt bootstrap host's new address
+    /// replaces the temporary DNS and leaves FreeIPA's servers first.
+    #[test]
+    fn the_route_is_kept_and_a_moved_temporary_dns_keeps_freeipa_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        assert_eq!(saved(&paths), None);
+        let ip = |last| Ipv4Addr::new(198, 18, 0, last);
+        let route = SiteDns::Freeipa {
+            servers: vec![ip(10), ip(11), ip(12)],
+            fallback: Some(ip(10)),
+        };
+        crate::fsutil::write_atomic(
+            &paths.site_dns(),
+            &serde_json::to_vec(&route).unwrap(),
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(saved(&paths), Some(route.clone()));
+        assert_eq!(
+            route.with_temporary(ip(20)),
+            SiteDns::Freeipa {
+                servers: vec![ip(10), ip(11), ip(12)],
+                fallback: Some(ip(20)),
+            }
+        );
+        assert_eq!(
+            SiteDns::Temporary(ip(10)).with_temporary(ip(20)),
+            SiteDns::Temporary(ip(20))
+        );
+        // A damaged file is no route (the caller falls back to the
+        // temporary DNS, as before handoff), never a panic.
+        std::fs::write(paths.site_dns(), b"{\"freeipa\":").unwrap();
+        assert_eq!(saved(&paths), None);
+    }
 
     #[test]
     fn both_forms_route_only_the_site_domain() {

@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 /// Where firstboot writes its status on every node (gone at reboot).
 pub const STATUS_PATH: &str = "/run/firstboot/status.json";
 
-/// 2 added `detail`: what a running phase is waiting for.
-pub const STATUS_VERSION: u32 = 2;
+/// 2 added `detail`: what a running phase is waiting for; 3 the phase
+/// `handoff` (a reader of 2 would call it malformed).
+pub const STATUS_VERSION: u32 = 3;
 
 /// The phases, in the order they run (ARCHITECTURE §5). Later issues add
-/// handoff, the container engine and Kubernetes after `freeipa`.
+/// the container engine and Kubernetes after `handoff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -22,15 +23,17 @@ pub enum Phase {
     Join,
     Etcd,
     Freeipa,
+    Handoff,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Identify,
         Phase::Storage,
         Phase::Join,
         Phase::Etcd,
         Phase::Freeipa,
+        Phase::Handoff,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Phase {
             Phase::Join => "join",
             Phase::Etcd => "etcd",
             Phase::Freeipa => "freeipa",
+            Phase::Handoff => "handoff",
         }
     }
 }
@@ -191,14 +195,17 @@ mod tests {
 
     #[test]
     fn newer_versions_are_refused_by_name() {
-        let err = Status::from_json(br#"{"version": 3, "state": "done"}"#).unwrap_err();
-        assert!(err.contains("version 3"), "{err}");
+        let err = Status::from_json(br#"{"version": 4, "state": "done"}"#).unwrap_err();
+        assert!(err.contains("version 4"), "{err}");
     }
 
     #[test]
     fn phases_keep_their_order_and_names() {
         let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
-        assert_eq!(names, ["identify", "storage", "join", "etcd", "freeipa"]);
+        assert_eq!(
+            names,
+            ["identify", "storage", "join", "etcd", "freeipa", "handoff"]
+        );
         for p in Phase::ALL {
             let json = serde_json::to_string(&p).unwrap();
             assert_eq!(json, format!("\"{p}\""));

@@ -2,6 +2,8 @@
 //! to FreeIPA (ARCHITECTURE §5), done by the nodes themselves.
 //!
 //! Built so far:
+//! - phase `handoff` (`phases::handoff`): steps 1 and 2 below, on every
+//!   node;
 //! - [`recertify`]: etcd moved from one CA to another, one member at a
 //!   time, agreed through etcd, never losing quorum or a write;
 //! - `resolver::SiteDns`: the site domain routed to every FreeIPA server,

@@ -172,12 +172,11 @@ pub async fn main(paths: Paths) -> Result<()> {
 /// `asked` is verified and came from `asked.address`.
 async fn follow_bootstrap(paths: &Paths, config: &NodeConfig, asked: &PeerRequest) -> Result<()> {
     if let Some(from) = record_move(paths, config, asked)? {
-        crate::resolver::route_site_domain(
-            paths,
-            &crate::resolver::SiteDns::Temporary(asked.address),
-            &config.site.domain,
-        )
-        .await?;
+        // After handoff's DNS step, FreeIPA's servers stay first.
+        let dns = crate::resolver::saved(paths)
+            .unwrap_or(crate::resolver::SiteDns::Temporary(asked.address))
+            .with_temporary(asked.address);
+        crate::resolver::route_site_domain(paths, &dns, &config.site.domain).await?;
         tracing::warn!(
             "the bootstrap host {} moved from {from} to {}: following it",
             asked.from.node,

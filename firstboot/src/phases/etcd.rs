@@ -104,10 +104,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     if cx.config.role() != Role::Core {
         return Ok(());
     }
-    let address = cx
-        .state
-        .address
-        .context("identify did not record this node's address")?;
+    let address = cx.own_address()?;
     let dns = SocketAddr::new(
         crate::state::bootstrap_address(&cx.paths, &cx.state)
             .context("join did not record the DNS server")?

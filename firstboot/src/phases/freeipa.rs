@@ -37,10 +37,7 @@ const ENROLL_POLL_MAX: Duration = Duration::from_secs(4);
 pub const CONFIGURED: &str = "FreeIPA server configured.";
 
 pub async fn run(cx: &mut Context) -> Result<()> {
-    let own = cx
-        .state
-        .address
-        .context("identify did not record this node's address")?;
+    let own = cx.own_address()?;
     let kind = Kind::of(&cx.config);
     let state = crate::exec::state_dir(&cx.paths, &cx.config, kind.service())?;
     // A rebuilt first server whose peers run the site's FreeIPA installs
@@ -186,10 +183,7 @@ async fn rejoin_options(
 
 /// The bootstrap host's enrollment service after a restart.
 pub async fn resume(cx: &mut Context) -> Result<()> {
-    let own = cx
-        .state
-        .address
-        .context("identify did not record this node's address")?;
+    let own = cx.own_address()?;
     let state = crate::exec::state_dir(&cx.paths, &cx.config, site::SERVER)?;
     crate::system::systemctl(&["start", &format!("{}.service", site::SERVER)]).await?;
     serve_enrollment(cx, own, &state).await
@@ -204,6 +198,27 @@ pub async fn serve_enrollment(cx: &mut Context, own: Ipv4Addr, state: &Path) -> 
     if services.enroller().await.is_some() {
         return Ok(());
     }
+    let client = admin_client(cx, own, state).await?;
+    let fqdn = cx.config.fqdn(&cx.config.node);
+    let enroller = Arc::new(Enroller::new(
+        client,
+        fqdn,
+        cx.paths.state_dir().join("freeipa-enrollments.json"),
+        &cx.config,
+    )?);
+    services.set_enroller(enroller.clone()).await;
+    tokio::spawn(keep_topology(enroller));
+    tracing::info!(
+        phase = "freeipa",
+        "FreeIPA enrollment served through the join service"
+    );
+    Ok(())
+}
+
+/// The bootstrap host's admin session with its own FreeIPA server (`state`
+/// its data directory), logged in and answering: TLS checked against the
+/// CA the server left there.
+pub async fn admin_client(cx: &Context, own: Ipv4Addr, state: &Path) -> Result<Client> {
     let secrets = site::secrets(&cx.config)?;
     let fqdn = cx.config.fqdn(&cx.config.node);
     let ca = std::fs::read_to_string(site::ca_path(state)).with_context(|| {
@@ -222,19 +237,7 @@ pub async fn serve_enrollment(cx: &mut Context, own: Ipv4Addr, state: &Path) -> 
         .ping()
         .await
         .context("FreeIPA does not answer as admin")?;
-    let enroller = Arc::new(Enroller::new(
-        client,
-        fqdn,
-        cx.paths.state_dir().join("freeipa-enrollments.json"),
-        &cx.config,
-    )?);
-    services.set_enroller(enroller.clone()).await;
-    tokio::spawn(keep_topology(enroller));
-    tracing::info!(
-        phase = "freeipa",
-        "FreeIPA enrollment served through the join service"
-    );
-    Ok(())
+    Ok(client)
 }
 
 /// How often the topology is checked while servers are still coming (or

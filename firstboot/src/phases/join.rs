@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use node_contract::Role;
 
 use super::Context;
@@ -21,10 +21,7 @@ const ATTEMPT: Duration = Duration::from_secs(30);
 const PROBE_PAUSE: Duration = Duration::from_millis(20);
 
 pub async fn run(cx: &mut Context) -> Result<()> {
-    let own = cx
-        .state
-        .address
-        .context("identify did not record this node's address")?;
+    let own = cx.own_address()?;
     if cx.config.is_bootstrap() {
         return bootstrap(cx, own).await;
     }
@@ -178,10 +175,7 @@ pub async fn resume_services(cx: &mut Context) -> Result<()> {
     if !cx.config.is_bootstrap() || cx.services.is_some() {
         return Ok(());
     }
-    let own = cx
-        .state
-        .address
-        .context("identify did not record this node's address")?;
+    let own = cx.own_address()?;
     if crate::pki::TempCa::load(&cx.paths.ca_dir())?.is_none() {
         bail!(
             "the join phase is done but the temporary CA is gone from {}",

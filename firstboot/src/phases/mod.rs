@@ -4,6 +4,7 @@
 
 mod etcd;
 mod freeipa;
+mod handoff;
 mod identify;
 mod join;
 mod storage;
@@ -33,6 +34,15 @@ pub struct Context {
     pub services: Option<Services>,
     /// The bootstrap host's split-brain guard, across attempts.
     pub discovery: Discovery,
+}
+
+impl Context {
+    /// This node's VPC address, as phase identify recorded it.
+    pub fn own_address(&self) -> Result<std::net::Ipv4Addr> {
+        self.state
+            .address
+            .context("identify did not record this node's address")
+    }
 }
 
 /// How often and how patiently a phase is retried before firstboot gives
@@ -66,6 +76,11 @@ fn hint(phase: Phase) -> &'static str {
             "see `journalctl -u freeipa-server -u freeipa-client` on this node; other nodes \
              enroll once the bootstrap host's FreeIPA server is configured"
         }
+        Phase::Handoff => {
+            "does every core host's FreeIPA DNS answer on port 53 (`dig @<core host> \
+             <this node's name>`)? on the bootstrap host, see `journalctl -u firstboot` for \
+             FreeIPA's answers to the records and sub-CAs"
+        }
     }
 }
 
@@ -87,6 +102,7 @@ impl Phases for NodePhases {
             Phase::Join => join::run(cx).await,
             Phase::Etcd => etcd::run(cx).await,
             Phase::Freeipa => freeipa::run(cx).await,
+            Phase::Handoff => handoff::run(cx).await,
         }
     }
 }

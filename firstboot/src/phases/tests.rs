@@ -102,7 +102,7 @@ async fn phases_run_in_order_and_are_recorded() {
     use Phase::*;
     assert_eq!(
         script.calls,
-        [Identify, Storage, Join, Join, Join, Etcd, Freeipa]
+        [Identify, Storage, Join, Join, Join, Etcd, Freeipa, Handoff]
     );
     let saved = State::load(&cx.paths.state_file()).unwrap();
     assert_eq!(saved.completed, Phase::ALL);
@@ -141,5 +141,8 @@ async fn a_restart_resumes_at_the_first_phase_not_done() {
         failures: Default::default(),
     };
     run_all(&mut cx, &QUICK, &mut script).await.unwrap();
-    assert_eq!(script.calls, [Phase::Join, Phase::Etcd, Phase::Freeipa]);
+    assert_eq!(
+        script.calls,
+        [Phase::Join, Phase::Etcd, Phase::Freeipa, Phase::Handoff]
+    );
 }
