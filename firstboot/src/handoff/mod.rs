@@ -36,6 +36,20 @@
 //!    replica answering 13031 (the sub-CA's key not replicated yet) is
 //!    "not yet", bounded. `getcert` gets no `-F` for etcd: the trust file
 //!    is [`recertify`]'s (the bundle until its last step).
+//!
+//!    Open question found while building step 2, to settle before step 3
+//!    runs on Fedora CoreOS: a core host is a FreeIPA server *in a
+//!    container*, so the host itself is not an enrolled client. Its host
+//!    keytab and krb5.conf are the container's, under its data volume
+//!    (FreeIPA's container platform paths put `KRB5_KEYTAB` and
+//!    `KRB5_CONF` under `/data`: freeipa `ipaplatform/*container*/paths.py`),
+//!    and the host's certmonger has neither. The likely answer: the
+//!    request runs in the server's container, whose certmonger already
+//!    authenticates with that keytab (`podman exec freeipa-server getcert
+//!    request ... -k /data/etcd/member.key -f /data/etcd/member.crt`),
+//!    the files on the data volume, which the host's etcd reads. Workers
+//!    are enrolled on the host and use the host's certmonger. The lab
+//!    must then mirror the container's side, not the host's.
 //! 4. Once every node has moved (core hosts record it in etcd; workers
 //!    tell the join service, signed, as they told it everything else), the
 //!    bootstrap host stops the temporary services, destroys the temporary
