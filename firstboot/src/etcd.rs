@@ -29,7 +29,8 @@ use serde_json::json;
 
 use crate::paths::Paths;
 
-/// One exchange with one member.
+/// One exchange with one member, unless the client is given its own
+/// limit.
 const EXCHANGE: Duration = Duration::from_secs(10);
 
 /// A member to ask: the name its certificate carries, and where.
@@ -40,9 +41,11 @@ pub struct Endpoint {
 }
 
 /// Asks the members it knows, in turn, until one answers.
+#[derive(Clone)]
 pub struct Client {
     config: Arc<ClientConfig>,
     endpoints: Vec<Endpoint>,
+    exchange: Duration,
 }
 
 /// A key and its value, with etcd's revisions.
@@ -114,7 +117,16 @@ impl Client {
         Ok(Client {
             config: crate::https::mtls_config(ca_pem, cert_pem, key_pem)?,
             endpoints,
+            exchange: EXCHANGE,
         })
+    }
+
+    /// The same client, giving each member `limit` to answer (a caller
+    /// that must itself answer within a few seconds, as the lock server
+    /// must its relay).
+    pub fn with_exchange_limit(mut self, limit: Duration) -> Client {
+        self.exchange = limit;
+        self
     }
 
     pub fn endpoints(&self) -> &[Endpoint] {
@@ -134,7 +146,7 @@ impl Client {
             &endpoint.name,
             path,
             serde_json::to_vec(&request)?,
-            EXCHANGE,
+            self.exchange,
         )
         .await
         .with_context(|| format!("etcd at {} ({})", endpoint.name, endpoint.address))?;
@@ -437,4 +449,4 @@ struct MemberAddResponse {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

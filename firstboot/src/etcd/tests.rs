@@ -11,7 +11,7 @@ use crate::pki::TempCa;
 const NAME: &str = "node1.lab.example.org";
 
 /// An etcd child process, ended (by its PID) when dropped.
-struct Etcd {
+pub(crate) struct Etcd {
     child: Child,
     _data: tempfile::TempDir,
 }
@@ -28,9 +28,10 @@ fn loopback() -> Ipv4Addr {
     Ipv4Addr::new(127, 92, (pid >> 8) as u8, (pid as u8).max(2))
 }
 
-/// etcd on `address` with `ca`'s etcd CA for its certificate and trust,
-/// or None (skipped) when etcd is not installed.
-fn start_etcd(address: Ipv4Addr, ca: &TempCa) -> Option<Etcd> {
+/// etcd serving clients at `client` and its peer at `peer`, with `ca`'s
+/// etcd CA for its certificate (naming [`NAME`]) and trust, or None
+/// (skipped) when etcd is not installed.
+pub(crate) fn start_etcd(client: SocketAddr, peer: SocketAddr, ca: &TempCa) -> Option<Etcd> {
     let data = tempfile::tempdir().unwrap();
     let member = ca.etcd.issue(NAME).unwrap();
     let write = |name: &str, text: &str| {
@@ -43,13 +44,13 @@ fn start_etcd(address: Ipv4Addr, ca: &TempCa) -> Option<Etcd> {
         write("member.key", &member.key_pem),
         write("ca.crt", ca.etcd.cert_pem()),
     );
-    let peer = format!("https://{address}:2380");
+    let peer = format!("https://{peer}");
     let spawned = Command::new("etcd")
         .args([
             "--name=node1".to_owned(),
             format!("--data-dir={}", data.path().join("data").display()),
-            format!("--listen-client-urls=https://{address}:2379"),
-            format!("--advertise-client-urls=https://{address}:2379"),
+            format!("--listen-client-urls=https://{client}"),
+            format!("--advertise-client-urls=https://{client}"),
             format!("--listen-peer-urls={peer}"),
             format!("--initial-advertise-peer-urls={peer}"),
             format!("--initial-cluster=node1={peer}"),
@@ -82,8 +83,25 @@ fn endpoint(address: Ipv4Addr) -> Endpoint {
     }
 }
 
+/// A client of the member at `address`, with an etcd certificate of its
+/// own, as a core host has.
+pub(crate) fn client_of(ca: &TempCa, address: SocketAddr) -> Client {
+    let mine = ca.etcd.issue("node2.lab.example.org").unwrap();
+    let endpoint = Endpoint {
+        name: NAME.to_owned(),
+        address,
+    };
+    Client::new(
+        ca.etcd.cert_pem(),
+        &mine.cert_pem,
+        &mine.key_pem,
+        vec![endpoint],
+    )
+    .unwrap()
+}
+
 /// Until the member answers its status with itself as leader; bounded.
-async fn wait_ready(client: &Client) -> Status {
+pub(crate) async fn wait_ready(client: &Client) -> Status {
     let mut last = String::new();
     for _ in 0..300 {
         match client.status(&client.endpoints()[0]).await {
@@ -100,18 +118,11 @@ async fn wait_ready(client: &Client) -> Status {
 async fn the_client_speaks_etcd_s_json_gateway() {
     let ca = TempCa::create("lab.example.org").unwrap();
     let address = loopback();
-    let Some(_etcd) = start_etcd(address, &ca) else {
+    let at = |port| SocketAddr::new(IpAddr::V4(address), port);
+    let Some(_etcd) = start_etcd(at(2379), at(2380), &ca) else {
         return;
     };
-    // A client with an etcd certificate of its own, as a core host has.
-    let mine = ca.etcd.issue("node2.lab.example.org").unwrap();
-    let client = Client::new(
-        ca.etcd.cert_pem(),
-        &mine.cert_pem,
-        &mine.key_pem,
-        vec![endpoint(address)],
-    )
-    .unwrap();
+    let client = client_of(&ca, at(2379));
     let status = wait_ready(&client).await;
     assert_eq!(status.leader, status.member_id);
     assert!(status.raft_index > 0 && status.raft_term > 0, "{status:?}");
@@ -181,6 +192,7 @@ async fn the_client_speaks_etcd_s_json_gateway() {
     let refused = format!("{:#}", stranger.get(b"/site/a").await.unwrap_err());
     assert!(refused.contains("no etcd member answered"), "{refused}");
     let other = TempCa::create("lab.example.org").unwrap();
+    let mine = ca.etcd.issue("node2.lab.example.org").unwrap();
     let wary = Client::new(
         other.etcd.cert_pem(),
         &mine.cert_pem,
