@@ -10,9 +10,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::{anyhow, bail, Context as _, Result};
 use node_contract::{DomainName, HostName};
 
-use super::etcd::{Endpoint, Etcd, Member, MemberStatus};
+use crate::etcd::{Client, Endpoint, Member, Status};
 
 /// A follower this many raft entries behind its leader is not caught up.
 /// On a healthy cluster on one LAN followers trail by a few entries at
@@ -24,7 +25,7 @@ pub const MAX_LAG: u64 = 100;
 #[derive(Debug, Clone)]
 pub struct MemberView {
     pub member: Member,
-    pub status: Result<MemberStatus, String>,
+    pub status: Result<Status, String>,
 }
 
 /// etcd can lose one voting member now: at least three voting members (so
@@ -73,7 +74,7 @@ pub fn member_is_back(views: &[MemberView], node: &HostName) -> Result<(), Strin
         .as_ref()
         .map_err(|e| format!("{node}'s etcd member does not answer: {e}"))?;
     // The others that answer tell the leader and its index.
-    let statuses: Vec<(&Member, &MemberStatus)> = views
+    let statuses: Vec<(&Member, &Status)> = views
         .iter()
         .filter_map(|v| v.status.as_ref().ok().map(|s| (&v.member, s)))
         .collect();
@@ -90,7 +91,7 @@ pub fn member_is_back(views: &[MemberView], node: &HostName) -> Result<(), Strin
 /// The leader every answering member follows and its raft index; an
 /// error when there is none, they disagree, one reports an alarm, or one
 /// lags.
-fn leader_and_lag(statuses: &[(&Member, &MemberStatus)]) -> Result<(u64, u64), String> {
+fn leader_and_lag(statuses: &[(&Member, &Status)]) -> Result<(u64, u64), String> {
     for (member, status) in statuses {
         if !status.errors.is_empty() {
             return Err(format!(
@@ -138,8 +139,45 @@ pub trait Probes: Send + Sync {
 /// The probes of a running site: etcd through the client (each member
 /// asked at its own client URL), FreeIPA by its API's answer.
 pub struct SiteProbes {
-    pub etcd: Etcd,
+    pub etcd: Client,
     pub domain: DomainName,
+}
+
+/// The host and port of a member's client URL (`https://host:port`, as
+/// the etcd phase advertises it; etcd speaks TLS only here).
+pub fn client_url(url: &str) -> Result<(&str, u16)> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| anyhow!("etcd client URL `{url}` is not https://"))?;
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .with_context(|| format!("etcd client URL `{url}` has no port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("etcd client URL `{url}`: bad port"))?;
+    if host.is_empty() || host.contains('/') {
+        bail!("etcd client URL `{url}` has no host");
+    }
+    Ok((host, port))
+}
+
+/// A member's own status, asked at its client URL: the server's
+/// certificate must name the URL's host.
+async fn status_at(etcd: &Client, url: &str) -> Result<Status> {
+    let (host, port) = client_url(url)?;
+    let lookup = tokio::net::lookup_host((host, port));
+    let address = tokio::time::timeout(super::relay::LOOKUP_TIMEOUT, lookup)
+        .await
+        .map_err(|_| anyhow!("cannot resolve {host}: the DNS did not answer"))?
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let endpoint = Endpoint {
+        name: host.to_owned(),
+        address,
+    };
+    etcd.status(&endpoint).await
 }
 
 /// How long a FreeIPA server has to answer.
@@ -147,19 +185,18 @@ const FREEIPA_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Probes for SiteProbes {
     async fn etcd(&self) -> Result<Vec<MemberView>, String> {
-        let members = self.etcd.members().await.map_err(|e| format!("{e:#}"))?;
+        let members = self
+            .etcd
+            .member_list()
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         let mut tasks = tokio::task::JoinSet::new();
         for (index, member) in members.iter().enumerate() {
             let url = member.client_urls.first().cloned();
             let etcd = self.etcd.clone();
             tasks.spawn(async move {
-                let status = match url.map(|u| Endpoint::parse(&u)) {
-                    Some(Ok(endpoint)) => etcd
-                        .only(endpoint)
-                        .status()
-                        .await
-                        .map_err(|e| format!("{e:#}")),
-                    Some(Err(e)) => Err(format!("{e:#}")),
+                let status = match url {
+                    Some(url) => status_at(&etcd, &url).await.map_err(|e| format!("{e:#}")),
                     None => Err("it has no client URL".to_owned()),
                 };
                 (index, status)

@@ -12,7 +12,6 @@
 //! the node's name from the verified certificate, never from the request,
 //! and the id must be the one that node registered (see THREATS.md).
 
-pub mod etcd;
 pub mod gates;
 pub mod protocol;
 pub mod relay;

@@ -6,10 +6,10 @@ use std::net::Ipv4Addr;
 
 use node_contract::{HostName, Role};
 
-use super::etcd::Etcd;
 use super::gates::{self, Probes};
 use super::protocol::{kind, LockRequest, Operation, Refusal};
 use super::store::{self, Holder, NodeRecord};
+use crate::etcd::Client;
 
 /// A node that asks, as its verified identity certificate names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ pub struct Site {
 }
 
 pub struct LockServer<P> {
-    pub etcd: Etcd,
+    pub etcd: Client,
     pub site: Site,
     pub probes: P,
 }

@@ -11,11 +11,11 @@ use anyhow::{Context as _, Result};
 use node_contract::{HostName, NodeConfig, Role};
 use serde::Deserialize;
 
-use super::etcd::{Endpoint, Etcd};
 use super::gates::{Probes, SiteProbes};
 use super::protocol::{self, kind, Refusal};
 use super::relay::Relay;
 use super::server::{Caller, LockServer, Site};
+use crate::etcd::{Client, Endpoint};
 use crate::https::{self, Identity, Response};
 use crate::paths::Paths;
 use crate::phases::ETCD_CLIENT_PORT as CLIENT_PORT;
@@ -28,6 +28,9 @@ const REGISTER_EVERY: Duration = Duration::from_secs(10);
 /// How often the service looks for the files it waits for (the identity
 /// certificate; on core hosts the etcd certificate).
 const FILES_POLL: Duration = Duration::from_secs(5);
+/// How long one etcd member has to answer the lock server, which must
+/// answer the relay within its hop (`relay::HOP_TIMEOUT`).
+const ETCD_EXCHANGE: Duration = Duration::from_secs(3);
 
 /// The node a verified client certificate names: its one DNS name, a
 /// host of the site's domain. Its role comes from the site's core list.
@@ -261,25 +264,6 @@ async fn lock_server(paths: Paths, config: Arc<NodeConfig>) -> Result<()> {
     }
     let address =
         crate::net::wait_for_address(&config.site.vpc_range, Duration::from_secs(60)).await?;
-    // Every member's client URL, this node's first: any one answers.
-    let mut core = config.site.core.clone();
-    core.sort_by_key(|c| *c != config.node);
-    let endpoints = core
-        .iter()
-        .map(|c| Endpoint::parse(&format!("https://{}:{CLIENT_PORT}", config.fqdn(c))))
-        .collect::<Result<Vec<_>>>()?;
-    let etcd = Etcd::tls(endpoints, &etcd_slot)?;
-    let server = Arc::new(LockServer {
-        etcd: etcd.clone(),
-        site: Site {
-            core: config.site.core.clone(),
-            host_count: config.site.host_count,
-        },
-        probes: SiteProbes {
-            etcd,
-            domain: config.site.domain.clone(),
-        },
-    });
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(address.into(), LOCK_PORT))
         .await
         .with_context(|| format!("cannot listen on {address}:{LOCK_PORT}"))?;
@@ -290,9 +274,71 @@ async fn lock_server(paths: Paths, config: Arc<NodeConfig>) -> Result<()> {
         clients_ca: identity.ca.clone(),
     };
     https::serve(listener, tls, https::LIMITS, move |request| {
-        let (server, config) = (server.clone(), config.clone());
-        async move { respond(&server, &config, Addresses::OnRecord, request).await }
+        let (config, etcd_slot) = (config.clone(), etcd_slot.clone());
+        async move {
+            match lock_server_now(&config, &etcd_slot).await {
+                Ok(server) => respond(&server, &config, Addresses::OnRecord, request).await,
+                Err(e) => refused(&Refusal::new(
+                    503,
+                    kind::STORE_UNAVAILABLE,
+                    format!("{e:#}"),
+                )),
+            }
+        }
     })
     .await;
     Ok(())
+}
+
+/// The lock server for one request: its etcd client is made anew, so
+/// that a renewed etcd certificate and a core host's new address are
+/// used from the next request on.
+async fn lock_server_now(
+    config: &NodeConfig,
+    etcd_slot: &crate::certs::Slot,
+) -> Result<LockServer<SiteProbes>> {
+    let etcd = Client::for_slot(etcd_slot, etcd_endpoints(config).await)?
+        .with_exchange_limit(ETCD_EXCHANGE);
+    Ok(LockServer {
+        etcd: etcd.clone(),
+        site: Site {
+            core: config.site.core.clone(),
+            host_count: config.site.host_count,
+        },
+        probes: SiteProbes {
+            etcd,
+            domain: config.site.domain.clone(),
+        },
+    })
+}
+
+/// Every etcd member the lock server may ask, any one answering: this
+/// node's own first, on loopback (where etcd listens too, so no DNS is
+/// needed), then the other core hosts where the DNS has them now (one it
+/// does not answer for is left out this time).
+async fn etcd_endpoints(config: &NodeConfig) -> Vec<Endpoint> {
+    let mut endpoints = vec![Endpoint {
+        name: config.fqdn(&config.node),
+        address: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), CLIENT_PORT),
+    }];
+    for host in config.site.core.iter().filter(|c| **c != config.node) {
+        let fqdn = config.fqdn(host);
+        let lookup = tokio::net::lookup_host((fqdn.as_str(), CLIENT_PORT));
+        let found = match tokio::time::timeout(super::relay::LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(mut found)) => found.next(),
+            Ok(Err(e)) => {
+                tracing::debug!("fleetlock: cannot resolve {fqdn}: {e}");
+                None
+            }
+            Err(_) => None,
+        };
+        match found {
+            Some(address) => endpoints.push(Endpoint {
+                name: fqdn,
+                address,
+            }),
+            None => tracing::debug!("fleetlock: {fqdn} has no address now: its etcd is not asked"),
+        }
+    }
+    endpoints
 }

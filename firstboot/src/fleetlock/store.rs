@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use node_contract::HostName;
 use serde::{Deserialize, Serialize};
 
-use super::etcd::Etcd;
 use super::protocol::{kind, Refusal};
+use crate::etcd::Client;
 
 /// Where the state lives in etcd.
 pub const PREFIX: &str = "/firstboot/fleetlock/v1/";
@@ -64,20 +64,22 @@ fn store_error(e: anyhow::Error) -> Refusal {
     Refusal::new(503, kind::STORE_UNAVAILABLE, format!("{e:#}"))
 }
 
-async fn read_semaphore(etcd: &Etcd, group: &str) -> Result<(Semaphore, Option<i64>)> {
+/// A group's semaphore and its mod revision (0 while there is none: the
+/// revision a compare-and-swap names to create it).
+async fn read_semaphore(etcd: &Client, group: &str) -> Result<(Semaphore, i64)> {
     let key = semaphore_key(group);
-    match etcd.get(&key).await? {
-        None => Ok((Semaphore::default(), None)),
-        Some(v) => {
-            let semaphore = serde_json::from_slice(&v.value)
+    match etcd.get(key.as_bytes()).await? {
+        None => Ok((Semaphore::default(), 0)),
+        Some(kv) => {
+            let semaphore = serde_json::from_slice(&kv.value)
                 .with_context(|| format!("{key} in etcd is damaged"))?;
-            Ok((semaphore, Some(v.mod_revision)))
+            Ok((semaphore, kv.mod_revision))
         }
     }
 }
 
 /// The holders of a group (for status and tests).
-pub async fn holders(etcd: &Etcd, group: &str) -> Result<Vec<Holder>> {
+pub async fn holders(etcd: &Client, group: &str) -> Result<Vec<Holder>> {
     Ok(read_semaphore(etcd, group).await?.0.holders)
 }
 
@@ -85,7 +87,7 @@ pub async fn holders(etcd: &Etcd, group: &str) -> Result<Vec<Holder>> {
 /// newcomer gets one if the group has a free slot and `gate` (the health
 /// gates, asked once and only when a slot is free) lets it.
 pub async fn lock<G, F>(
-    etcd: &Etcd,
+    etcd: &Client,
     group: &str,
     slots: usize,
     holder: Holder,
@@ -119,7 +121,12 @@ where
 /// UnlockIfHeld: a node that holds no slot is answered yes at once; a
 /// holder's slot is freed once `gate` (its health is back) lets it, and
 /// kept otherwise.
-pub async fn unlock<G, F>(etcd: &Etcd, group: &str, node: &HostName, gate: G) -> Result<(), Refusal>
+pub async fn unlock<G, F>(
+    etcd: &Client,
+    group: &str,
+    node: &HostName,
+    gate: G,
+) -> Result<(), Refusal>
 where
     G: FnOnce() -> F,
     F: Future<Output = Result<(), Refusal>>,
@@ -136,7 +143,7 @@ where
 /// change, the answer is yes), ask `gate` once before the first write,
 /// and write by compare-and-swap, reading again after a lost race.
 async fn update<G, F>(
-    etcd: &Etcd,
+    etcd: &Client,
     group: &str,
     gate: G,
     mut change: impl FnMut(&mut Semaphore) -> Result<bool, Refusal>,
@@ -156,7 +163,7 @@ where
         }
         let bytes = serde_json::to_vec(&semaphore).expect("a semaphore serialises");
         if etcd
-            .put_if(&semaphore_key(group), &bytes, revision)
+            .compare_and_swap(semaphore_key(group).as_bytes(), revision, &bytes)
             .await
             .map_err(store_error)?
         {
@@ -171,22 +178,23 @@ where
 }
 
 /// A node's record, as it registered it.
-pub async fn node(etcd: &Etcd, node: &HostName) -> Result<Option<NodeRecord>> {
+pub async fn node(etcd: &Client, node: &HostName) -> Result<Option<NodeRecord>> {
     let key = node_key(node);
-    etcd.get(&key)
+    etcd.get(key.as_bytes())
         .await?
-        .map(|v| serde_json::from_slice(&v.value).with_context(|| format!("{key} is damaged")))
+        .map(|kv| serde_json::from_slice(&kv.value).with_context(|| format!("{key} is damaged")))
         .transpose()
 }
 
 /// Every registered node's record.
-pub async fn nodes(etcd: &Etcd) -> Result<Vec<(HostName, NodeRecord)>> {
+pub async fn nodes(etcd: &Client) -> Result<Vec<(HostName, NodeRecord)>> {
     let prefix = format!("{PREFIX}nodes/");
     let mut out = Vec::new();
-    for (key, value) in etcd.list(&prefix).await? {
+    for kv in etcd.get_prefix(prefix.as_bytes()).await? {
+        let key = std::str::from_utf8(&kv.key).context("a key in etcd is not UTF-8")?;
         let name = key.strip_prefix(&prefix).unwrap_or_default();
         let name = HostName::parse(name).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
-        let record = serde_json::from_slice(&value.value)
+        let record = serde_json::from_slice(&kv.value)
             .with_context(|| format!("{key} in etcd is damaged"))?;
         out.push((name, record));
     }
@@ -196,16 +204,17 @@ pub async fn nodes(etcd: &Etcd) -> Result<Vec<(HostName, NodeRecord)>> {
 /// Record what a node says of itself. Only the node itself gets here
 /// (the server takes the name from its certificate), so the last word is
 /// its own.
-pub async fn register(etcd: &Etcd, node: &HostName, record: &NodeRecord) -> Result<()> {
+pub async fn register(etcd: &Client, node: &HostName, record: &NodeRecord) -> Result<()> {
     let key = node_key(node);
     for _ in 0..CAS_ATTEMPTS {
-        let current = etcd.get(&key).await?;
+        let current = etcd.get(key.as_bytes()).await?;
         let bytes = serde_json::to_vec(record).expect("a record serialises");
         if current.as_ref().map(|c| &c.value) == Some(&bytes) {
             return Ok(());
         }
+        let revision = current.map_or(0, |c| c.mod_revision);
         if etcd
-            .put_if(&key, &bytes, current.map(|c| c.mod_revision))
+            .compare_and_swap(key.as_bytes(), revision, &bytes)
             .await?
         {
             return Ok(());
@@ -219,7 +228,7 @@ pub async fn register(etcd: &Etcd, node: &HostName, record: &NodeRecord) -> Resu
 /// registers again as assembling, and holds every reboot until it is
 /// done). A node that never registered counts as assembling: silence is
 /// not "done".
-pub async fn assembled(etcd: &Etcd, host_count: u32) -> Result<(), Refusal> {
+pub async fn assembled(etcd: &Client, host_count: u32) -> Result<(), Refusal> {
     let nodes = nodes(etcd).await.map_err(store_error)?;
     let waiting: Vec<&str> = nodes
         .iter()

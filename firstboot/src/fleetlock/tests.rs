@@ -1,32 +1,18 @@
 //! The lock server against a real etcd (Debian's etcd-server, on
-//! loopback, one per test) and the gates on every shape of cluster.
+//! loopback, one per test, over mutual TLS) and the gates on every shape
+//! of cluster.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use node_contract::{HostName, Role};
 
-use super::etcd::{Endpoint, Etcd, Member, MemberStatus};
 use super::gates::{self, MemberView, Probes};
 use super::protocol::{kind, ClientParams, LockRequest, Operation};
 use super::server::{Caller, LockServer, Site};
 use super::store::{self, Holder};
-
-/// A single etcd member on loopback, killed (by its pid) when dropped.
-struct TestEtcd {
-    child: Child,
-
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::etcd::{Client, Member, Status};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -36,43 +22,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Start one etcd, or None (the test skips) when there is none here.
-async fn etcd() -> Option<(TestEtcd, Etcd)> {
-    let binary = std::env::var("FIRSTBOOT_TEST_ETCD").unwrap_or_else(|_| "etcd".into());
-    if Command::new(&binary).arg("--version").output().is_err() {
-        site_test_skip::skip("skipping: etcd is not installed (apt-get install etcd-server)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(&binary)
-        .args(["--name", "t", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("t={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = TestEtcd { child, _dir: dir };
-    let client = Etcd::plain(vec![Endpoint::parse(&url).unwrap()]);
-    // Bounded wait on the condition itself: etcd answers its status.
-    for _ in 0..200 {
-        if client.status().await.is_ok() {
-            return Some((server, client));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("etcd at {url} did not start within 10 s");
+/// One etcd member on loopback (one per test) over mutual TLS, as on a
+/// core host, and a client of it; None (the test skips) when there is no
+/// etcd here.
+async fn etcd() -> Option<(crate::etcd::tests::Etcd, Client)> {
+    let ca = crate::pki::TempCa::create("lab.example.org").unwrap();
+    let at = |port| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let (client, peer) = (at(free_port()), at(free_port()));
+    let server = crate::etcd::tests::start_etcd(client, peer, &ca)?;
+    let etcd = crate::etcd::tests::client_of(&ca, client);
+    crate::etcd::tests::wait_ready(&etcd).await;
+    Some((server, etcd))
 }
 
 fn host(name: &str) -> HostName {
@@ -104,16 +64,20 @@ fn zincati_id_is_systemds_app_specific_id() {
     assert!(super::zincati_id("3d1219c7-c4c5-404a-aa1f-6d2a48adfda4").is_err());
 }
 
-#[tokio::test]
-async fn endpoints_are_parsed_strictly() {
+#[test]
+fn client_urls_are_parsed_strictly() {
     assert_eq!(
-        Endpoint::parse("https://node1.lab.example.org:2379")
-            .unwrap()
-            .to_string(),
-        "https://node1.lab.example.org:2379"
+        gates::client_url("https://node1.lab.example.org:2379").unwrap(),
+        ("node1.lab.example.org", 2379)
     );
-    for bad in ["node1:2379", "https://node1", "ftp://a:1", "http://:1"] {
-        assert!(Endpoint::parse(bad).is_err(), "{bad}");
+    for bad in [
+        "node1:2379",
+        "https://node1",
+        "ftp://a:1",
+        "https://:1",
+        "http://node1:2379",
+    ] {
+        assert!(gates::client_url(bad).is_err(), "{bad}");
     }
 }
 
@@ -122,24 +86,28 @@ async fn compare_and_swap_lets_one_writer_win() {
     let Some((_server, etcd)) = etcd().await else {
         return;
     };
-    assert!(etcd.put_if("/k", b"a", None).await.unwrap());
+    // Revision 0 names a key that does not exist: only one creates it.
+    assert!(etcd.compare_and_swap(b"/k", 0, b"a").await.unwrap());
     assert!(
-        !etcd.put_if("/k", b"b", None).await.unwrap(),
+        !etcd.compare_and_swap(b"/k", 0, b"b").await.unwrap(),
         "created twice"
     );
-    let v = etcd.get("/k").await.unwrap().unwrap();
+    let v = etcd.get(b"/k").await.unwrap().unwrap();
     assert_eq!(v.value, b"a");
     assert!(!etcd
-        .put_if("/k", b"c", Some(v.mod_revision + 1))
+        .compare_and_swap(b"/k", v.mod_revision + 1, b"c")
         .await
         .unwrap());
-    assert!(etcd.put_if("/k", b"d", Some(v.mod_revision)).await.unwrap());
-    assert_eq!(etcd.get("/k").await.unwrap().unwrap().value, b"d");
-    assert_eq!(etcd.get("/absent").await.unwrap(), None);
-    let members = etcd.members().await.unwrap();
+    assert!(etcd
+        .compare_and_swap(b"/k", v.mod_revision, b"d")
+        .await
+        .unwrap());
+    assert_eq!(etcd.get(b"/k").await.unwrap().unwrap().value, b"d");
+    assert_eq!(etcd.get(b"/absent").await.unwrap(), None);
+    let members = etcd.member_list().await.unwrap();
     assert_eq!(members.len(), 1);
-    assert_eq!(members[0].name, "t");
-    let status = etcd.status().await.unwrap();
+    assert_eq!(members[0].name, "node1");
+    let status = etcd.status(&etcd.endpoints()[0]).await.unwrap();
     assert_eq!(status.leader, members[0].id);
 }
 
@@ -272,17 +240,20 @@ fn member(id: u64, name: &str) -> Member {
     Member {
         id,
         name: name.into(),
+        peer_urls: vec![format!("https://{name}.lab.example.org:2380")],
         client_urls: vec![format!("https://{name}.lab.example.org:2379")],
         is_learner: false,
     }
 }
 
-fn healthy(id: u64, leader: u64, index: u64) -> Result<MemberStatus, String> {
-    Ok(MemberStatus {
+fn healthy(id: u64, leader: u64, index: u64) -> Result<Status, String> {
+    Ok(Status {
         member_id: id,
         leader,
         raft_term: 2,
         raft_index: index,
+        raft_applied_index: index,
+        version: "3.4.23".into(),
         errors: vec![],
     })
 }
@@ -354,7 +325,7 @@ fn a_member_is_back_once_it_answers_and_caught_up() {
     assert!(gates::member_is_back(&three_healthy(), &host("node9")).is_err());
 }
 
-fn site_server(etcd: Etcd) -> LockServer<Canned> {
+fn site_server(etcd: Client) -> LockServer<Canned> {
     LockServer {
         etcd,
         site: Site {
