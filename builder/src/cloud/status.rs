@@ -101,9 +101,9 @@ pub struct Remote {
 impl Remote {
     /// Both parts; either unreadable is an error saying which.
     pub fn parse(text: &str) -> Result<Remote, String> {
-        let (report, updates) = text
-            .split_once(UPDATES_MARK)
-            .ok_or_else(|| "its answer lacks the updates part (an older node?)".to_owned())?;
+        let (report, updates) = text.split_once(UPDATES_MARK).ok_or_else(|| {
+            "its answer lacks the updates part (the command was cut short?)".to_owned()
+        })?;
         let updates = match updates.trim() {
             "" => None,
             json => Some(
@@ -492,8 +492,8 @@ mod tests {
         let out = Command::new("sh").args(["-c", &command]).output().unwrap();
         let error = Remote::parse(&String::from_utf8(out.stdout).unwrap()).unwrap_err();
         assert!(error.starts_with("unreadable updates file"), "{error}");
-        // And an answer without the updates part (a node of an older
-        // builder) says what is missing.
+        // And an answer cut short before the updates part says what is
+        // missing.
         let error = Remote::parse("firstboot-done\n").unwrap_err();
         assert!(error.contains("lacks the updates part"), "{error}");
     }

@@ -199,19 +199,22 @@ impl Relay {
     /// process cannot make the file say anything else). A file that
     /// cannot be written costs the report, never the answer.
     fn record(&self, operation: protocol::Operation, status: u16, answer: &[u8]) {
-        let refusal = (status != 200).then(|| serde_json::from_slice::<Refusal>(answer).ok());
+        // A refusal is the protocol's error body; anything else is kept
+        // as its status and the start of what came.
+        let (kind, reason) = match (status, serde_json::from_slice::<Refusal>(answer)) {
+            (200, _) => (None, None),
+            (_, Ok(refusal)) => (Some(refusal.kind), Some(refusal.value)),
+            (_, Err(_)) => (
+                Some(format!("status {status}")),
+                Some(String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned()),
+            ),
+        };
         let last = node_contract::fleetlock::LastAnswer {
             at: crate::status::now(),
             request: operation.path().trim_start_matches("/v1/").to_owned(),
             granted: status == 200,
-            kind: refusal.clone().map(|r| match r {
-                Some(r) => r.kind,
-                None => format!("status {status}"),
-            }),
-            reason: refusal.map(|r| match r {
-                Some(r) => r.value,
-                None => String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned(),
-            }),
+            kind,
+            reason,
         };
         let path = self.paths.updates_file();
         let written = serde_json::to_vec(&last)
