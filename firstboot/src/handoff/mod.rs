@@ -58,6 +58,12 @@
 //!    The peer service keeps answering "does a cluster exist" (without a
 //!    sealed copy): a rebuilt bootstrap host must still learn that the
 //!    site lives on, and silence never tells it.
+//!
+//! Gap to close with step 4 (a later host joining): only step 1 writes
+//! FreeIPA's records, once. A node that joins or comes back at a new
+//! address after it would wait in step 2 for an answer FreeIPA never
+//! gives; the join service must ensure its records in FreeIPA when it
+//! registers it after the handoff.
 
 pub mod prepare;
 pub mod recertify;
