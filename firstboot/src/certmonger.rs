@@ -141,12 +141,16 @@ pub fn parse_list(text: &str) -> Option<Tracked> {
     Some(tracked)
 }
 
-/// The certmonger daemon asked: the system's (on the system bus), or one
+/// The certmonger daemon asked: the system's (on the system bus), one
 /// at a private socket (`CERTMONGER_PVT_ADDRESS`, certmonger(8) `-P`:
-/// the tests' own daemon).
+/// the tests' own daemon, or the lab's FreeIPA server's), or the one in a
+/// container (`podman exec NAME getcert ...`: the FreeIPA server's own,
+/// on Fedora CoreOS).
 #[derive(Debug, Clone, Default)]
 pub struct Certmonger {
     private: Option<String>,
+    /// The container whose certmonger `getcert` asks, from inside it.
+    container: Option<String>,
 }
 
 impl Certmonger {
@@ -157,7 +161,34 @@ impl Certmonger {
     pub fn private(address: &str) -> Certmonger {
         Certmonger {
             private: Some(address.to_owned()),
+            container: None,
         }
+    }
+
+    /// The certmonger that runs in the container `name`, asked with
+    /// `podman exec` (file paths in requests are then the container's).
+    pub fn in_container(name: &str) -> Certmonger {
+        Certmonger {
+            private: None,
+            container: Some(name.to_owned()),
+        }
+    }
+
+    /// The command line that runs `getcert ARGS` against this daemon.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = match &self.container {
+            Some(name) => {
+                let mut c = tokio::process::Command::new("podman");
+                c.args(["exec", name.as_str(), "getcert"]);
+                c
+            }
+            None => tokio::process::Command::new("getcert"),
+        };
+        command.args(args);
+        if let Some(address) = &self.private {
+            command.env("CERTMONGER_PVT_ADDRESS", address);
+        }
+        command
     }
 
     /// Where certmonger stands on `id`.
@@ -246,11 +277,7 @@ impl Certmonger {
     }
 
     async fn getcert(&self, args: &[&str]) -> Result<std::process::Output> {
-        let mut command = tokio::process::Command::new("getcert");
-        command.args(args);
-        if let Some(address) = &self.private {
-            command.env("CERTMONGER_PVT_ADDRESS", address);
-        }
+        let mut command = self.command(args);
         crate::system::bounded(&mut command)
             .await
             .with_context(|| format!("running getcert {}", args.first().unwrap_or(&"")))

@@ -4,6 +4,10 @@
 //! bootstrap host certifies itself from its CAs; the others ask the join
 //! service with their key, keeping their private keys. Files are replaced
 //! whole; etcd reads them at every new connection, so nothing restarts.
+//!
+//! A certificate the handoff moved to FreeIPA is certmonger's: this run
+//! copies certmonger's renewal into its slot, checked, and never signs it
+//! from the temporary CA again (`handoff::moved`).
 
 use anyhow::{Context, Result};
 use node_contract::Phase;
@@ -25,22 +29,64 @@ pub async fn run(paths: &Paths) -> Result<Renewed> {
     if !state.is_done(Phase::Join) {
         return Ok(Renewed::NotJoined);
     }
-    if !crate::certs::any_due(paths, &config) {
-        return Ok(Renewed::NothingDue);
+    // certmonger's renewals first; a failed copy is told after the
+    // temporary renewals, which it does not hold up.
+    let synced = sync_moved(paths, &config);
+    let renewed = renew_temporary(paths, &config, &state).await?;
+    match (synced?, renewed) {
+        (false, false) => Ok(Renewed::NothingDue),
+        _ => Ok(Renewed::Renewed),
+    }
+}
+
+/// The rows still from the temporary CA, when due: whether any was.
+async fn renew_temporary(
+    paths: &Paths,
+    config: &node_contract::NodeConfig,
+    state: &State,
+) -> Result<bool> {
+    if !crate::certs::any_due(paths, config) {
+        return Ok(false);
     }
     if config.is_bootstrap() {
         let ca = crate::pki::TempCa::load_current(&paths.ca_dir(), config.site.domain.as_str())?
             .context("the bootstrap host's temporary CA is gone")?;
-        crate::certs::ensure_from_temporary(paths, &config, &ca)?;
-        return Ok(Renewed::Renewed);
+        crate::certs::ensure_from_temporary(paths, config, &ca)?;
+        return Ok(true);
     }
     let own = state
         .address
         .context("identify did not record this node's address")?;
-    let bootstrap = crate::state::bootstrap_address(paths, &state)
+    let bootstrap = crate::state::bootstrap_address(paths, state)
         .context("join did not record the join service's address")?;
-    crate::join::client::enroll(paths, &config, bootstrap, own)
+    crate::join::client::enroll(paths, config, bootstrap, own)
         .await
         .with_context(|| format!("cannot renew through the join service at {bootstrap}"))?;
-    Ok(Renewed::Renewed)
+    Ok(true)
+}
+
+/// certmonger's renewals of the rows moved to FreeIPA, into their slots:
+/// whether any was copied. Every row is tried before a failure is told.
+fn sync_moved(paths: &Paths, config: &node_contract::NodeConfig) -> Result<bool> {
+    use crate::handoff::moved::Renewal;
+    let fqdn = config.fqdn(&config.node);
+    let mut copied = false;
+    let mut failed = Vec::new();
+    for row in crate::certs::plan::held_by(config.role()) {
+        match crate::handoff::moved::renewal(paths, &row.slot(paths), &fqdn) {
+            Ok(Renewal::Synced { copied: true }) => {
+                tracing::info!(
+                    "{} certificate renewed by certmonger, now in place",
+                    row.purpose
+                );
+                copied = true;
+            }
+            Ok(_) => {}
+            Err(e) => failed.push(format!("{}: {e:#}", row.purpose)),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{}", failed.join("; "));
+    }
+    Ok(copied)
 }

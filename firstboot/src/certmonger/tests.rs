@@ -299,23 +299,39 @@ fn getcert_list_is_read_as_certmonger_writes_it() {
 /// file to the roll.
 #[tokio::test]
 async fn handoff_asks_certmonger_for_the_etcd_slot() {
+    use crate::handoff::moved::RequestSite;
     use crate::handoff::recertify::{FromFreeipa, Issue};
     let Some(daemon) = daemon().await else {
         return;
     };
     let root = tempfile::tempdir().unwrap();
     let slot = crate::certs::plan::ETCD.slot(&crate::paths::Paths::under(root.path()));
+    let ca = std::fs::read_to_string(daemon.path("ca.crt")).unwrap();
+    let staging = root.path().join("server/firstboot");
     let issue = FromFreeipa {
-        certmonger: Certmonger::private(&daemon.address()),
+        site: RequestSite::new(
+            Certmonger::private(&daemon.address()),
+            staging.clone(),
+            staging.clone(),
+        ),
         sub_ca: "etcd".to_owned(),
+        sub_ca_pem: ca.clone(),
         principal: "etcd/node2.lab.example.org@LAB.EXAMPLE.ORG".to_owned(),
         patience: PATIENCE,
     };
     issue.certify(&slot, "node2.lab.example.org").await.unwrap();
     let cert = std::fs::read_to_string(&slot.cert).unwrap();
-    let ca = std::fs::read_to_string(daemon.path("ca.crt")).unwrap();
     slot.check(&cert, &ca, "node2.lab.example.org").unwrap();
     assert!(!slot.ca.exists());
+    // certmonger wrote its copy where it was told, for the slot's key.
+    assert_eq!(
+        std::fs::read_to_string(staging.join("etcd/member.crt")).unwrap(),
+        cert
+    );
+    assert_eq!(
+        std::fs::read_to_string(staging.join("etcd/member.key")).unwrap(),
+        std::fs::read_to_string(&slot.key).unwrap()
+    );
     assert_eq!(
         daemon.submits(),
         ["principal=etcd/node2.lab.example.org@LAB.EXAMPLE.ORG issuer=etcd profile=caIPAserviceCert"]
@@ -331,6 +347,7 @@ async fn handoff_asks_certmonger_for_the_etcd_slot() {
 async fn certmonger_gets_the_etcd_certificate_from_the_simulator_as_the_host() {
     use crate::freeipa::tests::{add_host, first_server_and_client, IPA1};
     use crate::freeipa::ServiceCa;
+    use crate::handoff::moved::RequestSite;
     use crate::handoff::recertify::{FromFreeipa, Issue};
     let Some(helper) = std::env::var_os("BUILDER_TEST_IPA_SIM").map(PathBuf::from) else {
         site_test_skip::skip(
@@ -399,9 +416,11 @@ async fn certmonger_gets_the_etcd_certificate_from_the_simulator_as_the_host() {
     .await;
 
     let slot = crate::certs::plan::ETCD.slot(&crate::paths::Paths::under(&root));
+    let staging = root.join("var/lib/freeipa-server/firstboot");
     let issue = FromFreeipa {
-        certmonger: certmonger.clone(),
+        site: RequestSite::new(certmonger.clone(), staging.clone(), staging),
         sub_ca: "etcd".to_owned(),
+        sub_ca_pem: etcd.cert_pem.clone(),
         principal: format!("etcd/{node1}@{realm}"),
         patience: PATIENCE,
     };

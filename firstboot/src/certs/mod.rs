@@ -30,17 +30,20 @@ pub struct Slot {
     pub ca: PathBuf,
 }
 
-/// Whether any certificate this node holds is due (see [`Slot::due`]).
+/// Whether any certificate this node holds from the temporary CA is due
+/// (see [`Slot::due`]).
 pub fn any_due(paths: &Paths, config: &NodeConfig) -> bool {
     let fqdn = config.fqdn(&config.node);
-    plan::held_by(config.role()).any(|row| row.slot(paths).due(&fqdn))
+    crate::handoff::moved::temporary_rows(paths, config.role())
+        .into_iter()
+        .any(|row| row.slot(paths).due(&fqdn))
 }
 
-/// The bootstrap host's own certificates, every row of the plan it holds,
-/// from the temporary CAs, where due.
+/// The bootstrap host's own certificates, every row of the plan it holds
+/// that has not moved to FreeIPA, from the temporary CAs, where due.
 pub fn ensure_from_temporary(paths: &Paths, config: &NodeConfig, ca: &TempCa) -> Result<()> {
     let fqdn = config.fqdn(&config.node);
-    for row in plan::held_by(config.role()) {
+    for row in crate::handoff::moved::temporary_rows(paths, config.role()) {
         row.slot(paths)
             .ensure_from(ca.signer(row.issuer.temporary), &fqdn)?;
     }

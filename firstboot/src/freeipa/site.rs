@@ -25,6 +25,12 @@ use super::{Client, HostSpec, Suffix};
 
 /// The catalog's services.
 pub const SERVER: &str = "freeipa-server";
+/// A FreeIPA server run on the host (the lab's simulator, not the
+/// official container) keeps its own certmonger at this socket under its
+/// state directory, as the container keeps its own inside; firstboot asks
+/// it with `CERTMONGER_PVT_ADDRESS=unix:path=<state>/<this>`
+/// (`handoff::moved::RequestSite`).
+pub const HOST_SERVER_CERTMONGER: &str = "var/lib/certmonger/private.sock";
 pub const CLIENT: &str = "freeipa-client";
 
 /// The host group whose members may become replicas.

@@ -65,5 +65,6 @@
 //! gives; the join service must ensure its records in FreeIPA when it
 //! registers it after the handoff.
 
+pub mod moved;
 pub mod prepare;
 pub mod recertify;

@@ -29,9 +29,10 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::time::Instant;
 
+use super::moved::RequestSite;
 use crate::certs::Slot;
 use crate::etcd::{Client, Endpoint};
 
@@ -69,7 +70,7 @@ impl Step {
     }
 
     /// What waiting for it means, for errors and progress.
-    fn waiting_for(self) -> &'static str {
+    pub fn waiting_for(self) -> &'static str {
         match self {
             Step::Bundle => "to trust the old and the new CA",
             Step::Leaf => "to present a certificate from the new CA",
@@ -102,11 +103,16 @@ pub trait Issue {
 }
 
 /// certmonger, from FreeIPA's sub-CA for the service, which then keeps
-/// renewing it (the certificate plan's renewal after handoff).
+/// renewing it (the certificate plan's renewal after handoff). The
+/// request runs where this node's FreeIPA credentials are
+/// ([`RequestSite`]: on a core host, in its FreeIPA server); the
+/// certificate it writes there is checked under the sub-CA and for the
+/// slot's key before it replaces the slot's.
 pub struct FromFreeipa {
-    pub certmonger: crate::certmonger::Certmonger,
-    /// The sub-CA (`etcd`).
+    pub site: RequestSite,
+    /// The sub-CA (`etcd`) and its certificate.
     pub sub_ca: String,
+    pub sub_ca_pem: String,
     /// The service's principal for this host: `etcd/<fqdn>@<REALM>`.
     pub principal: String,
     pub patience: Duration,
@@ -115,7 +121,7 @@ pub struct FromFreeipa {
 impl Issue for FromFreeipa {
     async fn certify(&self, slot: &Slot, fqdn: &str) -> Result<()> {
         // The key first, so certmonger certifies it instead of making one.
-        slot.key()?;
+        let staged = self.site.stage_key(slot)?;
         let request = crate::certmonger::Request {
             id: format!("firstboot-{}", slot.purpose),
             ca: crate::certmonger::IPA.to_owned(),
@@ -124,13 +130,21 @@ impl Issue for FromFreeipa {
             principal: self.principal.clone(),
             dns: fqdn.to_owned(),
             subject: format!("CN={fqdn}"),
-            key: slot.key.clone(),
-            cert: slot.cert.clone(),
+            key: staged.inside_key.clone(),
+            cert: staged.inside_cert.clone(),
         };
-        self.certmonger
+        self.site
+            .certmonger
             .ensure(&request, self.patience, Duration::from_secs(2))
-            .await
-            .map(|_| ())
+            .await?;
+        let cert = std::fs::read_to_string(&staged.host_cert).with_context(|| {
+            format!(
+                "certmonger says it issued {}, but {} cannot be read",
+                request.id,
+                staged.host_cert.display()
+            )
+        })?;
+        slot.install_leaf(&cert, &self.sub_ca_pem, fqdn)
     }
 }
 

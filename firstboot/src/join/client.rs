@@ -124,8 +124,10 @@ pub async fn enroll(
     own: Ipv4Addr,
 ) -> Result<JoinAnswer> {
     let fqdn = config.fqdn(&config.node);
+    // Rows moved to FreeIPA by the handoff are certmonger's now.
+    let rows = crate::handoff::moved::temporary_rows(paths, config.role());
     let mut csrs = BTreeMap::new();
-    for row in plan::held_by(config.role()) {
+    for row in &rows {
         csrs.insert(row.purpose, row.slot(paths).csr(&fqdn)?);
     }
     let answer = join(config, address, &[own], csrs).await?;
@@ -136,7 +138,7 @@ pub async fn enroll(
     // Every certificate is checked before any is installed: a node never
     // holds a mix of an answer it refused and the certificates before it.
     let mut install = Vec::new();
-    for row in plan::held_by(config.role()) {
+    for row in &rows {
         let issued = answer
             .issued(row.purpose)
             .map_err(|e| anyhow!("the answer from {address}: {e}"))?;
