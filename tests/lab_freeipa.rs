@@ -512,7 +512,7 @@ fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
 /// certificate from any other CA of the site is refused; and a writer
 /// through the whole roll lost nothing.
 fn handoff_etcd_is_the_sub_cas(lab: &Lab, writes: Writes) {
-    use firstboot::handoff::moved::Moved;
+    use firstboot::certs::moved::Moved;
     let fqdn = |n: &str| format!("{n}.lab.example.org");
     let node1 = firstboot::paths::Paths::under(&lab.root("node1").unwrap());
     let record = Moved::load(&node1, firstboot::certs::CertPurpose::Etcd)

@@ -7,7 +7,7 @@
 //!
 //! A certificate the handoff moved to FreeIPA is certmonger's: this run
 //! copies certmonger's renewal into its slot, checked, and never signs it
-//! from the temporary CA again (`handoff::moved`).
+//! from the temporary CA again (`certs::moved`).
 
 use anyhow::{Context, Result};
 use node_contract::Phase;
@@ -68,12 +68,12 @@ async fn renew_temporary(
 /// certmonger's renewals of the rows moved to FreeIPA, into their slots:
 /// whether any was copied. Every row is tried before a failure is told.
 fn sync_moved(paths: &Paths, config: &node_contract::NodeConfig) -> Result<bool> {
-    use crate::handoff::moved::Renewal;
+    use crate::certs::moved::Renewal;
     let fqdn = config.fqdn(&config.node);
     let mut copied = false;
     let mut failed = Vec::new();
     for row in crate::certs::plan::held_by(config.role()) {
-        match crate::handoff::moved::renewal(paths, &row.slot(paths), &fqdn) {
+        match crate::certs::moved::renewal(paths, &row.slot(paths), &fqdn) {
             Ok(Renewal::Synced { copied: true }) => {
                 tracing::info!(
                     "{} certificate renewed by certmonger, now in place",

@@ -299,8 +299,8 @@ fn getcert_list_is_read_as_certmonger_writes_it() {
 /// file to the roll.
 #[tokio::test]
 async fn handoff_asks_certmonger_for_the_etcd_slot() {
-    use crate::handoff::moved::RequestSite;
     use crate::handoff::recertify::{FromFreeipa, Issue};
+    use crate::handoff::request::RequestSite;
     let Some(daemon) = daemon().await else {
         return;
     };
@@ -347,8 +347,8 @@ async fn handoff_asks_certmonger_for_the_etcd_slot() {
 async fn certmonger_gets_the_etcd_certificate_from_the_simulator_as_the_host() {
     use crate::freeipa::tests::{add_host, first_server_and_client, IPA1};
     use crate::freeipa::ServiceCa;
-    use crate::handoff::moved::RequestSite;
     use crate::handoff::recertify::{FromFreeipa, Issue};
+    use crate::handoff::request::RequestSite;
     let Some(helper) = std::env::var_os("BUILDER_TEST_IPA_SIM").map(PathBuf::from) else {
         site_test_skip::skip(
             "skipping: BUILDER_TEST_IPA_SIM is not set (cargo build -p ipa-sim; make test sets it)",

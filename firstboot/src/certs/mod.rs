@@ -17,6 +17,7 @@ use node_contract::NodeConfig;
 use crate::paths::Paths;
 use crate::pki::{self, Ca, TempCa};
 
+pub mod moved;
 pub mod plan;
 
 pub use plan::CertPurpose;
@@ -34,7 +35,7 @@ pub struct Slot {
 /// (see [`Slot::due`]).
 pub fn any_due(paths: &Paths, config: &NodeConfig) -> bool {
     let fqdn = config.fqdn(&config.node);
-    crate::handoff::moved::temporary_rows(paths, config.role())
+    moved::temporary_rows(paths, config.role())
         .into_iter()
         .any(|row| row.slot(paths).due(&fqdn))
 }
@@ -43,7 +44,7 @@ pub fn any_due(paths: &Paths, config: &NodeConfig) -> bool {
 /// that has not moved to FreeIPA, from the temporary CAs, where due.
 pub fn ensure_from_temporary(paths: &Paths, config: &NodeConfig, ca: &TempCa) -> Result<()> {
     let fqdn = config.fqdn(&config.node);
-    for row in crate::handoff::moved::temporary_rows(paths, config.role()) {
+    for row in moved::temporary_rows(paths, config.role()) {
         row.slot(paths)
             .ensure_from(ca.signer(row.issuer.temporary), &fqdn)?;
     }

@@ -29,7 +29,7 @@ pub const SERVER: &str = "freeipa-server";
 /// official container) keeps its own certmonger at this socket under its
 /// state directory, as the container keeps its own inside; firstboot asks
 /// it with `CERTMONGER_PVT_ADDRESS=unix:path=<state>/<this>`
-/// (`handoff::moved::RequestSite`).
+/// (`handoff::request::RequestSite`).
 pub const HOST_SERVER_CERTMONGER: &str = "var/lib/certmonger/private.sock";
 pub const CLIENT: &str = "freeipa-client";
 

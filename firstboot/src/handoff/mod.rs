@@ -9,7 +9,10 @@
 //! - `resolver::SiteDns`: the site domain routed to every FreeIPA server,
 //!   the temporary DNS last while it serves;
 //! - `temporary::Services::stop`: the join service and DNS stopped;
-//! - `certs::plan`: which issuer each certificate moves to.
+//! - `certs::plan`: which issuer each certificate moves to;
+//! - [`request`]: where a node asks FreeIPA for a certificate (its FreeIPA
+//!   server's own certmonger on a core host); `certs::moved`: the record
+//!   of a move, which renewal reads.
 //!
 //! The plan for the phase itself (issue 17), so each piece above fits:
 //! 1. The bootstrap host (FreeIPA's first server, which holds the admin
@@ -65,6 +68,6 @@
 //! gives; the join service must ensure its records in FreeIPA when it
 //! registers it after the handoff.
 
-pub mod moved;
 pub mod prepare;
 pub mod recertify;
+pub mod request;

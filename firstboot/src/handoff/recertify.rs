@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::time::Instant;
 
-use super::moved::RequestSite;
+use super::request::RequestSite;
 use crate::certs::Slot;
 use crate::etcd::{Client, Endpoint};
 

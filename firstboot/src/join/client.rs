@@ -125,7 +125,7 @@ pub async fn enroll(
 ) -> Result<JoinAnswer> {
     let fqdn = config.fqdn(&config.node);
     // Rows moved to FreeIPA by the handoff are certmonger's now.
-    let rows = crate::handoff::moved::temporary_rows(paths, config.role());
+    let rows = crate::certs::moved::temporary_rows(paths, config.role());
     let mut csrs = BTreeMap::new();
     for row in &rows {
         csrs.insert(row.purpose, row.slot(paths).csr(&fqdn)?);

@@ -19,7 +19,7 @@
 //! 3. **etcd** (core hosts): each member is re-certified from the `etcd`
 //!    sub-CA, one at a time, agreed through etcd (`handoff::recertify`),
 //!    its certificate requested from and renewed by its FreeIPA server's
-//!    certmonger (`handoff::moved`). The sub-CA's certificate comes from
+//!    certmonger (`handoff::request`, `certs::moved`). The sub-CA's certificate comes from
 //!    etcd, where the bootstrap host put it in step 1: only a member
 //!    writes there, and every certificate issued is checked against it.
 //!
@@ -41,9 +41,9 @@ use super::Context;
 use crate::certs::plan;
 use crate::etcd::Endpoint;
 use crate::freeipa::ServiceCa;
-use crate::handoff::moved::{Moved, RequestSite};
 use crate::handoff::recertify::{self, FromFreeipa, Roll, SystemdEtcd};
 use crate::resolver::SiteDns;
+use crate::{certs::moved::Moved, handoff::request::RequestSite};
 
 /// How long the bootstrap host waits, within one attempt, for a new
 /// sub-CA's key to reach the server it asks (FreeIPA's 13031 "not yet").
