@@ -276,6 +276,33 @@ impl Certmonger {
         }
     }
 
+    /// certmonger's CA `ca` runs `helper` (a command line) from now on
+    /// (getcert-modify-ca(1)): how the built-in `IPA` CA is pointed at a
+    /// stand-in for `ipa-submit`.
+    pub async fn set_helper(&self, ca: &str, helper: &str) -> Result<()> {
+        let out = self.getcert(&["modify-ca", "-c", ca, "-e", helper]).await?;
+        if !out.status.success() {
+            bail!(
+                "getcert modify-ca -c {ca}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// `getcert list-cas -c CA`'s answer, as certmonger writes it (its
+    /// `helper-location:` line names the helper).
+    pub async fn describe_ca(&self, ca: &str) -> Result<String> {
+        let out = self.getcert(&["list-cas", "-c", ca]).await?;
+        if !out.status.success() {
+            bail!(
+                "getcert list-cas -c {ca}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     async fn getcert(&self, args: &[&str]) -> Result<std::process::Output> {
         let mut command = self.command(args);
         crate::system::bounded(&mut command)

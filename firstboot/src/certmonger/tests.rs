@@ -140,15 +140,10 @@ async fn daemon() -> Option<Daemon> {
 
 /// certmonger's built-in `IPA` CA runs `helper` from now on.
 async fn set_ipa_helper(certmonger: &Certmonger, helper: &str) {
-    let out = certmonger
-        .getcert(&["modify-ca", "-c", IPA, "-e", helper])
+    certmonger
+        .set_helper(IPA, helper)
         .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn request(dir: &Path, id: &str) -> Request {

@@ -287,6 +287,14 @@ pub fn ca_path(state: &Path) -> PathBuf {
     state.join("etc/ipa/ca.crt")
 }
 
+/// Where a FreeIPA server run on the host (the lab's simulator) keeps its
+/// own certmonger's private socket, under its state directory, as the
+/// official container keeps a certmonger of its own (its state in
+/// `/data/var/lib/certmonger`: freeipa-container `volume-data-list`).
+/// firstboot reaches it with `CERTMONGER_PVT_ADDRESS=unix:path=<state>/<this>`
+/// where it would `podman exec` the container's `getcert`.
+pub const HOST_SERVER_CERTMONGER: &str = "var/lib/certmonger/private.sock";
+
 /// One-time passwords the bootstrap host hands out, kept (0600) so that a
 /// node asking again gets the one FreeIPA holds for it.
 pub struct Enroller {

@@ -399,6 +399,73 @@ pub fn save_enrollment(data: &Path, enrolled: &Enrolled) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `/etc/ipa/default.conf` as the installer writes it for a server
+/// itself (freeipa `ipaserver/install/server/install.py`, "Create the
+/// management framework config file"; a replica's is the same
+/// (`create_ipa_conf` in `ipaserver/install/server/replicainstall.py`,
+/// written last pointing at itself), with `ca_host` naming a CA server
+/// when the replica has no CA of its own). Unlike a client's
+/// (`configure_ipa_conf` in `ipaclient/install/client.py`, which the
+/// server's own `ipa-client-install --on-master` skips) it names no
+/// `server`: certmonger's `ipa-submit` finds the server through
+/// `xmlrpc_uri` (certmonger-ipa-submit(8), FILES). The simulator has no
+/// LDAP; `ldap_uri` is written as FreeIPA writes it
+/// (`ipapython.ipaldap.realm_to_ldapi_uri`) and read by no one.
+pub fn server_default_conf(fqdn: &str, realm: &str, domain: &str, ca_host: Option<&str>) -> String {
+    let basedn = realm
+        .split('.')
+        .map(|label| format!("dc={}", label.to_ascii_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let ldapi = format!("ldapi://%2Frun%2Fslapd-{}.socket", realm.replace('.', "-"));
+    let mut conf = format!(
+        "[global]\nhost = {fqdn}\nbasedn = {basedn}\nrealm = {realm}\ndomain = {domain}\n\
+         xmlrpc_uri = https://{fqdn}/ipa/xml\nldap_uri = {ldapi}\nmode = production\n\
+         enable_ra = True\nra_plugin = dogtag\ndogtag_version = 10\n"
+    );
+    if let Some(ca_host) = ca_host {
+        conf.push_str(&format!("ca_host = {ca_host}\n"));
+    }
+    conf.push('\n');
+    conf
+}
+
+/// Write what the container's `/etc` holds for the server's own tools
+/// under `data/etc` (the container keeps `/etc/ipa/` and
+/// `/etc/krb5.keytab` on its volume: freeipa-container `volume-data-list`;
+/// freeipa `ipaplatform/fedora_container/paths.py` puts `KRB5_KEYTAB`
+/// under `/data`): the IPA CA, the host keytab (0600; here the
+/// simulator's key, the same as `data/keytab`) and `ipa/default.conf`
+/// ([`server_default_conf`]). What certmonger's IPA helper reads when the
+/// server's own certmonger asks for a certificate. Written on every start,
+/// so a volume made before these files existed gets them too.
+pub fn save_server_etc(data: &Path, fqdn: &str, state: &State, keytab: &str) -> anyhow::Result<()> {
+    let ca_pem = commands::ca_pems(state, "ipa")
+        .map(|c| c.cert_pem)
+        .ok_or_else(|| anyhow!("the state has no IPA CA"))?;
+    let has_ca = |server: &str| {
+        state.get(Kind::Server, server).is_some_and(|entry| {
+            state::values(entry, "iparepltopomanagedsuffix_topologysuffix")
+                .iter()
+                .any(|suffix| suffix == "ca")
+        })
+    };
+    let ca_host = if has_ca(fqdn) {
+        None
+    } else {
+        state
+            .all(Kind::Server)
+            .into_iter()
+            .map(|(name, _)| name)
+            .find(|name| has_ca(name))
+    };
+    let conf = server_default_conf(fqdn, &state.realm, &state.domain, ca_host);
+    let write = firstboot::fsutil::write_atomic;
+    write(&ca_path(data), ca_pem.as_bytes(), 0o644)?;
+    write(&data.join("etc/krb5.keytab"), keytab.as_bytes(), 0o600)?;
+    write(&data.join("etc/ipa/default.conf"), conf.as_bytes(), 0o644)
+}
+
 /// A fault a test asks of the next installs on a host: each install that
 /// finds one fails once after `ipa-join` enrolled the host, as a real
 /// install that fails later does: it rolls the enrollment back
@@ -528,6 +595,49 @@ mod tests {
         assert_eq!(e.downcast_ref::<ContainerExit>().map(|x| x.0), Some(11));
         std::fs::write(data.path().join("volume-version"), "1\n").unwrap();
         assert!(volume_configured(data.path()).unwrap());
+    }
+
+    #[test]
+    fn a_server_s_etc_is_its_own_and_a_replica_without_a_ca_names_one() {
+        let options = InstallOptions::parse(
+            "--domain=lab.example.org\n--ds-password=Secret123-dm\n\
+             --admin-password=Secret123-admin\n",
+        )
+        .unwrap();
+        let (ipa1, ipa2) = ("ipa1.lab.example.org", "ipa2.lab.example.org");
+        let (mut state, _) =
+            new_deployment(&options, ipa1, "127.0.0.1:443".parse().unwrap()).unwrap();
+        commands::add_server(&mut state, ipa1, ipa2, "127.0.0.2:443", false, Some(ipa1));
+        let data = tempfile::tempdir().unwrap();
+        let data = data.path();
+        save_server_etc(data, ipa2, &state, "the keytab").unwrap();
+        let conf = std::fs::read_to_string(data.join("etc/ipa/default.conf")).unwrap();
+        assert!(
+            conf.starts_with("[global]\nhost = ipa2.lab.example.org\n"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains("\nxmlrpc_uri = https://ipa2.lab.example.org/ipa/xml\n"),
+            "{conf}"
+        );
+        assert!(!conf.contains("\nserver = "), "{conf}");
+        assert!(
+            conf.ends_with("\nca_host = ipa1.lab.example.org\n\n"),
+            "{conf}"
+        );
+        let keytab = data.join("etc/krb5.keytab");
+        assert_eq!(std::fs::read_to_string(&keytab).unwrap(), "the keytab");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&keytab).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(std::fs::read_to_string(ca_path(data))
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+        // With its own CA clone it names none.
+        commands::add_ca_clone(&mut state, ipa2, ipa1);
+        save_server_etc(data, ipa2, &state, "the keytab").unwrap();
+        let conf = std::fs::read_to_string(data.join("etc/ipa/default.conf")).unwrap();
+        assert!(!conf.contains("ca_host"), "{conf}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod ca;
+pub mod certmonger;
 pub mod commands;
 pub mod error;
 pub mod state;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use ipa_sim::api::{api_txt_path, Api};
+use ipa_sim::certmonger::ServerCertmonger;
 use ipa_sim::install::{self, InstallOptions};
 use ipa_sim::server::{self, Fault, Options};
 
@@ -58,6 +59,10 @@ struct Serve {
     /// 4301
     #[arg(long, value_name = "MS", default_value_t = server::DEFAULT_LWCA_KEY_DELAY.as_millis() as u64)]
     lwca_key_delay_ms: u64,
+    /// The helper the server's own certmonger runs for its IPA CA, given
+    /// `--root DIR` (the lab binds ipa-sim there)
+    #[arg(long, value_name = "PATH", default_value = ipa_sim::certmonger::DEFAULT_HELPER)]
+    certmonger_helper: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,19 +181,37 @@ fn addresses(
     Ok((listen, dns))
 }
 
+/// Serve until SIGINT or SIGTERM (systemd's stop), with the server's own
+/// certmonger beside it (see [`ipa_sim::certmonger`]) and the files its
+/// IPA helper reads under `data/etc`, as the container has them.
 async fn serve_until_stopped(
     options: Options,
     api: Arc<Api>,
     state: ipa_sim::state::State,
     keytab: String,
+    certmonger_helper: &Path,
 ) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let data = options.data.clone();
+    install::save_server_etc(&data, &options.fqdn, &state, &keytab)?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot take SIGTERM")?;
     let running = server::start(options, api, state, keytab).await?;
+    let certmonger = match ServerCertmonger::start(&data, certmonger_helper).await {
+        Ok(certmonger) => certmonger,
+        Err(e) => {
+            running.stop().await;
+            return Err(e.context("the server's own certmonger did not start"));
+        }
+    };
     std::fs::write(data.join("volume-version"), "1\n").context("cannot write volume-version")?;
     println!("FreeIPA server configured.");
-    tokio::signal::ctrl_c().await.ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    let stopped = certmonger.stop().await;
     running.stop().await;
-    Ok(())
+    stopped
 }
 
 fn read_keytab(data: &Path) -> anyhow::Result<String> {
@@ -260,6 +283,9 @@ async fn container(
     server_address: Option<SocketAddr>,
     replica: bool,
 ) -> anyhow::Result<()> {
+    // Before anything is installed: a server without its certmonger
+    // does not start, and must not leave a half-configured volume.
+    ipa_sim::certmonger::check_installed(&serve.certmonger_helper)?;
     if install::volume_configured(&serve.data)? {
         return resume(serve).await;
     }
@@ -377,7 +403,7 @@ async fn configure(
         resolver: resolver(serve.dns),
         lwca_key_delay: std::time::Duration::from_millis(serve.lwca_key_delay_ms),
     };
-    serve_until_stopped(options, api, state, keytab).await
+    serve_until_stopped(options, api, state, keytab, &serve.certmonger_helper).await
 }
 
 /// What `--dns` makes of the server's resolver.
@@ -408,7 +434,7 @@ async fn resume(serve: Serve) -> anyhow::Result<()> {
         resolver: resolver(serve.dns),
         lwca_key_delay: std::time::Duration::from_millis(serve.lwca_key_delay_ms),
     };
-    serve_until_stopped(options, api, state, keytab).await
+    serve_until_stopped(options, api, state, keytab, &serve.certmonger_helper).await
 }
 
 /// The server's name as the container takes it (freeipa-container

@@ -80,6 +80,28 @@ fn conf_value(conf: &str, key: &str) -> Option<String> {
     })
 }
 
+/// The server a default.conf names, and where to connect when it says.
+/// `xmlrpc_uri`'s authority: an address and port (the tests' simulator
+/// on loopback) is where to connect; a name is the server's (certmonger's
+/// ipa-submit reads the server's URL there: certmonger-ipa-submit(8),
+/// FILES). The server: `server` in a client's default.conf; a server's
+/// own names none (freeipa `ipaserver/install/server/install.py` writes
+/// only `xmlrpc_uri`), so the host of `xmlrpc_uri`.
+fn server_of(conf: &str) -> (Option<String>, Option<std::net::SocketAddr>) {
+    let authority = conf_value(conf, "xmlrpc_uri").and_then(|uri| {
+        let rest = uri.strip_prefix("https://")?;
+        Some(rest.split('/').next()?.to_owned())
+    });
+    let explicit = authority
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+    let named = authority
+        .filter(|_| explicit.is_none())
+        .and_then(|a| a.split(':').next().map(str::to_owned))
+        .filter(|name| !name.is_empty());
+    (conf_value(conf, "server").or(named), explicit)
+}
+
 async fn submit(root: &Path) -> Result<String, (u8, String)> {
     let unconfigured = |why: String| (UNCONFIGURED, why);
     let csr = env("CERTMONGER_CSR").ok_or_else(|| unconfigured("no CSR".into()))?;
@@ -93,20 +115,17 @@ async fn submit(root: &Path) -> Result<String, (u8, String)> {
     let conf = read("etc/ipa/default.conf")?;
     let ca_pem = read("etc/ipa/ca.crt")?;
     let keytab = read("etc/krb5.keytab")?;
-    let (Some(host), Some(server)) = (conf_value(&conf, "host"), conf_value(&conf, "server"))
-    else {
+    let (server, explicit) = server_of(&conf);
+    let (Some(host), Some(server)) = (conf_value(&conf, "host"), server) else {
         return Err(unconfigured(
-            "/etc/ipa/default.conf names no host or server".into(),
+            "/etc/ipa/default.conf names no host, or no server (`server`, or the name in \
+             `xmlrpc_uri`)"
+                .into(),
         ));
     };
-    // Where to connect: `xmlrpc_uri`'s authority when it is an address
-    // and port (the tests' simulator on loopback), else the server's name
-    // on 443 as the lab's nodes resolve it; the certificate must name the
+    // Where to connect: the explicit address, else the server's name on
+    // 443 as the lab's nodes resolve it; the certificate must name the
     // server either way.
-    let explicit = conf_value(&conf, "xmlrpc_uri").and_then(|uri| {
-        let rest = uri.strip_prefix("https://")?;
-        rest.split('/').next()?.parse::<std::net::SocketAddr>().ok()
-    });
     let address = ipa_sim::install::server_address(&server, explicit)
         .map_err(|e| (UNREACHABLE, format!("{e:#}")))?;
 
@@ -192,4 +211,43 @@ fn certificate_pem(value: &Value) -> anyhow::Result<String> {
         .map_err(|e| anyhow!("the certificate is not DER: {e}"))
         .context("the answer")?;
     Ok(ipa_sim::ca::pem("CERTIFICATE", &der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_is_read_from_a_client_s_and_a_server_s_default_conf() {
+        let server_own = ipa_sim::install::server_default_conf(
+            "ipa1.lab.example.org",
+            "LAB.EXAMPLE.ORG",
+            "lab.example.org",
+            None,
+        );
+        assert_eq!(
+            server_of(&server_own),
+            (Some("ipa1.lab.example.org".into()), None)
+        );
+        let client = "[global]\nhost = node1.lab.example.org\nserver = ipa2.lab.example.org\n\
+                      xmlrpc_uri = https://ipa2.lab.example.org/ipa/xml\n";
+        assert_eq!(
+            server_of(client),
+            (Some("ipa2.lab.example.org".into()), None)
+        );
+        let tests = "[global]\nserver = ipa1.lab.example.org\n\
+                     xmlrpc_uri = https://127.0.0.1:4443/ipa/xml\n";
+        assert_eq!(
+            server_of(tests),
+            (
+                Some("ipa1.lab.example.org".into()),
+                Some("127.0.0.1:4443".parse().unwrap())
+            )
+        );
+        // An address alone names no server to check the certificate for.
+        assert_eq!(
+            server_of("[global]\nxmlrpc_uri = https://127.0.0.1:4443/ipa/xml\n").0,
+            None
+        );
+    }
 }
