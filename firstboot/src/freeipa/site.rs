@@ -25,12 +25,6 @@ use super::{Client, HostSpec, Suffix};
 
 /// The catalog's services.
 pub const SERVER: &str = "freeipa-server";
-/// A FreeIPA server run on the host (the lab's simulator, not the
-/// official container) keeps its own certmonger at this socket under its
-/// state directory, as the container keeps its own inside; firstboot asks
-/// it with `CERTMONGER_PVT_ADDRESS=unix:path=<state>/<this>`
-/// (`handoff::request::RequestSite`).
-pub const HOST_SERVER_CERTMONGER: &str = "var/lib/certmonger/private.sock";
 pub const CLIENT: &str = "freeipa-client";
 
 /// The host group whose members may become replicas.
@@ -292,7 +286,8 @@ pub fn ca_path(state: &Path) -> PathBuf {
 /// official container keeps a certmonger of its own (its state in
 /// `/data/var/lib/certmonger`: freeipa-container `volume-data-list`).
 /// firstboot reaches it with `CERTMONGER_PVT_ADDRESS=unix:path=<state>/<this>`
-/// where it would `podman exec` the container's `getcert`.
+/// where it would `podman exec` the container's `getcert`
+/// (`handoff::request::RequestSite`).
 pub const HOST_SERVER_CERTMONGER: &str = "var/lib/certmonger/private.sock";
 
 /// One-time passwords the bootstrap host hands out, kept (0600) so that a
