@@ -7,10 +7,11 @@
 //!
 //! A request has an id of firstboot's choosing (`-I`), so asking again
 //! finds it instead of adding a second: `getcert list -i ID` says where
-//! it stands, a rejected or stuck one is resubmitted, a tracked one is
-//! left alone. The key is the slot's own (certmonger reads an existing
-//! key file and makes no new one), so a certificate never disagrees with
-//! its key; certmonger writes the certificate file itself, and renews it
+//! it stands, a rejected or stuck one is asked for again (as a new
+//! request, which keeps the key), a tracked one is left alone. The key is
+//! the slot's own (a new request reads an existing key file and makes no
+//! new one), so a certificate never disagrees with its key; certmonger
+//! writes the certificate file itself, and renews it
 //! from then on.
 
 use std::path::PathBuf;
@@ -200,7 +201,7 @@ impl Certmonger {
     }
 
     /// Until `request` is issued and tracked: requested if certmonger does
-    /// not have it, resubmitted once if it was refused or is stuck, waited
+    /// not have it, asked again once if it was refused or is stuck, waited
     /// for while certmonger works on it; bounded by `patience`. A refusal
     /// after the resubmission, or the end of patience, is an error with what
     /// the CA said (the phase engine asks again later).
@@ -251,8 +252,21 @@ impl Certmonger {
                         request.id,
                         tracked.describe()
                     );
-                    self.getcert_waiting(&["resubmit", "-i", &request.id, "-w"])
-                        .await?;
+                    // Asked again as a new request, not `getcert
+                    // resubmit`: certmonger 0.79 resubmits a rejected
+                    // request with a new key of its own making (an RSA key
+                    // in place of the slot's; seen here, and shown by
+                    // `a_refusal_is_asked_again_once...` in the tests), and
+                    // a certificate for another key is no use to the slot.
+                    // A new request reads the key file as it is.
+                    let out = self.getcert(&["stop-tracking", "-i", &request.id]).await?;
+                    if !out.status.success() && self.status(&request.id).await?.is_some() {
+                        bail!(
+                            "getcert stop-tracking {}: {}",
+                            request.id,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
                     resubmitted = true;
                     continue;
                 }

@@ -222,6 +222,15 @@ async fn a_refusal_is_asked_again_once_and_then_reported_with_the_ca_s_reason() 
     .unwrap();
     let files = tempfile::tempdir().unwrap();
     let wanted = request(files.path(), "etcd");
+    // The key is made first, as the slot's: a refusal and a resubmission
+    // must not trade it for one of certmonger's making.
+    let slot = crate::certs::Slot {
+        purpose: crate::certs::CertPurpose::Etcd,
+        key: wanted.key.clone(),
+        cert: wanted.cert.clone(),
+        ca: files.path().join("ca.crt"),
+    };
+    let key = slot.key().unwrap().serialize_pem();
     let err = format!(
         "{:#}",
         certmonger
@@ -238,6 +247,11 @@ async fn a_refusal_is_asked_again_once_and_then_reported_with_the_ca_s_reason() 
     let tracked = certmonger.ensure(&wanted, PATIENCE, POLL).await.unwrap();
     assert!(tracked.issued(), "{tracked:?}");
     assert_eq!(daemon.submits().len(), 3);
+    assert_eq!(std::fs::read_to_string(&wanted.key).unwrap(), key);
+    let cert = std::fs::read_to_string(&wanted.cert).unwrap();
+    let ca = std::fs::read_to_string(daemon.path("ca.crt")).unwrap();
+    slot.check(&cert, &ca, "node1.lab.example.org")
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[test]

@@ -26,8 +26,10 @@ pub struct Moved {
     pub old_ca: String,
     /// Its FreeIPA issuer's certificate.
     pub new_ca: String,
-    /// Where certmonger keeps its certificate, as this host sees it.
+    /// Where certmonger keeps its certificate and key, as this host sees
+    /// them.
     pub staged_cert: PathBuf,
+    pub staged_key: PathBuf,
     /// The move is over: the slot trusts `new_ca` alone and certmonger
     /// renews it.
     pub done: bool,
@@ -79,9 +81,12 @@ pub enum Renewal {
 }
 
 /// A moved row's renewal: certmonger's newer certificate, checked under
-/// the row's FreeIPA issuer and for the slot's key, replaces the slot's
-/// whole. A certificate that does not check is left where it is, with
-/// the reason (the slot keeps its working one).
+/// the row's FreeIPA issuer, replaces the slot's whole. If certmonger
+/// renewed with a key of its own making (it may rekey on a resubmission),
+/// its key goes in first, then the certificate: a reader between the two
+/// renames (etcd, at a handshake) fails that handshake and the next one
+/// succeeds. A certificate that checks for neither key is left where it
+/// is, with the reason (the slot keeps its working one).
 pub fn renewal(paths: &Paths, slot: &Slot, fqdn: &str) -> Result<Renewal> {
     let Some(moved) = Moved::load(paths, slot.purpose)? else {
         return Ok(Renewal::Temporary);
@@ -95,7 +100,27 @@ pub fn renewal(paths: &Paths, slot: &Slot, fqdn: &str) -> Result<Renewal> {
     if staged == current {
         return Ok(Renewal::Synced { copied: false });
     }
-    slot.install_leaf(&staged, &moved.new_ca, fqdn)
+    let for_slot_key = slot.install_leaf(&staged, &moved.new_ca, fqdn);
+    if for_slot_key.is_ok() {
+        return Ok(Renewal::Synced { copied: true });
+    }
+    let rekeyed = Slot {
+        key: moved.staged_key.clone(),
+        ..slot.clone()
+    };
+    if std::fs::read_to_string(&moved.staged_key).is_ok()
+        && rekeyed.check(&staged, &moved.new_ca, fqdn).is_ok()
+    {
+        let key = std::fs::read(&moved.staged_key)?;
+        crate::fsutil::write_atomic(&slot.key, &key, 0o600)?;
+        crate::fsutil::write_atomic(&slot.cert, staged.as_bytes(), 0o644)?;
+        tracing::info!(
+            "certmonger renewed the {} certificate with a new key: both in place",
+            slot.purpose
+        );
+        return Ok(Renewal::Synced { copied: true });
+    }
+    for_slot_key
         .with_context(|| format!("certmonger's renewal in {}", moved.staged_cert.display()))?;
     Ok(Renewal::Synced { copied: true })
 }
@@ -122,6 +147,7 @@ mod tests {
             old_ca: old.etcd.cert_pem().to_owned(),
             new_ca: new.etcd.cert_pem().to_owned(),
             staged_cert: staged_cert.clone(),
+            staged_key: root.path().join("staged/member.key"),
             done: false,
         };
         moved.save(&paths, slot.purpose).unwrap();
@@ -157,6 +183,30 @@ mod tests {
             renewal(&paths, &slot, fqdn).unwrap(),
             Renewal::Synced { copied: false }
         );
+        // certmonger rekeyed: its key and certificate go in together.
+        let fresh = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        crate::fsutil::write_atomic(&moved.staged_key, fresh.serialize_pem().as_bytes(), 0o600)
+            .unwrap();
+        let rekeyed = new
+            .etcd
+            .certify_key(
+                &rcgen::PublicKeyData::subject_public_key_info(&fresh),
+                fqdn,
+                now - time::Duration::hours(1),
+                now + time::Duration::hours(2),
+            )
+            .unwrap();
+        crate::fsutil::write_atomic(&staged_cert, rekeyed.as_bytes(), 0o644).unwrap();
+        assert_eq!(
+            renewal(&paths, &slot, fqdn).unwrap(),
+            Renewal::Synced { copied: true }
+        );
+        assert_eq!(std::fs::read_to_string(&slot.cert).unwrap(), rekeyed);
+        assert_eq!(
+            std::fs::read_to_string(&slot.key).unwrap(),
+            fresh.serialize_pem()
+        );
+        slot.check(&rekeyed, new.etcd.cert_pem(), fqdn).unwrap();
     }
 
     /// Once a row's move begins, nothing signs it from the temporary CA
@@ -177,6 +227,7 @@ mod tests {
             old_ca: ca.etcd.cert_pem().to_owned(),
             new_ca: String::new(),
             staged_cert: root.path().join("staged.crt"),
+            staged_key: root.path().join("staged.key"),
             done: false,
         }
         .save(&paths, CertPurpose::Etcd)

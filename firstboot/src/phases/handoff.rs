@@ -153,10 +153,12 @@ async fn recertify_etcd(
             // before anything changes, as the roll's "old" from here on.
             let old_ca = std::fs::read_to_string(&slot.ca)
                 .with_context(|| format!("reading {}", slot.ca.display()))?;
+            let staged = site.staged(&slot);
             let moved = Moved {
                 old_ca,
                 new_ca,
-                staged_cert: site.staged(&slot).host_cert,
+                staged_cert: staged.host_cert,
+                staged_key: staged.host_key,
                 done: false,
             };
             moved.save(&cx.paths, slot.purpose)?;
