@@ -162,6 +162,9 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
     let dir = tempfile::tempdir().unwrap();
     let (site, configs) = lab::render_into(dir.path(), &lab::lab_site(5), &firstboot);
     let lab = lab::start(&image, &firstboot, &bytes, &configs);
+    // A writer from the start: its first write waits (retried) for etcd
+    // to form; the handoff, which re-certifies etcd, comes after FreeIPA.
+    let writer = Writer::start(&lab);
     // The first install on the first server fails half-way, and those of
     // a replica and a worker fail after ipa-join spent their one-time
     // passwords: each node tries again from clean, with no operator step.
@@ -170,8 +173,6 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
             .unwrap();
     }
     assert_cluster(&lab, &site);
-    // etcd runs; the handoff, which re-certifies it, comes after FreeIPA.
-    let writer = Writer::start(&lab);
     let nodes = ["node1", "node2", "node3", "node4", "node5"];
     wait_done(&lab, &nodes, Duration::from_secs(300));
     let writes = writer.stop();
@@ -437,6 +438,8 @@ struct Writer {
 struct Writes {
     acknowledged: Vec<(i64, Duration)>,
     failed_attempts: u32,
+    /// The first failure of each kind, for the report.
+    failures: std::collections::BTreeSet<String>,
     given_up: Vec<String>,
 }
 
@@ -459,8 +462,14 @@ impl Writer {
                         let began = Instant::now();
                         let mut acknowledged = None;
                         let mut last = String::new();
-                        // Bounded: 30 s of retries for one write.
-                        for _ in 0..300 {
+                        // Bounded: 30 s of retries for one write (the
+                        // first: 5 minutes, while the site assembles).
+                        let tries = if writes.acknowledged.is_empty() {
+                            3000
+                        } else {
+                            300
+                        };
+                        for _ in 0..tries {
                             let put = async {
                                 firstboot::etcd::Client::for_slot(&slot, endpoints.clone())?
                                     .put(key.as_bytes(), b"x")
@@ -471,9 +480,17 @@ impl Writer {
                                     acknowledged = Some(revision);
                                     break;
                                 }
+                                Err(e) if writes.acknowledged.is_empty() => {
+                                    // etcd not formed yet.
+                                    let _ = e;
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
                                 Err(e) => {
                                     writes.failed_attempts += 1;
                                     last = format!("{e:#}");
+                                    if writes.failures.len() < 5 {
+                                        writes.failures.insert(last.clone());
+                                    }
                                     tokio::time::sleep(Duration::from_millis(100)).await;
                                 }
                             }
@@ -563,11 +580,11 @@ fn handoff_etcd_is_the_sub_cas(lab: &Lab, writes: Writes) {
             .unwrap_or_else(|e| panic!("{node}: {e:#}"));
         // certmonger's copy (in the server's own certmonger) is the one in
         // place, and certmonger tracks it.
-        assert_eq!(
-            std::fs::read_to_string(&moved.staged_cert).unwrap(),
-            cert,
-            "{node}"
-        );
+        let staged = lab
+            .root(node)
+            .unwrap()
+            .join(moved.staged_cert.strip_prefix("/").unwrap());
+        assert_eq!(std::fs::read_to_string(staged).unwrap(), cert, "{node}");
         let tracked = lab
             .sh(
                 node,
@@ -711,7 +728,10 @@ fn handoff_etcd_is_the_sub_cas(lab: &Lab, writes: Writes) {
     let last = writes.acknowledged.last().unwrap().0;
     assert!(
         first < roll_began && last > roll_ended,
-        "the writer ({first}..{last}) did not span the roll ({roll_began}..{roll_ended})"
+        "the writer ({first}..{last}) did not span the roll ({roll_began}..{roll_ended}); \
+         {} failed attempts: {:?}",
+        writes.failed_attempts,
+        writes.failures
     );
     let (mut before, mut during): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
     for (revision, latency) in &writes.acknowledged {

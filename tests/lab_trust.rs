@@ -805,7 +805,8 @@ fn a_running_site_keeps_its_trust() {
             ),
         )
         .unwrap();
-    let staged = std::fs::read_to_string(&moved.staged_cert).unwrap();
+    let staged =
+        std::fs::read_to_string(root2.join(moved.staged_cert.strip_prefix("/").unwrap())).unwrap();
     assert_ne!(staged, current, "certmonger did not renew: {resubmitted}");
     assert_eq!(
         std::fs::read_to_string(&member).unwrap(),
