@@ -107,7 +107,8 @@ fn join_request(config: &NodeConfig, from: Ipv4Addr) -> (Vec<u8>, String) {
         ticket: config.ticket(),
         addresses: vec![from],
         // A CSR for every certificate of the plan the node holds.
-        csrs: firstboot::certs::plan::held_by(config.role())
+        csrs: firstboot::certs::PLAN
+            .held_by(config.role())
             .map(|row| (row.purpose, csr.clone()))
             .collect(),
         timestamp: firstboot::status::now(),
@@ -751,7 +752,8 @@ fn a_running_site_keeps_its_trust() {
     let ns2 = lab.node("node2").unwrap().netns().to_owned();
     let refused = in_netns(&ns2, move || {
         let fqdn = node2.fqdn(&node2.node);
-        let csrs = firstboot::certs::plan::held_by(node2.role())
+        let csrs = firstboot::certs::PLAN
+            .held_by(node2.role())
             .map(|row| {
                 (
                     row.purpose,
@@ -776,15 +778,19 @@ fn a_running_site_keeps_its_trust() {
 
     // 8. Renewal: a certificate past two thirds of its life is renewed by
     // its node, without restarting etcd; an expired one is replaced.
-    let ca = firstboot::pki::TempCa::load(&lab.root("node1").unwrap().join("var/lib/firstboot/ca"))
-        .unwrap()
-        .unwrap();
+    let ca = firstboot::pki::TempCa::load(
+        &lab.root("node1").unwrap().join("var/lib/firstboot/ca"),
+        &firstboot::certs::PLAN.intermediates(),
+    )
+    .unwrap()
+    .unwrap();
     let root2 = lab.root("node2").unwrap();
     let current = std::fs::read_to_string(root2.join("etc/firstboot/etcd/member.crt")).unwrap();
     let spki = firstboot::pki::inspect(&current).unwrap().spki;
     let now = time::OffsetDateTime::now_utc();
-    let due = ca
-        .etcd
+    let due = firstboot::certs::plan::ETCD
+        .temporary_ca(&ca)
+        .unwrap()
         .certify_key(
             &spki,
             "node2.lab.example.org",
@@ -1264,7 +1270,7 @@ fn a_rebuilt_bootstrap_host_takes_nothing_from_a_stranger_with_a_peers_user_data
 
     let stranger = lab.add_stranger(STRANGER).unwrap();
     let node2 = contract(&site, "node2");
-    let fake_ipa = firstboot::pki::TempCa::create("lab.example.org").unwrap();
+    let fake_ipa = firstboot::pki::TempCa::create("lab.example.org", &[]).unwrap();
     let fake_ipa_ca = fake_ipa.root.cert_pem().to_owned();
     let (_impostor, asked) = impostor_peer(
         &stranger,

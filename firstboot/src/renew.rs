@@ -8,6 +8,7 @@
 use anyhow::{Context, Result};
 use node_contract::Phase;
 
+use crate::certs::Plan;
 use crate::paths::Paths;
 use crate::state::State;
 
@@ -19,19 +20,21 @@ pub enum Renewed {
     Renewed,
 }
 
-pub async fn run(paths: &Paths) -> Result<Renewed> {
+/// Renew this node's certificates of `plan` (`certs::PLAN`, or a test's).
+pub async fn run(paths: &Paths, plan: Plan) -> Result<Renewed> {
     let config = crate::check::load(&paths.node_json())?;
     let state = State::load(&paths.state_file())?;
     if !state.is_done(Phase::Join) {
         return Ok(Renewed::NotJoined);
     }
-    if !crate::certs::any_due(paths, &config) {
+    if !crate::certs::any_due(paths, &config, plan) {
         return Ok(Renewed::NothingDue);
     }
     if config.is_bootstrap() {
-        let ca = crate::pki::TempCa::load_current(&paths.ca_dir(), config.site.domain.as_str())?
+        let domain = config.site.domain.as_str();
+        let ca = crate::pki::TempCa::load_current(&paths.ca_dir(), domain, &plan.intermediates())?
             .context("the bootstrap host's temporary CA is gone")?;
-        crate::certs::ensure_from_temporary(paths, &config, &ca)?;
+        crate::certs::ensure_from_temporary(paths, &config, plan, &ca)?;
         return Ok(Renewed::Renewed);
     }
     let own = state
@@ -39,7 +42,7 @@ pub async fn run(paths: &Paths) -> Result<Renewed> {
         .context("identify did not record this node's address")?;
     let bootstrap = crate::state::bootstrap_address(paths, &state)
         .context("join did not record the join service's address")?;
-    crate::join::client::enroll(paths, &config, bootstrap, own)
+    crate::join::client::enroll(paths, &config, plan, bootstrap, own)
         .await
         .with_context(|| format!("cannot renew through the join service at {bootstrap}"))?;
     Ok(Renewed::Renewed)
