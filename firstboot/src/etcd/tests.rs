@@ -2,11 +2,12 @@
 //! run), one member on a loopback address of its own, over mutual TLS
 //! with certificates from the temporary CAs, as on a node.
 
-use crate::certs::plan::tests::etcd_ca;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
 
 use super::*;
+use crate::certs::plan::tests::{etcd_ca, WITH_TEST_ONLY};
+use crate::certs::plan::ETCD;
 use crate::pki::TempCa;
 
 const NAME: &str = "node1.lab.example.org";
@@ -117,7 +118,7 @@ pub(crate) async fn wait_ready(client: &Client) -> Status {
 
 #[tokio::test]
 async fn the_client_speaks_etcd_s_json_gateway() {
-    let ca = TempCa::create("lab.example.org", &crate::certs::PLAN.intermediates()).unwrap();
+    let ca = TempCa::create("lab.example.org", &WITH_TEST_ONLY.intermediates()).unwrap();
     let address = loopback();
     let at = |port| SocketAddr::new(IpAddr::V4(address), port);
     let Some(_etcd) = start_etcd(at(2379), at(2380), &ca) else {
@@ -179,19 +180,27 @@ async fn the_client_speaks_etcd_s_json_gateway() {
     assert_eq!(members[0].peer_urls, [format!("https://{address}:2380")]);
     assert!(!members[0].is_learner);
 
-    // A certificate from another CA of the site (a node's identity, from
-    // the temporary root) opens nothing; nor does a server whose
-    // certificate is not under the CA the client trusts.
-    let identity = ca.root.issue("node4.lab.example.org").unwrap();
-    let stranger = Client::new(
-        etcd_ca(&ca).cert_pem(),
-        &identity.cert_pem,
-        &identity.key_pem,
-        vec![endpoint(address)],
-    )
-    .unwrap();
-    let refused = format!("{:#}", stranger.get(b"/site/a").await.unwrap_err());
-    assert!(refused.contains("no etcd member answered"), "{refused}");
+    // A certificate from another CA of the site (any other row of the
+    // plan's: a node's identity, from the temporary root, or the test-only
+    // kind's, from its own intermediate) opens nothing; nor does a server
+    // whose certificate is not under the CA the client trusts.
+    for row in WITH_TEST_ONLY.rows().iter().filter(|r| **r != ETCD) {
+        let other_row = row.temporary_ca(&ca).unwrap();
+        let stranger = other_row.issue("node4.lab.example.org").unwrap();
+        let stranger = Client::new(
+            etcd_ca(&ca).cert_pem(),
+            &stranger.cert_pem,
+            &stranger.key_pem,
+            vec![endpoint(address)],
+        )
+        .unwrap();
+        let refused = format!("{:#}", stranger.get(b"/site/a").await.unwrap_err());
+        assert!(
+            refused.contains("no etcd member answered"),
+            "{}: {refused}",
+            row.purpose
+        );
+    }
     let other = TempCa::create("lab.example.org", &crate::certs::PLAN.intermediates()).unwrap();
     let mine = etcd_ca(&ca).issue("node2.lab.example.org").unwrap();
     let wary = Client::new(
