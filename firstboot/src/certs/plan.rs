@@ -1,15 +1,17 @@
 //! The certificate plan: every certificate a node holds is one row here
 //! (ARCHITECTURE §5, phase 6). Join (the CSRs a node sends, what the
-//! join service signs, what the node installs), renewal, the bootstrap
-//! host's own certificates and the handoff to FreeIPA all read this
-//! table; adding a certificate (Kubernetes' next) adds a row, not an edit
+//! join service signs, what the node installs), renewal, the temporary
+//! CAs, the bootstrap host's own certificates and the handoff to FreeIPA
+//! all read this table; adding a certificate (Kubernetes' next) adds a row, not an edit
 //! in each of them.
 //!
 //! A row says:
 //! - **purpose**: what the certificate is for, and the key under which
 //!   join's messages carry its CSR and certificate;
 //! - **holders**: which nodes hold one (every node, or core hosts only);
-//! - **issuer**: the temporary CA that signs it until handoff, and the
+//! - **issuer**: the temporary CA that signs it until handoff (the root,
+//!   or an intermediate named here: `pki::TempCa` holds one for every
+//!   name the plan gives, and makes it for a row added later), and the
 //!   FreeIPA CA that does after (a lightweight sub-CA per service, so
 //!   that what one service trusts is not what another's certificates
 //!   chain to);
@@ -279,7 +281,8 @@ pub(crate) mod tests {
     /// A kind of certificate only tests know: held by every node, signed
     /// by a temporary intermediate of its own, and by FreeIPA's containers
     /// sub-CA after handoff (no production row uses it). Adding it is the
-    /// whole change a new kind takes: this row, and its purpose above.
+    /// whole change a new kind takes until handoff: this row, and its
+    /// purpose above (handoff's move to FreeIPA is etcd's alone so far).
     pub(crate) const TEST_ONLY: Row = Row {
         purpose: CertPurpose::TestOnly,
         holders: Holders::Every,
