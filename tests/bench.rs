@@ -170,8 +170,9 @@ fn static_etcd(
     let fqdn = format!("{node}.lab.example.org");
     let dir = root.join("etc/firstboot/etcd");
     std::fs::create_dir_all(&dir).unwrap();
-    let own = ca.etcd.issue(&fqdn).unwrap();
-    std::fs::write(dir.join("ca.crt"), ca.etcd.cert_pem()).unwrap();
+    let etcd = firstboot::certs::plan::ETCD.temporary_ca(ca).unwrap();
+    let own = etcd.issue(&fqdn).unwrap();
+    std::fs::write(dir.join("ca.crt"), etcd.cert_pem()).unwrap();
     std::fs::write(dir.join("member.crt"), &own.cert_pem).unwrap();
     std::fs::write(dir.join("member.key"), &own.key_pem).unwrap();
     let mut hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap_or_default();
@@ -265,7 +266,11 @@ fn bench_etcd_formation() {
         // The floor, in the same run: the same nodes from the same
         // configs, booted straight into etcd with a static cluster, no
         // join, the same certificates' profile.
-        let ca = firstboot::pki::TempCa::create("lab.example.org").unwrap();
+        let ca = firstboot::pki::TempCa::create(
+            "lab.example.org",
+            &firstboot::certs::PLAN.intermediates(),
+        )
+        .unwrap();
         let mut lab = lab::provision(&image, &firstboot, &bytes, &configs);
         for (i, name) in core.iter().enumerate() {
             static_etcd(&lab.root(name).unwrap(), name, i, &core, &ca);
@@ -577,7 +582,11 @@ fn join_round(flood: bool) -> String {
         .unwrap();
     runtime.block_on(async move {
         let settled = firstboot::bootstrap::Settled {
-            ca: firstboot::pki::TempCa::create(site.domain.as_str()).unwrap(),
+            ca: firstboot::pki::TempCa::create(
+                site.domain.as_str(),
+                &firstboot::certs::PLAN.intermediates(),
+            )
+            .unwrap(),
             registry: firstboot::join::server::Registry {
                 admission_deadline: firstboot::status::now() + 3600,
                 ..Default::default()

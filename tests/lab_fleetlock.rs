@@ -524,7 +524,9 @@ fn stolen(
     purpose: firstboot::certs::CertPurpose,
 ) -> (tempfile::TempDir, std::sync::Arc<rustls::ClientConfig>) {
     // The node's files for that row of the certificate plan.
-    let on_node = firstboot::certs::plan::row(purpose)
+    let on_node = firstboot::certs::PLAN
+        .row(purpose)
+        .expect("a row of the plan")
         .slot(&firstboot::paths::Paths::under(&lab.root(node).unwrap()));
     let keys = tempfile::tempdir().unwrap();
     let copy = |from: &std::path::Path| {

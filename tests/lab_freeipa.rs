@@ -605,11 +605,16 @@ fn handoff_etcd_is_the_sub_cas(lab: &Lab, writes: Writes) {
     let slot = firstboot::certs::plan::ETCD.slot(&node1);
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
     let (own_cert, own_key) = (read(&slot.cert), read(&slot.key));
-    let temp_ca = firstboot::pki::TempCa::load_current(&node1.ca_dir(), "lab.example.org")
+    let temp_ca = firstboot::pki::TempCa::load_current(
+        &node1.ca_dir(),
+        "lab.example.org",
+        &firstboot::certs::PLAN.intermediates(),
+    )
+    .unwrap()
+    .expect("node1's temporary CA");
+    let from_temporary = firstboot::certs::plan::ETCD
+        .temporary_ca(&temp_ca)
         .unwrap()
-        .expect("node1's temporary CA");
-    let from_temporary = temp_ca
-        .signer(firstboot::certs::plan::ETCD.issuer.temporary)
         .issue(&fqdn("node1"))
         .unwrap();
     let realm = "LAB.EXAMPLE.ORG";

@@ -107,7 +107,8 @@ fn join_request(config: &NodeConfig, from: Ipv4Addr) -> (Vec<u8>, String) {
         ticket: config.ticket(),
         addresses: vec![from],
         // A CSR for every certificate of the plan the node holds.
-        csrs: firstboot::certs::plan::held_by(config.role())
+        csrs: firstboot::certs::PLAN
+            .held_by(config.role())
             .map(|row| (row.purpose, csr.clone()))
             .collect(),
         timestamp: firstboot::status::now(),
@@ -754,7 +755,8 @@ fn a_running_site_keeps_its_trust() {
     let ns2 = lab.node("node2").unwrap().netns().to_owned();
     let refused = in_netns(&ns2, move || {
         let fqdn = node2.fqdn(&node2.node);
-        let csrs = firstboot::certs::plan::held_by(node2.role())
+        let csrs = firstboot::certs::PLAN
+            .held_by(node2.role())
             .map(|row| {
                 (
                     row.purpose,
@@ -830,9 +832,12 @@ fn a_running_site_keeps_its_trust() {
     );
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
 
-    let ca = firstboot::pki::TempCa::load(&lab.root("node1").unwrap().join("var/lib/firstboot/ca"))
-        .unwrap()
-        .unwrap();
+    let ca = firstboot::pki::TempCa::load(
+        &lab.root("node1").unwrap().join("var/lib/firstboot/ca"),
+        &firstboot::certs::PLAN.intermediates(),
+    )
+    .unwrap()
+    .unwrap();
     let now = time::OffsetDateTime::now_utc();
     let root4 = lab.root("node4").unwrap();
     let current = std::fs::read_to_string(root4.join("etc/firstboot/tls/node.crt")).unwrap();
@@ -1283,7 +1288,7 @@ fn a_rebuilt_bootstrap_host_takes_nothing_from_a_stranger_with_a_peers_user_data
 
     let stranger = lab.add_stranger(STRANGER).unwrap();
     let node2 = contract(&site, "node2");
-    let fake_ipa = firstboot::pki::TempCa::create("lab.example.org").unwrap();
+    let fake_ipa = firstboot::pki::TempCa::create("lab.example.org", &[]).unwrap();
     let fake_ipa_ca = fake_ipa.root.cert_pem().to_owned();
     let (_impostor, asked) = impostor_peer(
         &stranger,

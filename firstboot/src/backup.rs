@@ -21,22 +21,122 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-/// What the sealed copy holds.
+use crate::pki::{CaPems, TempCa};
+
+/// What the sealed copy holds (as [`Sealed`] on the wire).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "Sealed", into = "Sealed")]
 pub struct CaBackup {
     pub generation: u64,
-    pub root_cert_pem: String,
-    pub root_key_pem: String,
-    pub etcd_cert_pem: String,
-    pub etcd_key_pem: String,
+    pub root: CaPems,
+    /// The temporary intermediates, by name (`pki::Signer::Intermediate`).
+    pub intermediates: BTreeMap<String, CaPems>,
     pub registry: BTreeMap<HostName, Ipv4Addr>,
     /// The hosts' newest credential generations (registry version 2):
     /// a restored join service keeps refusing the retired ones.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub generations: BTreeMap<HostName, Generation>,
     /// When admission of hosts that never joined ends (Unix seconds).
     pub admission_deadline: u64,
+}
+
+impl CaBackup {
+    /// Version 2 carries the intermediates as a map by name; version 1
+    /// (no `version` field) carried its one intermediate, etcd's, in
+    /// fields of its own, and opens as version 2 with that one entry.
+    pub const VERSION: u32 = 2;
+
+    /// The CAs it carries, checked (`pki::TempCa::from_pems`).
+    pub fn ca(&self) -> Result<TempCa> {
+        TempCa::from_pems(&self.root, &self.intermediates)
+    }
+}
+
+/// The only intermediate version 1 knew: its fields are frozen history,
+/// not the plan's (which may name more).
+const VERSION_1_INTERMEDIATE: &str = "etcd";
+
+/// The copy as sealed: every version's fields, so older copies still open.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sealed {
+    #[serde(default = "first_version")]
+    version: u32,
+    generation: u64,
+    root_cert_pem: String,
+    root_key_pem: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    intermediates: BTreeMap<String, CaPems>,
+    /// Version 1's etcd CA; never written.
+    #[serde(default, skip_serializing)]
+    etcd_cert_pem: Option<String>,
+    #[serde(default, skip_serializing)]
+    etcd_key_pem: Option<String>,
+    registry: BTreeMap<HostName, Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    generations: BTreeMap<HostName, Generation>,
+    admission_deadline: u64,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+impl TryFrom<Sealed> for CaBackup {
+    type Error = String;
+
+    fn try_from(sealed: Sealed) -> Result<CaBackup, String> {
+        if sealed.version > CaBackup::VERSION {
+            return Err(format!(
+                "the CA copy has version {}, but this firstboot reads up to version {}",
+                sealed.version,
+                CaBackup::VERSION
+            ));
+        }
+        let mut intermediates = sealed.intermediates;
+        match (sealed.etcd_cert_pem, sealed.etcd_key_pem) {
+            (None, None) => {}
+            (Some(cert_pem), Some(key_pem)) if sealed.version == 1 => {
+                intermediates.insert(
+                    VERSION_1_INTERMEDIATE.to_owned(),
+                    CaPems { cert_pem, key_pem },
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "the CA copy (version {}) holds a damaged or misplaced version 1 etcd CA",
+                    sealed.version
+                ))
+            }
+        }
+        Ok(CaBackup {
+            generation: sealed.generation,
+            root: CaPems {
+                cert_pem: sealed.root_cert_pem,
+                key_pem: sealed.root_key_pem,
+            },
+            intermediates,
+            registry: sealed.registry,
+            generations: sealed.generations,
+            admission_deadline: sealed.admission_deadline,
+        })
+    }
+}
+
+impl From<CaBackup> for Sealed {
+    fn from(backup: CaBackup) -> Sealed {
+        Sealed {
+            version: CaBackup::VERSION,
+            generation: backup.generation,
+            root_cert_pem: backup.root.cert_pem,
+            root_key_pem: backup.root.key_pem,
+            intermediates: backup.intermediates,
+            etcd_cert_pem: None,
+            etcd_key_pem: None,
+            registry: backup.registry,
+            generations: backup.generations,
+            admission_deadline: backup.admission_deadline,
+        }
+    }
 }
 
 const CONTEXT: &[u8] = b"firstboot ca backup v2";
@@ -89,13 +189,18 @@ pub fn open(seed: &Seed, sealed: &str) -> Result<CaBackup> {
 mod tests {
     use super::*;
 
+    fn pems(cert: &str, key: &str) -> CaPems {
+        CaPems {
+            cert_pem: cert.into(),
+            key_pem: key.into(),
+        }
+    }
+
     fn backup(generation: u64) -> CaBackup {
         CaBackup {
             generation,
-            root_cert_pem: "cert".into(),
-            root_key_pem: "key".into(),
-            etcd_cert_pem: "etcd cert".into(),
-            etcd_key_pem: "etcd key".into(),
+            root: pems("cert", "key"),
+            intermediates: [("etcd".to_owned(), pems("etcd cert", "etcd key"))].into(),
             registry: [(
                 HostName::parse("node2").unwrap(),
                 Ipv4Addr::new(198, 18, 0, 11),
@@ -121,5 +226,32 @@ mod tests {
         assert!(open(&mine, "zz").is_err());
         assert!(open(&mine, "00").is_err());
         assert_ne!(seal(&mine, &backup(3)), sealed, "nonces repeat");
+    }
+
+    /// A copy exactly as firstboot sealed it before the intermediates were
+    /// a map (version 1): it opens, with the etcd CA as the one
+    /// intermediate, and is sealed again as version 2.
+    #[test]
+    fn version_1_copies_open_with_their_etcd_ca() {
+        let v1 = r#"{"generation": 3, "root_cert_pem": "cert", "root_key_pem": "key",
+            "etcd_cert_pem": "etcd cert", "etcd_key_pem": "etcd key",
+            "registry": {"node2": "198.18.0.11"}, "admission_deadline": 9}"#;
+        let opened: CaBackup = serde_json::from_str(v1).unwrap();
+        assert_eq!(opened, backup(3));
+        let again = serde_json::to_value(&opened).unwrap();
+        assert_eq!(again["version"], 2);
+        assert_eq!(again["intermediates"]["etcd"]["key_pem"], "etcd key");
+        assert!(again.get("etcd_cert_pem").is_none());
+        let reopened: CaBackup = serde_json::from_value(again).unwrap();
+        assert_eq!(reopened, opened);
+        // Half a version 1 CA, one in a version 2 copy, or a newer
+        // version: refused, not guessed at.
+        for bad in [
+            v1.replace(r#""etcd_key_pem": "etcd key","#, ""),
+            v1.replace(r#""generation""#, r#""version": 2, "generation""#),
+            v1.replace(r#""generation""#, r#""version": 3, "generation""#),
+        ] {
+            assert!(serde_json::from_str::<CaBackup>(&bad).is_err(), "{bad}");
+        }
     }
 }

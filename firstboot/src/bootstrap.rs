@@ -15,6 +15,7 @@ use node_contract::{HostName, NodeConfig, Role, PEER_PORT};
 use tokio::time::Instant;
 
 use crate::backup::CaBackup;
+use crate::certs::PLAN;
 use crate::join::peer::ask;
 use crate::join::protocol::{PeerAnswer, Site, ADMISSION_WINDOW};
 use crate::join::server::Registry;
@@ -359,7 +360,8 @@ pub async fn ensure_ca(
     discovery: &mut Discovery,
     patience: Duration,
 ) -> Result<Settled> {
-    if let Some(ca) = TempCa::load_current(&paths.ca_dir(), config.site.domain.as_str())? {
+    let domain = config.site.domain.as_str();
+    if let Some(ca) = TempCa::load_current(&paths.ca_dir(), domain, &PLAN.intermediates())? {
         let registry = Registry::load(&paths.registry_file())?.unwrap_or_else(|| Registry {
             admission_deadline: crate::status::now() + ADMISSION_WINDOW,
             ..Registry::default()
@@ -388,7 +390,7 @@ pub async fn ensure_ca(
     };
     let settled = match verdict {
         Verdict::Fresh => {
-            let ca = TempCa::create(config.site.domain.as_str())?;
+            let ca = TempCa::create(domain, &PLAN.intermediates())?;
             tracing::info!(
                 "no cluster exists: created the temporary CAs for {}",
                 config.site.domain
@@ -416,13 +418,10 @@ pub async fn ensure_ca(
                 );
                 crate::state::FreeipaRejoin::new(freeipa).save(&paths.freeipa_rejoin())?;
             }
-            let ca = TempCa::from_pems(
-                &backup.root_cert_pem,
-                &backup.root_key_pem,
-                &backup.etcd_cert_pem,
-                &backup.etcd_key_pem,
-            )
-            .context("the peers' CA copy")?;
+            let mut ca = backup.ca().context("the peers' CA copy")?;
+            // A copy sealed before a row of the plan was added lacks its
+            // intermediate: made now, under the restored root.
+            ca.complete(config.site.domain.as_str(), &PLAN.intermediates())?;
             let mut hosts = backup.registry.clone();
             hosts.extend(peers);
             hosts.remove(&config.node);

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Renew) => {
             firstboot::logging::init();
-            block_on(firstboot::renew::run(&Paths::from_env())).map(|renewed| {
+            block_on(firstboot::renew::run(&Paths::from_env(), firstboot::certs::PLAN)).map(|renewed| {
                 tracing::info!("certificates: {renewed:?}");
             })
         }

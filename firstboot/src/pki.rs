@@ -8,19 +8,25 @@
 //! certificate signing request. The CA signs a request only for the
 //! requester's own name.
 //!
-//! Two CAs, so that what etcd trusts is not what identifies a node:
+//! One root and one intermediate per service, so that what a service
+//! trusts is not what identifies a node:
 //! - the **temporary root** signs every node's identity certificate;
-//! - the **etcd CA**, an intermediate under it, signs etcd certificates for
-//!   core hosts only. etcd trusts the etcd CA alone, so a worker's identity
-//!   certificate opens nothing in etcd.
+//! - each **intermediate** (one for every service the certificate plan,
+//!   `certs::plan`, names as a temporary signer: etcd's today) signs that
+//!   service's certificates only. The service trusts its intermediate
+//!   alone, so a worker's identity certificate, or another service's,
+//!   opens nothing there.
 //!
-//! Both are name-constrained to the site's domain, and certificates name
-//! hosts by DNS name only (never IP address).
+//! Which intermediates exist is the plan's to say: this file knows them
+//! by name only, on disk (`<name>-ca.crt`, `<name>-ca.key`) and in the
+//! sealed copy. All are name-constrained to the site's domain, and
+//! certificates name hosts by DNS name only (never IP address).
 //!
 //! Parsing goes through `x509-parser` and chain checks (signatures, dates,
 //! key usages, name constraints) through `rustls-webpki`, the code rustls
 //! itself trusts; this file keeps only the policy.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -35,6 +41,7 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, ServerName, UnixTime};
+use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -59,8 +66,29 @@ const BACKDATE: Duration = Duration::hours(1);
 pub enum Signer {
     /// The temporary root: nodes' identities.
     Root,
-    /// The etcd CA, an intermediate under the root: etcd members only.
-    Etcd,
+    /// The intermediate under the root for one service only, by the
+    /// service's name (a DNS label, see [`check_ca_name`]): its subject
+    /// is "<domain> temporary <name> CA", its files `<name>-ca.crt` and
+    /// `<name>-ca.key`, and the sealed copy keys it by that name.
+    Intermediate(&'static str),
+}
+
+/// A CA's certificate and key, PEM, as the sealed copy carries them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaPems {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Deliberately omits the key, as [`Ca`]'s does.
+impl fmt::Debug for CaPems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaPems")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"[private]")
+            .finish()
+    }
 }
 
 /// One signing CA: its certificate and (private) issuer.
@@ -183,7 +211,7 @@ impl Ca {
     }
 
     /// The temporary root under `key`: path length 1, so it can sign the
-    /// etcd CA and nothing can hang below that. The same key and domain
+    /// intermediates and nothing can hang below them. The same key and domain
     /// give the same subject and key identifier, so a root issued again
     /// (renewed) verifies every certificate the earlier one signed.
     fn root_with(
@@ -414,40 +442,170 @@ impl Ca {
     }
 }
 
-/// The temporary root and the etcd CA under it.
+/// The temporary root and the intermediates under it, by name.
 #[derive(Debug)]
 pub struct TempCa {
     pub root: Ca,
-    pub etcd: Ca,
+    intermediates: BTreeMap<String, Ca>,
 }
 
 const ROOT_CERT: &str = "ca.crt";
 const ROOT_KEY: &str = "ca.key";
-const ETCD_CERT: &str = "etcd-ca.crt";
-const ETCD_KEY: &str = "etcd-ca.key";
+/// Which intermediates the store holds, so that one lost is found
+/// damaged rather than made anew (its service would stop trusting every
+/// certificate of the site).
+const LAYOUT: &str = "layout.json";
+
+/// The CA directory's [`LAYOUT`] file. A directory without one is of
+/// version 1: the root and the etcd CA, as every release before it wrote.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Layout {
+    version: u32,
+    intermediates: Vec<String>,
+}
+
+impl Layout {
+    const VERSION: u32 = 2;
+    /// The one intermediate of a version 1 store: frozen history, not the
+    /// plan's (which may name more).
+    const VERSION_1_INTERMEDIATES: &[&str] = &["etcd"];
+
+    /// The intermediates the store in `dir` holds, if it holds a root.
+    fn read(dir: &Path) -> anyhow::Result<Vec<String>> {
+        match crate::fsutil::read_json::<Layout>(&dir.join(LAYOUT))? {
+            None => Ok(Layout::VERSION_1_INTERMEDIATES
+                .iter()
+                .map(|n| n.to_string())
+                .collect()),
+            Some(layout) if layout.version > Layout::VERSION => bail!(
+                "{} has version {}, but this firstboot reads up to version {}",
+                dir.join(LAYOUT).display(),
+                layout.version,
+                Layout::VERSION
+            ),
+            Some(layout) => Ok(layout.intermediates),
+        }
+    }
+}
+
+/// An intermediate's certificate and key files in the CA directory:
+/// `<name>-ca.crt` and `<name>-ca.key` (so the etcd CA's are where every
+/// release kept them).
+fn intermediate_files(name: &str) -> (String, String) {
+    (format!("{name}-ca.crt"), format!("{name}-ca.key"))
+}
+
+/// An intermediate's name: a lowercase DNS label, as it goes into file
+/// names and a subject (a name from the sealed copy is checked too, so
+/// none reaches a path unchecked).
+pub fn check_ca_name(name: &str) -> anyhow::Result<()> {
+    let fine = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !fine {
+        bail!("{name:?} is not a name for a temporary CA (a lowercase DNS label)");
+    }
+    Ok(())
+}
 
 impl TempCa {
-    pub fn create(domain: &str) -> anyhow::Result<TempCa> {
+    /// New CAs: the root, and an intermediate for each of `intermediates`
+    /// (the certificate plan's, `Plan::intermediates`).
+    pub fn create(domain: &str, intermediates: &[&str]) -> anyhow::Result<TempCa> {
         let now = OffsetDateTime::now_utc();
-        TempCa::create_valid(domain, now - BACKDATE, now + CA_LIFETIME)
+        TempCa::create_valid(domain, intermediates, now - BACKDATE, now + CA_LIFETIME)
     }
 
     /// New CAs valid from `not_before` to `not_after` (tests make CAs near
     /// their end with it).
     pub fn create_valid(
         domain: &str,
+        intermediates: &[&str],
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> anyhow::Result<TempCa> {
         let root = Ca::root_with(domain, new_key()?, not_before, not_after)?;
-        let etcd = root.intermediate_with(domain, "etcd", new_key()?, not_before, not_after)?;
-        Ok(TempCa { root, etcd })
+        let mut ca = TempCa {
+            root,
+            intermediates: BTreeMap::new(),
+        };
+        ca.complete_valid(domain, intermediates, not_before, not_after)?;
+        Ok(ca)
+    }
+
+    /// Add an intermediate for each of `names` this CA lacks, valid as
+    /// the root is; the names added (none when every one was there).
+    /// How a site whose CA predates a row of the plan gets that row's
+    /// intermediate: the root and the others stay as they are.
+    pub fn complete(&mut self, domain: &str, names: &[&str]) -> anyhow::Result<Vec<String>> {
+        let (not_before, not_after) = (self.root.not_before, self.root.not_after);
+        self.complete_valid(domain, names, not_before, not_after)
+    }
+
+    fn complete_valid(
+        &mut self,
+        domain: &str,
+        names: &[&str],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut added = Vec::new();
+        for &name in names {
+            check_ca_name(name)?;
+            if self.intermediates.contains_key(name) {
+                continue;
+            }
+            let ca =
+                self.root
+                    .intermediate_with(domain, name, new_key()?, not_before, not_after)?;
+            self.intermediates.insert(name.to_owned(), ca);
+            added.push(name.to_owned());
+        }
+        Ok(added)
+    }
+
+    /// The CA `signer` names; an error if this CA has no such
+    /// intermediate (one the plan names is added by [`TempCa::complete`]).
+    pub fn signer(&self, signer: Signer) -> anyhow::Result<&Ca> {
+        match signer {
+            Signer::Root => Ok(&self.root),
+            Signer::Intermediate(name) => self.intermediates.get(name).ok_or_else(|| {
+                anyhow!(
+                    "the temporary CAs have no {name} CA (they hold {:?})",
+                    self.names()
+                )
+            }),
+        }
+    }
+
+    /// The intermediates' names.
+    pub fn names(&self) -> Vec<&str> {
+        self.intermediates.keys().map(String::as_str).collect()
+    }
+
+    /// The intermediates, as the sealed copy carries them.
+    pub fn intermediate_pems(&self) -> BTreeMap<String, CaPems> {
+        self.intermediates
+            .iter()
+            .map(|(name, ca)| {
+                let pems = CaPems {
+                    cert_pem: ca.cert_pem.clone(),
+                    key_pem: ca.key_pem(),
+                };
+                (name.clone(), pems)
+            })
+            .collect()
     }
 
     /// The same CAs (same keys, subjects and key identifiers, so every
     /// certificate signed before still verifies) issued again for a full
-    /// [`CA_LIFETIME`] from `now`, once either has lived two thirds of its
-    /// life; `None` while neither has. Nodes take the new CA certificates
+    /// [`CA_LIFETIME`] from `now`, once any has lived two thirds of its
+    /// life; `None` while none has. Nodes take the new CA certificates
     /// with their next renewal; until handoff ends them, no leaf depends
     /// on a CA's last third.
     pub fn renewed_if_due(
@@ -455,22 +613,43 @@ impl TempCa {
         domain: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<Option<TempCa>> {
-        if !self.root.due(now) && !self.etcd.due(now) {
+        if !self.root.due(now) && !self.intermediates.values().any(|ca| ca.due(now)) {
             return Ok(None);
         }
         let (not_before, not_after) = (now - BACKDATE, now + CA_LIFETIME);
         let root = Ca::root_with(domain, self.root.key_pair()?, not_before, not_after)?;
-        let etcd =
-            root.intermediate_with(domain, "etcd", self.etcd.key_pair()?, not_before, not_after)?;
-        Ok(Some(TempCa { root, etcd }))
+        let mut intermediates = BTreeMap::new();
+        for (name, ca) in &self.intermediates {
+            let again =
+                root.intermediate_with(domain, name, ca.key_pair()?, not_before, not_after)?;
+            intermediates.insert(name.clone(), again);
+        }
+        Ok(Some(TempCa {
+            root,
+            intermediates,
+        }))
     }
 
-    /// [`TempCa::load`], then [`TempCa::renewed_if_due`], saved before it
-    /// is used: what the bootstrap host's services and renewal sign with.
-    pub fn load_current(dir: &Path, domain: &str) -> anyhow::Result<Option<TempCa>> {
-        let Some(ca) = TempCa::load(dir)? else {
+    /// [`TempCa::load`], [`TempCa::complete`] with `names`, then
+    /// [`TempCa::renewed_if_due`], saved before it is used: what the
+    /// bootstrap host's services and renewal sign with. Run again, it
+    /// changes nothing.
+    pub fn load_current(
+        dir: &Path,
+        domain: &str,
+        names: &[&str],
+    ) -> anyhow::Result<Option<TempCa>> {
+        let Some(mut ca) = TempCa::load(dir, names)? else {
             return Ok(None);
         };
+        let added = ca.complete(domain, names)?;
+        if !added.is_empty() {
+            ca.save(dir)?;
+            tracing::warn!(
+                "the certificate plan names temporary CAs this site did not have: made {added:?} \
+                 under the existing root"
+            );
+        }
         match ca.renewed_if_due(domain, OffsetDateTime::now_utc())? {
             None => Ok(Some(ca)),
             Some(renewed) => {
@@ -482,14 +661,6 @@ impl TempCa {
                 );
                 Ok(Some(renewed))
             }
-        }
-    }
-
-    /// The CA `signer` names.
-    pub fn signer(&self, signer: Signer) -> &Ca {
-        match signer {
-            Signer::Root => &self.root,
-            Signer::Etcd => &self.etcd,
         }
     }
 
@@ -507,68 +678,123 @@ impl TempCa {
             crate::fsutil::write_atomic(&dir.join(name), bytes, mode)
         };
         write(ROOT_KEY, self.root.key_pem().as_bytes(), 0o600)?;
-        write(ETCD_KEY, self.etcd.key_pem().as_bytes(), 0o600)?;
+        for (name, ca) in &self.intermediates {
+            write(&intermediate_files(name).1, ca.key_pem().as_bytes(), 0o600)?;
+        }
         write(ROOT_CERT, self.root.cert_pem.as_bytes(), 0o644)?;
-        write(ETCD_CERT, self.etcd.cert_pem.as_bytes(), 0o644)?;
-        Ok(())
+        for (name, ca) in &self.intermediates {
+            write(&intermediate_files(name).0, ca.cert_pem.as_bytes(), 0o644)?;
+        }
+        // Last: until it is written, what it adds loads as a plan's new
+        // row (the files are read for every name the plan gives).
+        let layout = Layout {
+            version: Layout::VERSION,
+            intermediates: self.intermediates.keys().cloned().collect(),
+        };
+        crate::fsutil::write_json(&dir.join(LAYOUT), &layout, 0o644)
     }
 
-    /// Load from `dir`; Ok(None) if absent; an error naming the problem if
-    /// the files are damaged, mismatched, or a key is readable by others (a
-    /// CA whose key may have leaked must not sign anything).
-    pub fn load(dir: &Path) -> anyhow::Result<Option<TempCa>> {
-        let files = [ROOT_CERT, ROOT_KEY, ETCD_CERT, ETCD_KEY]
-            .map(|name| read_if_present(&dir.join(name)).map(|f| (name, f)));
-        let mut found = Vec::new();
-        for file in files {
-            found.push(file?);
+    /// Load from `dir` the root, every intermediate the store holds, and
+    /// those of `names` that are there (a store older than a row of the
+    /// plan lacks its intermediate: [`TempCa::complete`] adds it);
+    /// Ok(None) if nothing is there; an error naming the problem if the
+    /// files are damaged (an intermediate it held is gone), mismatched,
+    /// or a key is readable by others (a CA whose key may have leaked
+    /// must not sign anything).
+    pub fn load(dir: &Path, names: &[&str]) -> anyhow::Result<Option<TempCa>> {
+        let root = read_pair(dir, ROOT_CERT, ROOT_KEY)?;
+        let held = Layout::read(dir)?;
+        let mut intermediates = BTreeMap::new();
+        let every = held.iter().map(String::as_str).chain(names.iter().copied());
+        for name in every {
+            check_ca_name(name)?;
+            let (cert, key) = intermediate_files(name);
+            match read_pair(dir, &cert, &key)? {
+                Some(pems) => {
+                    intermediates.insert(name.to_owned(), pems);
+                }
+                None if root.is_some() && held.iter().any(|h| h == name) => bail!(
+                    "CA directory {} is damaged: {cert} is missing (its {LAYOUT} holds the \
+                     {name} CA)",
+                    dir.display()
+                ),
+                None => {}
+            }
         }
-        if found.iter().all(|(_, f)| f.is_none()) {
-            return Ok(None);
-        }
-        if let Some((missing, _)) = found.iter().find(|(_, f)| f.is_none()) {
+        let Some(root) = root else {
+            if intermediates.is_empty() {
+                return Ok(None);
+            }
             bail!(
-                "CA directory {} is damaged: {missing} is missing",
+                "CA directory {} is damaged: {ROOT_CERT} is missing",
                 dir.display()
             );
-        }
-        let mut text = Vec::new();
-        for (name, file) in found {
-            let (bytes, mode) = file.expect("checked above");
-            if name.ends_with(".key") && mode & 0o077 != 0 {
-                bail!(
-                    "refusing to use CA key {}: its mode is {:04o}, expected 0600",
-                    dir.join(name).display(),
-                    mode & 0o7777
-                );
-            }
-            text.push(
-                String::from_utf8(bytes)
-                    .map_err(|_| anyhow!("{} is not text", dir.join(name).display()))?,
-            );
-        }
-        let ca = TempCa::from_pems(&text[0], &text[1], &text[2], &text[3])
+        };
+        let ca = TempCa::from_pems(&root, &intermediates)
             .with_context(|| format!("the CA in {} is damaged", dir.display()))?;
         Ok(Some(ca))
     }
 
-    /// Both CAs from PEM (as the sealed copy carries them), checked: the
-    /// etcd CA must be signed by the root.
+    /// The CAs from PEM (as the sealed copy carries them), checked: each
+    /// intermediate must be a CA signed by the root, under a name
+    /// [`check_ca_name`] accepts.
     pub fn from_pems(
-        root_cert: &str,
-        root_key: &str,
-        etcd_cert: &str,
-        etcd_key: &str,
+        root: &CaPems,
+        intermediates: &BTreeMap<String, CaPems>,
     ) -> anyhow::Result<TempCa> {
-        let root = Ca::from_pems(root_cert, root_key).context("the temporary root")?;
-        let etcd = Ca::from_pems(etcd_cert, etcd_key).context("the etcd CA")?;
-        let etcd_der = pem_cert(etcd_cert)?;
-        let root_der = pem_cert(root_cert)?;
-        parse(&etcd_der)?
-            .verify_signature(Some(parse(&root_der)?.public_key()))
-            .map_err(|_| anyhow!("the etcd CA is not signed by the temporary root"))?;
-        Ok(TempCa { root, etcd })
+        let root_ca = Ca::from_pems(&root.cert_pem, &root.key_pem).context("the temporary root")?;
+        let root_der = pem_cert(&root.cert_pem)?;
+        let root_cert = parse(&root_der)?;
+        let mut cas = BTreeMap::new();
+        for (name, pems) in intermediates {
+            check_ca_name(name)?;
+            let ca = Ca::from_pems(&pems.cert_pem, &pems.key_pem)
+                .with_context(|| format!("the {name} CA"))?;
+            let der = pem_cert(&pems.cert_pem)?;
+            parse(&der)?
+                .verify_signature(Some(root_cert.public_key()))
+                .map_err(|_| anyhow!("the {name} CA is not signed by the temporary root"))?;
+            cas.insert(name.clone(), ca);
+        }
+        Ok(TempCa {
+            root: root_ca,
+            intermediates: cas,
+        })
     }
+}
+
+/// A CA's certificate and key from `dir`, or None if neither is there;
+/// an error if only one is.
+fn read_pair(dir: &Path, cert: &str, key: &str) -> anyhow::Result<Option<CaPems>> {
+    match (read_ca_file(dir, cert)?, read_ca_file(dir, key)?) {
+        (None, None) => Ok(None),
+        (Some(cert_pem), Some(key_pem)) => Ok(Some(CaPems { cert_pem, key_pem })),
+        (cert_pem, _) => {
+            let missing = if cert_pem.is_none() { cert } else { key };
+            bail!(
+                "CA directory {} is damaged: {missing} is missing",
+                dir.display()
+            )
+        }
+    }
+}
+
+/// A CA file's text, or None if it is not there; an error if it is a
+/// key others may read.
+fn read_ca_file(dir: &Path, name: &str) -> anyhow::Result<Option<String>> {
+    let path = dir.join(name);
+    let Some((bytes, mode)) = read_if_present(&path)? else {
+        return Ok(None);
+    };
+    if name.ends_with(".key") && mode & 0o077 != 0 {
+        bail!(
+            "refusing to use CA key {}: its mode is {:04o}, expected 0600",
+            path.display(),
+            mode & 0o7777
+        );
+    }
+    let text = String::from_utf8(bytes).map_err(|_| anyhow!("{} is not text", path.display()))?;
+    Ok(Some(text))
 }
 
 /// A node's new key (ECDSA P-256) and a CSR for its FQDN (SAN DNS=fqdn,

@@ -12,6 +12,7 @@
 use anyhow::{Context, Result};
 use node_contract::Phase;
 
+use crate::certs::Plan;
 use crate::paths::Paths;
 use crate::state::State;
 
@@ -23,7 +24,8 @@ pub enum Renewed {
     Renewed,
 }
 
-pub async fn run(paths: &Paths) -> Result<Renewed> {
+/// Renew this node's certificates of `plan` (`certs::PLAN`, or a test's).
+pub async fn run(paths: &Paths, plan: Plan) -> Result<Renewed> {
     let config = crate::check::load(&paths.node_json())?;
     let state = State::load(&paths.state_file())?;
     if !state.is_done(Phase::Join) {
@@ -31,8 +33,8 @@ pub async fn run(paths: &Paths) -> Result<Renewed> {
     }
     // certmonger's renewals first; a failed copy is told after the
     // temporary renewals, which it does not hold up.
-    let synced = sync_moved(paths, &config);
-    let renewed = renew_temporary(paths, &config, &state).await?;
+    let synced = sync_moved(paths, &config, plan);
+    let renewed = renew_temporary(paths, &config, plan, &state).await?;
     match (synced?, renewed) {
         (false, false) => Ok(Renewed::NothingDue),
         _ => Ok(Renewed::Renewed),
@@ -43,15 +45,17 @@ pub async fn run(paths: &Paths) -> Result<Renewed> {
 async fn renew_temporary(
     paths: &Paths,
     config: &node_contract::NodeConfig,
+    plan: Plan,
     state: &State,
 ) -> Result<bool> {
-    if !crate::certs::any_due(paths, config) {
+    if !crate::certs::any_due(paths, config, plan) {
         return Ok(false);
     }
     if config.is_bootstrap() {
-        let ca = crate::pki::TempCa::load_current(&paths.ca_dir(), config.site.domain.as_str())?
+        let domain = config.site.domain.as_str();
+        let ca = crate::pki::TempCa::load_current(&paths.ca_dir(), domain, &plan.intermediates())?
             .context("the bootstrap host's temporary CA is gone")?;
-        crate::certs::ensure_from_temporary(paths, config, &ca)?;
+        crate::certs::ensure_from_temporary(paths, config, plan, &ca)?;
         return Ok(true);
     }
     let own = state
@@ -59,7 +63,7 @@ async fn renew_temporary(
         .context("identify did not record this node's address")?;
     let bootstrap = crate::state::bootstrap_address(paths, state)
         .context("join did not record the join service's address")?;
-    crate::join::client::enroll(paths, config, bootstrap, own)
+    crate::join::client::enroll(paths, config, plan, bootstrap, own)
         .await
         .with_context(|| format!("cannot renew through the join service at {bootstrap}"))?;
     Ok(true)
@@ -67,12 +71,12 @@ async fn renew_temporary(
 
 /// certmonger's renewals of the rows moved to FreeIPA, into their slots:
 /// whether any was copied. Every row is tried before a failure is told.
-fn sync_moved(paths: &Paths, config: &node_contract::NodeConfig) -> Result<bool> {
+fn sync_moved(paths: &Paths, config: &node_contract::NodeConfig, plan: Plan) -> Result<bool> {
     use crate::certs::moved::Renewal;
     let fqdn = config.fqdn(&config.node);
     let mut copied = false;
     let mut failed = Vec::new();
-    for row in crate::certs::plan::held_by(config.role()) {
+    for row in plan.held_by(config.role()) {
         match crate::certs::moved::renewal(paths, &row.slot(paths), &fqdn) {
             Ok(Renewal::Synced { copied: true }) => {
                 tracing::info!(

@@ -17,7 +17,7 @@ use node_contract::{HostName, NodeConfig};
 use tokio::sync::Mutex;
 
 use crate::bootstrap::{Discovery, Settled};
-use crate::certs::plan;
+use crate::certs::{plan, PLAN};
 use crate::dns::{DnsServer, ZoneData, DNS_PORT};
 use crate::join::protocol::{AdmissionRule, Site};
 use crate::join::server::Registrar;
@@ -66,7 +66,7 @@ impl Services {
         settled: Settled,
         reporter: Reporter,
     ) -> Result<Services> {
-        crate::certs::ensure_from_temporary(paths, config, &settled.ca)?;
+        crate::certs::ensure_from_temporary(paths, config, PLAN, &settled.ca)?;
         let restored = settled.restored;
         let zone = ZoneData {
             domain: config.site.domain.clone(),
@@ -93,6 +93,7 @@ impl Services {
             paths: paths.clone(),
             site: Site::of(config),
             me: Credentials::of(config),
+            plan: PLAN,
             ca: settled.ca,
             dns: Some(dns),
             dns_address: own,

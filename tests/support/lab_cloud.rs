@@ -163,7 +163,7 @@ impl LabCloud {
         lab.record_helper(moto.pid()).unwrap();
 
         // Spaces: a lab CA for the Internet's names, trusted by Ignition.
-        let ca = firstboot::pki::TempCa::create("digitaloceanspaces.com").unwrap();
+        let ca = firstboot::pki::TempCa::create("digitaloceanspaces.com", &[]).unwrap();
         let ca_bundle = dir.path().join("ca-bundle.pem");
         std::fs::write(&ca_bundle, ca.root.cert_pem()).unwrap();
         let mut hosts = String::from("127.0.0.1 localhost\n");

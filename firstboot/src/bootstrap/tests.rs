@@ -21,10 +21,11 @@ fn at(octet: u8) -> Ipv4Addr {
 fn backup(generation: u64) -> CaBackup {
     CaBackup {
         generation,
-        root_cert_pem: String::new(),
-        root_key_pem: String::new(),
-        etcd_cert_pem: String::new(),
-        etcd_key_pem: String::new(),
+        root: crate::pki::CaPems {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        },
+        intermediates: BTreeMap::new(),
         registry: [
             (name("node1"), at(10)),
             (name("node2"), at(11)),

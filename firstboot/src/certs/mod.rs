@@ -20,7 +20,7 @@ use crate::pki::{self, Ca, TempCa};
 pub mod moved;
 pub mod plan;
 
-pub use plan::CertPurpose;
+pub use plan::{CertPurpose, Plan, PLAN};
 
 /// One certificate's files (a plan row's, on this node).
 #[derive(Debug, Clone)]
@@ -31,22 +31,27 @@ pub struct Slot {
     pub ca: PathBuf,
 }
 
-/// Whether any certificate this node holds from the temporary CA is due
-/// (see [`Slot::due`]).
-pub fn any_due(paths: &Paths, config: &NodeConfig) -> bool {
+/// Whether any certificate of `plan` this node holds from the temporary
+/// CA (not moved to FreeIPA) is due (see [`Slot::due`]).
+pub fn any_due(paths: &Paths, config: &NodeConfig, plan: Plan) -> bool {
     let fqdn = config.fqdn(&config.node);
-    moved::temporary_rows(paths, config.role())
+    moved::temporary_rows(paths, plan, config.role())
         .into_iter()
         .any(|row| row.slot(paths).due(&fqdn))
 }
 
-/// The bootstrap host's own certificates, every row of the plan it holds
-/// that has not moved to FreeIPA, from the temporary CAs, where due.
-pub fn ensure_from_temporary(paths: &Paths, config: &NodeConfig, ca: &TempCa) -> Result<()> {
+/// The bootstrap host's own certificates, every row of `plan` it holds
+/// that has not moved to FreeIPA, each from its row's temporary CA, where
+/// due.
+pub fn ensure_from_temporary(
+    paths: &Paths,
+    config: &NodeConfig,
+    plan: Plan,
+    ca: &TempCa,
+) -> Result<()> {
     let fqdn = config.fqdn(&config.node);
-    for row in moved::temporary_rows(paths, config.role()) {
-        row.slot(paths)
-            .ensure_from(ca.signer(row.issuer.temporary), &fqdn)?;
+    for row in moved::temporary_rows(paths, plan, config.role()) {
+        row.slot(paths).ensure_from(row.temporary_ca(ca)?, &fqdn)?;
     }
     Ok(())
 }
@@ -146,22 +151,24 @@ mod tests {
     fn a_slot_keeps_its_key_and_renews_only_when_due() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::under(dir.path());
-        let ca = pki::TempCa::create("lab.example.org").unwrap();
+        let ca = pki::TempCa::create("lab.example.org", &PLAN.intermediates()).unwrap();
+        let etcd = plan::ETCD.temporary_ca(&ca).unwrap();
         let slot = plan::ETCD.slot(&paths);
         let fqdn = "node1.lab.example.org";
         assert!(slot.due(fqdn));
-        assert!(slot.ensure_from(&ca.etcd, fqdn).unwrap());
+        assert!(slot.ensure_from(etcd, fqdn).unwrap());
         let key = std::fs::read_to_string(&slot.key).unwrap();
         let cert = std::fs::read_to_string(&slot.cert).unwrap();
         assert!(!slot.due(fqdn));
         assert!(
-            !slot.ensure_from(&ca.etcd, fqdn).unwrap(),
+            !slot.ensure_from(etcd, fqdn).unwrap(),
             "renewed when not due"
         );
         // Another CA: the certificate is not usable under it, so renewed,
         // with the same key.
-        let other = pki::TempCa::create("lab.example.org").unwrap();
-        assert!(slot.ensure_from(&other.etcd, fqdn).unwrap());
+        let other = pki::TempCa::create("lab.example.org", &PLAN.intermediates()).unwrap();
+        let other = plan::ETCD.temporary_ca(&other).unwrap();
+        assert!(slot.ensure_from(other, fqdn).unwrap());
         assert_eq!(std::fs::read_to_string(&slot.key).unwrap(), key);
         assert_ne!(std::fs::read_to_string(&slot.cert).unwrap(), cert);
         use std::os::unix::fs::PermissionsExt;

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use node_contract::Role;
 use serde::{Deserialize, Serialize};
 
-use super::plan::{self, Row};
+use super::plan::{Plan, Row};
 use super::{CertPurpose, Slot};
 use crate::paths::Paths;
 
@@ -57,8 +57,8 @@ impl Moved {
 /// its role holds whose move to FreeIPA has not begun. A record that
 /// cannot be read counts as a move begun: signing from the temporary CA
 /// could undo a move, leaving a certificate alone cannot.
-pub fn temporary_rows(paths: &Paths, role: Role) -> Vec<&'static Row> {
-    plan::held_by(role)
+pub fn temporary_rows(paths: &Paths, plan: Plan, role: Role) -> Vec<&'static Row> {
+    plan.held_by(role)
         .filter(|row| match Moved::load(paths, row.purpose) {
             Ok(None) => true,
             Ok(Some(_)) => false,
@@ -128,6 +128,7 @@ pub fn renewal(paths: &Paths, slot: &Slot, fqdn: &str) -> Result<Renewal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::certs::plan;
 
     /// Renewal leaves a moving row alone, and copies a moved row's renewal
     /// only when it checks under the new issuer for the slot's key.
@@ -139,13 +140,16 @@ mod tests {
         let fqdn = "node1.lab.example.org";
         assert_eq!(renewal(&paths, &slot, fqdn).unwrap(), Renewal::Temporary);
 
-        let old = crate::pki::TempCa::create("lab.example.org").unwrap();
-        let new = crate::pki::TempCa::create("lab.example.org").unwrap();
-        slot.ensure_from(&old.etcd, fqdn).unwrap();
+        let old =
+            crate::pki::TempCa::create("lab.example.org", &plan::PLAN.intermediates()).unwrap();
+        let new =
+            crate::pki::TempCa::create("lab.example.org", &plan::PLAN.intermediates()).unwrap();
+        slot.ensure_from(plan::ETCD.temporary_ca(&old).unwrap(), fqdn)
+            .unwrap();
         let staged_cert = root.path().join("staged/member.crt");
         let mut moved = Moved {
-            old_ca: old.etcd.cert_pem().to_owned(),
-            new_ca: new.etcd.cert_pem().to_owned(),
+            old_ca: plan::ETCD.temporary_ca(&old).unwrap().cert_pem().to_owned(),
+            new_ca: plan::ETCD.temporary_ca(&new).unwrap().cert_pem().to_owned(),
             staged_cert: staged_cert.clone(),
             staged_key: root.path().join("staged/member.key"),
             done: false,
@@ -168,11 +172,16 @@ mod tests {
         };
         // From the wrong CA: refused, the slot unchanged.
         let before = std::fs::read_to_string(&slot.cert).unwrap();
-        crate::fsutil::write_atomic(&staged_cert, issue(&old.etcd).as_bytes(), 0o644).unwrap();
+        crate::fsutil::write_atomic(
+            &staged_cert,
+            issue(plan::ETCD.temporary_ca(&old).unwrap()).as_bytes(),
+            0o644,
+        )
+        .unwrap();
         assert!(renewal(&paths, &slot, fqdn).is_err());
         assert_eq!(std::fs::read_to_string(&slot.cert).unwrap(), before);
         // From the new one: copied, once.
-        let good = issue(&new.etcd);
+        let good = issue(plan::ETCD.temporary_ca(&new).unwrap());
         crate::fsutil::write_atomic(&staged_cert, good.as_bytes(), 0o644).unwrap();
         assert_eq!(
             renewal(&paths, &slot, fqdn).unwrap(),
@@ -187,8 +196,9 @@ mod tests {
         let fresh = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         crate::fsutil::write_atomic(&moved.staged_key, fresh.serialize_pem().as_bytes(), 0o600)
             .unwrap();
-        let rekeyed = new
-            .etcd
+        let rekeyed = plan::ETCD
+            .temporary_ca(&new)
+            .unwrap()
             .certify_key(
                 &rcgen::PublicKeyData::subject_public_key_info(&fresh),
                 fqdn,
@@ -206,7 +216,12 @@ mod tests {
             std::fs::read_to_string(&slot.key).unwrap(),
             fresh.serialize_pem()
         );
-        slot.check(&rekeyed, new.etcd.cert_pem(), fqdn).unwrap();
+        slot.check(
+            &rekeyed,
+            plan::ETCD.temporary_ca(&new).unwrap().cert_pem(),
+            fqdn,
+        )
+        .unwrap();
     }
 
     /// Once a row's move begins, nothing signs it from the temporary CA
@@ -218,13 +233,14 @@ mod tests {
         let paths = Paths::under(root.path());
         let config = crate::phases::tests::lab_config("node1");
         assert_eq!(config.role(), Role::Core);
-        let ca = crate::pki::TempCa::create("lab.example.org").unwrap();
-        crate::certs::ensure_from_temporary(&paths, &config, &ca).unwrap();
+        let ca =
+            crate::pki::TempCa::create("lab.example.org", &plan::PLAN.intermediates()).unwrap();
+        crate::certs::ensure_from_temporary(&paths, &config, plan::PLAN, &ca).unwrap();
         let etcd = plan::ETCD.slot(&paths);
         let identity = plan::IDENTITY.slot(&paths);
         let before = std::fs::read_to_string(&etcd.cert).unwrap();
         Moved {
-            old_ca: ca.etcd.cert_pem().to_owned(),
+            old_ca: plan::ETCD.temporary_ca(&ca).unwrap().cert_pem().to_owned(),
             new_ca: String::new(),
             staged_cert: root.path().join("staged.crt"),
             staged_key: root.path().join("staged.key"),
@@ -232,15 +248,16 @@ mod tests {
         }
         .save(&paths, CertPurpose::Etcd)
         .unwrap();
-        let rows: Vec<_> = temporary_rows(&paths, Role::Core)
+        let rows: Vec<_> = temporary_rows(&paths, plan::PLAN, Role::Core)
             .iter()
             .map(|r| r.purpose)
             .collect();
         assert_eq!(rows, [CertPurpose::Identity]);
         // Another temporary CA: identity is re-signed, etcd left alone.
-        let other = crate::pki::TempCa::create("lab.example.org").unwrap();
+        let other =
+            crate::pki::TempCa::create("lab.example.org", &plan::PLAN.intermediates()).unwrap();
         let identity_before = std::fs::read_to_string(&identity.cert).unwrap();
-        crate::certs::ensure_from_temporary(&paths, &config, &other).unwrap();
+        crate::certs::ensure_from_temporary(&paths, &config, plan::PLAN, &other).unwrap();
         assert_ne!(
             std::fs::read_to_string(&identity.cert).unwrap(),
             identity_before
@@ -248,6 +265,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&etcd.cert).unwrap(), before);
         // An unreadable record counts as a move begun.
         std::fs::write(paths.state_dir().join("handoff/etcd.json"), "{").unwrap();
-        assert_eq!(temporary_rows(&paths, Role::Core).len(), 1);
+        assert_eq!(temporary_rows(&paths, plan::PLAN, Role::Core).len(), 1);
     }
 }

@@ -1,15 +1,17 @@
 //! The certificate plan: every certificate a node holds is one row here
 //! (ARCHITECTURE §5, phase 6). Join (the CSRs a node sends, what the
-//! join service signs, what the node installs), renewal, the bootstrap
-//! host's own certificates and the handoff to FreeIPA all read this
-//! table; adding a certificate (Kubernetes' next) adds a row, not an edit
+//! join service signs, what the node installs), renewal, the temporary
+//! CAs, the bootstrap host's own certificates and the handoff to FreeIPA
+//! all read this table; adding a certificate (Kubernetes' next) adds a row, not an edit
 //! in each of them.
 //!
 //! A row says:
 //! - **purpose**: what the certificate is for, and the key under which
 //!   join's messages carry its CSR and certificate;
 //! - **holders**: which nodes hold one (every node, or core hosts only);
-//! - **issuer**: the temporary CA that signs it until handoff, and the
+//! - **issuer**: the temporary CA that signs it until handoff (the root,
+//!   or an intermediate named here: `pki::TempCa` holds one for every
+//!   name the plan gives, and makes it for a row added later), and the
 //!   FreeIPA CA that does after (a lightweight sub-CA per service, so
 //!   that what one service trusts is not what another's certificates
 //!   chain to);
@@ -23,13 +25,14 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use node_contract::Role;
 use serde::{Deserialize, Serialize};
 
 use super::Slot;
 use crate::freeipa::ServiceCa;
 use crate::paths::Paths;
-use crate::pki::Signer;
+use crate::pki::{Ca, Signer, TempCa};
 
 /// What a certificate is for. Join's request and answer carry CSRs and
 /// certificates keyed by it (kebab-case on the wire).
@@ -42,6 +45,10 @@ pub enum CertPurpose {
     Identity,
     /// An etcd member's certificate, as server, peer and client.
     Etcd,
+    /// A kind only tests' plans hold ([`tests::WITH_TEST_ONLY`]): it shows
+    /// that a row is all a new kind needs.
+    #[cfg(test)]
+    TestOnly,
 }
 
 impl std::fmt::Display for CertPurpose {
@@ -49,6 +56,8 @@ impl std::fmt::Display for CertPurpose {
         f.write_str(match self {
             CertPurpose::Identity => "identity",
             CertPurpose::Etcd => "etcd",
+            #[cfg(test)]
+            CertPurpose::TestOnly => "test-only",
         })
     }
 }
@@ -182,7 +191,7 @@ pub const ETCD: Row = Row {
     purpose: CertPurpose::Etcd,
     holders: Holders::CoreOnly,
     issuer: Issuer {
-        temporary: Signer::Etcd,
+        temporary: Signer::Intermediate("etcd"),
         freeipa: FreeipaIssuer::SubCa(ServiceCa::Etcd),
     },
     names: Names::NodeFqdn,
@@ -196,22 +205,61 @@ pub const ETCD: Row = Row {
     renewal: RENEWED_BY_FIRSTBOOT_THEN_CERTMONGER,
 };
 
-/// The plan, in the order a node makes its keys.
-pub const PLAN: &[Row] = &[IDENTITY, ETCD];
-
-/// The rows a node of `role` holds.
-pub fn held_by(role: Role) -> impl Iterator<Item = &'static Row> {
-    PLAN.iter().filter(move |row| row.holders.include(role))
+/// A certificate plan: its rows, in the order a node makes its keys.
+/// Whatever iterates over the kinds of certificate (join's CSRs and
+/// signing, renewal, the temporary CAs) takes one, [`PLAN`] in
+/// production, so that tests can hand it a plan with a kind of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    rows: &'static [Row],
 }
 
-/// The row for `purpose`.
-pub fn row(purpose: CertPurpose) -> &'static Row {
-    PLAN.iter()
-        .find(|row| row.purpose == purpose)
-        .expect("every purpose has a row (plan::tests)")
+/// The plan.
+pub const PLAN: Plan = Plan::new(&[IDENTITY, ETCD]);
+
+impl Plan {
+    pub const fn new(rows: &'static [Row]) -> Plan {
+        Plan { rows }
+    }
+
+    pub fn rows(self) -> &'static [Row] {
+        self.rows
+    }
+
+    /// The rows a node of `role` holds.
+    pub fn held_by(self, role: Role) -> impl Iterator<Item = &'static Row> {
+        self.rows
+            .iter()
+            .filter(move |row| row.holders.include(role))
+    }
+
+    /// The row for `purpose`, if this plan has one.
+    pub fn row(self, purpose: CertPurpose) -> Option<&'static Row> {
+        self.rows.iter().find(|row| row.purpose == purpose)
+    }
+
+    /// The temporary intermediates its rows name, each once: what the
+    /// temporary CA holds besides its root.
+    pub fn intermediates(self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        for row in self.rows {
+            if let Signer::Intermediate(name) = row.issuer.temporary {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
 }
 
 impl Row {
+    /// The temporary CA that signs this row's certificates, among `ca`'s.
+    pub fn temporary_ca<'a>(&self, ca: &'a TempCa) -> anyhow::Result<&'a Ca> {
+        ca.signer(self.issuer.temporary)
+            .with_context(|| format!("signing {} certificates", self.purpose))
+    }
+
     /// This row's files on a node.
     pub fn slot(&self, paths: &Paths) -> Slot {
         let dir: PathBuf = paths.under_root(&format!("/etc/firstboot/{}", self.files.dir));
@@ -225,59 +273,121 @@ impl Row {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
 
-    const ALL_PURPOSES: [CertPurpose; 2] = [CertPurpose::Identity, CertPurpose::Etcd];
+    /// A kind of certificate only tests know: held by every node, signed
+    /// by a temporary intermediate of its own, and by FreeIPA's containers
+    /// sub-CA after handoff (no production row uses it). Adding it is the
+    /// whole change a new kind takes until handoff: this row, and its
+    /// purpose above (handoff's move to FreeIPA is etcd's alone so far).
+    pub(crate) const TEST_ONLY: Row = Row {
+        purpose: CertPurpose::TestOnly,
+        holders: Holders::Every,
+        issuer: Issuer {
+            temporary: Signer::Intermediate("test-only"),
+            freeipa: FreeipaIssuer::SubCa(ServiceCa::Containers),
+        },
+        names: Names::NodeFqdn,
+        files: Files {
+            dir: "test-only",
+            key: "test.key",
+            cert: "test.crt",
+            trust: "ca.crt",
+        },
+        trusted_by: TrustedBy::SiteServices,
+        renewal: RENEWED_BY_FIRSTBOOT_THEN_CERTMONGER,
+    };
+
+    /// The plan with one row more.
+    pub(crate) const WITH_TEST_ONLY: Plan = Plan::new(&[IDENTITY, ETCD, TEST_ONLY]);
+
+    /// The etcd row's temporary CA, for tests that make etcd members.
+    pub(crate) fn etcd_ca(ca: &TempCa) -> &Ca {
+        ETCD.temporary_ca(ca).unwrap()
+    }
+
+    /// Every plan the tests check: the production one, and the one with
+    /// the test-only kind, each with the purposes it must cover.
+    const PLANS: [(Plan, &[CertPurpose]); 2] = [
+        (PLAN, &[CertPurpose::Identity, CertPurpose::Etcd]),
+        (
+            WITH_TEST_ONLY,
+            &[
+                CertPurpose::Identity,
+                CertPurpose::Etcd,
+                CertPurpose::TestOnly,
+            ],
+        ),
+    ];
 
     #[test]
     fn every_purpose_has_exactly_one_row() {
-        for purpose in ALL_PURPOSES {
-            assert_eq!(
-                PLAN.iter().filter(|r| r.purpose == purpose).count(),
-                1,
-                "{purpose}"
-            );
-            assert_eq!(row(purpose).purpose, purpose);
+        for (plan, purposes) in PLANS {
+            for &purpose in purposes {
+                assert_eq!(
+                    plan.rows().iter().filter(|r| r.purpose == purpose).count(),
+                    1,
+                    "{purpose}"
+                );
+                assert_eq!(plan.row(purpose).map(|r| r.purpose), Some(purpose));
+            }
+            assert_eq!(plan.rows().len(), purposes.len());
         }
-        assert_eq!(PLAN.len(), ALL_PURPOSES.len());
+        assert_eq!(PLAN.row(CertPurpose::TestOnly), None);
     }
 
     #[test]
     fn no_two_rows_share_a_file_or_an_issuer() {
         let paths = Paths::under(std::path::Path::new("/n"));
-        let mut files = BTreeSet::new();
-        for row in PLAN {
-            let slot = row.slot(&paths);
-            for path in [slot.key, slot.cert, slot.ca] {
-                assert!(files.insert(path.clone()), "{} twice", path.display());
+        for (plan, _) in PLANS {
+            let mut files = BTreeSet::new();
+            for row in plan.rows() {
+                let slot = row.slot(&paths);
+                for path in [slot.key, slot.cert, slot.ca] {
+                    assert!(files.insert(path.clone()), "{} twice", path.display());
+                }
+            }
+            // What one purpose's holders trust is signed by no other
+            // row's issuer, before handoff and after.
+            let temporary: BTreeSet<_> = plan.rows().iter().map(|r| r.issuer.temporary).collect();
+            assert_eq!(temporary.len(), plan.rows().len());
+            let freeipa: Vec<_> = plan.rows().iter().map(|r| r.issuer.freeipa).collect();
+            for (i, a) in freeipa.iter().enumerate() {
+                assert!(!freeipa[i + 1..].contains(a), "{a:?} issues two rows");
             }
         }
-        // What one purpose's holders trust is signed by no other row's
-        // issuer, before handoff and after.
-        let temporary: BTreeSet<_> = PLAN.iter().map(|r| r.issuer.temporary).collect();
-        assert_eq!(temporary.len(), PLAN.len());
-        let freeipa: Vec<_> = PLAN.iter().map(|r| r.issuer.freeipa).collect();
-        for (i, a) in freeipa.iter().enumerate() {
-            assert!(!freeipa[i + 1..].contains(a), "{a:?} issues two rows");
+    }
+
+    #[test]
+    fn the_temporary_intermediates_are_the_rows_and_named_for_files() {
+        // Existing sites hold exactly the root and `etcd-ca.*` on disk.
+        assert_eq!(PLAN.intermediates(), ["etcd"]);
+        assert_eq!(WITH_TEST_ONLY.intermediates(), ["etcd", "test-only"]);
+        for (plan, _) in PLANS {
+            for name in plan.intermediates() {
+                crate::pki::check_ca_name(name).unwrap();
+            }
         }
     }
 
     #[test]
     fn a_worker_holds_its_identity_and_nothing_of_etcd() {
-        let worker: Vec<_> = held_by(Role::Worker).map(|r| r.purpose).collect();
+        let worker: Vec<_> = PLAN.held_by(Role::Worker).map(|r| r.purpose).collect();
         assert_eq!(worker, [CertPurpose::Identity]);
-        let core: Vec<_> = held_by(Role::Core).map(|r| r.purpose).collect();
+        let core: Vec<_> = PLAN.held_by(Role::Core).map(|r| r.purpose).collect();
         assert_eq!(core, [CertPurpose::Identity, CertPurpose::Etcd]);
     }
 
     #[test]
     fn every_freeipa_sub_ca_of_a_row_is_one_handoff_creates() {
-        for row in PLAN {
-            if let FreeipaIssuer::SubCa(ca) = row.issuer.freeipa {
-                assert!(ServiceCa::ALL.contains(&ca), "{ca:?}");
+        for (plan, _) in PLANS {
+            for row in plan.rows() {
+                if let FreeipaIssuer::SubCa(ca) = row.issuer.freeipa {
+                    assert!(ServiceCa::ALL.contains(&ca), "{ca:?}");
+                }
             }
         }
     }
@@ -300,5 +410,14 @@ mod tests {
             serde_json::to_string(&CertPurpose::Etcd).unwrap(),
             "\"etcd\""
         );
+        // Display and the wire agree, for every kind.
+        for (plan, _) in PLANS {
+            for row in plan.rows() {
+                assert_eq!(
+                    serde_json::to_string(&row.purpose).unwrap(),
+                    format!("\"{}\"", row.purpose)
+                );
+            }
+        }
     }
 }

@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
 
 use super::*;
+use crate::certs::plan::tests::{etcd_ca, WITH_TEST_ONLY};
+use crate::certs::plan::ETCD;
 use crate::pki::TempCa;
 
 const NAME: &str = "node1.lab.example.org";
@@ -33,7 +35,7 @@ fn loopback() -> Ipv4Addr {
 /// (skipped) when etcd is not installed.
 pub(crate) fn start_etcd(client: SocketAddr, peer: SocketAddr, ca: &TempCa) -> Option<Etcd> {
     let data = tempfile::tempdir().unwrap();
-    let member = ca.etcd.issue(NAME).unwrap();
+    let member = etcd_ca(ca).issue(NAME).unwrap();
     let write = |name: &str, text: &str| {
         let path = data.path().join(name);
         std::fs::write(&path, text).unwrap();
@@ -42,7 +44,7 @@ pub(crate) fn start_etcd(client: SocketAddr, peer: SocketAddr, ca: &TempCa) -> O
     let (cert, key, trust) = (
         write("member.crt", &member.cert_pem),
         write("member.key", &member.key_pem),
-        write("ca.crt", ca.etcd.cert_pem()),
+        write("ca.crt", etcd_ca(ca).cert_pem()),
     );
     let peer = format!("https://{peer}");
     let spawned = Command::new("etcd")
@@ -86,13 +88,13 @@ fn endpoint(address: Ipv4Addr) -> Endpoint {
 /// A client of the member at `address`, with an etcd certificate of its
 /// own, as a core host has.
 pub(crate) fn client_of(ca: &TempCa, address: SocketAddr) -> Client {
-    let mine = ca.etcd.issue("node2.lab.example.org").unwrap();
+    let mine = etcd_ca(ca).issue("node2.lab.example.org").unwrap();
     let endpoint = Endpoint {
         name: NAME.to_owned(),
         address,
     };
     Client::new(
-        ca.etcd.cert_pem(),
+        etcd_ca(ca).cert_pem(),
         &mine.cert_pem,
         &mine.key_pem,
         vec![endpoint],
@@ -116,7 +118,7 @@ pub(crate) async fn wait_ready(client: &Client) -> Status {
 
 #[tokio::test]
 async fn the_client_speaks_etcd_s_json_gateway() {
-    let ca = TempCa::create("lab.example.org").unwrap();
+    let ca = TempCa::create("lab.example.org", &WITH_TEST_ONLY.intermediates()).unwrap();
     let address = loopback();
     let at = |port| SocketAddr::new(IpAddr::V4(address), port);
     let Some(_etcd) = start_etcd(at(2379), at(2380), &ca) else {
@@ -178,23 +180,31 @@ async fn the_client_speaks_etcd_s_json_gateway() {
     assert_eq!(members[0].peer_urls, [format!("https://{address}:2380")]);
     assert!(!members[0].is_learner);
 
-    // A certificate from another CA of the site (a node's identity, from
-    // the temporary root) opens nothing; nor does a server whose
-    // certificate is not under the CA the client trusts.
-    let identity = ca.root.issue("node4.lab.example.org").unwrap();
-    let stranger = Client::new(
-        ca.etcd.cert_pem(),
-        &identity.cert_pem,
-        &identity.key_pem,
-        vec![endpoint(address)],
-    )
-    .unwrap();
-    let refused = format!("{:#}", stranger.get(b"/site/a").await.unwrap_err());
-    assert!(refused.contains("no etcd member answered"), "{refused}");
-    let other = TempCa::create("lab.example.org").unwrap();
-    let mine = ca.etcd.issue("node2.lab.example.org").unwrap();
+    // A certificate from another CA of the site (any other row of the
+    // plan's: a node's identity, from the temporary root, or the test-only
+    // kind's, from its own intermediate) opens nothing; nor does a server
+    // whose certificate is not under the CA the client trusts.
+    for row in WITH_TEST_ONLY.rows().iter().filter(|r| **r != ETCD) {
+        let other_row = row.temporary_ca(&ca).unwrap();
+        let stranger = other_row.issue("node4.lab.example.org").unwrap();
+        let stranger = Client::new(
+            etcd_ca(&ca).cert_pem(),
+            &stranger.cert_pem,
+            &stranger.key_pem,
+            vec![endpoint(address)],
+        )
+        .unwrap();
+        let refused = format!("{:#}", stranger.get(b"/site/a").await.unwrap_err());
+        assert!(
+            refused.contains("no etcd member answered"),
+            "{}: {refused}",
+            row.purpose
+        );
+    }
+    let other = TempCa::create("lab.example.org", &crate::certs::PLAN.intermediates()).unwrap();
+    let mine = etcd_ca(&ca).issue("node2.lab.example.org").unwrap();
     let wary = Client::new(
-        other.etcd.cert_pem(),
+        etcd_ca(&other).cert_pem(),
         &mine.cert_pem,
         &mine.key_pem,
         vec![endpoint(address)],

@@ -26,7 +26,8 @@ fn free_port() -> u16 {
 /// core host, and a client of it; None (the test skips) when there is no
 /// etcd here.
 async fn etcd() -> Option<(crate::etcd::tests::Etcd, Client)> {
-    let ca = crate::pki::TempCa::create("lab.example.org").unwrap();
+    let ca =
+        crate::pki::TempCa::create("lab.example.org", &crate::certs::PLAN.intermediates()).unwrap();
     let at = |port| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
     let (client, peer) = (at(free_port()), at(free_port()));
     let server = crate::etcd::tests::start_etcd(client, peer, &ca)?;
@@ -474,11 +475,11 @@ async fn the_server_binds_ids_refuses_during_assembly_and_gates_core_hosts() {
 fn identity_files(root: &std::path::Path, ca: &crate::pki::TempCa, fqdn: &str) {
     let paths = crate::paths::Paths::under(root);
     let slot = crate::certs::plan::IDENTITY.slot(&paths);
-    let cert = ca.signer(crate::pki::Signer::Root).issue(fqdn).unwrap();
+    let cert = ca.root.issue(fqdn).unwrap();
     std::fs::create_dir_all(paths.tls_dir()).unwrap();
     std::fs::write(&slot.cert, &cert.cert_pem).unwrap();
     std::fs::write(&slot.key, &cert.key_pem).unwrap();
-    std::fs::write(&slot.ca, ca.signer(crate::pki::Signer::Root).cert_pem()).unwrap();
+    std::fs::write(&slot.ca, ca.root.cert_pem()).unwrap();
 }
 
 /// One plain-HTTP POST to the relay, as Zincati makes it (the header and
@@ -515,7 +516,8 @@ async fn a_worker_reaches_the_lock_server_through_its_relay_with_its_certificate
     let Some((_server, etcd)) = etcd().await else {
         return;
     };
-    let ca = crate::pki::TempCa::create("lab.example.org").unwrap();
+    let ca =
+        crate::pki::TempCa::create("lab.example.org", &crate::certs::PLAN.intermediates()).unwrap();
     let root = tempfile::tempdir().unwrap();
     let (server_root, worker_root, stranger_root) = (
         root.path().join("node2"),
@@ -525,7 +527,8 @@ async fn a_worker_reaches_the_lock_server_through_its_relay_with_its_certificate
     identity_files(&server_root, &ca, "node2.lab.example.org");
     identity_files(&worker_root, &ca, "node4.lab.example.org");
     // A certificate for node4 from another CA: refused at the handshake.
-    let other_ca = crate::pki::TempCa::create("lab.example.org").unwrap();
+    let other_ca =
+        crate::pki::TempCa::create("lab.example.org", &crate::certs::PLAN.intermediates()).unwrap();
     identity_files(&stranger_root, &other_ca, "node4.lab.example.org");
     for dir in [&worker_root, &stranger_root] {
         std::fs::write(

@@ -9,7 +9,7 @@ use node_contract::identity::Purpose;
 use node_contract::{NodeConfig, Role};
 
 use super::protocol::{self, JoinAnswer, JoinRequest, Site, JOIN_PATH, SIGNATURE_HEADER};
-use crate::certs::plan::{self, CertPurpose};
+use crate::certs::plan::{self, CertPurpose, Plan};
 use crate::https::{self, Answer};
 
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -78,7 +78,7 @@ pub async fn join(
         .ok_or_else(|| anyhow!("the join service at {address} presented no certificate"))?;
     let bootstrap_fqdn = config.fqdn(&site.bootstrap);
     let identity = answer
-        .issued(CertPurpose::Identity)
+        .issued(plan::IDENTITY.purpose)
         .map_err(|e| anyhow!("the answer from {address}: {e}"))?;
     crate::pki::verify(
         &presented,
@@ -114,34 +114,55 @@ pub async fn send(
 }
 
 /// Ask the join service at `address` for this node's certificates, every
-/// row of the plan its role holds (its first join, or a renewal: the keys
+/// row of `plan` its role holds (its first join, or a renewal: the keys
 /// stay, the certificates are new), and install them; a core host also
 /// keeps the sealed CA copy (0600).
 pub async fn enroll(
     paths: &crate::paths::Paths,
     config: &NodeConfig,
+    plan: Plan,
     address: Ipv4Addr,
     own: Ipv4Addr,
 ) -> Result<JoinAnswer> {
-    let fqdn = config.fqdn(&config.node);
-    // Rows moved to FreeIPA by the handoff are certmonger's now.
-    let rows = crate::certs::moved::temporary_rows(paths, config.role());
-    let mut csrs = BTreeMap::new();
-    for row in &rows {
-        csrs.insert(row.purpose, row.slot(paths).csr(&fqdn)?);
-    }
-    let answer = join(config, address, &[own], csrs).await?;
+    let answer = join(config, address, &[own], csrs(paths, config, plan)?).await?;
     // A retired bootstrap host (a thief of its old user data) is not
     // followed; a newer one retires the one known.
     crate::state::KnownGenerations::admit(&paths.known_generations(), &answer.bootstrap)
         .with_context(|| format!("the join service at {address}"))?;
-    // Every certificate is checked before any is installed: a node never
-    // holds a mix of an answer it refused and the certificates before it.
+    install(paths, config, plan, &answer).with_context(|| format!("the answer from {address}"))?;
+    Ok(answer)
+}
+
+/// A CSR for every row of `plan` this node's role holds from the
+/// temporary CA (rows the handoff moved to FreeIPA are certmonger's),
+/// with the row's key (made on first use, kept after).
+pub fn csrs(
+    paths: &crate::paths::Paths,
+    config: &NodeConfig,
+    plan: Plan,
+) -> Result<BTreeMap<CertPurpose, String>> {
+    let fqdn = config.fqdn(&config.node);
+    let mut csrs = BTreeMap::new();
+    for row in crate::certs::moved::temporary_rows(paths, plan, config.role()) {
+        csrs.insert(row.purpose, row.slot(paths).csr(&fqdn)?);
+    }
+    Ok(csrs)
+}
+
+/// Install what a join answer issued, one certificate for every row of
+/// `plan` this node's role holds from the temporary CA, and for a core host the sealed CA copy.
+/// Every certificate is checked before any is installed: a node never
+/// holds a mix of an answer it refused and the certificates before it.
+pub fn install(
+    paths: &crate::paths::Paths,
+    config: &NodeConfig,
+    plan: Plan,
+    answer: &JoinAnswer,
+) -> Result<()> {
+    let fqdn = config.fqdn(&config.node);
     let mut install = Vec::new();
-    for row in &rows {
-        let issued = answer
-            .issued(row.purpose)
-            .map_err(|e| anyhow!("the answer from {address}: {e}"))?;
+    for row in crate::certs::moved::temporary_rows(paths, plan, config.role()) {
+        let issued = answer.issued(row.purpose).map_err(|e| anyhow!(e))?;
         let slot = row.slot(paths);
         slot.check(&issued.certificate_pem, &issued.ca_pem, &fqdn)?;
         install.push((slot, issued));
@@ -156,7 +177,7 @@ pub async fn enroll(
             .ok_or_else(|| anyhow!("the answer holds no CA copy for this core host"))?;
         crate::fsutil::write_atomic(&paths.ca_backup(), sealed.as_bytes(), 0o600)?;
     }
-    Ok(answer)
+    Ok(())
 }
 
 /// Ask the bootstrap host at `address` how this node enrolls in FreeIPA.

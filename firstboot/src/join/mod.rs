@@ -41,3 +41,6 @@ impl Credentials {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,7 +20,7 @@ use node_contract::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::certs::plan::{self, CertPurpose};
+use crate::certs::plan::{CertPurpose, Plan};
 use crate::pki::{CsrRefusal, TempCa};
 
 /// v3: CSRs and certificates keyed by the certificate plan's purposes.
@@ -202,6 +202,9 @@ pub enum Refusal {
         known: Generation,
     },
     Csr(CsrRefusal),
+    /// The join service cannot sign what was asked (its temporary CAs
+    /// lack a signer its plan names): its fault, not the requester's.
+    Unavailable(String),
 }
 
 impl Refusal {
@@ -218,6 +221,7 @@ impl Refusal {
             | Refusal::Closed(_) => 403,
             Refusal::Taken { .. } => 409,
             Refusal::Address(_) | Refusal::Csr(_) => 422,
+            Refusal::Unavailable(_) => 503,
         }
     }
 }
@@ -261,6 +265,7 @@ impl fmt::Display for Refusal {
                  generation {known}; this user data belongs to a destroyed droplet"
             ),
             Refusal::Csr(why) => write!(f, "CSR refused: {why}"),
+            Refusal::Unavailable(why) => write!(f, "the join service cannot sign now: {why}"),
         }
     }
 }
@@ -480,9 +485,11 @@ impl Verified {
 
 impl Site {
     /// Check a join request, cheapest checks first: shape, ticket,
-    /// signature, nonce, clock and replay, addresses.
+    /// signature, nonce, clock and replay, addresses, and that `plan`
+    /// gives the requester's role every certificate it asks for.
     pub fn verify_join(
         &self,
+        plan: Plan,
         source: Ipv4Addr,
         signature: Option<&str>,
         body: &[u8],
@@ -509,7 +516,7 @@ impl Site {
         if let Some(purpose) = request
             .csrs
             .keys()
-            .find(|p| !plan::row(**p).holders.include(role))
+            .find(|p| !plan.row(**p).is_some_and(|row| row.holders.include(role)))
         {
             return Err(Refusal::NotAllowed(format!(
                 "{} is a {role}: {purpose} certificates are not for its role",
@@ -673,18 +680,23 @@ impl AdmissionRule {
 }
 
 /// Certificates for a verified request, one per CSR, each signed by its
-/// plan row's temporary CA (`verify_join` refused purposes the
+/// `plan` row's temporary CA (`verify_join` refused purposes the
 /// requester's role does not hold). Each CSR must name the requester and
 /// only it.
 pub fn certify(
     ca: &TempCa,
+    plan: Plan,
     domain: &DomainName,
     verified: &Verified,
 ) -> Result<BTreeMap<CertPurpose, Issued>, Refusal> {
     let fqdn = domain.fqdn(verified.node());
     let mut issued = BTreeMap::new();
     for (purpose, csr) in &verified.request.csrs {
-        let signer = ca.signer(plan::row(*purpose).issuer.temporary);
+        let signer = plan
+            .row(*purpose)
+            .ok_or_else(|| format!("the plan has no {purpose} certificates"))
+            .and_then(|row| row.temporary_ca(ca).map_err(|e| format!("{e:#}")))
+            .map_err(Refusal::Unavailable)?;
         let certificate_pem = signer.sign_csr(csr, &fqdn).map_err(Refusal::Csr)?;
         issued.insert(
             *purpose,

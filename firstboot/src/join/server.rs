@@ -23,11 +23,12 @@ use super::protocol::{
 };
 use super::Credentials;
 use crate::backup::CaBackup;
+use crate::certs::Plan;
 use crate::dns::DnsServer;
 use crate::freeipa::site::Enroller;
 use crate::https::{Request, Response};
 use crate::paths::Paths;
-use crate::pki::TempCa;
+use crate::pki::{CaPems, TempCa};
 use crate::status::Reporter;
 
 /// Who has joined, as the bootstrap host keeps it on disk.
@@ -103,6 +104,9 @@ pub struct Registrar {
     pub paths: Paths,
     pub site: Site,
     pub me: Credentials,
+    /// What it signs: `certs::PLAN`, or a test's plan.
+    pub plan: Plan,
+    /// Holds an intermediate for each the plan names.
     pub ca: TempCa,
     /// The temporary DNS, until `temporary::Services::stop` takes it.
     pub dns: Option<DnsServer>,
@@ -128,10 +132,11 @@ impl Registrar {
                 .expect("the join service runs on the bootstrap host, which has the CA-copy key"),
             &CaBackup {
                 generation: self.registry.generation,
-                root_cert_pem: self.ca.root.cert_pem().to_owned(),
-                root_key_pem: self.ca.root.key_pem(),
-                etcd_cert_pem: self.ca.etcd.cert_pem().to_owned(),
-                etcd_key_pem: self.ca.etcd.key_pem(),
+                root: CaPems {
+                    cert_pem: self.ca.root.cert_pem().to_owned(),
+                    key_pem: self.ca.root.key_pem(),
+                },
+                intermediates: self.ca.intermediate_pems(),
                 registry: self.registry.hosts.clone(),
                 generations: self.registry.generations.clone(),
                 admission_deadline: self.registry.admission_deadline,
@@ -234,6 +239,7 @@ impl Registrar {
             .and_then(|v| v.to_str().ok());
         let now = crate::status::now();
         let verified = self.site.verify_join(
+            self.plan,
             request.source,
             signature,
             &request.body,
@@ -254,7 +260,8 @@ impl Registrar {
     /// node came back with a newer credential generation.
     async fn admit(&mut self, verified: &Verified, rebuilt: bool) -> Response {
         self.refresh_ca();
-        let certificates = match protocol::certify(&self.ca, &self.site.domain, verified) {
+        let certificates = match protocol::certify(&self.ca, self.plan, &self.site.domain, verified)
+        {
             Ok(certificates) => certificates,
             Err(refusal) => return refuse(verified.address, &refusal),
         };

@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use node_contract::Role;
 
 use super::Context;
+use crate::certs::PLAN;
 use crate::join::client::enroll;
 use crate::state::ClusterState;
 use crate::temporary::Services;
@@ -36,7 +37,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
             queue.extend(probed.into_iter().filter(|a| Some(*a) != tried));
             continue;
         }
-        match enroll(&cx.paths, &cx.config, candidate, own).await {
+        match enroll(&cx.paths, &cx.config, PLAN, candidate, own).await {
             Ok(answer) => {
                 crate::resolver::route_site_domain(
                     &cx.paths,
@@ -176,7 +177,7 @@ pub async fn resume_services(cx: &mut Context) -> Result<()> {
         return Ok(());
     }
     let own = cx.own_address()?;
-    if crate::pki::TempCa::load(&cx.paths.ca_dir())?.is_none() {
+    if crate::pki::TempCa::load(&cx.paths.ca_dir(), &PLAN.intermediates())?.is_none() {
         bail!(
             "the join phase is done but the temporary CA is gone from {}",
             cx.paths.ca_dir().display()

@@ -3,6 +3,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use super::*;
+use crate::certs::plan::tests::{etcd_ca, WITH_TEST_ONLY};
+use crate::certs::plan::{Plan, PLAN};
 
 const DOMAIN: &str = "lab.example.org";
 const NODE2: &str = "node2.lab.example.org";
@@ -12,7 +14,12 @@ const NODE3: &str = "node3.lab.example.org";
 /// the dates a test asks for a leaf are not cut short by the CA's.
 fn ca() -> TempCa {
     let t = OffsetDateTime::now_utc();
-    TempCa::create_valid(DOMAIN, t - Duration::days(30), t + Duration::days(365)).unwrap()
+    ca_valid(t - Duration::days(30), t + Duration::days(365))
+}
+
+/// CAs of the production plan, valid from `not_before` to `not_after`.
+fn ca_valid(not_before: OffsetDateTime, not_after: OffsetDateTime) -> TempCa {
+    TempCa::create_valid(DOMAIN, &PLAN.intermediates(), not_before, not_after).unwrap()
 }
 
 fn now() -> u64 {
@@ -130,41 +137,166 @@ fn signs_csr_for_own_name() {
         Ok(())
     );
     assert!(verify(&leaf, ca.root.cert_pem(), Some(NODE3), now()).is_err());
-    let other = TempCa::create(DOMAIN).unwrap();
+    let other = TempCa::create(DOMAIN, &PLAN.intermediates()).unwrap();
     assert!(!issued_by(&leaf, other.root.cert_pem()));
     assert_eq!(names(ca.root.cert_pem()), (vec![], false));
 }
 
+/// For every plan (the production one, and one with a kind more): what
+/// one row's holders trust accepts that row's certificates and no other
+/// row's, and each intermediate is the root's and signs no CA.
 #[test]
-fn what_etcd_trusts_is_not_what_identifies_a_node() {
-    let ca = ca();
+fn what_a_service_trusts_is_not_what_another_row_certifies() {
     let (_key, csr) = new_key_and_csr(NODE2).unwrap();
-    let identity = ca.signer(Signer::Root).sign_csr(&csr, NODE2).unwrap();
-    let member = ca.signer(Signer::Etcd).sign_csr(&csr, NODE2).unwrap();
-    // etcd trusts the etcd CA alone: an identity certificate does not
-    // chain to it, an etcd certificate does.
-    assert!(verify(&identity, ca.etcd.cert_pem(), None, now()).is_err());
-    assert_eq!(
-        verify(&member, ca.etcd.cert_pem(), Some(NODE2), now()),
-        Ok(())
-    );
-    // The etcd CA itself is signed by the root and may sign no CA.
-    assert!(TempCa::from_pems(
-        ca.root.cert_pem(),
-        &ca.root.key_pem(),
-        ca.etcd.cert_pem(),
-        &ca.etcd.key_pem()
-    )
-    .is_ok());
-    let stranger = TempCa::create(DOMAIN).unwrap();
-    let err = TempCa::from_pems(
-        ca.root.cert_pem(),
-        &ca.root.key_pem(),
-        stranger.etcd.cert_pem(),
-        &stranger.etcd.key_pem(),
-    )
-    .unwrap_err();
-    assert!(format!("{err:#}").contains("not signed by the temporary root"));
+    for plan in [PLAN, WITH_TEST_ONLY] {
+        let ca = TempCa::create(DOMAIN, &plan.intermediates()).unwrap();
+        assert_eq!(ca.names(), plan.intermediates());
+        let issued: Vec<_> = plan
+            .rows()
+            .iter()
+            .map(|row| {
+                let signer = row.temporary_ca(&ca).unwrap();
+                (
+                    row,
+                    signer.sign_csr(&csr, NODE2).unwrap(),
+                    signer.cert_pem(),
+                )
+            })
+            .collect();
+        for (row, leaf, _) in &issued {
+            for (other, _, trusted) in &issued {
+                let verdict = verify(leaf, trusted, Some(NODE2), now());
+                if row.purpose == other.purpose {
+                    assert_eq!(verdict, Ok(()), "{}", row.purpose);
+                } else {
+                    assert!(
+                        verdict.is_err(),
+                        "a {} certificate passes where {} is trusted",
+                        row.purpose,
+                        other.purpose
+                    );
+                }
+            }
+        }
+        for name in plan.intermediates() {
+            let ca_cert = ca.signer(Signer::Intermediate(name)).unwrap().cert_pem();
+            let der = pem_cert(ca_cert).unwrap();
+            let cert = parse(&der).unwrap();
+            let constraints = cert.basic_constraints().unwrap().unwrap().value;
+            assert!(constraints.ca, "{name}");
+            assert_eq!(constraints.path_len_constraint, Some(0), "{name}");
+            let subject = cert.subject().to_string();
+            assert!(
+                subject.contains(&format!("temporary {name} CA")),
+                "{subject}"
+            );
+        }
+        // The intermediates must be the root's: a stranger's is refused.
+        assert!(TempCa::from_pems(&root_pems(&ca), &ca.intermediate_pems()).is_ok());
+        let stranger = TempCa::create(DOMAIN, &plan.intermediates()).unwrap();
+        let err = TempCa::from_pems(&root_pems(&ca), &stranger.intermediate_pems()).unwrap_err();
+        assert!(format!("{err:#}").contains("not signed by the temporary root"));
+        // A signer the CA does not hold is an error, not a panic.
+        assert!(ca.signer(Signer::Intermediate("absent")).is_err());
+    }
+}
+
+fn root_pems(ca: &TempCa) -> CaPems {
+    CaPems {
+        cert_pem: ca.root.cert_pem().to_owned(),
+        key_pem: ca.root.key_pem(),
+    }
+}
+
+/// A store exactly as every release before the layout file wrote it (the
+/// root and the etcd CA, nothing else) loads with the production plan,
+/// and gains the intermediate of a row added to the plan once, under the
+/// same root, leaving the others as they were; loading again changes
+/// nothing.
+#[test]
+fn a_store_of_root_and_etcd_loads_and_gains_a_new_rows_ca_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let old = ca();
+    old.save(&dir).unwrap();
+    fs::remove_file(dir.join(LAYOUT)).unwrap();
+    let version_1 = ["ca.crt", "ca.key", "etcd-ca.crt", "etcd-ca.key"];
+    assert_eq!(file_names(&dir), version_1);
+    let file = |name: &str| fs::read_to_string(dir.join(name)).unwrap();
+    let before: Vec<_> = version_1.iter().map(|f| file(f)).collect();
+    let unchanged = || version_1.iter().map(|f| file(f)).collect::<Vec<_>>() == before;
+
+    let grown = |plan: Plan| {
+        TempCa::load_current(&dir, DOMAIN, &plan.intermediates())
+            .unwrap()
+            .unwrap()
+    };
+    let same = grown(PLAN);
+    assert_eq!(same.names(), ["etcd"]);
+    assert_eq!(etcd_ca(&same).cert_pem(), etcd_ca(&old).cert_pem());
+    assert!(unchanged());
+
+    let first = grown(WITH_TEST_ONLY);
+    assert_eq!(first.names(), ["etcd", "test-only"]);
+    assert!(unchanged());
+    assert_eq!(mode(&dir.join("test-only-ca.key")), 0o600);
+    let added = file("test-only-ca.crt");
+    let test_only = first.signer(Signer::Intermediate("test-only")).unwrap();
+    let (_key, csr) = new_key_and_csr(NODE2).unwrap();
+    let leaf = test_only.sign_csr(&csr, NODE2).unwrap();
+    assert!(issued_by(&leaf, &added));
+    assert!(!issued_by(&leaf, etcd_ca(&old).cert_pem()));
+    assert!(!issued_by(&leaf, old.root.cert_pem()));
+    // Again: the same intermediate, nothing rewritten.
+    let second = grown(WITH_TEST_ONLY);
+    let again = second.signer(Signer::Intermediate("test-only")).unwrap();
+    assert_eq!(again.cert_pem(), added);
+    assert_eq!(file("test-only-ca.crt"), added);
+    // The production plan loads the grown store with all it holds.
+    assert_eq!(grown(PLAN).names(), ["etcd", "test-only"]);
+    assert!(unchanged());
+}
+
+/// An intermediate the store held and lost is damage, never made anew
+/// (its service would stop trusting every certificate of the site): the
+/// etcd CA of a version 1 store, and any of a store with its layout.
+#[test]
+fn a_lost_intermediate_is_damage_not_a_new_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let ca = TempCa::create(DOMAIN, &WITH_TEST_ONLY.intermediates()).unwrap();
+    ca.save(&dir).unwrap();
+    let err_of = |plan: Plan| {
+        format!(
+            "{:#}",
+            TempCa::load_current(&dir, DOMAIN, &plan.intermediates()).unwrap_err()
+        )
+    };
+    fs::remove_file(dir.join("test-only-ca.crt")).unwrap();
+    fs::remove_file(dir.join("test-only-ca.key")).unwrap();
+    for plan in [PLAN, WITH_TEST_ONLY] {
+        let err = err_of(plan);
+        assert!(err.contains("test-only-ca.crt is missing"), "{err}");
+    }
+    fs::remove_file(dir.join(LAYOUT)).unwrap();
+    fs::remove_file(dir.join("etcd-ca.crt")).unwrap();
+    fs::remove_file(dir.join("etcd-ca.key")).unwrap();
+    let err = err_of(PLAN);
+    assert!(err.contains("etcd-ca.crt is missing"), "{err}");
+}
+
+/// The names of the files in `dir`, sorted.
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    files
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
 #[test]
@@ -220,10 +352,10 @@ fn not_after(pem: &str) -> i64 {
 #[test]
 fn a_leaf_never_outlives_its_ca() {
     let t = OffsetDateTime::now_utc();
-    let ca = TempCa::create_valid(DOMAIN, t - Duration::days(300), t + Duration::days(10)).unwrap();
+    let ca = ca_valid(t - Duration::days(300), t + Duration::days(10));
     let end = ca.root.not_after().unix_timestamp();
     assert!(
-        not_after(ca.etcd.cert_pem()) <= end,
+        not_after(etcd_ca(&ca).cert_pem()) <= end,
         "the etcd CA outlives the root"
     );
     let (_, csr) = new_key_and_csr(NODE2).unwrap();
@@ -233,15 +365,15 @@ fn a_leaf_never_outlives_its_ca() {
         end,
         "90 days asked, 10 left: the CA's end"
     );
-    let etcd = ca.etcd.sign_csr(&csr, NODE2).unwrap();
-    assert!(not_after(&etcd) <= not_after(ca.etcd.cert_pem()));
+    let etcd = etcd_ca(&ca).sign_csr(&csr, NODE2).unwrap();
+    assert!(not_after(&etcd) <= not_after(etcd_ca(&ca).cert_pem()));
     assert!(not_after(&ca.root.issue(NODE3).unwrap().cert_pem) <= end);
     // Renewal of such a leaf is due at two thirds of its (short) life.
     assert!(!renewal_due(&leaf, now()));
     assert!(renewal_due(&leaf, now() + 8 * 86_400));
 
     // A CA past its end signs nothing.
-    let old = TempCa::create_valid(DOMAIN, t - Duration::days(400), t - Duration::days(1)).unwrap();
+    let old = ca_valid(t - Duration::days(400), t - Duration::days(1));
     let err = old.root.sign_csr(&csr, NODE2).unwrap_err();
     assert!(err.to_string().contains("no longer valid"), "{err}");
 }
@@ -249,7 +381,7 @@ fn a_leaf_never_outlives_its_ca() {
 #[test]
 fn an_expired_ca_vouches_for_nothing() {
     let t = OffsetDateTime::now_utc();
-    let ca = TempCa::create_valid(DOMAIN, t - Duration::days(10), t + Duration::days(1)).unwrap();
+    let ca = ca_valid(t - Duration::days(10), t + Duration::days(1));
     let (_, csr) = new_key_and_csr(NODE2).unwrap();
     let leaf = ca.root.sign_csr(&csr, NODE2).unwrap();
     assert_eq!(
@@ -260,8 +392,7 @@ fn an_expired_ca_vouches_for_nothing() {
         verify(&leaf, ca.root.cert_pem(), Some(NODE2), now() + 2 * 86_400),
         Err(Invalid("its CA has expired".into()))
     );
-    let future =
-        TempCa::create_valid(DOMAIN, t + Duration::days(1), t + Duration::days(9)).unwrap();
+    let future = ca_valid(t + Duration::days(1), t + Duration::days(9));
     let leaf = future.root.sign_csr(&csr, NODE2).unwrap();
     assert_eq!(
         verify(&leaf, future.root.cert_pem(), Some(NODE2), now()),
@@ -275,14 +406,13 @@ fn a_ca_past_two_thirds_is_issued_again_under_the_same_keys() {
     let fresh = ca();
     assert!(fresh.renewed_if_due(DOMAIN, t).unwrap().is_none());
 
-    let old =
-        TempCa::create_valid(DOMAIN, t - Duration::days(300), t + Duration::days(60)).unwrap();
+    let old = ca_valid(t - Duration::days(300), t + Duration::days(60));
     let (_, csr) = new_key_and_csr(NODE2).unwrap();
     let before = old.root.sign_csr(&csr, NODE2).unwrap();
-    let etcd_before = old.etcd.sign_csr(&csr, NODE2).unwrap();
+    let etcd_before = etcd_ca(&old).sign_csr(&csr, NODE2).unwrap();
     let renewed = old.renewed_if_due(DOMAIN, t).unwrap().expect("due");
     assert_eq!(renewed.root.key_pem(), old.root.key_pem());
-    assert_eq!(renewed.etcd.key_pem(), old.etcd.key_pem());
+    assert_eq!(etcd_ca(&renewed).key_pem(), etcd_ca(&old).key_pem());
     let year = (t + CA_LIFETIME).unix_timestamp();
     assert!((not_after(renewed.root.cert_pem()) - year).abs() < 60);
     assert!(renewed.renewed_if_due(DOMAIN, t).unwrap().is_none());
@@ -295,7 +425,7 @@ fn a_ca_past_two_thirds_is_issued_again_under_the_same_keys() {
         Ok(())
     );
     assert_eq!(
-        verify(&etcd_before, renewed.etcd.cert_pem(), Some(NODE2), n),
+        verify(&etcd_before, etcd_ca(&renewed).cert_pem(), Some(NODE2), n),
         Ok(())
     );
     let after = renewed.root.sign_csr(&csr, NODE2).unwrap();
@@ -303,9 +433,13 @@ fn a_ca_past_two_thirds_is_issued_again_under_the_same_keys() {
     // On disk: loading renews and saves.
     let dir = tempfile::tempdir().unwrap();
     old.save(dir.path()).unwrap();
-    let current = TempCa::load_current(dir.path(), DOMAIN).unwrap().unwrap();
+    let current = TempCa::load_current(dir.path(), DOMAIN, &PLAN.intermediates())
+        .unwrap()
+        .unwrap();
     assert!(not_after(current.root.cert_pem()) > not_after(old.root.cert_pem()));
-    let reloaded = TempCa::load(dir.path()).unwrap().unwrap();
+    let reloaded = TempCa::load(dir.path(), &PLAN.intermediates())
+        .unwrap()
+        .unwrap();
     assert_eq!(reloaded.root.cert_pem(), current.root.cert_pem());
 }
 
@@ -481,23 +615,29 @@ fn save_load_round_trip() {
     let dir = tmp.path().join("ca");
     let ca = ca();
     ca.save(&dir).unwrap();
-    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join(ROOT_CERT)), 0o644);
     assert_eq!(mode(&dir.join(ROOT_KEY)), 0o600);
-    assert_eq!(mode(&dir.join(ETCD_KEY)), 0o600);
-    let mut files: Vec<_> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    files.sort();
-    assert_eq!(files, vec![ROOT_CERT, ROOT_KEY, ETCD_CERT, ETCD_KEY]);
+    assert_eq!(mode(&dir.join("etcd-ca.key")), 0o600);
+    let files = file_names(&dir);
+    assert_eq!(
+        files,
+        vec![ROOT_CERT, ROOT_KEY, "etcd-ca.crt", "etcd-ca.key", LAYOUT]
+    );
+    let layout: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join(LAYOUT)).unwrap()).unwrap();
+    assert_eq!(
+        layout,
+        serde_json::json!({"version": 2, "intermediates": ["etcd"]})
+    );
 
-    let loaded = TempCa::load(&dir).unwrap().expect("saved CA");
+    let loaded = TempCa::load(&dir, &PLAN.intermediates())
+        .unwrap()
+        .expect("saved CA");
     assert_eq!(loaded.root.cert_pem(), ca.root.cert_pem());
     let (_key, csr) = new_key_and_csr(NODE2).unwrap();
-    let leaf = loaded.etcd.sign_csr(&csr, NODE2).unwrap();
-    assert!(issued_by(&leaf, ca.etcd.cert_pem()));
+    let leaf = etcd_ca(&loaded).sign_csr(&csr, NODE2).unwrap();
+    assert!(issued_by(&leaf, etcd_ca(&ca).cert_pem()));
     loaded.save(&dir).unwrap();
     assert_eq!(mode(&dir.join(ROOT_KEY)), 0o600);
 }
@@ -505,8 +645,14 @@ fn save_load_round_trip() {
 #[test]
 fn load_missing_is_none() {
     let tmp = tempfile::tempdir().unwrap();
-    assert!(TempCa::load(&tmp.path().join("nope")).unwrap().is_none());
-    assert!(TempCa::load(tmp.path()).unwrap().is_none());
+    assert!(
+        TempCa::load(&tmp.path().join("nope"), &PLAN.intermediates())
+            .unwrap()
+            .is_none()
+    );
+    assert!(TempCa::load(tmp.path(), &PLAN.intermediates())
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -514,7 +660,12 @@ fn load_reports_damage() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ca");
     ca().save(&dir).unwrap();
-    let err_of = |dir: &Path| format!("{:#}", TempCa::load(dir).unwrap_err());
+    let err_of = |dir: &Path| {
+        format!(
+            "{:#}",
+            TempCa::load(dir, &PLAN.intermediates()).unwrap_err()
+        )
+    };
 
     fs::set_permissions(dir.join(ROOT_KEY), fs::Permissions::from_mode(0o644)).unwrap();
     assert!(err_of(&dir).contains("0644"), "{}", err_of(&dir));
@@ -528,7 +679,7 @@ fn load_reports_damage() {
     fs::write(dir.join(ROOT_CERT), "not a certificate").unwrap();
     assert!(err_of(&dir).contains("damaged"), "{}", err_of(&dir));
 
-    let leaf = TempCa::load(&other)
+    let leaf = TempCa::load(&other, &PLAN.intermediates())
         .unwrap()
         .unwrap()
         .root
@@ -608,9 +759,9 @@ fn openssl_agrees() {
     let ca = ca();
     let (_key, csr) = new_key_and_csr(NODE2).unwrap();
     let leaf = ca.root.sign_csr(&csr, NODE2).unwrap();
-    let member = ca.etcd.sign_csr(&csr, NODE2).unwrap();
+    let member = etcd_ca(&ca).sign_csr(&csr, NODE2).unwrap();
     fs::write(dir.join("ca.pem"), ca.root.cert_pem()).unwrap();
-    fs::write(dir.join("etcd-ca.pem"), ca.etcd.cert_pem()).unwrap();
+    fs::write(dir.join("etcd-ca.pem"), etcd_ca(&ca).cert_pem()).unwrap();
     fs::write(dir.join("leaf.pem"), &leaf).unwrap();
     fs::write(dir.join("member.pem"), &member).unwrap();
 

@@ -17,7 +17,7 @@ async fn the_services_start_with_the_plan_s_certificates_and_stop_for_good() {
     let paths = Paths::under(root.path());
     let config = crate::phases::tests::lab_config("node1");
     let own = own_loopback();
-    let ca = TempCa::create(config.site.domain.as_str()).unwrap();
+    let ca = TempCa::create(config.site.domain.as_str(), &plan::PLAN.intermediates()).unwrap();
     let settled = Settled {
         ca,
         registry: Registry {
@@ -40,7 +40,7 @@ async fn the_services_start_with_the_plan_s_certificates_and_stop_for_good() {
     // The bootstrap host holds every row of the plan a core host holds,
     // each under its own temporary CA.
     let fqdn = config.fqdn(&config.node);
-    for row in plan::held_by(config.role()) {
+    for row in plan::PLAN.held_by(config.role()) {
         assert!(!row.slot(&paths).due(&fqdn), "{} not issued", row.purpose);
     }
     // The DNS answers for the site and the join service takes TLS.

@@ -9,6 +9,7 @@
 //! ARCHITECTURE §8, and only `localhost` resolves here without
 //! /etc/hosts), each on ports of its own.
 
+use crate::certs::plan::tests::etcd_ca;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -146,7 +147,7 @@ fn cluster(old: &TempCa, dirs: &[tempfile::TempDir]) -> Option<Vec<Arc<Member>>>
     for (i, name) in MEMBERS.iter().enumerate() {
         let paths = Paths::under(dirs[i].path());
         let slot = plan::ETCD.slot(&paths);
-        slot.ensure_from(&old.etcd, NAME).unwrap();
+        slot.ensure_from(etcd_ca(old), NAME).unwrap();
         let (client, peer) = ports(i);
         let file = |p: &std::path::Path| p.display().to_string();
         let args = vec![
@@ -199,8 +200,8 @@ const TEST_PATIENCE: Patience = Patience {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_member_moves_to_the_new_ca_without_losing_a_write() {
-    let old = TempCa::create(NAME).unwrap();
-    let new = Arc::new(TempCa::create(NAME).unwrap());
+    let old = TempCa::create(NAME, &crate::certs::PLAN.intermediates()).unwrap();
+    let new = Arc::new(TempCa::create(NAME, &crate::certs::PLAN.intermediates()).unwrap());
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let Some(members) = cluster(&old, &dirs) else {
         return;
@@ -268,19 +269,21 @@ async fn every_member_moves_to_the_new_ca_without_losing_a_write() {
             endpoints: endpoints.clone(),
             own: endpoint(i),
             slot: plan::ETCD.slot(&member.paths),
-            old_ca: old.etcd.cert_pem().to_owned(),
-            new_ca: new.etcd.cert_pem().to_owned(),
+            old_ca: etcd_ca(&old).cert_pem().to_owned(),
+            new_ca: etcd_ca(&new).cert_pem().to_owned(),
             prefix: "/firstboot/handoff/etcd/".to_owned(),
             restart: Killed {
                 member: member.clone(),
                 written: written.clone(),
                 seen: restarts_at.clone(),
                 everyone: members.iter().map(|m| m.paths.clone()).collect(),
-                new_ca: new.etcd.cert_pem().to_owned(),
+                new_ca: etcd_ca(&new).cert_pem().to_owned(),
                 violations: violations.clone(),
             },
             issuer: SignedBy(
-                Arc::new(Ca::from_pems(new.etcd.cert_pem(), &new.etcd.key_pem()).unwrap()),
+                Arc::new(
+                    Ca::from_pems(etcd_ca(&new).cert_pem(), &etcd_ca(&new).key_pem()).unwrap(),
+                ),
                 Duration::from_secs(if i == 2 { 3 } else { 0 }),
             ),
             patience: TEST_PATIENCE,
@@ -320,9 +323,9 @@ async fn every_member_moves_to_the_new_ca_without_losing_a_write() {
     for member in &members {
         let slot = plan::ETCD.slot(&member.paths);
         let trust = std::fs::read_to_string(&slot.ca).unwrap();
-        assert_eq!(trust.trim_end(), new.etcd.cert_pem().trim_end());
+        assert_eq!(trust.trim_end(), etcd_ca(&new).cert_pem().trim_end());
         let cert = std::fs::read_to_string(&slot.cert).unwrap();
-        assert!(crate::pki::issued_by(&cert, new.etcd.cert_pem()));
+        assert!(crate::pki::issued_by(&cert, etcd_ca(&new).cert_pem()));
     }
     // Nothing was lost: what was written is what is there.
     let client = client_of(&members[1]).unwrap();
@@ -359,9 +362,9 @@ async fn every_member_moves_to_the_new_ca_without_losing_a_write() {
         assert_eq!(step.value, b"dropped");
     }
     // A client holding a certificate of the old CA is refused now.
-    let stale = old.etcd.issue(NAME).unwrap();
+    let stale = etcd_ca(&old).issue(NAME).unwrap();
     let refused = Client::new(
-        new.etcd.cert_pem(),
+        etcd_ca(&new).cert_pem(),
         &stale.cert_pem,
         &stale.key_pem,
         endpoints.clone(),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::certs::plan::tests::etcd_ca;
 use crate::pki;
 use node_contract::Seed;
 
@@ -88,7 +89,14 @@ impl Req {
 /// Judge `body` signed with key `signer`.
 fn judge(body: &[u8], signer: u8, replay: &mut ReplayGuard) -> Result<Verified, Refusal> {
     let signature = sign_request(&node_key(signer), Purpose::JoinRequest, body);
-    site().verify_join(SOURCE, Some(&signature), body, replay, NOW)
+    site().verify_join(
+        crate::certs::PLAN,
+        SOURCE,
+        Some(&signature),
+        body,
+        replay,
+        NOW,
+    )
 }
 
 #[test]
@@ -151,7 +159,7 @@ fn forged_requests_are_refused() {
     let body = req("node2", 2, Role::Core).body();
     for header in [None, Some("zz"), Some("00")] {
         assert!(matches!(
-            site().verify_join(SOURCE, header, &body, &mut replay, NOW),
+            site().verify_join(crate::certs::PLAN, SOURCE, header, &body, &mut replay, NOW),
             Err(Refusal::Forged(_))
         ));
     }
@@ -209,9 +217,9 @@ fn a_worker_gets_no_etcd_certificate() {
         Err(Refusal::NotAllowed(_))
     ));
     // An honest worker: identity only.
-    let ca = TempCa::create(DOMAIN).unwrap();
+    let ca = TempCa::create(DOMAIN, &crate::certs::PLAN.intermediates()).unwrap();
     let verified = judge(&req("node4", 4, Role::Worker).body(), 4, &mut replay).unwrap();
-    let issued = certify(&ca, &domain(), &verified).unwrap();
+    let issued = certify(&ca, crate::certs::PLAN, &domain(), &verified).unwrap();
     assert_eq!(issued.keys().collect::<Vec<_>>(), [&CertPurpose::Identity]);
     let identity = &issued[&CertPurpose::Identity];
     assert!(pki::issued_by(
@@ -220,16 +228,19 @@ fn a_worker_gets_no_etcd_certificate() {
     ));
     assert!(!pki::issued_by(
         &identity.certificate_pem,
-        ca.etcd.cert_pem()
+        etcd_ca(&ca).cert_pem()
     ));
     assert_eq!(identity.ca_pem, ca.root.cert_pem());
     // A core host: both, each from its own CA, with that CA to trust.
     let verified = judge(&req("node2", 2, Role::Core).body(), 2, &mut replay).unwrap();
-    let issued = certify(&ca, &domain(), &verified).unwrap();
+    let issued = certify(&ca, crate::certs::PLAN, &domain(), &verified).unwrap();
     let etcd = &issued[&CertPurpose::Etcd];
-    assert!(pki::issued_by(&etcd.certificate_pem, ca.etcd.cert_pem()));
+    assert!(pki::issued_by(
+        &etcd.certificate_pem,
+        etcd_ca(&ca).cert_pem()
+    ));
     assert!(!pki::issued_by(&etcd.certificate_pem, ca.root.cert_pem()));
-    assert_eq!(etcd.ca_pem, ca.etcd.cert_pem());
+    assert_eq!(etcd.ca_pem, etcd_ca(&ca).cert_pem());
 }
 
 #[test]
@@ -257,12 +268,12 @@ fn a_request_for_no_certificate_is_refused() {
 #[test]
 fn a_csr_for_another_name_is_refused() {
     let mut replay = ReplayGuard::default();
-    let ca = TempCa::create(DOMAIN).unwrap();
+    let ca = TempCa::create(DOMAIN, &crate::certs::PLAN.intermediates()).unwrap();
     let mut other = req("node2", 2, Role::Core);
     other.csr_for = "node3".into();
     let verified = judge(&other.body(), 2, &mut replay).unwrap();
     assert!(matches!(
-        certify(&ca, &domain(), &verified),
+        certify(&ca, crate::certs::PLAN, &domain(), &verified),
         Err(Refusal::Csr(_))
     ));
 }
