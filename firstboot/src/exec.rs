@@ -55,7 +55,7 @@ pub fn exec(paths: &Paths, service: &str) -> Result<()> {
             if runs_systemd(command) {
                 allow_cgroup_writes(paths)?;
             }
-            let state = state_dir(paths, &config, service)?;
+            let state = paths.service_state_dir(&config, service)?;
             let hostname = config.fqdn(&config.node);
             let dns = match service {
                 crate::freeipa::site::SERVER => {
@@ -166,37 +166,6 @@ pub fn stop_command(service: &str) -> std::process::Command {
         .arg(format!("--time={STOP_WAIT_SECS}"))
         .arg(service);
     c
-}
-
-/// A service's state directory, `/var/lib/<service>`: on the data
-/// volume when the node has one (the directory is then a link to
-/// `<data volume>/<service>`), so what a service keeps survives a rebuilt
-/// droplet whose volume is attached again.
-pub fn state_dir(
-    paths: &Paths,
-    config: &node_contract::NodeConfig,
-    service: &str,
-) -> Result<std::path::PathBuf> {
-    let dir = paths.service_state(service);
-    if dir.exists() {
-        return Ok(dir);
-    }
-    match &config.storage.data_mount {
-        Some(mount) => {
-            let target = paths.under_root(mount).join(service);
-            std::fs::create_dir_all(&target)
-                .with_context(|| format!("cannot create {}", target.display()))?;
-            if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::os::unix::fs::symlink(&target, &dir).with_context(|| {
-                format!("cannot link {} to {}", dir.display(), target.display())
-            })?;
-        }
-        None => std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?,
-    }
-    Ok(dir)
 }
 
 /// `podman run` for a catalog service. The container sees only what the

@@ -115,6 +115,38 @@ impl Paths {
     pub fn service_state(&self, service: &str) -> PathBuf {
         self.at(&format!("/var/lib/{service}"))
     }
+
+    /// A service's state directory, `/var/lib/<service>`, made if absent:
+    /// on the data volume when the node has one (the directory is then a
+    /// link to `<data volume>/<service>`), so what a service keeps survives
+    /// a rebuilt droplet whose volume is attached again.
+    pub fn service_state_dir(
+        &self,
+        config: &node_contract::NodeConfig,
+        service: &str,
+    ) -> anyhow::Result<PathBuf> {
+        use anyhow::Context as _;
+        let dir = self.service_state(service);
+        if dir.exists() {
+            return Ok(dir);
+        }
+        match &config.storage.data_mount {
+            Some(mount) => {
+                let target = self.under_root(mount).join(service);
+                std::fs::create_dir_all(&target)
+                    .with_context(|| format!("cannot create {}", target.display()))?;
+                if let Some(parent) = dir.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::os::unix::fs::symlink(&target, &dir).with_context(|| {
+                    format!("cannot link {} to {}", dir.display(), target.display())
+                })?;
+            }
+            None => std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?,
+        }
+        Ok(dir)
+    }
     /// A service's own files, all its container sees of /etc/firstboot.
     pub fn service_files(&self, service: &str) -> PathBuf {
         self.at(&format!("/etc/firstboot/{service}"))

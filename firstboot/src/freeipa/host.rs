@@ -74,7 +74,7 @@ pub enum Outcome {
 /// `firstboot ipa-client`: enroll this host in the site's FreeIPA, once.
 pub fn main(paths: &crate::paths::Paths) -> Result<()> {
     let config = crate::check::load(&paths.node_json())?;
-    let state = crate::exec::state_dir(paths, &config, CLIENT)?;
+    let state = paths.service_state_dir(&config, CLIENT)?;
     let outcome = enroll(&Host::system(), &state)?;
     println!(
         "{}",

@@ -469,3 +469,22 @@ fn check_acl_allows_only(ca: ServiceCa, acl: &Value) -> Result<(), Error> {
 pub(super) fn check_acl_for_tests(ca: ServiceCa, acl: &Value) -> Result<(), Error> {
     check_acl_allows_only(ca, acl)
 }
+
+/// Every sub-CA the certificate plan names (its own and the tests' plan)
+/// is one handoff creates.
+#[cfg(test)]
+#[test]
+fn every_sub_ca_the_plan_names_is_one_handoff_creates() {
+    use crate::certs::plan::{self, FreeipaIssuer};
+    for plan in [plan::PLAN, plan::tests::WITH_TEST_ONLY] {
+        for row in plan.rows() {
+            if let FreeipaIssuer::SubCa(name) = row.issuer.freeipa {
+                assert!(
+                    ServiceCa::ALL.iter().any(|ca| ca.name() == name),
+                    "{}: {name}",
+                    row.purpose
+                );
+            }
+        }
+    }
+}

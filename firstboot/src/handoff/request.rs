@@ -64,7 +64,7 @@ impl RequestSite {
     /// catalog runs the server.
     pub fn freeipa_server(paths: &Paths, config: &NodeConfig) -> Result<RequestSite> {
         let service = crate::freeipa::site::SERVER;
-        let state = crate::exec::state_dir(paths, config, service)?;
+        let state = paths.service_state_dir(config, service)?;
         let files = state.join("firstboot");
         match config.catalog.get(service) {
             Some(Service::Podman { data, .. }) => {

@@ -39,7 +39,7 @@ pub const CONFIGURED: &str = "FreeIPA server configured.";
 pub async fn run(cx: &mut Context) -> Result<()> {
     let own = cx.own_address()?;
     let kind = Kind::of(&cx.config);
-    let state = crate::exec::state_dir(&cx.paths, &cx.config, kind.service())?;
+    let state = cx.paths.service_state_dir(&cx.config, kind.service())?;
     // A rebuilt first server whose peers run the site's FreeIPA installs
     // as their replica, not a second deployment (see `rejoin_options`).
     let rejoin = match kind {
@@ -184,7 +184,7 @@ async fn rejoin_options(
 /// The bootstrap host's enrollment service after a restart.
 pub async fn resume(cx: &mut Context) -> Result<()> {
     let own = cx.own_address()?;
-    let state = crate::exec::state_dir(&cx.paths, &cx.config, site::SERVER)?;
+    let state = cx.paths.service_state_dir(&cx.config, site::SERVER)?;
     crate::system::systemctl(&["start", &format!("{}.service", site::SERVER)]).await?;
     serve_enrollment(cx, own, &state).await
 }

@@ -105,7 +105,9 @@ async fn prepare(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
     // After a restart the enrollment service comes back first: nodes
     // still enrolling must not wait for this phase.
     super::freeipa::resume(cx).await?;
-    let state = crate::exec::state_dir(&cx.paths, &cx.config, crate::freeipa::site::SERVER)?;
+    let state = cx
+        .paths
+        .service_state_dir(&cx.config, crate::freeipa::site::SERVER)?;
     let client = super::freeipa::admin_client(cx, own, &state).await?;
     let registered = cx
         .services
