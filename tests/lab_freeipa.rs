@@ -900,3 +900,91 @@ fn faults_are_retried_and_a_replica_outlives_the_first_server() {
     assert_eq!(names, ["node4.lab.example.org"]);
     drop(lab);
 }
+
+/// Handoff's recovery (issue 17): node2 is killed in the middle of its
+/// etcd member's restart during the roll (the whole node, firstboot and
+/// etcd with it) and booted again. It resumes its own step (the restart
+/// lock it held is still its own), the others wait for it rather than
+/// take the lock, and the handoff completes; a writer through all of it
+/// loses nothing (each write retried at most 30 s: quorum held).
+#[test]
+fn a_core_host_killed_mid_restart_resumes_the_handoff() {
+    let _one_lab_at_a_time = support::lab::exclusive();
+    let Some((image, firstboot, bytes)) = ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (site, configs) = lab::render_into(dir.path(), &lab::lab_site(3), &firstboot);
+    let mut lab = lab::start(&image, &firstboot, &bytes, &configs);
+    let writer = Writer::start(&lab);
+    // The moment node2 restarts its member for the roll.
+    let deadline = Instant::now() + lab::BOOT_LIMIT;
+    loop {
+        let journal = lab
+            .journal("node2", Some("firstboot.service"))
+            .unwrap_or_default();
+        if journal.contains("etcd: restarting this member") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node2 never restarted its member for the roll:\n{journal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.kill("node2").unwrap();
+    let paths2 = firstboot::paths::Paths::under(&lab.root("node2").unwrap());
+    let moved = firstboot::certs::moved::Moved::load(&paths2, firstboot::certs::CertPurpose::Etcd)
+        .unwrap()
+        .expect("node2 was killed before its move began");
+    assert!(!moved.done, "node2 was killed after its move: {moved:?}");
+    lab.boot("node2").unwrap();
+    assert_cluster(&lab, &site);
+    let nodes = ["node1", "node2", "node3"];
+    wait_done(&lab, &nodes, Duration::from_secs(300));
+    let writes = writer.stop();
+
+    let journal = lab.journal("node2", Some("firstboot.service")).unwrap();
+    assert!(journal.contains("phase handoff: done"), "{journal}");
+    let mut sub_ca = None;
+    for node in nodes {
+        let paths = firstboot::paths::Paths::under(&lab.root(node).unwrap());
+        let moved =
+            firstboot::certs::moved::Moved::load(&paths, firstboot::certs::CertPurpose::Etcd)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{node} recorded no move"));
+        assert!(moved.done, "{node}: {moved:?}");
+        let sub = sub_ca.get_or_insert_with(|| moved.new_ca.clone());
+        assert_eq!(&moved.new_ca, sub, "{node}");
+        let slot = firstboot::certs::plan::ETCD.slot(&paths);
+        assert_eq!(
+            std::fs::read_to_string(&slot.ca).unwrap().trim(),
+            sub.trim(),
+            "{node}"
+        );
+    }
+    assert!(writes.given_up.is_empty(), "{:?}", writes.given_up);
+    let endpoints = etcd_endpoints(&lab);
+    let slot = firstboot::certs::plan::ETCD
+        .slot(&firstboot::paths::Paths::under(&lab.root("node1").unwrap()));
+    let netns = lab.node("node1").unwrap().netns().to_owned();
+    let (count, lock) = in_netns(&netns, move || {
+        runtime().block_on(async move {
+            let client = firstboot::etcd::Client::for_slot(&slot, endpoints).unwrap();
+            let written = client.get_prefix(WRITES.as_bytes()).await.unwrap();
+            let lock = client
+                .get(b"/firstboot/handoff/etcd/restart-lock")
+                .await
+                .unwrap();
+            (written.len(), lock)
+        })
+    });
+    assert_eq!(count, writes.acknowledged.len(), "writes read back");
+    assert!(lock.is_none(), "the restart lock is still held: {lock:?}");
+    eprintln!(
+        "bench: node2 killed mid-restart: {} writes acknowledged, {} failed attempts retried",
+        writes.acknowledged.len(),
+        writes.failed_attempts
+    );
+    drop(lab);
+}
