@@ -59,11 +59,13 @@
 //!    sealed copy): a rebuilt bootstrap host must still learn that the
 //!    site lives on, and silence never tells it.
 //!
-//! Gap to close with step 5 (a later host joining): only step 1 writes
-//! FreeIPA's records, once. A node that joins or comes back at a new
-//! address after it would wait in step 2 for an answer FreeIPA never
-//! gives; the join service must ensure its records in FreeIPA when it
-//! registers it after the handoff.
+//! A node that joins or comes back at a new address after step 1 does
+//! not wait in step 2 for an answer FreeIPA never gives: its enrollment
+//! ensures its A record at the address it joined from (`freeipa::site`,
+//! `Enroller::enroll` and `readmit`, through `ensure_host`), before its
+//! handoff begins. Its PTR record is not kept that way (step 2 does not
+//! ask for it); a later host's join through FreeIPA (step 5) should
+//! ensure it with the rest.
 
 pub mod prepare;
 pub mod recertify;
