@@ -162,6 +162,9 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
     let dir = tempfile::tempdir().unwrap();
     let (site, configs) = lab::render_into(dir.path(), &lab::lab_site(5), &firstboot);
     let lab = lab::start(&image, &firstboot, &bytes, &configs);
+    // A writer from the start: its first write waits (retried) for etcd
+    // to form; the handoff, which re-certifies etcd, comes after FreeIPA.
+    let writer = Writer::start(&lab);
     // The first install on the first server fails half-way, and those of
     // a replica and a worker fail after ipa-join spent their one-time
     // passwords: each node tries again from clean, with no operator step.
@@ -172,6 +175,7 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
     assert_cluster(&lab, &site);
     let nodes = ["node1", "node2", "node3", "node4", "node5"];
     wait_done(&lab, &nodes, Duration::from_secs(300));
+    let writes = writer.stop();
     for node in ["node1", "node2", "node4"] {
         let faults = std::fs::read_to_string(
             lab.root(node)
@@ -401,8 +405,359 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
         let journal = lab.journal(node, Some("firstboot.service")).unwrap();
         assert!(journal.contains("phase freeipa: done"), "{node}: {journal}");
     }
+    handoff_etcd_is_the_sub_cas(&lab, writes);
     handoff_dns_is_freeipas(&lab, &nodes);
     drop(lab);
+}
+
+const CORE: [&str; 3] = ["node1", "node2", "node3"];
+const WRITES: &str = "/labtest/writes/";
+
+/// Every core member's client endpoint.
+fn etcd_endpoints(lab: &Lab) -> Vec<firstboot::etcd::Endpoint> {
+    CORE.iter()
+        .map(|n| firstboot::etcd::Endpoint {
+            name: format!("{n}.lab.example.org"),
+            address: SocketAddr::new(address(lab, n).into(), 2379),
+        })
+        .collect()
+}
+
+/// A writer acting as node1's own etcd client: a key every 100 ms, each
+/// retried until acknowledged, on node1's certificate files as they are
+/// at that moment (read again for every write: the handoff changes them
+/// under it, as it does under firstboot's own client).
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Writes>>,
+}
+
+/// What the writer did: each acknowledged write's revision and latency
+/// (retries included), and how many attempts failed.
+#[derive(Debug, Default)]
+struct Writes {
+    acknowledged: Vec<(i64, Duration)>,
+    failed_attempts: u32,
+    /// The first failure of each kind, for the report.
+    failures: std::collections::BTreeSet<String>,
+    given_up: Vec<String>,
+}
+
+impl Writer {
+    fn start(lab: &Lab) -> Writer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let paths = firstboot::paths::Paths::under(&lab.root("node1").unwrap());
+        let slot = firstboot::certs::plan::ETCD.slot(&paths);
+        let endpoints = etcd_endpoints(lab);
+        let netns = lab.node("node1").unwrap().netns().to_owned();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            in_netns(&netns, move || {
+                runtime().block_on(async move {
+                    let mut writes = Writes::default();
+                    let mut n = 0u32;
+                    while !flag.load(Ordering::SeqCst) {
+                        let key = format!("{WRITES}{n:06}");
+                        let began = Instant::now();
+                        let mut acknowledged = None;
+                        let mut last = String::new();
+                        // Bounded: 30 s of retries for one write (the
+                        // first: 5 minutes, while the site assembles).
+                        let tries = if writes.acknowledged.is_empty() {
+                            3000
+                        } else {
+                            300
+                        };
+                        for _ in 0..tries {
+                            let put = async {
+                                firstboot::etcd::Client::for_slot(&slot, endpoints.clone())?
+                                    .put(key.as_bytes(), b"x")
+                                    .await
+                            };
+                            match put.await {
+                                Ok(revision) => {
+                                    acknowledged = Some(revision);
+                                    break;
+                                }
+                                Err(e) if writes.acknowledged.is_empty() => {
+                                    // etcd not formed yet.
+                                    let _ = e;
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                                Err(e) => {
+                                    writes.failed_attempts += 1;
+                                    last = format!("{e:#}");
+                                    if writes.failures.len() < 5 {
+                                        writes.failures.insert(last.clone());
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                            }
+                        }
+                        match acknowledged {
+                            Some(revision) => writes.acknowledged.push((revision, began.elapsed())),
+                            None => writes.given_up.push(format!("{key}: {last}")),
+                        }
+                        n += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    writes
+                })
+            })
+        });
+        Writer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> Writes {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
+    latencies.sort();
+    let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+    latencies.get(i).copied().unwrap_or_default()
+}
+
+/// Handoff's etcd step (issue 17): every member presents and trusts the
+/// `etcd` sub-CA's certificates alone, renewed by certmonger; a client
+/// certificate from any other CA of the site is refused; and a writer
+/// through the whole roll lost nothing.
+fn handoff_etcd_is_the_sub_cas(lab: &Lab, writes: Writes) {
+    use firstboot::certs::moved::Moved;
+    let fqdn = |n: &str| format!("{n}.lab.example.org");
+    let node1 = firstboot::paths::Paths::under(&lab.root("node1").unwrap());
+    let record = Moved::load(&node1, firstboot::certs::CertPurpose::Etcd)
+        .unwrap()
+        .expect("node1 recorded no move of its etcd certificate");
+    let sub_ca = record.new_ca.clone();
+    let temporary = record.old_ca.clone();
+    assert!(!firstboot::pki::issued_by(&sub_ca, &temporary));
+    let ipa_ca = std::fs::read_to_string(
+        lab.root("node1")
+            .unwrap()
+            .join(SIM_DATA)
+            .join("etc/ipa/ca.crt"),
+    )
+    .unwrap();
+    // The sub-CA is FreeIPA's: its certificate verifies under the IPA CA
+    // (openssl, since firstboot's own check takes end-entity certificates).
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("ipa.pem"), &ipa_ca).unwrap();
+    std::fs::write(scratch.path().join("sub.pem"), &sub_ca).unwrap();
+    let verified = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(scratch.path().join("ipa.pem"))
+        .arg(scratch.path().join("sub.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "the etcd sub-CA is not FreeIPA's: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    for node in CORE {
+        let paths = firstboot::paths::Paths::under(&lab.root(node).unwrap());
+        let moved = Moved::load(&paths, firstboot::certs::CertPurpose::Etcd)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{node} recorded no move"));
+        assert!(moved.done, "{node}: {moved:?}");
+        assert_eq!(moved.new_ca, sub_ca, "{node}");
+        let slot = firstboot::certs::plan::ETCD.slot(&paths);
+        let trusted = std::fs::read_to_string(&slot.ca).unwrap();
+        assert_eq!(
+            trusted.trim(),
+            sub_ca.trim(),
+            "{node} trusts more than the sub-CA"
+        );
+        let cert = std::fs::read_to_string(&slot.cert).unwrap();
+        slot.check(&cert, &sub_ca, &fqdn(node))
+            .unwrap_or_else(|e| panic!("{node}: {e:#}"));
+        // certmonger's copy (in the server's own certmonger) is the one in
+        // place, and certmonger tracks it.
+        let staged = lab
+            .root(node)
+            .unwrap()
+            .join(moved.staged_cert.strip_prefix("/").unwrap());
+        assert_eq!(std::fs::read_to_string(staged).unwrap(), cert, "{node}");
+        let tracked = lab
+            .sh(
+                node,
+                &format!(
+                    "CERTMONGER_PVT_ADDRESS=unix:path=/{SIM_DATA}/{} getcert list -i firstboot-etcd",
+                    firstboot::freeipa::site::HOST_SERVER_CERTMONGER
+                ),
+            )
+            .unwrap();
+        assert!(tracked.contains("status: MONITORING"), "{node}: {tracked}");
+        assert!(tracked.contains("issuer: CN="), "{node}: {tracked}");
+    }
+
+    // On the wire: each member answers a client that trusts the sub-CA
+    // alone and shows node1's certificate; a client certificate from the
+    // temporary CA, from FreeIPA's own CA (an ordinary host certificate)
+    // or from the `kubernetes` sub-CA opens nothing, at any member.
+    let slot = firstboot::certs::plan::ETCD.slot(&node1);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let (own_cert, own_key) = (read(&slot.cert), read(&slot.key));
+    let temp_ca = firstboot::pki::TempCa::load_current(
+        &node1.ca_dir(),
+        "lab.example.org",
+        &firstboot::certs::PLAN.intermediates(),
+    )
+    .unwrap()
+    .expect("node1's temporary CA");
+    let from_temporary = firstboot::certs::plan::ETCD
+        .temporary_ca(&temp_ca)
+        .unwrap()
+        .issue(&fqdn("node1"))
+        .unwrap();
+    let realm = "LAB.EXAMPLE.ORG";
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let key_pem = key.serialize_pem();
+    let csr_node4 = firstboot::pki::csr_for(&key, &fqdn("node4")).unwrap();
+    let csr_node1 = firstboot::pki::csr_for(&key, &fqdn("node1")).unwrap();
+    let (host_cert, kubernetes_cert) = admin(lab, "node1", move |client| {
+        Box::pin(async move {
+            use firstboot::freeipa::ServiceCa;
+            let host = client
+                .request_certificate(
+                    &format!("host/node4.lab.example.org@{realm}"),
+                    &csr_node4,
+                    "ipa",
+                    "caIPAserviceCert",
+                )
+                .await
+                .unwrap();
+            client
+                .ensure_service_principal(ServiceCa::Kubernetes, "node1.lab.example.org", realm)
+                .await
+                .unwrap();
+            let kubernetes = client
+                .request_certificate(
+                    &format!("kubernetes/node1.lab.example.org@{realm}"),
+                    &csr_node1,
+                    "kubernetes",
+                    "caIPAserviceCert",
+                )
+                .await
+                .unwrap();
+            (host.cert_pem, kubernetes.cert_pem)
+        })
+    });
+    assert!(firstboot::pki::issued_by(&host_cert, &ipa_ca));
+    assert!(!firstboot::pki::issued_by(&kubernetes_cert, &sub_ca));
+    let strangers = vec![
+        (
+            "the temporary etcd CA",
+            from_temporary.cert_pem,
+            from_temporary.key_pem,
+        ),
+        (
+            "FreeIPA's own CA (a host certificate)",
+            host_cert,
+            key_pem.clone(),
+        ),
+        ("the kubernetes sub-CA", kubernetes_cert, key_pem),
+    ];
+    let endpoints = etcd_endpoints(lab);
+    let netns = lab.node("node1").unwrap().netns().to_owned();
+    let trust = sub_ca.clone();
+    let outcomes = in_netns(&netns, move || {
+        runtime().block_on(async move {
+            let mut outcomes = Vec::new();
+            for endpoint in &endpoints {
+                let one = vec![endpoint.clone()];
+                let own = firstboot::etcd::Client::new(&trust, &own_cert, &own_key, one.clone())
+                    .unwrap()
+                    .get(b"health")
+                    .await;
+                outcomes.push((
+                    endpoint.name.clone(),
+                    "node1's own",
+                    own.is_ok(),
+                    format!("{own:?}"),
+                ));
+                for (what, cert, key) in &strangers {
+                    let got = firstboot::etcd::Client::new(&trust, cert, key, one.clone())
+                        .unwrap()
+                        .put(b"/labtest/stranger", b"x")
+                        .await;
+                    outcomes.push((endpoint.name.clone(), what, got.is_ok(), format!("{got:?}")));
+                }
+            }
+            outcomes
+        })
+    });
+    for (member, what, opened, said) in outcomes {
+        let expected = what == "node1's own";
+        assert_eq!(
+            opened, expected,
+            "{member} with a client certificate from {what}: {said}"
+        );
+    }
+
+    // The writer: every write acknowledged, each one there, and writes
+    // went on across the whole roll (before its first step, after its
+    // last).
+    assert!(
+        writes.given_up.is_empty(),
+        "writes given up: {:?}",
+        writes.given_up
+    );
+    let (count, steps) = {
+        let endpoints = etcd_endpoints(lab);
+        let slot = slot.clone();
+        in_netns(&netns, move || {
+            runtime().block_on(async move {
+                let client = firstboot::etcd::Client::for_slot(&slot, endpoints).unwrap();
+                let written = client.get_prefix(WRITES.as_bytes()).await.unwrap();
+                let steps = client
+                    .get_prefix(b"/firstboot/handoff/etcd/step/")
+                    .await
+                    .unwrap();
+                (written.len(), steps)
+            })
+        })
+    };
+    assert_eq!(count, writes.acknowledged.len(), "writes read back");
+    assert_eq!(steps.len(), CORE.len(), "{steps:?}");
+    let roll_began = steps.iter().map(|kv| kv.create_revision).min().unwrap();
+    let roll_ended = steps.iter().map(|kv| kv.mod_revision).max().unwrap();
+    let first = writes.acknowledged.first().unwrap().0;
+    let last = writes.acknowledged.last().unwrap().0;
+    assert!(
+        first < roll_began && last > roll_ended,
+        "the writer ({first}..{last}) did not span the roll ({roll_began}..{roll_ended}); \
+         {} failed attempts: {:?}",
+        writes.failed_attempts,
+        writes.failures
+    );
+    let (mut before, mut during): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+    for (revision, latency) in &writes.acknowledged {
+        if *revision < roll_began {
+            before.push(*latency);
+        } else if *revision <= roll_ended {
+            during.push(*latency);
+        }
+    }
+    eprintln!(
+        "bench: etcd writes {} acknowledged, {} failed attempts retried; \
+         before the roll p50 {:?} p99 {:?} ({} writes); during it p50 {:?} p99 {:?} ({} writes)",
+        writes.acknowledged.len(),
+        writes.failed_attempts,
+        percentile(&mut before, 0.5),
+        percentile(&mut before, 0.99),
+        before.len(),
+        percentile(&mut during, 0.5),
+        percentile(&mut during, 0.99),
+        during.len(),
+    );
 }
 
 /// Handoff's DNS step (issue 17): every node routes the site domain to
@@ -543,5 +898,93 @@ fn faults_are_retried_and_a_replica_outlives_the_first_server() {
     let issued = issued.expect("node2 issued no certificate with node1 gone");
     let names = firstboot::pki::inspect(&issued.cert_pem).unwrap().dns_names;
     assert_eq!(names, ["node4.lab.example.org"]);
+    drop(lab);
+}
+
+/// Handoff's recovery (issue 17): node2 is killed in the middle of its
+/// etcd member's restart during the roll (the whole node, firstboot and
+/// etcd with it) and booted again. It resumes its own step (the restart
+/// lock it held is still its own), the others wait for it rather than
+/// take the lock, and the handoff completes; a writer through all of it
+/// loses nothing (each write retried at most 30 s: quorum held).
+#[test]
+fn a_core_host_killed_mid_restart_resumes_the_handoff() {
+    let _one_lab_at_a_time = support::lab::exclusive();
+    let Some((image, firstboot, bytes)) = ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (site, configs) = lab::render_into(dir.path(), &lab::lab_site(3), &firstboot);
+    let mut lab = lab::start(&image, &firstboot, &bytes, &configs);
+    let writer = Writer::start(&lab);
+    // The moment node2 restarts its member for the roll.
+    let deadline = Instant::now() + lab::BOOT_LIMIT;
+    loop {
+        let journal = lab
+            .journal("node2", Some("firstboot.service"))
+            .unwrap_or_default();
+        if journal.contains("etcd: restarting this member") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node2 never restarted its member for the roll:\n{journal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.kill("node2").unwrap();
+    let paths2 = firstboot::paths::Paths::under(&lab.root("node2").unwrap());
+    let moved = firstboot::certs::moved::Moved::load(&paths2, firstboot::certs::CertPurpose::Etcd)
+        .unwrap()
+        .expect("node2 was killed before its move began");
+    assert!(!moved.done, "node2 was killed after its move: {moved:?}");
+    lab.boot("node2").unwrap();
+    assert_cluster(&lab, &site);
+    let nodes = ["node1", "node2", "node3"];
+    wait_done(&lab, &nodes, Duration::from_secs(300));
+    let writes = writer.stop();
+
+    let journal = lab.journal("node2", Some("firstboot.service")).unwrap();
+    assert!(journal.contains("phase handoff: done"), "{journal}");
+    let mut sub_ca = None;
+    for node in nodes {
+        let paths = firstboot::paths::Paths::under(&lab.root(node).unwrap());
+        let moved =
+            firstboot::certs::moved::Moved::load(&paths, firstboot::certs::CertPurpose::Etcd)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{node} recorded no move"));
+        assert!(moved.done, "{node}: {moved:?}");
+        let sub = sub_ca.get_or_insert_with(|| moved.new_ca.clone());
+        assert_eq!(&moved.new_ca, sub, "{node}");
+        let slot = firstboot::certs::plan::ETCD.slot(&paths);
+        assert_eq!(
+            std::fs::read_to_string(&slot.ca).unwrap().trim(),
+            sub.trim(),
+            "{node}"
+        );
+    }
+    assert!(writes.given_up.is_empty(), "{:?}", writes.given_up);
+    let endpoints = etcd_endpoints(&lab);
+    let slot = firstboot::certs::plan::ETCD
+        .slot(&firstboot::paths::Paths::under(&lab.root("node1").unwrap()));
+    let netns = lab.node("node1").unwrap().netns().to_owned();
+    let (count, lock) = in_netns(&netns, move || {
+        runtime().block_on(async move {
+            let client = firstboot::etcd::Client::for_slot(&slot, endpoints).unwrap();
+            let written = client.get_prefix(WRITES.as_bytes()).await.unwrap();
+            let lock = client
+                .get(b"/firstboot/handoff/etcd/restart-lock")
+                .await
+                .unwrap();
+            (written.len(), lock)
+        })
+    });
+    assert_eq!(count, writes.acknowledged.len(), "writes read back");
+    assert!(lock.is_none(), "the restart lock is still held: {lock:?}");
+    eprintln!(
+        "bench: node2 killed mid-restart: {} writes acknowledged, {} failed attempts retried",
+        writes.acknowledged.len(),
+        writes.failed_attempts
+    );
     drop(lab);
 }

@@ -220,6 +220,9 @@ fn a_running_site_keeps_its_trust() {
     let (_dir, site, configs) = render(4, &firstboot);
     let mut lab = lab::start(&image, &firstboot, &bytes, &configs);
     assert_cluster(&lab, &site);
+    // The checks below are of a site at rest: handoff, which re-certifies
+    // etcd member by member, is over.
+    lab::wait_assembled(&lab, &site);
     let stranger = lab.add_stranger(STRANGER).unwrap();
     let bootstrap = address(&lab, "node1");
 
@@ -776,42 +779,50 @@ fn a_running_site_keeps_its_trust() {
     let err = format!("{:#}", refused.expect_err("a relayed answer was accepted"));
     assert!(err.contains("relayed"), "{err}");
 
-    // 8. Renewal: a certificate past two thirds of its life is renewed by
-    // its node, without restarting etcd; an expired one is replaced.
-    let ca = firstboot::pki::TempCa::load(
-        &lab.root("node1").unwrap().join("var/lib/firstboot/ca"),
-        &firstboot::certs::PLAN.intermediates(),
-    )
-    .unwrap()
-    .unwrap();
+    // 8. Renewal. After the handoff etcd's certificate is certmonger's:
+    // certmonger renews it in node2's FreeIPA server, and node2's renewal
+    // run puts the new one in place, checked, without restarting etcd. A
+    // certificate still from the temporary CA (node4's identity), expired,
+    // is replaced from it.
     let root2 = lab.root("node2").unwrap();
-    let current = std::fs::read_to_string(root2.join("etc/firstboot/etcd/member.crt")).unwrap();
-    let spki = firstboot::pki::inspect(&current).unwrap().spki;
-    let now = time::OffsetDateTime::now_utc();
-    let due = firstboot::certs::plan::ETCD
-        .temporary_ca(&ca)
+    let paths2 = firstboot::paths::Paths::under(&root2);
+    let moved = firstboot::certs::moved::Moved::load(&paths2, firstboot::certs::CertPurpose::Etcd)
         .unwrap()
-        .certify_key(
-            &spki,
-            "node2.lab.example.org",
-            now - time::Duration::hours(2),
-            now + time::Duration::minutes(30),
-        )
-        .unwrap();
-    std::fs::write(root2.join("etc/firstboot/etcd/member.crt"), &due).unwrap();
+        .expect("node2's etcd certificate did not move to FreeIPA");
+    assert!(moved.done, "{moved:?}");
+    let member = root2.join("etc/firstboot/etcd/member.crt");
+    let current = std::fs::read_to_string(&member).unwrap();
     let pid = |lab: &Lab| {
         lab.sh("node2", "systemctl show -p MainPID --value etcd.service")
             .unwrap()
     };
     let etcd_pid = pid(&lab);
+    let resubmitted = lab
+        .sh(
+            "node2",
+            &format!(
+                "CERTMONGER_PVT_ADDRESS=unix:path=/var/lib/freeipa-server/{} \
+                 getcert resubmit -i firstboot-etcd -w 2>&1",
+                firstboot::freeipa::site::HOST_SERVER_CERTMONGER
+            ),
+        )
+        .unwrap();
+    let staged =
+        std::fs::read_to_string(root2.join(moved.staged_cert.strip_prefix("/").unwrap())).unwrap();
+    assert_ne!(staged, current, "certmonger did not renew: {resubmitted}");
+    assert_eq!(
+        std::fs::read_to_string(&member).unwrap(),
+        current,
+        "the slot changed before the renewal run"
+    );
     lab.sh("node2", "systemctl start firstboot-renew.service")
         .unwrap();
-    let renewed = std::fs::read_to_string(root2.join("etc/firstboot/etcd/member.crt")).unwrap();
-    assert_ne!(renewed, due, "the due certificate was kept");
-    assert!(!firstboot::pki::renewal_due(
-        &renewed,
-        firstboot::status::now()
-    ));
+    let renewed = std::fs::read_to_string(&member).unwrap();
+    assert_eq!(renewed, staged, "certmonger's renewal is not in place");
+    firstboot::certs::plan::ETCD
+        .slot(&paths2)
+        .check(&renewed, &moved.new_ca, "node2.lab.example.org")
+        .unwrap();
     assert_eq!(pid(&lab), etcd_pid, "etcd restarted");
     let health = etcdctl(
         &lab,
@@ -821,6 +832,13 @@ fn a_running_site_keeps_its_trust() {
     );
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
 
+    let ca = firstboot::pki::TempCa::load(
+        &lab.root("node1").unwrap().join("var/lib/firstboot/ca"),
+        &firstboot::certs::PLAN.intermediates(),
+    )
+    .unwrap()
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
     let root4 = lab.root("node4").unwrap();
     let current = std::fs::read_to_string(root4.join("etc/firstboot/tls/node.crt")).unwrap();
     let spki = firstboot::pki::inspect(&current).unwrap().spki;

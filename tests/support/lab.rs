@@ -216,6 +216,16 @@ pub const BOOT_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 /// `etcdctl` in `node` against `endpoint`, with the node's etcd
 /// certificate (core hosts) as client certificate.
 pub fn etcdctl(lab: &Lab, node: &str, endpoint: &str, args: &str) -> String {
+    try_etcdctl(lab, node, endpoint, args).unwrap_or_else(|e| {
+        panic!(
+            "{node}: etcdctl {args}: {e}\n{}",
+            lab.journal(node, Some("etcd.service")).unwrap_or_default()
+        )
+    })
+}
+
+/// The same, its failure (what it said) an `Err`.
+pub fn try_etcdctl(lab: &Lab, node: &str, endpoint: &str, args: &str) -> Result<String, String> {
     lab.sh(
         node,
         &format!(
@@ -224,12 +234,39 @@ pub fn etcdctl(lab: &Lab, node: &str, endpoint: &str, args: &str) -> String {
              --key=/etc/firstboot/etcd/member.key --command-timeout=10s {args} 2>&1"
         ),
     )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{node}: etcdctl {args}: {e:#}\n{}",
-            lab.journal(node, Some("etcd.service")).unwrap_or_default()
-        )
-    })
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// Every node done with its last phase (the bootstrap host serving on),
+/// as its status file says; bounded by [`BOOT_LIMIT`].
+pub fn wait_assembled(lab: &Lab, site: &Site) {
+    let deadline = std::time::Instant::now() + BOOT_LIMIT;
+    for host in &site.hosts {
+        let name = host.name.as_str();
+        loop {
+            let status = lab
+                .sh(name, "cat /run/firstboot/status.json")
+                .ok()
+                .and_then(|s| node_contract::status::Status::from_json(s.as_bytes()).ok());
+            let done = status.as_ref().is_some_and(|s| {
+                s.phase == node_contract::Phase::ALL.last().copied()
+                    && matches!(
+                        s.state,
+                        node_contract::status::State::Done | node_contract::status::State::Serving
+                    )
+            });
+            if done {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not finish its last phase: {status:?}\n{}",
+                lab.journal(name, Some("firstboot.service"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
 }
 
 /// Every node booted and `running`, the cluster healthy from every core
@@ -273,12 +310,19 @@ pub fn assert_cluster(lab: &Lab, site: &Site) {
             );
             continue;
         }
-        let health = etcdctl(lab, name, &first, "endpoint health --cluster");
-        assert_eq!(
-            health.matches("is healthy").count(),
-            core.len(),
-            "{name}: {health}"
-        );
+        // Healthy within a minute: the handoff may be restarting members
+        // one at a time (each back in seconds) as this asks.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let health = match try_etcdctl(lab, name, &first, "endpoint health --cluster") {
+                Ok(out) | Err(out) => out,
+            };
+            if health.matches("is healthy").count() == core.len() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}: {health}");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
         let members = etcdctl(lab, name, &first, "member list");
         for member in &core {
             assert!(

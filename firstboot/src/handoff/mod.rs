@@ -2,7 +2,7 @@
 //! to FreeIPA (ARCHITECTURE §5), done by the nodes themselves.
 //!
 //! Built so far:
-//! - phase `handoff` (`phases::handoff`): steps 1 and 2 below;
+//! - phase `handoff` (`phases::handoff`): steps 1 to 3 below;
 //! - [`recertify`]: etcd moved from one CA to another, one member at a
 //!   time, agreed through etcd, never losing quorum or a write;
 //! - `resolver::SiteDns`: the site domain routed to every FreeIPA server,
@@ -40,24 +40,6 @@
 //!    (the sub-CA's key not replicated yet) is "not yet", bounded (the
 //!    phase asks again). `getcert` gets no `-F` for etcd: the trust file
 //!    is [`recertify`]'s (the bundle until its last step).
-//!
-//!    Built, and run in the lab's phase on the branch
-//!    `handoff-etcd-wiring` (writer, kill mid-restart and cross-CA checks
-//!    in `lab_freeipa` green), but not run here yet, because of what it
-//!    does to a core host rebuilt afterwards: that host joins with a
-//!    temporary etcd certificate and trusts the temporary etcd CA alone,
-//!    while its peers now trust and present the sub-CA's, so its etcd
-//!    rejoin is refused both ways (the end-to-end rebuild of the bootstrap
-//!    host would fail). Before step 3 runs, a rebuilt core host must get
-//!    its etcd certificate from the sub-CA and its trust from the site:
-//!    the join service, which holds FreeIPA's admin session, signs a
-//!    rebuilt core host's etcd CSR through the `etcd` sub-CA and answers
-//!    the sub-CA as trust; a rebuilt bootstrap host, which has the admin
-//!    password but no server yet, asks a peer's FreeIPA with it (the peer
-//!    answer already carries the IPA CA to check it with), and its
-//!    rejoin clears its member's old roll record so its own handoff runs
-//!    the steps again. That is step 5's "a later host joins through
-//!    FreeIPA" for core hosts, so it belongs with it.
 //! 4. Identities next: the temporary root still certifies every node's
 //!    identity (the join, peer and lock services' TLS), so its keys cannot
 //!    go before those do. Each node's identity moves to a FreeIPA host

@@ -1,8 +1,9 @@
-//! Phase 6: handoff (ARCHITECTURE §5), on every node, its first steps so
-//! far: FreeIPA is given the site's names and service CAs, and every node
-//! asks FreeIPA's servers for the site's names. The rest of the handoff
-//! (etcd re-certified from its sub-CA, the temporary services and CA
-//! ended) follows the plan in `crate::handoff`.
+//! Phase 6: handoff (ARCHITECTURE §5), on every node, its steps so far:
+//! FreeIPA is given the site's names and service CAs, every node asks
+//! FreeIPA's servers for the site's names, and the core hosts re-certify
+//! etcd from its sub-CA. The rest of the handoff (the temporary services
+//! and CA ended, a later host joining through FreeIPA) follows the plan
+//! in `crate::handoff`.
 //!
 //! 1. **records** (the bootstrap host, FreeIPA's first server and the one
 //!    node with the admin password): `handoff::prepare` ensures every
@@ -15,6 +16,12 @@
 //!    DNS last. systemd-resolved moves to the next server when one fails,
 //!    so one server down changes nothing; an answer that is wrong is not a
 //!    failure to resolved, so no server is listed before it answers right.
+//! 3. **etcd** (core hosts): each member is re-certified from the `etcd`
+//!    sub-CA, one at a time, agreed through etcd (`handoff::recertify`),
+//!    its certificate requested from and renewed by its FreeIPA server's
+//!    certmonger (`handoff::request`, `certs::moved`). The sub-CA's certificate comes from
+//!    etcd, where the bootstrap host put it in step 1: only a member
+//!    writes there, and every certificate issued is checked against it.
 //!
 //! No node decides anything from silence: a server that does not answer
 //! keeps the phase waiting (bounded, then retried by the engine), it is
@@ -27,8 +34,16 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use node_contract::HostName;
 
+use node_contract::Role;
+
+use super::etcd::CLIENT_PORT;
 use super::Context;
+use crate::certs::plan;
+use crate::etcd::Endpoint;
+use crate::freeipa::ServiceCa;
+use crate::handoff::recertify::{self, FromFreeipa, Roll, SystemdEtcd};
 use crate::resolver::SiteDns;
+use crate::{certs::moved::Moved, handoff::request::RequestSite};
 
 /// How long the bootstrap host waits, within one attempt, for a new
 /// sub-CA's key to reach the server it asks (FreeIPA's 13031 "not yet").
@@ -36,6 +51,13 @@ const SUB_CA_WAIT: Duration = Duration::from_secs(120);
 /// How long one attempt waits for every FreeIPA server to answer right.
 const DNS_WAIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(500);
+/// How long certmonger may take to bring a certificate, within one
+/// attempt (a replica may not hold the sub-CA's key yet).
+const CERTMONGER_WAIT: Duration = Duration::from_secs(300);
+/// Where step 1 puts each sub-CA's certificate in etcd, by its name.
+pub const SUB_CA_PREFIX: &str = "/firstboot/handoff/sub-ca/";
+/// Where the core hosts agree on etcd's roll.
+const ROLL_PREFIX: &str = "/firstboot/handoff/etcd/";
 /// FreeIPA's DNS (BIND) listens on the standard port.
 const FREEIPA_DNS_PORT: u16 = 53;
 
@@ -55,6 +77,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         list(&servers)
     ));
     wait_for_answers(&servers, &fqdn, own, DNS_WAIT).await?;
+    let addresses_known = servers.clone();
     let addresses: Vec<Ipv4Addr> = servers.values().copied().collect();
     crate::resolver::route_site_domain(
         &cx.paths,
@@ -70,6 +93,9 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         "the site's names come from FreeIPA ({}), the temporary DNS last",
         list(&servers)
     );
+    if cx.config.role() == Role::Core {
+        recertify_etcd(cx, own, &addresses_known).await?;
+    }
     Ok(())
 }
 
@@ -79,7 +105,9 @@ async fn prepare(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
     // After a restart the enrollment service comes back first: nodes
     // still enrolling must not wait for this phase.
     super::freeipa::resume(cx).await?;
-    let state = cx.paths.service_state_dir(&cx.config, crate::freeipa::site::SERVER)?;
+    let state = cx
+        .paths
+        .service_state_dir(&cx.config, crate::freeipa::site::SERVER)?;
     let client = super::freeipa::admin_client(cx, own, &state).await?;
     let registered = cx
         .services
@@ -89,6 +117,16 @@ async fn prepare(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
         .await;
     let prepared =
         crate::handoff::prepare::prepare(&client, &cx.config, &registered, SUB_CA_WAIT).await?;
+    // The core hosts take each sub-CA's certificate from etcd.
+    let etcd = etcd_client(cx, own, &cx.state.peers)?;
+    for info in &prepared.sub_cas {
+        etcd.put(
+            format!("{SUB_CA_PREFIX}{}", info.ca.name()).as_bytes(),
+            info.cert_pem.as_bytes(),
+        )
+        .await
+        .with_context(|| format!("publishing the {} sub-CA in etcd", info.ca.name()))?;
+    }
     tracing::info!(
         phase = "handoff",
         "FreeIPA holds the site's records for {} hosts and {} service CAs",
@@ -96,6 +134,136 @@ async fn prepare(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
         prepared.sub_cas.len()
     );
     Ok(())
+}
+
+/// Step 3, on a core host: its etcd member moved to the `etcd` sub-CA.
+async fn recertify_etcd(
+    cx: &mut Context,
+    own: Ipv4Addr,
+    core: &BTreeMap<HostName, Ipv4Addr>,
+) -> Result<()> {
+    let slot = plan::ETCD.slot(&cx.paths);
+    let site = RequestSite::freeipa_server(&cx.paths, &cx.config)?;
+    let moved = match Moved::load(&cx.paths, slot.purpose)? {
+        Some(moved) if moved.done => return Ok(()),
+        Some(moved) => moved,
+        None => {
+            cx.reporter
+                .detail("etcd: waiting for the etcd sub-CA's certificate in etcd".into());
+            let new_ca = sub_ca_from_etcd(cx, own, core, ServiceCa::Etcd).await?;
+            // What the member trusts now is the temporary CA: recorded
+            // before anything changes, as the roll's "old" from here on.
+            let old_ca = std::fs::read_to_string(&slot.ca)
+                .with_context(|| format!("reading {}", slot.ca.display()))?;
+            let staged = site.staged(&slot);
+            let moved = Moved {
+                old_ca,
+                new_ca,
+                staged_cert: staged.host_cert,
+                staged_key: staged.host_key,
+                done: false,
+            };
+            moved.save(&cx.paths, slot.purpose)?;
+            moved
+        }
+    };
+    let fqdn = cx.config.fqdn(&cx.config.node);
+    let endpoints = endpoints(cx, own, core);
+    let roll = Roll {
+        me: cx.config.node.to_string(),
+        members: cx.config.site.core.iter().map(|c| c.to_string()).collect(),
+        own: endpoints[0].clone(),
+        endpoints,
+        slot: slot.clone(),
+        old_ca: moved.old_ca.clone(),
+        new_ca: moved.new_ca.clone(),
+        prefix: ROLL_PREFIX.to_owned(),
+        restart: SystemdEtcd,
+        issuer: FromFreeipa {
+            site,
+            sub_ca: ServiceCa::Etcd.name().to_owned(),
+            sub_ca_pem: moved.new_ca.clone(),
+            principal: ServiceCa::Etcd.principal(&fqdn, cx.config.site.realm.as_str())?,
+            patience: CERTMONGER_WAIT,
+        },
+        patience: recertify::PATIENCE,
+    };
+    let reporter = &cx.reporter;
+    roll.run(&mut |step| {
+        reporter.detail(format!(
+            "etcd: {} (every member in turn, {})",
+            step.as_str(),
+            step.waiting_for()
+        ))
+    })
+    .await?;
+    Moved {
+        done: true,
+        ..moved
+    }
+    .save(&cx.paths, slot.purpose)?;
+    tracing::info!(
+        phase = "handoff",
+        "etcd presents and trusts certificates of FreeIPA's etcd sub-CA alone; certmonger renews them"
+    );
+    Ok(())
+}
+
+/// Every core member's client endpoint, this node's first (on its own
+/// address: it answers as long as this node does).
+fn endpoints(cx: &Context, own: Ipv4Addr, core: &BTreeMap<HostName, Ipv4Addr>) -> Vec<Endpoint> {
+    let endpoint = |node: &HostName, address: Ipv4Addr| Endpoint {
+        name: cx.config.fqdn(node),
+        address: SocketAddr::new(address.into(), CLIENT_PORT),
+    };
+    let me = &cx.config.node;
+    std::iter::once(endpoint(me, own))
+        .chain(
+            core.iter()
+                .filter(|(node, _)| *node != me && cx.config.site.core.contains(node))
+                .map(|(node, address)| endpoint(node, *address)),
+        )
+        .collect()
+}
+
+fn etcd_client(
+    cx: &Context,
+    own: Ipv4Addr,
+    core: &BTreeMap<HostName, Ipv4Addr>,
+) -> Result<crate::etcd::Client> {
+    crate::etcd::Client::for_node(&cx.paths, endpoints(cx, own, core))
+}
+
+/// A sub-CA's certificate, as the bootstrap host put it in etcd; bounded.
+async fn sub_ca_from_etcd(
+    cx: &Context,
+    own: Ipv4Addr,
+    core: &BTreeMap<HostName, Ipv4Addr>,
+    ca: ServiceCa,
+) -> Result<String> {
+    let key = format!("{SUB_CA_PREFIX}{}", ca.name());
+    let deadline = tokio::time::Instant::now() + SUB_CA_WAIT;
+    loop {
+        let said = match etcd_client(cx, own, core)?.get(key.as_bytes()).await {
+            Ok(Some(kv)) => {
+                let pem = String::from_utf8(kv.value)
+                    .with_context(|| format!("etcd's {key} is not text"))?;
+                crate::pki::inspect(&pem)
+                    .with_context(|| format!("etcd's {key} is not a certificate"))?;
+                return Ok(pem);
+            }
+            Ok(None) => "the bootstrap host has not put it there yet".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "no {} sub-CA certificate in etcd ({key}) after {}s: {said}",
+                ca.name(),
+                SUB_CA_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Every FreeIPA server of the site (the core hosts) at its VPC address:
