@@ -1196,6 +1196,7 @@ fn a_rebuilt_bootstrap_host_waits_for_its_peers_and_rejoins() {
             etcd_data: true,
             ca_backup: Some("00".repeat(64)),
             freeipa_ca: None,
+            etcd_sub_ca: None,
         },
         SigningKey::from_seed(&Seed::from_bytes(rand::random())),
     );
@@ -1298,6 +1299,7 @@ fn a_rebuilt_bootstrap_host_takes_nothing_from_a_stranger_with_a_peers_user_data
             etcd_data: true,
             ca_backup: None,
             freeipa_ca: Some(fake_ipa_ca.clone()),
+            etcd_sub_ca: None,
         },
         node2.signing_key(),
     );
