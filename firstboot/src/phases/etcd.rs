@@ -273,7 +273,10 @@ async fn forget_roll(client: &etcd::Client, me: &HostName) -> Result<()> {
     if let Some(kv) = client.get(lock.as_bytes()).await? {
         if kv.value == me.as_str().as_bytes() {
             client.delete_if(lock.as_bytes(), kv.mod_revision).await?;
-            tracing::info!(phase = "etcd", "released the roll's restart lock this node's last life held");
+            tracing::info!(
+                phase = "etcd",
+                "released the roll's restart lock this node's last life held"
+            );
         }
     }
     Ok(())
