@@ -374,6 +374,16 @@ impl Enroller {
             // here from anywhere but that node.
             password = self.password(node, true).await?;
             readmit(&self.client, &fqdn, address, &password, role).await?;
+            if role == Role::Core {
+                let restored = self
+                    .client
+                    .restore_service_principal(super::ServiceCa::Etcd, &fqdn, &self.realm)
+                    .await
+                    .with_context(|| format!("the etcd principal of the rebuilt {fqdn}"))?;
+                if restored {
+                    tracing::info!(host = %fqdn, "freeipa: etcd/{fqdn} restored for the rebuilt host");
+                }
+            }
             tracing::info!(host = %fqdn, "freeipa: {fqdn} was rebuilt; it enrolls again");
             return Ok(password);
         }
