@@ -498,7 +498,7 @@ fn zincati_reboots_one_node_at_a_time_only_when_the_site_can_spare_it() {
         .journal("node1", Some("firstboot-fleetlock.service"))
         .unwrap();
     assert!(
-        answered.contains("node4"),
+        answered.contains("/v1/pre-reboot granted to node4"),
         "node1 did not answer node4: {answered}"
     );
     lab.kill("node1").unwrap();

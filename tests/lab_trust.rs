@@ -1170,6 +1170,33 @@ fn assert_rejoined(lab: &Lab, site: &Site, before: &[u64]) {
         !journal.contains("created the temporary CAs"),
         "node1 made new CAs:\n{journal}"
     );
+    // The site had handed etcd over to FreeIPA's etcd sub-CA before the
+    // rebuild: node1 got its etcd certificate from that sub-CA through a
+    // surviving FreeIPA server (its peers refuse a temporary one), and
+    // its own handoff then moved it to certmonger, as every member's.
+    lab::wait_assembled(lab, site);
+    assert!(
+        journal.contains("the site's etcd trusts FreeIPA's etcd sub-CA"),
+        "{journal}"
+    );
+    let moved = |node: &str| {
+        let paths = firstboot::paths::Paths::under(&lab.root(node).unwrap());
+        firstboot::certs::moved::Moved::load(&paths, firstboot::certs::CertPurpose::Etcd)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{node}: no move of its etcd certificate"))
+    };
+    let sub_ca = moved("node2").new_ca;
+    let node1 = moved("node1");
+    assert!(node1.done, "{node1:?}");
+    assert_eq!(node1.new_ca, sub_ca);
+    let paths = firstboot::paths::Paths::under(&lab.root("node1").unwrap());
+    let slot = firstboot::certs::plan::ETCD.slot(&paths);
+    assert_eq!(
+        std::fs::read_to_string(&slot.ca).unwrap().trim(),
+        sub_ca.trim()
+    );
+    let cert = std::fs::read_to_string(&slot.cert).unwrap();
+    slot.check(&cert, &sub_ca, "node1.lab.example.org").unwrap();
 }
 
 #[test]
@@ -1181,6 +1208,8 @@ fn a_rebuilt_bootstrap_host_waits_for_its_peers_and_rejoins() {
     let (_dir, site, configs) = render(3, &firstboot);
     let mut lab = lab::start(&image, &firstboot, &bytes, &configs);
     assert_cluster(&lab, &site);
+    // Rebuilt after the handoff, which moved etcd to FreeIPA's sub-CA.
+    lab::wait_assembled(&lab, &site);
     let before = cluster_ids(&lab);
     assert_eq!(before.len(), 3);
 
@@ -1196,6 +1225,7 @@ fn a_rebuilt_bootstrap_host_waits_for_its_peers_and_rejoins() {
             etcd_data: true,
             ca_backup: Some("00".repeat(64)),
             freeipa_ca: None,
+            etcd_sub_ca: None,
         },
         SigningKey::from_seed(&Seed::from_bytes(rand::random())),
     );
@@ -1298,6 +1328,7 @@ fn a_rebuilt_bootstrap_host_takes_nothing_from_a_stranger_with_a_peers_user_data
             etcd_data: true,
             ca_backup: None,
             freeipa_ca: Some(fake_ipa_ca.clone()),
+            etcd_sub_ca: None,
         },
         node2.signing_key(),
     );

@@ -43,6 +43,8 @@ pub enum Verdict {
         peers: BTreeMap<HostName, Ipv4Addr>,
         /// The peers that run a FreeIPA server, with its CA.
         freeipa: Vec<crate::state::FreeipaPeer>,
+        /// The `etcd` sub-CA the peers' etcd moved to, if it has.
+        etcd_sub_ca: Option<String>,
     },
 }
 
@@ -232,8 +234,13 @@ impl Discovery {
                     })
                 })
                 .collect();
+            let etcd_sub_ca = vouched
+                .iter()
+                .filter(|(node, _)| others.contains(node))
+                .find_map(|(node, address)| self.answers[node][address].etcd_sub_ca.clone());
             return Some(Verdict::Restore {
                 freeipa,
+                etcd_sub_ca,
                 cluster_exists,
                 peers: vouched,
                 backup: Box::new(newest),
@@ -410,7 +417,11 @@ pub async fn ensure_ca(
             cluster_exists,
             peers,
             freeipa,
+            etcd_sub_ca,
         } => {
+            if let Some(sub_ca) = &etcd_sub_ca {
+                crate::handoff::rejoin::etcd_from_freeipa(paths, config, &freeipa, sub_ca).await?;
+            }
             if !freeipa.is_empty() {
                 tracing::warn!(
                     "the site's FreeIPA runs on {:?}: this host joins it as a replica",

@@ -78,6 +78,7 @@ fn peer_answer(
         etcd_data,
         ca_backup: backup.map(|g| format!("sealed {g}")),
         freeipa_ca: None,
+        etcd_sub_ca: None,
     }
 }
 

@@ -171,14 +171,20 @@ pub async fn respond<P: Probes>(
     };
     match outcome {
         Ok(()) => {
-            tracing::info!(node = %caller.node, "fleetlock: {} granted", request.path);
+            tracing::info!(
+                node = %caller.node,
+                "fleetlock: {} granted to {}",
+                request.path,
+                caller.node
+            );
             Response::json(b"{}".to_vec())
         }
         Err(refusal) => {
             tracing::info!(
                 node = %caller.node,
-                "fleetlock: {} refused ({}): {}",
+                "fleetlock: {} refused to {} ({}): {}",
                 request.path,
+                caller.node,
                 refusal.kind,
                 refusal.value
             );

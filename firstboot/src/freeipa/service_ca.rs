@@ -319,6 +319,24 @@ impl Client {
         })
     }
 
+    /// `ca`'s service principal on `fqdn` again, if the handoff made `ca`
+    /// (its sub-CA exists): a core host readmitted after its rebuild lost
+    /// its service principals with its old server entry (`server_del`
+    /// removes the host's services), and its certmonger asks as them.
+    /// Nothing before the handoff; Ok(false) then.
+    pub async fn restore_service_principal(
+        &self,
+        ca: ServiceCa,
+        fqdn: &str,
+        realm: &str,
+    ) -> Result<bool, Error> {
+        if matches!(self.show_ca(ca.name()).await?, Shown::Missing) {
+            return Ok(false);
+        }
+        self.ensure_service_principal(ca, fqdn, realm).await?;
+        Ok(true)
+    }
+
     /// `ca`'s service principal on `fqdn` exists (its host must be in
     /// FreeIPA and resolve) and may use `ca`'s sub-CA.
     pub async fn ensure_service_principal(

@@ -298,6 +298,7 @@ pub struct Enroller {
     file: PathBuf,
     passwords: Mutex<BTreeMap<HostName, String>>,
     domain: node_contract::DomainName,
+    realm: String,
     core_hosts: usize,
 }
 
@@ -315,8 +316,30 @@ impl Enroller {
             file,
             passwords: Mutex::new(passwords),
             domain: config.site.domain.clone(),
+            realm: config.site.realm.as_str().to_owned(),
             core_hosts: config.site.core.len(),
         })
+    }
+
+    /// A certificate for `node`'s service `service` from the sub-CA of the
+    /// same name, for the CSR the node made (its key stays on the node),
+    /// asked as the admin: how a core host that joins after the handoff
+    /// gets its etcd certificate before it can ask certmonger itself.
+    /// FreeIPA checks the CSR against the principal and the CA ACL.
+    pub async fn certify_service(
+        &self,
+        service: &str,
+        node: &HostName,
+        csr_pem: &str,
+    ) -> Result<String> {
+        let fqdn = self.domain.fqdn(node);
+        let principal = format!("{service}/{fqdn}@{}", self.realm);
+        let issued = self
+            .client
+            .request_certificate(&principal, csr_pem, service, super::ensure::SERVICE_PROFILE)
+            .await
+            .with_context(|| format!("FreeIPA's {service} sub-CA, for {principal}"))?;
+        Ok(issued.cert_pem)
     }
 
     /// The server nodes enroll with.
@@ -351,6 +374,16 @@ impl Enroller {
             // here from anywhere but that node.
             password = self.password(node, true).await?;
             readmit(&self.client, &fqdn, address, &password, role).await?;
+            if role == Role::Core {
+                let restored = self
+                    .client
+                    .restore_service_principal(super::ServiceCa::Etcd, &fqdn, &self.realm)
+                    .await
+                    .with_context(|| format!("the etcd principal of the rebuilt {fqdn}"))?;
+                if restored {
+                    tracing::info!(host = %fqdn, "freeipa: etcd/{fqdn} restored for the rebuilt host");
+                }
+            }
             tracing::info!(host = %fqdn, "freeipa: {fqdn} was rebuilt; it enrolls again");
             return Ok(password);
         }

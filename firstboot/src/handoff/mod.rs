@@ -69,4 +69,5 @@
 
 pub mod prepare;
 pub mod recertify;
+pub mod rejoin;
 pub mod request;

@@ -54,7 +54,16 @@ fn answer(paths: &Paths, config: &NodeConfig, vpc_addresses: Vec<Ipv4Addr>) -> P
             .then(|| std::fs::read_to_string(paths.ca_backup()).ok())
             .flatten(),
         freeipa_ca: core.then(|| freeipa_ca(paths)).flatten(),
+        etcd_sub_ca: core.then(|| etcd_sub_ca(paths)).flatten(),
     }
+}
+
+/// The sub-CA this node's etcd member moves (or moved) to.
+fn etcd_sub_ca(paths: &Paths) -> Option<String> {
+    crate::certs::moved::Moved::load(paths, crate::certs::CertPurpose::Etcd)
+        .ok()
+        .flatten()
+        .map(|moved| moved.new_ca)
 }
 
 /// The IPA CA of this node's FreeIPA server, once it is configured.
@@ -584,6 +593,7 @@ mod tests {
                     etcd_data: true,
                     ca_backup: None,
                     freeipa_ca: None,
+                    etcd_sub_ca: None,
                 })
                 .unwrap();
                 let proof = protocol::sign_answer(&key, Purpose::PeerAnswer, &asked.nonce, &body);

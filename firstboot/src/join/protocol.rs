@@ -140,6 +140,12 @@ pub struct PeerAnswer {
     /// replica instead of installing a second one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeipa_ca: Option<String>,
+    /// The `etcd` sub-CA's certificate, once this core peer's etcd has
+    /// begun to move to it (handoff): a rebuilt bootstrap host then gets
+    /// its own etcd certificate from that sub-CA, since the members would
+    /// refuse a temporary one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_sub_ca: Option<String>,
 }
 
 /// A joined node asking for its FreeIPA enrollment.

@@ -23,7 +23,7 @@ use super::protocol::{
 };
 use super::Credentials;
 use crate::backup::CaBackup;
-use crate::certs::Plan;
+use crate::certs::{CertPurpose, Plan};
 use crate::dns::DnsServer;
 use crate::freeipa::site::Enroller;
 use crate::https::{Request, Response};
@@ -260,11 +260,18 @@ impl Registrar {
     /// node came back with a newer credential generation.
     async fn admit(&mut self, verified: &Verified, rebuilt: bool) -> Response {
         self.refresh_ca();
-        let certificates = match protocol::certify(&self.ca, self.plan, &self.site.domain, verified)
-        {
-            Ok(certificates) => certificates,
-            Err(refusal) => return refuse(verified.address, &refusal),
-        };
+        let mut certificates =
+            match protocol::certify(&self.ca, self.plan, &self.site.domain, verified) {
+                Ok(certificates) => certificates,
+                Err(refusal) => return refuse(verified.address, &refusal),
+            };
+        if let Err(e) = self.certify_moved_rows(verified, &mut certificates).await {
+            tracing::warn!(peer = %verified.node(), "join service: {e:#}");
+            return Response::text(
+                503,
+                &format!("the bootstrap host cannot certify this node through FreeIPA yet: {e:#}"),
+            );
+        }
         let generation = verified.request.ticket.generation;
         if let Err(e) = self
             .register(verified.node(), verified.address, generation)
@@ -291,6 +298,50 @@ impl Registrar {
         );
         tracing::info!(peer = %verified.node(), address = %verified.address, "join service: admitted {} at {}", verified.node(), verified.address);
         Response::json(body).with_header(SIGNATURE_HEADER, proof)
+    }
+}
+
+impl Registrar {
+    /// Rows this host has moved to a FreeIPA sub-CA (the handoff's record
+    /// on this host) are certified there, not by the temporary CA: a core
+    /// host that joins after etcd moved (rebuilt, or added) must present
+    /// what the members now trust, and trust what they present. The
+    /// answer's trust is the sub-CA (the sub-CA and the temporary CA while
+    /// this host's own move is under way). Asked as the admin, for the
+    /// node's own CSR.
+    async fn certify_moved_rows(
+        &self,
+        verified: &Verified,
+        certificates: &mut BTreeMap<CertPurpose, protocol::Issued>,
+    ) -> anyhow::Result<()> {
+        for (purpose, issued) in certificates.iter_mut() {
+            let Some(row) = self.plan.row(*purpose) else {
+                continue;
+            };
+            let crate::certs::plan::FreeipaIssuer::SubCa(sub_ca) = row.issuer.freeipa else {
+                continue;
+            };
+            let Some(moved) = crate::certs::moved::Moved::load(&self.paths, *purpose)? else {
+                continue;
+            };
+            let enroller = self.enroller.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("its FreeIPA session is not up (the {purpose} row has moved)")
+            })?;
+            let csr = &verified.request.csrs[purpose];
+            let certificate = enroller
+                .certify_service(sub_ca, verified.node(), csr)
+                .await?;
+            let ca_pem = if moved.done {
+                moved.new_ca.clone()
+            } else {
+                format!("{}\n{}", moved.new_ca.trim_end(), issued.ca_pem.trim_end())
+            };
+            *issued = protocol::Issued {
+                certificate_pem: certificate,
+                ca_pem,
+            };
+        }
+        Ok(())
     }
 }
 

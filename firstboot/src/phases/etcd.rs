@@ -258,6 +258,30 @@ pub async fn member_health(paths: &Paths, fqdn: &str, address: Ipv4Addr) -> Resu
     client.get(b"health").await.map(|_| ())
 }
 
+/// What the handoff's roll recorded for this member in its last life:
+/// its step, and the restart lock if it died holding it. The rebuilt
+/// member's own handoff runs the roll's steps again (on certificates it
+/// got from the sub-CA already, if the roll had moved its peers), and a
+/// lock it held must not keep its peers waiting for a member that is gone.
+async fn forget_roll(client: &etcd::Client, me: &HostName) -> Result<()> {
+    use super::handoff::ROLL_PREFIX;
+    let step = format!("{ROLL_PREFIX}step/{me}");
+    if let Some(kv) = client.get(step.as_bytes()).await? {
+        client.delete_if(step.as_bytes(), kv.mod_revision).await?;
+    }
+    let lock = format!("{ROLL_PREFIX}restart-lock");
+    if let Some(kv) = client.get(lock.as_bytes()).await? {
+        if kv.value == me.as_str().as_bytes() {
+            client.delete_if(lock.as_bytes(), kv.mod_revision).await?;
+            tracing::info!(
+                phase = "etcd",
+                "released the roll's restart lock this node's last life held"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A rebuilt member rejoins the cluster its peers still run: its old
 /// membership is replaced through a healthy peer (with this node's new
 /// certificate as client certificate), and its data comes from the peers.
@@ -272,6 +296,7 @@ async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()
         })
         .collect();
     let client = etcd::Client::for_node(&cx.paths, endpoints)?;
+    forget_roll(&client, me).await?;
     let peer_url = format!("https://{}:{PEER_PORT}", cx.config.fqdn(me));
     for member in client.member_list().await? {
         let stale = member.name == me.as_str() || member.peer_urls.contains(&peer_url);

@@ -57,7 +57,7 @@ const CERTMONGER_WAIT: Duration = Duration::from_secs(300);
 /// Where step 1 puts each sub-CA's certificate in etcd, by its name.
 pub const SUB_CA_PREFIX: &str = "/firstboot/handoff/sub-ca/";
 /// Where the core hosts agree on etcd's roll.
-const ROLL_PREFIX: &str = "/firstboot/handoff/etcd/";
+pub const ROLL_PREFIX: &str = "/firstboot/handoff/etcd/";
 /// FreeIPA's DNS (BIND) listens on the standard port.
 const FREEIPA_DNS_PORT: u16 = 53;
 

@@ -433,6 +433,7 @@ fn answers_are_bound_to_the_request_and_the_answerer() {
         etcd_data: true,
         ca_backup: None,
         freeipa_ca: None,
+        etcd_sub_ca: None,
     };
     let body = serde_json::to_vec(&answer).unwrap();
     let (n1, n2) = (nonce(), nonce());
