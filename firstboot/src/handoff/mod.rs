@@ -11,7 +11,9 @@
 //! - `certs::plan`: which issuer each certificate moves to;
 //! - [`request`]: where a node asks FreeIPA for a certificate (its FreeIPA
 //!   server's own certmonger on a core host); `certs::moved`: the record
-//!   of a move, which renewal reads.
+//!   of a move, which renewal reads;
+//! - [`rejoin`]: a rebuilt bootstrap host's etcd certificate from the
+//!   sub-CA its peers moved to.
 //!
 //! The plan for the phase itself (issue 17), so each piece above fits:
 //! 1. The bootstrap host (FreeIPA's first server, which holds the admin
@@ -40,6 +42,15 @@
 //!    (the sub-CA's key not replicated yet) is "not yet", bounded (the
 //!    phase asks again). `getcert` gets no `-F` for etcd: the trust file
 //!    is [`recertify`]'s (the bundle until its last step).
+//!
+//!    A core host rebuilt after this step must present and trust what the
+//!    members do, the sub-CA's, from its first start: the join service
+//!    asks FreeIPA, as the admin, to sign its etcd CSR
+//!    (`join::server`); a rebuilt bootstrap host asks a surviving FreeIPA
+//!    server itself ([`rejoin`]); FreeIPA gives a readmitted core host its
+//!    etcd principal back (`freeipa::site`); and its etcd rejoin clears
+//!    its last life's roll records, so its own handoff moves it to
+//!    certmonger like every member.
 //! 4. Identities next: the temporary root still certifies every node's
 //!    identity (the join, peer and lock services' TLS), so its keys cannot
 //!    go before those do. Each node's identity moves to a FreeIPA host
