@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use firstboot::freeipa::{Client, Config, Endpoint};
+use firstboot::handoff::recertify::ROLL_PREFIX;
 use serde_json::Value;
 use site_lab::Lab;
 use support::lab::{self, assert_cluster, in_netns, ready, runtime};
@@ -480,9 +481,8 @@ impl Writer {
                                     acknowledged = Some(revision);
                                     break;
                                 }
-                                Err(e) if writes.acknowledged.is_empty() => {
+                                Err(_) if writes.acknowledged.is_empty() => {
                                     // etcd not formed yet.
-                                    let _ = e;
                                     tokio::time::sleep(Duration::from_millis(100)).await;
                                 }
                                 Err(e) => {
@@ -718,7 +718,7 @@ fn handoff_etcd_is_the_sub_cas(lab: &Lab, writes: Writes) {
                 let client = firstboot::etcd::Client::for_slot(&slot, endpoints).unwrap();
                 let written = client.get_prefix(WRITES.as_bytes()).await.unwrap();
                 let steps = client
-                    .get_prefix(b"/firstboot/handoff/etcd/step/")
+                    .get_prefix(format!("{ROLL_PREFIX}step/").as_bytes())
                     .await
                     .unwrap();
                 (written.len(), steps)
@@ -973,7 +973,7 @@ fn a_core_host_killed_mid_restart_resumes_the_handoff() {
             let client = firstboot::etcd::Client::for_slot(&slot, endpoints).unwrap();
             let written = client.get_prefix(WRITES.as_bytes()).await.unwrap();
             let lock = client
-                .get(b"/firstboot/handoff/etcd/restart-lock")
+                .get(format!("{ROLL_PREFIX}restart-lock").as_bytes())
                 .await
                 .unwrap();
             (written.len(), lock)

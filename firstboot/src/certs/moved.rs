@@ -100,19 +100,12 @@ pub fn renewal(paths: &Paths, slot: &Slot, fqdn: &str) -> Result<Renewal> {
     if staged == current {
         return Ok(Renewal::Synced { copied: false });
     }
-    let for_slot_key = slot.install_leaf(&staged, &moved.new_ca, fqdn);
-    if for_slot_key.is_ok() {
-        return Ok(Renewal::Synced { copied: true });
-    }
-    let rekeyed = Slot {
-        key: moved.staged_key.clone(),
-        ..slot.clone()
+    let for_slot_key = match slot.install_leaf(&staged, &moved.new_ca, fqdn) {
+        Ok(()) => return Ok(Renewal::Synced { copied: true }),
+        Err(e) => e,
     };
-    if std::fs::read_to_string(&moved.staged_key).is_ok()
-        && rekeyed.check(&staged, &moved.new_ca, fqdn).is_ok()
-    {
-        let key = std::fs::read(&moved.staged_key)?;
-        crate::fsutil::write_atomic(&slot.key, &key, 0o600)?;
+    if let Some(key) = rekeyed(&staged, &moved.staged_key, &moved.new_ca, fqdn) {
+        crate::fsutil::write_atomic(&slot.key, key.as_bytes(), 0o600)?;
         crate::fsutil::write_atomic(&slot.cert, staged.as_bytes(), 0o644)?;
         tracing::info!(
             "certmonger renewed the {} certificate with a new key: both in place",
@@ -120,9 +113,19 @@ pub fn renewal(paths: &Paths, slot: &Slot, fqdn: &str) -> Result<Renewal> {
         );
         return Ok(Renewal::Synced { copied: true });
     }
-    for_slot_key
-        .with_context(|| format!("certmonger's renewal in {}", moved.staged_cert.display()))?;
-    Ok(Renewal::Synced { copied: true })
+    Err(for_slot_key)
+        .with_context(|| format!("certmonger's renewal in {}", moved.staged_cert.display()))
+}
+
+/// certmonger's own key (PEM), when `cert_pem` is good under `ca_pem`,
+/// names `fqdn` and certifies the key in `key_file`. Read only: a key file
+/// that does not parse is no match (never replaced, as `Slot::key` would).
+fn rekeyed(cert_pem: &str, key_file: &std::path::Path, ca_pem: &str, fqdn: &str) -> Option<String> {
+    use rcgen::PublicKeyData as _;
+    let key_pem = std::fs::read_to_string(key_file).ok()?;
+    let key = rcgen::KeyPair::from_pem(&key_pem).ok()?;
+    crate::pki::verify(cert_pem, ca_pem, Some(fqdn), crate::status::now()).ok()?;
+    (crate::pki::inspect(cert_pem).ok()?.spki == key.subject_public_key_info()).then_some(key_pem)
 }
 
 #[cfg(test)]
@@ -192,6 +195,25 @@ mod tests {
             renewal(&paths, &slot, fqdn).unwrap(),
             Renewal::Synced { copied: false }
         );
+        // certmonger rekeyed, but its key file does not parse: no match,
+        // and the file is left as it is (never replaced with a new key).
+        let fresh_for_garbage =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let orphan = plan::ETCD
+            .temporary_ca(&new)
+            .unwrap()
+            .certify_key(
+                &rcgen::PublicKeyData::subject_public_key_info(&fresh_for_garbage),
+                fqdn,
+                now - time::Duration::hours(1),
+                now + time::Duration::hours(2),
+            )
+            .unwrap();
+        crate::fsutil::write_atomic(&moved.staged_key, b"not a key", 0o600).unwrap();
+        crate::fsutil::write_atomic(&staged_cert, orphan.as_bytes(), 0o644).unwrap();
+        assert!(renewal(&paths, &slot, fqdn).is_err());
+        assert_eq!(std::fs::read(&moved.staged_key).unwrap(), b"not a key");
+        assert_eq!(std::fs::read_to_string(&slot.cert).unwrap(), good);
         // certmonger rekeyed: its key and certificate go in together.
         let fresh = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         crate::fsutil::write_atomic(&moved.staged_key, fresh.serialize_pem().as_bytes(), 0o600)

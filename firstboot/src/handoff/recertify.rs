@@ -36,6 +36,10 @@ use super::request::RequestSite;
 use crate::certs::Slot;
 use crate::etcd::{Client, Endpoint};
 
+/// Where the core hosts agree on etcd's roll in a site (phase handoff):
+/// each member's step and the restart lock.
+pub const ROLL_PREFIX: &str = "/firstboot/handoff/etcd/";
+
 /// A member's progress, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {

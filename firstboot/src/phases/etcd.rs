@@ -264,7 +264,7 @@ pub async fn member_health(paths: &Paths, fqdn: &str, address: Ipv4Addr) -> Resu
 /// got from the sub-CA already, if the roll had moved its peers), and a
 /// lock it held must not keep its peers waiting for a member that is gone.
 async fn forget_roll(client: &etcd::Client, me: &HostName) -> Result<()> {
-    use super::handoff::ROLL_PREFIX;
+    use crate::handoff::recertify::ROLL_PREFIX;
     let step = format!("{ROLL_PREFIX}step/{me}");
     if let Some(kv) = client.get(step.as_bytes()).await? {
         client.delete_if(step.as_bytes(), kv.mod_revision).await?;

@@ -56,8 +56,6 @@ const POLL: Duration = Duration::from_millis(500);
 const CERTMONGER_WAIT: Duration = Duration::from_secs(300);
 /// Where step 1 puts each sub-CA's certificate in etcd, by its name.
 pub const SUB_CA_PREFIX: &str = "/firstboot/handoff/sub-ca/";
-/// Where the core hosts agree on etcd's roll.
-pub const ROLL_PREFIX: &str = "/firstboot/handoff/etcd/";
 /// FreeIPA's DNS (BIND) listens on the standard port.
 const FREEIPA_DNS_PORT: u16 = 53;
 
@@ -177,7 +175,7 @@ async fn recertify_etcd(
         slot: slot.clone(),
         old_ca: moved.old_ca.clone(),
         new_ca: moved.new_ca.clone(),
-        prefix: ROLL_PREFIX.to_owned(),
+        prefix: recertify::ROLL_PREFIX.to_owned(),
         restart: SystemdEtcd,
         issuer: FromFreeipa {
             site,
