@@ -781,9 +781,7 @@ fn a_running_site_keeps_its_trust() {
 
     // 8. Renewal. After the handoff etcd's certificate is certmonger's:
     // certmonger renews it in node2's FreeIPA server, and node2's renewal
-    // run puts the new one in place, checked, without restarting etcd. A
-    // certificate still from the temporary CA (node4's identity), expired,
-    // is replaced from it.
+    // run puts the new one in place, checked, without restarting etcd.
     let root2 = lab.root("node2").unwrap();
     let paths2 = firstboot::paths::Paths::under(&root2);
     let moved = firstboot::certs::moved::Moved::load(&paths2, firstboot::certs::CertPurpose::Etcd)
@@ -832,38 +830,31 @@ fn a_running_site_keeps_its_trust() {
     );
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
 
-    let ca = firstboot::pki::TempCa::load(
-        &lab.root("node1").unwrap().join("var/lib/firstboot/ca"),
-        &firstboot::certs::PLAN.intermediates(),
-    )
-    .unwrap()
-    .unwrap();
-    let now = time::OffsetDateTime::now_utc();
+    // node4's identity moved too, to certmonger on node4 itself (a
+    // worker's own, with its host keytab): renewed there, put in place by
+    // node4's renewal run, checked under the firstboot sub-CA.
     let root4 = lab.root("node4").unwrap();
-    let current = std::fs::read_to_string(root4.join("etc/firstboot/tls/node.crt")).unwrap();
-    let spki = firstboot::pki::inspect(&current).unwrap().spki;
-    let expired = ca
-        .root
-        .certify_key(
-            &spki,
-            "node4.lab.example.org",
-            now - time::Duration::hours(3),
-            now - time::Duration::minutes(1),
-        )
+    let paths4 = firstboot::paths::Paths::under(&root4);
+    let moved4 =
+        firstboot::certs::moved::Moved::load(&paths4, firstboot::certs::CertPurpose::Identity)
+            .unwrap()
+            .expect("node4's identity did not move to FreeIPA");
+    assert!(moved4.done, "{moved4:?}");
+    let slot4 = firstboot::certs::plan::IDENTITY.slot(&paths4);
+    let current = std::fs::read_to_string(&slot4.cert).unwrap();
+    let resubmitted = lab
+        .sh("node4", "getcert resubmit -i firstboot-identity -w 2>&1")
         .unwrap();
-    std::fs::write(root4.join("etc/firstboot/tls/node.crt"), &expired).unwrap();
+    let staged =
+        std::fs::read_to_string(root4.join(moved4.staged_cert.strip_prefix("/").unwrap())).unwrap();
+    assert_ne!(staged, current, "certmonger did not renew: {resubmitted}");
     lab.sh("node4", "systemctl start firstboot-renew.service")
         .unwrap();
-    let renewed = std::fs::read_to_string(root4.join("etc/firstboot/tls/node.crt")).unwrap();
-    assert_eq!(
-        firstboot::pki::verify(
-            &renewed,
-            ca.root.cert_pem(),
-            Some("node4.lab.example.org"),
-            firstboot::status::now()
-        ),
-        Ok(())
-    );
+    let renewed = std::fs::read_to_string(&slot4.cert).unwrap();
+    assert_eq!(renewed, staged, "certmonger's renewal is not in place");
+    slot4
+        .check(&renewed, &moved4.new_ca, "node4.lab.example.org")
+        .unwrap();
 
     // 9. The operator retires node4's credential (destroy --host, then
     // launch): the relaunched node4 (generation 2, here from the
@@ -907,14 +898,9 @@ fn a_running_site_keeps_its_trust() {
     );
     assert_eq!(status, 403, "node4's retired enrollment: {answer}");
     assert!(answer.contains("retired"), "{answer}");
-    // The running (old) node4 asks to renew an expired certificate: refused.
-    std::fs::write(root4.join("etc/firstboot/tls/node.crt"), &expired).unwrap();
-    assert!(
-        !sh_ok(&lab, "node4", "systemctl start firstboot-renew.service"),
-        "the old node4 renewed with its retired credential"
-    );
-    let kept = std::fs::read_to_string(root4.join("etc/firstboot/tls/node.crt")).unwrap();
-    assert_eq!(kept, expired, "a retired credential got a certificate");
+    // (The running node4 renews nothing through the join service any
+    // more: its identity is certmonger's since the handoff. The join
+    // request its retired credential would send is refused above.)
 
     // The bootstrap host's credential retired: once a peer has heard its
     // generation 2, the peer service refuses generation 1 (the running
@@ -1176,7 +1162,13 @@ fn assert_rejoined(lab: &Lab, site: &Site, before: &[u64]) {
     // its own handoff then moved it to certmonger, as every member's.
     lab::wait_assembled(lab, site);
     assert!(
-        journal.contains("the site's etcd trusts FreeIPA's etcd sub-CA"),
+        journal.contains("the site trusts FreeIPA's etcd sub-CA for etcd"),
+        "{journal}"
+    );
+    // Its identity likewise, from the firstboot sub-CA: the nodes trust
+    // that alone since the handoff.
+    assert!(
+        journal.contains("the site trusts FreeIPA's firstboot sub-CA for identity"),
         "{journal}"
     );
     let moved = |node: &str| {
@@ -1226,6 +1218,8 @@ fn a_rebuilt_bootstrap_host_waits_for_its_peers_and_rejoins() {
             ca_backup: Some("00".repeat(64)),
             freeipa_ca: None,
             etcd_sub_ca: None,
+            identity_sub_ca: None,
+            identity_step: None,
         },
         SigningKey::from_seed(&Seed::from_bytes(rand::random())),
     );
@@ -1329,6 +1323,8 @@ fn a_rebuilt_bootstrap_host_takes_nothing_from_a_stranger_with_a_peers_user_data
             ca_backup: None,
             freeipa_ca: Some(fake_ipa_ca.clone()),
             etcd_sub_ca: None,
+            identity_sub_ca: None,
+            identity_step: None,
         },
         node2.signing_key(),
     );

@@ -45,6 +45,8 @@ pub enum Verdict {
         freeipa: Vec<crate::state::FreeipaPeer>,
         /// The `etcd` sub-CA the peers' etcd moved to, if it has.
         etcd_sub_ca: Option<String>,
+        /// Likewise for the nodes' identities (`firstboot` sub-CA).
+        identity_sub_ca: Option<String>,
     },
 }
 
@@ -238,9 +240,14 @@ impl Discovery {
                 .iter()
                 .filter(|(node, _)| others.contains(node))
                 .find_map(|(node, address)| self.answers[node][address].etcd_sub_ca.clone());
+            let identity_sub_ca = vouched
+                .iter()
+                .filter(|(node, _)| others.contains(node))
+                .find_map(|(node, address)| self.answers[node][address].identity_sub_ca.clone());
             return Some(Verdict::Restore {
                 freeipa,
                 etcd_sub_ca,
+                identity_sub_ca,
                 cluster_exists,
                 peers: vouched,
                 backup: Box::new(newest),
@@ -418,9 +425,14 @@ pub async fn ensure_ca(
             peers,
             freeipa,
             etcd_sub_ca,
+            identity_sub_ca,
         } => {
             if let Some(sub_ca) = &etcd_sub_ca {
                 crate::handoff::rejoin::etcd_from_freeipa(paths, config, &freeipa, sub_ca).await?;
+            }
+            if let Some(sub_ca) = &identity_sub_ca {
+                crate::handoff::rejoin::identity_from_freeipa(paths, config, &freeipa, sub_ca)
+                    .await?;
             }
             if !freeipa.is_empty() {
                 tracing::warn!(

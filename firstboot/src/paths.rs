@@ -59,6 +59,12 @@ impl Paths {
     pub fn registry_file(&self) -> PathBuf {
         self.state_dir().join("registry.json")
     }
+
+    /// Each node's handoff step, as the join service keeps them
+    /// (`join::server::HandoffBook`).
+    pub fn handoff_book(&self) -> PathBuf {
+        self.state_dir().join("handoff-book.json")
+    }
     /// Join requests' nonces still inside the clock window (bootstrap host
     /// only): a restart of the join service must not forget them.
     pub fn nonces_file(&self) -> PathBuf {

@@ -58,14 +58,19 @@ impl SiteDns {
     }
 
     /// The same route with the temporary DNS at `temporary` (a rebuilt
-    /// bootstrap host's new address): FreeIPA's servers stay first.
+    /// bootstrap host's new address): FreeIPA's servers stay first, and a
+    /// route without the temporary DNS (it ended) stays without.
     pub fn with_temporary(&self, temporary: Ipv4Addr) -> SiteDns {
         match self {
             SiteDns::Temporary(_) => SiteDns::Temporary(temporary),
-            SiteDns::Freeipa { servers, .. } => SiteDns::Freeipa {
+            SiteDns::Freeipa {
+                servers,
+                fallback: Some(_),
+            } => SiteDns::Freeipa {
                 servers: servers.clone(),
                 fallback: Some(temporary),
             },
+            SiteDns::Freeipa { fallback: None, .. } => self.clone(),
         }
     }
 

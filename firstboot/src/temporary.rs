@@ -74,11 +74,16 @@ impl Services {
             hosts: settled.registry.hosts.clone(),
             etcd_members: config.site.core.clone(),
         };
+        let handoff = crate::join::server::HandoffBook::load(paths)?;
         // The sockets systemd holds (see `sockets`), else bound here.
         let mut passed = crate::sockets::Passed::from_env();
-        let dns = match (passed.udp("dns")?, passed.tcp("dns")?) {
-            (Some(udp), Some(tcp)) => DnsServer::start_on(udp, tcp, zone)?,
-            _ => DnsServer::start(SocketAddr::new(own.into(), DNS_PORT), zone).await?,
+        let dns = if handoff.temporary_ended {
+            None
+        } else {
+            Some(match (passed.udp("dns")?, passed.tcp("dns")?) {
+                (Some(udp), Some(tcp)) => DnsServer::start_on(udp, tcp, zone)?,
+                _ => DnsServer::start(SocketAddr::new(own.into(), DNS_PORT), zone).await?,
+            })
         };
         let replay = crate::join::replay::ReplayLog::open(
             &paths.nonces_file(),
@@ -95,7 +100,7 @@ impl Services {
             me: Credentials::of(config),
             plan: PLAN,
             ca: settled.ca,
-            dns: Some(dns),
+            dns,
             dns_address: own,
             registry: settled.registry,
             registry_file: paths.registry_file(),
@@ -103,6 +108,7 @@ impl Services {
             rule,
             reporter,
             enroller: None,
+            handoff,
         };
         registrar
             .register(&config.node, own, config.identity.generation)
@@ -135,10 +141,14 @@ impl Services {
             crate::https::LIMITS,
             move |request| crate::join::server::handle(request, shared.clone()),
         ));
+        let dns = if registrar.lock().await.dns.is_some() {
+            format!("and DNS for {} on {own}:{DNS_PORT}", config.site.domain)
+        } else {
+            "(the temporary DNS ended with the handoff)".to_owned()
+        };
         tracing::info!(
-            "serving the join service on {own}:{} and DNS for {} on {own}:{DNS_PORT}",
-            config.join.port,
-            config.site.domain
+            "serving the join service on {own}:{} {dns}",
+            config.join.port
         );
         Ok(Services {
             registrar,
@@ -153,6 +163,89 @@ impl Services {
     /// Let joined nodes enroll in FreeIPA through the join service.
     pub async fn set_enroller(&self, enroller: Arc<crate::freeipa::site::Enroller>) {
         self.registrar.lock().await.enroller = Some(enroller);
+    }
+
+    /// Handoff's last step, once every node has moved: the join service
+    /// signs nothing from the temporary CA any more (every certificate
+    /// comes from FreeIPA, `join::server`), and the temporary DNS stops
+    /// (every node asks FreeIPA's servers). Recorded first, so that a
+    /// restart starts neither again. The join service itself keeps
+    /// serving: a host added later joins through it.
+    pub async fn end_temporary(&self) -> Result<()> {
+        let mut r = self.registrar.lock().await;
+        if !r.handoff.temporary_ended {
+            r.handoff.temporary_ended = true;
+            r.handoff.save(&r.paths)?;
+            tracing::info!("the temporary CA signs nothing more: every certificate is FreeIPA's");
+        }
+        if let Some(dns) = r.dns.take() {
+            dns.shutdown().await;
+            tracing::info!("the temporary DNS stopped: the site's names are FreeIPA's alone");
+        }
+        Ok(())
+    }
+
+    /// Ask each registered node that has no step in the join service's
+    /// record for its identity step, at its peer service (signed by it),
+    /// and record what it says: a rebuilt bootstrap host lost the record
+    /// of nodes that finished their move and report no more. A node that
+    /// does not answer stays unrecorded (silence is not a step).
+    pub async fn learn_identity_steps(&self) -> Result<()> {
+        let (site, me, own, silent) = {
+            let r = self.registrar.lock().await;
+            let silent: Vec<(HostName, Ipv4Addr)> = r
+                .registry
+                .hosts
+                .iter()
+                .filter(|(node, _)| **node != r.me.ticket.node)
+                .filter(|(node, _)| !r.handoff.identity.contains_key(*node))
+                .map(|(node, address)| (node.clone(), *address))
+                .collect();
+            (r.site.clone(), r.me.clone(), r.dns_address, silent)
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for (node, address) in silent {
+            let (site, me) = (site.clone(), me.clone());
+            asks.spawn(async move {
+                let answer = crate::join::peer::ask(&site, &me, own, address, None).await;
+                (node, answer)
+            });
+        }
+        let mut learnt = Vec::new();
+        while let Some(Ok((node, answer))) = asks.join_next().await {
+            match answer {
+                Ok(answer) if answer.node.node == node => {
+                    if let Some(step) = answer.identity_step {
+                        learnt.push((node, step));
+                    }
+                }
+                Ok(answer) => tracing::warn!(
+                    "{} answered at {node}'s registered address",
+                    answer.node.node
+                ),
+                Err(e) => tracing::debug!("{node}'s identity step: {e:#}"),
+            }
+        }
+        if learnt.is_empty() {
+            return Ok(());
+        }
+        let mut r = self.registrar.lock().await;
+        for (node, step) in learnt {
+            // A report that came meanwhile is newer than the answer.
+            r.handoff.identity.entry(node).or_insert(step);
+        }
+        r.handoff.save(&r.paths)
+    }
+
+    /// The sub-CA every node's identity moves to, as handoff's first step
+    /// took it from FreeIPA: the join service hands it to the nodes.
+    pub async fn set_identity_ca(&self, pem: &str) -> Result<()> {
+        let mut r = self.registrar.lock().await;
+        if r.handoff.identity_ca.as_deref() != Some(pem) {
+            r.handoff.identity_ca = Some(pem.to_owned());
+            r.handoff.save(&r.paths)?;
+        }
+        Ok(())
     }
 
     pub async fn enroller(&self) -> Option<Arc<crate::freeipa::site::Enroller>> {

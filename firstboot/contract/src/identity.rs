@@ -173,6 +173,10 @@ pub enum Purpose {
     EnrollRequest,
     /// The bootstrap host answering it (nonce, body).
     EnrollAnswer,
+    /// A joined node reporting its handoff step (the request body).
+    HandoffReport,
+    /// The bootstrap host answering it with every node's (nonce, body).
+    HandoffAnswer,
 }
 
 impl Purpose {
@@ -185,6 +189,8 @@ impl Purpose {
             Purpose::PeerAnswer => b"firstboot peer answer v2\0",
             Purpose::EnrollRequest => b"firstboot enroll request v2\0",
             Purpose::EnrollAnswer => b"firstboot enroll answer v2\0",
+            Purpose::HandoffReport => b"firstboot handoff report v1\0",
+            Purpose::HandoffAnswer => b"firstboot handoff answer v1\0",
         }
     }
 }

@@ -79,6 +79,8 @@ fn peer_answer(
         ca_backup: backup.map(|g| format!("sealed {g}")),
         freeipa_ca: None,
         etcd_sub_ca: None,
+        identity_sub_ca: None,
+        identity_step: None,
     }
 }
 

@@ -33,6 +33,58 @@ pub struct Moved {
     /// The move is over: the slot trusts `new_ca` alone and certmonger
     /// renews it.
     pub done: bool,
+    /// The last step of the roll this node finished, where the roll's
+    /// steps are this node's to keep (the identity's; etcd's are in
+    /// etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+}
+
+/// A roll's progress on one holder, in order: trust the old and the
+/// new CA, present a certificate from the new, trust the new alone
+/// (etcd's members in `handoff::recertify`, every node's identity in
+/// `handoff::identity`). kebab-case on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Bundle,
+    Leaf,
+    Dropped,
+}
+
+impl Step {
+    pub const ALL: [Step; 3] = [Step::Bundle, Step::Leaf, Step::Dropped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Bundle => "bundle",
+            Step::Leaf => "leaf",
+            Step::Dropped => "dropped",
+        }
+    }
+
+    pub fn parse(text: &[u8]) -> Option<Step> {
+        Step::ALL
+            .into_iter()
+            .find(|s| s.as_str().as_bytes() == text)
+    }
+
+    pub fn previous(self) -> Option<Step> {
+        match self {
+            Step::Bundle => None,
+            Step::Leaf => Some(Step::Bundle),
+            Step::Dropped => Some(Step::Leaf),
+        }
+    }
+
+    /// What waiting for it means, for errors and progress.
+    pub fn waiting_for(self) -> &'static str {
+        match self {
+            Step::Bundle => "to trust the old and the new CA",
+            Step::Leaf => "to present a certificate from the new CA",
+            Step::Dropped => "to trust the new CA alone",
+        }
+    }
 }
 
 fn record_file(paths: &Paths, purpose: CertPurpose) -> PathBuf {
@@ -156,6 +208,7 @@ mod tests {
             staged_cert: staged_cert.clone(),
             staged_key: root.path().join("staged/member.key"),
             done: false,
+            step: None,
         };
         moved.save(&paths, slot.purpose).unwrap();
         assert_eq!(renewal(&paths, &slot, fqdn).unwrap(), Renewal::Moving);
@@ -267,6 +320,7 @@ mod tests {
             staged_cert: root.path().join("staged.crt"),
             staged_key: root.path().join("staged.key"),
             done: false,
+            step: None,
         }
         .save(&paths, CertPurpose::Etcd)
         .unwrap();

@@ -80,9 +80,8 @@ impl Holders {
 /// Who signs a certificate once the site has handed off to FreeIPA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FreeipaIssuer {
-    /// FreeIPA's own CA, for the host principal `host/<fqdn>`: what
-    /// `ipa-client-install` makes every enrolled host.
-    HostCa,
+    /// Never FreeIPA's own CA, which signs every host and service
+    /// certificate of the site: a trust file holding it accepts them all.
     /// A lightweight sub-CA of FreeIPA's, by its name, for the service
     /// principal `<service>/<fqdn>`; its own CA ACL lets only that
     /// service's principals use it. Handoff creates each
@@ -172,7 +171,10 @@ pub const IDENTITY: Row = Row {
     holders: Holders::Every,
     issuer: Issuer {
         temporary: Signer::Root,
-        freeipa: FreeipaIssuer::HostCa,
+        // Not FreeIPA's own CA, whose certificates every host and
+        // service of the site holds: a trust file with it would accept
+        // any of them.
+        freeipa: FreeipaIssuer::SubCa("firstboot"),
     },
     names: Names::NodeFqdn,
     files: Files {

@@ -36,6 +36,9 @@ use super::error::{code, Error};
 /// The services with a sub-CA of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceCa {
+    /// firstboot's own services (join, peer, lock server): each node's
+    /// identity among them, `firstboot/<fqdn>`.
+    Firstboot,
     Etcd,
     Kubernetes,
     Containers,
@@ -52,7 +55,8 @@ const CATEGORIES: &[&str] = &[
 ];
 
 impl ServiceCa {
-    pub const ALL: [ServiceCa; 3] = [
+    pub const ALL: [ServiceCa; 4] = [
+        ServiceCa::Firstboot,
         ServiceCa::Etcd,
         ServiceCa::Kubernetes,
         ServiceCa::Containers,
@@ -62,10 +66,28 @@ impl ServiceCa {
     /// service name of the principals that may use it.
     pub fn name(self) -> &'static str {
         match self {
+            ServiceCa::Firstboot => "firstboot",
             ServiceCa::Etcd => "etcd",
             ServiceCa::Kubernetes => "kubernetes",
             ServiceCa::Containers => "containers",
         }
+    }
+
+    /// The sub-CA named `name`, if handoff makes one.
+    pub fn named(name: &str) -> Option<ServiceCa> {
+        ServiceCa::ALL.into_iter().find(|ca| ca.name() == name)
+    }
+
+    /// The sub-CAs a node of `role` asks for certificates once the site
+    /// has handed off: those the certificate plan's rows it holds move to.
+    pub fn held_by(role: node_contract::Role) -> Vec<ServiceCa> {
+        crate::certs::plan::PLAN
+            .held_by(role)
+            .filter_map(|row| {
+                let crate::certs::plan::FreeipaIssuer::SubCa(name) = row.issuer.freeipa;
+                ServiceCa::named(name)
+            })
+            .collect()
     }
 
     /// `CN=etcd CA,O=<REALM>`.
@@ -337,6 +359,32 @@ impl Client {
         Ok(true)
     }
 
+    /// Every service principal a node of `role` on `fqdn` asks as
+    /// ([`ServiceCa::held_by`]), for each sub-CA the handoff made already:
+    /// a node enrolled (or enrolled again) after the handoff began gets
+    /// them here, as the handoff's first step gave them to the nodes
+    /// enrolled before it. The sub-CAs whose principal was ensured.
+    pub async fn restore_service_principals(
+        &self,
+        fqdn: &str,
+        role: node_contract::Role,
+        realm: &str,
+    ) -> Result<Vec<ServiceCa>, Error> {
+        let mut restored = Vec::new();
+        for ca in ServiceCa::held_by(role) {
+            if self.restore_service_principal(ca, fqdn, realm).await? {
+                restored.push(ca);
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Whether FreeIPA has a host entry for `fqdn`.
+    pub async fn host_exists(&self, fqdn: &str) -> Result<bool, Error> {
+        let host = checked_fqdn(fqdn)?;
+        Ok(self.lookup(&calls::host_show(&host)).await?.is_some())
+    }
+
     /// `ca`'s service principal on `fqdn` exists (its host must be in
     /// FreeIPA and resolve) and may use `ca`'s sub-CA.
     pub async fn ensure_service_principal(
@@ -496,13 +544,8 @@ fn every_sub_ca_the_plan_names_is_one_handoff_creates() {
     use crate::certs::plan::{self, FreeipaIssuer};
     for plan in [plan::PLAN, plan::tests::WITH_TEST_ONLY] {
         for row in plan.rows() {
-            if let FreeipaIssuer::SubCa(name) = row.issuer.freeipa {
-                assert!(
-                    ServiceCa::ALL.iter().any(|ca| ca.name() == name),
-                    "{}: {name}",
-                    row.purpose
-                );
-            }
+            let FreeipaIssuer::SubCa(name) = row.issuer.freeipa;
+            assert!(ServiceCa::named(name).is_some(), "{}: {name}", row.purpose);
         }
     }
 }

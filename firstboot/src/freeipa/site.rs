@@ -323,17 +323,37 @@ impl Enroller {
 
     /// A certificate for `node`'s service `service` from the sub-CA of the
     /// same name, for the CSR the node made (its key stays on the node),
-    /// asked as the admin: how a core host that joins after the handoff
-    /// gets its etcd certificate before it can ask certmonger itself.
+    /// asked as the admin: how a node that joins after the handoff moved
+    /// a row gets that certificate before it can ask certmonger itself
+    /// (a core host's etcd certificate, any node's identity). A node new
+    /// to FreeIPA is added first (at `address`, where it joined from, with
+    /// no password: its enrollment gives it one) with its principal.
     /// FreeIPA checks the CSR against the principal and the CA ACL.
     pub async fn certify_service(
         &self,
         service: &str,
         node: &HostName,
+        address: Ipv4Addr,
         csr_pem: &str,
     ) -> Result<String> {
         let fqdn = self.domain.fqdn(node);
         let principal = format!("{service}/{fqdn}@{}", self.realm);
+        let ca = super::ServiceCa::named(service)
+            .with_context(|| format!("FreeIPA has no sub-CA `{service}` of the site's"))?;
+        if !self.client.host_exists(&fqdn).await? {
+            self.client
+                .ensure_host(&HostSpec {
+                    fqdn: fqdn.clone(),
+                    address: Some(address),
+                    one_time_password: None,
+                })
+                .await
+                .with_context(|| format!("cannot add {fqdn} to FreeIPA"))?;
+        }
+        self.client
+            .ensure_service_principal(ca, &fqdn, &self.realm)
+            .await
+            .with_context(|| format!("the principal {principal}"))?;
         let issued = self
             .client
             .request_certificate(&principal, csr_pem, service, super::ensure::SERVICE_PROFILE)
@@ -374,16 +394,7 @@ impl Enroller {
             // here from anywhere but that node.
             password = self.password(node, true).await?;
             readmit(&self.client, &fqdn, address, &password, role).await?;
-            if role == Role::Core {
-                let restored = self
-                    .client
-                    .restore_service_principal(super::ServiceCa::Etcd, &fqdn, &self.realm)
-                    .await
-                    .with_context(|| format!("the etcd principal of the rebuilt {fqdn}"))?;
-                if restored {
-                    tracing::info!(host = %fqdn, "freeipa: etcd/{fqdn} restored for the rebuilt host");
-                }
-            }
+            self.service_principals(&fqdn, role).await?;
             tracing::info!(host = %fqdn, "freeipa: {fqdn} was rebuilt; it enrolls again");
             return Ok(password);
         }
@@ -393,7 +404,24 @@ impl Enroller {
         if role == Role::Core {
             ensure_server_member(&self.client, &fqdn).await?;
         }
+        self.service_principals(&fqdn, role).await?;
         Ok(password)
+    }
+
+    /// The service principals `fqdn`'s certmonger asks as, once the
+    /// handoff made their sub-CAs: a host enrolled after it began, and a
+    /// rebuilt one (`server_del` removed a server's services with its old
+    /// entry), has them before its own handoff asks.
+    async fn service_principals(&self, fqdn: &str, role: Role) -> Result<()> {
+        let restored = self
+            .client
+            .restore_service_principals(fqdn, role, &self.realm)
+            .await
+            .with_context(|| format!("the service principals of {fqdn}"))?;
+        for ca in restored {
+            tracing::info!(host = %fqdn, "freeipa: {}/{fqdn} is there for it", ca.name());
+        }
+        Ok(())
     }
 
     /// `node`'s one-time password: the one kept for it, or (`fresh`, or

@@ -2,7 +2,7 @@
 //! to FreeIPA (ARCHITECTURE §5), done by the nodes themselves.
 //!
 //! Built so far:
-//! - phase `handoff` (`phases::handoff`): steps 1 to 3 below;
+//! - phase `handoff` (`phases::handoff`): steps 1 to 4 below;
 //! - [`recertify`]: etcd moved from one CA to another, one member at a
 //!   time, agreed through etcd, never losing quorum or a write;
 //! - `resolver::SiteDns`: the site domain routed to every FreeIPA server,
@@ -51,16 +51,23 @@
 //!    etcd principal back (`freeipa::site`); and its etcd rejoin clears
 //!    its last life's roll records, so its own handoff moves it to
 //!    certmonger like every member.
-//! 4. Identities next: the temporary root still certifies every node's
-//!    identity (the join, peer and lock services' TLS), so its keys cannot
-//!    go before those do. Each node's identity moves to a FreeIPA host
-//!    certificate (`host/<fqdn>` from FreeIPA's CA, from the node's own
-//!    certmonger: a worker's on the host, where `ipa-client-install` left
-//!    its keytab; a core host's in its server, as for etcd), in the same
-//!    three steps as etcd's roll (trust both, present the new, trust the
-//!    new alone), but across every node, workers included, who cannot read
-//!    etcd: they report each step to the join service, signed, as they
-//!    report everything else.
+//! 4. Identities (built: [`identity`]). The temporary root certified
+//!    every node's identity (the join, peer and lock services' TLS, and
+//!    the lock relay's client certificate), so its keys cannot go before
+//!    those do. Each node's identity moves to FreeIPA's `firstboot`
+//!    sub-CA (not FreeIPA's own CA, whose certificates every host and
+//!    service holds), for the principal `firstboot/<fqdn>` that step 1 or
+//!    the node's enrollment made, from the node's own certmonger: a
+//!    worker's on the host, where `ipa-client-install` left its keytab
+//!    ([`request::RequestSite::enrolled_host`]); a core host's in its
+//!    server, as for etcd. The same three steps as etcd's roll, across
+//!    every node, workers included, who cannot read etcd: every node
+//!    reports each step to the join service, signed, and learns every
+//!    node's there. firstboot's services read their files at every
+//!    connection, so no step restarts anything. A node that joins while
+//!    the bootstrap host's identity is moving gets its identity from the
+//!    sub-CA through the join service (as the admin; the join service
+//!    adds the host and its principal to FreeIPA first).
 //! 5. Once every node has moved (core hosts record it in etcd; workers
 //!    tell the join service), the bootstrap host stops the temporary
 //!    services, destroys the temporary CA keys, and the core hosts destroy
@@ -78,6 +85,7 @@
 //! ask for it); a later host's join through FreeIPA (step 5) should
 //! ensure it with the rest.
 
+pub mod identity;
 pub mod prepare;
 pub mod recertify;
 pub mod rejoin;

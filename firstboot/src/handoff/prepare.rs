@@ -4,9 +4,10 @@
 //! - DNS: every registered node's A and PTR records and the etcd SRV
 //!   records, the names the temporary DNS serves (`crate::dns`);
 //! - CAs: one lightweight sub-CA per service with a CA ACL of its own
-//!   (`freeipa::ServiceCa`), and the `etcd/<fqdn>` principal of every
-//!   core host, which that ACL lets use the `etcd` sub-CA and nothing
-//!   else does.
+//!   (`freeipa::ServiceCa`), and each node's principals for the sub-CAs
+//!   its certificates move to (`firstboot/<fqdn>` for every node,
+//!   `etcd/<fqdn>` for a core host), which the ACLs let use their own
+//!   sub-CA and nothing else does.
 //!
 //! Idempotent: run again, it finds everything and changes nothing. It
 //! waits for no absent host: a core host that has not joined (has no
@@ -17,7 +18,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use node_contract::{HostName, NodeConfig};
+use node_contract::{HostName, NodeConfig, Role};
 
 use crate::freeipa::{Client, NodeAddress, ServiceCa, ServiceCaInfo};
 
@@ -82,11 +83,30 @@ pub async fn prepare(
                 .with_context(|| format!("FreeIPA's {} sub-CA", ca.name()))?,
         );
     }
-    for core in &config.site.core {
-        client
-            .ensure_service_principal(ServiceCa::Etcd, &config.fqdn(core), realm)
-            .await
-            .with_context(|| format!("the etcd principal of {core}"))?;
+    // After the sub-CAs: a node whose host FreeIPA lacks now enrolls
+    // later, and its enrollment, seeing the sub-CAs, ensures its
+    // principals (`freeipa::site`); one enrolled before is listed here.
+    for node in registered.keys() {
+        let fqdn = config.fqdn(node);
+        let role = if config.site.core.contains(node) {
+            Role::Core
+        } else {
+            Role::Worker
+        };
+        if role == Role::Worker
+            && !client
+                .host_exists(&fqdn)
+                .await
+                .with_context(|| format!("looking up {fqdn} in FreeIPA"))?
+        {
+            continue;
+        }
+        for ca in ServiceCa::held_by(role) {
+            client
+                .ensure_service_principal(ca, &fqdn, realm)
+                .await
+                .with_context(|| format!("the {} principal of {node}", ca.name()))?;
+        }
     }
     Ok(Prepared { sub_cas })
 }

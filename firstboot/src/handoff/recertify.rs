@@ -40,48 +40,7 @@ use crate::etcd::{Client, Endpoint};
 /// each member's step and the restart lock.
 pub const ROLL_PREFIX: &str = "/firstboot/handoff/etcd/";
 
-/// A member's progress, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Step {
-    Bundle,
-    Leaf,
-    Dropped,
-}
-
-impl Step {
-    pub const ALL: [Step; 3] = [Step::Bundle, Step::Leaf, Step::Dropped];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Bundle => "bundle",
-            Step::Leaf => "leaf",
-            Step::Dropped => "dropped",
-        }
-    }
-
-    fn parse(text: &[u8]) -> Option<Step> {
-        Step::ALL
-            .into_iter()
-            .find(|s| s.as_str().as_bytes() == text)
-    }
-
-    fn previous(self) -> Option<Step> {
-        match self {
-            Step::Bundle => None,
-            Step::Leaf => Some(Step::Bundle),
-            Step::Dropped => Some(Step::Leaf),
-        }
-    }
-
-    /// What waiting for it means, for errors and progress.
-    pub fn waiting_for(self) -> &'static str {
-        match self {
-            Step::Bundle => "to trust the old and the new CA",
-            Step::Leaf => "to present a certificate from the new CA",
-            Step::Dropped => "to trust the new CA alone",
-        }
-    }
-}
+pub use crate::certs::moved::Step;
 
 /// This node's etcd member, restarted.
 #[allow(async_fn_in_trait)]

@@ -18,7 +18,7 @@ use anyhow::{bail, Context as _, Result};
 use node_contract::NodeConfig;
 
 use crate::certs::moved::Moved;
-use crate::certs::{plan, CertPurpose};
+use crate::certs::plan;
 use crate::freeipa::{Client, Config, Endpoint};
 use crate::paths::Paths;
 use crate::state::FreeipaPeer;
@@ -31,16 +31,44 @@ pub async fn etcd_from_freeipa(
     servers: &[FreeipaPeer],
     sub_ca_pem: &str,
 ) -> Result<()> {
-    let slot = plan::ETCD.slot(paths);
+    from_freeipa(paths, config, servers, &plan::ETCD, sub_ca_pem).await
+}
+
+/// The same for this host's identity, once its peers' identities moved to
+/// the `firstboot` sub-CA: they trust it alone (or soon will), so the
+/// join service this host serves presents one of its certificates.
+pub async fn identity_from_freeipa(
+    paths: &Paths,
+    config: &NodeConfig,
+    servers: &[FreeipaPeer],
+    sub_ca_pem: &str,
+) -> Result<()> {
+    from_freeipa(paths, config, servers, &plan::IDENTITY, sub_ca_pem).await
+}
+
+/// `row`'s certificate from its sub-CA, as the admin, for this host's
+/// principal of that sub-CA.
+async fn from_freeipa(
+    paths: &Paths,
+    config: &NodeConfig,
+    servers: &[FreeipaPeer],
+    row: &plan::Row,
+    sub_ca_pem: &str,
+) -> Result<()> {
+    let slot = row.slot(paths);
+    let purpose = row.purpose;
+    let plan::FreeipaIssuer::SubCa(sub_ca) = row.issuer.freeipa;
+    let service = crate::freeipa::ServiceCa::named(sub_ca)
+        .with_context(|| format!("no sub-CA `{sub_ca}` for the {purpose} row"))?;
     let fqdn = config.fqdn(&config.node);
-    if let Some(moved) = Moved::load(paths, CertPurpose::Etcd)? {
+    if let Some(moved) = Moved::load(paths, purpose)? {
         let cert = std::fs::read_to_string(&slot.cert).unwrap_or_default();
         if slot.check(&cert, &moved.new_ca, &fqdn).is_ok() {
             return Ok(());
         }
     }
     let secrets = crate::freeipa::site::secrets(config)?;
-    let principal = crate::freeipa::ServiceCa::Etcd
+    let principal = service
         .principal(&fqdn, config.site.realm.as_str())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let csr = slot.csr(&fqdn)?;
@@ -61,7 +89,7 @@ pub async fn etcd_from_freeipa(
                 .request_certificate(
                     &principal,
                     &csr,
-                    crate::freeipa::ServiceCa::Etcd.name(),
+                    service.name(),
                     crate::freeipa::ensure::SERVICE_PROFILE,
                 )
                 .await
@@ -78,12 +106,13 @@ pub async fn etcd_from_freeipa(
                     staged_cert: staged.host_cert,
                     staged_key: staged.host_key,
                     done: false,
+                    step: None,
                 }
-                .save(paths, CertPurpose::Etcd)?;
+                .save(paths, purpose)?;
                 slot.install(&issued.cert_pem, sub_ca_pem, &fqdn)?;
                 tracing::info!(
-                    "the site's etcd trusts FreeIPA's etcd sub-CA: this host's etcd certificate \
-                     comes from it (through {})",
+                    "the site trusts FreeIPA's {sub_ca} sub-CA for {purpose}: this host's \
+                     certificate comes from it (through {})",
                     server.node
                 );
                 return Ok(());
@@ -92,8 +121,8 @@ pub async fn etcd_from_freeipa(
         }
     }
     bail!(
-        "the site's etcd trusts FreeIPA's etcd sub-CA, and no FreeIPA server gave this host a \
-         certificate from it: {}",
+        "the site trusts FreeIPA's {sub_ca} sub-CA for {purpose}, and no FreeIPA server gave \
+         this host a certificate from it: {}",
         if failures.is_empty() {
             "no FreeIPA server answered the peers' call".to_owned()
         } else {

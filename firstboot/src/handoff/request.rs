@@ -31,6 +31,9 @@ use crate::certmonger::Certmonger;
 use crate::certs::Slot;
 use crate::paths::Paths;
 
+/// Where a worker's certmonger keeps the certificates it tracks.
+pub const HOST_STAGING: &str = "/etc/pki/firstboot";
+
 /// The certmonger that certifies this node's keys from FreeIPA, and how
 /// it sees the files it writes.
 #[derive(Debug, Clone)]
@@ -88,6 +91,19 @@ impl RequestSite {
             }
             None => bail!("the image's catalog has no `{service}`: this is no core host's image"),
         }
+    }
+
+    /// A worker's: its own certmonger, on the system bus, which
+    /// authenticates with the keytab `ipa-client-install` left it
+    /// (certmonger-ipa-submit(8)). Its files live under `/etc/pki`, whose
+    /// label (`cert_t`) certmonger may write on Fedora CoreOS
+    /// (selinux-policy `certmonger.te`: `miscfiles_manage_generic_cert_files`).
+    pub fn enrolled_host(paths: &Paths) -> RequestSite {
+        RequestSite::new(
+            Certmonger::system(),
+            paths.under_root(HOST_STAGING),
+            PathBuf::from(HOST_STAGING),
+        )
     }
 
     pub fn staged(&self, slot: &Slot) -> Staged {

@@ -248,3 +248,57 @@ pub async fn enrollment(
         .context("the enrollment answer")?;
     Ok(Some(answer))
 }
+
+/// Report this node's identity step (phase handoff) to the join service
+/// at `address`, and learn every registered node's: over TLS checked
+/// against this node's identity trust file (which the roll changes:
+/// the bootstrap host presents what every node trusts by then), and
+/// signed by the bootstrap host over this report's nonce.
+pub async fn handoff_report(
+    paths: &crate::paths::Paths,
+    config: &NodeConfig,
+    address: Ipv4Addr,
+    identity: Option<crate::certs::moved::Step>,
+) -> Result<super::protocol::HandoffAnswer> {
+    use super::protocol::{HandoffAnswer, HandoffReport, HANDOFF_PATH};
+    let request = HandoffReport {
+        ticket: config.ticket(),
+        identity,
+        timestamp: crate::status::now(),
+        nonce: protocol::nonce(),
+    };
+    let body = serde_json::to_vec(&request)?;
+    let signature = protocol::sign_request(&config.signing_key(), Purpose::HandoffReport, &body);
+    let trust = plan::IDENTITY.slot(paths).ca;
+    let ca = std::fs::read_to_string(&trust)
+        .with_context(|| format!("cannot read {}", trust.display()))?;
+    let site = Site::of(config);
+    let reply = https::post_verified(
+        SocketAddr::new(address.into(), config.join.port),
+        &ca,
+        &config.fqdn(&site.bootstrap),
+        HANDOFF_PATH,
+        &[(SIGNATURE_HEADER, signature)],
+        body,
+        EXCHANGE_TIMEOUT,
+    )
+    .await
+    .with_context(|| format!("the join service at {address}"))?;
+    let answer: HandoffAnswer = super::signed_answer(
+        &site,
+        &reply,
+        &request.nonce,
+        Purpose::HandoffAnswer,
+        |a: &HandoffAnswer| &a.bootstrap,
+    )
+    .with_context(|| format!("the join service at {address}, to this node's handoff report"))?;
+    if answer.bootstrap.node != site.bootstrap || answer.bootstrap.role != Role::Core {
+        bail!(
+            "the handoff answer is signed by {}, not the bootstrap host",
+            answer.bootstrap.node
+        );
+    }
+    crate::state::KnownGenerations::admit(&paths.known_generations(), &answer.bootstrap)
+        .context("the handoff answer")?;
+    Ok(answer)
+}

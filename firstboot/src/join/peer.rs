@@ -54,13 +54,22 @@ fn answer(paths: &Paths, config: &NodeConfig, vpc_addresses: Vec<Ipv4Addr>) -> P
             .then(|| std::fs::read_to_string(paths.ca_backup()).ok())
             .flatten(),
         freeipa_ca: core.then(|| freeipa_ca(paths)).flatten(),
-        etcd_sub_ca: core.then(|| etcd_sub_ca(paths)).flatten(),
+        etcd_sub_ca: core
+            .then(|| moved_to(paths, crate::certs::CertPurpose::Etcd))
+            .flatten(),
+        identity_sub_ca: core
+            .then(|| moved_to(paths, crate::certs::CertPurpose::Identity))
+            .flatten(),
+        identity_step: crate::certs::moved::Moved::load(paths, crate::certs::CertPurpose::Identity)
+            .ok()
+            .flatten()
+            .and_then(|moved| moved.step),
     }
 }
 
-/// The sub-CA this node's etcd member moves (or moved) to.
-fn etcd_sub_ca(paths: &Paths) -> Option<String> {
-    crate::certs::moved::Moved::load(paths, crate::certs::CertPurpose::Etcd)
+/// The sub-CA this node's `purpose` row moves (or moved) to.
+fn moved_to(paths: &Paths, purpose: crate::certs::CertPurpose) -> Option<String> {
+    crate::certs::moved::Moved::load(paths, purpose)
         .ok()
         .flatten()
         .map(|moved| moved.new_ca)
@@ -289,26 +298,13 @@ pub async fn ask(
         ASK_TIMEOUT,
     )
     .await?;
-    if reply.status != 200 {
-        bail!(
-            "answered {}: {}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body).trim()
-        );
-    }
-    let proof = reply
-        .headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok());
-    let answer: PeerAnswer = site
-        .check_answer(
-            &reply.body,
-            proof,
-            &nonce,
-            Purpose::PeerAnswer,
-            |a: &PeerAnswer| &a.node,
-        )
-        .map_err(|r: Refusal| anyhow::anyhow!("{r}"))?;
+    let answer: PeerAnswer = super::signed_answer(
+        site,
+        &reply,
+        &nonce,
+        Purpose::PeerAnswer,
+        |a: &PeerAnswer| &a.node,
+    )?;
     if !answer.addresses.contains(&address) {
         bail!(
             "{} answered from {address}, which it does not claim ({:?})",
@@ -594,6 +590,8 @@ mod tests {
                     ca_backup: None,
                     freeipa_ca: None,
                     etcd_sub_ca: None,
+                    identity_sub_ca: None,
+                    identity_step: None,
                 })
                 .unwrap();
                 let proof = protocol::sign_answer(&key, Purpose::PeerAnswer, &asked.nonce, &body);

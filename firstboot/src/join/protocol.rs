@@ -20,6 +20,7 @@ use node_contract::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::certs::moved::Step;
 use crate::certs::plan::{CertPurpose, Plan};
 use crate::pki::{CsrRefusal, TempCa};
 
@@ -29,6 +30,8 @@ pub const JOIN_PATH: &str = "/v3/join";
 pub const EARLIER_JOIN_PATHS: &[&str] = &["/v2/join", "/v1/join"];
 pub const PEER_PATH: &str = "/v2/peer";
 pub const ENROLL_PATH: &str = "/v2/enroll";
+/// Where a node reports its handoff steps and learns every node's.
+pub const HANDOFF_PATH: &str = "/v1/handoff";
 /// Header carrying a message's signature (hex).
 pub const SIGNATURE_HEADER: &str = "x-firstboot-signature";
 /// Requests are small JSON; anything bigger is refused unread.
@@ -76,6 +79,10 @@ pub struct JoinAnswer {
     pub peers: BTreeMap<HostName, Ipv4Addr>,
     /// The temporary DNS server.
     pub dns: Ipv4Addr,
+    /// FreeIPA's DNS servers (port 53), once the temporary DNS has ended
+    /// (handoff): a host that joins later asks them, and them alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeipa_dns: Vec<Ipv4Addr>,
     /// The temporary CAs sealed under the bootstrap host's own key: core
     /// hosts keep it for a rebuilt bootstrap host (see `backup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +153,17 @@ pub struct PeerAnswer {
     /// refuse a temporary one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_sub_ca: Option<String>,
+    /// The `firstboot` sub-CA's certificate, once this core peer's
+    /// identity has begun to move to it: a rebuilt bootstrap host then
+    /// gets its identity from that sub-CA, which the nodes trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_sub_ca: Option<String>,
+    /// The last step of this node's identity move (handoff): a rebuilt
+    /// bootstrap host, whose record of every node's step was lost with
+    /// it, learns here the steps of nodes that finished and report no
+    /// more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_step: Option<Step>,
 }
 
 /// A joined node asking for its FreeIPA enrollment.
@@ -170,6 +188,39 @@ pub struct EnrollAnswer {
     /// older bootstrap hosts left it out for a host enrolled already.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one_time_password: Option<String>,
+}
+
+/// A joined node saying where its identity's move to FreeIPA stands
+/// (phase handoff, `handoff::identity`), and asking where every node's
+/// does: the roll's barriers span every node, and workers cannot read
+/// etcd, so every node reports here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffReport {
+    pub ticket: Ticket,
+    /// The last step this node finished; none before the first.
+    pub identity: Option<Step>,
+    pub timestamp: u64,
+    pub nonce: String,
+}
+
+/// The bootstrap host's answer, signed over the report's nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffAnswer {
+    pub bootstrap: Ticket,
+    /// The bootstrap host ended the temporary services (every node had
+    /// moved): the temporary DNS is stopped and the temporary CA signs
+    /// nothing more.
+    #[serde(default)]
+    pub temporary_ended: bool,
+    /// The certificate of the sub-CA identities move to, once the
+    /// handoff's first step has made it (the bootstrap host took it from
+    /// FreeIPA).
+    pub identity_ca: Option<String>,
+    /// Every registered node, this one included, with the last step it
+    /// reported (none yet: not reported, or rebuilt since).
+    pub identity: BTreeMap<HostName, Option<Step>>,
 }
 
 /// Why a request was refused: logged by the refuser, sent back as the
@@ -313,6 +364,8 @@ pub struct Site {
     pub vpc: VpcRange,
     /// The bootstrap host: the first core host.
     pub bootstrap: HostName,
+    /// Every core host (FreeIPA's servers, etcd's members).
+    pub core: Vec<HostName>,
 }
 
 impl Site {
@@ -322,6 +375,7 @@ impl Site {
             site_key: config.site.site_key,
             vpc: config.site.vpc_range,
             bootstrap: config.bootstrap_host().clone(),
+            core: config.site.core.clone(),
         }
     }
 
@@ -555,6 +609,26 @@ impl Site {
             signature,
             Purpose::EnrollRequest,
             |r: &EnrollRequest| &r.ticket,
+        )?;
+        check_nonce(&request.nonce)?;
+        replay.check(&request.nonce, request.timestamp, now)?;
+        Ok(request)
+    }
+
+    /// Check a handoff report: signed by a node of the site, fresh, and
+    /// never seen before.
+    pub fn verify_handoff(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        replay: &mut impl Replay,
+        now: u64,
+    ) -> Result<HandoffReport, Refusal> {
+        let request: HandoffReport = self.signed(
+            body,
+            signature,
+            Purpose::HandoffReport,
+            |r: &HandoffReport| &r.ticket,
         )?;
         check_nonce(&request.nonce)?;
         replay.check(&request.nonce, request.timestamp, now)?;

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::protocol::{
-    self, check_generation, AdmissionRule, Decision, EnrollAnswer, JoinAnswer, Moved, Refusal,
-    Site, Verified, ENROLL_PATH, JOIN_PATH, SIGNATURE_HEADER,
+    self, check_generation, AdmissionRule, Decision, EnrollAnswer, HandoffAnswer, JoinAnswer,
+    Moved, Refusal, Site, Verified, ENROLL_PATH, HANDOFF_PATH, JOIN_PATH, SIGNATURE_HEADER,
 };
 use super::Credentials;
 use crate::backup::CaBackup;
@@ -120,6 +120,37 @@ pub struct Registrar {
     pub reporter: Reporter,
     /// FreeIPA enrollment, once this host's FreeIPA server is configured.
     pub enroller: Option<Arc<Enroller>>,
+    /// Where each node's identity move stands (phase handoff).
+    pub handoff: HandoffBook,
+}
+
+/// Each node's last reported step of its identity's move to FreeIPA, and
+/// the sub-CA it moves to, as the bootstrap host keeps them on disk. Lost
+/// with a rebuilt bootstrap host, and then rebuilt the same way: every
+/// node reports its step each time it asks. A step is what the node said
+/// last, never the highest it ever said: a rebuilt node starts again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffBook {
+    #[serde(default)]
+    pub identity_ca: Option<String>,
+    #[serde(default)]
+    pub identity: BTreeMap<HostName, crate::certs::moved::Step>,
+    /// Every node moved, and the temporary services ended (handoff's last
+    /// step): the join service signs nothing from the temporary CA and
+    /// the temporary DNS does not start again.
+    #[serde(default)]
+    pub temporary_ended: bool,
+}
+
+impl HandoffBook {
+    pub fn load(paths: &Paths) -> Result<HandoffBook> {
+        Ok(crate::fsutil::read_json(&paths.handoff_book())?.unwrap_or_default())
+    }
+
+    pub fn save(&self, paths: &Paths) -> Result<()> {
+        crate::fsutil::write_json(&paths.handoff_book(), self, 0o600)
+    }
 }
 
 impl Registrar {
@@ -259,19 +290,31 @@ impl Registrar {
     /// Certificates, registration and the signed answer; `rebuilt`: the
     /// node came back with a newer credential generation.
     async fn admit(&mut self, verified: &Verified, rebuilt: bool) -> Response {
-        self.refresh_ca();
-        let mut certificates =
-            match protocol::certify(&self.ca, self.plan, &self.site.domain, verified) {
-                Ok(certificates) => certificates,
-                Err(refusal) => return refuse(verified.address, &refusal),
-            };
-        if let Err(e) = self.certify_moved_rows(verified, &mut certificates).await {
-            tracing::warn!(peer = %verified.node(), "join service: {e:#}");
-            return Response::text(
-                503,
-                &format!("the bootstrap host cannot certify this node through FreeIPA yet: {e:#}"),
-            );
-        }
+        let certified = if self.handoff.temporary_ended {
+            self.certify_through_freeipa(verified).await
+        } else {
+            self.refresh_ca();
+            let mut certificates =
+                match protocol::certify(&self.ca, self.plan, &self.site.domain, verified) {
+                    Ok(certificates) => certificates,
+                    Err(refusal) => return refuse(verified.address, &refusal),
+                };
+            self.certify_moved_rows(verified, &mut certificates)
+                .await
+                .map(|()| certificates)
+        };
+        let certificates = match certified {
+            Ok(certificates) => certificates,
+            Err(e) => {
+                tracing::warn!(peer = %verified.node(), "join service: {e:#}");
+                return Response::text(
+                    503,
+                    &format!(
+                        "the bootstrap host cannot certify this node through FreeIPA yet: {e:#}"
+                    ),
+                );
+            }
+        };
         let generation = verified.request.ticket.generation;
         if let Err(e) = self
             .register(verified.node(), verified.address, generation)
@@ -280,12 +323,30 @@ impl Registrar {
             tracing::error!("join service: cannot register {}: {e:#}", verified.node());
             return Response::text(503, "the bootstrap host cannot record the join; retry");
         }
+        // A rebuilt node moves its identity again, from its first step:
+        // its old life's steps must not let the others past a barrier.
+        if rebuilt && self.handoff.identity.remove(verified.node()).is_some() {
+            if let Err(e) = self.handoff.save(&self.paths) {
+                tracing::error!("join service: cannot record the handoff steps: {e:#}");
+                return Response::text(503, "the bootstrap host cannot record the join; retry");
+            }
+        }
         let core = verified.request.ticket.role == Role::Core;
         let answer = JoinAnswer {
             bootstrap: self.me.ticket.clone(),
             certificates,
             peers: self.registry.hosts.clone(),
             dns: self.dns_address,
+            freeipa_dns: if self.handoff.temporary_ended {
+                // FreeIPA's servers: the core hosts.
+                self.site
+                    .core
+                    .iter()
+                    .filter_map(|node| self.registry.hosts.get(node).copied())
+                    .collect()
+            } else {
+                Vec::new()
+            },
             ca_backup: core.then(|| self.sealed_backup()),
             rebuilt,
         };
@@ -315,33 +376,72 @@ impl Registrar {
         certificates: &mut BTreeMap<CertPurpose, protocol::Issued>,
     ) -> anyhow::Result<()> {
         for (purpose, issued) in certificates.iter_mut() {
-            let Some(row) = self.plan.row(*purpose) else {
-                continue;
-            };
-            let crate::certs::plan::FreeipaIssuer::SubCa(sub_ca) = row.issuer.freeipa else {
-                continue;
-            };
-            let Some(moved) = crate::certs::moved::Moved::load(&self.paths, *purpose)? else {
-                continue;
-            };
-            let enroller = self.enroller.as_ref().ok_or_else(|| {
-                anyhow::anyhow!("its FreeIPA session is not up (the {purpose} row has moved)")
-            })?;
-            let csr = &verified.request.csrs[purpose];
-            let certificate = enroller
-                .certify_service(sub_ca, verified.node(), csr)
-                .await?;
-            let ca_pem = if moved.done {
-                moved.new_ca.clone()
-            } else {
-                format!("{}\n{}", moved.new_ca.trim_end(), issued.ca_pem.trim_end())
-            };
-            *issued = protocol::Issued {
-                certificate_pem: certificate,
-                ca_pem,
-            };
+            if let Some(from_freeipa) = self
+                .certified_by_freeipa(verified, *purpose, Some(&issued.ca_pem))
+                .await?
+            {
+                *issued = from_freeipa;
+            }
         }
         Ok(())
+    }
+
+    /// Once the temporary services ended (handoff's last step), every
+    /// certificate a node asks for comes from FreeIPA: nothing is signed
+    /// by the temporary CA any more.
+    async fn certify_through_freeipa(
+        &self,
+        verified: &Verified,
+    ) -> anyhow::Result<BTreeMap<CertPurpose, protocol::Issued>> {
+        let mut certificates = BTreeMap::new();
+        for purpose in verified.request.csrs.keys() {
+            let issued = self
+                .certified_by_freeipa(verified, *purpose, None)
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the temporary CA has ended, and this host's {purpose} certificate has \
+                         not moved to FreeIPA"
+                    )
+                })?;
+            certificates.insert(*purpose, issued);
+        }
+        Ok(certificates)
+    }
+
+    /// `purpose`'s certificate for the node from the row's sub-CA, if
+    /// this host moved that row; its trust is the sub-CA, with
+    /// `temporary_ca` while this host's own move is under way.
+    async fn certified_by_freeipa(
+        &self,
+        verified: &Verified,
+        purpose: CertPurpose,
+        temporary_ca: Option<&str>,
+    ) -> anyhow::Result<Option<protocol::Issued>> {
+        let Some(row) = self.plan.row(purpose) else {
+            return Ok(None);
+        };
+        let crate::certs::plan::FreeipaIssuer::SubCa(sub_ca) = row.issuer.freeipa;
+        let Some(moved) = crate::certs::moved::Moved::load(&self.paths, purpose)? else {
+            return Ok(None);
+        };
+        let enroller = self.enroller.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("its FreeIPA session is not up (the {purpose} row has moved)")
+        })?;
+        let csr = &verified.request.csrs[&purpose];
+        let certificate = enroller
+            .certify_service(sub_ca, verified.node(), verified.address, csr)
+            .await?;
+        let ca_pem = match temporary_ca {
+            Some(temporary) if !moved.done => {
+                format!("{}\n{}", moved.new_ca.trim_end(), temporary.trim_end())
+            }
+            _ => moved.new_ca.clone(),
+        };
+        Ok(Some(protocol::Issued {
+            certificate_pem: certificate,
+            ca_pem,
+        }))
     }
 }
 
@@ -349,6 +449,9 @@ impl Registrar {
 pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response {
     if request.method == hyper::Method::POST && request.path == ENROLL_PATH {
         return enroll(request, registrar).await;
+    }
+    if request.method == hyper::Method::POST && request.path == HANDOFF_PATH {
+        return handoff(request, registrar).await;
     }
     if protocol::EARLIER_JOIN_PATHS.contains(&request.path.as_str()) {
         return Response::text(
@@ -362,7 +465,7 @@ pub async fn handle(request: Request, registrar: Arc<Mutex<Registrar>>) -> Respo
     if request.path != JOIN_PATH || request.method != hyper::Method::POST {
         return Response::text(
             404,
-            &format!("only POST {JOIN_PATH} and {ENROLL_PATH} are served here"),
+            &format!("only POST {JOIN_PATH}, {ENROLL_PATH} and {HANDOFF_PATH} are served here"),
         );
     }
     let source = request.source;
@@ -464,6 +567,78 @@ async fn enroll(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response 
     let body = serde_json::to_vec(&answer).expect("serialises");
     let proof = protocol::sign_answer(&me.key, Purpose::EnrollAnswer, &asked.nonce, &body);
     tracing::info!(peer = %node, "join service: {node} may enroll in FreeIPA");
+    Response::json(body).with_header(SIGNATURE_HEADER, proof)
+}
+
+/// A registered node's handoff report: its step recorded (on disk
+/// before the answer), and every registered node's step answered, signed.
+/// Only the registered generation, from its registered address: a copy
+/// of a node's user data elsewhere must not move the barrier for it.
+async fn handoff(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response {
+    let source = request.source;
+    let mut r = registrar.lock().await;
+    let r = &mut *r;
+    let signature = request
+        .headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let now = crate::status::now();
+    let report = match r
+        .site
+        .verify_handoff(signature, &request.body, &mut r.replay, now)
+    {
+        Ok(report) => report,
+        Err(refusal) => return refuse(source, &refusal),
+    };
+    let node = &report.ticket.node;
+    let Some(&address) = r.registry.hosts.get(node) else {
+        let refusal = Refusal::NotAllowed(format!("{node} has not joined"));
+        return refuse(source, &refusal);
+    };
+    let known = r.registry.known_generation(node);
+    if Some(report.ticket.generation) != known {
+        let refusal = Refusal::NotAllowed(format!(
+            "{node} is registered with credential generation {}, not {}",
+            known.map_or_else(|| "?".into(), |g| g.to_string()),
+            report.ticket.generation
+        ));
+        return refuse(source, &refusal);
+    }
+    if source != address {
+        let refusal = Refusal::NotAllowed(format!(
+            "{node} joined from {address}; it reports from there, not from {source}"
+        ));
+        return refuse(source, &refusal);
+    }
+    let before = r.handoff.identity.get(node).copied();
+    if before != report.identity {
+        match report.identity {
+            Some(step) => r.handoff.identity.insert(node.clone(), step),
+            None => r.handoff.identity.remove(node),
+        };
+        if let Err(e) = r.handoff.save(&r.paths) {
+            tracing::error!("join service: cannot record the handoff steps: {e:#}");
+            return Response::text(503, "the bootstrap host cannot record the step; retry");
+        }
+        tracing::info!(
+            peer = %node,
+            "join service: {node}'s identity is at {}",
+            report.identity.map_or("its start", |s| s.as_str())
+        );
+    }
+    let answer = HandoffAnswer {
+        bootstrap: r.me.ticket.clone(),
+        temporary_ended: r.handoff.temporary_ended,
+        identity_ca: r.handoff.identity_ca.clone(),
+        identity: r
+            .registry
+            .hosts
+            .keys()
+            .map(|host| (host.clone(), r.handoff.identity.get(host).copied()))
+            .collect(),
+    };
+    let body = serde_json::to_vec(&answer).expect("serialises");
+    let proof = protocol::sign_answer(&r.me.key, Purpose::HandoffAnswer, &report.nonce, &body);
     Response::json(body).with_header(SIGNATURE_HEADER, proof)
 }
 

@@ -86,19 +86,19 @@ fn join_service(paths: &Paths, boot: &NodeConfig, ca: TempCa) -> Arc<Mutex<Regis
         },
         reporter: Reporter::new(paths.status_file()),
         enroller: None,
+        handoff: Default::default(),
     };
     Arc::new(Mutex::new(registrar))
 }
 
-/// What `client::enroll` does, minus the network: the node's CSRs of the
-/// plan, a signed request from `from`, the join service's answer
-/// checked as the bootstrap host's, and installed.
-async fn join(
+/// A signed join request from `config` at `from`, with the node's CSRs
+/// of the plan, as the join service answers it; and the request's nonce.
+async fn ask_to_join(
     service: &Arc<Mutex<Registrar>>,
     paths: &Paths,
     config: &NodeConfig,
     from: Ipv4Addr,
-) -> JoinAnswer {
+) -> (crate::https::Response, String) {
     let request = JoinRequest {
         ticket: config.ticket(),
         addresses: vec![from],
@@ -107,12 +107,9 @@ async fn join(
         nonce: protocol::nonce(),
     };
     let body = serde_json::to_vec(&request).unwrap();
-    let wire: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert!(wire["csrs"]["test-only"].is_string(), "{wire}");
     let signature = protocol::sign_request(&config.signing_key(), Purpose::JoinRequest, &body);
     let mut headers = HeaderMap::new();
     headers.insert(SIGNATURE_HEADER, signature.parse().unwrap());
-    let request_nonce = request.nonce.clone();
     let response = handle(
         Request {
             method: hyper::Method::POST,
@@ -125,6 +122,21 @@ async fn join(
         service.clone(),
     )
     .await;
+    (response, request.nonce)
+}
+
+/// What `client::enroll` does, minus the network: the node's CSRs of the
+/// plan, a signed request from `from`, the join service's answer
+/// checked as the bootstrap host's, and installed.
+async fn join(
+    service: &Arc<Mutex<Registrar>>,
+    paths: &Paths,
+    config: &NodeConfig,
+    from: Ipv4Addr,
+) -> JoinAnswer {
+    let csrs = client::csrs(paths, config, PLAN_UNDER_TEST).unwrap();
+    assert!(csrs.contains_key(&CertPurpose::TestOnly), "{csrs:?}");
+    let (response, request_nonce) = ask_to_join(service, paths, config, from).await;
     let text = String::from_utf8_lossy(&response.body).into_owned();
     assert_eq!(response.status, 200, "{text}");
     let proof = response
@@ -272,4 +284,205 @@ fn a_kind_the_plan_lacks_is_refused() {
         matches!(&refusal, protocol::Refusal::NotAllowed(why) if why.contains("test-only")),
         "{refusal}"
     );
+}
+
+/// One signed handoff report from `config` at `from`, as
+/// `client::handoff_report` sends it; the answer checked as the
+/// bootstrap host's when it is a 200.
+async fn report(
+    service: &Arc<Mutex<Registrar>>,
+    config: &NodeConfig,
+    from: Ipv4Addr,
+    identity: Option<certs::moved::Step>,
+) -> Result<protocol::HandoffAnswer, (u16, String)> {
+    let request = protocol::HandoffReport {
+        ticket: config.ticket(),
+        identity,
+        timestamp: crate::status::now(),
+        nonce: protocol::nonce(),
+    };
+    let body = serde_json::to_vec(&request).unwrap();
+    let signature = protocol::sign_request(&config.signing_key(), Purpose::HandoffReport, &body);
+    let response = send_handoff(service, body, signature, from).await;
+    if response.status != 200 {
+        return Err((
+            response.status,
+            String::from_utf8_lossy(&response.body).into_owned(),
+        ));
+    }
+    let proof = response
+        .headers
+        .iter()
+        .find(|(name, _)| *name == SIGNATURE_HEADER)
+        .map(|(_, value)| value.as_str());
+    Ok(Site::of(config)
+        .check_answer(
+            &response.body,
+            proof,
+            &request.nonce,
+            Purpose::HandoffAnswer,
+            |a: &protocol::HandoffAnswer| &a.bootstrap,
+        )
+        .unwrap())
+}
+
+async fn send_handoff(
+    service: &Arc<Mutex<Registrar>>,
+    body: Vec<u8>,
+    signature: String,
+    from: Ipv4Addr,
+) -> crate::https::Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(SIGNATURE_HEADER, signature.parse().unwrap());
+    handle(
+        Request {
+            method: hyper::Method::POST,
+            path: protocol::HANDOFF_PATH.to_owned(),
+            headers,
+            body: body.into(),
+            source: from,
+            client_certificate: None,
+        },
+        service.clone(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn handoff_reports_are_recorded_for_registered_nodes_only_and_answered_with_every_step() {
+    use certs::moved::Step;
+    let boot = config("node1");
+    let (core, worker) = (config("node2"), config("node4"));
+    let roots: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [boot_paths, core_paths, worker_paths] = [0, 1, 2].map(|i| Paths::under(roots[i].path()));
+    let ca = TempCa::create(boot.site.domain.as_str(), &PLAN_UNDER_TEST.intermediates()).unwrap();
+    let service = join_service(&boot_paths, &boot, ca);
+    service
+        .lock()
+        .await
+        .register(&boot.node, at(10), Generation::FIRST)
+        .await
+        .unwrap();
+
+    // Not joined yet: refused, nothing recorded.
+    let (status, said) = report(&service, &worker, at(14), Some(Step::Bundle))
+        .await
+        .unwrap_err();
+    assert_eq!(status, 403, "{said}");
+    assert!(said.contains("has not joined"), "{said}");
+    join(&service, &worker_paths, &worker, at(14)).await;
+    join(&service, &core_paths, &core, at(11)).await;
+
+    // From elsewhere than where it joined: refused.
+    let (status, said) = report(&service, &worker, at(99), Some(Step::Bundle))
+        .await
+        .unwrap_err();
+    assert_eq!(status, 403, "{said}");
+    assert!(said.contains("reports from there"), "{said}");
+
+    // Recorded, and every registered node answered; no sub-CA yet.
+    let answer = report(&service, &worker, at(14), Some(Step::Bundle))
+        .await
+        .unwrap();
+    assert_eq!(answer.identity_ca, None);
+    let steps: Vec<_> = answer
+        .identity
+        .iter()
+        .map(|(n, s)| (n.as_str(), *s))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("node1", None),
+            ("node2", None),
+            ("node4", Some(Step::Bundle))
+        ]
+    );
+    {
+        let r = service.lock().await;
+        let kept = super::server::HandoffBook::load(&r.paths).unwrap();
+        assert_eq!(kept.identity.len(), 1, "on disk before the answer");
+    }
+
+    // The last step said counts, not the highest.
+    report(&service, &worker, at(14), Some(Step::Leaf))
+        .await
+        .unwrap();
+    let answer = report(&service, &worker, at(14), None).await.unwrap();
+    assert_eq!(answer.identity[&worker.node], None);
+
+    // A replayed report, a forged signature and a signature of another
+    // purpose change nothing.
+    let request = protocol::HandoffReport {
+        ticket: worker.ticket(),
+        identity: Some(Step::Dropped),
+        timestamp: crate::status::now(),
+        nonce: protocol::nonce(),
+    };
+    let body = serde_json::to_vec(&request).unwrap();
+    let signed = protocol::sign_request(&worker.signing_key(), Purpose::HandoffReport, &body);
+    assert_eq!(
+        send_handoff(&service, body.clone(), signed.clone(), at(14))
+            .await
+            .status,
+        200
+    );
+    assert_ne!(
+        send_handoff(&service, body.clone(), signed, at(14))
+            .await
+            .status,
+        200,
+        "a replay"
+    );
+    let other = protocol::HandoffReport {
+        nonce: protocol::nonce(),
+        identity: Some(Step::Bundle),
+        ..request
+    };
+    let body = serde_json::to_vec(&other).unwrap();
+    let enroll_signed =
+        protocol::sign_request(&worker.signing_key(), Purpose::EnrollRequest, &body);
+    assert_ne!(
+        send_handoff(&service, body.clone(), enroll_signed, at(14))
+            .await
+            .status,
+        200
+    );
+    // (lab_config's nodes share one key: another one forges.)
+    let thief = SigningKey::from_seed(&Seed::from_bytes([5; 32]));
+    let forged = protocol::sign_request(&thief, Purpose::HandoffReport, &body);
+    assert_ne!(
+        send_handoff(&service, body, forged, at(14)).await.status,
+        200
+    );
+    let answer = report(&service, &core, at(11), None).await.unwrap();
+    assert_eq!(answer.identity[&worker.node], Some(Step::Dropped));
+
+    // The sub-CA, once handoff's first step gave it, goes to every node.
+    service.lock().await.handoff.identity_ca = Some("PEM".into());
+    let answer = report(&service, &core, at(11), None).await.unwrap();
+    assert_eq!(answer.identity_ca.as_deref(), Some("PEM"));
+}
+
+#[tokio::test]
+async fn once_the_temporary_services_ended_nothing_is_signed_by_the_temporary_ca() {
+    let boot = config("node1");
+    let worker = config("node4");
+    let roots: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [boot_paths, worker_paths] = [0, 1].map(|i| Paths::under(roots[i].path()));
+    let ca = TempCa::create(boot.site.domain.as_str(), &PLAN_UNDER_TEST.intermediates()).unwrap();
+    let service = join_service(&boot_paths, &boot, ca);
+    service.lock().await.handoff.temporary_ended = true;
+    let (response, _) = ask_to_join(&service, &worker_paths, &worker, at(14)).await;
+    let said = String::from_utf8_lossy(&response.body).into_owned();
+    // This bootstrap host moved nothing to FreeIPA (a test's), so there
+    // is nothing it may sign with: refused, and nothing registered.
+    assert_eq!(response.status, 503, "{said}");
+    assert!(said.contains("the temporary CA has ended"), "{said}");
+    assert!(!service
+        .lock()
+        .await
+        .registry
+        .hosts
+        .contains_key(&worker.node));
 }

@@ -1,9 +1,10 @@
 //! Phase 6: handoff (ARCHITECTURE §5), on every node, its steps so far:
 //! FreeIPA is given the site's names and service CAs, every node asks
-//! FreeIPA's servers for the site's names, and the core hosts re-certify
-//! etcd from its sub-CA. The rest of the handoff (the temporary services
-//! and CA ended, a later host joining through FreeIPA) follows the plan
-//! in `crate::handoff`.
+//! FreeIPA's servers for the site's names, the core hosts re-certify etcd
+//! from its sub-CA, and every node's identity moves to the `firstboot`
+//! sub-CA. The rest of the handoff (the temporary services and CA ended,
+//! a later host joining through FreeIPA) follows the plan in
+//! `crate::handoff`.
 //!
 //! 1. **records** (the bootstrap host, FreeIPA's first server and the one
 //!    node with the admin password): `handoff::prepare` ensures every
@@ -22,6 +23,11 @@
 //!    certmonger (`handoff::request`, `certs::moved`). The sub-CA's certificate comes from
 //!    etcd, where the bootstrap host put it in step 1: only a member
 //!    writes there, and every certificate issued is checked against it.
+//! 4. **identity** (every node): its identity certificate (firstboot's
+//!    own services' TLS) moves to the `firstboot` sub-CA in the same
+//!    three steps, across every registered node, each reporting its step
+//!    to the join service (`handoff::identity`); the sub-CA comes from
+//!    there too, signed by the bootstrap host, who put it there in step 1.
 //!
 //! No node decides anything from silence: a server that does not answer
 //! keeps the phase waiting (bounded, then retried by the engine), it is
@@ -41,6 +47,7 @@ use super::Context;
 use crate::certs::plan;
 use crate::etcd::Endpoint;
 use crate::freeipa::ServiceCa;
+use crate::handoff::identity;
 use crate::handoff::recertify::{self, FromFreeipa, Roll, SystemdEtcd};
 use crate::resolver::SiteDns;
 use crate::{certs::moved::Moved, handoff::request::RequestSite};
@@ -94,6 +101,83 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     if cx.config.role() == Role::Core {
         recertify_etcd(cx, own, &addresses_known).await?;
     }
+    move_identity(cx, temporary).await?;
+    // Step 5: the temporary services end, and nothing routes to them.
+    crate::resolver::route_site_domain(
+        &cx.paths,
+        &SiteDns::Freeipa {
+            servers: addresses_known.values().copied().collect(),
+            fallback: None,
+        },
+        &cx.config.site.domain,
+    )
+    .await?;
+    tracing::info!(
+        phase = "handoff",
+        "the site's names come from FreeIPA alone ({})",
+        list(&addresses_known)
+    );
+    Ok(())
+}
+
+/// Step 4, on every node: its identity moved to the `firstboot` sub-CA
+/// (`handoff::identity`), agreed through the join service at `join`.
+async fn move_identity(cx: &mut Context, join: Ipv4Addr) -> Result<()> {
+    let slot = plan::IDENTITY.slot(&cx.paths);
+    let site = match cx.config.role() {
+        Role::Core => RequestSite::freeipa_server(&cx.paths, &cx.config)?,
+        Role::Worker => RequestSite::enrolled_host(&cx.paths),
+    };
+    let staged = site.staged(&slot);
+    let fqdn = cx.config.fqdn(&cx.config.node);
+    let principal = ServiceCa::Firstboot.principal(&fqdn, cx.config.site.realm.as_str())?;
+    let issuer = |sub_ca_pem: &str| FromFreeipa {
+        site: site.clone(),
+        sub_ca: ServiceCa::Firstboot.name().to_owned(),
+        sub_ca_pem: sub_ca_pem.to_owned(),
+        principal: principal.clone(),
+        patience: CERTMONGER_WAIT,
+    };
+    let roll = identity::Roll {
+        paths: &cx.paths,
+        me: cx.config.node.clone(),
+        fqdn,
+        slot,
+        staged_cert: staged.host_cert,
+        staged_key: staged.host_key,
+        book: identity::JoinService {
+            paths: &cx.paths,
+            config: &cx.config,
+            address: join,
+        },
+        issuer: &issuer,
+        patience: identity::PATIENCE,
+    };
+    let reporter = &cx.reporter;
+    roll.run(&mut |step| {
+        reporter.detail(format!(
+            "identity: {} (every node in turn, {})",
+            step.as_str(),
+            step.waiting_for()
+        ))
+    })
+    .await?;
+    tracing::info!(
+        phase = "handoff",
+        "this node's identity is from FreeIPA's firstboot sub-CA alone; certmonger renews it"
+    );
+    // Step 5: once every node has moved, the bootstrap host ends the
+    // temporary services; the others wait to hear it.
+    if cx.config.is_bootstrap() {
+        cx.reporter
+            .detail("end: waiting for every node's identity to move".into());
+        every_node_moved(cx, &roll).await?;
+        services_of(cx)?.end_temporary().await?;
+    } else {
+        cx.reporter
+            .detail("end: waiting for the bootstrap host to end the temporary services".into());
+        roll.temporary_ended().await?;
+    }
     Ok(())
 }
 
@@ -107,14 +191,14 @@ async fn prepare(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
         .paths
         .service_state_dir(&cx.config, crate::freeipa::site::SERVER)?;
     let client = super::freeipa::admin_client(cx, own, &state).await?;
-    let registered = cx
-        .services
-        .as_ref()
-        .context("the join service is not running")?
-        .peers()
-        .await;
+    let registered = services_of(cx)?.peers().await;
     let prepared =
         crate::handoff::prepare::prepare(&client, &cx.config, &registered, SUB_CA_WAIT).await?;
+    // Every node takes the identity sub-CA from the join service.
+    let identity_ca = prepared
+        .sub_ca(ServiceCa::Firstboot)
+        .context("FreeIPA gave no firstboot sub-CA")?;
+    services_of(cx)?.set_identity_ca(identity_ca).await?;
     // The core hosts take each sub-CA's certificate from etcd.
     let etcd = etcd_client(cx, own, &cx.state.peers)?;
     for info in &prepared.sub_cas {
@@ -132,6 +216,38 @@ async fn prepare(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
         prepared.sub_cas.len()
     );
     Ok(())
+}
+
+/// On the bootstrap host: until every registered node has finished its
+/// identity's move, as each reported it, or (a node that reports no more,
+/// to a bootstrap host rebuilt since) as its peer service says; bounded.
+async fn every_node_moved<B: identity::Book, I: recertify::Issue>(
+    cx: &Context,
+    roll: &identity::Roll<'_, B, I>,
+) -> Result<()> {
+    use crate::certs::moved::Step;
+    let deadline = tokio::time::Instant::now() + identity::PATIENCE.barrier;
+    loop {
+        services_of(cx)?.learn_identity_steps().await?;
+        let behind = roll.behind(Some(Step::Dropped), Step::Dropped).await?;
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "waiting for {} to finish moving their identity to FreeIPA before the temporary \
+                 services end",
+                behind.join(", ")
+            );
+        }
+        tokio::time::sleep(identity::PATIENCE.poll).await;
+    }
+}
+
+fn services_of(cx: &Context) -> Result<&crate::temporary::Services> {
+    cx.services
+        .as_ref()
+        .context("the join service is not running")
 }
 
 /// Step 3, on a core host: its etcd member moved to the `etcd` sub-CA.
@@ -160,6 +276,7 @@ async fn recertify_etcd(
                 staged_cert: staged.host_cert,
                 staged_key: staged.host_key,
                 done: false,
+                step: None,
             };
             moved.save(&cx.paths, slot.purpose)?;
             moved

@@ -39,12 +39,17 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         }
         match enroll(&cx.paths, &cx.config, PLAN, candidate, own).await {
             Ok(answer) => {
-                crate::resolver::route_site_domain(
-                    &cx.paths,
-                    &crate::resolver::SiteDns::Temporary(answer.dns),
-                    &cx.config.site.domain,
-                )
-                .await?;
+                let route = if answer.freeipa_dns.is_empty() {
+                    crate::resolver::SiteDns::Temporary(answer.dns)
+                } else {
+                    // The site handed off before this node joined.
+                    crate::resolver::SiteDns::Freeipa {
+                        servers: answer.freeipa_dns.clone(),
+                        fallback: None,
+                    }
+                };
+                crate::resolver::route_site_domain(&cx.paths, &route, &cx.config.site.domain)
+                    .await?;
                 crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &answer.peers)?;
                 tracing::info!(phase = "join", peer = %candidate, "joined through {candidate}; {} peers known", answer.peers.len());
                 cx.state.bootstrap_address = Some(candidate);

@@ -44,6 +44,7 @@ fn site() -> Site {
         site_key: site_key().public_key(),
         vpc: VpcRange::parse("198.18.0.0/24").unwrap(),
         bootstrap: name("node1"),
+        core: vec![name("node1"), name("node2"), name("node3")],
     }
 }
 
@@ -434,6 +435,8 @@ fn answers_are_bound_to_the_request_and_the_answerer() {
         ca_backup: None,
         freeipa_ca: None,
         etcd_sub_ca: None,
+        identity_sub_ca: None,
+        identity_step: None,
     };
     let body = serde_json::to_vec(&answer).unwrap();
     let (n1, n2) = (nonce(), nonce());
