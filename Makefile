@@ -153,6 +153,10 @@ bench: test-deps build ipa-sim
 	    -p builder --test bench -- --ignored --nocapture --test-threads=1
 	$(TEST_ENV) $(CARGO) test --locked -p builder --test e2e -- --ignored --nocapture \
 	    --test-threads=1 bench_
+	# The handoff's etcd roll: write latency before and during it (the
+	# line starting "bench:"), every write read back.
+	$(TEST_ENV) $(CARGO) test --locked -p builder --test lab_freeipa -- --nocapture \
+	    --test-threads=1 freeipa_assembles
 
 clean:
 	$(CARGO) clean

@@ -582,11 +582,13 @@ fn join_round(flood: bool) -> String {
         .unwrap();
     runtime.block_on(async move {
         let settled = firstboot::bootstrap::Settled {
-            ca: firstboot::pki::TempCa::create(
-                site.domain.as_str(),
-                &firstboot::certs::PLAN.intermediates(),
-            )
-            .unwrap(),
+            ca: Some(
+                firstboot::pki::TempCa::create(
+                    site.domain.as_str(),
+                    &firstboot::certs::PLAN.intermediates(),
+                )
+                .unwrap(),
+            ),
             registry: firstboot::join::server::Registry {
                 admission_deadline: firstboot::status::now() + 3600,
                 ..Default::default()

@@ -166,6 +166,7 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
     // A writer from the start: its first write waits (retried) for etcd
     // to form; the handoff, which re-certifies etcd, comes after FreeIPA.
     let writer = Writer::start(&lab);
+    let thief = Thief::start(&lab);
     // The first install on the first server fails half-way, and those of
     // a replica and a worker fail after ipa-join spent their one-time
     // passwords: each node tries again from clean, with no operator step.
@@ -406,9 +407,11 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
         let journal = lab.journal(node, Some("firstboot.service")).unwrap();
         assert!(journal.contains("phase freeipa: done"), "{node}: {journal}");
     }
-    handoff_etcd_is_the_sub_cas(&lab, writes);
+    let (_copy, temporary) = thief.stolen();
+    handoff_etcd_is_the_sub_cas(&lab, writes, &temporary);
     handoff_dns_is_freeipas(&lab, &nodes);
-    handoff_identity_is_the_sub_ca(&lab, &nodes);
+    handoff_identity_is_the_sub_ca(&lab, &nodes, &temporary);
+    temporary_ca_is_gone(&lab, &nodes);
     drop(lab);
 }
 
@@ -418,7 +421,7 @@ fn freeipa_assembles_with_replicas_and_enrolled_workers() {
 /// its server); a core host's lock server then refuses a client
 /// certificate from the temporary root and one from the etcd sub-CA,
 /// and takes a worker's.
-fn handoff_identity_is_the_sub_ca(lab: &Lab, nodes: &[&str]) {
+fn handoff_identity_is_the_sub_ca(lab: &Lab, nodes: &[&str], temporary: &firstboot::pki::TempCa) {
     use firstboot::certs::moved::{Moved, Step};
     use firstboot::certs::{plan, CertPurpose};
     use firstboot::paths::Paths;
@@ -427,13 +430,6 @@ fn handoff_identity_is_the_sub_ca(lab: &Lab, nodes: &[&str]) {
     let etcd = Moved::load(&paths("node1"), CertPurpose::Etcd)
         .unwrap()
         .unwrap();
-    // Read only (`load`, not `load_current`, which may renew and save).
-    let temporary = firstboot::pki::TempCa::load(
-        &paths("node1").ca_dir(),
-        &firstboot::certs::PLAN.intermediates(),
-    )
-    .unwrap()
-    .expect("node1's temporary CA (step 5 ends it)");
     let mut sub_ca: Option<String> = None;
     for node in nodes {
         let moved = Moved::load(&paths(node), CertPurpose::Identity)
@@ -528,6 +524,50 @@ fn handoff_identity_is_the_sub_ca(lab: &Lab, nodes: &[&str]) {
     assert!(outcomes[2].1.is_err(), "{outcomes:?}");
 }
 
+/// Handoff's end: node1's temporary CA is destroyed, every core host's
+/// sealed copy is the one without it (it opens under node1's CA-copy key
+/// to the registry alone), no node holds a temporary CA's key anywhere
+/// under firstboot's state, and node1's join service says the temporary
+/// services ended.
+fn temporary_ca_is_gone(lab: &Lab, nodes: &[&str]) {
+    let root1 = lab.root("node1").unwrap();
+    assert!(
+        !root1.join("var/lib/firstboot/ca").exists(),
+        "node1's temporary CA is still on its disk"
+    );
+    let config = firstboot::check::load(&root1.join("etc/firstboot/node.json")).unwrap();
+    let seed = config
+        .identity
+        .ca_backup_key
+        .clone()
+        .expect("node1's CA-copy key");
+    for node in ["node2", "node3"] {
+        let sealed =
+            std::fs::read_to_string(lab.root(node).unwrap().join("var/lib/firstboot/ca-backup"))
+                .unwrap();
+        let copy = firstboot::backup::open(&seed, &sealed).unwrap();
+        assert!(copy.root.is_none(), "{node} still holds the temporary CA");
+        assert!(copy.intermediates.is_empty(), "{node}");
+        assert!(copy.registry.contains_key(&config.node), "{node}: {copy:?}");
+    }
+    for node in nodes {
+        // Any key file firstboot keeps is a node's own (its identity, its
+        // etcd member's); a CA's would be under `ca/`.
+        let found = lab
+            .sh(
+                node,
+                "find /var/lib/firstboot /etc/firstboot -path '*/ca/*' -o -name 'ca-backup.new' | head",
+            )
+            .unwrap();
+        assert!(found.trim().is_empty(), "{node}: {found}");
+    }
+    let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
+    assert!(
+        journal.contains("the temporary CA's keys are destroyed"),
+        "{journal}"
+    );
+}
+
 /// `node`'s certificate of `purpose` is from the sub-CA its move went to,
 /// which it alone trusts, and is certmonger's copy, tracked (request
 /// `id`), issued by that sub-CA.
@@ -611,6 +651,58 @@ fn etcd_endpoints(lab: &Lab) -> Vec<firstboot::etcd::Endpoint> {
 /// retried until acknowledged, on node1's certificate files as they are
 /// at that moment (read again for every write: the handoff changes them
 /// under it, as it does under firstboot's own client).
+/// A copy of node1's temporary CA, taken from its disk as soon as it is
+/// whole, as a thief of it would have kept it: after the handoff ends it,
+/// nothing it signs may open anything of the site.
+struct Thief {
+    thread: std::thread::JoinHandle<Option<tempfile::TempDir>>,
+}
+
+impl Thief {
+    fn start(lab: &Lab) -> Thief {
+        let from = lab.root("node1").unwrap().join("var/lib/firstboot/ca");
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < deadline {
+                let names = firstboot::certs::PLAN.intermediates();
+                if let Ok(Some(_)) = firstboot::pki::TempCa::load(&from, &names) {
+                    let copy = tempfile::tempdir().unwrap();
+                    let copied = std::process::Command::new("cp")
+                        .arg("-a")
+                        .arg(format!("{}/.", from.display()))
+                        .arg(copy.path())
+                        .status()
+                        .unwrap();
+                    if copied.success()
+                        && matches!(
+                            firstboot::pki::TempCa::load(copy.path(), &names),
+                            Ok(Some(_))
+                        )
+                    {
+                        return Some(copy);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            None
+        });
+        Thief { thread }
+    }
+
+    /// The copy, and the CA it holds.
+    fn stolen(self) -> (tempfile::TempDir, firstboot::pki::TempCa) {
+        let copy = self
+            .thread
+            .join()
+            .unwrap()
+            .expect("node1's temporary CA never appeared whole");
+        let ca = firstboot::pki::TempCa::load(copy.path(), &firstboot::certs::PLAN.intermediates())
+            .unwrap()
+            .unwrap();
+        (copy, ca)
+    }
+}
+
 struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<Writes>>,
@@ -711,7 +803,7 @@ fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
 /// `etcd` sub-CA's certificates alone, renewed by certmonger; a client
 /// certificate from any other CA of the site is refused; and a writer
 /// through the whole roll lost nothing.
-fn handoff_etcd_is_the_sub_cas(lab: &Lab, writes: Writes) {
+fn handoff_etcd_is_the_sub_cas(lab: &Lab, writes: Writes, temp_ca: &firstboot::pki::TempCa) {
     use firstboot::certs::moved::Moved;
     let fqdn = |n: &str| format!("{n}.lab.example.org");
     let node1 = firstboot::paths::Paths::under(&lab.root("node1").unwrap());
@@ -767,15 +859,8 @@ fn handoff_etcd_is_the_sub_cas(lab: &Lab, writes: Writes) {
     let slot = firstboot::certs::plan::ETCD.slot(&node1);
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
     let (own_cert, own_key) = (read(&slot.cert), read(&slot.key));
-    let temp_ca = firstboot::pki::TempCa::load_current(
-        &node1.ca_dir(),
-        "lab.example.org",
-        &firstboot::certs::PLAN.intermediates(),
-    )
-    .unwrap()
-    .expect("node1's temporary CA");
     let from_temporary = firstboot::certs::plan::ETCD
-        .temporary_ca(&temp_ca)
+        .temporary_ca(temp_ca)
         .unwrap()
         .issue(&fqdn("node1"))
         .unwrap();

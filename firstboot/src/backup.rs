@@ -10,6 +10,12 @@
 //!
 //! Each copy carries a generation, raised whenever the registry changes,
 //! so a rebuilt host restores the newest one its peers hold.
+//!
+//! Once the handoff ends the temporary services, the copy carries no CA
+//! (version 3, `root` none): the registry alone, which a rebuilt
+//! bootstrap host still needs (who joined, and which credential
+//! generations are retired). Each core host's copy with the CA keys is
+//! then replaced by one without (`phases::handoff`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -28,7 +34,9 @@ use crate::pki::{CaPems, TempCa};
 #[serde(try_from = "Sealed", into = "Sealed")]
 pub struct CaBackup {
     pub generation: u64,
-    pub root: CaPems,
+    /// The temporary root; none once the temporary CA has ended (then
+    /// there are no intermediates either).
+    pub root: Option<CaPems>,
     /// The temporary intermediates, by name (`pki::Signer::Intermediate`).
     pub intermediates: BTreeMap<String, CaPems>,
     pub registry: BTreeMap<HostName, Ipv4Addr>,
@@ -40,14 +48,19 @@ pub struct CaBackup {
 }
 
 impl CaBackup {
-    /// Version 2 carries the intermediates as a map by name; version 1
-    /// (no `version` field) carried its one intermediate, etcd's, in
-    /// fields of its own, and opens as version 2 with that one entry.
-    pub const VERSION: u32 = 2;
+    /// Version 3 may carry no CA (the temporary CA ended); version 2
+    /// carries the intermediates as a map by name; version 1 (no
+    /// `version` field) carried its one intermediate, etcd's, in fields of
+    /// its own, and opens as version 2 with that one entry.
+    pub const VERSION: u32 = 3;
 
-    /// The CAs it carries, checked (`pki::TempCa::from_pems`).
-    pub fn ca(&self) -> Result<TempCa> {
-        TempCa::from_pems(&self.root, &self.intermediates)
+    /// The CAs it carries, checked (`pki::TempCa::from_pems`); none once
+    /// the temporary CA has ended.
+    pub fn ca(&self) -> Result<Option<TempCa>> {
+        self.root
+            .as_ref()
+            .map(|root| TempCa::from_pems(root, &self.intermediates))
+            .transpose()
     }
 }
 
@@ -62,8 +75,11 @@ struct Sealed {
     #[serde(default = "first_version")]
     version: u32,
     generation: u64,
-    root_cert_pem: String,
-    root_key_pem: String,
+    /// Required before version 3; absent once the temporary CA ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root_cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root_key_pem: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     intermediates: BTreeMap<String, CaPems>,
     /// Version 1's etcd CA; never written.
@@ -108,12 +124,19 @@ impl TryFrom<Sealed> for CaBackup {
                 ))
             }
         }
+        let root = match (sealed.root_cert_pem, sealed.root_key_pem) {
+            (Some(cert_pem), Some(key_pem)) => Some(CaPems { cert_pem, key_pem }),
+            (None, None) if sealed.version >= 3 && intermediates.is_empty() => None,
+            _ => {
+                return Err(format!(
+                    "the CA copy (version {}) holds half a root CA, or intermediates without one",
+                    sealed.version
+                ))
+            }
+        };
         Ok(CaBackup {
             generation: sealed.generation,
-            root: CaPems {
-                cert_pem: sealed.root_cert_pem,
-                key_pem: sealed.root_key_pem,
-            },
+            root,
             intermediates,
             registry: sealed.registry,
             generations: sealed.generations,
@@ -127,8 +150,8 @@ impl From<CaBackup> for Sealed {
         Sealed {
             version: CaBackup::VERSION,
             generation: backup.generation,
-            root_cert_pem: backup.root.cert_pem,
-            root_key_pem: backup.root.key_pem,
+            root_cert_pem: backup.root.as_ref().map(|r| r.cert_pem.clone()),
+            root_key_pem: backup.root.map(|r| r.key_pem),
             intermediates: backup.intermediates,
             etcd_cert_pem: None,
             etcd_key_pem: None,
@@ -199,7 +222,7 @@ mod tests {
     fn backup(generation: u64) -> CaBackup {
         CaBackup {
             generation,
-            root: pems("cert", "key"),
+            root: Some(pems("cert", "key")),
             intermediates: [("etcd".to_owned(), pems("etcd cert", "etcd key"))].into(),
             registry: [(
                 HostName::parse("node2").unwrap(),
@@ -239,7 +262,7 @@ mod tests {
         let opened: CaBackup = serde_json::from_str(v1).unwrap();
         assert_eq!(opened, backup(3));
         let again = serde_json::to_value(&opened).unwrap();
-        assert_eq!(again["version"], 2);
+        assert_eq!(again["version"], CaBackup::VERSION);
         assert_eq!(again["intermediates"]["etcd"]["key_pem"], "etcd key");
         assert!(again.get("etcd_cert_pem").is_none());
         let reopened: CaBackup = serde_json::from_value(again).unwrap();
@@ -249,9 +272,37 @@ mod tests {
         for bad in [
             v1.replace(r#""etcd_key_pem": "etcd key","#, ""),
             v1.replace(r#""generation""#, r#""version": 2, "generation""#),
-            v1.replace(r#""generation""#, r#""version": 3, "generation""#),
+            v1.replace(r#""generation""#, r#""version": 4, "generation""#),
         ] {
             assert!(serde_json::from_str::<CaBackup>(&bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Once the temporary CA ends, the copy carries the registry alone:
+    /// it seals and opens without a CA, and a copy with half a CA, or an
+    /// older version without one, is refused.
+    #[test]
+    fn a_copy_without_the_ended_temporary_ca_carries_the_registry() {
+        let seed = Seed::from_bytes([1; 32]);
+        let ended = CaBackup {
+            root: None,
+            intermediates: BTreeMap::new(),
+            ..backup(4)
+        };
+        let sealed = seal(&seed, &ended);
+        let opened = open(&seed, &sealed).unwrap();
+        assert_eq!(opened, ended);
+        assert!(opened.ca().unwrap().is_none());
+        let wire = serde_json::to_value(&ended).unwrap();
+        assert!(wire.get("root_key_pem").is_none(), "{wire}");
+        for bad in [
+            r#"{"version": 3, "generation": 1, "root_cert_pem": "cert",
+                "registry": {}, "admission_deadline": 9}"#,
+            r#"{"version": 2, "generation": 1, "registry": {}, "admission_deadline": 9}"#,
+            r#"{"version": 3, "generation": 1, "registry": {}, "admission_deadline": 9,
+                "intermediates": {"etcd": {"cert_pem": "c", "key_pem": "k"}}}"#,
+        ] {
+            assert!(serde_json::from_str::<CaBackup>(bad).is_err(), "{bad}");
         }
     }
 }

@@ -356,7 +356,8 @@ pub fn vouched_for(answers: &Answers, sealed: &CaBackup) -> BTreeMap<HostName, I
 
 /// What `ensure_ca` settled.
 pub struct Settled {
-    pub ca: TempCa,
+    /// None once the handoff ended the temporary CA.
+    pub ca: Option<TempCa>,
     pub registry: Registry,
     /// Set when a rebuilt bootstrap host found a cluster to rejoin.
     pub cluster_state: Option<ClusterState>,
@@ -375,13 +376,25 @@ pub async fn ensure_ca(
     patience: Duration,
 ) -> Result<Settled> {
     let domain = config.site.domain.as_str();
+    if crate::join::server::HandoffBook::load(paths)?.temporary_ended {
+        // The handoff ended the temporary CA: there is none to find, here
+        // or with the peers, and none is made.
+        let registry = Registry::load(&paths.registry_file())?
+            .context("the temporary CA ended, and this host's registry is gone")?;
+        return Ok(Settled {
+            ca: None,
+            registry,
+            cluster_state: None,
+            restored: false,
+        });
+    }
     if let Some(ca) = TempCa::load_current(&paths.ca_dir(), domain, &PLAN.intermediates())? {
         let registry = Registry::load(&paths.registry_file())?.unwrap_or_else(|| Registry {
             admission_deadline: crate::status::now() + ADMISSION_WINDOW,
             ..Registry::default()
         });
         return Ok(Settled {
-            ca,
+            ca: Some(ca),
             registry,
             cluster_state: None,
             restored: false,
@@ -410,7 +423,7 @@ pub async fn ensure_ca(
                 config.site.domain
             );
             Settled {
-                ca,
+                ca: Some(ca),
                 registry: Registry {
                     admission_deadline: crate::status::now() + ADMISSION_WINDOW,
                     ..Registry::default()
@@ -442,9 +455,27 @@ pub async fn ensure_ca(
                 crate::state::FreeipaRejoin::new(freeipa).save(&paths.freeipa_rejoin())?;
             }
             let mut ca = backup.ca().context("the peers' CA copy")?;
-            // A copy sealed before a row of the plan was added lacks its
-            // intermediate: made now, under the restored root.
-            ca.complete(config.site.domain.as_str(), &PLAN.intermediates())?;
+            match &mut ca {
+                // A copy sealed before a row of the plan was added lacks
+                // its intermediate: made now, under the restored root.
+                Some(ca) => {
+                    ca.complete(config.site.domain.as_str(), &PLAN.intermediates())?;
+                }
+                // The site's handoff ended the temporary CA: this host
+                // serves no temporary service again, and its join
+                // service certifies through FreeIPA.
+                None => {
+                    tracing::warn!(
+                        "the site's temporary CA ended with its handoff: this host restores its \
+                         registry only"
+                    );
+                    crate::join::server::HandoffBook {
+                        temporary_ended: true,
+                        ..Default::default()
+                    }
+                    .save(paths)?;
+                }
+            }
             let mut hosts = backup.registry.clone();
             hosts.extend(peers);
             hosts.remove(&config.node);
@@ -471,7 +502,9 @@ pub async fn ensure_ca(
     // The registry first: a crash before the CA is saved starts over
     // cleanly (no CA on disk), never with a CA and no registry.
     settled.registry.save(&paths.registry_file())?;
-    settled.ca.save(&paths.ca_dir())?;
+    if let Some(ca) = &settled.ca {
+        ca.save(&paths.ca_dir())?;
+    }
     Ok(settled)
 }
 

@@ -66,7 +66,9 @@ impl Services {
         settled: Settled,
         reporter: Reporter,
     ) -> Result<Services> {
-        crate::certs::ensure_from_temporary(paths, config, PLAN, &settled.ca)?;
+        if let Some(ca) = &settled.ca {
+            crate::certs::ensure_from_temporary(paths, config, PLAN, ca)?;
+        }
         let restored = settled.restored;
         let zone = ZoneData {
             domain: config.site.domain.clone(),
@@ -174,6 +176,10 @@ impl Services {
     pub async fn end_temporary(&self) -> Result<()> {
         let mut r = self.registrar.lock().await;
         if !r.handoff.temporary_ended {
+            // The sealed copies without the CA are newer than every copy
+            // with it: a rebuilt bootstrap host restores the newest.
+            r.registry.generation += 1;
+            r.registry.save(&r.registry_file)?;
             r.handoff.temporary_ended = true;
             r.handoff.save(&r.paths)?;
             tracing::info!("the temporary CA signs nothing more: every certificate is FreeIPA's");
@@ -181,6 +187,13 @@ impl Services {
         if let Some(dns) = r.dns.take() {
             dns.shutdown().await;
             tracing::info!("the temporary DNS stopped: the site's names are FreeIPA's alone");
+        }
+        // Its keys go: from memory, then from disk, overwritten first.
+        r.ca = None;
+        let dir = r.paths.ca_dir();
+        if dir.exists() {
+            crate::fsutil::shred_dir(&dir)?;
+            tracing::info!("the temporary CA's keys are destroyed ({})", dir.display());
         }
         Ok(())
     }

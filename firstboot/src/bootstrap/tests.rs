@@ -21,10 +21,10 @@ fn at(octet: u8) -> Ipv4Addr {
 fn backup(generation: u64) -> CaBackup {
     CaBackup {
         generation,
-        root: crate::pki::CaPems {
+        root: Some(crate::pki::CaPems {
             cert_pem: String::new(),
             key_pem: String::new(),
-        },
+        }),
         intermediates: BTreeMap::new(),
         registry: [
             (name("node1"), at(10)),

@@ -178,12 +178,12 @@ impl<B: Book, I: Issue> Roll<'_, B, I> {
     /// Until the bootstrap host says it ended the temporary services (the
     /// temporary DNS is then stopped: nothing routes to it any more). Run
     /// once this node's own move is done; bounded.
-    pub async fn temporary_ended(&self) -> Result<()> {
+    pub async fn temporary_ended(&self) -> Result<HandoffAnswer> {
         let deadline = Instant::now() + self.patience.barrier;
         loop {
             let answer = self.book.report(Some(Step::Dropped)).await?;
             if answer.temporary_ended {
-                return Ok(());
+                return Ok(answer);
             }
             if Instant::now() >= deadline {
                 let behind: Vec<&str> = answer

@@ -2,26 +2,32 @@
 //! to FreeIPA (ARCHITECTURE §5), done by the nodes themselves.
 //!
 //! Built so far:
-//! - phase `handoff` (`phases::handoff`): steps 1 to 4 below;
+//! - phase `handoff` (`phases::handoff`): steps 1 to 5 below;
 //! - [`recertify`]: etcd moved from one CA to another, one member at a
 //!   time, agreed through etcd, never losing quorum or a write;
 //! - `resolver::SiteDns`: the site domain routed to every FreeIPA server,
 //!   the temporary DNS last while it serves;
-//! - `temporary::Services::stop`: the join service and DNS stopped;
+//! - `temporary::Services::end_temporary`: the temporary DNS and CA ended,
+//!   the join service kept for later hosts;
 //! - `certs::plan`: which issuer each certificate moves to;
 //! - [`request`]: where a node asks FreeIPA for a certificate (its FreeIPA
 //!   server's own certmonger on a core host); `certs::moved`: the record
 //!   of a move, which renewal reads;
-//! - [`rejoin`]: a rebuilt bootstrap host's etcd certificate from the
-//!   sub-CA its peers moved to.
+//! - [`rejoin`]: a rebuilt bootstrap host's etcd certificate and
+//!   identity from the sub-CAs its peers moved to;
+//! - [`identity`]: every node's identity moved, agreed through the join
+//!   service.
 //!
 //! The plan for the phase itself (issue 17), so each piece above fits:
 //! 1. The bootstrap host (FreeIPA's first server, which holds the admin
 //!    password) ensures, idempotently: every registered host's A and PTR
-//!    records and the etcd SRV records in FreeIPA's zone; the `etcd`,
-//!    `kubernetes` and `containers` sub-CAs, each with its own CA ACL;
-//!    an `etcd/<fqdn>` service principal per core host, managed by that
-//!    host. It puts each sub-CA's certificate in etcd for the core hosts.
+//!    records and the etcd SRV records in FreeIPA's zone; the
+//!    `firstboot`, `etcd`, `kubernetes` and `containers` sub-CAs, each
+//!    with its own CA ACL; each node's principals for the sub-CAs its
+//!    certificates move to (`firstboot/<fqdn>` on every node,
+//!    `etcd/<fqdn>` on a core host), managed by that host. It puts each
+//!    sub-CA's certificate in etcd for the core hosts, and the
+//!    `firstboot` sub-CA's in its join service for every node.
 //! 2. Every node routes the site domain to FreeIPA's servers, the
 //!    temporary DNS last, once FreeIPA answers its own name from each
 //!    server it lists (a worker cannot read etcd; it asks DNS itself).
@@ -68,14 +74,28 @@
 //!    the bootstrap host's identity is moving gets its identity from the
 //!    sub-CA through the join service (as the admin; the join service
 //!    adds the host and its principal to FreeIPA first).
-//! 5. Once every node has moved (core hosts record it in etcd; workers
-//!    tell the join service), the bootstrap host stops the temporary
-//!    services, destroys the temporary CA keys, and the core hosts destroy
-//!    their sealed copies; the join service then admits a later host by
-//!    pointing it at FreeIPA.
-//!    The peer service keeps answering "does a cluster exist" (without a
-//!    sealed copy): a rebuilt bootstrap host must still learn that the
-//!    site lives on, and silence never tells it.
+//! 5. The end (built: `phases::handoff`, `temporary::Services::end_temporary`).
+//!    Once every registered node has reported its identity moved (a node
+//!    that reports no more, to a bootstrap host rebuilt since, is asked
+//!    at its peer service), the bootstrap host ends the temporary
+//!    services: recorded first (and the registry's generation raised, so
+//!    the copies without the CA are the newest), its temporary DNS stops,
+//!    its temporary CA's keys are overwritten and removed, and its join
+//!    service signs nothing from it again: a host that joins later gets
+//!    every certificate from FreeIPA (as the admin, its host and
+//!    principals added first) and FreeIPA's DNS servers to ask. Every
+//!    other node waits to hear that the services ended, then drops the
+//!    temporary DNS from its route; each core host replaces its sealed
+//!    copy with the keys by the one the join service gives it, with the
+//!    registry alone (overwritten, not merely unlinked), which a rebuilt
+//!    bootstrap host still needs: who joined, and which credential
+//!    generations are retired. A bootstrap host restarted, or rebuilt from
+//!    such a copy, starts no temporary service and makes no CA.
+//!    The peer service keeps answering "does a cluster exist" (its copy
+//!    carries no CA now): a rebuilt bootstrap host must still learn that
+//!    the site lives on, and silence never tells it. systemd keeps
+//!    holding the temporary DNS's port (`firstboot-dns.socket`), so no
+//!    other process takes it; nothing routes to it.
 //!
 //! A node that joins or comes back at a new address after step 1 does
 //! not wait in step 2 for an answer FreeIPA never gives: its enrollment

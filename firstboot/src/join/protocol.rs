@@ -221,6 +221,10 @@ pub struct HandoffAnswer {
     /// Every registered node, this one included, with the last step it
     /// reported (none yet: not reported, or rebuilt since).
     pub identity: BTreeMap<HostName, Option<Step>>,
+    /// To a core host once the temporary services ended: the sealed copy
+    /// with the registry alone, which replaces its copy with the CA keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_backup: Option<String>,
 }
 
 /// Why a request was refused: logged by the refuser, sent back as the

@@ -106,8 +106,9 @@ pub struct Registrar {
     pub me: Credentials,
     /// What it signs: `certs::PLAN`, or a test's plan.
     pub plan: Plan,
-    /// Holds an intermediate for each the plan names.
-    pub ca: TempCa,
+    /// Holds an intermediate for each the plan names; none once the
+    /// handoff ended the temporary CA.
+    pub ca: Option<TempCa>,
     /// The temporary DNS, until `temporary::Services::stop` takes it.
     pub dns: Option<DnsServer>,
     pub dns_address: Ipv4Addr,
@@ -154,7 +155,8 @@ impl HandoffBook {
 }
 
 impl Registrar {
-    /// The temporary CAs and registry sealed under this host's key.
+    /// The temporary CAs (while they last) and registry sealed under this
+    /// host's key.
     pub fn sealed_backup(&self) -> String {
         crate::backup::seal(
             self.me
@@ -163,11 +165,15 @@ impl Registrar {
                 .expect("the join service runs on the bootstrap host, which has the CA-copy key"),
             &CaBackup {
                 generation: self.registry.generation,
-                root: CaPems {
-                    cert_pem: self.ca.root.cert_pem().to_owned(),
-                    key_pem: self.ca.root.key_pem(),
-                },
-                intermediates: self.ca.intermediate_pems(),
+                root: self.ca.as_ref().map(|ca| CaPems {
+                    cert_pem: ca.root.cert_pem().to_owned(),
+                    key_pem: ca.root.key_pem(),
+                }),
+                intermediates: self
+                    .ca
+                    .as_ref()
+                    .map(TempCa::intermediate_pems)
+                    .unwrap_or_default(),
                 registry: self.registry.hosts.clone(),
                 generations: self.registry.generations.clone(),
                 admission_deadline: self.registry.admission_deadline,
@@ -231,10 +237,10 @@ impl Registrar {
     /// join service runs for as long as the temporary CAs do.
     fn refresh_ca(&mut self) {
         let domain = self.site.domain.as_str();
-        match self
-            .ca
-            .renewed_if_due(domain, time::OffsetDateTime::now_utc())
-        {
+        let Some(ca) = &self.ca else {
+            return;
+        };
+        match ca.renewed_if_due(domain, time::OffsetDateTime::now_utc()) {
             Ok(None) => {}
             Ok(Some(renewed)) => match renewed.save(&self.paths.ca_dir()) {
                 Ok(()) => {
@@ -242,7 +248,7 @@ impl Registrar {
                         "join service: the temporary CAs were issued again, until {}",
                         renewed.root.not_after()
                     );
-                    self.ca = renewed;
+                    self.ca = Some(renewed);
                 }
                 Err(e) => tracing::error!("join service: cannot save the renewed CAs: {e:#}"),
             },
@@ -290,18 +296,19 @@ impl Registrar {
     /// Certificates, registration and the signed answer; `rebuilt`: the
     /// node came back with a newer credential generation.
     async fn admit(&mut self, verified: &Verified, rebuilt: bool) -> Response {
-        let certified = if self.handoff.temporary_ended {
-            self.certify_through_freeipa(verified).await
-        } else {
-            self.refresh_ca();
-            let mut certificates =
-                match protocol::certify(&self.ca, self.plan, &self.site.domain, verified) {
-                    Ok(certificates) => certificates,
-                    Err(refusal) => return refuse(verified.address, &refusal),
-                };
-            self.certify_moved_rows(verified, &mut certificates)
-                .await
-                .map(|()| certificates)
+        self.refresh_ca();
+        let certified = match &self.ca {
+            Some(ca) if !self.handoff.temporary_ended => {
+                let mut certificates =
+                    match protocol::certify(ca, self.plan, &self.site.domain, verified) {
+                        Ok(certificates) => certificates,
+                        Err(refusal) => return refuse(verified.address, &refusal),
+                    };
+                self.certify_moved_rows(verified, &mut certificates)
+                    .await
+                    .map(|()| certificates)
+            }
+            _ => self.certify_through_freeipa(verified).await,
         };
         let certificates = match certified {
             Ok(certificates) => certificates,
@@ -636,6 +643,8 @@ async fn handoff(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response
             .keys()
             .map(|host| (host.clone(), r.handoff.identity.get(host).copied()))
             .collect(),
+        ca_backup: (r.handoff.temporary_ended && report.ticket.role == Role::Core)
+            .then(|| r.sealed_backup()),
     };
     let body = serde_json::to_vec(&answer).expect("serialises");
     let proof = protocol::sign_answer(&r.me.key, Purpose::HandoffAnswer, &report.nonce, &body);

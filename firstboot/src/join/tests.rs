@@ -66,7 +66,7 @@ fn join_service(paths: &Paths, boot: &NodeConfig, ca: TempCa) -> Arc<Mutex<Regis
         site: Site::of(boot),
         me: Credentials::of(boot),
         plan: PLAN_UNDER_TEST,
-        ca,
+        ca: Some(ca),
         dns: None,
         dns_address: at(10),
         registry: Registry {
@@ -207,7 +207,7 @@ async fn a_kind_added_to_the_plan_is_held_signed_sealed_and_renewed() {
         copy.intermediates.keys().collect::<Vec<_>>(),
         ["etcd", "test-only"]
     );
-    let restored = copy.ca().unwrap();
+    let restored = copy.ca().unwrap().expect("the copy carries the CAs");
     assert_eq!(
         TEST_ONLY.temporary_ca(&restored).unwrap().cert_pem(),
         test_only_ca
@@ -223,7 +223,7 @@ async fn a_kind_added_to_the_plan_is_held_signed_sealed_and_renewed() {
     let due = {
         let r = service.lock().await;
         TEST_ONLY
-            .temporary_ca(&r.ca)
+            .temporary_ca(r.ca.as_ref().unwrap())
             .unwrap()
             .certify_key(
                 &spki,
@@ -248,7 +248,8 @@ async fn a_kind_added_to_the_plan_is_held_signed_sealed_and_renewed() {
     std::fs::write(&boot_slot.cert, &due).unwrap();
     assert!(certs::any_due(&boot_paths, &boot, PLAN_UNDER_TEST));
     let r = service.lock().await;
-    certs::ensure_from_temporary(&boot_paths, &boot, PLAN_UNDER_TEST, &r.ca).unwrap();
+    certs::ensure_from_temporary(&boot_paths, &boot, PLAN_UNDER_TEST, r.ca.as_ref().unwrap())
+        .unwrap();
     assert!(!certs::any_due(&boot_paths, &boot, PLAN_UNDER_TEST));
 }
 

@@ -127,7 +127,15 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     // etcd resolves every member's name as it starts and at every peer
     // connection: wait until all core hosts have joined and resolve, then
     // pin them in /etc/hosts too.
-    let peers = core_addresses(cx, dns).await?;
+    let peers = match crate::resolver::saved(&cx.paths) {
+        // The site handed off before this node joined (a core host rebuilt
+        // since): the temporary DNS has ended, and FreeIPA's may still
+        // hold this host's old address (its enrollment, next, moves it).
+        // Every core host joined long ago, and the join answer gave their
+        // registered addresses.
+        Some(crate::resolver::SiteDns::Freeipa { fallback: None, .. }) => registered_core(cx)?,
+        _ => core_addresses(cx, dns).await?,
+    };
     cx.state.peers.extend(peers.clone());
     crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &cx.state.peers)?;
 
@@ -214,6 +222,22 @@ async fn wait_for_earlier_members(cx: &Context, peers: &BTreeMap<HostName, Ipv4A
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// Every core host's address as the join answer gave it (the registry).
+fn registered_core(cx: &Context) -> Result<BTreeMap<HostName, Ipv4Addr>> {
+    cx.config
+        .site
+        .core
+        .iter()
+        .map(|host| {
+            cx.state
+                .peers
+                .get(host)
+                .map(|a| (host.clone(), *a))
+                .with_context(|| format!("the join service did not list core host {host}"))
+        })
+        .collect()
 }
 
 /// Every core host's address from the temporary DNS, polling while peers

@@ -9,8 +9,8 @@
 //! 1. **records** (the bootstrap host, FreeIPA's first server and the one
 //!    node with the admin password): `handoff::prepare` ensures every
 //!    registered node's A and PTR records and the etcd SRV records in
-//!    FreeIPA's zone, the service sub-CAs with their CA ACLs, and the
-//!    core hosts' `etcd/<fqdn>` principals. Idempotent.
+//!    FreeIPA's zone, the service sub-CAs with their CA ACLs, and each
+//!    node's principals for them. Idempotent.
 //! 2. **dns** (every node): once each FreeIPA server (every core host)
 //!    answers this node's own name with its address from its own DNS
 //!    (port 53), the site domain is routed to all of them, the temporary
@@ -28,6 +28,11 @@
 //!    three steps, across every registered node, each reporting its step
 //!    to the join service (`handoff::identity`); the sub-CA comes from
 //!    there too, signed by the bootstrap host, who put it there in step 1.
+//! 5. **end** (every node): once every node has moved, the bootstrap host
+//!    ends the temporary services (`temporary::Services::end_temporary`);
+//!    the others hear it from the join service, drop the temporary DNS
+//!    from their route, and a core host replaces its sealed copy of the
+//!    temporary CA by one with the registry alone.
 //!
 //! No node decides anything from silence: a server that does not answer
 //! keeps the phase waiting (bounded, then retried by the engine), it is
@@ -176,7 +181,19 @@ async fn move_identity(cx: &mut Context, join: Ipv4Addr) -> Result<()> {
     } else {
         cx.reporter
             .detail("end: waiting for the bootstrap host to end the temporary services".into());
-        roll.temporary_ended().await?;
+        let answer = roll.temporary_ended().await?;
+        if cx.config.role() == Role::Core {
+            // The copy with the temporary CA's keys goes, for the one with
+            // the registry alone (which a rebuilt bootstrap host needs).
+            let sealed = answer
+                .ca_backup
+                .context("the bootstrap host sent no sealed copy without the temporary CA")?;
+            crate::fsutil::replace_shredding(&cx.paths.ca_backup(), sealed.as_bytes(), 0o600)?;
+            tracing::info!(
+                phase = "handoff",
+                "this host's sealed copy of the temporary CA is destroyed; it keeps the registry's"
+            );
+        }
     }
     Ok(())
 }

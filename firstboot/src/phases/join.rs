@@ -143,12 +143,27 @@ async fn bootstrap(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
         start_services(cx, own).await?;
     }
     let peers = cx.services.as_ref().expect("started above").peers().await;
-    crate::resolver::route_site_domain(
-        &cx.paths,
-        &crate::resolver::SiteDns::Temporary(own),
-        &cx.config.site.domain,
-    )
-    .await?;
+    let route = if crate::join::server::HandoffBook::load(&cx.paths)?.temporary_ended {
+        // Rebuilt after the site's handoff ended the temporary DNS: the
+        // site's names are FreeIPA's, on the other core hosts first (this
+        // host's own server comes back later, in phase freeipa).
+        let mut servers: Vec<Ipv4Addr> = cx
+            .config
+            .site
+            .core
+            .iter()
+            .filter(|core| **core != cx.config.node)
+            .filter_map(|core| peers.get(core).copied())
+            .collect();
+        servers.push(own);
+        crate::resolver::SiteDns::Freeipa {
+            servers,
+            fallback: None,
+        }
+    } else {
+        crate::resolver::SiteDns::Temporary(own)
+    };
+    crate::resolver::route_site_domain(&cx.paths, &route, &cx.config.site.domain).await?;
     crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &peers)?;
     cx.state.bootstrap_address = Some(own);
     cx.state.peers = peers;
@@ -176,13 +191,14 @@ async fn start_services(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
 }
 
 /// After a reboot of a bootstrap host whose join phase is done: serve
-/// again, from the CAs on disk.
+/// again, from the CAs on disk (none once the handoff ended them).
 pub async fn resume_services(cx: &mut Context) -> Result<()> {
     if !cx.config.is_bootstrap() || cx.services.is_some() {
         return Ok(());
     }
     let own = cx.own_address()?;
-    if crate::pki::TempCa::load(&cx.paths.ca_dir(), &PLAN.intermediates())?.is_none() {
+    let ended = crate::join::server::HandoffBook::load(&cx.paths)?.temporary_ended;
+    if !ended && crate::pki::TempCa::load(&cx.paths.ca_dir(), &PLAN.intermediates())?.is_none() {
         bail!(
             "the join phase is done but the temporary CA is gone from {}",
             cx.paths.ca_dir().display()

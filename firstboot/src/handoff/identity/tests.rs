@@ -41,6 +41,7 @@ impl Book for InMemory {
             temporary_ended: shared.ended,
             identity_ca: shared.identity_ca.clone(),
             identity: shared.steps.clone(),
+            ca_backup: None,
         })
     }
 }
