@@ -77,9 +77,10 @@ impl Services {
             etcd_members: config.site.core.clone(),
         };
         let handoff = crate::join::server::HandoffBook::load(paths)?;
+        let ended = handoff.temporary_ended;
         // The sockets systemd holds (see `sockets`), else bound here.
         let mut passed = crate::sockets::Passed::from_env();
-        let dns = if handoff.temporary_ended {
+        let dns = if ended {
             None
         } else {
             Some(match (passed.udp("dns")?, passed.tcp("dns")?) {
@@ -143,10 +144,10 @@ impl Services {
             crate::https::LIMITS,
             move |request| crate::join::server::handle(request, shared.clone()),
         ));
-        let dns = if registrar.lock().await.dns.is_some() {
-            format!("and DNS for {} on {own}:{DNS_PORT}", config.site.domain)
-        } else {
+        let dns = if ended {
             "(the temporary DNS ended with the handoff)".to_owned()
+        } else {
+            format!("and DNS for {} on {own}:{DNS_PORT}", config.site.domain)
         };
         tracing::info!(
             "serving the join service on {own}:{} {dns}",

@@ -109,7 +109,8 @@ pub struct Registrar {
     /// Holds an intermediate for each the plan names; none once the
     /// handoff ended the temporary CA.
     pub ca: Option<TempCa>,
-    /// The temporary DNS, until `temporary::Services::stop` takes it.
+    /// The temporary DNS, until `temporary::Services::end_temporary` (or
+    /// `stop`) takes it.
     pub dns: Option<DnsServer>,
     pub dns_address: Ipv4Addr,
     pub registry: Registry,
@@ -127,9 +128,11 @@ pub struct Registrar {
 
 /// Each node's last reported step of its identity's move to FreeIPA, and
 /// the sub-CA it moves to, as the bootstrap host keeps them on disk. Lost
-/// with a rebuilt bootstrap host, and then rebuilt the same way: every
-/// node reports its step each time it asks. A step is what the node said
-/// last, never the highest it ever said: a rebuilt node starts again.
+/// with a rebuilt bootstrap host, and then rebuilt from the nodes: those
+/// still moving report their step each time they ask, those done say it
+/// at their peer service (`temporary::Services::learn_identity_steps`).
+/// A step is what the node said last, never the highest it ever said: a
+/// rebuilt node starts again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffBook {
@@ -155,6 +158,40 @@ impl HandoffBook {
 }
 
 impl Registrar {
+    /// Where `ticket`'s node joined from, if it asks as registered: its
+    /// registered generation (a retired one is refused as retired, a newer
+    /// one joins first, which retires the registered one), and from its
+    /// registered address (a copy of its user data elsewhere could sign).
+    /// `asks` names what it asks for, in the refusal.
+    fn registered_caller(
+        &self,
+        ticket: &node_contract::Ticket,
+        source: Ipv4Addr,
+        asks: &str,
+    ) -> Result<Ipv4Addr, Refusal> {
+        let node = &ticket.node;
+        let Some(&address) = self.registry.hosts.get(node) else {
+            return Err(Refusal::NotAllowed(format!(
+                "{node} has not joined; it {asks} once it has"
+            )));
+        };
+        let known = self.registry.known_generation(node);
+        check_generation(ticket, known)?;
+        if Some(ticket.generation) != known {
+            return Err(Refusal::NotAllowed(format!(
+                "{node} joined with credential generation {}; generation {} joins before it {asks}",
+                known.map_or_else(|| "?".into(), |g| g.to_string()),
+                ticket.generation
+            )));
+        }
+        if source != address {
+            return Err(Refusal::NotAllowed(format!(
+                "{node} joined from {address}; it {asks} from there, not from {source}"
+            )));
+        }
+        Ok(address)
+    }
+
     /// The temporary CAs (while they last) and registry sealed under this
     /// host's key.
     pub fn sealed_backup(&self) -> String {
@@ -521,38 +558,13 @@ async fn enroll(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response 
             Ok(asked) => asked,
             Err(refusal) => return refuse(source, &refusal),
         };
-        let Some(&address) = r.registry.hosts.get(&asked.ticket.node) else {
-            let refusal = Refusal::NotAllowed(format!(
-                "{} has not joined; it enrolls in FreeIPA once it has",
-                asked.ticket.node
-            ));
-            return refuse(source, &refusal);
-        };
-        // Only the generation that joined: a retired one is refused, and a
-        // newer one joins first (which retires the registered one).
-        let known = r.registry.known_generation(&asked.ticket.node);
-        if let Err(refusal) = check_generation(&asked.ticket, known) {
-            return refuse(source, &refusal);
-        }
-        if Some(asked.ticket.generation) != known {
-            let refusal = Refusal::NotAllowed(format!(
-                "{} joined with credential generation {}; generation {} joins before it enrolls",
-                asked.ticket.node,
-                known.map_or_else(|| "?".into(), |g| g.to_string()),
-                asked.ticket.generation
-            ));
-            return refuse(source, &refusal);
-        }
         // Only from where it joined: a copy of its user data elsewhere
         // (which could sign) must not get a password for the name, or, for
         // a rebuilt client, disable the keytab of the node that runs.
-        if source != address {
-            let refusal = Refusal::NotAllowed(format!(
-                "{} joined from {address}; it asks for its enrollment from there, not from {source}",
-                asked.ticket.node
-            ));
-            return refuse(source, &refusal);
-        }
+        let address = match r.registered_caller(&asked.ticket, source, "asks for its enrollment") {
+            Ok(address) => address,
+            Err(refusal) => return refuse(source, &refusal),
+        };
         let Some(enroller) = r.enroller.clone() else {
             return Response::text(503, "FreeIPA is not configured on the bootstrap host yet");
         };
@@ -598,23 +610,7 @@ async fn handoff(request: Request, registrar: Arc<Mutex<Registrar>>) -> Response
         Err(refusal) => return refuse(source, &refusal),
     };
     let node = &report.ticket.node;
-    let Some(&address) = r.registry.hosts.get(node) else {
-        let refusal = Refusal::NotAllowed(format!("{node} has not joined"));
-        return refuse(source, &refusal);
-    };
-    let known = r.registry.known_generation(node);
-    if Some(report.ticket.generation) != known {
-        let refusal = Refusal::NotAllowed(format!(
-            "{node} is registered with credential generation {}, not {}",
-            known.map_or_else(|| "?".into(), |g| g.to_string()),
-            report.ticket.generation
-        ));
-        return refuse(source, &refusal);
-    }
-    if source != address {
-        let refusal = Refusal::NotAllowed(format!(
-            "{node} joined from {address}; it reports from there, not from {source}"
-        ));
+    if let Err(refusal) = r.registered_caller(&report.ticket, source, "reports") {
         return refuse(source, &refusal);
     }
     let before = r.handoff.identity.get(node).copied();
