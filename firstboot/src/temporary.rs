@@ -207,35 +207,41 @@ impl Services {
     pub async fn learn_identity_steps(&self) -> Result<()> {
         let (site, me, own, silent) = {
             let r = self.registrar.lock().await;
-            let silent: Vec<(HostName, Ipv4Addr)> = r
+            let silent: Vec<(HostName, Ipv4Addr, Option<node_contract::Generation>)> = r
                 .registry
                 .hosts
                 .iter()
                 .filter(|(node, _)| **node != r.me.ticket.node)
                 .filter(|(node, _)| !r.handoff.identity.contains_key(*node))
-                .map(|(node, address)| (node.clone(), *address))
+                .map(|(node, address)| (node.clone(), *address, r.registry.known_generation(node)))
                 .collect();
             (r.site.clone(), r.me.clone(), r.dns_address, silent)
         };
         let mut asks = tokio::task::JoinSet::new();
-        for (node, address) in silent {
+        for (node, address, generation) in silent {
             let (site, me) = (site.clone(), me.clone());
             asks.spawn(async move {
                 let answer = crate::join::peer::ask(&site, &me, own, address, None).await;
-                (node, answer)
+                (node, generation, answer)
             });
         }
         let mut learnt = Vec::new();
-        while let Some(Ok((node, answer))) = asks.join_next().await {
+        while let Some(Ok((node, generation, answer))) = asks.join_next().await {
             match answer {
-                Ok(answer) if answer.node.node == node => {
+                // Only the registered generation speaks for the node: a
+                // retired credential's step is not the node's.
+                Ok(answer)
+                    if answer.node.node == node && Some(answer.node.generation) == generation =>
+                {
                     if let Some(step) = answer.identity_step {
                         learnt.push((node, step));
                     }
                 }
                 Ok(answer) => tracing::warn!(
-                    "{} answered at {node}'s registered address",
-                    answer.node.node
+                    "{} (credential generation {}) answered at {node}'s registered address: \
+                     not taken",
+                    answer.node.node,
+                    answer.node.generation
                 ),
                 Err(e) => tracing::debug!("{node}'s identity step: {e:#}"),
             }
