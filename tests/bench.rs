@@ -635,6 +635,7 @@ fn join_round(flood: bool) -> String {
                     csrs: [(CertPurpose::Identity, csr)].into(),
                     timestamp: firstboot::status::now(),
                     nonce: protocol::nonce(),
+                    admission: None,
                 })
                 .unwrap();
                 let signature =

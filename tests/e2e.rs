@@ -581,14 +581,6 @@ fn firewall_holds(op: &Operator, attacker: &str, rows: &[Value]) {
     }
 }
 
-/// Whether the vault holds a retired credential (a host was destroyed).
-fn any_credential_retired(op: &Operator) -> bool {
-    let vault = op.site().with_extension("vault");
-    let text = std::fs::read_to_string(vault).unwrap();
-    let secrets = builder::vault::open(&text, PASSPHRASE, "vault").unwrap();
-    !secrets.generations.is_empty()
-}
-
 /// Each node's user data is render's output, byte for byte, and is what
 /// its Ignition applied; its firstboot came from Spaces.
 fn user_data_is_rendered(op: &Operator, rendered: &BTreeMap<String, Vec<u8>>) {
@@ -815,14 +807,18 @@ fn site_run<'a>(world: &mut World<'a>, label: &str, hosts: usize, hooks: Hooks<'
         "[e2e {label}] from launch to every node done: {:.1} s",
         launched.elapsed().as_secs_f64()
     );
-    // A host destroyed and launched again while the site assembled has
-    // its next credential generation (destroy retired the first): what
-    // render gives now is what every droplet carries.
-    let rendered = if any_credential_retired(&op) {
-        op.render()
-    } else {
-        rendered
-    };
+    // Launch recorded each host's admission in the vault, and a host
+    // destroyed and launched again while the site assembled has its next
+    // credential generation: what render gives now, from the site file
+    // and the vault, is what every droplet carries.
+    let before_launch = rendered;
+    let rendered = op.render();
+    assert!(
+        before_launch
+            .iter()
+            .all(|(host, bytes)| rendered[host] != *bytes),
+        "[{label}] a host's config carries no admission after launch"
+    );
     steps.time(label, "check user data, metadata, Spaces", || {
         user_data_is_rendered(&op, &rendered);
         addresses_came_from_metadata(&op, &rows);
@@ -939,6 +935,11 @@ fn e2e_builder_launch_assembles_sites_in_the_lab_cloud() {
                     "e2e5",
                     "destroy node5 (worker, enrolled in FreeIPA), launch again",
                     || enrolled_node_rejoins(op, "node5", false),
+                );
+                steps.time(
+                    "e2e5",
+                    "add node6 to the site after the handoff, launch it",
+                    || host_added_after_handoff(op, "node6"),
                 );
             }),
             ..Hooks::default()
@@ -1215,6 +1216,91 @@ fn enrolled_node_rejoins(op: &Operator, worker: &str, replica: bool) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// The operator adds `host` (a worker) to the site file after the
+/// handoff, when the bootstrap host's own admission rule is closed (every
+/// host it was launched with has joined, and its temporary CA is gone),
+/// and launches: the new droplet joins by the admission `launch` gave its
+/// credential, and every certificate it holds comes from FreeIPA's
+/// sub-CAs, none from the temporary CA.
+fn host_added_after_handoff(op: &Operator, host: &str) {
+    use firstboot::certs::{moved::Moved, PLAN};
+    use firstboot::paths::Paths;
+    let label = &op.label;
+    let paths = |node: &str| Paths::under(&op.cloud.lab().root(node).unwrap());
+    let book = firstboot::join::server::HandoffBook::load(&paths("node1")).unwrap();
+    assert!(
+        book.temporary_ended,
+        "[{label}] the handoff has not ended the temporary CA"
+    );
+    let registry = firstboot::join::server::Registry::load(&paths("node1").registry_file())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        registry.hosts.len(),
+        op.hosts.len(),
+        "[{label}] the bootstrap host's own rule is not closed: {:?}",
+        registry.hosts
+    );
+    let site = std::fs::read_to_string(op.site()).unwrap();
+    std::fs::write(op.site(), format!("{site}  - name: {host}\n")).unwrap();
+    let text = op.launch();
+    assert!(
+        text.contains(&format!("admission: {host} may join")),
+        "[{label}] launch opened no admission for {host} alone:\n{text}"
+    );
+    let hosts = op.hosts.len() + 1;
+    op.wait_status(&format!("{host} done"), ASSEMBLY_LIMIT, |rows| {
+        rows.len() == hosts && rows.iter().all(assembled)
+    });
+    // (`paths` takes the lab's lock: before `lab` holds it.)
+    let (new, moved_worker) = (paths(host), paths("node4"));
+    let lab = op.cloud.lab();
+    let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
+    assert!(
+        journal.contains(&format!(
+            "admitted {host} at {} (every certificate from FreeIPA's sub-CAs, by the site's \
+             admission of its own)",
+            lab.node(host).unwrap().address
+        )),
+        "[{label}] node1 did not admit {host} through FreeIPA:\n{journal}"
+    );
+    // Each certificate the new host holds chains to its row's sub-CA (as
+    // a worker that moved holds it), and not to the temporary root.
+    let mut held = 0;
+    for row in PLAN.held_by(node_contract::Role::Worker) {
+        let moved = Moved::load(&moved_worker, row.purpose).unwrap().unwrap();
+        let slot = row.slot(&new);
+        let cert = std::fs::read_to_string(&slot.cert).unwrap();
+        let trust = std::fs::read_to_string(&slot.ca).unwrap();
+        assert_eq!(
+            trust.trim(),
+            moved.new_ca.trim(),
+            "[{label}] {host}'s {} trust is not the sub-CA alone",
+            row.purpose
+        );
+        assert!(
+            firstboot::pki::issued_by(&cert, &moved.new_ca),
+            "[{label}] {host}'s {} certificate is not the sub-CA's",
+            row.purpose
+        );
+        assert!(
+            !firstboot::pki::issued_by(&cert, &moved.old_ca),
+            "[{label}] {host}'s {} certificate is the temporary CA's",
+            row.purpose
+        );
+        held += 1;
+    }
+    assert!(held > 0, "[{label}] a worker holds no certificate");
+    // And it is enrolled in FreeIPA.
+    assert_eq!(
+        lab.sh(host, "test -e /var/lib/freeipa-client/enrolled && echo yes")
+            .unwrap()
+            .trim(),
+        "yes",
+        "[{label}] {host} is not enrolled in FreeIPA"
+    );
 }
 
 /// Whether the FreeIPA (simulator) on one of `servers` removed the server

@@ -113,6 +113,7 @@ fn join_request(config: &NodeConfig, from: Ipv4Addr) -> (Vec<u8>, String) {
             .collect(),
         timestamp: firstboot::status::now(),
         nonce: protocol::nonce(),
+        admission: None,
     })
     .unwrap();
     let signature = protocol::sign_request(&config.signing_key(), Purpose::JoinRequest, &body);
@@ -602,6 +603,7 @@ fn a_running_site_keeps_its_trust() {
         .into(),
         timestamp: firstboot::status::now(),
         nonce: protocol::nonce(),
+        admission: None,
     })
     .unwrap();
     let signature = protocol::sign_request(&forged_key, Purpose::JoinRequest, &body);

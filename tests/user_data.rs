@@ -198,6 +198,53 @@ fn a_retired_host_renders_a_new_credential_and_nothing_of_the_old() {
     }
 }
 
+/// Launch's admissions (in the vault) reach each host's config as the
+/// site key's signature for that host's credential and window alone; a
+/// retired host's goes with its credential; a host without one renders
+/// none.
+#[test]
+fn each_admission_is_signed_for_its_own_credential() {
+    let site = Site::parse("site", &generated_site(4, "https://dl.example.org/fb")).unwrap();
+    let mut secrets = test_secrets();
+    let names: Vec<_> = site.hosts.iter().map(|h| h.name.clone()).collect();
+    let opened = secrets.admit(names.iter().take(3), 1_000, 50);
+    assert_eq!(opened, names[..3]);
+    let configs = render::render_site(&site, &secrets, &tiny_firstboot(), None).unwrap();
+    for (i, config) in configs.iter().enumerate() {
+        let contract = contract_of(&config.bytes);
+        let admission = contract.identity.admission.clone();
+        if i == 3 {
+            assert_eq!(admission, None, "{}", config.host);
+            continue;
+        }
+        let admission = admission.expect("an admission");
+        assert_eq!(admission.not_after, 1_050);
+        let (key, domain) = (contract.site.site_key, &contract.site.domain);
+        assert_eq!(admission.verify(&key, domain, &contract.ticket()), Ok(()));
+        // Not another host's.
+        let other = contract_of(&configs[(i + 1) % 3].bytes);
+        assert!(admission.verify(&key, domain, &other.ticket()).is_err());
+    }
+    // Retiring a host drops its admission; the next launch opens one
+    // for the new credential, and the others' windows stay as they were.
+    secrets.retire(&names[1]);
+    let after = render::render_site(&site, &secrets, &tiny_firstboot(), None).unwrap();
+    assert_eq!(contract_of(&after[1].bytes).identity.admission, None);
+    assert_eq!(after[0].bytes, configs[0].bytes);
+    assert_eq!(
+        secrets.admit(&names, 1_010, 50),
+        [names[1].clone(), names[3].clone()]
+    );
+    assert_eq!(secrets.admissions[&names[0]], 1_050);
+    assert_eq!(secrets.admissions[&names[1]], 1_060);
+    // A window that closed is opened again by the next launch.
+    assert_eq!(
+        secrets.admit(&names, 1_050, 50),
+        [names[0].clone(), names[2].clone()]
+    );
+    assert!(secrets.admit(&names, 1_050, 50).is_empty());
+}
+
 /// Whether `text` holds `secret` as written, or as a JSON string holds it
 /// (the test passwords carry quotes, which node.json escapes).
 fn holds(text: &str, secret: &str) -> bool {

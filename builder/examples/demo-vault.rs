@@ -13,6 +13,7 @@ fn main() -> anyhow::Result<()> {
         directory_manager_password: "demo-directory-manager-password".into(),
         join_secret: "demo-join-secret-public-never-use-for-a-real-site".into(),
         generations: Default::default(),
+        admissions: Default::default(),
     };
     // The passphrase is public, so a slow key derivation protects nothing.
     for name in ["hosts.vault", "lab.vault"] {

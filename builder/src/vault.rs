@@ -44,6 +44,15 @@ pub struct Secrets {
     /// here, not drawn at random, so render stays deterministic.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub generations: BTreeMap<HostName, Generation>,
+    /// Until when each host's current credential may join the site for
+    /// the first time (Unix seconds; `node_contract::Admission`):
+    /// `launch` opens a window for every host that has none open, so a
+    /// host added to `hosts.yaml` after the site's first window closed
+    /// is admitted, and `destroy --host` closes it with the credential.
+    /// Kept here so that render stays a pure function of the site and
+    /// the vault.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub admissions: BTreeMap<HostName, u64>,
 }
 
 impl Secrets {
@@ -60,7 +69,30 @@ impl Secrets {
     pub fn retire(&mut self, host: &HostName) -> Generation {
         let next = self.generation(host).next();
         self.generations.insert(host.clone(), next);
+        // The admission was the retired credential's (it names its
+        // generation and key): the next launch opens one for the new.
+        self.admissions.remove(host);
         next
+    }
+
+    /// Open an admission window of `window` seconds from `now` for each
+    /// of `hosts` whose window is not open at `now`. Returns the hosts
+    /// given one.
+    pub fn admit<'h>(
+        &mut self,
+        hosts: impl IntoIterator<Item = &'h HostName>,
+        now: u64,
+        window: u64,
+    ) -> Vec<HostName> {
+        let mut opened = Vec::new();
+        for host in hosts {
+            if self.admissions.get(host).is_some_and(|&until| now < until) {
+                continue;
+            }
+            self.admissions.insert(host.clone(), now + window);
+            opened.push(host.clone());
+        }
+        opened
     }
 }
 
@@ -256,6 +288,7 @@ mod tests {
             directory_manager_password: generate_password(24),
             join_secret: generate_password(43),
             generations: Default::default(),
+            admissions: Default::default(),
         }
     }
 

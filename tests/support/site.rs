@@ -40,6 +40,7 @@ pub fn test_secrets() -> Secrets {
         directory_manager_password: "test \"dm\" pa$$word".into(),
         join_secret: "test-join-secret".into(),
         generations: Default::default(),
+        admissions: Default::default(),
     }
 }
 

@@ -138,7 +138,38 @@ fn choose_image(plan: &Plan, streams_url: Option<&str>) -> Result<Import> {
 pub fn launch(args: LaunchArgs) -> Result<()> {
     let (site, plan) = open_site(&args.cloud)?;
     let firstboot = Firstboot::locate(args.firstboot.as_deref())?;
-    let vault = super::open_vault(&args.cloud.site, &args.cloud.vault)?;
+    let (mut secrets, demo, vault_file) =
+        super::open_vault_for_change(&args.cloud.site, &args.cloud.vault)?;
+    // Every host gets the site's admission of its credential, open from
+    // now unless one is open already: a host added to the site file after
+    // the bootstrap host's own window closed joins by it. Recorded before
+    // anything is created (a dry run records nothing), so that `render`
+    // gives what the droplets carry.
+    refuse_late_core_hosts(&site, &secrets)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let opened = secrets.admit(
+        site.hosts.iter().map(|h| &h.name),
+        now,
+        node_contract::identity::ADMISSION_WINDOW,
+    );
+    if !opened.is_empty() && !args.dry_run {
+        vault_file.write(&secrets, demo).context(
+            "nothing was created: launch records each host's admission window in the vault first",
+        )?;
+        info!(
+            "admission: {} may join the site for the first time until {} h from now",
+            opened
+                .iter()
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            node_contract::identity::ADMISSION_WINDOW / 3600
+        );
+    }
+    let vault = (secrets, demo);
     // The user data is exactly what `render` writes.
     let rendered = render::render_site(&site, &vault.0, &firstboot, None)?;
     let user_data = rendered
@@ -193,6 +224,36 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Core hosts are fixed by the site's first launch: every node's config
+/// names them (etcd's members, FreeIPA's servers), and a running
+/// droplet's config never changes, so the bootstrap host refuses a core
+/// host it does not know. Refused here first, before anything is created:
+/// a core host the vault has no admission or credential record of, in a
+/// site launched before (whose vault records admissions).
+fn refuse_late_core_hosts(site: &Site, secrets: &Secrets) -> Result<()> {
+    if secrets.admissions.is_empty() {
+        return Ok(());
+    }
+    let late: Vec<&str> = site
+        .hosts
+        .iter()
+        .filter(|h| h.role == node_contract::Role::Core)
+        .filter(|h| {
+            !secrets.admissions.contains_key(&h.name) && !secrets.generations.contains_key(&h.name)
+        })
+        .map(|h| h.name.as_str())
+        .collect();
+    if late.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "nothing was created: {} would be core host(s) added to a site already launched; its \
+         core hosts are fixed at its first launch (the other nodes know no others), so add a \
+         host later as a worker (`role: worker` in the site file)",
+        late.join(", ")
+    )
 }
 
 pub fn status(args: StatusArgs) -> Result<()> {
@@ -290,4 +351,59 @@ fn confirm(domain: &str) -> Result<()> {
         bail!("the answer was not `{domain}`; nothing was deleted");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(hosts: &str) -> Site {
+        let text = format!(
+            "domain_name: lab.example.org\nssh_keys:\n  - ssh-ed25519 \
+             AAAAC3NzaC1lZDI1NTE5AAAAIBdn1ZXuEs9c6tnGpQUc3YXUDBklgj/+6uuPBcm7fkBn op@example\n\
+             publish:\n  base_url: https://dl.example.org/fb\ndefaults:\n  region: ams3\n\
+             hosts:\n{hosts}"
+        );
+        Site::parse("site", &text).unwrap()
+    }
+
+    fn secrets() -> Secrets {
+        Secrets {
+            format: 1,
+            digitalocean_token: String::new(),
+            freeipa_admin_password: "a".repeat(12),
+            directory_manager_password: "d".repeat(12),
+            join_secret: "j".repeat(43),
+            generations: Default::default(),
+            admissions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_core_host_added_after_the_first_launch_is_refused_before_anything() {
+        let first = site("  - ns1\n  - ns2\n  - ns3\n  - www\n");
+        let mut secrets = secrets();
+        // The first launch: no admission recorded yet, all are new.
+        refuse_late_core_hosts(&first, &secrets).unwrap();
+        secrets.admit(first.hosts.iter().map(|h| &h.name), 1_000, 10);
+        // A worker added at the end: admitted by its own admission.
+        let worker = site("  - ns1\n  - ns2\n  - ns3\n  - www\n  - mail\n");
+        refuse_late_core_hosts(&worker, &secrets).unwrap();
+        // A host put second becomes core by position (and ns3 a worker):
+        // refused, naming it.
+        let shifted = site("  - ns1\n  - mail\n  - ns2\n  - ns3\n  - www\n");
+        let refused = format!(
+            "{:#}",
+            refuse_late_core_hosts(&shifted, &secrets).unwrap_err()
+        );
+        assert!(
+            refused.contains("mail would be core") && refused.contains("role: worker"),
+            "{refused}"
+        );
+        // A core host destroyed (its admission closed with its credential)
+        // and launched again is no newcomer.
+        let ns2 = first.hosts[1].name.clone();
+        secrets.retire(&ns2);
+        refuse_late_core_hosts(&first, &secrets).unwrap();
+    }
 }

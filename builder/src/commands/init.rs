@@ -229,6 +229,7 @@ pub fn run(args: InitArgs) -> Result<()> {
         directory_manager_password: directory_manager,
         join_secret: vault::generate_password(43),
         generations: Default::default(),
+        admissions: Default::default(),
     };
     let passphrase = passphrase.for_creating()?;
 

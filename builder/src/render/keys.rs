@@ -55,6 +55,16 @@ impl SiteKeys {
         (seed, ticket)
     }
 
+    /// The site's admission of `ticket`'s credential until `not_after`.
+    pub fn admission(
+        &self,
+        domain: &DomainName,
+        ticket: &Ticket,
+        not_after: u64,
+    ) -> node_contract::Admission {
+        self.site.admission(domain, ticket, not_after)
+    }
+
     /// The key the bootstrap host seals its temporary CAs' copy under.
     /// It does not change with the bootstrap host's generation: a rebuilt
     /// bootstrap host opens the copy its predecessor sealed (and peers

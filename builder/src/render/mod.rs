@@ -226,6 +226,10 @@ fn contract(site: &Site, secrets: &Secrets, host: &Host, image: &images::Image) 
             generation,
             ticket_signature: ticket.signature,
             ca_backup_key: bootstrap.then(|| keys.ca_backup(&host.name)),
+            admission: secrets
+                .admissions
+                .get(&host.name)
+                .map(|&until| keys.admission(&site.domain, &ticket, until)),
         },
         join: JoinConfig {
             port: node_contract::JOIN_PORT,

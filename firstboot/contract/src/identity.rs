@@ -177,6 +177,10 @@ pub enum Purpose {
     HandoffReport,
     /// The bootstrap host answering it with every node's (nonce, body).
     HandoffAnswer,
+    /// The site key letting one credential (name, generation, key) join
+    /// until a time of its own: a host added after the site's first
+    /// admission window closed (see [`Admission`]).
+    Admission,
 }
 
 impl Purpose {
@@ -191,6 +195,7 @@ impl Purpose {
             Purpose::EnrollAnswer => b"firstboot enroll answer v2\0",
             Purpose::HandoffReport => b"firstboot handoff report v1\0",
             Purpose::HandoffAnswer => b"firstboot handoff answer v1\0",
+            Purpose::Admission => b"firstboot admission v1\0",
         }
     }
 }
@@ -268,6 +273,17 @@ impl SigningKey {
             signature,
         }
     }
+
+    /// The site key's admission for a ticket's credential, until
+    /// `not_after` (builder only, as for tickets).
+    pub fn admission(&self, domain: &DomainName, ticket: &Ticket, not_after: u64) -> Admission {
+        let parts = admission_parts(domain, ticket, not_after);
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        Admission {
+            not_after,
+            signature: self.sign(Purpose::Admission, &parts),
+        }
+    }
 }
 
 impl PublicKey {
@@ -314,6 +330,8 @@ pub enum Forgery {
     Ticket(HostName),
     /// The message is not signed by the key its ticket names.
     Message(HostName),
+    /// The admission is not the site's for this credential.
+    Admission(HostName),
 }
 
 impl fmt::Display for Forgery {
@@ -323,6 +341,10 @@ impl fmt::Display for Forgery {
                 write!(f, "the ticket for `{n}` is not signed by this site's key")
             }
             Forgery::Message(n) => write!(f, "the message is not signed by `{n}`'s key"),
+            Forgery::Admission(n) => write!(
+                f,
+                "the admission `{n}` shows is not signed by this site's key for its credential"
+            ),
         }
     }
 }
@@ -365,6 +387,60 @@ impl Ticket {
     }
 }
 
+/// How long a host that never joined may still join: the bootstrap
+/// host's window for the hosts it was launched with, from its first
+/// start, and each [`Admission`]'s, from the `builder launch` that gave
+/// it. A site assembles in minutes.
+pub const ADMISSION_WINDOW: u64 = 6 * 3600;
+
+fn admission_parts(domain: &DomainName, ticket: &Ticket, not_after: u64) -> Vec<Vec<u8>> {
+    vec![
+        domain.as_str().as_bytes().to_vec(),
+        ticket.node.as_str().as_bytes().to_vec(),
+        ticket.generation.0.to_be_bytes().to_vec(),
+        ticket.public_key.as_bytes().to_vec(),
+        not_after.to_be_bytes().to_vec(),
+    ]
+}
+
+/// The site's word that one credential (its ticket's name, generation and
+/// key) may join the site until `not_after`, Unix seconds.
+///
+/// The bootstrap host admits the hosts it was launched with during a
+/// window that closes 6 hours after it first started, and never more
+/// than that many: its own config, which a running droplet cannot
+/// change, says so. A host the operator adds to `hosts.yaml` later is
+/// admitted by this instead, which `builder launch` signs with the site
+/// key, whose window is its own: a copy of user data that never joined
+/// stops being an invitation when the window closes, as for the first
+/// hosts. It only admits a name not yet registered; a registered name
+/// moves only by a newer generation, as before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admission {
+    pub not_after: u64,
+    pub signature: Signature,
+}
+
+impl Admission {
+    /// Check the site's signature over this admission for `ticket`'s
+    /// credential (the ticket itself is checked apart).
+    pub fn verify(
+        &self,
+        site_key: &PublicKey,
+        domain: &DomainName,
+        ticket: &Ticket,
+    ) -> Result<(), Forgery> {
+        let parts = admission_parts(domain, ticket, self.not_after);
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        if site_key.verifies(Purpose::Admission, &parts, &self.signature) {
+            Ok(())
+        } else {
+            Err(Forgery::Admission(ticket.node.clone()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +479,70 @@ mod tests {
         let mut rekeyed = ticket.clone();
         rekeyed.public_key = SigningKey::from_seed(&seed(9)).public_key();
         assert!(rekeyed.verify(&site.public_key(), &domain).is_err());
+    }
+
+    #[test]
+    fn admissions_bind_one_credential_and_its_window() {
+        let domain = DomainName::parse("example.com").unwrap();
+        let site = SigningKey::from_seed(&seed(1));
+        let g1 = Generation::FIRST;
+        let www = HostName::parse("www").unwrap();
+        let ticket = site.ticket(
+            &domain,
+            &www,
+            Role::Worker,
+            g1,
+            SigningKey::from_seed(&seed(2)).public_key(),
+        );
+        let admission = site.admission(&domain, &ticket, 1_000);
+        assert_eq!(
+            admission.verify(&site.public_key(), &domain, &ticket),
+            Ok(())
+        );
+
+        let mut extended = admission.clone();
+        extended.not_after += 1;
+        let refused = Err(Forgery::Admission(www.clone()));
+        assert_eq!(
+            extended.verify(&site.public_key(), &domain, &ticket),
+            refused,
+            "a window extended by its holder"
+        );
+        // Another credential of the same name (a later generation, or
+        // another key) is not admitted by it, nor another name.
+        let next = site.ticket(&domain, &www, Role::Worker, g1.next(), ticket.public_key);
+        assert_eq!(
+            admission.verify(&site.public_key(), &domain, &next),
+            refused
+        );
+        let rekeyed = site.ticket(
+            &domain,
+            &www,
+            Role::Worker,
+            g1,
+            SigningKey::from_seed(&seed(3)).public_key(),
+        );
+        assert_eq!(
+            admission.verify(&site.public_key(), &domain, &rekeyed),
+            refused
+        );
+        let mail = HostName::parse("mail").unwrap();
+        let other = site.ticket(&domain, &mail, Role::Worker, g1, ticket.public_key);
+        assert!(admission
+            .verify(&site.public_key(), &domain, &other)
+            .is_err());
+        let other_site = SigningKey::from_seed(&seed(4));
+        assert!(admission
+            .verify(&other_site.public_key(), &domain, &ticket)
+            .is_err());
+        // Nor is a ticket's signature taken for an admission.
+        let as_admission = Admission {
+            not_after: 1_000,
+            signature: ticket.signature,
+        };
+        assert!(as_admission
+            .verify(&site.public_key(), &domain, &ticket)
+            .is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod status;
 
 use serde::{Deserialize, Serialize};
 
-pub use identity::{Generation, PublicKey, Seed, Signature, SigningKey, Ticket};
+pub use identity::{Admission, Generation, PublicKey, Seed, Signature, SigningKey, Ticket};
 pub use names::{DomainName, HostName, Realm, Refusal, VpcRange};
 pub use status::Phase;
 
@@ -141,6 +141,11 @@ pub struct Identity {
     /// its predecessor sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_backup_key: Option<Seed>,
+    /// The site's admission of this credential, when `builder launch`
+    /// gave one (see [`Admission`]): it admits a host added after the
+    /// bootstrap host's own window closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<Admission>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,6 +461,7 @@ mod tests {
                 generation: Generation::FIRST,
                 ticket_signature: ticket.signature,
                 ca_backup_key: (node == "ns1").then(|| Seed::from_bytes([99; 32])),
+                admission: None,
             },
             join: JoinConfig {
                 port: JOIN_PORT,

@@ -327,8 +327,11 @@ impl Enroller {
     /// a row gets that certificate before it can ask certmonger itself
     /// (a core host's etcd certificate, any node's identity). A node new
     /// to FreeIPA is added first (at `address`, where it joined from, with
-    /// no password: its enrollment gives it one) with its principal.
-    /// FreeIPA checks the CSR against the principal and the CA ACL.
+    /// the one-time password its enrollment will give it: `host_add`
+    /// with none would draw a random one, which no one keeps, and the
+    /// enrollment would then find a password set and never learn it)
+    /// with its principal. FreeIPA checks the CSR against the principal
+    /// and the CA ACL.
     pub async fn certify_service(
         &self,
         service: &str,
@@ -341,11 +344,12 @@ impl Enroller {
         let ca = super::ServiceCa::named(service)
             .with_context(|| format!("FreeIPA has no sub-CA `{service}` of the site's"))?;
         if !self.client.host_exists(&fqdn).await? {
+            let password = self.password(node, false).await?;
             self.client
                 .ensure_host(&HostSpec {
                     fqdn: fqdn.clone(),
                     address: Some(address),
-                    one_time_password: None,
+                    one_time_password: Some(password),
                 })
                 .await
                 .with_context(|| format!("cannot add {fqdn} to FreeIPA"))?;

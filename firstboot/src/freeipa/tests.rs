@@ -1702,3 +1702,61 @@ async fn a_worker_is_never_a_server_and_each_password_opens_only_its_host() {
     );
     sim.running.unwrap().stop().await;
 }
+
+/// A host that joins after the handoff is certified through FreeIPA
+/// before it enrolls (`certify_service` adds its entry): the password its
+/// enrollment then gives opens that entry, once, and the certificate is
+/// the sub-CA's for its name.
+#[tokio::test]
+async fn a_host_certified_before_it_enrolls_opens_its_entry_with_the_password_given() {
+    use node_contract::{HostName, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let Some((sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let server = sim.running.as_ref().unwrap().address;
+    let firstboot = client
+        .ensure_service_ca(ServiceCa::Firstboot, REALM, WITHIN)
+        .await
+        .unwrap();
+    let enroller = site::Enroller::new(
+        client_for(sim.running.as_ref().unwrap(), &sim.ca_pem),
+        IPA1.into(),
+        dir.path().join("passwords.json"),
+        &crate::phases::tests::lab_config("node1"),
+    )
+    .unwrap();
+    let (node, address) = (
+        HostName::parse("node6").unwrap(),
+        Ipv4Addr::new(198, 18, 0, 16),
+    );
+    let (_, csr) = crate::pki::new_key_and_csr(&host("node6")).unwrap();
+    let cert = enroller
+        .certify_service("firstboot", &node, address, &csr)
+        .await
+        .unwrap();
+    assert!(certifies(&firstboot.cert_pem, &cert, &host("node6")));
+    let password = enroller.enroll(&node, Role::Worker, address).await.unwrap();
+    install::enroll(
+        IPA1,
+        server,
+        &host("node6"),
+        &password,
+        "client",
+        false,
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the password given does not open node6's entry: {e:#}"));
+    let again = install::enroll(
+        IPA1,
+        server,
+        &host("node6"),
+        &password,
+        "client",
+        false,
+        None,
+    )
+    .await;
+    assert!(again.is_err(), "a one-time password opened the entry twice");
+}

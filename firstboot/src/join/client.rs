@@ -31,6 +31,7 @@ pub async fn join(
         csrs,
         timestamp: crate::status::now(),
         nonce: protocol::nonce(),
+        admission: config.identity.admission.clone(),
     };
     let body = serde_json::to_vec(&request)?;
     let signature = protocol::sign_request(&config.signing_key(), Purpose::JoinRequest, &body);

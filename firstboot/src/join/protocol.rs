@@ -16,7 +16,8 @@ use std::net::Ipv4Addr;
 
 use node_contract::identity::{Forgery, Purpose};
 use node_contract::{
-    DomainName, Generation, HostName, PublicKey, Role, Signature, SigningKey, Ticket, VpcRange,
+    Admission, DomainName, Generation, HostName, PublicKey, Role, Signature, SigningKey, Ticket,
+    VpcRange,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +41,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub const MAX_SKEW: u64 = 300;
 /// How long after the temporary CA is made a host that never joined may
 /// still join: the site assembles in minutes; a rebuilt host (a newer
-/// generation) comes back through [`Decision::Rebuilt`] whatever the hour.
-pub const ADMISSION_WINDOW: u64 = 6 * 3600;
+/// generation) comes back through [`Decision::Rebuilt`] whatever the hour,
+/// and a host added later through its own [`Admission`].
+pub const ADMISSION_WINDOW: u64 = node_contract::identity::ADMISSION_WINDOW;
 
 /// A node asking to be admitted, or to have its certificates renewed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +58,10 @@ pub struct JoinRequest {
     pub timestamp: u64,
     /// 32 hex digits, fresh for every request.
     pub nonce: String,
+    /// The site's admission of this credential, when its config has one
+    /// (a host added after the bootstrap host's own window closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<Admission>,
 }
 
 /// A certificate the join service signed, and its issuer's certificate
@@ -539,6 +545,9 @@ pub struct Verified {
     pub request: JoinRequest,
     /// The address it joins from (its TCP source, among those it claims).
     pub address: Ipv4Addr,
+    /// Until when the site's own admission of this credential lets it
+    /// join (Unix seconds), when it shows one: its signature is checked.
+    pub admitted_until: Option<u64>,
 }
 
 impl Verified {
@@ -577,6 +586,22 @@ impl Site {
             )));
         }
         let role = request.ticket.role;
+        if role == Role::Core && !self.core.contains(&request.ticket.node) {
+            // Every node's config names the core hosts (etcd's members,
+            // FreeIPA's servers), and a running droplet's config does not
+            // change: a core host the site was not launched with would be
+            // one that no other node knows.
+            return Err(Refusal::NotAllowed(format!(
+                "{} is a core host this site was not launched with (its core hosts are {}): \
+                 a host added later joins as a worker",
+                request.ticket.node,
+                self.core
+                    .iter()
+                    .map(HostName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         if let Some(purpose) = request
             .csrs
             .keys()
@@ -593,9 +618,19 @@ impl Site {
                 request.ticket.node
             )));
         }
+        let admitted_until = match &request.admission {
+            None => None,
+            Some(admission) => {
+                admission
+                    .verify(&self.site_key, &self.domain, &request.ticket)
+                    .map_err(Refusal::Forged)?;
+                Some(admission.not_after)
+            }
+        };
         Ok(Verified {
             request,
             address: source,
+            admitted_until,
         })
     }
 
@@ -728,13 +763,18 @@ impl AdmissionRule {
 
     /// `registry`: where each joined host is; `generations`: the newest
     /// credential generation seen for each (a host missing there, from a
-    /// registry older than generations, is at its first).
+    /// registry older than generations, is at its first);
+    /// `admitted_until`: the end of the window the site's signed
+    /// admission of this credential gives, if it shows one (checked by
+    /// [`Site::verify_join`]). A name never registered is admitted while
+    /// this rule is open, or else while its own admission is.
     pub fn decide(
         &self,
         registry: &BTreeMap<HostName, Ipv4Addr>,
         generations: &BTreeMap<HostName, Generation>,
         ticket: &Ticket,
         address: Ipv4Addr,
+        admitted_until: Option<u64>,
         now: u64,
     ) -> Result<Decision, Refusal> {
         let node = &ticket.node;
@@ -742,9 +782,20 @@ impl AdmissionRule {
             // Never joined, or joined before a retirement it has not
             // heard of: a retired generation stays retired.
             check_generation(ticket, known_generation(registry, generations, node))?;
-            return match self.closed_because(registry.len(), now) {
-                None => Ok(Decision::New),
-                Some(why) => Err(Refusal::Closed(why)),
+            let Some(why) = self.closed_because(registry.len(), now) else {
+                return Ok(Decision::New);
+            };
+            return match admitted_until {
+                Some(until) if now < until => Ok(Decision::New),
+                Some(until) => Err(Refusal::Closed(format!(
+                    "{why}, and {node}'s own admission closed {} s ago (`builder destroy \
+                     --host {node}` then `builder launch` admits it again)",
+                    now - until
+                ))),
+                None => Err(Refusal::Closed(format!(
+                    "{why}, and {node} shows no admission of its own (a host added later \
+                     needs the config `builder launch` gives it)"
+                ))),
             };
         };
         let known = known_generation(registry, generations, node).unwrap_or(Generation::FIRST);

@@ -325,6 +325,7 @@ impl Registrar {
             &self.registry.generations,
             &verified.request.ticket,
             verified.address,
+            verified.admitted_until,
             now,
         )?;
         Ok((verified, decision))
@@ -333,6 +334,13 @@ impl Registrar {
     /// Certificates, registration and the signed answer; `rebuilt`: the
     /// node came back with a newer credential generation.
     async fn admit(&mut self, verified: &Verified, rebuilt: bool) -> Response {
+        // A new name past this host's own rule came in by its admission
+        // (`AdmissionRule::decide` let it).
+        let by_own_admission = !self.registry.hosts.contains_key(verified.node())
+            && self
+                .rule
+                .closed_because(self.registry.hosts.len(), crate::status::now())
+                .is_some();
         self.refresh_ca();
         let certified = match &self.ca {
             Some(ca) if !self.handoff.temporary_ended => {
@@ -401,7 +409,17 @@ impl Registrar {
             &verified.request.nonce,
             &body,
         );
-        tracing::info!(peer = %verified.node(), address = %verified.address, "join service: admitted {} at {}", verified.node(), verified.address);
+        let issuer = if self.handoff.temporary_ended {
+            "every certificate from FreeIPA's sub-CAs"
+        } else {
+            "certificates from the temporary CA"
+        };
+        let by = if by_own_admission {
+            ", by the site's admission of its own"
+        } else {
+            ""
+        };
+        tracing::info!(peer = %verified.node(), address = %verified.address, "join service: admitted {} at {} ({issuer}{by})", verified.node(), verified.address);
         Response::json(body).with_header(SIGNATURE_HEADER, proof)
     }
 }

@@ -105,6 +105,7 @@ async fn ask_to_join(
         csrs: client::csrs(paths, config, PLAN_UNDER_TEST).unwrap(),
         timestamp: crate::status::now(),
         nonce: protocol::nonce(),
+        admission: config.identity.admission.clone(),
     };
     let body = serde_json::to_vec(&request).unwrap();
     let signature = protocol::sign_request(&config.signing_key(), Purpose::JoinRequest, &body);
@@ -267,6 +268,7 @@ fn a_kind_the_plan_lacks_is_refused() {
         csrs: client::csrs(&worker_paths, &worker, PLAN_UNDER_TEST).unwrap(),
         timestamp: crate::status::now(),
         nonce: protocol::nonce(),
+        admission: None,
     };
     let body = serde_json::to_vec(&request).unwrap();
     let signature = protocol::sign_request(&worker.signing_key(), Purpose::JoinRequest, &body);

@@ -172,7 +172,7 @@ pub async fn run_all(
 }
 
 /// The whole run: phases, then the done marker (or, on the bootstrap
-/// host, serving until handoff).
+/// host, serving the join service).
 pub async fn main(paths: Paths) -> Result<()> {
     let config = crate::check::load(&paths.node_json())?;
     let state = State::load(&paths.state_file())?;
@@ -193,11 +193,19 @@ pub async fn main(paths: Paths) -> Result<()> {
     }
     let last = Phase::ALL.last().copied();
     if let Some(services) = cx.services.take() {
-        // The temporary DNS and CA serve until FreeIPA takes over (handoff,
-        // a later phase): no done marker yet, so a reboot serves again.
+        // The join service serves for as long as the site lives (later
+        // hosts, rebuilt ones, the handoff's reports), the temporary DNS
+        // and CA until the handoff ends them: no done marker, so a
+        // reboot serves again.
+        let ended = crate::join::server::HandoffBook::load(&cx.paths)?.temporary_ended;
+        let serving = if ended {
+            "the join service (certificates from FreeIPA)"
+        } else {
+            "the join service and temporary DNS"
+        };
         cx.reporter.set(last, Progress::Serving, 1, None);
-        notify("READY=1\nSTATUS=serving the join service and temporary DNS");
-        tracing::info!("all phases done; serving the join service and temporary DNS");
+        notify(&format!("READY=1\nSTATUS=serving {serving}"));
+        tracing::info!("all phases done; serving {serving}");
         let mut services = services;
         services.wait().await;
         bail!("the join service stopped");

@@ -50,6 +50,7 @@ pub(crate) fn lab_config(node: &str) -> NodeConfig {
             generation: node_contract::Generation::FIRST,
             ticket_signature: ticket.signature,
             ca_backup_key: None,
+            admission: None,
         },
         join: JoinConfig {
             port: 7443,

@@ -55,6 +55,7 @@ struct Req {
     nonce: String,
     timestamp: u64,
     addresses: Vec<Ipv4Addr>,
+    admission: Option<Admission>,
 }
 
 fn req(node: &str, n: u8, role: Role) -> Req {
@@ -65,6 +66,7 @@ fn req(node: &str, n: u8, role: Role) -> Req {
         nonce: nonce(),
         timestamp: NOW,
         addresses: vec![SOURCE],
+        admission: None,
     }
 }
 
@@ -82,6 +84,7 @@ impl Req {
             csrs,
             timestamp: self.timestamp,
             nonce: self.nonce.clone(),
+            admission: self.admission.clone(),
         })
         .unwrap()
     }
@@ -291,27 +294,118 @@ fn admission_closes_when_every_host_joined_or_the_deadline_passed() {
     let mut registry = BTreeMap::new();
     registry.insert(name("node1"), at(10));
     assert_eq!(
-        rule.decide(&registry, &generations, &node("node2"), at(11), NOW),
+        rule.decide(&registry, &generations, &node("node2"), at(11), None, NOW),
         Ok(Decision::New)
     );
     registry.insert(name("node2"), at(11));
     registry.insert(name("node3"), at(12));
     // Everyone is in: no new host, but renewals go on.
     assert!(matches!(
-        rule.decide(&registry, &generations, &node("node4"), at(13), NOW),
+        rule.decide(&registry, &generations, &node("node4"), at(13), None, NOW),
         Err(Refusal::Closed(why)) if why.contains("every host")
     ));
     assert_eq!(
-        rule.decide(&registry, &generations, &node("node2"), at(11), NOW),
+        rule.decide(&registry, &generations, &node("node2"), at(11), None, NOW),
         Ok(Decision::Renew)
     );
     // Past the deadline, even with hosts missing.
     registry.remove(&name("node3"));
     assert!(matches!(
-        rule.decide(&registry, &generations, &node("node3"), at(12), NOW + 100),
+        rule.decide(&registry, &generations, &node("node3"), at(12), None, NOW + 100),
         Err(Refusal::Closed(why)) if why.contains("deadline")
     ));
     assert_eq!(rule.closed_because(1, NOW), None);
+}
+
+/// A host added to the site after the bootstrap host's own rule closed
+/// joins by the site's admission of its credential, within that
+/// admission's window, and in no other way.
+#[test]
+fn a_host_added_later_joins_by_its_own_admission() {
+    let rule = AdmissionRule {
+        hosts: 3,
+        deadline: NOW - 1,
+    };
+    let at = |o| Ipv4Addr::new(198, 18, 0, o);
+    let registry: BTreeMap<_, _> = [
+        (name("node1"), at(10)),
+        (name("node2"), at(21)),
+        (name("node3"), at(12)),
+    ]
+    .into();
+    let generations = BTreeMap::new();
+    let decide = |verified: &Verified, now| {
+        rule.decide(
+            &registry,
+            &generations,
+            &verified.request.ticket,
+            verified.address,
+            verified.admitted_until,
+            now,
+        )
+    };
+    let mut replay = ReplayGuard::default();
+    let mut node6 = req("node6", 6, Role::Worker);
+    node6.admission = Some(site_key().admission(&domain(), &node6.ticket, NOW + 100));
+    let verified = judge(&node6.body(), 6, &mut replay).unwrap();
+    assert_eq!(verified.admitted_until, Some(NOW + 100));
+    assert_eq!(decide(&verified, NOW), Ok(Decision::New));
+    // Its window closes as the first hosts' did.
+    assert!(matches!(
+        decide(&verified, NOW + 100),
+        Err(Refusal::Closed(why)) if why.contains("node6's own admission closed")
+    ));
+    // Without one, the rule alone decides: closed.
+    node6.admission = None;
+    node6.nonce = nonce();
+    let bare = judge(&node6.body(), 6, &mut replay).unwrap();
+    assert!(matches!(
+        decide(&bare, NOW),
+        Err(Refusal::Closed(why)) if why.contains("shows no admission")
+    ));
+    // A window its holder extended, and another credential's admission
+    // (node5's, or node6's for a key the site never gave it), are
+    // forgeries: refused before anything is decided.
+    let mut extended = site_key().admission(&domain(), &node6.ticket, NOW + 100);
+    extended.not_after = NOW + 1_000_000;
+    let node5 = ticket("node5", 5, Role::Worker);
+    for admission in [
+        extended,
+        site_key().admission(&domain(), &node5, NOW + 100),
+        node_key(6).admission(&domain(), &node6.ticket, NOW + 100),
+    ] {
+        node6.admission = Some(admission);
+        node6.nonce = nonce();
+        assert_eq!(
+            judge(&node6.body(), 6, &mut replay),
+            Err(Refusal::Forged(Forgery::Admission(name("node6"))))
+        );
+    }
+    // An admission moves no registered name: node2's credential with
+    // one, from another address than its registered one, is still
+    // refused as taken.
+    let mut node2 = req("node2", 2, Role::Core);
+    node2.admission = Some(site_key().admission(&domain(), &node2.ticket, NOW + 100));
+    let verified = judge(&node2.body(), 2, &mut replay).unwrap();
+    assert!(matches!(
+        decide(&verified, NOW),
+        Err(Refusal::Taken { at: a, .. }) if a == at(21)
+    ));
+}
+
+/// Core hosts are fixed when the site is launched: a core host's ticket
+/// for a name the site's config does not list as core is refused, with
+/// or without an admission.
+#[test]
+fn a_core_host_the_site_was_not_launched_with_is_refused() {
+    let mut replay = ReplayGuard::default();
+    let mut node6 = req("node6", 6, Role::Core);
+    node6.admission = Some(site_key().admission(&domain(), &node6.ticket, NOW + 100));
+    assert!(matches!(
+        judge(&node6.body(), 6, &mut replay),
+        Err(Refusal::NotAllowed(why)) if why.contains("not launched with")
+            && why.contains("node1, node2, node3")
+    ));
 }
 
 #[test]
@@ -329,7 +423,7 @@ fn only_a_newer_generation_moves_a_name() {
     // The same credential from another address: taken, whether the old
     // address answers or not (this decision never asks it).
     assert!(matches!(
-        rule.decide(&registry, &generations, &ticket_of("node2", 2, Role::Core, g1), at(21), NOW),
+        rule.decide(&registry, &generations, &ticket_of("node2", 2, Role::Core, g1), at(21), None, NOW),
         Err(Refusal::Taken { at: a, generation, .. }) if a == at(11) && generation == g1
     ));
     // The next generation, from anywhere (even where the old one was),
@@ -342,6 +436,7 @@ fn only_a_newer_generation_moves_a_name() {
                 &generations,
                 &ticket_of("node2", 2, Role::Core, g2),
                 address,
+                None,
                 late
             ),
             Ok(Decision::Rebuilt { from: at(11) })
@@ -356,6 +451,7 @@ fn only_a_newer_generation_moves_a_name() {
             &generations,
             &ticket_of("node2", 2, Role::Core, g1),
             address,
+            None,
             NOW,
         );
         assert!(
@@ -369,6 +465,7 @@ fn only_a_newer_generation_moves_a_name() {
             &generations,
             &ticket_of("node2", 2, Role::Core, g2),
             at(11),
+            None,
             NOW
         ),
         Ok(Decision::Renew)
@@ -382,6 +479,7 @@ fn only_a_newer_generation_moves_a_name() {
             &retired,
             &ticket_of("node3", 3, Role::Core, g1),
             at(12),
+            None,
             NOW
         ),
         Err(Refusal::Retired { .. })
