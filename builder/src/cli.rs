@@ -208,6 +208,13 @@ pub struct CloudArgs {
 /// site file pins one (`defaults.release`); --dry-run says which and why.
 /// A release is imported once, as an image named after it.
 ///
+/// Before anything is created, each host gets the site's admission: a
+/// signed window of 6 hours in which its credential may join for the
+/// first time, recorded in the vault (one still open is kept). To add a
+/// host to a running site, add it to the site file as a worker and run
+/// launch: it joins by its admission, after the handoff with every
+/// certificate from FreeIPA. Core hosts are fixed at the first launch.
+///
 /// The API token comes from $DIGITALOCEAN_ACCESS_TOKEN or
 /// $DIGITALOCEAN_TOKEN, else from the vault. Spaces keys come from
 /// $SPACES_ACCESS_KEY_ID and $SPACES_SECRET_ACCESS_KEY.
