@@ -83,9 +83,24 @@ pub async fn prepare(
                 .with_context(|| format!("FreeIPA's {} sub-CA", ca.name()))?,
         );
     }
-    // After the sub-CAs: a node whose host FreeIPA lacks now enrolls
-    // later, and its enrollment, seeing the sub-CAs, ensures its
-    // principals (`freeipa::site`); one enrolled before is listed here.
+    ensure_principals(client, config, registered).await?;
+    Ok(Prepared { sub_cas })
+}
+
+/// Each registered node's service principals, for the sub-CAs that exist.
+/// Called once the sub-CAs exist, with a registry read since: a node
+/// whose host FreeIPA lacks enrolls later, and its enrollment, seeing the
+/// sub-CAs, ensures its principals (`freeipa::site`); one enrolled before
+/// is listed here. A registry read before the sub-CAs existed could miss
+/// a node that joined and enrolled in between, whose enrollment saw no
+/// sub-CA: it would never get a principal (the e2e saw it: certmonger's
+/// request refused with 4001, the handoff held).
+pub async fn ensure_principals(
+    client: &Client,
+    config: &NodeConfig,
+    registered: &BTreeMap<HostName, Ipv4Addr>,
+) -> Result<()> {
+    let realm = config.site.realm.as_str();
     for node in registered.keys() {
         let fqdn = config.fqdn(node);
         let role = if config.site.core.contains(node) {
@@ -108,7 +123,7 @@ pub async fn prepare(
                 .with_context(|| format!("the {} principal of {node}", ca.name()))?;
         }
     }
-    Ok(Prepared { sub_cas })
+    Ok(())
 }
 
 #[cfg(test)]

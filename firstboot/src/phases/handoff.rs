@@ -211,6 +211,10 @@ async fn prepare(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
     let registered = services_of(cx)?.peers().await;
     let prepared =
         crate::handoff::prepare::prepare(&client, &cx.config, &registered, SUB_CA_WAIT).await?;
+    // Nodes that joined while the sub-CAs were made: read again now that
+    // they exist (`ensure_principals` says why).
+    let registered = services_of(cx)?.peers().await;
+    crate::handoff::prepare::ensure_principals(&client, &cx.config, &registered).await?;
     // Every node takes the identity sub-CA from the join service.
     let identity_ca = prepared
         .sub_ca(ServiceCa::Firstboot)

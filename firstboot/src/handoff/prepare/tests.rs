@@ -96,3 +96,39 @@ async fn freeipa_gets_the_site_s_names_and_one_sub_ca_per_service_once() {
     assert!(!later.is_empty());
     assert_nothing_mutated(later);
 }
+
+/// A worker that joins and enrolls while the sub-CAs are being made
+/// (after the registry prepare was given was read, before the sub-CAs
+/// exist, so its enrollment saw none) has no `firstboot` principal after
+/// `prepare`; `ensure_principals` with the registry read again gives it
+/// one, as phase handoff does next, and changes nothing for the rest.
+#[tokio::test]
+async fn a_node_that_joined_while_the_sub_cas_were_made_gets_its_principals() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_sim, client)) = first_server_and_client(dir.path()).await else {
+        return;
+    };
+    let config = config();
+    let before = registered(&[("node1", 10), ("node2", 11), ("node3", 12)]);
+    let after = registered(&[("node1", 10), ("node2", 11), ("node3", 12), ("node5", 15)]);
+    for (node, address) in &after {
+        add_host(&client, &config.fqdn(node), address.octets(), None).await;
+    }
+    prepare(&client, &config, &before, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let principal = |node: &str| format!("firstboot/{node}.lab.example.org@LAB.EXAMPLE.ORG");
+    let shown = |name: String| {
+        let client = &client;
+        async move { client.call(&calls::service_show(&name)).await }
+    };
+    assert!(shown(principal("node1")).await.is_ok());
+    assert!(
+        shown(principal("node5")).await.is_err(),
+        "node5 was not in the registry prepare read"
+    );
+    ensure_principals(&client, &config, &after).await.unwrap();
+    shown(principal("node5"))
+        .await
+        .unwrap_or_else(|e| panic!("node5 has no firstboot principal: {e}"));
+}
