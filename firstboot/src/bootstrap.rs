@@ -376,7 +376,7 @@ pub async fn ensure_ca(
     patience: Duration,
 ) -> Result<Settled> {
     let domain = config.site.domain.as_str();
-    if crate::join::server::HandoffBook::load(paths)?.temporary_ended {
+    if crate::join::server::HandoffBook::temporary_ended_at(paths)? {
         // The handoff ended the temporary CA: there is none to find, here
         // or with the peers, and none is made.
         let registry = Registry::load(&paths.registry_file())?

@@ -155,6 +155,12 @@ impl HandoffBook {
     pub fn save(&self, paths: &Paths) -> Result<()> {
         crate::fsutil::write_json(&paths.handoff_book(), self, 0o600)
     }
+
+    /// Whether this host's handoff ended the temporary CA and DNS, as its
+    /// book on disk says.
+    pub fn temporary_ended_at(paths: &Paths) -> Result<bool> {
+        Ok(HandoffBook::load(paths)?.temporary_ended)
+    }
 }
 
 impl Registrar {

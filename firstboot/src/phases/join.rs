@@ -143,7 +143,7 @@ async fn bootstrap(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
         start_services(cx, own).await?;
     }
     let peers = cx.services.as_ref().expect("started above").peers().await;
-    let route = if crate::join::server::HandoffBook::load(&cx.paths)?.temporary_ended {
+    let route = if crate::join::server::HandoffBook::temporary_ended_at(&cx.paths)? {
         // Rebuilt after the site's handoff ended the temporary DNS: the
         // site's names are FreeIPA's, on the other core hosts first (this
         // host's own server comes back later, in phase freeipa).
@@ -197,7 +197,7 @@ pub async fn resume_services(cx: &mut Context) -> Result<()> {
         return Ok(());
     }
     let own = cx.own_address()?;
-    let ended = crate::join::server::HandoffBook::load(&cx.paths)?.temporary_ended;
+    let ended = crate::join::server::HandoffBook::temporary_ended_at(&cx.paths)?;
     if !ended && crate::pki::TempCa::load(&cx.paths.ca_dir(), &PLAN.intermediates())?.is_none() {
         bail!(
             "the join phase is done but the temporary CA is gone from {}",

@@ -197,7 +197,7 @@ pub async fn main(paths: Paths) -> Result<()> {
         // hosts, rebuilt ones, the handoff's reports), the temporary DNS
         // and CA until the handoff ends them: no done marker, so a
         // reboot serves again.
-        let ended = crate::join::server::HandoffBook::load(&cx.paths)?.temporary_ended;
+        let ended = crate::join::server::HandoffBook::temporary_ended_at(&cx.paths)?;
         let serving = if ended {
             "the join service (certificates from FreeIPA)"
         } else {
