@@ -303,19 +303,27 @@ impl<'a> Operator<'a> {
 
     /// Every node's firstboot journal, and on core hosts the end of
     /// etcd's and the names firstboot pinned, for failure messages.
+    /// Every node's firstboot journal (hosts added since included), and
+    /// the etcd journal and /etc/hosts of every node with an etcd member.
     fn journals(&self) -> String {
         let lab = self.cloud.lab();
-        self.hosts
+        let mut hosts = self.hosts.clone();
+        for n in hosts.len() + 1..=hosts.len() + 3 {
+            let name = format!("node{n}");
+            if lab.node(&name).is_ok() {
+                hosts.push(name);
+            }
+        }
+        hosts
             .iter()
-            .enumerate()
-            .map(|(i, h)| {
+            .map(|h| {
                 let mut text = format!(
                     "--- {h}\n{}",
                     lab.journal(h, Some("firstboot.service"))
                         .unwrap_or_else(|e| format!("{e:#}"))
                 );
-                if i < 3 {
-                    let etcd = lab.journal(h, Some("etcd.service")).unwrap_or_default();
+                let etcd = lab.journal(h, Some("etcd.service")).unwrap_or_default();
+                if !etcd.trim().is_empty() {
                     let tail: Vec<&str> = etcd.lines().rev().take(12).collect();
                     text.push_str(&format!(
                         "--- {h}: etcd (last lines)\n{}\n--- {h}: /etc/hosts\n{}",
@@ -941,6 +949,11 @@ fn e2e_builder_launch_assembles_sites_in_the_lab_cloud() {
                     "add node6 to the site after the handoff, launch it",
                     || host_added_after_handoff(op, "node6"),
                 );
+                steps.time(
+                    "e2e5",
+                    "add node7 and node8 as core hosts after the handoff, launch them",
+                    || core_hosts_added_after_handoff(op, ["node7", "node8"]),
+                );
             }),
             ..Hooks::default()
         };
@@ -1301,6 +1314,115 @@ fn host_added_after_handoff(op: &Operator, host: &str) {
         "yes",
         "[{label}] {host} is not enrolled in FreeIPA"
     );
+}
+
+/// The operator adds two core hosts (the site file wants an odd count)
+/// after the handoff and launches: each is admitted by its own admission
+/// as a core host added later, joins the running etcd cluster (one at a
+/// time: the same cluster, five members, every one healthy), presents an
+/// etcd certificate from the `etcd` sub-CA and trusts it alone, and
+/// installs a FreeIPA replica.
+fn core_hosts_added_after_handoff(op: &Operator, hosts: [&str; 2]) {
+    use firstboot::certs::{moved::Moved, plan};
+    use firstboot::paths::Paths;
+    let label = &op.label;
+    let paths = |node: &str| Paths::under(&op.cloud.lab().root(node).unwrap());
+    let before = cluster_ids(op, "node2");
+    let site = std::fs::read_to_string(op.site()).unwrap();
+    let added: String = hosts
+        .iter()
+        .map(|h| format!("  - name: {h}\n    role: core\n"))
+        .collect();
+    std::fs::write(op.site(), format!("{site}{added}")).unwrap();
+    let text = op.launch();
+    assert!(
+        text.contains(&format!(
+            "core: {} join the running site's etcd cluster",
+            hosts.join(", ")
+        )),
+        "[{label}] launch did not add {hosts:?} as core hosts:\n{text}"
+    );
+    let rows = op.status().len();
+    op.wait_status(
+        &format!("{} done", hosts.join(" and ")),
+        ASSEMBLY_LIMIT,
+        |rows_now| rows_now.len() == rows && rows_now.iter().all(assembled),
+    );
+    // (`paths` takes the lab's lock: before `lab` holds it.)
+    let etcd_moved = Moved::load(&paths("node2"), plan::ETCD.purpose)
+        .unwrap()
+        .unwrap();
+    let new_paths: Vec<Paths> = hosts.iter().map(|h| paths(h)).collect();
+    let registry = firstboot::join::server::Registry::load(&paths("node1").registry_file())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        registry
+            .added_core
+            .iter()
+            .map(|h| h.as_str())
+            .collect::<Vec<_>>(),
+        hosts,
+        "[{label}] the bootstrap host's registry does not record the added core hosts"
+    );
+    let after = cluster_ids(op, "node2");
+    assert_eq!(
+        after.len(),
+        before.len() + 2,
+        "[{label}] etcd members: {after:?}"
+    );
+    assert!(
+        after.iter().all(|id| *id == before[0]),
+        "[{label}] the added members are not in the site's cluster: {after:?} (was {before:?})"
+    );
+    let lab = op.cloud.lab();
+    let members = support::lab::etcdctl(&lab, "node2", &op.fqdn("node2"), "member list");
+    let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
+    for (host, new) in hosts.iter().zip(&new_paths) {
+        assert!(
+            members.contains(&format!(", {host}, https://{}:2380", op.fqdn(host))),
+            "[{label}] {host} is no started etcd member:\n{members}"
+        );
+        assert!(
+            journal.contains(&format!(
+                "admitted {host} at {} (every certificate from FreeIPA's sub-CAs, a core host \
+                 added later, by the site's admission of its own)",
+                lab.node(host).unwrap().address
+            )),
+            "[{label}] node1 did not admit {host} as a core host added later:\n{journal}"
+        );
+        let health = support::lab::etcdctl(&lab, host, &op.fqdn(host), "endpoint health");
+        assert!(health.contains("is healthy"), "[{label}] {host}: {health}");
+        let slot = plan::ETCD.slot(new);
+        let cert = std::fs::read_to_string(&slot.cert).unwrap();
+        let trust = std::fs::read_to_string(&slot.ca).unwrap();
+        assert_eq!(
+            trust.trim(),
+            etcd_moved.new_ca.trim(),
+            "[{label}] {host}'s etcd trust is not the etcd sub-CA alone"
+        );
+        assert!(
+            firstboot::pki::issued_by(&cert, &etcd_moved.new_ca),
+            "[{label}] {host}'s etcd certificate is not the etcd sub-CA's"
+        );
+        assert_eq!(
+            lab.sh(
+                host,
+                "test -e /var/lib/freeipa-server/volume-version && echo yes"
+            )
+            .unwrap()
+            .trim(),
+            "yes",
+            "[{label}] {host} installed no FreeIPA replica"
+        );
+        let own = lab.journal(host, Some("firstboot.service")).unwrap();
+        assert!(
+            own.contains(
+                "this core host was added to a running site: it joins the existing etcd cluster"
+            ),
+            "[{label}] {host} did not join the running cluster:\n{own}"
+        );
+    }
 }
 
 /// Whether the FreeIPA (simulator) on one of `servers` removed the server

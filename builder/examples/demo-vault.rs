@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         join_secret: "demo-join-secret-public-never-use-for-a-real-site".into(),
         generations: Default::default(),
         admissions: Default::default(),
+        core: Default::default(),
     };
     // The passphrase is public, so a slow key derivation protects nothing.
     for name in ["hosts.vault", "lab.vault"] {

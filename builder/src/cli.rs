@@ -211,9 +211,12 @@ pub struct CloudArgs {
 /// Before anything is created, each host gets the site's admission: a
 /// signed window of 6 hours in which its credential may join for the
 /// first time, recorded in the vault (one still open is kept). To add a
-/// host to a running site, add it to the site file as a worker and run
-/// launch: it joins by its admission, after the handoff with every
-/// certificate from FreeIPA. Core hosts are fixed at the first launch.
+/// host to a running site, add it after the others in the site file and
+/// run launch: it joins by its admission, after the handoff with every
+/// certificate from FreeIPA. Core hosts are added in pairs; each joins the
+/// running etcd cluster and becomes a FreeIPA replica. A site file that
+/// would change a running host's role, or put another core host before
+/// the bootstrap host, is refused before anything is created.
 ///
 /// The API token comes from $DIGITALOCEAN_ACCESS_TOKEN or
 /// $DIGITALOCEAN_TOKEN, else from the vault. Spaces keys come from

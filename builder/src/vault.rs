@@ -53,6 +53,13 @@ pub struct Secrets {
     /// the vault.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub admissions: BTreeMap<HostName, u64>,
+    /// The site's core hosts as launched, in the site file's order: those
+    /// of the first launch (every running node's config names them, the
+    /// first is the bootstrap host), then each added later. `launch`
+    /// refuses a site file that would make one of them a worker or put
+    /// another core host first (see `commands::cloud::settle_core`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub core: Vec<HostName>,
 }
 
 impl Secrets {
@@ -289,6 +296,7 @@ mod tests {
             join_secret: generate_password(43),
             generations: Default::default(),
             admissions: Default::default(),
+            core: Default::default(),
         }
     }
 

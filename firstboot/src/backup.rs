@@ -17,7 +17,7 @@
 //! generations are retired). Each core host's copy with the CA keys is
 //! then replaced by one without (`phases::handoff`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Result};
@@ -45,14 +45,17 @@ pub struct CaBackup {
     pub generations: BTreeMap<HostName, Generation>,
     /// When admission of hosts that never joined ends (Unix seconds).
     pub admission_deadline: u64,
+    /// The core hosts added since the site's launch (registry version 3).
+    pub added_core: BTreeSet<HostName>,
 }
 
 impl CaBackup {
-    /// Version 3 may carry no CA (the temporary CA ended); version 2
+    /// Version 4 carries the core hosts added since the launch; version 3
+    /// may carry no CA (the temporary CA ended); version 2
     /// carries the intermediates as a map by name; version 1 (no
     /// `version` field) carried its one intermediate, etcd's, in fields of
     /// its own, and opens as version 2 with that one entry.
-    pub const VERSION: u32 = 3;
+    pub const VERSION: u32 = 4;
 
     /// The CAs it carries, checked (`pki::TempCa::from_pems`); none once
     /// the temporary CA has ended.
@@ -91,6 +94,8 @@ struct Sealed {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     generations: BTreeMap<HostName, Generation>,
     admission_deadline: u64,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    added_core: BTreeSet<HostName>,
 }
 
 fn first_version() -> u32 {
@@ -141,6 +146,7 @@ impl TryFrom<Sealed> for CaBackup {
             registry: sealed.registry,
             generations: sealed.generations,
             admission_deadline: sealed.admission_deadline,
+            added_core: sealed.added_core,
         })
     }
 }
@@ -158,6 +164,7 @@ impl From<CaBackup> for Sealed {
             registry: backup.registry,
             generations: backup.generations,
             admission_deadline: backup.admission_deadline,
+            added_core: backup.added_core,
         }
     }
 }
@@ -231,6 +238,7 @@ mod tests {
             .into(),
             generations: BTreeMap::new(),
             admission_deadline: 9,
+            added_core: BTreeSet::new(),
         }
     }
 
@@ -295,6 +303,13 @@ mod tests {
         assert!(opened.ca().unwrap().is_none());
         let wire = serde_json::to_value(&ended).unwrap();
         assert!(wire.get("root_key_pem").is_none(), "{wire}");
+        // The core hosts added later travel with the registry.
+        let grown = CaBackup {
+            added_core: [HostName::parse("node7").unwrap()].into(),
+            ..ended.clone()
+        };
+        let opened = open(&seed, &seal(&seed, &grown)).unwrap();
+        assert_eq!(opened.added_core, grown.added_core);
         for bad in [
             r#"{"version": 3, "generation": 1, "root_cert_pem": "cert",
                 "registry": {}, "admission_deadline": 9}"#,

@@ -492,6 +492,7 @@ pub async fn ensure_ca(
                     hosts,
                     generations: backup.generations.clone(),
                     admission_deadline: backup.admission_deadline,
+                    added_core: backup.added_core.clone(),
                     ..Registry::default()
                 },
                 cluster_state: cluster_exists.then_some(ClusterState::Existing),

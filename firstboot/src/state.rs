@@ -28,6 +28,11 @@ pub struct State {
     /// Whether this node creates the etcd cluster or joins one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_cluster_state: Option<ClusterState>,
+    /// This node joined after the handoff had ended the temporary DNS and
+    /// CA (the join answer named FreeIPA's DNS servers): there is no
+    /// temporary DNS to ask or fall back to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joined_after_handoff: bool,
 }
 
 /// etcd's `--initial-cluster-state`.

@@ -114,7 +114,7 @@ impl Services {
             handoff,
         };
         registrar
-            .register(&config.node, own, config.identity.generation)
+            .register(&config.node, own, config.identity.generation, false)
             .await?;
         if restored {
             tokio::spawn(crate::join::peer::announce(
@@ -161,6 +161,11 @@ impl Services {
 
     pub async fn peers(&self) -> BTreeMap<HostName, Ipv4Addr> {
         self.registrar.lock().await.registry.hosts.clone()
+    }
+
+    /// The core hosts admitted since the site's launch.
+    pub async fn added_core(&self) -> std::collections::BTreeSet<HostName> {
+        self.registrar.lock().await.registry.added_core.clone()
     }
 
     /// Let joined nodes enroll in FreeIPA through the join service.

@@ -41,6 +41,7 @@ pub fn test_secrets() -> Secrets {
         join_secret: "test-join-secret".into(),
         generations: Default::default(),
         admissions: Default::default(),
+        core: Default::default(),
     }
 }
 

@@ -166,10 +166,13 @@ impl NodeReport {
                     (d, e) => d.clone().or_else(|| e.clone()),
                 };
                 if let Some(a) = &s.admission {
-                    let admission = if a.open {
-                        format!("joining open: {} of {} joined", a.joined, a.hosts)
-                    } else {
-                        format!("{} of {} joined", a.joined, a.hosts)
+                    let admission = match (a.open, a.joined.checked_sub(a.hosts)) {
+                        (true, _) => format!("joining open: {} of {} joined", a.joined, a.hosts),
+                        // Hosts added later join by their own admissions.
+                        (false, Some(added)) if added > 0 => {
+                            format!("{} joined ({} added since launch)", a.joined, added)
+                        }
+                        (false, _) => format!("{} of {} joined", a.joined, a.hosts),
                     };
                     note = Some(match note {
                         Some(n) => format!("{admission}; {n}"),
@@ -354,6 +357,12 @@ mod tests {
                 Some("serving".into()),
                 Some("joining open: 3 of 5 joined".into())
             )
+        );
+        let grown = r#"{"version":1,"phase":"handoff","state":"serving","since":1,"attempt":1,
+            "admission":{"open":false,"joined":8,"hosts":5,"deadline":99}}"#;
+        assert_eq!(
+            NodeReport::parse(grown).unwrap().cells().2.as_deref(),
+            Some("8 joined (3 added since launch)")
         );
         let failed = r#"{"phase":"etcd","state":"waiting","since":1,"attempt":2,
             "last_error":"no quorum"}"#;

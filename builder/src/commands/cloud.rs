@@ -10,6 +10,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use node_contract::HostName;
 use reqwest::Url;
 use tracing::info;
 
@@ -145,7 +146,20 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     // the bootstrap host's own window closed joins by it. Recorded before
     // anything is created (a dry run records nothing), so that `render`
     // gives what the droplets carry.
-    refuse_late_core_hosts(&site, &secrets)?;
+    let core = settle_core(&site, &secrets)?;
+    let added: Vec<&str> = core
+        .iter()
+        .filter(|h| !secrets.core.contains(h) && !secrets.admissions.is_empty())
+        .map(HostName::as_str)
+        .collect();
+    if !added.is_empty() {
+        info!(
+            "core: {} join the running site's etcd cluster and FreeIPA as core host(s) added later",
+            added.join(", ")
+        );
+    }
+    let recorded = core != secrets.core;
+    secrets.core = core;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .context("the clock is before 1970")?
@@ -155,10 +169,13 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         now,
         node_contract::identity::ADMISSION_WINDOW,
     );
-    if !opened.is_empty() && !args.dry_run {
+    if (recorded || !opened.is_empty()) && !args.dry_run {
         vault_file.write(&secrets, demo).context(
-            "nothing was created: launch records each host's admission window in the vault first",
+            "nothing was created: launch records each host's admission window and the core \
+             hosts in the vault first",
         )?;
+    }
+    if !opened.is_empty() && !args.dry_run {
         info!(
             "admission: {} may join the site for the first time until {} h from now",
             opened
@@ -226,34 +243,78 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Core hosts are fixed by the site's first launch: every node's config
-/// names them (etcd's members, FreeIPA's servers), and a running
-/// droplet's config never changes, so the bootstrap host refuses a core
-/// host it does not know. Refused here first, before anything is created:
-/// a core host the vault has no admission or credential record of, in a
-/// site launched before (whose vault records admissions).
-fn refuse_late_core_hosts(site: &Site, secrets: &Secrets) -> Result<()> {
-    if secrets.admissions.is_empty() {
-        return Ok(());
-    }
-    let late: Vec<&str> = site
+/// The site's core hosts as this launch leaves them: the site file's, in
+/// its order. At the first launch (no host has a live admission: none was
+/// launched, or `destroy --all` retired all) they are whatever the file
+/// says. After it, every running node's config names the core hosts it was
+/// launched with and etcd and FreeIPA count on them, so the file may add
+/// core hosts (they join the running cluster) but not:
+/// - make a core host of a running site a worker (a host inserted before
+///   it takes its place by position, or `role: worker`);
+/// - put another host first among the core hosts (the first is the
+///   bootstrap host, which every node's config names);
+/// - make a core host of a running worker (its droplet has a worker's
+///   config: `destroy --host` it first).
+///
+/// Refused here, before anything is created. A vault from before this
+/// record knows the core hosts launched as those with a credential on
+/// record.
+fn settle_core(site: &Site, secrets: &Secrets) -> Result<Vec<HostName>> {
+    let core: Vec<HostName> = site
         .hosts
         .iter()
         .filter(|h| h.role == node_contract::Role::Core)
-        .filter(|h| {
-            !secrets.admissions.contains_key(&h.name) && !secrets.generations.contains_key(&h.name)
-        })
-        .map(|h| h.name.as_str())
+        .map(|h| h.name.clone())
         .collect();
-    if late.is_empty() {
-        return Ok(());
+    if secrets.admissions.is_empty() {
+        return Ok(core);
     }
-    bail!(
-        "nothing was created: {} would be core host(s) added to a site already launched; its \
-         core hosts are fixed at its first launch (the other nodes know no others), so add a \
-         host later as a worker (`role: worker` in the site file)",
-        late.join(", ")
-    )
+    let launched: Vec<HostName> = if secrets.core.is_empty() {
+        core.iter()
+            .filter(|h| secrets.admissions.contains_key(*h) || secrets.generations.contains_key(*h))
+            .cloned()
+            .collect()
+    } else {
+        secrets.core.clone()
+    };
+    let role_of = |name: &HostName| site.hosts.iter().find(|h| &h.name == name).map(|h| h.role);
+    let mut refusals = Vec::new();
+    for host in &launched {
+        if role_of(host) == Some(node_contract::Role::Worker) {
+            refusals.push(format!(
+                "{host} was launched as a core host (an etcd member and FreeIPA server every \
+                 node counts on) and the site file now makes it a worker: a host put before \
+                 it takes its place by position; add new hosts after it, or give them a `role:`"
+            ));
+        }
+    }
+    if let (Some(bootstrap), Some(first)) = (launched.first(), core.first()) {
+        if bootstrap != first && role_of(bootstrap) == Some(node_contract::Role::Core) {
+            refusals.push(format!(
+                "{first} would come before {bootstrap} among the core hosts, and the first is \
+                 the site's bootstrap host, which every running node's config names as \
+                 {bootstrap}: list {first} after it"
+            ));
+        }
+    }
+    for host in core.iter().filter(|h| !launched.contains(h)) {
+        if secrets.admissions.contains_key(host) {
+            refusals.push(format!(
+                "{host} runs as a worker and the site file now makes it a core host: its \
+                 droplet carries a worker's config (`builder destroy --host {host}`, then \
+                 `builder launch`, brings it back as a core host)"
+            ));
+        }
+    }
+    if !refusals.is_empty() {
+        bail!("nothing was created: {}", refusals.join("; "));
+    }
+    // The core hosts launched before first, in their order (one gone from
+    // the file stays on record: its name does not come back as a worker),
+    // then the ones added now, in the file's.
+    let mut settled = launched.clone();
+    settled.extend(core.iter().filter(|h| !launched.contains(h)).cloned());
+    Ok(settled)
 }
 
 pub fn status(args: StatusArgs) -> Result<()> {
@@ -376,34 +437,100 @@ mod tests {
             join_secret: "j".repeat(43),
             generations: Default::default(),
             admissions: Default::default(),
+            core: Default::default(),
         }
     }
 
+    fn names(hosts: &[HostName]) -> Vec<&str> {
+        hosts.iter().map(HostName::as_str).collect()
+    }
+
+    /// After the first launch, core hosts may be added (after the others,
+    /// or anywhere with `role: core`), but no running core host becomes a
+    /// worker, none comes before the bootstrap host, and no running worker
+    /// becomes core: each refused by name, before anything is created.
     #[test]
-    fn a_core_host_added_after_the_first_launch_is_refused_before_anything() {
+    fn core_hosts_may_be_added_but_no_running_host_changes_its_role() {
         let first = site("  - ns1\n  - ns2\n  - ns3\n  - www\n");
         let mut secrets = secrets();
-        // The first launch: no admission recorded yet, all are new.
-        refuse_late_core_hosts(&first, &secrets).unwrap();
+        // The first launch: no admission recorded yet, the file decides.
+        let core = settle_core(&first, &secrets).unwrap();
+        assert_eq!(names(&core), ["ns1", "ns2", "ns3"]);
+        secrets.core = core;
         secrets.admit(first.hosts.iter().map(|h| &h.name), 1_000, 10);
-        // A worker added at the end: admitted by its own admission.
+        // A worker added at the end changes nothing.
         let worker = site("  - ns1\n  - ns2\n  - ns3\n  - www\n  - mail\n");
-        refuse_late_core_hosts(&worker, &secrets).unwrap();
-        // A host put second becomes core by position (and ns3 a worker):
-        // refused, naming it.
-        let shifted = site("  - ns1\n  - mail\n  - ns2\n  - ns3\n  - www\n");
-        let refused = format!(
-            "{:#}",
-            refuse_late_core_hosts(&shifted, &secrets).unwrap_err()
+        assert_eq!(
+            names(&settle_core(&worker, &secrets).unwrap()),
+            ["ns1", "ns2", "ns3"]
         );
+        // Core hosts added, in a pair (the site file wants an odd count).
+        let added = site(
+            "  - ns1\n  - ns2\n  - ns3\n  - www\n  - name: ns4\n    role: core\n  - name: ns5\n    \
+             role: core\n",
+        );
+        assert_eq!(
+            names(&settle_core(&added, &secrets).unwrap()),
+            ["ns1", "ns2", "ns3", "ns4", "ns5"]
+        );
+        // A host put second is core by position, and ns3 a worker.
+        let shifted = site("  - ns1\n  - mail\n  - ns2\n  - ns3\n  - www\n");
+        assert_eq!(shifted.hosts[3].role, node_contract::Role::Worker);
+        let refused = format!("{:#}", settle_core(&shifted, &secrets).unwrap_err());
         assert!(
-            refused.contains("mail would be core") && refused.contains("role: worker"),
+            refused.contains("ns3 was launched as a core host") && refused.contains("worker"),
             "{refused}"
         );
+        // Another core host first would move the bootstrap host.
+        let before = site(
+            "  - name: ns0\n    role: core\n  - ns1\n  - ns2\n  - name: ns3\n    role: core\n  \
+             - www\n  - name: ns4\n    role: core\n",
+        );
+        let refused = format!("{:#}", settle_core(&before, &secrets).unwrap_err());
+        assert!(
+            refused.contains("ns0 would come before ns1") && refused.contains("bootstrap host"),
+            "{refused}"
+        );
+        // A running worker made core: refused until it is destroyed.
+        let promoted = site(
+            "  - ns1\n  - ns2\n  - ns3\n  - name: www\n    role: core\n  - name: ns4\n    \
+             role: core\n",
+        );
+        let refused = format!("{:#}", settle_core(&promoted, &secrets).unwrap_err());
+        assert!(
+            refused.contains("www runs as a worker") && refused.contains("destroy --host www"),
+            "{refused}"
+        );
+        secrets.retire(&first.hosts[3].name);
+        assert_eq!(
+            names(&settle_core(&promoted, &secrets).unwrap()),
+            ["ns1", "ns2", "ns3", "www", "ns4"]
+        );
         // A core host destroyed (its admission closed with its credential)
-        // and launched again is no newcomer.
-        let ns2 = first.hosts[1].name.clone();
-        secrets.retire(&ns2);
-        refuse_late_core_hosts(&first, &secrets).unwrap();
+        // and launched again is what it was.
+        secrets.retire(&first.hosts[1].name);
+        assert_eq!(
+            names(&settle_core(&first, &secrets).unwrap()),
+            ["ns1", "ns2", "ns3"]
+        );
+        // A vault from before the record: the core hosts with a credential
+        // on record are the launched ones; a new one is added.
+        let mut older = secrets.clone();
+        older.core.clear();
+        let core_added = site(
+            "  - ns1\n  - ns2\n  - ns3\n  - www\n  - name: ns4\n    role: core\n  - name: ns5\n    \
+             role: core\n",
+        );
+        assert_eq!(
+            names(&settle_core(&core_added, &older).unwrap()),
+            ["ns1", "ns2", "ns3", "ns4", "ns5"]
+        );
+        // After `destroy --all` (every admission gone) the file decides again.
+        let mut gone = secrets.clone();
+        gone.admissions.clear();
+        assert_eq!(
+            names(&settle_core(&shifted, &gone).unwrap()),
+            ["ns1", "mail", "ns2"]
+        );
     }
 }

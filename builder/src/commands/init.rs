@@ -230,6 +230,7 @@ pub fn run(args: InitArgs) -> Result<()> {
         join_secret: vault::generate_password(43),
         generations: Default::default(),
         admissions: Default::default(),
+        core: Default::default(),
     };
     let passphrase = passphrase.for_creating()?;
 

@@ -33,6 +33,7 @@ fn backup(generation: u64) -> CaBackup {
         ]
         .into(),
         generations: BTreeMap::new(),
+        added_core: Default::default(),
         admission_deadline: 0,
     }
 }

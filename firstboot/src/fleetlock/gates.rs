@@ -132,6 +132,8 @@ fn leader_and_lag(statuses: &[(&Member, &Status)]) -> Result<(u64, u64), String>
 pub trait Probes: Send + Sync {
     /// Every etcd member and its status.
     fn etcd(&self) -> impl Future<Output = Result<Vec<MemberView>, String>> + Send;
+    /// Every etcd member, as the cluster lists it (no status asked).
+    fn members(&self) -> impl Future<Output = Result<Vec<Member>, String>> + Send;
     /// Whether `host`'s FreeIPA server answers.
     fn freeipa(&self, host: &HostName) -> impl Future<Output = Result<(), String>> + Send;
 }
@@ -184,6 +186,10 @@ async fn status_at(etcd: &Client, url: &str) -> Result<Status> {
 const FREEIPA_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Probes for SiteProbes {
+    async fn members(&self) -> Result<Vec<Member>, String> {
+        self.etcd.member_list().await.map_err(|e| format!("{e:#}"))
+    }
+
     async fn etcd(&self) -> Result<Vec<MemberView>, String> {
         let members = self
             .etcd

@@ -52,6 +52,7 @@ pub struct LockServer<P> {
 impl<P: Probes> LockServer<P> {
     /// Answer a checked FleetLock request from `caller`: Ok is 200.
     pub async fn decide(&self, caller: &Caller, request: &LockRequest) -> Result<(), Refusal> {
+        let caller = &self.with_membership(caller).await?;
         let group = group_of(caller.role);
         if request.params.group != group {
             return Err(Refusal::new(
@@ -68,6 +69,30 @@ impl<P: Probes> LockServer<P> {
             Operation::PreReboot => self.pre_reboot(caller, &request.params.id).await,
             Operation::SteadyState => self.steady_state(caller).await,
         }
+    }
+
+    /// A caller this server's config does not know as core is one if it
+    /// is an etcd member: a core host added to the site after this node
+    /// was launched (its config, like every running node's, names the
+    /// core hosts of the first launch). Taken for a worker, it would get
+    /// a worker's slot beside a core host's and two members could go at
+    /// once. When etcd cannot say, nothing is decided.
+    async fn with_membership(&self, caller: &Caller) -> Result<Caller, Refusal> {
+        if caller.role == Role::Core || self.site.core.contains(&caller.node) {
+            return Ok(caller.clone());
+        }
+        let members = self.probes.members().await.map_err(|e| {
+            Refusal::new(
+                503,
+                kind::ETCD_UNHEALTHY,
+                format!("cannot tell whether {} is an etcd member: {e}", caller.node),
+            )
+        })?;
+        let member = members.iter().any(|m| m.name == caller.node.as_str());
+        Ok(Caller {
+            role: if member { Role::Core } else { Role::Worker },
+            ..caller.clone()
+        })
     }
 
     /// The id must be the one this node registered (Zincati's

@@ -224,6 +224,14 @@ struct Canned {
 }
 
 impl Probes for Canned {
+    /// The members of the canned views, else node1 to node3.
+    async fn members(&self) -> Result<Vec<Member>, String> {
+        match self.etcd.lock().unwrap().clone() {
+            Some(Ok(views)) => Ok(views.into_iter().map(|v| v.member).collect()),
+            Some(Err(e)) => Err(e),
+            None => Ok(three_healthy().into_iter().map(|v| v.member).collect()),
+        }
+    }
     async fn etcd(&self) -> Result<Vec<MemberView>, String> {
         self.etcd.lock().unwrap().clone().expect("etcd probed")
     }
@@ -469,6 +477,66 @@ async fn the_server_binds_ids_refuses_during_assembly_and_gates_core_hosts() {
         .unwrap()
         .is_empty());
     server.decide(&core(2), &pre(2)).await.unwrap();
+}
+
+/// A core host added after this lock server's node was launched is not
+/// in its config: it is known as core by its etcd membership, so it asks
+/// in the core group and waits behind a core host that holds the lock
+/// (never a worker's slot beside it); when etcd cannot list its members,
+/// nothing is decided.
+#[tokio::test]
+async fn a_core_host_added_later_is_core_by_its_etcd_membership() {
+    let Some((_server, etcd)) = etcd().await else {
+        return;
+    };
+    let server = site_server(etcd);
+    let caller = |n: u8| Caller {
+        node: host(&format!("node{n}")),
+        // As the certificate alone tells this server's config: node7 is
+        // not among its core hosts.
+        role: if n <= 3 { Role::Core } else { Role::Worker },
+        address: std::net::Ipv4Addr::new(198, 18, 0, 10 + n),
+    };
+    for n in [1, 2, 3, 7] {
+        server.register(&caller(n), &app_id(n), true).await.unwrap();
+    }
+    let mut four = three_healthy();
+    four.push(MemberView {
+        member: member(7, "node7"),
+        status: healthy(7, 1, 500),
+    });
+    *server.probes.etcd.lock().unwrap() = Some(Ok(four));
+    server
+        .probes
+        .freeipa
+        .lock()
+        .unwrap()
+        .insert("node2".into(), Ok(()));
+    let ask = |n: u8, group: &str| request(Operation::PreReboot, &app_id(n), group);
+    let as_worker = server
+        .decide(&caller(7), &ask(7, "workers"))
+        .await
+        .unwrap_err();
+    assert_eq!(as_worker.kind, kind::WRONG_GROUP);
+    assert!(as_worker.value.contains("group `core`"), "{as_worker:?}");
+    server.decide(&caller(1), &ask(1, "core")).await.unwrap();
+    let behind = server
+        .decide(&caller(7), &ask(7, "core"))
+        .await
+        .unwrap_err();
+    assert_eq!(behind.kind, kind::SEMAPHORE_FULL);
+    assert!(behind.value.contains("node1"), "{behind:?}");
+    // etcd cannot list its members: whether node7 is core is unknown.
+    *server.probes.etcd.lock().unwrap() = Some(Err("connection refused".into()));
+    let unknown = server
+        .decide(&caller(7), &ask(7, "core"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.kind, kind::ETCD_UNHEALTHY);
+    assert!(
+        unknown.value.contains("whether node7 is an etcd member"),
+        "{unknown:?}"
+    );
 }
 
 /// A node's identity files under `root`, as join leaves them.

@@ -13,7 +13,7 @@
 //! waits for no absent host: a core host that has not joined (has no
 //! address on record) is an error naming it, and the phase asks again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -40,11 +40,13 @@ impl Prepared {
 }
 
 /// Ensure FreeIPA has the site's names and service CAs. `registered` is
-/// the join service's registry: every node that joined, at its address.
+/// the join service's registry: every node that joined, at its address;
+/// `added_core`, the core hosts among them the site was not launched with.
 pub async fn prepare(
     client: &Client,
     config: &NodeConfig,
     registered: &BTreeMap<HostName, Ipv4Addr>,
+    added_core: &BTreeSet<HostName>,
     within: Duration,
 ) -> Result<Prepared> {
     let domain = config.site.domain.as_str();
@@ -69,7 +71,13 @@ pub async fn prepare(
             address: *address,
         })
         .collect();
-    let members: Vec<String> = config.site.core.iter().map(|c| config.fqdn(c)).collect();
+    let members: Vec<String> = config
+        .site
+        .core
+        .iter()
+        .chain(added_core.iter().filter(|h| registered.contains_key(*h)))
+        .map(|c| config.fqdn(c))
+        .collect();
     client
         .ensure_site_records(domain, &nodes, &members)
         .await
@@ -83,7 +91,7 @@ pub async fn prepare(
                 .with_context(|| format!("FreeIPA's {} sub-CA", ca.name()))?,
         );
     }
-    ensure_principals(client, config, registered).await?;
+    ensure_principals(client, config, registered, added_core).await?;
     Ok(Prepared { sub_cas })
 }
 
@@ -99,11 +107,12 @@ pub async fn ensure_principals(
     client: &Client,
     config: &NodeConfig,
     registered: &BTreeMap<HostName, Ipv4Addr>,
+    added_core: &BTreeSet<HostName>,
 ) -> Result<()> {
     let realm = config.site.realm.as_str();
     for node in registered.keys() {
         let fqdn = config.fqdn(node);
-        let role = if config.site.core.contains(node) {
+        let role = if config.site.core.contains(node) || added_core.contains(node) {
             Role::Core
         } else {
             Role::Worker

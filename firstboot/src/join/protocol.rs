@@ -98,6 +98,11 @@ pub struct JoinAnswer {
     /// cluster it was a member of rather than forming one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rebuilt: bool,
+    /// This node is a core host the site was not launched with: it joins
+    /// the etcd cluster the others run (a member added through them)
+    /// rather than forming one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub added_core: bool,
 }
 
 impl JoinAnswer {
@@ -548,6 +553,9 @@ pub struct Verified {
     /// Until when the site's own admission of this credential lets it
     /// join (Unix seconds), when it shows one: its signature is checked.
     pub admitted_until: Option<u64>,
+    /// A core host the site was not launched with (its admission shown):
+    /// it joins the etcd cluster and FreeIPA deployment the others run.
+    pub added_core: bool,
 }
 
 impl Verified {
@@ -586,14 +594,13 @@ impl Site {
             )));
         }
         let role = request.ticket.role;
-        if role == Role::Core && !self.core.contains(&request.ticket.node) {
-            // Every node's config names the core hosts (etcd's members,
-            // FreeIPA's servers), and a running droplet's config does not
-            // change: a core host the site was not launched with would be
-            // one that no other node knows.
+        let added_core = role == Role::Core && !self.core.contains(&request.ticket.node);
+        if added_core && request.admission.is_none() {
+            // Every node's config names the core hosts the site was
+            // launched with; one added since is known to the site only by
+            // the admission `builder launch` signed for it (checked below).
             return Err(Refusal::NotAllowed(format!(
-                "{} is a core host this site was not launched with (its core hosts are {}): \
-                 a host added later joins as a worker",
+                "{} is a core host this site was not launched with (its core hosts are {}),                  and it shows no admission: a core host added later joins with the config                  `builder launch` gives it",
                 request.ticket.node,
                 self.core
                     .iter()
@@ -631,6 +638,7 @@ impl Site {
             request,
             address: source,
             admitted_until,
+            added_core,
         })
     }
 

@@ -5,7 +5,7 @@
 //! than the registered one (never because the old address is silent),
 //! refusing the older credential from then on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +48,11 @@ pub struct Registry {
     pub generations: BTreeMap<HostName, Generation>,
     /// Unix seconds after which no host that never joined is admitted.
     pub admission_deadline: u64,
+    /// Core hosts the site was not launched with, admitted since (version
+    /// 3): FreeIPA servers and etcd members as the first ones are, which
+    /// no node's config names.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub added_core: BTreeSet<HostName>,
 }
 
 impl Default for Registry {
@@ -58,13 +63,15 @@ impl Default for Registry {
             hosts: BTreeMap::new(),
             generations: BTreeMap::new(),
             admission_deadline: 0,
+            added_core: BTreeSet::new(),
         }
     }
 }
 
 impl Registry {
-    /// Version 2 added the hosts' credential generations.
-    pub const VERSION: u32 = 2;
+    /// Version 2 added the hosts' credential generations, version 3 the
+    /// core hosts added later.
+    pub const VERSION: u32 = 3;
 
     fn first_version() -> u32 {
         1
@@ -96,6 +103,19 @@ impl Registry {
     /// The newest generation known for `node`.
     pub fn known_generation(&self, node: &HostName) -> Option<Generation> {
         protocol::known_generation(&self.hosts, &self.generations, node)
+    }
+
+    /// The site's core hosts: those it was launched with (`core`, every
+    /// node's config), then those added later.
+    pub fn core_hosts(&self, core: &[HostName]) -> Vec<HostName> {
+        let mut all = core.to_vec();
+        all.extend(
+            self.added_core
+                .iter()
+                .filter(|h| !core.contains(h))
+                .cloned(),
+        );
+        all
     }
 }
 
@@ -220,6 +240,7 @@ impl Registrar {
                 registry: self.registry.hosts.clone(),
                 generations: self.registry.generations.clone(),
                 admission_deadline: self.registry.admission_deadline,
+                added_core: self.registry.added_core.clone(),
             },
         )
     }
@@ -231,13 +252,20 @@ impl Registrar {
         node: &HostName,
         address: Ipv4Addr,
         generation: Generation,
+        added_core: bool,
     ) -> Result<()> {
         let known = self.registry.known_generation(node);
-        if self.registry.hosts.get(node) != Some(&address) || known != Some(generation) {
+        if self.registry.hosts.get(node) != Some(&address)
+            || known != Some(generation)
+            || added_core && !self.registry.added_core.contains(node)
+        {
             let mut next = self.registry.clone();
             next.hosts.insert(node.clone(), address);
             if generation > Generation::FIRST || next.generations.contains_key(node) {
                 next.generations.insert(node.clone(), generation);
+            }
+            if added_core {
+                next.added_core.insert(node.clone());
             }
             next.generation += 1;
             next.save(&self.registry_file)?;
@@ -375,7 +403,12 @@ impl Registrar {
         };
         let generation = verified.request.ticket.generation;
         if let Err(e) = self
-            .register(verified.node(), verified.address, generation)
+            .register(
+                verified.node(),
+                verified.address,
+                generation,
+                verified.added_core,
+            )
             .await
         {
             tracing::error!("join service: cannot register {}: {e:#}", verified.node());
@@ -396,9 +429,9 @@ impl Registrar {
             peers: self.registry.hosts.clone(),
             dns: self.dns_address,
             freeipa_dns: if self.handoff.temporary_ended {
-                // FreeIPA's servers: the core hosts.
-                self.site
-                    .core
+                // FreeIPA's servers: the core hosts, those added later too.
+                self.registry
+                    .core_hosts(&self.site.core)
                     .iter()
                     .filter_map(|node| self.registry.hosts.get(node).copied())
                     .collect()
@@ -407,6 +440,7 @@ impl Registrar {
             },
             ca_backup: core.then(|| self.sealed_backup()),
             rebuilt,
+            added_core: verified.added_core,
         };
         let body = serde_json::to_vec(&answer).expect("serialises");
         let proof = protocol::sign_answer(
@@ -420,10 +454,10 @@ impl Registrar {
         } else {
             "certificates from the temporary CA"
         };
-        let by = if by_own_admission {
-            ", by the site's admission of its own"
-        } else {
-            ""
+        let by = match (by_own_admission, verified.added_core) {
+            (_, true) => ", a core host added later, by the site's admission of its own",
+            (true, false) => ", by the site's admission of its own",
+            (false, false) => "",
         };
         tracing::info!(peer = %verified.node(), address = %verified.address, "join service: admitted {} at {} ({issuer}{by})", verified.node(), verified.address);
         Response::json(body).with_header(SIGNATURE_HEADER, proof)

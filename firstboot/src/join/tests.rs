@@ -363,7 +363,7 @@ async fn handoff_reports_are_recorded_for_registered_nodes_only_and_answered_wit
     service
         .lock()
         .await
-        .register(&boot.node, at(10), Generation::FIRST)
+        .register(&boot.node, at(10), Generation::FIRST, false)
         .await
         .unwrap();
 

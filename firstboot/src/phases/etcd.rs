@@ -121,6 +121,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         Ok(Ok(_))
     );
     if listening && member_health(&cx.paths, &fqdn, address).await.is_ok() {
+        release_join_lock(cx, address).await?;
         return Ok(());
     }
 
@@ -140,16 +141,17 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &cx.state.peers)?;
 
     let cluster_state = cx.state.etcd_cluster_state.unwrap_or(ClusterState::New);
-    if cluster_state == ClusterState::Existing {
-        rejoin(cx, &peers).await?;
+    let members = if cluster_state == ClusterState::Existing {
+        rejoin(cx, &peers).await?
     } else {
         wait_for_earlier_members(cx, &peers).await;
-    }
+        cx.config.site.core.clone()
+    };
     let args = etcd_args(
         &cx.paths,
         cx.config.site.domain.as_str(),
         cx.config.node.as_str(),
-        &cx.config.site.core,
+        &members,
         address,
         cluster_state,
     );
@@ -178,7 +180,7 @@ pub async fn run(cx: &mut Context) -> Result<()> {
             .map(|lines| lines.contains(NAME_MISMATCH))
             .unwrap_or(false);
         match (health, mismatch) {
-            (Ok(()), false) => return Ok(()),
+            (Ok(()), false) => return release_join_lock(cx, address).await,
             (_, true) if tokio::time::Instant::now() >= deadline => bail!(
                 "etcd refuses a peer whose address matches no name in its certificate \
                  (`{NAME_MISMATCH}`); check /etc/hosts and the DNS A records"
@@ -225,19 +227,42 @@ async fn wait_for_earlier_members(cx: &Context, peers: &BTreeMap<HostName, Ipv4A
 }
 
 /// Every core host's address as the join answer gave it (the registry).
+/// A core host of this node's config that is not registered is one added
+/// to the site with this one and not joined yet: no member yet either
+/// (it joins through the others, as this node does), so it is left out;
+/// at least one other core host must be there.
 fn registered_core(cx: &Context) -> Result<BTreeMap<HostName, Ipv4Addr>> {
-    cx.config
+    let me = &cx.config.node;
+    let registered: BTreeMap<HostName, Ipv4Addr> = cx
+        .config
         .site
         .core
         .iter()
-        .map(|host| {
-            cx.state
-                .peers
-                .get(host)
-                .map(|a| (host.clone(), *a))
-                .with_context(|| format!("the join service did not list core host {host}"))
-        })
-        .collect()
+        .filter_map(|host| cx.state.peers.get(host).map(|a| (host.clone(), *a)))
+        .collect();
+    let missing: Vec<&str> = cx
+        .config
+        .site
+        .core
+        .iter()
+        .filter(|host| !registered.contains_key(*host))
+        .map(HostName::as_str)
+        .collect();
+    if !registered.keys().any(|host| host != me) {
+        bail!(
+            "the join service listed no other core host ({} missing): there is no etcd \
+             member to join through",
+            missing.join(", ")
+        );
+    }
+    if !missing.is_empty() {
+        tracing::info!(
+            phase = "etcd",
+            "core hosts not joined yet, left out: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(registered)
 }
 
 /// Every core host's address from the temporary DNS, polling while peers
@@ -306,10 +331,15 @@ async fn forget_roll(client: &etcd::Client, me: &HostName) -> Result<()> {
     Ok(())
 }
 
-/// A rebuilt member rejoins the cluster its peers still run: its old
-/// membership is replaced through a healthy peer (with this node's new
-/// certificate as client certificate), and its data comes from the peers.
-async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()> {
+/// A rebuilt member rejoins the cluster its peers still run, and a core
+/// host added later joins it: its old membership (if any) is replaced
+/// through a healthy peer (with this node's new certificate as client
+/// certificate), and its data comes from the peers. The members it starts
+/// with are the cluster's own list once it is added (what `etcdctl member
+/// add` prints as `ETCD_INITIAL_CLUSTER`), not its config's core hosts:
+/// etcd refuses to join when the two differ (etcd-io/etcd
+/// `server/etcdserver/cluster_util.go`, `ValidateClusterAndAssignIDs`).
+async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<Vec<HostName>> {
     let me = &cx.config.node;
     let endpoints = peers
         .iter()
@@ -320,6 +350,7 @@ async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()
         })
         .collect();
     let client = etcd::Client::for_node(&cx.paths, endpoints)?;
+    take_join_lock(&client, me, JOIN_LOCK_WAIT).await?;
     forget_roll(&client, me).await?;
     let peer_url = format!("https://{}:{PEER_PORT}", cx.config.fqdn(me));
     for member in client.member_list().await? {
@@ -334,6 +365,7 @@ async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()
         }
     }
     client.member_add(&peer_url).await?;
+    let members = member_names(&client.member_list().await?, cx.config.site.domain.as_str())?;
     let data = cx.paths.etcd_data();
     if data.exists() {
         std::fs::remove_dir_all(&data)
@@ -341,9 +373,119 @@ async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<()
     }
     tracing::info!(
         phase = "etcd",
-        "rejoining the existing etcd cluster as a new member"
+        "joining the existing etcd cluster as a new member, one of {}",
+        members
+            .iter()
+            .map(HostName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    Ok(members)
+}
+
+/// Where the member that is joining the running cluster holds its turn.
+const JOIN_LOCK: &str = "/firstboot/etcd/join-lock";
+/// How long a member waits for another to finish joining: that one's
+/// whole start ([`HEALTH_WAIT`]) and some.
+const JOIN_LOCK_WAIT: Duration = Duration::from_secs(HEALTH_WAIT.as_secs() + 60);
+
+/// One member joins the running cluster at a time, from its `member add`
+/// to its member healthy: a member starts with the cluster's list as it is
+/// after its own add, and etcd refuses the start if another was added
+/// meanwhile ("member count is unequal", etcd-io/etcd
+/// `server/etcdserver/api/membership/cluster.go`,
+/// `ValidateClusterAndAssignIDs`). Two core hosts added together (the site
+/// file wants an odd count) take turns. A lock this member's last life
+/// held is its own; another's is waited for (bounded), never broken:
+/// that it is silent does not say its member is not starting.
+async fn take_join_lock(client: &etcd::Client, me: &HostName, wait: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match client.get(JOIN_LOCK.as_bytes()).await? {
+            Some(held) if held.value == me.as_str().as_bytes() => return Ok(()),
+            Some(held) => {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!(
+                        "waiting {} s for {} to finish joining the etcd cluster (it holds {JOIN_LOCK})",
+                        wait.as_secs(),
+                        String::from_utf8_lossy(&held.value)
+                    );
+                }
+            }
+            None => {
+                if client
+                    .compare_and_swap(JOIN_LOCK.as_bytes(), 0, me.as_str().as_bytes())
+                    .await?
+                {
+                    continue; // read back: it is this member's now
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// This member is healthy in the cluster: its turn to join ends, if it
+/// held one (through its own member, which answers now).
+async fn release_join_lock(cx: &Context, address: Ipv4Addr) -> Result<()> {
+    if cx.state.etcd_cluster_state != Some(ClusterState::Existing) {
+        return Ok(());
+    }
+    let client = etcd::Client::for_node(
+        &cx.paths,
+        vec![etcd::Endpoint {
+            name: cx.config.fqdn(&cx.config.node),
+            address: SocketAddr::new(address.into(), CLIENT_PORT),
+        }],
+    )?;
+    if give_back_join_lock(&client, &cx.config.node).await? {
+        tracing::info!(phase = "etcd", "this member has joined: the next may join");
+    }
     Ok(())
+}
+
+/// The join lock deleted if `me` holds it (and only as `me` left it);
+/// whether it was.
+async fn give_back_join_lock(client: &etcd::Client, me: &HostName) -> Result<bool> {
+    match client.get(JOIN_LOCK.as_bytes()).await? {
+        Some(held) if held.value == me.as_str().as_bytes() => {
+            client
+                .delete_if(JOIN_LOCK.as_bytes(), held.mod_revision)
+                .await
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Each member's host name, from its name, or for a member added but not
+/// started yet (it has none) from its peer URL, which is always
+/// `https://<host>.<domain>:2380`: anything else is not this site's.
+fn member_names(members: &[etcd::Member], domain: &str) -> Result<Vec<HostName>> {
+    let suffix = format!(".{domain}:{PEER_PORT}");
+    members
+        .iter()
+        .map(|member| {
+            let from_url = || {
+                let [url] = member.peer_urls.as_slice() else {
+                    return None;
+                };
+                url.strip_prefix("https://")?.strip_suffix(&suffix)
+            };
+            let label = if member.name.is_empty() {
+                from_url()
+            } else {
+                Some(member.name.as_str())
+            };
+            label
+                .and_then(|l| HostName::parse(l).ok())
+                .with_context(|| {
+                    format!(
+                        "etcd member {:x} ({:?}, peer URLs {:?}) is no host of {domain}",
+                        member.id, member.name, member.peer_urls
+                    )
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -385,5 +527,98 @@ mod tests {
         );
         assert!(arg(&args, "--discovery-srv").is_empty(), "{args:?}");
         assert_eq!(arg(&args, "--initial-cluster-state"), ["new"]);
+    }
+
+    /// The members a joining member starts with are the cluster's own
+    /// list: a member added but not started yet is named from its peer
+    /// URL, and a member that is no host of the site is an error, not a
+    /// name made up.
+    #[test]
+    fn a_joining_member_starts_with_the_clusters_own_members() {
+        let member = |id, name: &str, url: &str| etcd::Member {
+            id,
+            name: name.into(),
+            peer_urls: vec![url.into()],
+            client_urls: Vec::new(),
+            is_learner: false,
+        };
+        let members = [
+            member(1, "ns1", "https://ns1.example.org:2380"),
+            member(2, "ns2", "https://ns2.example.org:2380"),
+            member(7, "", "https://ns7.example.org:2380"),
+        ];
+        let names = member_names(&members, "example.org").unwrap();
+        assert_eq!(
+            names.iter().map(HostName::as_str).collect::<Vec<_>>(),
+            ["ns1", "ns2", "ns7"]
+        );
+        let args = etcd_args(
+            &Paths::under(std::path::Path::new("/")),
+            "example.org",
+            "ns7",
+            &names,
+            Ipv4Addr::new(10, 0, 0, 7),
+            ClusterState::Existing,
+        );
+        assert_eq!(
+            arg(&args, "--initial-cluster"),
+            [
+                "ns1=https://ns1.example.org:2380,ns2=https://ns2.example.org:2380,\
+              ns7=https://ns7.example.org:2380"
+            ]
+        );
+        assert_eq!(arg(&args, "--initial-cluster-state"), ["existing"]);
+        for stranger in [
+            member(9, "", "https://ns9.example.com:2380"),
+            member(9, "", "http://ns9.example.org:2380"),
+            member(9, "not a name!", "https://ns9.example.org:2380"),
+        ] {
+            let err = member_names(&[stranger], "example.org").unwrap_err();
+            assert!(
+                format!("{err:#}").contains("is no host of example.org"),
+                "{err:#}"
+            );
+        }
+    }
+
+    /// One member joins at a time: the lock is its holder's (again after
+    /// a restart), another waits for it, bounded, and never takes it from
+    /// a silent holder; once given back, the next takes it. Against a real
+    /// etcd.
+    #[tokio::test]
+    async fn members_join_one_at_a_time() {
+        let ca = crate::pki::TempCa::create("lab.example.org", &crate::certs::PLAN.intermediates())
+            .unwrap();
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (client_at, peer_at) = (port(), port());
+        let Some(_server) = crate::etcd::tests::start_etcd(client_at, peer_at, &ca) else {
+            return;
+        };
+        let client = crate::etcd::tests::client_of(&ca, client_at);
+        crate::etcd::tests::wait_ready(&client).await;
+        let (node7, node8) = (
+            HostName::parse("node7").unwrap(),
+            HostName::parse("node8").unwrap(),
+        );
+        let short = Duration::from_millis(1200);
+        take_join_lock(&client, &node7, short).await.unwrap();
+        // Its own lock, after a restart: taken again at once.
+        take_join_lock(&client, &node7, short).await.unwrap();
+        let waited = take_join_lock(&client, &node8, short).await.unwrap_err();
+        assert!(
+            format!("{waited:#}").contains("for node7 to finish joining"),
+            "{waited:#}"
+        );
+        // Only its holder gives it back.
+        assert!(!give_back_join_lock(&client, &node8).await.unwrap());
+        assert!(give_back_join_lock(&client, &node7).await.unwrap());
+        take_join_lock(&client, &node8, short).await.unwrap();
+        let held = client.get(JOIN_LOCK.as_bytes()).await.unwrap().unwrap();
+        assert_eq!(held.value, b"node8");
     }
 }

@@ -93,15 +93,21 @@ pub async fn run(cx: &mut Context) -> Result<()> {
         &cx.paths,
         &SiteDns::Freeipa {
             servers: addresses,
-            fallback: Some(temporary),
+            // Ended before this node joined: nothing to fall back to.
+            fallback: (!cx.state.joined_after_handoff).then_some(temporary),
         },
         &cx.config.site.domain,
     )
     .await?;
     tracing::info!(
         phase = "handoff",
-        "the site's names come from FreeIPA ({}), the temporary DNS last",
-        list(&servers)
+        "the site's names come from FreeIPA ({}){}",
+        list(&servers),
+        if cx.state.joined_after_handoff {
+            " (the temporary DNS had ended when this node joined)"
+        } else {
+            ", the temporary DNS last"
+        }
     );
     if cx.config.role() == Role::Core {
         recertify_etcd(cx, own, &addresses_known).await?;
@@ -209,12 +215,21 @@ async fn prepare(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
         .service_state_dir(&cx.config, crate::freeipa::site::SERVER)?;
     let client = super::freeipa::admin_client(cx, own, &state).await?;
     let registered = services_of(cx)?.peers().await;
-    let prepared =
-        crate::handoff::prepare::prepare(&client, &cx.config, &registered, SUB_CA_WAIT).await?;
+    let added_core = services_of(cx)?.added_core().await;
+    let prepared = crate::handoff::prepare::prepare(
+        &client,
+        &cx.config,
+        &registered,
+        &added_core,
+        SUB_CA_WAIT,
+    )
+    .await?;
     // Nodes that joined while the sub-CAs were made: read again now that
     // they exist (`ensure_principals` says why).
     let registered = services_of(cx)?.peers().await;
-    crate::handoff::prepare::ensure_principals(&client, &cx.config, &registered).await?;
+    let added_core = services_of(cx)?.added_core().await;
+    crate::handoff::prepare::ensure_principals(&client, &cx.config, &registered, &added_core)
+        .await?;
     // Every node takes the identity sub-CA from the join service.
     let identity_ca = prepared
         .sub_ca(ServiceCa::Firstboot)
@@ -403,17 +418,28 @@ async fn sub_ca_from_etcd(
 }
 
 /// Every FreeIPA server of the site (the core hosts) at its VPC address:
-/// from what join gave this node, else from the temporary DNS.
+/// from what join gave this node, else from the temporary DNS. A node that
+/// joined after the handoff (the temporary DNS had ended) knows every core
+/// host that had joined then; one its config names that had not is a core
+/// host added to the site with it, with no FreeIPA server yet to ask.
 async fn freeipa_servers(
     cx: &Context,
     temporary: Ipv4Addr,
 ) -> Result<BTreeMap<HostName, Ipv4Addr>> {
     let dns = SocketAddr::new(temporary.into(), crate::dns::DNS_PORT);
     let vpc = &cx.config.site.vpc_range;
+    let joined_after = cx.state.joined_after_handoff;
     let mut servers = BTreeMap::new();
     for core in &cx.config.site.core {
         let address = match cx.state.peers.get(core) {
             Some(a) => *a,
+            None if joined_after => {
+                tracing::info!(
+                    phase = "handoff",
+                    "{core} had not joined when this node did: not among its FreeIPA servers"
+                );
+                continue;
+            }
             None => crate::dnsquery::lookup_a(dns, &cx.config.fqdn(core))
                 .await?
                 .into_iter()

@@ -54,13 +54,23 @@ pub async fn run(cx: &mut Context) -> Result<()> {
                 tracing::info!(phase = "join", peer = %candidate, "joined through {candidate}; {} peers known", answer.peers.len());
                 cx.state.bootstrap_address = Some(candidate);
                 cx.state.peers = answer.peers;
+                cx.state.joined_after_handoff = !answer.freeipa_dns.is_empty();
                 let member = cx.paths.etcd_data().join("member").is_dir();
-                if answer.rebuilt && cx.config.role() == Role::Core && !member {
-                    // A member that lost its data: it takes its place in
-                    // the cluster its peers still run (see `phases::etcd`).
+                if (answer.rebuilt || answer.added_core)
+                    && cx.config.role() == Role::Core
+                    && !member
+                {
+                    // A member that lost its data takes its place in the
+                    // cluster its peers still run, and a core host added
+                    // later joins it (see `phases::etcd`).
                     tracing::info!(
                         phase = "join",
-                        "this node was rebuilt: it rejoins the existing etcd cluster"
+                        "{}: it joins the existing etcd cluster",
+                        if answer.rebuilt {
+                            "this node was rebuilt"
+                        } else {
+                            "this core host was added to a running site"
+                        }
                     );
                     cx.state.etcd_cluster_state = Some(ClusterState::Existing);
                 }

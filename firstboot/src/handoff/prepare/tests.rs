@@ -21,6 +21,22 @@ fn registered(names: &[(&str, u8)]) -> BTreeMap<HostName, Ipv4Addr> {
         .collect()
 }
 
+/// `prepare` for `registered`, with no core host added since the launch.
+async fn prepare_of(
+    client: &Client,
+    config: &NodeConfig,
+    registered: &BTreeMap<HostName, Ipv4Addr>,
+) -> Result<Prepared> {
+    prepare(
+        client,
+        config,
+        registered,
+        &BTreeSet::new(),
+        Duration::from_secs(30),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn freeipa_gets_the_site_s_names_and_one_sub_ca_per_service_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -34,9 +50,7 @@ async fn freeipa_gets_the_site_s_names_and_one_sub_ca_per_service_once() {
     let partial = registered(&[("node1", 10), ("node3", 12)]);
     let err = format!(
         "{:#}",
-        prepare(&client, &config, &partial, Duration::from_secs(30))
-            .await
-            .unwrap_err()
+        prepare_of(&client, &config, &partial).await.unwrap_err()
     );
     assert!(err.contains("node2"), "{err}");
     assert_eq!(log_lines(&sim.calls).len(), before);
@@ -45,9 +59,7 @@ async fn freeipa_gets_the_site_s_names_and_one_sub_ca_per_service_once() {
     for (node, address) in &hosts {
         add_host(&client, &config.fqdn(node), address.octets(), None).await;
     }
-    let prepared = prepare(&client, &config, &hosts, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let prepared = prepare_of(&client, &config, &hosts).await.unwrap();
     // One sub-CA per service, each its own certificate.
     let pems: Vec<&str> = ServiceCa::ALL
         .iter()
@@ -85,9 +97,7 @@ async fn freeipa_gets_the_site_s_names_and_one_sub_ca_per_service_once() {
 
     // Again: found, nothing changed.
     let mark = log_lines(&sim.calls).len();
-    let again = prepare(&client, &config, &hosts, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let again = prepare_of(&client, &config, &hosts).await.unwrap();
     assert!(again
         .sub_cas
         .iter()
@@ -114,9 +124,7 @@ async fn a_node_that_joined_while_the_sub_cas_were_made_gets_its_principals() {
     for (node, address) in &after {
         add_host(&client, &config.fqdn(node), address.octets(), None).await;
     }
-    prepare(&client, &config, &before, Duration::from_secs(30))
-        .await
-        .unwrap();
+    prepare_of(&client, &config, &before).await.unwrap();
     let principal = |node: &str| format!("firstboot/{node}.lab.example.org@LAB.EXAMPLE.ORG");
     let shown = |name: String| {
         let client = &client;
@@ -127,8 +135,21 @@ async fn a_node_that_joined_while_the_sub_cas_were_made_gets_its_principals() {
         shown(principal("node5")).await.is_err(),
         "node5 was not in the registry prepare read"
     );
-    ensure_principals(&client, &config, &after).await.unwrap();
+    ensure_principals(&client, &config, &after, &BTreeSet::new())
+        .await
+        .unwrap();
     shown(principal("node5"))
         .await
         .unwrap_or_else(|e| panic!("node5 has no firstboot principal: {e}"));
+    // A core host the site was not launched with (no config names it as
+    // core) gets an etcd principal only as the registry's added core host.
+    let etcd = |node: &str| format!("etcd/{node}.lab.example.org@LAB.EXAMPLE.ORG");
+    assert!(shown(etcd("node5")).await.is_err(), "node5 is a worker");
+    let node5 = [HostName::parse("node5").unwrap()].into();
+    ensure_principals(&client, &config, &after, &node5)
+        .await
+        .unwrap();
+    shown(etcd("node5"))
+        .await
+        .unwrap_or_else(|e| panic!("node5, a core host added later, has no etcd principal: {e}"));
 }

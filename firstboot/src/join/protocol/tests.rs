@@ -393,19 +393,36 @@ fn a_host_added_later_joins_by_its_own_admission() {
     ));
 }
 
-/// Core hosts are fixed when the site is launched: a core host's ticket
-/// for a name the site's config does not list as core is refused, with
-/// or without an admission.
+/// A core host the site was not launched with (no other node's config
+/// names it) joins only by the site's admission of its credential: refused
+/// without one, and marked as added (it joins the running etcd cluster)
+/// with one; a core host of the config is not.
 #[test]
-fn a_core_host_the_site_was_not_launched_with_is_refused() {
+fn a_core_host_added_later_joins_only_by_its_admission() {
     let mut replay = ReplayGuard::default();
     let mut node6 = req("node6", 6, Role::Core);
-    node6.admission = Some(site_key().admission(&domain(), &node6.ticket, NOW + 100));
     assert!(matches!(
         judge(&node6.body(), 6, &mut replay),
         Err(Refusal::NotAllowed(why)) if why.contains("not launched with")
             && why.contains("node1, node2, node3")
+            && why.contains("shows no admission")
     ));
+    node6.admission = Some(site_key().admission(&domain(), &node6.ticket, NOW + 100));
+    node6.nonce = nonce();
+    let verified = judge(&node6.body(), 6, &mut replay).unwrap();
+    assert!(verified.added_core);
+    assert_eq!(verified.admitted_until, Some(NOW + 100));
+    // Its admission is checked like any other: one signed by its own key
+    // (not the site's) is a forgery.
+    node6.admission = Some(node_key(6).admission(&domain(), &node6.ticket, NOW + 100));
+    node6.nonce = nonce();
+    assert_eq!(
+        judge(&node6.body(), 6, &mut replay),
+        Err(Refusal::Forged(Forgery::Admission(name("node6"))))
+    );
+    let mut node2 = req("node2", 2, Role::Core);
+    node2.admission = Some(site_key().admission(&domain(), &node2.ticket, NOW + 100));
+    assert!(!judge(&node2.body(), 2, &mut replay).unwrap().added_core);
 }
 
 #[test]
