@@ -1377,6 +1377,37 @@ fn core_hosts_added_after_handoff(op: &Operator, hosts: [&str; 2]) {
     );
     let lab = op.cloud.lab();
     let members = support::lab::etcdctl(&lab, "node2", &op.fqdn("node2"), "member list");
+    // FreeIPA's DNS lists every member for etcd's clients and peers, the
+    // added ones too: asked on node2's server (the records are made on
+    // node1's and replicated: a bounded wait), past any resolver cache.
+    let server = lab.node("node2").unwrap().address;
+    for owner in ["_etcd-server-ssl._tcp", "_etcd-client-ssl._tcp"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let srv = lab
+                .sh(
+                    "node2",
+                    &format!(
+                        "dig +short +time=2 +tries=1 @{server} {owner}.{} SRV",
+                        op.domain
+                    ),
+                )
+                .unwrap_or_default();
+            let listed = srv.lines().count() == before.len() + 2
+                && hosts
+                    .iter()
+                    .all(|host| srv.contains(&format!(" {}.", op.fqdn(host))));
+            if listed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{label}] {owner} does not list the {} members, {hosts:?} among them: {srv}",
+                before.len() + 2
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     let journal = lab.journal("node1", Some("firstboot.service")).unwrap();
     for (host, new) in hosts.iter().zip(&new_paths) {
         assert!(

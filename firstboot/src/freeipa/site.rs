@@ -366,6 +366,25 @@ impl Enroller {
         Ok(issued.cert_pem)
     }
 
+    /// A core host added to the site since its handoff made the site's
+    /// records: its address (A and PTR) and its etcd SRV records in
+    /// FreeIPA's zone, as the handoff gave the first core hosts'.
+    pub async fn ensure_member_records(&self, node: &HostName, address: Ipv4Addr) -> Result<()> {
+        let fqdn = self.domain.fqdn(node);
+        self.client
+            .ensure_site_records(
+                self.domain.as_str(),
+                &[super::NodeAddress {
+                    fqdn: fqdn.clone(),
+                    address,
+                }],
+                std::slice::from_ref(&fqdn),
+            )
+            .await
+            .with_context(|| format!("the etcd SRV records of {fqdn} in FreeIPA's DNS"))?;
+        Ok(())
+    }
+
     /// The server nodes enroll with.
     pub fn server(&self) -> &str {
         &self.server

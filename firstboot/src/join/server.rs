@@ -414,6 +414,28 @@ impl Registrar {
             tracing::error!("join service: cannot register {}: {e:#}", verified.node());
             return Response::text(503, "the bootstrap host cannot record the join; retry");
         }
+        // A core host added after the handoff made the site's records has
+        // its etcd SRV records made now (before it, the handoff's own
+        // step makes them for every registered core host).
+        if verified.added_core && self.handoff.temporary_ended {
+            let made = match &self.enroller {
+                Some(enroller) => {
+                    enroller
+                        .ensure_member_records(verified.node(), verified.address)
+                        .await
+                }
+                None => Err(anyhow::anyhow!("its FreeIPA session is not up")),
+            };
+            if let Err(e) = made {
+                tracing::warn!(peer = %verified.node(), "join service: {e:#}");
+                return Response::text(
+                    503,
+                    &format!(
+                        "the bootstrap host cannot record this core host in FreeIPA yet: {e:#}"
+                    ),
+                );
+            }
+        }
         // A rebuilt node moves its identity again, from its first step:
         // its old life's steps must not let the others past a barrier.
         if rebuilt && self.handoff.identity.remove(verified.node()).is_some() {
