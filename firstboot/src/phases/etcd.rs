@@ -338,7 +338,12 @@ async fn forget_roll(client: &etcd::Client, me: &HostName) -> Result<()> {
 /// with are the cluster's own list once it is added (what `etcdctl member
 /// add` prints as `ETCD_INITIAL_CLUSTER`), not its config's core hosts:
 /// etcd refuses to join when the two differ (etcd-io/etcd
-/// `server/etcdserver/cluster_util.go`, `ValidateClusterAndAssignIDs`).
+/// `ValidateClusterAndAssignIDs`: `etcdserver/cluster_util.go` in 3.4,
+/// `server/etcdserver/api/membership/cluster.go` since 3.5). A `member
+/// add` in the seconds after another member joined is refused ("unhealthy
+/// cluster": the member asked must have been connected to every voting
+/// member for 5 s, `mayAddMember` in `etcdserver/server.go`); the phase's
+/// next attempt asks again.
 async fn rejoin(cx: &Context, peers: &BTreeMap<HostName, Ipv4Addr>) -> Result<Vec<HostName>> {
     let me = &cx.config.node;
     let endpoints = peers
@@ -392,9 +397,8 @@ const JOIN_LOCK_WAIT: Duration = Duration::from_secs(HEALTH_WAIT.as_secs() + 60)
 /// One member joins the running cluster at a time, from its `member add`
 /// to its member healthy: a member starts with the cluster's list as it is
 /// after its own add, and etcd refuses the start if another was added
-/// meanwhile ("member count is unequal", etcd-io/etcd
-/// `server/etcdserver/api/membership/cluster.go`,
-/// `ValidateClusterAndAssignIDs`). Two core hosts added together (the site
+/// meanwhile ("member count is unequal", `ValidateClusterAndAssignIDs`,
+/// see [`rejoin`]). Two core hosts added together (the site
 /// file wants an odd count) take turns. A lock this member's last life
 /// held is its own; another's is waited for (bounded), never broken:
 /// that it is silent does not say its member is not starting.
