@@ -170,7 +170,7 @@ impl NodeReport {
                         (true, _) => format!("joining open: {} of {} joined", a.joined, a.hosts),
                         // Hosts added later join by their own admissions.
                         (false, Some(added)) if added > 0 => {
-                            format!("{} joined ({} added since launch)", a.joined, added)
+                            format!("{} joined, {} added since launch", a.joined, added)
                         }
                         (false, _) => format!("{} of {} joined", a.joined, a.hosts),
                     };
@@ -362,7 +362,7 @@ mod tests {
             "admission":{"open":false,"joined":8,"hosts":5,"deadline":99}}"#;
         assert_eq!(
             NodeReport::parse(grown).unwrap().cells().2.as_deref(),
-            Some("8 joined (3 added since launch)")
+            Some("8 joined, 3 added since launch")
         );
         let failed = r#"{"phase":"etcd","state":"waiting","since":1,"attempt":2,
             "last_error":"no quorum"}"#;
