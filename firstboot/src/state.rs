@@ -29,8 +29,10 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_cluster_state: Option<ClusterState>,
     /// This node joined after the handoff had ended the temporary DNS and
-    /// CA (the join answer named FreeIPA's DNS servers): there is no
-    /// temporary DNS to ask or fall back to.
+    /// CA (the join answer named FreeIPA's DNS servers, or, on a rebuilt
+    /// bootstrap host, its handoff record said so): there is no temporary
+    /// DNS to ask or fall back to. Recorded at join, since the route the
+    /// handoff writes later no longer tells.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub joined_after_handoff: bool,
 }

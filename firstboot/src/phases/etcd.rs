@@ -128,14 +128,14 @@ pub async fn run(cx: &mut Context) -> Result<()> {
     // etcd resolves every member's name as it starts and at every peer
     // connection: wait until all core hosts have joined and resolve, then
     // pin them in /etc/hosts too.
-    let peers = match crate::resolver::saved(&cx.paths) {
+    let peers = if cx.state.joined_after_handoff {
         // The site handed off before this node joined (a core host rebuilt
-        // since): the temporary DNS has ended, and FreeIPA's may still
-        // hold this host's old address (its enrollment, next, moves it).
-        // Every core host joined long ago, and the join answer gave their
-        // registered addresses.
-        Some(crate::resolver::SiteDns::Freeipa { fallback: None, .. }) => registered_core(cx)?,
-        _ => core_addresses(cx, dns).await?,
+        // or added since): the temporary DNS has ended, and FreeIPA's may
+        // still hold this host's old address (its enrollment, next, moves
+        // it). The join answer gave the registered core hosts' addresses.
+        registered_core(cx)?
+    } else {
+        core_addresses(cx, dns).await?
     };
     cx.state.peers.extend(peers.clone());
     crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &cx.state.peers)?;

@@ -153,7 +153,8 @@ async fn bootstrap(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
         start_services(cx, own).await?;
     }
     let peers = cx.services.as_ref().expect("started above").peers().await;
-    let route = if crate::join::server::HandoffBook::temporary_ended_at(&cx.paths)? {
+    let ended = crate::join::server::HandoffBook::temporary_ended_at(&cx.paths)?;
+    let route = if ended {
         // Rebuilt after the site's handoff ended the temporary DNS: the
         // site's names are FreeIPA's, on the other core hosts first (this
         // host's own server comes back later, in phase freeipa).
@@ -177,6 +178,7 @@ async fn bootstrap(cx: &mut Context, own: Ipv4Addr) -> Result<()> {
     crate::resolver::write_hosts(&cx.paths, &cx.config.site.domain, &peers)?;
     cx.state.bootstrap_address = Some(own);
     cx.state.peers = peers;
+    cx.state.joined_after_handoff = ended;
     Ok(())
 }
 
